@@ -1,0 +1,246 @@
+"""ADE20K SceneParsing ("ADEChallengeData2016") on disk: finding, checking and loading samples.
+
+Layout::
+
+    <root>/images/{training,validation}/*.jpg
+    <root>/annotations/{training,validation}/*.png      (paired with the image by file stem)
+
+Annotations are uint8 PNGs where 0 is "other" (not scored) and 1..num_classes are the classes.
+The dataset returns labels already shifted to 0..num_classes-1 with 255 as the ignore index
+(MMSegmentation's ``reduce_zero_label``), so transforms and losses only ever see 255 as "ignore".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["IGNORE_INDEX", "DataError", "SegmentationDataset", "find_samples"]
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+ANNOTATION_SUFFIXES = frozenset({".png"})
+# How many offending file names an error message lists before summarising with a count.
+_MAX_NAMES_IN_MESSAGE = 5
+
+logger = logging.getLogger(__name__)
+
+Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class DataError(ValueError):
+    """A problem with the dataset on disk; the message names the file or directory at fault."""
+
+
+def _name_some(paths: list[Path]) -> str:
+    shown = ", ".join(str(p) for p in paths[:_MAX_NAMES_IN_MESSAGE])
+    more = len(paths) - _MAX_NAMES_IN_MESSAGE
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def _files_by_stem(directory: Path, suffixes: frozenset[str]) -> tuple[dict[str, Path], list[Path]]:
+    """Map stem -> file for the files in ``directory`` with one of ``suffixes``.
+
+    Returns the map and the files whose stem is taken twice (e.g. ``a.jpg`` and ``a.png``):
+    those cannot be paired unambiguously.
+    """
+    by_stem: dict[str, Path] = {}
+    duplicates: list[Path] = []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in suffixes:
+            continue
+        if path.stem in by_stem:
+            duplicates.append(path)
+        else:
+            by_stem[path.stem] = path
+    return by_stem, duplicates
+
+
+def find_samples(
+    root: str | Path, split: str, skip_bad_samples: bool = False
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """List the (image, annotation) pairs of one split, sorted by image path.
+
+    Args:
+        root: the dataset root, holding ``images/`` and ``annotations/``.
+        split: the sub-directory name, ``"training"`` or ``"validation"`` for ADE20K.
+        skip_bad_samples: skip files that cannot be paired instead of raising.
+
+    Returns:
+        The pairs, and one message per problem that was skipped (empty unless
+        ``skip_bad_samples``).
+
+    Raises:
+        DataError: the root or a split directory is missing, the split holds no image, or
+            (unless ``skip_bad_samples``) some image or annotation has no partner.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset root {root} does not exist or is not a directory; expected the "
+            "ADEChallengeData2016 folder holding images/ and annotations/"
+        )
+    image_dir = root / "images" / split
+    annotation_dir = root / "annotations" / split
+    for directory, kind in ((image_dir, "images"), (annotation_dir, "annotations")):
+        if not directory.is_dir():
+            raise DataError(
+                f"missing {kind} directory {directory} for split '{split}'; expected the layout "
+                f"<root>/images/{split}/*.jpg and <root>/annotations/{split}/*.png"
+            )
+
+    images, duplicate_images = _files_by_stem(image_dir, IMAGE_SUFFIXES)
+    annotations, duplicate_annotations = _files_by_stem(annotation_dir, ANNOTATION_SUFFIXES)
+    if not images and not duplicate_images:
+        raise DataError(
+            f"no images (.jpg, .jpeg or .png) in {image_dir}; is the dataset fully extracted?"
+        )
+
+    problems: list[tuple[str, list[Path]]] = []
+    duplicates = duplicate_images + duplicate_annotations
+    if duplicates:
+        problems.append(("files sharing a stem with another file (ambiguous pairing)", duplicates))
+        # Neither file of an ambiguous stem can be trusted, so both sides of it go.
+        for path in duplicates:
+            images.pop(path.stem, None)
+            annotations.pop(path.stem, None)
+    lonely_images = [images[s] for s in sorted(images.keys() - annotations.keys())]
+    lonely_annotations = [annotations[s] for s in sorted(annotations.keys() - images.keys())]
+    if lonely_images:
+        problems.append(
+            (f"image(s) without an annotation (expected <stem>.png in {annotation_dir})", lonely_images)
+        )
+    if lonely_annotations:
+        problems.append((f"annotation(s) without an image in {image_dir}", lonely_annotations))
+
+    if problems and not skip_bad_samples:
+        details = "; ".join(f"{len(paths)} {what}: {_name_some(paths)}" for what, paths in problems)
+        raise DataError(
+            f"cannot pair images and annotations of split '{split}' under {root}: {details}. "
+            "Fix the files, or pass skip_bad_samples=True to skip them."
+        )
+    skipped = [f"{path}: {what}" for what, paths in problems for path in paths]
+
+    pairs = sorted((images[s], annotations[s]) for s in images.keys() & annotations.keys())
+    if not pairs:
+        raise DataError(
+            f"no usable (image, annotation) pair in {image_dir} and {annotation_dir} "
+            f"({len(skipped)} file(s) skipped)"
+        )
+    return pairs, skipped
+
+
+def _open_fully(path: Path, what: str) -> Image.Image:
+    """Open and decode an image file, turning any decoding failure into a DataError."""
+    try:
+        with Image.open(path) as handle:
+            # Image.open only reads the header; load() decodes the pixels, which is what
+            # catches truncated or corrupt files here instead of deep inside a transform.
+            handle.load()
+            return handle.copy()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot decode {what} {path}: {error} (corrupt or truncated file?)") from error
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """ADE20K-format segmentation samples, checked as they are loaded.
+
+    Each item is ``(image, mask, skipped)``: the transform's output for the uint8 (3, H, W)
+    image and the int64 (H, W) label (classes 0..num_classes-1, 255 ignored), and the number of
+    bad samples skipped to produce it (always 0 unless ``skip_bad_samples``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: Transform | None,
+        num_classes: int = 150,
+        skip_bad_samples: bool = False,
+    ) -> None:
+        if not 1 <= num_classes <= 254:
+            raise ValueError(f"num_classes must be in 1..254 (255 is the ignore index), got {num_classes}")
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.num_classes = num_classes
+        self.skip_bad_samples = skip_bad_samples
+        self.samples, self.skipped_at_scan = find_samples(self.root, split, skip_bad_samples)
+        for problem in self.skipped_at_scan:
+            logger.warning("skipping %s", problem)
+        # Per process (each DataLoader worker has its own copy): files already reported, so a
+        # bad file warns once instead of once per epoch.
+        self._warned: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read and check sample ``index``: uint8 (3, H, W) image, int64 (H, W) label (mapped).
+
+        Raises:
+            DataError: the image or annotation cannot be decoded, their sizes differ, the
+                annotation is not single-channel, or holds a value above ``num_classes``.
+        """
+        image_path, annotation_path = self.samples[index]
+        image = _open_fully(image_path, "image").convert("RGB")
+        annotation = _open_fully(annotation_path, "annotation")
+        if annotation.mode not in ("L", "P"):
+            raise DataError(
+                f"annotation {annotation_path} has PIL mode {annotation.mode!r}; expected a "
+                "single-channel uint8 PNG (mode 'L' or 'P') holding class indices"
+            )
+        if image.size != annotation.size:
+            raise DataError(
+                f"size mismatch: image {image_path} is {image.size[0]}x{image.size[1]} (WxH) but "
+                f"annotation {annotation_path} is {annotation.size[0]}x{annotation.size[1]}"
+            )
+        raw = np.asarray(annotation, dtype=np.uint8)
+        bad = (raw > self.num_classes) & (raw != IGNORE_INDEX)
+        if bad.any():
+            value = int(raw[bad].max())
+            raise DataError(
+                f"annotation {annotation_path} holds label value {value}, above num_classes="
+                f"{self.num_classes} (valid: 0..{self.num_classes} and {IGNORE_INDEX}); "
+                "is num_classes wrong for this dataset?"
+            )
+        label = torch.from_numpy(raw.astype(np.int64))
+        # reduce_zero_label: "other" (0) becomes ignored, classes shift down by one, and the
+        # ignore value must stay 255 rather than becoming 254.
+        mapped = label - 1
+        mapped[(label == 0) | (label == IGNORE_INDEX)] = IGNORE_INDEX
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return pixels, mapped
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        if not self.skip_bad_samples:
+            image, mask = self.load(index)
+            return (*self._apply(image, mask), 0)
+        first_error: DataError | None = None
+        for skipped in range(len(self.samples)):
+            current = (index + skipped) % len(self.samples)
+            try:
+                image, mask = self.load(current)
+            except DataError as error:
+                first_error = first_error or error
+                path = self.samples[current][0]
+                if path not in self._warned:
+                    self._warned.add(path)
+                    logger.warning("skipping bad sample %d: %s", current, error)
+                continue
+            return (*self._apply(image, mask), skipped)
+        raise DataError(
+            f"all {len(self.samples)} samples of split '{self.split}' under {self.root} are bad; "
+            f"first problem: {first_error}"
+        )
+
+    def _apply(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[Any, Any]:
+        if self.transform is None:
+            return image, mask
+        return self.transform(image, mask)

@@ -1,0 +1,377 @@
+"""Paired image/mask transforms: MMSegmentation's ADE20K 512x512 pipeline in plain PyTorch.
+
+Every transform is a callable ``(image, mask) -> (image, mask)`` on tensors: image uint8 (3, H, W)
+until ``Normalize`` (float32 afterwards), mask int64 (H, W) with 255 as ignore. Geometric ops
+always move image and mask together. All randomness comes from torch's global RNG
+(``torch.rand``/``torch.randint``), which Determined seeds per trial and per worker, so a run is
+reproducible without any extra seeding here.
+
+Training order (as MMSeg's ``train_pipeline`` plus its data preprocessor)::
+
+    RandomRescale -> RandomCropCatMax -> RandomHorizontalFlip -> PhotometricDistortion
+    -> Normalize -> PadTo
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Compose",
+    "Normalize",
+    "PadTo",
+    "PhotometricDistortion",
+    "RandomCropCatMax",
+    "RandomHorizontalFlip",
+    "RandomRescale",
+    "Rescale",
+    "build_train_transform",
+    "build_val_transform",
+    "keep_ratio_size",
+    "val_collate",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+PairTransform = Callable[[torch.Tensor, torch.Tensor], Pair]
+
+
+def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise ValueError(f"{name} must be a positive int or an (h, w) pair of them, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * torch.rand(()).item()
+
+
+def _coin(p: float) -> bool:
+    return torch.rand(()).item() < p
+
+
+def keep_ratio_size(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """Output (h, w) of mmcv's keep-ratio rescale of an ``height`` x ``width`` image to ``scale``.
+
+    The image is scaled by ``min(long_target / long_edge, short_target / short_edge)`` where the
+    targets are ``max(scale)`` and ``min(scale)``: the largest size whose long edge fits the
+    long target and whose short edge fits the short target.
+    """
+    long_target, short_target = max(scale), min(scale)
+    factor = min(long_target / max(height, width), short_target / min(height, width))
+    # mmcv rounds half up (int(x + 0.5)); never let a side reach 0.
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def _resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> Pair:
+    image = F.resize_image(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    mask = F.resize_mask(mask, list(size), interpolation=InterpolationMode.NEAREST)
+    return image, mask
+
+
+class Compose:
+    """Apply paired transforms in order."""
+
+    def __init__(self, transforms: Sequence[PairTransform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        for transform in self.transforms:
+            image, mask = transform(image, mask)
+        return image, mask
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n    {t!r}," for t in self.transforms)
+        return f"{type(self).__name__}([{inner}\n])"
+
+
+class Rescale:
+    """Deterministic keep-ratio rescale of image and mask to ``scale`` = (long, short) targets."""
+
+    def __init__(self, scale: tuple[float, float] = (2048, 512)) -> None:
+        self.scale = scale
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        size = keep_ratio_size(image.shape[-2], image.shape[-1], self.scale)
+        return _resize_pair(image, mask, size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scale={self.scale})"
+
+
+class RandomRescale:
+    """MMSeg ``RandomResize(scale, ratio_range, keep_ratio=True)``.
+
+    Draws ``r ~ U(ratio_range)``, sets the targets to ``(int(scale[0] * r), int(scale[1] * r))``
+    and rescales with the keep-ratio rule of :func:`keep_ratio_size`.
+    """
+
+    def __init__(
+        self, scale: tuple[int, int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0)
+    ) -> None:
+        if not 0 < ratio_range[0] <= ratio_range[1]:
+            raise ValueError(f"ratio_range must satisfy 0 < low <= high, got {ratio_range}")
+        self.scale = scale
+        self.ratio_range = ratio_range
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        ratio = _uniform(*self.ratio_range)
+        target = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
+        size = keep_ratio_size(image.shape[-2], image.shape[-1], target)
+        return _resize_pair(image, mask, size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scale={self.scale}, ratio_range={self.ratio_range})"
+
+
+class RandomCropCatMax:
+    """MMSeg ``RandomCrop(crop_size, cat_max_ratio)``.
+
+    Crops ``crop_size`` = (h, w) at a random position (an image smaller than the crop is cropped
+    to what there is; ``PadTo`` fills the rest later). While the crop is dominated by one class
+    (its most frequent non-ignored class covers >= ``cat_max_ratio`` of the non-ignored pixels,
+    or fewer than two classes are present) a new position is drawn, at most ``tries`` times;
+    the last draw is kept unchecked, exactly as MMSeg does.
+    """
+
+    def __init__(
+        self,
+        crop_size: int | tuple[int, int],
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = 255,
+        tries: int = 10,
+    ) -> None:
+        self.crop_size = _pair(crop_size, "crop_size")
+        self.cat_max_ratio = cat_max_ratio
+        self.ignore_index = ignore_index
+        self.tries = tries
+
+    def _draw_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        crop_h, crop_w = min(self.crop_size[0], height), min(self.crop_size[1], width)
+        top = int(torch.randint(0, height - crop_h + 1, ()).item())
+        left = int(torch.randint(0, width - crop_w + 1, ()).item())
+        return top, left, crop_h, crop_w
+
+    def _acceptable(self, mask: torch.Tensor) -> bool:
+        valid = mask[mask != self.ignore_index]
+        if valid.numel() == 0:
+            return False
+        counts = torch.bincount(valid.flatten())
+        counts = counts[counts > 0]
+        return counts.numel() > 1 and counts.max().item() / valid.numel() < self.cat_max_ratio
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        height, width = mask.shape[-2:]
+        box = self._draw_box(height, width)
+        if self.cat_max_ratio < 1.0:
+            for _ in range(self.tries):
+                if self._acceptable(F.crop(mask, *box)):
+                    break
+                box = self._draw_box(height, width)
+        return F.crop(image, *box), F.crop(mask, *box)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(crop_size={self.crop_size}, cat_max_ratio={self.cat_max_ratio}, "
+            f"ignore_index={self.ignore_index}, tries={self.tries})"
+        )
+
+
+class RandomHorizontalFlip:
+    """Mirror image and mask left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        if _coin(self.p):
+            return F.horizontal_flip_image(image), F.horizontal_flip_mask(mask)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p})"
+
+
+class PhotometricDistortion:
+    """MMSeg ``PhotometricDistortion`` with torchvision's colour ops (image only, uint8 in/out).
+
+    Order and probabilities follow MMSeg: brightness; contrast either here or last (a coin
+    decides); saturation; hue; each applied with probability 0.5. The ops themselves are
+    torchvision's, which differ slightly from MMSeg's OpenCV code:
+
+    - brightness: torchvision multiplies by a factor; MMSeg adds +-32 (of 255). The default
+      0.875..1.125 is the multiplicative range of the same size at mid-grey (32/256 = 0.125).
+    - contrast: torchvision blends with the image's mean grey; MMSeg multiplies pixel values.
+    - saturation: torchvision blends with the grey image; MMSeg scales the HSV S channel.
+    - hue: MMSeg shifts OpenCV's uint8 hue (0..180, i.e. 2 degrees per unit) by up to +-18
+      units = +-36 degrees; torchvision's factor is a fraction of the full turn, so the
+      matching default is 18 / 180 = 0.1.
+    """
+
+    def __init__(
+        self,
+        brightness: tuple[float, float] = (0.875, 1.125),
+        contrast: tuple[float, float] = (0.5, 1.5),
+        saturation: tuple[float, float] = (0.5, 1.5),
+        hue_delta: float = 18 / 180,
+        p: float = 0.5,
+    ) -> None:
+        if not 0 <= hue_delta <= 0.5:
+            raise ValueError(f"hue_delta is a fraction of the hue circle in [0, 0.5], got {hue_delta}")
+        self.brightness = brightness
+        self.contrast = contrast
+        self.saturation = saturation
+        self.hue_delta = hue_delta
+        self.p = p
+
+    def _contrast(self, image: torch.Tensor) -> torch.Tensor:
+        if _coin(self.p):
+            image = F.adjust_contrast(image, _uniform(*self.contrast))
+        return image
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        if _coin(self.p):
+            image = F.adjust_brightness(image, _uniform(*self.brightness))
+        contrast_first = _coin(0.5)
+        if contrast_first:
+            image = self._contrast(image)
+        if _coin(self.p):
+            image = F.adjust_saturation(image, _uniform(*self.saturation))
+        if _coin(self.p):
+            image = F.adjust_hue(image, _uniform(-self.hue_delta, self.hue_delta))
+        if not contrast_first:
+            image = self._contrast(image)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(brightness={self.brightness}, contrast={self.contrast}, "
+            f"saturation={self.saturation}, hue_delta={self.hue_delta}, p={self.p})"
+        )
+
+
+class Normalize:
+    """uint8 image -> float32 in [0, 1] -> ImageNet mean/std normalised; mask untouched."""
+
+    def __init__(
+        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> None:
+        self.mean = list(mean)
+        self.std = list(std)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        image = F.to_dtype_image(image, torch.float32, scale=True)
+        return F.normalize_image(image, self.mean, self.std), mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+
+class PadTo:
+    """Pad bottom/right up to ``size`` = (h, w): image with 0 (the mean once normalised), mask
+    with ``ignore_index`` so padding is never scored."""
+
+    def __init__(self, size: int | tuple[int, int], ignore_index: int = 255) -> None:
+        self.size = _pair(size, "size")
+        self.ignore_index = ignore_index
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        height, width = image.shape[-2:]
+        if mask.shape[-2:] != (height, width):
+            raise ValueError(f"PadTo got image {tuple(image.shape)} and mask {tuple(mask.shape)} of different sizes")
+        bottom, right = max(0, self.size[0] - height), max(0, self.size[1] - width)
+        if bottom == 0 and right == 0:
+            return image, mask
+        padding = [0, 0, right, bottom]  # left, top, right, bottom
+        return (
+            F.pad_image(image, padding, fill=0),
+            F.pad_mask(mask, padding, fill=self.ignore_index),
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, ignore_index={self.ignore_index})"
+
+
+def build_train_transform(
+    crop_size: int | tuple[int, int] = 512,
+    scale: tuple[int, int] = (2048, 512),
+    ratio_range: tuple[float, float] = (0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+    ignore_index: int = 255,
+    photometric: bool = True,
+) -> Compose:
+    """MMSeg's ADE20K training pipeline: ``(uint8 image, mask) -> (float (3,h,w), int64 (h,w))``
+    with (h, w) = ``crop_size``. ``photometric=False`` drops the colour jitter (for checks)."""
+    crop = _pair(crop_size, "crop_size")
+    steps: list[PairTransform] = [
+        RandomRescale(scale, ratio_range),
+        RandomCropCatMax(crop, cat_max_ratio, ignore_index),
+        RandomHorizontalFlip(0.5),
+    ]
+    if photometric:
+        steps.append(PhotometricDistortion())
+    steps += [Normalize(), PadTo(crop, ignore_index)]
+    return Compose(steps)
+
+
+class _ValTransform:
+    """Resize and normalise the image; keep the mask at the original resolution, since mIoU is
+    scored there (predictions are resized back to it)."""
+
+    def __init__(self, scale: tuple[int, int]) -> None:
+        self.scale = scale
+        self.normalize = Normalize()
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
+        size = keep_ratio_size(image.shape[-2], image.shape[-1], self.scale)
+        image = F.resize_image(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+        image, _ = self.normalize(image, mask)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scale={self.scale})"
+
+
+def build_val_transform(scale: tuple[int, int] = (2048, 512)) -> _ValTransform:
+    """Validation: ``(uint8 image, mask) -> (float image rescaled keep-ratio to scale, mask
+    unchanged)``."""
+    return _ValTransform(scale)
+
+
+def val_collate(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Collate validation items of differing sizes by padding bottom/right.
+
+    Returns ``(images (B,3,h,w) float, masks (B,H,W) int64, sizes (B,4) int64, skipped (B,)
+    int64)`` where ``sizes[i] = [h, w, H, W]`` is item i's image and mask size before padding, so
+    a caller can crop predictions back before resizing them to the mask.
+    """
+    if not batch:
+        raise ValueError("val_collate got an empty batch")
+    images, masks, skipped = zip(*batch)
+    max_h = max(i.shape[-2] for i in images)
+    max_w = max(i.shape[-1] for i in images)
+    max_mh = max(m.shape[-2] for m in masks)
+    max_mw = max(m.shape[-1] for m in masks)
+    image_batch = images[0].new_zeros((len(batch), images[0].shape[0], max_h, max_w))
+    mask_batch = torch.full((len(batch), max_mh, max_mw), ignore_index, dtype=torch.int64)
+    sizes = torch.empty((len(batch), 4), dtype=torch.int64)
+    for k, (image, mask) in enumerate(zip(images, masks)):
+        h, w = image.shape[-2:]
+        mh, mw = mask.shape[-2:]
+        image_batch[k, :, :h, :w] = image
+        mask_batch[k, :mh, :mw] = mask
+        sizes[k] = torch.tensor([h, w, mh, mw])
+    return image_batch, mask_batch, sizes, torch.as_tensor(skipped, dtype=torch.int64)

@@ -1,0 +1,258 @@
+"""From per-rank measurements to the trial's energy, counting each joule once.
+
+Each rank sends a ``RankEnergy`` (a plain dict on the wire, for Determined's allgather):
+its own GPUs' energy, and, on the node's reader (local rank 0), the node-level figures.
+``combine`` applies the team's measurement standard (count each joule once):
+
+- per node: GPU energy = sum over the node's ranks (each rank reads only its own GPUs);
+- node-level figures (RAPL cpu/dram, BMC/Prometheus "node") come from the one reader and
+  are multiplied by the trial's share of the node: slots used / GPUs on the node
+  (``apportion="gpu_share"``), or 1.0 (``"none"``; also for CPU-only nodes);
+- node total = node input power x share when a PSU-level source measured it (it already
+  contains the GPUs and CPUs), else GPU + cpu x share + dram x share;
+- trial total = sum of the node totals.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from .meter import EnergySnapshot
+
+log = logging.getLogger("shared.energy")
+
+APPORTION_RULES = ("gpu_share", "none")
+J_PER_WH = 3600.0
+
+
+def _add(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _sum(values: Iterable[Optional[float]]) -> Optional[float]:
+    total: Optional[float] = None
+    for v in values:
+        total = _add(total, v)
+    return total
+
+
+def _scale(value: Optional[float], factor: float) -> Optional[float]:
+    return None if value is None else value * factor
+
+
+@dataclass
+class RankEnergy:
+    """One rank's measurements since its meter started (joules; None = not measured)."""
+
+    node_id: str
+    rank: int
+    local_rank: int
+    gpu_j: Optional[float]
+    cpu_j: Optional[float]
+    dram_j: Optional[float]
+    node_j: Optional[float]
+    slots_on_node_for_trial: int
+    gpus_on_node: int
+    sources: List[str] = field(default_factory=list)
+    coverage: Dict[str, float] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @classmethod
+    def from_snapshot(cls, snapshot: EnergySnapshot, *, node_id: str, rank: int,
+                      local_rank: int, slots_on_node_for_trial: int,
+                      gpus_on_node: int) -> "RankEnergy":
+        """Build from a meter snapshot; components the meter did not measure stay None."""
+        j = snapshot.joules
+        return cls(node_id=node_id, rank=rank, local_rank=local_rank,
+                   gpu_j=j.get("gpu"), cpu_j=j.get("cpu"), dram_j=j.get("dram"),
+                   node_j=j.get("node"), slots_on_node_for_trial=slots_on_node_for_trial,
+                   gpus_on_node=gpus_on_node, sources=list(snapshot.sources),
+                   coverage=dict(snapshot.coverage), duration_s=snapshot.duration_s)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain, picklable dict (what goes through allgather)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RankEnergy":
+        """Inverse of ``to_dict``; a missing or unknown key is a ValueError naming it."""
+        names = {f.name for f in fields(cls)}
+        required = names - {"sources", "coverage", "duration_s"}  # those have defaults
+        missing = sorted(required - set(data))
+        unknown = sorted(set(data) - names)
+        if missing or unknown:
+            raise ValueError(f"RankEnergy dict: missing keys {missing}, unknown keys {unknown} "
+                             f"(got {sorted(data)})")
+        return cls(**dict(data))
+
+
+@dataclass
+class TrialEnergy:
+    """The trial's energy (joules; None = nothing measured it)."""
+
+    duration_s: float
+    energy_j: Optional[float]
+    gpu_j: Optional[float]
+    cpu_j: Optional[float]
+    dram_j: Optional[float]
+    node_j: Optional[float]
+    sources: List[str]
+    nodes: int
+    nodes_measured: int
+    coverage: Optional[float]
+    apportion: str
+    #: Always False: every figure is a measurement. Reserved for a future TDP-based
+    #: estimate, so that a reader never mistakes one for the other.
+    estimate: bool = False
+
+    @classmethod
+    def empty(cls, apportion: str = "gpu_share") -> "TrialEnergy":
+        """Nothing measured yet (the offset of a trial that has not been resumed)."""
+        return cls(0.0, None, None, None, None, None, [], 0, 0, None, apportion)
+
+    def plus(self, earlier: "TrialEnergy") -> "TrialEnergy":
+        """This segment added to an earlier one (a resumed trial continues its total)."""
+        coverages = [c for c in (self.coverage, earlier.coverage) if c is not None]
+        return TrialEnergy(
+            duration_s=self.duration_s + earlier.duration_s,
+            energy_j=_add(self.energy_j, earlier.energy_j),
+            gpu_j=_add(self.gpu_j, earlier.gpu_j),
+            cpu_j=_add(self.cpu_j, earlier.cpu_j),
+            dram_j=_add(self.dram_j, earlier.dram_j),
+            node_j=_add(self.node_j, earlier.node_j),
+            sources=sorted(set(self.sources) | set(earlier.sources)),
+            nodes=max(self.nodes, earlier.nodes),
+            nodes_measured=max(self.nodes_measured, earlier.nodes_measured),
+            coverage=min(coverages) if coverages else None,
+            apportion=self.apportion,
+            estimate=self.estimate or earlier.estimate,
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict (checkpoint state)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrialEnergy":
+        """Inverse of ``to_dict``; a missing key is a ValueError naming it."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data and n != "estimate"]
+        if missing:
+            raise ValueError(f"TrialEnergy state: missing keys {missing} (got {sorted(data)})")
+        return cls(**{n: data[n] for n in names if n in data})
+
+    @property
+    def energy_wh(self) -> Optional[float]:
+        """Total energy in watt-hours (None when nothing was measured)."""
+        return None if self.energy_j is None else self.energy_j / J_PER_WH
+
+    def to_metrics(self, *, pue: Optional[float] = None,
+                   carbon_intensity_g_per_kwh: Optional[float] = None) -> Dict[str, Any]:
+        """The public metric names (group "energy").
+
+        ``facility_wh`` = energy x PUE, when ``pue`` is given. ``co2e_g`` = facility energy
+        (or IT energy without a PUE) x grid carbon intensity, when the intensity is given:
+        the grid supplies the whole facility, so the PUE is included when known.
+        """
+        wh = lambda j: None if j is None else j / J_PER_WH  # noqa: E731
+        energy_wh = wh(self.energy_j)
+        metrics: Dict[str, Any] = {
+            "energy_wh": energy_wh,
+            "gpu_wh": wh(self.gpu_j),
+            "cpu_wh": wh(self.cpu_j),
+            "dram_wh": wh(self.dram_j),
+            "node_wh": wh(self.node_j),
+            "avg_power_w": (self.energy_j / self.duration_s
+                            if self.energy_j is not None and self.duration_s > 0 else None),
+            "duration_s": self.duration_s,
+            "sources": ",".join(sorted(self.sources)) if self.sources else "none",
+            "nodes": self.nodes,
+            "nodes_measured": self.nodes_measured,
+            "coverage": self.coverage,
+            "apportion": self.apportion,
+            "estimate": self.estimate,
+        }
+        facility_wh = None
+        if pue is not None:
+            facility_wh = None if energy_wh is None else energy_wh * pue
+            metrics["facility_wh"] = facility_wh
+        if carbon_intensity_g_per_kwh is not None:
+            basis = facility_wh if pue is not None else energy_wh
+            metrics["co2e_g"] = (None if basis is None
+                                 else basis / 1000.0 * carbon_intensity_g_per_kwh)
+        return metrics
+
+
+def _share(reader: RankEnergy, apportion: str) -> float:
+    if apportion == "none" or reader.gpus_on_node <= 0:
+        return 1.0  # "none" asked for, or a CPU-only node: no GPU share to compute
+    if reader.slots_on_node_for_trial > reader.gpus_on_node:
+        log.warning("energy: node %s reports %d slots for this trial but %d GPUs; charging "
+                    "the whole node", reader.node_id, reader.slots_on_node_for_trial,
+                    reader.gpus_on_node)
+        return 1.0
+    return reader.slots_on_node_for_trial / reader.gpus_on_node
+
+
+def combine(reports: Sequence[Union[RankEnergy, Mapping[str, Any]]],
+            apportion: str = "gpu_share") -> TrialEnergy:
+    """Combine every rank's report into the trial's energy (see the module docstring).
+
+    Raises:
+        ValueError: unknown ``apportion`` rule, or a malformed report dict.
+    """
+    if apportion not in APPORTION_RULES:
+        raise ValueError(f"energy.apportion must be one of {APPORTION_RULES}, got {apportion!r}")
+    ranks = [r if isinstance(r, RankEnergy) else RankEnergy.from_dict(r) for r in reports]
+    by_node: Dict[str, List[RankEnergy]] = {}
+    for r in ranks:
+        by_node.setdefault(r.node_id, []).append(r)
+
+    node_totals: List[Optional[float]] = []
+    gpu: List[Optional[float]] = []
+    cpu: List[Optional[float]] = []
+    dram: List[Optional[float]] = []
+    node: List[Optional[float]] = []
+    for node_id, group in sorted(by_node.items()):
+        group.sort(key=lambda r: r.local_rank)
+        node_gpu = _sum(r.gpu_j for r in group)
+        readers = [r for r in group if (r.cpu_j, r.dram_j, r.node_j) != (None, None, None)]
+        if len(readers) > 1:
+            log.warning("energy: %d ranks on node %s report node-level energy (local ranks "
+                        "%s); using local rank %d only, so it is counted once", len(readers),
+                        node_id, [r.local_rank for r in readers], readers[0].local_rank)
+        reader = readers[0] if readers else group[0]
+        share = _share(reader, apportion)
+        n_cpu = _scale(reader.cpu_j, share)
+        n_dram = _scale(reader.dram_j, share)
+        n_node = _scale(reader.node_j, share)
+        if n_node is not None:
+            # The PSU input already contains GPUs, CPUs and DRAM: it IS the node total.
+            total = n_node
+        else:
+            total = _sum((node_gpu, n_cpu, n_dram))
+        node_totals.append(total)
+        gpu.append(node_gpu)
+        cpu.append(n_cpu)
+        dram.append(n_dram)
+        node.append(n_node)
+
+    coverages = [c for r in ranks for c in r.coverage.values()]
+    return TrialEnergy(
+        duration_s=max((r.duration_s for r in ranks), default=0.0),
+        energy_j=_sum(node_totals),
+        gpu_j=_sum(gpu),
+        cpu_j=_sum(cpu),
+        dram_j=_sum(dram),
+        node_j=_sum(node),
+        sources=sorted({s for r in ranks for s in r.sources}),
+        nodes=len(by_node),
+        nodes_measured=sum(t is not None for t in node_totals),
+        coverage=min(coverages) if coverages else None,
+        apportion=apportion,
+    )

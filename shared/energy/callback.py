@@ -1,0 +1,308 @@
+"""The thin Determined layer: a PyTorchCallback that meters the trial and reports it.
+
+Facts this relies on (Determined 0.38.1, determined/pytorch/_pytorch_trial.py):
+
+- ``on_trial_startup`` runs on every rank before the checkpoint is loaded; the meter starts
+  there, and ``load_state_dict`` (called later, from the checkpoint) sets the offset.
+- ``on_training_workload_end`` runs on every rank after each training chunk;
+  ``on_validation_end(metrics)`` runs on every rank *before* the chief reports ``metrics``
+  as the validation metrics, so keys added to it in place are reported with them.
+- ``state_dict()`` is called on the chief only, when it writes a checkpoint.
+- Reporting the same custom group twice at one step with overlapping keys is refused, so
+  the "energy" group is reported at most once per ``steps_completed`` value.
+
+Collective rule: every rank calls ``allgather`` exactly once per workload end and per
+validation end, whatever happened locally (a rank whose measurement failed sends an empty
+report). Only work *after* the allgather, on the chief, may take a different path.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import torch
+from determined import pytorch as det_pytorch
+
+from .aggregate import APPORTION_RULES, RankEnergy, TrialEnergy, combine
+from .meter import EnergyMeter, EnergySnapshot
+from .select import build_sources, parse_spec
+
+log = logging.getLogger("shared.energy")
+
+DEFAULT_OPTIONS: Dict[str, Any] = {
+    "enabled": True,
+    "sources": "auto",
+    "apportion": "gpu_share",
+    "pue": None,
+    "carbon_intensity_g_per_kwh": None,
+    "sample_period_s": None,       # BMC sources (IPMI, Redfish); their default: 5 s
+    "nvml_power_period_s": None,   # NVML power fallback; default 0.1 s
+    "ipmi_timeout_s": None,
+    "rapl_max_power_w": None,
+    "rapl_poll_below_s": None,
+    "gpus_on_node": None,          # override; else ENERGY_GPUS_ON_NODE, else detected
+    "ipmi_sample_period_s": None,  # per-source periods and timeouts, read by the sources
+    "redfish_sample_period_s": None,
+    "redfish_timeout_s": None,
+    "prometheus_timeout_s": None,
+}
+_POSITIVE = ("sample_period_s", "nvml_power_period_s", "ipmi_timeout_s", "rapl_max_power_w",
+             "rapl_poll_below_s", "ipmi_sample_period_s", "redfish_sample_period_s",
+             "redfish_timeout_s", "prometheus_timeout_s")
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"energy.{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def validate_options(options: Optional[Mapping[str, Any]],
+                     env: Mapping[str, str] = os.environ) -> Dict[str, Any]:
+    """The ``energy`` hyperparameter with defaults filled in, checked.
+
+    Raises:
+        ValueError: a bad value; the message names the key and the value.
+    """
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"the energy hyperparameter must be a mapping, got {options!r}")
+    opts = {**DEFAULT_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
+    if not isinstance(opts["enabled"], bool):
+        raise ValueError(f"energy.enabled must be true or false, got {opts['enabled']!r}")
+    if not opts["enabled"]:
+        return opts
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        # Not an error: a source may read options of its own (passed through to it).
+        log.warning("energy: options %s are not used by the energy core (known: %s)",
+                    unknown, ", ".join(DEFAULT_OPTIONS))
+    parse_spec(opts["sources"], env)  # raises on unknown names
+    if opts["apportion"] not in APPORTION_RULES:
+        raise ValueError(f"energy.apportion must be one of {APPORTION_RULES}, "
+                         f"got {opts['apportion']!r}")
+    if opts["pue"] is not None and _number("pue", opts["pue"]) < 1.0:
+        raise ValueError(f"energy.pue is facility energy / IT energy and cannot be below 1.0, "
+                         f"got {opts['pue']!r}")
+    if opts["carbon_intensity_g_per_kwh"] is not None and \
+            _number("carbon_intensity_g_per_kwh", opts["carbon_intensity_g_per_kwh"]) < 0:
+        raise ValueError(f"energy.carbon_intensity_g_per_kwh must be >= 0, "
+                         f"got {opts['carbon_intensity_g_per_kwh']!r}")
+    for key in _POSITIVE:
+        if opts[key] is not None and _number(key, opts[key]) <= 0:
+            raise ValueError(f"energy.{key} must be > 0, got {opts[key]!r}")
+    g = opts["gpus_on_node"]
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+        raise ValueError(f"energy.gpus_on_node must be a positive integer, got {g!r}")
+    raw = env.get("ENERGY_GPUS_ON_NODE")
+    if raw is not None and (not raw.strip().isdigit() or int(raw) < 1):
+        raise ValueError(f"ENERGY_GPUS_ON_NODE must be a positive integer, got {raw!r}")
+    return opts
+
+
+class EnergyCallback(det_pytorch.PyTorchCallback):
+    """Meters the trial's energy and reports it (group "energy", and ``energy_wh`` /
+    ``energy_to_target_wh`` in the validation metrics).
+
+    Args:
+        context: the ``PyTorchTrialContext`` (uses ``.distributed`` and ``.device``).
+        options: the ``energy`` hyperparameter dict (see ``DEFAULT_OPTIONS``).
+        steps_completed: returns the number of batches trained so far.
+
+    Raises:
+        ValueError: bad options (at construction, before training starts).
+    """
+
+    def __init__(self, context: Any, options: Optional[Mapping[str, Any]],
+                 steps_completed: Callable[[], int]) -> None:
+        self._context = context
+        self._opts = validate_options(options)
+        self._enabled: bool = self._opts["enabled"]
+        self._steps_completed = steps_completed
+        self._meter: Optional[EnergyMeter] = None
+        self._started_at: Optional[float] = None
+        self._node_id = os.environ.get("ENERGY_NODE_NAME") or socket.gethostname()
+        self._gpus_on_node = 0
+        self._offset = TrialEnergy.empty(self._opts["apportion"])
+        self._latest: Optional[TrialEnergy] = None
+        self._last_reported_step: Optional[int] = None
+        self._target_reached = False
+        self._energy_to_target_wh: Optional[float] = None
+        self._failure_logged = False
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _failed(self, where: str, err: BaseException) -> None:
+        # One traceback in the log, then silence: training must go on and logs not flood.
+        if not self._failure_logged:
+            self._failure_logged = True
+            log.warning("energy: %s failed (%s: %s); training continues, energy figures may "
+                        "be incomplete", where, type(err).__name__, err, exc_info=True)
+        else:
+            log.debug("energy: %s failed again: %s", where, err)
+
+    def _gpu_indices(self) -> List[int]:
+        device = getattr(self._context, "device", None)
+        if device is not None:
+            if getattr(device, "type", None) != "cuda":
+                return []
+            return [device.index if device.index is not None else torch.cuda.current_device()]
+        return [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+    def _count_gpus_on_node(self, meter: EnergyMeter, uses_gpu: bool) -> int:
+        if not uses_gpu:
+            return 0  # a CPU-only trial is charged the whole node (share 1.0)
+        raw = os.environ.get("ENERGY_GPUS_ON_NODE")
+        if raw:
+            return int(raw)
+        if self._opts["gpus_on_node"]:
+            return int(self._opts["gpus_on_node"])
+        # Inside a container both NVML and CUDA see only the GPUs given to it, so on a node
+        # shared through containers this is the trial's own count: sites that share nodes
+        # set ENERGY_GPUS_ON_NODE. On bare metal NVML sees every GPU of the node.
+        counts = [getattr(s, "device_count", 0) for s in meter.active_sources]
+        if torch.cuda.is_available():
+            counts.append(torch.cuda.device_count())
+        return max(counts, default=0)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def on_trial_startup(self, first_batch_idx: int, checkpoint_uuid: Optional[str]) -> None:
+        if not self._enabled:
+            return
+        self._started_at = time.monotonic()
+        try:
+            dist = self._context.distributed
+            gpu_indices = self._gpu_indices()
+            sources = build_sources(self._opts["sources"], env=os.environ,
+                                    gpu_indices=gpu_indices,
+                                    node_reader=dist.local_rank == 0,
+                                    options={k: v for k, v in self._opts.items()
+                                             if v is not None})
+            meter = EnergyMeter(sources).start()
+            self._gpus_on_node = self._count_gpus_on_node(meter, bool(gpu_indices))
+            self._meter = meter
+        except Exception as err:
+            self._failed("starting the energy meter", err)
+
+    def on_trial_shutdown(self) -> None:
+        if self._meter is not None:
+            self._meter.close()
+            self._meter = None
+
+    # -- collection -------------------------------------------------------------------------
+    def _local_report(self) -> Dict[str, Any]:
+        dist = self._context.distributed
+        meta = dict(node_id=self._node_id, rank=dist.rank, local_rank=dist.local_rank,
+                    slots_on_node_for_trial=dist.local_size, gpus_on_node=self._gpus_on_node)
+        try:
+            if self._meter is None:
+                raise RuntimeError("no energy meter (it failed to start)")
+            snapshot = self._meter.read()
+        except Exception as err:
+            self._failed("reading the energy meter", err)
+            elapsed = time.monotonic() - (self._started_at or time.monotonic())
+            # Nothing measured here, and coverage 0 says so in the trial's figures.
+            snapshot = EnergySnapshot(duration_s=elapsed, joules={}, per_source={},
+                                      coverage={f"rank{dist.rank}": 0.0}, sources=[])
+        return RankEnergy.from_snapshot(snapshot, **meta).to_dict()
+
+    def _collect(self) -> Optional[TrialEnergy]:
+        """Allgather every rank's report; on the chief, combine and add the offset."""
+        local = self._local_report()
+        # Collective, on every rank, not guarded: an exception here means the ranks can no
+        # longer talk to each other, and hiding it would leave the others waiting forever.
+        reports = self._context.distributed.allgather(local)
+        if self._context.distributed.rank != 0:
+            return None
+        try:
+            trial = combine(reports, self._opts["apportion"]).plus(self._offset)
+        except Exception as err:
+            self._failed("combining the ranks' energy", err)
+            return None
+        self._latest = trial
+        return trial
+
+    def _report(self, trial: TrialEnergy) -> None:
+        try:
+            step = int(self._steps_completed())
+            if step == self._last_reported_step:
+                return
+            metrics = trial.to_metrics(
+                pue=self._opts["pue"],
+                carbon_intensity_g_per_kwh=self._opts["carbon_intensity_g_per_kwh"])
+            # The PyTorchTrialContext keeps its core context private (``_core``); custom
+            # metric groups are only reachable through it in Determined 0.38.1.
+            self._context._core.train.report_metrics(group="energy", steps_completed=step,
+                                                     metrics=metrics)
+            self._last_reported_step = step
+        except Exception as err:
+            self._failed("reporting the energy group", err)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def on_training_workload_end(self, avg_metrics: Dict[str, Any],
+                                 batch_metrics: Dict[str, Any]) -> None:
+        if not self._enabled:
+            return
+        trial = self._collect()
+        if trial is not None:
+            self._report(trial)
+
+    def on_validation_end(self, metrics: Dict[str, Any]) -> None:
+        if not self._enabled:
+            return
+        trial = self._collect()
+        if trial is None:
+            return
+        self._report(trial)
+        try:
+            energy_wh = trial.energy_wh
+            # The validation group refuses None values: only add what was measured.
+            if energy_wh is not None:
+                metrics["energy_wh"] = energy_wh
+            if not self._target_reached and metrics.get("time_to_target_s") is not None:
+                self._target_reached = True
+                self._energy_to_target_wh = energy_wh
+                if energy_wh is None:
+                    log.warning("energy: target reached but no source measured energy; "
+                                "energy_to_target_wh is not available")
+            if self._energy_to_target_wh is not None:
+                metrics["energy_to_target_wh"] = self._energy_to_target_wh
+        except Exception as err:
+            self._failed("adding energy to the validation metrics", err)
+
+    # -- checkpoint state -------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Trial totals so far (per component and duration), and energy to target."""
+        if not self._enabled:
+            return {}
+        total = self._latest if self._latest is not None else self._offset
+        return {
+            "version": 1,
+            "total": total.to_dict(),
+            "target_reached": self._target_reached,
+            "energy_to_target_wh": self._energy_to_target_wh,
+            "last_reported_step": self._last_reported_step,
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore the totals of the run before a pause as the offset of this one."""
+        if not self._enabled or not state_dict:
+            return
+        try:
+            if state_dict.get("version") != 1:
+                raise ValueError(f"unknown energy state version {state_dict.get('version')!r}")
+            self._offset = TrialEnergy.from_dict(state_dict["total"])
+            self._target_reached = bool(state_dict.get("target_reached", False))
+            self._energy_to_target_wh = state_dict.get("energy_to_target_wh")
+            self._last_reported_step = state_dict.get("last_reported_step")
+            self._latest = None
+        except Exception as err:
+            self._failed("restoring energy from the checkpoint", err)
+            # The energy before the pause is unknown: say so through coverage 0, which
+            # every later report carries, rather than silently restarting from zero.
+            self._offset = TrialEnergy.empty(self._opts["apportion"])
+            self._offset.coverage = 0.0

@@ -1,0 +1,176 @@
+"""Whole-node input power from the BMC through IPMI DCMI (``ipmitool dcmi power reading``).
+
+The command comes from ``ENERGY_IPMI_CMD`` (split with shlex), default
+``ipmitool dcmi power reading`` (in-band, through /dev/ipmi0, usually root only). For a BMC
+reached over the network put the interface options in it, with the password in a file:
+``ipmitool -I lanplus -H bmc-host -U user -f /path/passfile dcmi power reading``.
+A password given with ``-P`` works but is visible in ``ps``; it is never logged here.
+
+DCMI gives power only, so the source samples it on a thread (default every 5 s, about the
+BMC's own refresh) and integrates with ``PowerSampler`` (see its docstring for the bias).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .base import EnergySource, SourceUnavailable
+from .sampling import PowerSampler
+
+log = logging.getLogger("shared.energy")
+
+DEFAULT_CMD = "ipmitool dcmi power reading"
+DEFAULT_PERIOD_S = 5.0
+DEFAULT_TIMEOUT_S = 10.0
+
+# ipmitool options whose value is a secret: -P password, -k / -y Kg keys.
+_SECRET_FLAGS = ("-P", "-k", "-y")
+_READING_RE = re.compile(r"Instantaneous power reading\s*:\s*(\d+(?:\.\d+)?)\s*Watts",
+                         re.IGNORECASE)
+_STATE_RE = re.compile(r"Power reading state is\s*:\s*(\w+)", re.IGNORECASE)
+
+
+def redact_command(argv: Sequence[str]) -> str:
+    """The command line as it may appear in a log: values of -P, -k and -y replaced."""
+    out: List[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append("******")
+            hide_next = False
+        elif arg in _SECRET_FLAGS:
+            out.append(arg)
+            hide_next = True
+        elif any(arg.startswith(f) and len(arg) > len(f) for f in _SECRET_FLAGS):
+            out.append(arg[:2] + "******")  # joined form: -Psecret
+        else:
+            out.append(arg)
+    return shlex.join(out)
+
+
+def parse_dcmi_power(text: str) -> Tuple[float, Optional[str]]:
+    """Parse ``ipmitool dcmi power reading`` output into (instantaneous watts, state).
+
+    ``state`` is "activated"/"deactivated" from the "Power reading state is" line, or None
+    if the line is absent.
+
+    Raises:
+        ValueError: no "Instantaneous power reading: N Watts" line (the message quotes the
+            start of what was received).
+    """
+    match = _READING_RE.search(text)
+    if match is None:
+        shown = " ".join(text.split())[:120]
+        raise ValueError(f"no 'Instantaneous power reading: N Watts' line in the output "
+                         f"(got {shown!r})")
+    state = _STATE_RE.search(text)
+    return float(match.group(1)), (state.group(1).lower() if state else None)
+
+
+class IpmiSource(EnergySource):
+    """Node input power from ``ipmitool dcmi power reading``, sampled and integrated
+    (component "node").
+
+    Args:
+        command: the command line (a string split with shlex, or an argv list).
+        period_s: sampling period in seconds.
+        timeout_s: a reading taking longer is killed and counted as a failure.
+    """
+
+    name = "ipmi"
+    scope = "node"
+
+    def __init__(self, command: str | Sequence[str] = DEFAULT_CMD, *,
+                 period_s: float = DEFAULT_PERIOD_S,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__()
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        if not argv:
+            raise ValueError("ENERGY_IPMI_CMD is empty: give the ipmitool command line, e.g. "
+                             f"{DEFAULT_CMD!r}")
+        for label, value in (("sample period", period_s), ("ipmi_timeout_s", timeout_s)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"ipmi: {label} must be a positive number of seconds, "
+                                 f"got {value!r}")
+        self.argv = argv
+        self.period_s = float(period_s)
+        self.timeout_s = float(timeout_s)
+        self._sampler: Optional[PowerSampler] = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], options: Mapping[str, Any]) -> "IpmiSource":
+        """Command from ``ENERGY_IPMI_CMD``; period from the energy options
+        ``ipmi_sample_period_s`` or else ``sample_period_s``, timeout ``ipmi_timeout_s``."""
+        period = options.get("ipmi_sample_period_s", options.get("sample_period_s"))
+        return cls(env.get("ENERGY_IPMI_CMD") or DEFAULT_CMD,
+                   period_s=DEFAULT_PERIOD_S if period is None else period,
+                   timeout_s=options.get("ipmi_timeout_s", DEFAULT_TIMEOUT_S))
+
+    @property
+    def redacted(self) -> str:
+        """The command as logged (secrets replaced)."""
+        return redact_command(self.argv)
+
+    def _reading(self) -> Tuple[float, Optional[str]]:
+        # A session of its own so that a timeout kills wrappers' children too (``sudo
+        # ipmitool ...`` forks): killing only the direct child would leave the pipes open
+        # and communicate() waiting for them.
+        proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+            proc.communicate()
+            raise TimeoutError(f"`{self.redacted}` took longer than {self.timeout_s:g} s")
+        if proc.returncode != 0:
+            text = " ".join((err or out or "").split())[:200]
+            raise RuntimeError(f"`{self.redacted}` exited with status {proc.returncode}: {text}")
+        return parse_dcmi_power(out)
+
+    def _watts(self) -> float:
+        watts, _ = self._reading()
+        if watts <= 0:
+            # A running node cannot draw 0 W: the BMC has no valid reading.
+            raise ValueError(f"BMC reported {watts:g} W (no valid reading)")
+        return watts
+
+    def open(self) -> None:
+        try:
+            watts, state = self._reading()
+        except FileNotFoundError:
+            raise SourceUnavailable(f"ipmi: command {self.argv[0]!r} not found; install "
+                                    f"ipmitool or set ENERGY_IPMI_CMD")
+        except PermissionError as err:
+            raise SourceUnavailable(f"ipmi: cannot run {self.argv[0]!r}: {err.strerror}")
+        except (OSError, TimeoutError, RuntimeError, ValueError) as err:
+            raise SourceUnavailable(f"ipmi: {err}")
+        if watts <= 0:
+            raise SourceUnavailable(f"ipmi: the BMC reports {watts:g} W (power reading "
+                                    f"state: {state or 'unknown'}); DCMI power reading is not "
+                                    f"usable on this node")
+        if state == "deactivated":
+            # OpenBMC reports "deactivated" with valid readings; others do not: say so once.
+            log.warning("ipmi: the BMC says 'Power reading state is: deactivated' but reads "
+                        "%g W; using it. Check it against the PSU/PDU if in doubt.", watts)
+        self._sampler = PowerSampler(self.period_s, self._watts, self.health, self.name)
+        self._sampler.start()
+
+    def read(self) -> Dict[str, float]:
+        return {"node": self._sampler.energy_j() if self._sampler is not None else 0.0}
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop(timeout_s=self.timeout_s + 1.0)
+
+    def describe(self) -> str:
+        return f"ipmi: `{self.redacted}` sampled every {self.period_s:g} s"

@@ -1,0 +1,358 @@
+"""Node energy from a site's Prometheus: integrate the power series it already scrapes.
+
+Many HPC sites already collect node power (ipmi/redfish exporters, DCGM exporter) in
+Prometheus. This source does not sample anything itself: ``read()`` asks
+``/api/v1/query_range`` for the configured PromQL expression over the trial's window and
+integrates what comes back.
+
+Configuration (environment, so that site details stay out of the experiment config):
+
+- ``ENERGY_PROMETHEUS_URL``: base URL, e.g. ``http://prometheus:9090`` (a path prefix such as
+  ``https://host/prometheus`` is kept).
+- ``ENERGY_PROMETHEUS_QUERY``: PromQL giving *this node's* power in watts. ``{node}`` is
+  replaced by this host's name (``socket.gethostname()``, or ``ENERGY_NODE_NAME``); other
+  braces are PromQL's own, e.g. ``sum(ipmi_power_watts{instance=~"{node}:.*"})``.
+- ``ENERGY_PROMETHEUS_STEP_S``: evaluation step in seconds (default 15; keep it at or above the
+  scrape interval).
+- ``ENERGY_PROMETHEUS_TOKEN_FILE``: optional bearer token (file content, stripped), never logged.
+- ``ENERGY_PROMETHEUS_CA_BUNDLE`` / ``ENERGY_PROMETHEUS_INSECURE=1``: TLS, as for Redfish.
+  Proxies from the environment (``https_proxy``, ``no_proxy``) are honoured.
+
+How the integral is formed, and its bias:
+
+- The window starts at ``open()`` (wall clock, Unix time, which is what Prometheus speaks) and
+  is evaluated on a fixed grid ``t0 + k * step``. Each series is integrated with the trapezoidal
+  rule between consecutive grid points; all returned series are summed (so a query returning
+  per-PSU series gives the node total; make sure the series do not overlap, e.g. node power
+  plus DCGM GPU power would count the GPUs twice).
+- The integral covers up to the last grid point at or before the latest query, so it lags
+  the present by up to one step plus the caching below; reports are cumulative, so the lag
+  is carried into the next report, not lost.
+- Each query asks only for the part of the window not integrated yet (points already
+  integrated are skipped), in chunks of at most ``max_points_per_query`` points (Prometheus
+  refuses more than 11,000 per series), so ``read()`` stays cheap over a long training run.
+  ``read()`` queries at most once per step and only once a new grid point exists; in between
+  it returns the last computed total. A window shorter than one step therefore returns the
+  last value (0 J right after ``open()``).
+- Two consecutive points of a series more than ``max_gap_steps`` steps apart (a hole in the
+  data: exporter down, series stale) are not bridged: the hole is not counted, is logged once
+  and lowers ``health.coverage``. Non-finite values (NaN, Inf) are treated as holes.
+- A failed query (HTTP error, ``"status": "error"``, garbage) is counted in ``health`` and the
+  last good total is returned; the next query starts where the last good one ended, so the
+  data of the failed interval is picked up later (Prometheus keeps history), not lost.
+  ``read()`` runs on the caller's thread and a query can block it up to ``timeout_s``, so
+  after consecutive failures the next tries back off exponentially (step x 2^(n-1), capped
+  by ``max_backoff_s``): an unreachable Prometheus costs the training loop one timeout per
+  backoff interval, and no data.
+
+Prometheus evaluates an instant vector at each grid point from the latest raw sample within
+its lookback (5 min by default): a gauge scraped every 15 s is thus read as a step function
+of its scrapes, smoothed by the trapezoid. Energy counters (``*_joules_total``) should rather
+be queried as ``rate(...)`` in watts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+import urllib.parse
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .base import EnergySource, SourceUnavailable
+from .redfish import (HttpFailure, JsonHttpClient, check_http_url, env_flag, make_ssl_context,
+                      positive_option, redact_url, refuse_secret_options)
+
+log = logging.getLogger(__name__)
+
+ENV_URL = "ENERGY_PROMETHEUS_URL"
+ENV_QUERY = "ENERGY_PROMETHEUS_QUERY"
+ENV_STEP = "ENERGY_PROMETHEUS_STEP_S"
+ENV_TOKEN_FILE = "ENERGY_PROMETHEUS_TOKEN_FILE"
+ENV_CA_BUNDLE = "ENERGY_PROMETHEUS_CA_BUNDLE"
+ENV_INSECURE = "ENERGY_PROMETHEUS_INSECURE"
+ENV_NODE_NAME = "ENERGY_NODE_NAME"
+
+# Prometheus refuses query_range answers above 11,000 points per series; stay well below.
+DEFAULT_MAX_POINTS = 10_000
+
+SeriesKey = str
+Point = Tuple[float, float]
+
+
+class PrometheusError(Exception):
+    """An answer that arrived but is not a usable range-query result."""
+
+
+def parse_matrix(doc: Any) -> Dict[SeriesKey, List[Point]]:
+    """Series of a ``query_range`` answer, keyed by their label set, points sorted by time.
+
+    Raises PrometheusError for ``status: error``, a result that is not a matrix, or malformed
+    points. Non-finite values are dropped (they are holes, not readings).
+    """
+    if not isinstance(doc, dict):
+        raise PrometheusError("answer is not a JSON object")
+    status = doc.get("status")
+    if status == "error":
+        raise PrometheusError(f"Prometheus error {doc.get('errorType', '?')}: "
+                              f"{str(doc.get('error', ''))[:300]}")
+    if status != "success":
+        raise PrometheusError(f"answer has status {str(status)[:40]!r}, expected 'success'")
+    data = doc.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != "matrix":
+        kind = data.get("resultType") if isinstance(data, dict) else None
+        raise PrometheusError(f"expected a matrix result, got {str(kind)[:40]!r}")
+    result = data.get("result")
+    if not isinstance(result, list):
+        raise PrometheusError("data.result is not a list")
+    series: Dict[SeriesKey, List[Point]] = {}
+    for item in result:
+        if not isinstance(item, dict) or not isinstance(item.get("values"), list):
+            raise PrometheusError("a series has no 'values' list")
+        key = json.dumps(item.get("metric", {}), sort_keys=True)
+        points: List[Point] = []
+        for pair in item["values"]:
+            try:
+                ts, raw = pair
+                ts, value = float(ts), float(raw)
+            except (TypeError, ValueError):
+                raise PrometheusError(f"malformed point {str(pair)[:60]} in series {key}") from None
+            if math.isfinite(value) and math.isfinite(ts):
+                points.append((ts, value))
+        points.sort()
+        series.setdefault(key, []).extend(points)
+    return series
+
+
+class PrometheusSource(EnergySource):
+    """Node power from Prometheus, integrated over the window since ``open()``.
+
+    Args:
+        base_url: Prometheus base URL (``/api/v1/query_range`` is appended).
+        query: PromQL expression for this node's power in watts (``{node}`` already replaced).
+        step_s: evaluation step in seconds.
+        token: bearer token, or None.
+        ca_bundle, insecure: TLS verification (see make_ssl_context).
+        timeout_s: per-request timeout.
+        max_gap_steps: longest hole (in steps) between two points that is still bridged.
+        max_points_per_query: chunk size of one query_range request.
+        max_backoff_s: longest pause between tries once queries keep failing.
+        clock: wall clock in Unix seconds (Prometheus' time base); injectable for tests.
+    """
+
+    name = "prometheus"
+    scope = "node"
+
+    def __init__(self, base_url: str, query: str, *, step_s: float = 15.0,
+                 token: Optional[str] = None, ca_bundle: Optional[str] = None,
+                 insecure: bool = False, timeout_s: float = 5.0, max_gap_steps: float = 3.0,
+                 max_points_per_query: int = DEFAULT_MAX_POINTS, max_backoff_s: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        for label, value in (("step_s", step_s), ("timeout_s", timeout_s),
+                             ("max_gap_steps", max_gap_steps), ("max_backoff_s", max_backoff_s)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"prometheus: {label} must be a positive number, got {value!r}")
+        if step_s < 0.001:
+            raise ValueError(f"prometheus: step_s must be at least 1 ms (Prometheus' time "
+                             f"resolution), got {step_s!r}")
+        if max_gap_steps < 1:
+            raise ValueError(f"prometheus: max_gap_steps must be >= 1, got {max_gap_steps!r}")
+        if not isinstance(max_points_per_query, int) or max_points_per_query < 2:
+            raise ValueError("prometheus: max_points_per_query must be an integer >= 2, got "
+                             f"{max_points_per_query!r}")
+        if not query.strip():
+            raise ValueError("prometheus: the PromQL query is empty")
+        parts = check_http_url(base_url.strip(), ENV_URL, ENV_TOKEN_FILE)
+        self.base_url = urllib.parse.urlunsplit(parts._replace(query="", fragment="")).rstrip("/")
+        self.query = query
+        self.step_s = float(step_s)
+        # The grid is kept in integer milliseconds, Prometheus' own time base, so that chunk
+        # boundaries land exactly on points it evaluates (no float drift over days).
+        self._step_ms = round(self.step_s * 1000)
+        self.step_s = self._step_ms / 1000.0
+        self.timeout_s = float(timeout_s)
+        self.max_gap_s = float(max_gap_steps) * self.step_s
+        self.max_points_per_query = max_points_per_query
+        self.max_backoff_s = float(max_backoff_s)
+        self._clock = clock
+        self._token = token
+        self._ca_bundle = ca_bundle
+        self._insecure = insecure
+        self._client: Optional[JsonHttpClient] = None
+        self._energy_j = 0.0
+        self._covered_ms: Optional[int] = None
+        #: seconds of holes left out of the integral (summed over series)
+        self.gap_s = 0.0
+        self._last_point: Dict[SeriesKey, Point] = {}
+        self._next_attempt = -math.inf  # time.monotonic() before which read() does not query
+        self._consecutive_failures = 0
+
+    def __repr__(self) -> str:  # the token must never show up, even in a debugger dump
+        return f"PrometheusSource({redact_url(self.base_url)!r}, {self.query!r}, step_s={self.step_s})"
+
+    # -- construction from the environment ---------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], options: Optional[Mapping[str, Any]] = None
+                 ) -> "PrometheusSource":
+        """Build from ``ENERGY_PROMETHEUS_*`` variables (and ``ENERGY_NODE_NAME``).
+
+        Raises SourceUnavailable when the URL or query is not set or the configuration is
+        unusable (step, token file, CA bundle), ValueError for a bad hyperparameter.
+        """
+        options = options or {}
+        refuse_secret_options(options, "prometheus", ENV_TOKEN_FILE)
+        url = env.get(ENV_URL, "").strip()
+        if not url:
+            raise SourceUnavailable(f"{ENV_URL} is not set (the Prometheus base URL, e.g. "
+                                    "http://prometheus:9090)")
+        query = env.get(ENV_QUERY, "").strip()
+        if not query:
+            raise SourceUnavailable(f"{ENV_QUERY} is not set (PromQL giving this node's power "
+                                    "in watts; {node} is replaced by the host name)")
+        node = env.get(ENV_NODE_NAME, "").strip() or socket.gethostname()
+        # str.replace, not str.format: PromQL label matchers use braces themselves.
+        query = query.replace("{node}", node)
+        raw_step = env.get(ENV_STEP, "").strip()
+        step = 15.0
+        if raw_step:
+            try:
+                step = float(raw_step)
+            except ValueError:
+                step = math.nan
+            if not (math.isfinite(step) and step > 0):
+                raise SourceUnavailable(f"{ENV_STEP}={raw_step!r} must be a positive number of "
+                                        "seconds")
+        token = None
+        token_path = env.get(ENV_TOKEN_FILE, "").strip()
+        if token_path:
+            try:
+                with open(token_path, "r", encoding="utf-8") as handle:
+                    token = handle.read().strip()
+            except FileNotFoundError:
+                raise SourceUnavailable(f"{ENV_TOKEN_FILE}={token_path}: no such file") from None
+            except (OSError, UnicodeDecodeError) as err:
+                reason = getattr(err, "strerror", None) or type(err).__name__
+                raise SourceUnavailable(f"{ENV_TOKEN_FILE}={token_path}: cannot read it "
+                                        f"({reason})") from None
+            if not token or any(c in token for c in "\r\n"):
+                raise SourceUnavailable(f"{ENV_TOKEN_FILE}={token_path}: expected one line "
+                                        "holding the bearer token")
+        ca_bundle = env.get(ENV_CA_BUNDLE, "").strip() or None
+        if ca_bundle and not os.path.isfile(ca_bundle):
+            raise SourceUnavailable(f"{ENV_CA_BUNDLE}={ca_bundle}: no such file")
+        timeout = positive_option(options, ("prometheus_timeout_s",), 5.0)
+        return cls(url, query, step_s=step, token=token, ca_bundle=ca_bundle,
+                   insecure=env_flag(env, ENV_INSECURE), timeout_s=timeout)
+
+    # -- EnergySource -------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start the window now; one real query checks the URL, token and that the query
+        returns data (an empty answer usually means ``{node}`` does not match the labels)."""
+        if self._covered_ms is not None:
+            raise RuntimeError("prometheus: open() called twice (a window is opened once)")
+        headers = {"Accept": "application/json"}
+        shown = redact_url(self.base_url)
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+            if self.base_url.startswith("http://"):
+                log.warning("prometheus: sending the bearer token over plain http to %s", shown)
+        ssl_context = (make_ssl_context(self._ca_bundle, self._insecure, "prometheus")
+                       if self.base_url.startswith("https://") else None)
+        self._client = JsonHttpClient(
+            timeout_s=self.timeout_s, headers=headers, ssl_context=ssl_context,
+            use_env_proxies=True,
+            tls_hint=f"set {ENV_CA_BUNDLE} to the PEM file of the CA that signed its certificate")
+        t0_ms = math.floor(self._clock() * 1000)
+        try:
+            series = self._query_range(t0_ms, t0_ms)
+        except (HttpFailure, PrometheusError) as err:
+            self._client = None
+            raise SourceUnavailable(f"prometheus: {err}") from None
+        if not series or not any(series.values()):
+            self._client = None
+            raise SourceUnavailable(
+                f"prometheus: query {self.query!r} returned no data at {shown} (check the "
+                f"metric and that the host name, or {ENV_NODE_NAME}, matches its labels)")
+        self._covered_ms = t0_ms
+        self._ingest(series)
+        self._next_attempt = time.monotonic() + self.step_s
+        log.info("prometheus: node power from %s, query %r (%d series), step %g s", shown,
+                 self.query, len(series), self.step_s)
+
+    def read(self) -> Dict[str, float]:
+        """Joules since open(), up to the latest grid point integrated (see module doc)."""
+        if self._client is not None:
+            self._refresh()
+        return {"node": self._energy_j}
+
+    def close(self) -> None:
+        """Stop querying (later read() calls return the last total). Safe to call twice."""
+        self._client = None
+
+    def describe(self) -> str:
+        return (f"prometheus: {self.query!r} at {redact_url(self.base_url)}, step "
+                f"{self.step_s:g} s")
+
+    # -- querying and integrating -------------------------------------------------------------
+    @property
+    def covered_until(self) -> Optional[float]:
+        """Unix time up to which the integral is complete (None before open())."""
+        return None if self._covered_ms is None else self._covered_ms / 1000.0
+
+    def _refresh(self) -> None:
+        assert self._covered_ms is not None
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return
+        now_ms = math.floor(self._clock() * 1000)
+        n_new = (now_ms - self._covered_ms) // self._step_ms
+        if n_new < 1:
+            return
+        end_ms = self._covered_ms + n_new * self._step_ms
+        chunk_ms = (self.max_points_per_query - 1) * self._step_ms
+        try:
+            # Bounded: each pass advances _covered_ms by at least one step, up to end_ms.
+            while self._covered_ms < end_ms:
+                stop_ms = min(end_ms, self._covered_ms + chunk_ms)
+                self._ingest(self._query_range(self._covered_ms, stop_ms))
+                self._covered_ms = stop_ms
+        except (HttpFailure, PrometheusError) as err:
+            self._consecutive_failures += 1
+            exponent = min(self._consecutive_failures - 1, 30)
+            self._next_attempt = now + min(self.max_backoff_s, self.step_s * 2.0 ** exponent)
+            self.health.record_failure(self.name, err)
+            return
+        self._consecutive_failures = 0
+        self._next_attempt = now + self.step_s
+        self.health.record_ok()
+
+    def _query_range(self, start_ms: int, end_ms: int) -> Dict[SeriesKey, List[Point]]:
+        assert self._client is not None
+        params = urllib.parse.urlencode({"query": self.query, "start": f"{start_ms / 1000:.3f}",
+                                         "end": f"{end_ms / 1000:.3f}",
+                                         "step": f"{self._step_ms / 1000:.3f}"})
+        doc = self._client.get_json(f"{self.base_url}/api/v1/query_range?{params}")
+        return parse_matrix(doc)
+
+    def _ingest(self, series: Mapping[SeriesKey, List[Point]]) -> None:
+        """Add the trapezoids between each series' last integrated point and its new points."""
+        for key, points in series.items():
+            previous = self._last_point.get(key)
+            for ts, watts in points:
+                if previous is not None:
+                    dt = ts - previous[0]
+                    if dt <= 0:
+                        continue  # the chunk's first point repeats the last one integrated
+                    if dt <= self.max_gap_s:
+                        self._energy_j += 0.5 * (previous[1] + watts) * dt
+                    else:
+                        self.gap_s += dt
+                        self.health.record_failure(
+                            self.name, f"series {key} has no data for {dt:.3g} s before "
+                                       f"t={ts:.3f}; that interval is not counted")
+                previous = (ts, watts)
+            if previous is not None:
+                self._last_point[key] = previous

@@ -1,0 +1,701 @@
+"""Whole-node input power from the BMC over Redfish, integrated on a sampling thread.
+
+What is measured: the power supplies' input, i.e. everything the node draws (GPUs, CPUs,
+DRAM, fans, PSU losses). It is a *node* figure: read by one process per node, and it already
+contains the GPUs (never add NVML on top of it).
+
+Where the reading comes from (``ENERGY_REDFISH_URL`` may name any of these):
+
+- ``.../redfish/v1/Chassis/{id}/EnvironmentMetrics`` (Redfish 2020.4+): ``PowerWatts.Reading``.
+- ``.../redfish/v1/Chassis/{id}/Power`` (the older schema, HPE iLO 4/5 among others):
+  ``PowerControl[0].PowerConsumedWatts``.
+- ``.../redfish/v1/Chassis/{id}/PowerSubsystem`` (2020.4+): the sum over the power supplies
+  (``PowerSupplies`` collection) of each one's ``Metrics`` (PowerSupplyMetrics)
+  ``InputPowerWatts.Reading``. The schema has no node total here, so the input of every
+  present supply is added; an absent slot (``Status.State == "Absent"``) is skipped; a present
+  supply without a reading makes the sample fail rather than silently under-count. The
+  supplies are listed once at ``open()`` (a supply hot-plugged later is not seen).
+- ``.../redfish/v1/Chassis/{id}`` or the chassis collection: that chassis' power resource.
+- the service root ``.../redfish/v1`` (or just ``https://bmc``): discovery. Chassis that are
+  not contained in another (no ``Links.ContainedBy``; a GPU baseboard or a drive enclosure is)
+  come first, in collection order; in each, EnvironmentMetrics, then Power, then
+  PowerSubsystem is tried, and the first that gives a reading wins. The chosen URL is logged
+  once. On a BMC with several top-level chassis, name the resource directly.
+
+Secrets: credentials only from the file named by ``ENERGY_REDFISH_CREDENTIALS_FILE``, either a
+first line ``user:password`` (the password may contain ``:``) or a JSON object
+``{"username": "...", "password": "..."}``; HTTP Basic auth, sent preemptively. Never from
+hyperparameters (they are shown in the WebUI; options that look like secrets are refused) nor
+from the URL (``user:pass@host`` is refused: the URL is typically set in the experiment
+config's environment, which the WebUI shows too). No message, log line or ``repr`` contains
+them. Redirects are not followed, so the Authorization header never travels to another URL,
+and a link in a BMC document that points off the BMC is refused for the same reason.
+Proxies from the environment are ignored: BMCs live on a management network, and Basic
+credentials must not go through an HTTP proxy.
+
+Transport: TLS verified by default (``ENERGY_REDFISH_CA_BUNDLE`` names a PEM CA file for the
+BMC's usually self-signed certificate; ``ENERGY_REDFISH_INSECURE=1`` turns verification off,
+with a warning). Plain ``http://`` works with a warning, but credentials are not sent over it
+unless ``ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS=1``.
+
+Failures never stop training: a sample that fails (timeout, HTTP error, 401/403, garbage
+JSON, missing key, null reading) is counted in ``health``; after consecutive failures the
+next tries back off exponentially (period x 2^(n-1), capped by ``max_backoff_s``), those
+skipped slots count as failed samples; holes longer than ``max_gap_s`` are not bridged
+(see ``sampling.py`` for the integration and its bias).
+
+Options (the ``energy`` hyperparameters): ``redfish_sample_period_s`` (or the shared
+``sample_period_s``; default 5 s, about the BMC's refresh period: sampling faster only reads the
+same value again and loads the BMC), ``redfish_timeout_s`` (per request, default 3 s).
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import math
+import os
+import ssl
+import stat
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .base import EnergySource, SourceUnavailable
+from .sampling import PowerSampler
+
+log = logging.getLogger(__name__)
+
+# A BMC document is a few KiB; a larger body is not a Redfish resource (and must not eat memory).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+ENV_URL = "ENERGY_REDFISH_URL"
+ENV_CREDENTIALS = "ENERGY_REDFISH_CREDENTIALS_FILE"
+ENV_CA_BUNDLE = "ENERGY_REDFISH_CA_BUNDLE"
+ENV_INSECURE = "ENERGY_REDFISH_INSECURE"
+ENV_ALLOW_HTTP_CREDENTIALS = "ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS"
+
+# Order of preference inside one chassis: EnvironmentMetrics is the current schema and gives
+# one total; Power is deprecated but what iLO and many BMCs still serve; PowerSubsystem needs
+# one request per power supply.
+POWER_KINDS = ("EnvironmentMetrics", "Power", "PowerSubsystem")
+
+# Substrings of option names that can only be a secret: such a hyperparameter would be shown in
+# the WebUI and stored with the experiment, so it is refused, whatever source reads it.
+_SECRET_OPTION_WORDS = ("password", "passwd", "secret", "token", "credential", "apikey",
+                        "api_key")
+
+
+# ------------------------------------------------------------------------------------------
+# HTTP helpers (also used by prometheus.py, so that URL redaction and TLS set-up live in one
+# place).
+# ------------------------------------------------------------------------------------------
+def redact_url(url: str) -> str:
+    """The URL as it may appear in a log line: userinfo and query string removed."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        netloc = "***@" + netloc
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_http_url(url: str, env_name: str, secret_env: str) -> urllib.parse.SplitResult:
+    """Parse an http(s) URL from the environment; raise SourceUnavailable naming the variable.
+
+    URLs carrying ``user:password@`` are refused: such a URL ends up in the experiment
+    config's environment (visible in the WebUI) and in every log that prints it.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as err:
+        raise SourceUnavailable(f"{env_name}={redact_url(url)} is not a valid URL ({err})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SourceUnavailable(f"{env_name}={redact_url(url)} must be an http:// or https:// "
+                                "URL with a host name")
+    if parts.username is not None or parts.password is not None:
+        raise SourceUnavailable(
+            f"{env_name}={redact_url(url)} contains credentials (user:password@); remove them "
+            f"from the URL and put them in the file named by {secret_env}: a URL is shown in "
+            "the experiment config and in logs")
+    return parts
+
+
+def make_ssl_context(ca_bundle: Optional[str], insecure: bool, what: str) -> ssl.SSLContext:
+    """A client TLS context: system CAs, or ``ca_bundle`` (PEM) when given; verification off
+    only when ``insecure`` (logged as a warning, naming ``what``)."""
+    if ca_bundle:
+        try:
+            ctx = ssl.create_default_context(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as err:
+            raise SourceUnavailable(f"{what}: cannot load the CA bundle {ca_bundle} ({err})") from None
+    else:
+        ctx = ssl.create_default_context()
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        log.warning("%s: TLS certificate verification is OFF (insecure flag set); anyone on "
+                    "the path can impersonate the server", what)
+    return ctx
+
+
+class HttpFailure(Exception):
+    """A request that did not give a JSON document; the message is safe to log (no secrets,
+    URL redacted). ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would replay the Authorization header to the new location,
+    whatever its host or scheme."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+class JsonHttpClient:
+    """GET a URL, return its JSON body. Every failure becomes an ``HttpFailure`` whose message
+    names the (redacted) URL and what went wrong."""
+
+    def __init__(self, *, timeout_s: float, headers: Mapping[str, str],
+                 ssl_context: Optional[ssl.SSLContext], use_env_proxies: bool,
+                 tls_hint: str = "") -> None:
+        self.timeout_s = timeout_s
+        self._headers = dict(headers)
+        self._tls_hint = tls_hint
+        handlers: List[urllib.request.BaseHandler] = [_NoRedirect()]
+        if not use_env_proxies:
+            handlers.append(urllib.request.ProxyHandler({}))
+        if ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def get_json(self, url: str) -> Any:
+        """The decoded JSON document at ``url``; raises HttpFailure."""
+        shown = redact_url(url)
+        request = urllib.request.Request(url, headers=self._headers, method="GET")
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                body = response.read(MAX_BODY_BYTES + 1)
+        except urllib.error.HTTPError as err:
+            status, reason = err.code, err.reason
+            location = err.headers.get("Location") if err.headers else None
+            detail = _error_detail(err)
+            err.close()
+            if 300 <= status < 400:
+                raise HttpFailure(
+                    f"HTTP {status} redirect from {shown} to "
+                    f"{redact_url(location) if location else '?'}; redirects are not followed "
+                    "(credentials must not travel to another URL): configure the final URL",
+                    status) from None
+            raise HttpFailure(f"HTTP {status} {reason} from {shown}{detail}", status) from None
+        except urllib.error.URLError as err:
+            raise self._connection_failure(err.reason, shown) from None
+        except (http.client.HTTPException, OSError) as err:
+            raise self._connection_failure(err, shown) from None
+        if len(body) > MAX_BODY_BYTES:
+            raise HttpFailure(f"response from {shown} is larger than {MAX_BODY_BYTES} bytes; "
+                              "not a Redfish/Prometheus JSON document")
+        try:
+            return json.loads(body)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            raise HttpFailure(f"response from {shown} is not valid JSON "
+                              f"({len(body)} bytes)") from None
+
+    def _connection_failure(self, reason: Any, shown: str) -> HttpFailure:
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            hint = f"; {self._tls_hint}" if self._tls_hint else ""
+            return HttpFailure(f"TLS certificate verification failed for {shown} "
+                               f"({reason.verify_message}){hint}")
+        if isinstance(reason, TimeoutError):
+            return HttpFailure(f"no answer from {shown} within {self.timeout_s:g} s (timeout)")
+        if isinstance(reason, BaseException):
+            return HttpFailure(f"cannot read {shown}: {type(reason).__name__}: {reason}")
+        return HttpFailure(f"cannot read {shown}: {reason}")
+
+
+def _error_detail(err: urllib.error.HTTPError) -> str:
+    """The server's own explanation from an error body, if it is JSON: Prometheus'
+    ``{"errorType", "error"}`` or Redfish's ``{"error": {"code", "message"}}``; else ''."""
+    try:
+        doc = json.loads(err.read(64 * 1024))
+    except Exception:  # no body, not JSON, connection gone: the status line says enough
+        return ""
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, str):
+        text = f"{doc.get('errorType', 'error')}: {error}"
+    elif isinstance(error, dict):
+        text = str(error.get("message") or error.get("code") or "")
+    else:
+        return ""
+    return f" ({text[:300]})" if text else ""
+
+
+def env_flag(env: Mapping[str, str], name: str) -> bool:
+    """A boolean environment switch: 1/true/yes/on or 0/false/no/off/empty."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SourceUnavailable(f"{name}={env.get(name)!r} is not a boolean; use 1 or 0")
+
+
+def refuse_secret_options(options: Mapping[str, Any], source: str, env_hint: str) -> None:
+    """Raise ValueError if a hyperparameter looks like a credential (without echoing it)."""
+    for key in options:
+        lowered = str(key).lower()
+        if any(word in lowered for word in _SECRET_OPTION_WORDS):
+            raise ValueError(
+                f"energy option {key!r} looks like a credential for {source}: hyperparameters "
+                "are stored with the experiment and shown in the WebUI. Remove it (and change "
+                f"that secret, it has been exposed); use {env_hint} instead")
+
+
+def positive_option(options: Mapping[str, Any], names: Sequence[str], default: float) -> float:
+    """The first of ``names`` present in ``options`` as a positive finite number, else default."""
+    for name in names:
+        if name in options and options[name] is not None:
+            value = options[name]
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"energy option {name}={value!r} must be a positive number "
+                                 "of seconds")
+            return float(value)
+    return default
+
+
+# ------------------------------------------------------------------------------------------
+# Credentials
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BasicCredentials:
+    """HTTP Basic credentials and the file they came from (the file name is not secret)."""
+
+    username: str
+    password: str = field(repr=False)
+    origin: str = ""
+
+    def header(self) -> str:
+        token = base64.b64encode(f"{self.username}:{self.password}".encode("utf-8")).decode("ascii")
+        return f"Basic {token}"
+
+
+def load_credentials(path: str) -> BasicCredentials:
+    """Read ``user:password`` (first line) or JSON ``{"username", "password"}`` from ``path``.
+
+    Errors name the file, never its content. A file readable by group or others is accepted
+    with a warning (the training image may not allow chmod on a mounted secret).
+    """
+    where = f"{ENV_CREDENTIALS}={path}"
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            text = handle.read()
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SourceUnavailable(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise SourceUnavailable(f"{where}: cannot read it ({reason})") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("redfish: credentials file %s is readable by group/others (mode %o); "
+                    "chmod 600 it", path, stat.S_IMODE(mode))
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            doc = json.loads(stripped)
+        except ValueError:
+            raise SourceUnavailable(f"{where}: starts with '{{' but is not valid JSON") from None
+        user, password = doc.get("username"), doc.get("password")
+        if not (isinstance(user, str) and user.strip() and isinstance(password, str) and password):
+            raise SourceUnavailable(f"{where}: the JSON object needs non-empty string fields "
+                                    "'username' and 'password'")
+        return BasicCredentials(user.strip(), password, path)
+    first_line = text.splitlines()[0] if text else ""
+    user, sep, password = first_line.partition(":")
+    if not sep or not user.strip() or not password:
+        raise SourceUnavailable(f"{where}: expected 'user:password' on the first line, or a JSON "
+                                "object with 'username' and 'password'")
+    return BasicCredentials(user.strip(), password, path)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading Redfish documents
+# ------------------------------------------------------------------------------------------
+class BadReading(Exception):
+    """A document that arrived but does not hold a usable power reading."""
+
+
+def _dotted(path: Sequence[Any]) -> str:
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out
+
+
+def reading_at(doc: Any, path: Sequence[Any], where: str) -> float:
+    """The number at ``path`` (keys and list indices) in ``doc``, as watts.
+
+    Missing keys, null, strings, booleans, NaN and negative values are BadReading: a BMC that
+    is up but has no value yet must not be integrated as 0 W.
+    """
+    node = doc
+    for depth, key in enumerate(path):
+        if isinstance(key, int):
+            ok = isinstance(node, list) and -len(node) <= key < len(node)
+        else:
+            ok = isinstance(node, dict) and key in node
+        if not ok:
+            raise BadReading(f"{_dotted(path[:depth + 1])} missing in {where}")
+        node = node[key]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        raise BadReading(f"{_dotted(path)} is {str(json.dumps(node))[:40]}, not a number, in {where}")
+    if not math.isfinite(node) or node < 0:
+        raise BadReading(f"{_dotted(path)} is {node!r}, not a power in watts, in {where}")
+    return float(node)
+
+
+def resource_kind(doc: Any, url: str) -> str:
+    """Schema name of a Redfish document ("Power", "ServiceRoot", ...): from ``@odata.type``
+    (``#Power.v1_5_0.Power``, iLO's ``#Power.1.0.1.Power``), else guessed from the URL."""
+    if isinstance(doc, dict):
+        odata_type = doc.get("@odata.type")
+        if isinstance(odata_type, str) and odata_type.lstrip("#"):
+            return odata_type.lstrip("#").split(".", 1)[0]
+    segments = [s for s in urllib.parse.urlsplit(url).path.split("/") if s]
+    if segments[-2:] == ["redfish", "v1"]:
+        return "ServiceRoot"
+    if segments and segments[-1] in POWER_KINDS:
+        return segments[-1]
+    if segments and segments[-1] == "Chassis":
+        return "ChassisCollection"
+    if len(segments) >= 2 and segments[-2] == "Chassis":
+        return "Chassis"
+    return ""
+
+
+@dataclass
+class PowerResource:
+    """What one sample reads: the documents to GET and where the watts are in each."""
+
+    kind: str
+    url: str
+    read_urls: Tuple[str, ...]
+    path: Tuple[Any, ...]
+
+    def describe(self) -> str:
+        detail = f"{len(self.read_urls)} power supplies, " if self.kind == "PowerSubsystem" else ""
+        return f"{self.kind} at {redact_url(self.url)} ({detail}{_dotted(self.path)})"
+
+
+_PATHS: Dict[str, Tuple[Any, ...]] = {
+    "Power": ("PowerControl", 0, "PowerConsumedWatts"),
+    "EnvironmentMetrics": ("PowerWatts", "Reading"),
+    "PowerSubsystem": ("InputPowerWatts", "Reading"),  # in each PowerSupplyMetrics document
+}
+
+
+class RedfishSource(EnergySource):
+    """Node input power from the BMC's Redfish service, sampled and integrated.
+
+    Args:
+        url: service root, chassis, or power resource (see the module docstring).
+        credentials: HTTP Basic credentials, or None for a BMC that needs none.
+        ca_bundle: PEM file of CAs to trust for the BMC's certificate.
+        insecure: skip TLS verification (logged as a warning).
+        allow_http_credentials: send credentials over plain http (otherwise open() refuses).
+        sample_period_s: time between samples (the BMC refreshes every few seconds).
+        timeout_s: per-request timeout.
+        max_backoff_s: longest pause between tries once the BMC keeps failing.
+        max_gap_s: longest hole between good samples that is still bridged (default 3 periods).
+    """
+
+    name = "redfish"
+    scope = "node"
+
+    def __init__(self, url: str, *, credentials: Optional[BasicCredentials] = None,
+                 ca_bundle: Optional[str] = None, insecure: bool = False,
+                 allow_http_credentials: bool = False, sample_period_s: float = 5.0,
+                 timeout_s: float = 3.0, max_backoff_s: float = 60.0,
+                 max_gap_s: Optional[float] = None) -> None:
+        super().__init__()
+        for label, value in (("sample_period_s", sample_period_s), ("timeout_s", timeout_s),
+                             ("max_backoff_s", max_backoff_s)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"redfish: {label} must be a positive number, got {value!r}")
+        parts = check_http_url(url.strip(), ENV_URL, ENV_CREDENTIALS)
+        if parts.path.rstrip("/") == "":
+            # A bare host: the service root is at a fixed place (Redfish spec).
+            parts = parts._replace(path="/redfish/v1")
+        self.url = urllib.parse.urlunsplit(parts)
+        self._origin = (parts.scheme, parts.netloc.lower())
+        self.credentials = credentials
+        self.ca_bundle = ca_bundle
+        self.insecure = insecure
+        self.allow_http_credentials = allow_http_credentials
+        self.sample_period_s = float(sample_period_s)
+        self.timeout_s = float(timeout_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.max_gap_s = max_gap_s
+        self.resource: Optional[PowerResource] = None
+        self._client: Optional[JsonHttpClient] = None
+        self._sampler: Optional[PowerSampler] = None
+        self._consecutive_failures = 0
+        self._retry_at = 0.0
+        self._auth_logged = False
+
+    # -- construction from the environment ---------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], options: Optional[Mapping[str, Any]] = None
+                 ) -> "RedfishSource":
+        """Build from ``ENERGY_REDFISH_*`` variables and the ``energy`` hyperparameters.
+
+        Raises SourceUnavailable when the URL is not set or the site configuration is unusable
+        (credentials file, CA bundle, flags), ValueError for a bad hyperparameter.
+        """
+        options = options or {}
+        refuse_secret_options(options, "redfish", ENV_CREDENTIALS)
+        url = env.get(ENV_URL, "").strip()
+        if not url:
+            raise SourceUnavailable(
+                f"{ENV_URL} is not set (the BMC's Redfish service root, e.g. "
+                "https://bmc.example/redfish/v1, or its Chassis/<id>/Power resource)")
+        cred_path = env.get(ENV_CREDENTIALS, "").strip()
+        credentials = load_credentials(cred_path) if cred_path else None
+        ca_bundle = env.get(ENV_CA_BUNDLE, "").strip() or None
+        if ca_bundle and not os.path.isfile(ca_bundle):
+            raise SourceUnavailable(f"{ENV_CA_BUNDLE}={ca_bundle}: no such file")
+        period = positive_option(options, ("redfish_sample_period_s", "sample_period_s"), 5.0)
+        timeout = positive_option(options, ("redfish_timeout_s",), 3.0)
+        return cls(url, credentials=credentials, ca_bundle=ca_bundle,
+                   insecure=env_flag(env, ENV_INSECURE),
+                   allow_http_credentials=env_flag(env, ENV_ALLOW_HTTP_CREDENTIALS),
+                   sample_period_s=period, timeout_s=timeout)
+
+    # -- EnergySource -------------------------------------------------------------------------
+    def open(self) -> None:
+        """Check the transport, find the power resource, read it once, start sampling."""
+        if self._sampler is not None:
+            raise RuntimeError("redfish: open() called twice")
+        shown = redact_url(self.url)
+        headers = {"Accept": "application/json", "OData-Version": "4.0"}
+        if self._origin[0] == "http":
+            if self.credentials is not None and not self.allow_http_credentials:
+                raise SourceUnavailable(
+                    f"redfish: {shown} is plain http and credentials are configured "
+                    f"({ENV_CREDENTIALS}); they are not sent unencrypted. Use https, or set "
+                    f"{ENV_ALLOW_HTTP_CREDENTIALS}=1 if this network is trusted")
+            log.warning("redfish: %s is plain http: readings%s travel unencrypted", shown,
+                        " and credentials" if self.credentials is not None else "")
+        if self.credentials is not None:
+            headers["Authorization"] = self.credentials.header()
+        if self.sample_period_s < 1.0:
+            log.warning("redfish: sampling every %.3g s; a BMC refreshes its power reading "
+                        "every few seconds, faster sampling only loads it", self.sample_period_s)
+        ssl_context = (make_ssl_context(self.ca_bundle, self.insecure, "redfish")
+                       if self._origin[0] == "https" else None)
+        self._client = JsonHttpClient(
+            timeout_s=self.timeout_s, headers=headers, ssl_context=ssl_context,
+            use_env_proxies=False,
+            tls_hint=f"set {ENV_CA_BUNDLE} to the PEM file of the CA that signed the BMC's "
+                     f"certificate (or {ENV_INSECURE}=1 to skip verification)")
+        self.resource, watts = self._discover()
+        log.info("redfish: node power from %s: %.1f W now, sampled every %g s",
+                 self.resource.describe(), watts, self.sample_period_s)
+        self._sampler = PowerSampler(self.sample_period_s, self._sample_watts, self.health,
+                                     self.name, max_gap_s=self.max_gap_s)
+        self._sampler.start()
+
+    def read(self) -> Dict[str, float]:
+        """Joules since open() from the node's power supplies, up to the latest good sample."""
+        return {"node": self._sampler.energy_j() if self._sampler is not None else 0.0}
+
+    def close(self) -> None:
+        """Stop sampling (waits at most one request timeout). Safe to call twice."""
+        if self._sampler is not None:
+            self._sampler.stop(timeout_s=self.timeout_s + 1.0)
+
+    def describe(self) -> str:
+        if self.resource is None:
+            return f"redfish: {redact_url(self.url)} (not opened)"
+        return (f"redfish: node input power, {self.resource.describe()}, sampled every "
+                f"{self.sample_period_s:g} s")
+
+    @property
+    def sampler(self) -> Optional[PowerSampler]:
+        """The sampling thread's integrator (None before open())."""
+        return self._sampler
+
+    # -- sampling -----------------------------------------------------------------------------
+    def _sample_watts(self) -> float:
+        """One sample, for PowerSampler. Raises on failure (the sampler counts it)."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise HttpFailure(f"backing off after {self._consecutive_failures} consecutive "
+                              f"failures; next try in {self._retry_at - now:.1f} s")
+        assert self.resource is not None
+        try:
+            watts = self._read_resource(self.resource)
+        except Exception as err:
+            self._consecutive_failures += 1
+            exponent = min(self._consecutive_failures - 1, 30)
+            self._retry_at = now + min(self.max_backoff_s, self.sample_period_s * 2.0 ** exponent)
+            if isinstance(err, HttpFailure) and err.status in (401, 403) and not self._auth_logged:
+                self._auth_logged = True
+                log.error("redfish: %s; %s", err, self._auth_advice())
+            raise
+        self._consecutive_failures = 0
+        self._retry_at = 0.0
+        return watts
+
+    def _read_resource(self, resource: PowerResource) -> float:
+        total = 0.0
+        for url in resource.read_urls:
+            total += reading_at(self._get(url), resource.path, redact_url(url))
+        return total
+
+    # -- discovery ----------------------------------------------------------------------------
+    def _get(self, url: str) -> Any:
+        assert self._client is not None
+        return self._client.get_json(url)
+
+    def _resolve(self, ref: Any, base: str, what: str) -> Optional[str]:
+        """Absolute URL of a Redfish reference ``{"@odata.id": path}``, None if malformed;
+        BadReading if it leaves the BMC (the Authorization header would follow it)."""
+        target = ref.get("@odata.id") if isinstance(ref, dict) else None
+        if not isinstance(target, str) or not target:
+            return None
+        url = urllib.parse.urljoin(base, target)
+        parts = urllib.parse.urlsplit(url)
+        if (parts.scheme, parts.netloc.lower()) != self._origin:
+            raise BadReading(f"{what} link in {redact_url(base)} points outside the BMC "
+                             f"({redact_url(url)}); refused")
+        return url
+
+    def _link(self, doc: Any, key: str, base: str) -> Optional[str]:
+        """Absolute URL of ``doc[key]``, None if the document has no such link."""
+        return self._resolve(doc.get(key) if isinstance(doc, dict) else None, base, key)
+
+    def _members(self, collection: Any, url: str) -> List[str]:
+        members = collection.get("Members") if isinstance(collection, dict) else None
+        if not isinstance(members, list):
+            raise BadReading(f"Members missing in {redact_url(url)}")
+        links = (self._resolve(member, url, "Members") for member in members)
+        return [link for link in links if link is not None]
+
+    def _auth_advice(self) -> str:
+        if self.credentials is None:
+            return f"the BMC wants credentials: put them in a file named by {ENV_CREDENTIALS}"
+        return (f"the BMC refused the credentials from {self.credentials.origin or 'the file'}; "
+                f"check that file ({ENV_CREDENTIALS}) and the account's Redfish privileges")
+
+    def _unavailable(self, err: Exception, context: str = "") -> SourceUnavailable:
+        message = f"redfish: {context}{err}"
+        if isinstance(err, HttpFailure) and err.status in (401, 403):
+            message += f"; {self._auth_advice()}"
+        return SourceUnavailable(message)
+
+    def _discover(self) -> Tuple[PowerResource, float]:
+        """Resolve ``self.url`` to a power resource and read it once."""
+        try:
+            doc = self._get(self.url)
+        except HttpFailure as err:
+            raise self._unavailable(err) from None
+        kind = resource_kind(doc, self.url)
+        try:
+            if kind in POWER_KINDS:
+                return self._checked(kind, self.url, doc)
+            if kind == "Chassis":
+                return self._from_chassis([(self.url, doc)])
+            if kind == "ChassisCollection":
+                return self._from_collection(self.url, doc)
+            if kind == "ServiceRoot":
+                chassis = self._link(doc, "Chassis", self.url)
+                if chassis is None:
+                    raise BadReading(f"the service root {redact_url(self.url)} has no Chassis link")
+                return self._from_collection(chassis, self._get(chassis))
+        except (HttpFailure, BadReading) as err:
+            raise self._unavailable(err) from None
+        raise SourceUnavailable(
+            f"redfish: {redact_url(self.url)} is a {kind or 'unrecognised'} resource; "
+            f"{ENV_URL} must name the service root (.../redfish/v1), a chassis, or a chassis' "
+            "Power, EnvironmentMetrics or PowerSubsystem resource")
+
+    def _from_collection(self, url: str, collection: Any) -> Tuple[PowerResource, float]:
+        docs: List[Tuple[str, Any]] = []
+        for member in self._members(collection, url):
+            try:
+                docs.append((member, self._get(member)))
+            except HttpFailure as err:
+                if err.status in (401, 403):
+                    raise
+                log.info("redfish: skipping chassis %s (%s)", redact_url(member), err)
+        return self._from_chassis(docs)
+
+    def _from_chassis(self, chassis: List[Tuple[str, Any]]) -> Tuple[PowerResource, float]:
+        def contained(doc: Any) -> bool:
+            links = doc.get("Links") if isinstance(doc, dict) else None
+            return isinstance(links, dict) and bool(links.get("ContainedBy"))
+
+        # sorted() is stable: top-level chassis first, each group in collection order.
+        ordered = sorted(chassis, key=lambda item: contained(item[1]))
+        tried: List[str] = []
+        for url, doc in ordered:
+            links = [(kind, self._link(doc, kind, url)) for kind in POWER_KINDS]
+            links = [(kind, link) for kind, link in links if link is not None]
+            if not links:
+                tried.append(f"{redact_url(url)}: no power resource")
+                continue
+            for kind, link in links:
+                try:
+                    return self._checked(kind, link, self._get(link))
+                except (HttpFailure, BadReading) as err:
+                    if isinstance(err, HttpFailure) and err.status in (401, 403):
+                        raise
+                    tried.append(str(err))
+        raise BadReading("no chassis gave a node power reading; tried: "
+                         + ("; ".join(tried) if tried else "no chassis listed"))
+
+    def _checked(self, kind: str, url: str, doc: Any) -> Tuple[PowerResource, float]:
+        """The power resource at ``url`` (document ``doc``) and its current reading."""
+        resource = self._power_resource(kind, url, doc)
+        if resource.read_urls == (url,):  # the reading is in the document already fetched
+            return resource, reading_at(doc, resource.path, redact_url(url))
+        return resource, self._read_resource(resource)
+
+    def _power_resource(self, kind: str, url: str, doc: Any) -> PowerResource:
+        if kind != "PowerSubsystem":
+            return PowerResource(kind, url, (url,), _PATHS[kind])
+        supplies_url = self._link(doc, "PowerSupplies", url)
+        if supplies_url is None:
+            raise BadReading(f"PowerSupplies link missing in {redact_url(url)}")
+        metrics: List[str] = []
+        for member in self._members(self._get(supplies_url), supplies_url):
+            supply = self._get(member)
+            status = supply.get("Status") if isinstance(supply, dict) else None
+            state = status.get("State") if isinstance(status, dict) else None
+            if state == "Absent":
+                continue
+            link = self._link(supply, "Metrics", member)
+            if link is None:
+                raise BadReading(f"power supply {redact_url(member)} (State {state}) has no "
+                                 "Metrics link: its input power cannot be read, the node total "
+                                 "would be short")
+            metrics.append(link)
+        if not metrics:
+            raise BadReading(f"no power supply present under {redact_url(supplies_url)}")
+        return PowerResource(kind, url, tuple(metrics), _PATHS[kind])

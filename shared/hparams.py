@@ -1,0 +1,275 @@
+"""Hyperparameters: the schema every segmentation trial shares, and the reading of experiment
+configs for local runs.
+
+A misspelled key in an experiment config would otherwise be silently ignored by the trial
+(Determined passes whatever ``hyperparameters`` holds), and a wrong value would fail hours
+later on the cluster. So every key is declared here with its default and allowed values, and
+``resolve`` rejects unknown keys and bad values with a message naming the file and the key,
+before any model, data or GPU work.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import pathlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad experiment config, hyperparameter or command-line override."""
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    types: Tuple[type, ...]
+    choices: Optional[Sequence[Any]] = None
+    check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
+    nullable: bool = False
+    help: str = ""
+
+
+def _positive(v: Any) -> Optional[str]:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: Any) -> Optional[str]:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _pair(lo_ok: Callable[[float], bool]) -> Callable[[Any], Optional[str]]:
+    def check(v: Any) -> Optional[str]:
+        if len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            return "must be a list of two numbers"
+        if not all(lo_ok(x) for x in v):
+            return "values out of range"
+        return None
+    return check
+
+
+def _size(v: Any) -> Optional[str]:
+    if isinstance(v, int):
+        return None if v >= 8 else "must be >= 8 pixels"
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x >= 8 for x in v):
+        return None
+    return "must be an int or a list [height, width] of ints >= 8"
+
+
+INT = (int,)
+NUM = (int, float)
+STR = (str,)
+BOOL = (bool,)
+
+#: Keys every segmentation trial understands. Model-specific keys are declared by each trial.
+COMMON: Dict[str, Param] = {
+    # data
+    "data_dir": Param(None, STR, nullable=True, help="ADEChallengeData2016 root"),
+    "num_classes": Param(150, INT, check=lambda v: None if 1 <= v <= 254 else "must be in 1..254"),
+    "class_names": Param(None, (list,), nullable=True),
+    "crop_size": Param(512, (int, list), check=_size),
+    "scale": Param([2048, 512], (list,), check=_pair(lambda x: x >= 8)),
+    "ratio_range": Param([0.5, 2.0], (list,), check=_pair(lambda x: x > 0)),
+    "cat_max_ratio": Param(0.75, NUM, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
+    "skip_bad_samples": Param(False, BOOL),
+    "workers_per_slot": Param(8, INT, check=_non_negative),
+    "val_batch_size_per_slot": Param(1, INT, check=_positive),
+    # optimisation
+    "global_batch_size": Param(16, INT, check=_positive),
+    "base_batch_size": Param(16, INT, check=_positive),
+    "optimizer": Param("adamw", STR, choices=("adamw", "sgd")),
+    "lr": Param(1e-3, NUM, check=_positive, help="for base_batch_size; scaled linearly"),
+    "weight_decay": Param(0.01, NUM, check=_non_negative),
+    "momentum": Param(0.9, NUM, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+    "warmup_batches": Param(1500, INT, check=_non_negative),
+    "warmup_ratio": Param(1e-6, NUM, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+    "poly_power": Param(1.0, NUM, check=_positive),
+    "min_lr_ratio": Param(0.0, NUM, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
+    "grad_clip_norm": Param(None, NUM, nullable=True, check=_positive),
+    "precision": Param("auto", STR, choices=("auto", "bf16", "fp16", "fp32")),
+    "channels_last": Param("auto", (str, bool), choices=("auto", True, False)),
+    "seed": Param(0, INT),
+    "pretrained_path": Param(None, STR, nullable=True, help="local file only"),
+    # length and periods, in batches (training length is set in code in Determined 0.38)
+    "max_batches": Param(160000, INT, check=_positive),
+    "validation_period": Param(4000, INT, check=_positive),
+    "checkpoint_period": Param(4000, INT, check=_positive),
+    "report_period": Param(50, INT, check=_positive),
+    # target
+    "target_miou": Param(16.0, NUM, check=lambda v: None if 0 < v <= 100 else "must be in (0, 100]"),
+    "stop_at_target": Param(False, BOOL),
+    # energy (nested; see shared/energy)
+    "energy": Param(None, (dict,), nullable=True),
+}
+
+
+
+def _closest(key: str, known: Iterable[str]) -> str:
+    near = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def _check(name: str, value: Any, p: Param, where: str) -> Any:
+    if value is None:
+        if p.nullable:
+            return None
+        raise ConfigError(f"{where}: hyperparameter '{name}' must not be null")
+    # bool is an int in Python: refuse True for an int field and 1 for a bool field.
+    if isinstance(value, bool) and bool not in p.types:
+        raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} must be "
+                          f"{'/'.join(t.__name__ for t in p.types)}, not a boolean")
+    if not isinstance(value, p.types):
+        if float in p.types and isinstance(value, int):
+            value = float(value)
+        else:
+            raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} has type "
+                              f"{type(value).__name__}; expected {'/'.join(t.__name__ for t in p.types)}")
+    if float in p.types and isinstance(value, int):
+        value = float(value)  # "lr: 1" in YAML is an int; numeric fields are floats downstream
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} is not finite")
+    if p.choices is not None and value not in p.choices:
+        raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} is not one of "
+                          f"{', '.join(repr(c) for c in p.choices)}")
+    if p.check is not None:
+        err = p.check(value)
+        if err:
+            raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} {err}")
+    return value
+
+
+def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str = "hyperparameters"
+            ) -> Dict[str, Any]:
+    """Fill defaults, check types and values, refuse unknown keys. ``where`` names the source
+    (a config file path) in messages."""
+    schema = {**COMMON, **model_params}
+    out: Dict[str, Any] = {}
+    for key in hp:
+        if key not in schema:
+            raise ConfigError(f"{where}: unknown hyperparameter '{key}'{_closest(key, schema)}; "
+                              f"known: {', '.join(sorted(schema))}")
+    for key, p in schema.items():
+        out[key] = _check(key, hp.get(key, p.default), p, where)
+    # The energy section's options belong to the energy hook, which checks their values;
+    # only the refusal of unknown keys (with the file named) is added here.
+    from shared.energy.callback import DEFAULT_OPTIONS, validate_options
+    energy = dict(out.get("energy") or {})
+    for key in energy:
+        if key not in DEFAULT_OPTIONS:
+            raise ConfigError(f"{where}: unknown hyperparameter 'energy.{key}'"
+                              f"{_closest(key, DEFAULT_OPTIONS)}; known: {', '.join(sorted(DEFAULT_OPTIONS))}")
+    try:
+        out["energy"] = validate_options(energy)
+    except ValueError as e:
+        raise ConfigError(f"{where}: hyperparameter {e}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- experiment configs
+HP_TYPES = ("const", "int", "double", "log", "categorical")
+
+
+def load_experiment_config(path: str | pathlib.Path) -> Dict[str, Any]:
+    """Read a Determined experiment config YAML, with errors that name the file."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ConfigError(f"experiment config {p} does not exist")
+    try:
+        conf = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(conf, dict):
+        raise ConfigError(f"{p}: an experiment config must be a YAML mapping, got {type(conf).__name__}")
+    if not isinstance(conf.get("hyperparameters"), dict):
+        raise ConfigError(f"{p}: no 'hyperparameters' mapping")
+    return conf
+
+
+def point_from_space(space: Mapping[str, Any], where: str, prefix: str = "") -> Dict[str, Any]:
+    """Concrete values from a Determined hyperparameter section.
+
+    A plain value or ``{type: const, val: v}`` gives v. For a search space (int, double, log,
+    categorical) a local run has no searcher, so it takes a fixed, stated point: the middle of
+    the range (geometric middle for ``log``) or the first category.
+    """
+    out: Dict[str, Any] = {}
+    for key, spec in space.items():
+        name = f"{prefix}{key}"
+        if isinstance(spec, dict) and "type" in spec:
+            t = spec["type"]
+            try:
+                if t == "const":
+                    out[key] = spec["val"]
+                elif t == "int":
+                    out[key] = int(round((spec["minval"] + spec["maxval"]) / 2))
+                elif t == "double":
+                    out[key] = (spec["minval"] + spec["maxval"]) / 2
+                elif t == "log":
+                    base = spec.get("base", 10)
+                    out[key] = base ** ((spec["minval"] + spec["maxval"]) / 2)
+                elif t == "categorical":
+                    out[key] = spec["vals"][0]
+                else:
+                    raise ConfigError(f"{where}: hyperparameter '{name}' has unknown type '{t}'; "
+                                      f"expected one of {', '.join(HP_TYPES)}")
+            except KeyError as e:
+                raise ConfigError(f"{where}: hyperparameter '{name}' of type '{t}' lacks "
+                                  f"'{e.args[0]}'") from None
+        elif isinstance(spec, dict):
+            out[key] = point_from_space(spec, where, prefix=f"{name}.")
+        else:
+            out[key] = spec
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    """A command-line value as YAML, except that ``1e-3`` is a float (YAML 1.1 wants ``1.0e-3``
+    and would give the string '1e-3', which nobody typing it means)."""
+    if not raw.strip():
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(hp: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """``--set key=value`` (values parsed as YAML: 64, 1e-3, true, [64, 64], null); dotted keys
+    reach nested sections (``energy.sources=nvml``). Unknown keys are caught by ``resolve``."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in hp.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: empty key")
+        value = _parse_value(raw)
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else node[part]
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def training_length(hp: Mapping[str, Any], exp_conf: Optional[Mapping[str, Any]]) -> int:
+    """Batches to train. Determined 0.38 sets training length in code; an ASHA searcher still
+    states its own ``max_time`` in ``batches``, and the two must agree or rungs are misplaced,
+    so the searcher's value wins when there is one."""
+    searcher = (exp_conf or {}).get("searcher") or {}
+    if searcher.get("time_metric") == "batches" and searcher.get("max_time"):
+        return int(searcher["max_time"])
+    return int(hp["max_batches"])

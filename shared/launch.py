@@ -1,0 +1,294 @@
+"""The one entry point behind every ``trials/<model>/train.py``: the same script trains
+locally and on a Determined cluster.
+
+Locally (no cluster info)::
+
+    python trials/unet/train.py --config experiment_configs/unet/single_gpu.yaml \\
+        [--data-dir DIR] [--output-dir DIR] [--batches N | --epochs N] \\
+        [--set key=value ...] [--resume CHECKPOINT|latest]
+
+reads the hyperparameters from the experiment config (a search space gives a fixed, stated
+point), validates them before any model or data work, runs Determined's local training mode,
+and writes ``<output-dir>/metrics.jsonl``, checkpoints under ``<output-dir>/checkpoints``,
+TensorBoard files under ``<output-dir>/tensorboard`` and ``<output-dir>/summary.json``.
+Several local processes work too (``torchrun --nproc_per_node N trials/unet/train.py ...``).
+
+On a cluster (``det experiment create CONFIG trials/unet``) Determined supplies the
+hyperparameters, the distributed backend and the checkpoint to resume; the arguments are
+ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import pathlib
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Type
+
+import determined as det
+import torch
+from determined import pytorch as det_torch
+
+from shared import hparams as hpmod
+from shared import runlog
+from shared.summary import format_summary, summarize_run
+
+log = logging.getLogger("shared.launch")
+
+
+def parse_args(argv: Optional[Sequence[str]], model_name: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog=f"trials/{model_name}/train.py",
+        description=f"Train {model_name} locally (Determined local mode) or on a cluster.")
+    ap.add_argument("--config", type=pathlib.Path,
+                    help=f"experiment config YAML (e.g. experiment_configs/{model_name}/single_gpu.yaml)")
+    ap.add_argument("--data-dir", help="dataset root (ADEChallengeData2016 layout); sets hyperparameter data_dir")
+    ap.add_argument("--output-dir", type=pathlib.Path,
+                    help="where metrics.jsonl, checkpoints and summary.json go "
+                         f"(default runs/{model_name}-<date>-<time>)")
+    length = ap.add_mutually_exclusive_group()
+    length.add_argument("--batches", type=int, help="train this many batches (overrides max_batches)")
+    length.add_argument("--epochs", type=int, help="train this many epochs of the training set")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                    help="override hyperparameters, e.g. --set crop_size=64 global_batch_size=8 energy.sources=nvml")
+    ap.add_argument("--resume", help="checkpoint directory to continue from, or 'latest' (newest "
+                                     "checkpoint under --output-dir)")
+    ap.add_argument("--verbose", action="store_true", help="show Determined's own INFO logs")
+    return ap.parse_args(argv)
+
+
+def main(trial_cls: Type[det_torch.PyTorchTrial], argv: Optional[Sequence[str]] = None) -> int:
+    # torch >= 2.6 loads with weights_only=True by default and refuses the numpy RNG state that
+    # Determined 0.38 saves in every checkpoint, so no trial could resume. This variable only
+    # affects torch.load calls that do not pass weights_only (Determined's loading of the
+    # checkpoints this trial wrote); shared.pretrained passes weights_only=True and stays strict.
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    info = det.get_cluster_info()
+    if info is not None and info.task_type == "TRIAL":
+        return run_on_cluster(trial_cls, info)
+    args = parse_args(argv, trial_cls.MODEL_NAME)
+    _setup_logging(args.verbose)
+    try:
+        return run_local(trial_cls, args)
+    except hpmod.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # data problems surface from inside Determined's loader building
+        from shared.data import DataError
+        if isinstance(e, DataError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    # Determined logs every report at INFO (a dict per line); the progress lines below say the
+    # same thing readably, so its logger is quieted unless asked for.
+    logging.getLogger("determined").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+# ---------------------------------------------------------------------------- cluster
+def run_on_cluster(trial_cls: Type[det_torch.PyTorchTrial], info: Any) -> int:
+    _setup_logging(verbose=True)
+    conf = info.trial._config
+    hp = hpmod.resolve(info.trial.hparams, trial_cls.MODEL_PARAMS,
+                       where=f"experiment {info.trial.experiment_id} hyperparameters")
+    with det_torch.init() as ctx:
+        trial = trial_cls(ctx)
+        det_torch.Trainer(trial, ctx).fit(
+            max_length=det_torch.Batch(hpmod.training_length(hp, conf)),
+            validation_period=det_torch.Batch(hp["validation_period"]),
+            checkpoint_period=det_torch.Batch(hp["checkpoint_period"]),
+            reporting_period=det_torch.Batch(hp["report_period"]),
+            latest_checkpoint=info.latest_checkpoint,
+            profiling_enabled=bool((conf.get("profiling") or {}).get("enabled", False)),
+        )
+    return 0
+
+
+# ---------------------------------------------------------------------------- local
+def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace
+                   ) -> tuple[Dict[str, Any], Dict[str, Any]]:
+    if args.config is None:
+        raise hpmod.ConfigError(f"--config is required locally (e.g. experiment_configs/"
+                                f"{trial_cls.MODEL_NAME}/single_gpu.yaml)")
+    where = str(args.config)
+    conf = hpmod.load_experiment_config(args.config)
+    hp = hpmod.point_from_space(conf["hyperparameters"], where)
+    hp = hpmod.apply_overrides(hp, args.set)
+    if args.data_dir:
+        hp["data_dir"] = args.data_dir
+    if args.batches is not None:
+        if args.batches <= 0:
+            raise hpmod.ConfigError(f"--batches must be > 0 (got {args.batches})")
+        hp["max_batches"] = args.batches
+    resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=where)
+    if args.epochs is not None:
+        if args.epochs <= 0:
+            raise hpmod.ConfigError(f"--epochs must be > 0 (got {args.epochs})")
+        from shared.data import find_samples
+        pairs, _ = find_samples(resolved["data_dir"], "training", resolved["skip_bad_samples"])
+        per_epoch = len(pairs) // resolved["global_batch_size"]
+        if per_epoch == 0:
+            raise hpmod.ConfigError(f"{resolved['data_dir']}: {len(pairs)} training images is fewer "
+                                    f"than global_batch_size={resolved['global_batch_size']}")
+        hp["max_batches"] = resolved["max_batches"] = args.epochs * per_epoch
+    if not resolved["data_dir"]:
+        raise hpmod.ConfigError(f"{where}: no data_dir: pass --data-dir DIR")
+    # The searcher's max_time wins on a cluster (see training_length); a local length given on
+    # the command line must win here, so the local copy of the config says the same.
+    searcher = dict(conf.get("searcher") or {})
+    if (args.batches or args.epochs) and searcher.get("time_metric") == "batches":
+        searcher["max_time"] = hp["max_batches"]
+    conf = {**conf, "searcher": searcher, "hyperparameters": hp}
+    return hp, conf
+
+
+def _resolve_resume(resume: Optional[str], ckpt_dir: pathlib.Path) -> Optional[str]:
+    """A checkpoint path (or 'latest') -> the storage id Determined resumes from. A checkpoint
+    outside this run's checkpoint directory is copied in, never moved."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = sorted((p for p in ckpt_dir.glob("*") if (p / "state_dict.pth").is_file()),
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise hpmod.ConfigError(f"--resume latest: no checkpoint under {ckpt_dir}")
+        return found[-1].name
+    src = pathlib.Path(resume)
+    if not (src / "state_dict.pth").is_file():
+        raise hpmod.ConfigError(f"--resume {resume}: not a checkpoint directory (no state_dict.pth)")
+    if src.resolve().parent != ckpt_dir.resolve():
+        dst = ckpt_dir / src.name
+        if not dst.exists():
+            shutil.copytree(src, dst)
+    return src.name
+
+
+def _distributed_context() -> Optional[det.core.DistributedContext]:
+    """torchrun sets WORLD_SIZE; Determined's controller then wants USE_TORCH_DISTRIBUTED."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    os.environ.setdefault("USE_TORCH_DISTRIBUTED", "1")
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend)
+    return det.core.DistributedContext.from_torch_distributed()
+
+
+class _Progress:
+    """One readable line per report, with throughput and time left."""
+
+    def __init__(self, model: str, max_batches: int, global_batch: int, first_batch: int = 0) -> None:
+        self.model, self.max_batches, self.gbs = model, max_batches, global_batch
+        self.t0 = time.monotonic()
+        self.last = (self.t0, first_batch)
+
+    def __call__(self, group: str, steps: int, m: Dict[str, Any]) -> None:
+        now = time.monotonic()
+        if group == "training":
+            t_prev, s_prev = self.last
+            rate = (steps - s_prev) / max(1e-9, now - t_prev)
+            left = (self.max_batches - steps) / rate if rate > 0 else float("nan")
+            self.last = (now, steps)
+            print(f"[{self.model}] batch {steps}/{self.max_batches}  loss {float(m.get('loss', 'nan')):.4f}  "
+                  f"lr {float(m.get('lr', 'nan')):.2e}  {rate * self.gbs:.1f} img/s  "
+                  f"eta {_hms(left)}", flush=True)
+        elif group == "validation":
+            extra = "".join(f"  {k} {m[k]}" for k in ("time_to_target_s", "energy_wh") if k in m)
+            print(f"[{self.model}] validation at batch {steps}: miou {float(m['miou']):.2f}  "
+                  f"pixel_accuracy {float(m['pixel_accuracy']):.2f}  "
+                  f"validation_loss {float(m['validation_loss']):.4f}{extra}", flush=True)
+
+
+def _hms(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _enter_trial_dir(trial_cls: Type[det_torch.PyTorchTrial], hp: Dict[str, Any]) -> None:
+    """Run from the trial directory, as a cluster runs from the context directory.
+
+    Determined's local mode copies the working directory into every checkpoint (``code/``,
+    filtered by ``.detignore``); started from the repository root that is the whole checkout,
+    virtualenv included (gigabytes per checkpoint). Paths the user gave are made absolute first.
+    """
+    for key in ("data_dir", "pretrained_path"):
+        if hp.get(key):
+            hp[key] = str(pathlib.Path(hp[key]).expanduser().resolve())
+    module = sys.modules.get(trial_cls.__module__)
+    trial_dir = pathlib.Path(getattr(module, "__file__", "") or ".").resolve().parent
+    os.chdir(trial_dir)
+
+
+def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace) -> int:
+    hp, conf = _local_hparams(trial_cls, args)
+    out = args.output_dir or pathlib.Path("runs") / (
+        f"{trial_cls.MODEL_NAME}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out = pathlib.Path(out).expanduser().resolve()
+    if args.resume and args.resume != "latest":
+        args.resume = str(pathlib.Path(args.resume).expanduser().resolve())
+    _enter_trial_dir(trial_cls, hp)
+    ckpt_dir = out / "checkpoints"
+    if (out / "metrics.jsonl").exists() and not args.resume:
+        raise hpmod.ConfigError(f"{out} already holds a run (metrics.jsonl); pass --resume latest "
+                                f"to continue it, or choose another --output-dir")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    latest = _resolve_resume(args.resume, ckpt_dir)
+
+    distributed = _distributed_context()
+    chief = distributed is None or distributed.rank == 0
+    with det_torch.init(hparams=hp, exp_conf=conf, distributed=distributed) as ctx:
+        # Local mode would store checkpoints in ~/.local/share/determined and TensorBoard files
+        # in ./runs; keep everything of a run under its output directory instead. Both are
+        # private attributes of the core context's dummy (off-cluster) implementations.
+        from determined.common import storage
+        ctx._core.checkpoint._storage_manager = storage.SharedFSStorageManager(str(ckpt_dir))
+        ctx._core.train._tbd_directory = out / "tensorboard"
+        if chief:
+            mf = runlog.attach(ctx._core.train, out / "metrics.jsonl")
+        trial = trial_cls(ctx)
+        if chief:
+            first = _checkpoint_batches(ckpt_dir / latest) if latest else 0
+            mf.listeners.append(_Progress(trial_cls.MODEL_NAME, trial.max_batches,
+                                          ctx.get_global_batch_size(), first))
+            print(f"[{trial_cls.MODEL_NAME}] output {out}  ({trial.num_parameters / 1e6:.2f}M parameters, "
+                  f"{trial.max_batches} batches, device {trial.device}, precision {trial.precision})",
+                  flush=True)
+        try:
+            det_torch.Trainer(trial, ctx).fit(
+                max_length=det_torch.Batch(trial.max_batches),
+                validation_period=det_torch.Batch(trial.hp["validation_period"]),
+                checkpoint_period=det_torch.Batch(trial.hp["checkpoint_period"]),
+                reporting_period=det_torch.Batch(trial.hp["report_period"]),
+                checkpoint_policy="none",
+                latest_checkpoint=latest,
+            )
+        finally:
+            runlog.detach()
+    if chief:
+        summary = summarize_run(out)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(format_summary(summary), flush=True)
+    return 0
+
+
+def _checkpoint_batches(path: pathlib.Path) -> int:
+    import pickle
+    try:
+        with (path / "trial_state.pkl").open("rb") as f:
+            return int(pickle.load(f).get("batches_trained", 0))
+    except Exception:
+        return 0

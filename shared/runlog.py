@@ -1,0 +1,93 @@
+"""The local metrics file: every metric report of a local run, one JSON object a line.
+
+``<output dir>/metrics.jsonl`` holds ``{"group", "steps_completed", "time", "metrics"}`` for
+the training, validation, energy, run and per_class_iou groups. Reports (issue: reports) and
+the demo's table read it; it is appended to and flushed at each report, so a crash loses
+nothing that was reported.
+
+Determined's local mode routes every report, built-in and custom, through
+``core_context.train._report_trial_metrics``; ``attach`` wraps that one method (private, but
+the single choke point) so the file sees exactly what a master would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+_active: Optional["MetricsFile"] = None
+
+
+def _clean(v: Any) -> Any:
+    """JSON has no NaN/inf and no numpy scalars: map them to plain values (NaN -> null)."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsFile:
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.listeners: List[Callable[[str, int, Dict[str, Any]], None]] = []
+
+    def write(self, group: str, steps_completed: int, metrics: Dict[str, Any]) -> None:
+        line = json.dumps({"group": group, "steps_completed": int(steps_completed),
+                           "time": round(time.time(), 3), "metrics": _clean(dict(metrics))})
+        with self._lock, self.path.open("a") as f:
+            f.write(line + "\n")
+        for fn in self.listeners:
+            fn(group, steps_completed, metrics)
+
+
+def attach(core_train: Any, path: pathlib.Path) -> MetricsFile:
+    """Make ``core_train`` (Determined's TrainContext) also write each report to ``path``."""
+    global _active
+    mf = MetricsFile(path)
+    original = core_train._report_trial_metrics
+
+    def report(group: str, steps_completed: int, metrics: Dict[str, Any], batch_metrics=None) -> None:
+        mf.write(group, steps_completed, metrics)
+        return original(group, steps_completed, metrics, batch_metrics)
+
+    core_train._report_trial_metrics = report
+    _active = mf
+    return mf
+
+
+def detach() -> None:
+    global _active
+    _active = None
+
+
+def write_extra(group: str, steps_completed: int, metrics: Dict[str, Any]) -> None:
+    """Local-only detail (per-class IoU) that is not sent to a master. No-op on a cluster."""
+    if _active is not None:
+        _active.write(group, steps_completed, metrics)
+
+
+def read(path: str | pathlib.Path) -> List[Dict[str, Any]]:
+    """All records of a metrics.jsonl; a torn last line (a killed run) is ignored."""
+    out = []
+    p = pathlib.Path(path)
+    lines = p.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{p}: line {i + 1} is not valid JSON") from None
+    return out

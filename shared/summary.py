@@ -1,0 +1,76 @@
+"""A run's headline figures from its metrics.jsonl: what 000's Table 2 reports per model.
+
+Everything is derived from the recorded reports (never from in-memory state), so a resumed
+or crashed run summarises the same way, and a figure that was never measured stays None.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Dict, List, Optional
+
+from shared import runlog
+
+
+def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
+    run_dir = pathlib.Path(run_dir)
+    records = runlog.read(run_dir / "metrics.jsonl")
+    by_group: Dict[str, List[Dict[str, Any]]] = {}
+    for r in records:
+        by_group.setdefault(r["group"], []).append(r)
+    run = (by_group.get("run") or [{"metrics": {}}])[-1]["metrics"]
+    vals = by_group.get("validation", [])
+    train = by_group.get("training", [])
+    energy = by_group.get("energy", [])
+    first_hit = next((v for v in vals if "time_to_target_s" in v["metrics"]), None)
+    best = max(vals, key=lambda v: v["metrics"].get("miou", -1.0), default=None)
+    last_val = vals[-1] if vals else None
+    last_energy = energy[-1]["metrics"] if energy else {}
+    out: Dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "model": run.get("model"),
+        "params": run.get("params"),
+        "slots": run.get("slots"),
+        "device": run.get("device"),
+        "batches": max((r["steps_completed"] for r in train + vals), default=0),
+        "final_miou": last_val["metrics"].get("miou") if last_val else None,
+        "best_miou": best["metrics"].get("miou") if best else None,
+        "reached_target": first_hit is not None,
+        "time_to_target_s": first_hit["metrics"]["time_to_target_s"] if first_hit else None,
+        "batches_to_target": first_hit["metrics"]["batches_to_target"] if first_hit else None,
+        "energy_to_target_wh": first_hit["metrics"].get("energy_to_target_wh") if first_hit else None,
+        "energy_wh": last_energy.get("energy_wh"),
+        "avg_power_w": last_energy.get("avg_power_w"),
+        "energy_sources": last_energy.get("sources"),
+        "final_loss": train[-1]["metrics"].get("loss") if train else None,
+    }
+    return out
+
+
+def _fmt(v: Any, spec: str = "") -> str:
+    if v is None:
+        return "-"
+    return format(v, spec) if spec else str(v)
+
+
+def format_summary(s: Dict[str, Any]) -> str:
+    target = (f"reached at batch {s['batches_to_target']} after {s['time_to_target_s']:.1f} s"
+              if s["reached_target"] else "not reached")
+    energy = (f"{s['energy_wh']:.4g} Wh ({s['energy_sources']})" if s.get("energy_wh") is not None
+              else f"not measured ({s.get('energy_sources') or 'no energy report'})")
+    return (f"[{s['model']}] done: {s['batches']} batches, best miou {_fmt(s['best_miou'], '.2f')}, "
+            f"final {_fmt(s['final_miou'], '.2f')}; target {target}; energy {energy}")
+
+
+def comparison_table(summaries: List[Dict[str, Any]]) -> str:
+    """A Markdown table in the shape of 000's Table 2."""
+    head = ("| model | params (M) | batches | best mIoU | target reached | batches to target "
+            "| time to target (s) | energy to target (Wh) | energy (Wh) | sources |")
+    rows = [head, "|" + "---|" * 10]
+    for s in summaries:
+        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            s["model"], _fmt(s["params"] / 1e6 if s["params"] else None, ".2f"), s["batches"],
+            _fmt(s["best_miou"], ".2f"), "yes" if s["reached_target"] else "no",
+            _fmt(s["batches_to_target"]), _fmt(s["time_to_target_s"], ".1f"),
+            _fmt(s["energy_to_target_wh"], ".4g"), _fmt(s["energy_wh"], ".4g"),
+            s["energy_sources"] or "none"))
+    return "\n".join(rows)

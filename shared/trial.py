@@ -1,0 +1,327 @@
+"""``SegmentationTrial``: the Determined PyTorchTrial every segmentation recipe derives from.
+
+It owns what the recipes share (data, loss, optimiser, schedule, mixed precision, mIoU,
+time-to-target and the energy hook), so that ``trials/<model>/train.py`` only says which model
+to build. The training step is written out below in plain PyTorch on purpose: the source study
+(000, section 4.1.3) could not optimise a framework whose loop it could not see.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from determined import pytorch as det_torch
+
+from shared import hparams as hpmod
+from shared import runlog
+from shared.metrics import ConfusionMatrix, per_class_dict
+from shared.schedule import WarmupPoly, scaled_lr
+
+log = logging.getLogger("shared.trial")
+
+IGNORE_INDEX = 255
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    """bf16 where the GPU supports it, fp16 with a grad scaler on older GPUs, fp32 on CPU.
+
+    CPU autocast in bf16 exists but is slower than fp32 on most CPUs and changes numerics, so
+    "auto" keeps fp32 there; asking for bf16 explicitly on CPU is honoured.
+    """
+    if requested == "fp16" and device.type != "cuda":
+        raise hpmod.ConfigError("hyperparameter 'precision' = 'fp16' needs a CUDA GPU "
+                                "(its grad scaler is CUDA only); use 'auto', 'bf16' or 'fp32'")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class TargetCallback(det_torch.PyTorchCallback):
+    """Time and batches to the first validation whose ``miou`` reaches ``target_miou``.
+
+    Wall time counts from the trial's start and carries over pause/resume through the
+    checkpoint (state_dict), so a resumed trial does not restart its clock. It adds
+    ``time_to_target_s`` and ``batches_to_target`` to that validation's metrics (and to every
+    later one, so the WebUI's latest-validation columns show them) by updating the metrics dict
+    that Determined reports right after ``on_validation_end``.
+    """
+
+    def __init__(self, trial: "SegmentationTrial") -> None:
+        self.trial = trial
+        self.target = float(trial.hp["target_miou"])
+        self.elapsed_before = 0.0
+        self.t0 = time.monotonic()
+        self.reached: Optional[Dict[str, float]] = None
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.t0)
+
+    def on_trial_startup(self, first_batch_idx: int, checkpoint_uuid: Optional[str]) -> None:
+        # Runs before the checkpoint is loaded. On a cluster first_batch_idx is the batches
+        # already trained; in local mode it is always 0 and load_state_dict sets the count.
+        self.t0 = time.monotonic()
+        self.trial.batches_trained = first_batch_idx
+
+    def on_validation_end(self, metrics: Dict[str, Any]) -> None:
+        if self.reached is None and metrics.get("miou", -1.0) >= self.target:
+            self.reached = {"time_to_target_s": round(self.elapsed(), 3),
+                            "batches_to_target": int(self.trial.batches_trained)}
+            log.info("target mIoU %.2f reached: %.2f at batch %d after %.1f s", self.target,
+                     metrics["miou"], self.reached["batches_to_target"], self.reached["time_to_target_s"])
+            if self.trial.hp["stop_at_target"]:
+                self.trial.context.set_stop_requested(True)
+        if self.reached is not None:
+            metrics.update(self.reached)
+        if self.trial.context.distributed.rank == 0:
+            last = self.trial.confusion.last
+            if last is not None:
+                runlog.write_extra("per_class_iou", self.trial.batches_trained,
+                                   per_class_dict(last["per_class_iou"], self.trial.hp["class_names"]))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"elapsed_s": self.elapsed(), "reached": self.reached,
+                "batches_trained": self.trial.batches_trained}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.elapsed_before = float(state_dict.get("elapsed_s", 0.0))
+        self.t0 = time.monotonic()
+        self.reached = state_dict.get("reached")
+        self.trial.batches_trained = int(state_dict.get("batches_trained", self.trial.batches_trained))
+
+
+class SegmentationTrial(det_torch.PyTorchTrial):
+    """Subclasses set ``MODEL_PARAMS`` (their own hyperparameter schema) and ``build_model``."""
+
+    #: model-specific hyperparameters: name -> shared.hparams.Param
+    MODEL_PARAMS: Mapping[str, hpmod.Param] = {}
+    #: a short name for logs and reports
+    MODEL_NAME = "model"
+
+    def build_model(self, hp: Mapping[str, Any]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, context: det_torch.PyTorchTrialContext) -> None:
+        self.context = context
+        self.hp = hpmod.resolve(context.get_hparams(), self.MODEL_PARAMS, where="hyperparameters")
+        hp = self.hp
+        self.max_batches = hpmod.training_length(hp, _experiment_config(context))
+        self._seed(hp)
+
+        self.device = context.device
+        self.precision = pick_precision(hp["precision"], self.device)
+        cl = hp["channels_last"]
+        # channels_last lets cuDNN pick NHWC kernels (tensor cores without transposes); on CPU
+        # it is usually slower, so "auto" turns it on for CUDA only.
+        self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+        model = self.build_model(hp)
+        self.num_parameters = count_parameters(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = context.wrap_model(model)
+
+        global_bs = context.get_global_batch_size()
+        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], global_bs)
+        self.optimizer = context.wrap_optimizer(self._build_optimizer(model, hp, self.lr))
+        schedule = WarmupPoly(hp["warmup_batches"], self.max_batches, hp["poly_power"],
+                              hp["warmup_ratio"], hp["min_lr_ratio"])
+        self.scheduler = context.wrap_lr_scheduler(
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule),
+            step_mode=det_torch.LRScheduler.StepMode.STEP_EVERY_BATCH,
+        )
+        self.scaler = None
+        if self.precision == "fp16":
+            self.scaler = context.wrap_scaler(torch.amp.GradScaler("cuda"))
+
+        self.confusion = context.wrap_reducer(
+            ConfusionMatrix(hp["num_classes"], IGNORE_INDEX), name=None, for_training=False)
+        self.batches_trained = 0
+        self.skipped_samples = 0
+        self.target_callback = TargetCallback(self)
+        log.info("%s: %.2fM parameters, precision %s, channels_last %s, lr %.3g (base %.3g x %d/%d)",
+                 self.MODEL_NAME, self.num_parameters / 1e6, self.precision, self.channels_last,
+                 self.lr, hp["lr"], global_bs, hp["base_batch_size"])
+
+    @staticmethod
+    def _seed(hp: Mapping[str, Any]) -> None:
+        # On a cluster Determined seeds from the trial seed before the trial is built; locally
+        # there is none, so the hyperparameter ``seed`` is used. Seeding again on a cluster with
+        # the same hp["seed"] would give every trial of a search the same init, so skip it there.
+        import determined as det
+        if det.get_cluster_info() is None:
+            random.seed(hp["seed"])
+            np.random.seed(hp["seed"])
+            torch.manual_seed(hp["seed"])
+
+    @staticmethod
+    def _build_optimizer(model: torch.nn.Module, hp: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
+        # No weight decay on norms and biases (1-D tensors): decaying them only fights the
+        # normalisation and is the usual practice for both AdamW and SGD recipes.
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp["weight_decay"]},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = {"fused": True} if torch.cuda.is_available() and next(model.parameters()).is_cuda else {}
+        if hp["optimizer"] == "adamw":
+            return torch.optim.AdamW(groups, lr=lr, **fused)
+        return torch.optim.SGD(groups, lr=lr, momentum=hp["momentum"], **fused)
+
+    # ------------------------------------------------------------------ data
+    def _dataset(self, split: str):
+        from shared.data import SegmentationDataset, build_train_transform, build_val_transform
+        hp = self.hp
+        if not hp["data_dir"]:
+            raise hpmod.ConfigError("hyperparameter 'data_dir' is not set: pass --data-dir locally, "
+                                    "or set hyperparameters.data_dir (a path inside the task container)")
+        if split == "training":
+            tf = build_train_transform(hp["crop_size"], tuple(hp["scale"]), tuple(hp["ratio_range"]),
+                                       hp["cat_max_ratio"], IGNORE_INDEX)
+        else:
+            tf = build_val_transform(tuple(hp["scale"]))
+        return SegmentationDataset(hp["data_dir"], split, tf, num_classes=hp["num_classes"],
+                                   skip_bad_samples=hp["skip_bad_samples"])
+
+    def _loader_kwargs(self) -> Dict[str, Any]:
+        workers = self.hp["workers_per_slot"]
+        return {"num_workers": workers, "pin_memory": self.device.type == "cuda",
+                "persistent_workers": workers > 0}
+
+    def build_training_data_loader(self) -> det_torch.DataLoader:
+        ds = self._dataset("training")
+        bs = self.context.get_per_slot_batch_size()
+        if len(ds) < self.context.get_global_batch_size():
+            raise hpmod.ConfigError(f"{self.hp['data_dir']}: {len(ds)} training images is fewer than "
+                                    f"global_batch_size={self.context.get_global_batch_size()}")
+        # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling)
+        return det_torch.DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True,
+                                    **self._loader_kwargs())
+
+    def build_validation_data_loader(self) -> det_torch.DataLoader:
+        from shared.data import val_collate
+        ds = self._dataset("validation")
+        return det_torch.DataLoader(ds, batch_size=self.hp["val_batch_size_per_slot"], shuffle=False,
+                                    collate_fn=val_collate, **self._loader_kwargs())
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
+        images, masks, skipped = batch
+        self.skipped_samples += int(skipped.sum())
+        with self._autocast():
+            logits = self.model(self._prepare(images))
+            # Models return logits at their own stride (SegFormer 1/4); the loss is taken at
+            # label resolution, as in the reference implementations.
+            if logits.shape[-2:] != masks.shape[-2:]:
+                logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at batch {batch_idx}: lower 'lr' or "
+                                     f"set 'grad_clip_norm'")
+        self.context.backward(self.scaler.scale(loss) if self.scaler else loss)
+        self.context.step_optimizer(self.optimizer, clip_grads=self._clip_fn(), scaler=self.scaler)
+        if self.scaler:
+            self.scaler.update()
+        # Counted here, not taken from batch_idx: Determined's local mode restarts batch_idx at
+        # 0 after a resume while its own batch count goes on.
+        self.batches_trained += 1
+        return {"loss": loss.detach(), "lr": self.scheduler.get_last_lr()[0]}
+
+    def _clip_fn(self):
+        max_norm = self.hp["grad_clip_norm"]
+        if not max_norm:
+            return None
+
+        def clip(params):
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return clip
+
+    def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
+        images, masks, sizes, skipped = batch
+        self.skipped_samples += int(skipped.sum())
+        with self._autocast():
+            logits = self.model(self._prepare(images))
+        logits = logits.float()
+        # Whole-image inference: logits to the padded input size, crop the padding, then to the
+        # original annotation size, where the metric is taken (MMSegmentation's protocol).
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        total_loss, counted = logits.new_zeros(()), 0
+        for i in range(images.shape[0]):
+            h, w, H, W = (int(v) for v in sizes[i])
+            li = F.interpolate(logits[i:i + 1, :, :h, :w], size=(H, W), mode="bilinear", align_corners=False)
+            mi = masks[i:i + 1, :H, :W]
+            if (mi != IGNORE_INDEX).any():
+                total_loss = total_loss + F.cross_entropy(li, mi, ignore_index=IGNORE_INDEX)
+                counted += 1
+            self.confusion.update(li.argmax(1), mi)
+        return {"validation_loss": total_loss / max(1, counted)}
+
+    # ------------------------------------------------------------------ hooks
+    def build_callbacks(self) -> Dict[str, det_torch.PyTorchCallback]:
+        # Order matters: the energy callback reads time_to_target_s, added by the target one.
+        callbacks: Dict[str, det_torch.PyTorchCallback] = {"target": self.target_callback,
+                                                            "run_info": _RunInfoCallback(self)}
+        if self.hp["energy"]["enabled"]:
+            from shared.energy.callback import EnergyCallback
+            callbacks["energy"] = EnergyCallback(self.context, self.hp["energy"],
+                                                 steps_completed=lambda: self.batches_trained)
+        return callbacks
+
+
+class _RunInfoCallback(det_torch.PyTorchCallback):
+    """Reports the facts a comparison needs once per trial start, as the custom metric group
+    ``run`` (parameters, slots, precision), and keeps the bad-sample count visible."""
+
+    def __init__(self, trial: SegmentationTrial) -> None:
+        self.trial = trial
+        self.reported_skips = 0
+
+    def on_trial_startup(self, first_batch_idx: int, checkpoint_uuid: Optional[str]) -> None:
+        t = self.trial
+        if t.context.distributed.rank == 0:
+            t.context._core.train.report_metrics(  # the core context is private on the trial context
+                group="run", steps_completed=first_batch_idx,
+                metrics={"model": t.MODEL_NAME, "params": t.num_parameters,
+                         "slots": t.context.distributed.size, "precision": t.precision,
+                         "global_batch_size": t.context.get_global_batch_size(),
+                         "lr": t.lr, "device": torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu"})
+
+    def on_validation_end(self, metrics: Dict[str, Any]) -> None:
+        # Skipped-sample counts live on each rank (they come with the batches); sum them.
+        total = sum(self.trial.context.distributed.allgather(self.trial.skipped_samples))
+        if total:
+            metrics["skipped_samples"] = total
+            if total != self.reported_skips and self.trial.context.distributed.rank == 0:
+                log.warning("skip_bad_samples: %d bad samples skipped so far (see the warnings "
+                            "above for the files)", total)
+            self.reported_skips = total
+
+
+def _experiment_config(context: det_torch.PyTorchTrialContext) -> Dict[str, Any]:
+    try:
+        return context.get_experiment_config() or {}
+    except Exception:  # local runs without an experiment config
+        return {}

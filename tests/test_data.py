@@ -1,0 +1,303 @@
+"""The ADE20K loader: pairing, label mapping, and every bad-input path with its message."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.data import (
+    DataError,
+    SegmentationDataset,
+    build_train_transform,
+    build_val_transform,
+    find_samples,
+    generate,
+    val_collate,
+)
+
+NUM_CLASSES = 5
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    return generate(tmp_path / "ade", num_train=6, num_val=3, num_classes=NUM_CLASSES,
+                    min_size=16, max_size=32, seed=1)
+
+
+def _train_files(root: Path, stem: str) -> tuple[Path, Path]:
+    return (root / "images" / "training" / f"{stem}.jpg",
+            root / "annotations" / "training" / f"{stem}.png")
+
+
+STEM = "ADE_train_00000002"  # the second sample, index 1
+
+
+# ---------------------------------------------------------------- loading good data
+
+
+def test_find_samples_pairs_sorted(root: Path) -> None:
+    pairs, skipped = find_samples(root, "training")
+    assert skipped == []
+    assert len(pairs) == 6
+    assert [image.stem for image, _ in pairs] == [label.stem for _, label in pairs]
+    assert pairs == sorted(pairs)
+
+
+def test_find_samples_accepts_other_image_suffixes(root: Path) -> None:
+    image, _ = _train_files(root, STEM)
+    image.rename(image.with_suffix(".JPEG"))
+    other, _ = _train_files(root, "ADE_train_00000003")
+    Image.open(other).save(other.with_suffix(".png"))
+    other.unlink()
+    pairs, _ = find_samples(root, "training")
+    assert {p.suffix for p, _ in pairs} == {".jpg", ".JPEG", ".png"}
+    assert len(pairs) == 6
+
+
+def test_item_shapes_dtypes_and_label_mapping(root: Path) -> None:
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES)
+    assert len(dataset) == 6
+    for index in range(len(dataset)):
+        image, mask, skipped = dataset[index]
+        image_path, label_path = dataset.samples[index]
+        raw = torch.from_numpy(np.asarray(Image.open(label_path)).astype(np.int64))
+        assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3
+        assert mask.dtype == torch.int64 and mask.shape == image.shape[1:] == raw.shape
+        assert skipped == 0
+        # reduce_zero_label: 0 ("other") -> 255, v -> v - 1.
+        assert torch.equal(mask[raw == 0], torch.full_like(mask[raw == 0], 255))
+        assert torch.equal(mask[raw > 0], raw[raw > 0] - 1)
+        assert set(mask.unique().tolist()) <= set(range(NUM_CLASSES)) | {255}
+        expected = np.asarray(Image.open(image_path).convert("RGB"))
+        assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(expected.copy()))
+
+
+def test_ignore_value_255_stays_255(root: Path) -> None:
+    _, label_path = _train_files(root, STEM)
+    raw = np.asarray(Image.open(label_path)).copy()
+    raw[0, :] = 255
+    raw[1, :] = 0
+    raw[2, :] = 1
+    Image.fromarray(raw, "L").save(label_path)
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES)
+    _, mask, _ = dataset[1]
+    assert (mask[0] == 255).all() and (mask[1] == 255).all() and (mask[2] == 0).all()
+
+
+def test_train_and_val_loaders_batch(root: Path) -> None:
+    torch.manual_seed(0)
+    train = SegmentationDataset(root, "training", build_train_transform(crop_size=24, scale=(64, 32)),
+                                num_classes=NUM_CLASSES)
+    images, masks, skipped = next(iter(torch.utils.data.DataLoader(train, batch_size=3)))
+    assert images.shape == (3, 3, 24, 24) and images.dtype == torch.float32
+    assert masks.shape == (3, 24, 24) and masks.dtype == torch.int64
+    assert skipped.tolist() == [0, 0, 0]
+
+    val = SegmentationDataset(root, "validation", build_val_transform(scale=(64, 32)),
+                              num_classes=NUM_CLASSES)
+    loader = torch.utils.data.DataLoader(val, batch_size=3, collate_fn=val_collate)
+    images, masks, sizes, skipped = next(iter(loader))
+    assert images.shape[0] == masks.shape[0] == 3 and sizes.shape == (3, 4)
+    for k in range(3):
+        _, mask, _ = val[k]
+        assert sizes[k, 2:].tolist() == list(mask.shape)
+
+
+def test_dataset_pickles_and_works_in_worker_processes(root: Path) -> None:
+    dataset = SegmentationDataset(root, "validation", build_val_transform(scale=(64, 32)),
+                                  num_classes=NUM_CLASSES, skip_bad_samples=True)
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert torch.equal(clone[0][1], dataset[0][1])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=1, collate_fn=val_collate)
+    batches = list(loader)
+    assert len(batches) == 1 and batches[0][0].shape[0] == 3
+
+
+# ---------------------------------------------------------------- errors found by the scan
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=rf"dataset root {re.escape(str(missing))} does not exist"):
+        find_samples(missing, "training")
+
+
+@pytest.mark.parametrize("kind", ["images", "annotations"])
+def test_missing_split_directory(root: Path, kind: str) -> None:
+    if kind == "annotations":
+        (root / "images" / "testing").mkdir()
+    expected = root / kind / "testing"
+    with pytest.raises(DataError, match=rf"missing {kind} directory {re.escape(str(expected))} for split 'testing'"):
+        SegmentationDataset(root, "testing", transform=None)
+
+
+def test_no_images(root: Path) -> None:
+    for split in ("images", "annotations"):
+        (root / split / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no images \(.jpg, .jpeg or .png\) in .*empty"):
+        find_samples(root, "empty")
+
+
+def test_image_without_annotation(root: Path) -> None:
+    _, label = _train_files(root, STEM)
+    label.unlink()
+    with pytest.raises(DataError, match=rf"1 image\(s\) without an annotation.*{STEM}\.jpg.*skip_bad_samples=True"):
+        find_samples(root, "training")
+
+
+def test_annotation_without_image_names_first_files_and_count(root: Path) -> None:
+    for i in range(1, 5):
+        _train_files(root, f"ADE_train_{i:08d}")[0].unlink()
+    for i in range(7, 12):  # 5 more orphan annotations: 9 in all, 5 named
+        Image.fromarray(np.zeros((16, 16), np.uint8), "L").save(_train_files(root, f"ADE_train_{i:08d}")[1])
+    with pytest.raises(DataError, match=r"9 annotation\(s\) without an image") as info:
+        find_samples(root, "training", skip_bad_samples=False)
+    message = str(info.value)
+    assert "ADE_train_00000001.png" in message and "(and 4 more)" in message
+    assert "ADE_train_00000011.png" not in message
+    pairs, skipped = find_samples(root, "training", skip_bad_samples=True)
+    assert [p.stem for p, _ in pairs] == ["ADE_train_00000005", "ADE_train_00000006"]
+    assert len(skipped) == 9
+
+
+def test_nothing_left_after_skipping(root: Path) -> None:
+    for path in (root / "annotations" / "training").iterdir():
+        path.unlink()
+    with pytest.raises(DataError, match=r"no usable \(image, annotation\) pair.*6 file\(s\) skipped"):
+        find_samples(root, "training", skip_bad_samples=True)
+
+
+def test_ambiguous_stems(root: Path) -> None:
+    image, _ = _train_files(root, STEM)
+    Image.open(image).save(image.with_suffix(".png"))
+    with pytest.raises(DataError, match=rf"sharing a stem.*{STEM}"):
+        find_samples(root, "training")
+    pairs, skipped = find_samples(root, "training", skip_bad_samples=True)
+    assert len(pairs) == 5 and all(p.stem != STEM for p, _ in pairs)
+    assert len(skipped) == 1 and STEM in skipped[0]
+
+
+def test_skip_unpaired_files_at_scan(root: Path) -> None:
+    image, label = _train_files(root, STEM)
+    label.unlink()
+    _, other_label = _train_files(root, "ADE_train_00000004")
+    _train_files(root, "ADE_train_00000004")[0].unlink()
+    Image.fromarray(np.zeros((16, 16), np.uint8), "L").save(other_label)
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES,
+                                  skip_bad_samples=True)
+    assert len(dataset) == 4
+    assert len(dataset.skipped_at_scan) == 2
+    assert any(str(image) in s and "without an annotation" in s for s in dataset.skipped_at_scan)
+    assert any(str(other_label) in s and "without an image" in s for s in dataset.skipped_at_scan)
+
+
+# ---------------------------------------------------------------- errors found at load time
+
+
+def _break_size(root: Path) -> str:
+    image, _ = _train_files(root, STEM)
+    width, height = Image.open(image).size
+    Image.new("RGB", (width + 3, height)).save(image)
+    return rf"size mismatch: image .*{STEM}\.jpg is {width + 3}x{height} \(WxH\) but annotation .*{STEM}\.png is {width}x{height}"
+
+
+def _break_value(root: Path) -> str:
+    _, label = _train_files(root, STEM)
+    raw = np.asarray(Image.open(label)).copy()
+    raw[0, 0] = NUM_CLASSES + 2
+    Image.fromarray(raw, "L").save(label)
+    return (rf"annotation .*{STEM}\.png holds label value {NUM_CLASSES + 2}, above num_classes={NUM_CLASSES}"
+            r".*is num_classes wrong")
+
+
+def _break_garbage_image(root: Path) -> str:
+    image, _ = _train_files(root, STEM)
+    image.write_bytes(b"this is not a JPEG at all" * 10)
+    return rf"cannot decode image .*{STEM}\.jpg"
+
+
+def _break_garbage_annotation(root: Path) -> str:
+    _, label = _train_files(root, STEM)
+    label.write_bytes(bytes(range(256)))
+    return rf"cannot decode annotation .*{STEM}\.png"
+
+
+def _break_truncated_jpeg(root: Path) -> str:
+    image, _ = _train_files(root, STEM)
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    return rf"cannot decode image .*{STEM}\.jpg: .*truncated"
+
+
+def _break_truncated_png(root: Path) -> str:
+    _, label = _train_files(root, STEM)
+    data = label.read_bytes()
+    label.write_bytes(data[: len(data) // 2])
+    return rf"cannot decode annotation .*{STEM}\.png"
+
+
+def _break_rgb_annotation(root: Path) -> str:
+    _, label = _train_files(root, STEM)
+    Image.open(label).convert("RGB").save(label)
+    return rf"annotation .*{STEM}\.png has PIL mode 'RGB'; expected a single-channel"
+
+
+BREAKERS = [_break_size, _break_value, _break_garbage_image, _break_garbage_annotation,
+            _break_truncated_jpeg, _break_truncated_png, _break_rgb_annotation]
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__[len("_break_"):])
+def test_bad_sample_raises_naming_the_file(root: Path, breaker) -> None:
+    message = breaker(root)
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES)
+    dataset[0]  # the good neighbours still load
+    with pytest.raises(DataError, match=message):
+        dataset[1]
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__[len("_break_"):])
+def test_bad_sample_is_skipped_and_counted(root: Path, breaker, caplog: pytest.LogCaptureFixture) -> None:
+    message = breaker(root)
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES,
+                                  skip_bad_samples=True)
+    reference = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES)
+    with caplog.at_level(logging.WARNING, logger="shared.data.ade20k"):
+        image, mask, skipped = dataset[1]
+        assert skipped == 1
+        expected_image, expected_mask, _ = reference[2]
+        assert torch.equal(image, expected_image) and torch.equal(mask, expected_mask)
+        assert dataset[1][2] == 1  # counted again, but...
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # ...warned about once
+    assert re.search(message, warnings[0])
+    assert dataset[0][2] == 0
+
+
+def test_skipping_wraps_around(root: Path) -> None:
+    _, label = _train_files(root, "ADE_train_00000006")
+    label.write_bytes(b"garbage")
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES,
+                                  skip_bad_samples=True)
+    image, _, skipped = dataset[5]
+    assert skipped == 1 and torch.equal(image, dataset[0][0])
+
+
+def test_every_sample_bad(root: Path) -> None:
+    for path in (root / "annotations" / "validation").iterdir():
+        path.write_bytes(b"garbage")
+    dataset = SegmentationDataset(root, "validation", transform=None, num_classes=NUM_CLASSES,
+                                  skip_bad_samples=True)
+    with pytest.raises(DataError, match=r"all 3 samples of split 'validation' .* are bad; first problem: cannot decode"):
+        dataset[0]
+
+
+def test_num_classes_out_of_range(root: Path) -> None:
+    with pytest.raises(ValueError, match=r"num_classes must be in 1..254.*got 255"):
+        SegmentationDataset(root, "training", transform=None, num_classes=255)

@@ -1,0 +1,331 @@
+"""The Determined callback without a cluster: a fake PyTorchTrialContext (Determined's own
+DummyDistributedContext, a recording core.train) and a fake powercap tree read as RAPL."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import pickle
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import determined as det
+import pytest
+import torch
+
+from shared.energy.callback import EnergyCallback, validate_options
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+WH = 3600.0
+
+
+def load_fake(name: str):
+    modname = f"energy_fake_{name}"
+    if modname not in sys.modules:
+        spec = importlib.util.spec_from_file_location(modname, FAKES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = module
+        spec.loader.exec_module(module)
+    return sys.modules[modname]
+
+
+class RecordingTrain:
+    """core.train stand-in; refuses a group reported twice at one step with overlapping
+    keys, as the Determined master does."""
+
+    def __init__(self) -> None:
+        self.reports: List[Tuple[str, int, Dict[str, Any]]] = []
+        self.fail = False
+
+    def report_metrics(self, group: str, steps_completed: int, metrics: Dict[str, Any]) -> None:
+        if self.fail:
+            raise ConnectionError("master unreachable")
+        for g, s, m in self.reports:
+            if g == group and s == steps_completed and set(m) & set(metrics):
+                raise RuntimeError(f"duplicate report of {group} at step {s}")
+        self.reports.append((group, steps_completed, dict(metrics)))
+
+
+class FakeCore:
+    def __init__(self) -> None:
+        self.train = RecordingTrain()
+
+
+class FakeContext:
+    """What EnergyCallback uses of a PyTorchTrialContext."""
+
+    def __init__(self, distributed=None) -> None:
+        self.distributed = distributed or det.core.DummyDistributedContext()
+        self.device = torch.device("cpu")
+        self._core = FakeCore()
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        return self.n
+
+
+@pytest.fixture()
+def node(tmp_path, monkeypatch):
+    """A fake RAPL node selected through the environment, as a site would."""
+    pc = load_fake("powercap").FakePowercap(tmp_path / "powercap")
+    pc.add_zone("intel-rapl:0", "package-0")
+    pc.add_zone("intel-rapl:0:0", "dram")
+    monkeypatch.setenv("ENERGY_SOURCES", "rapl")
+    monkeypatch.setenv("ENERGY_RAPL_ROOT", str(pc.root))
+    monkeypatch.setenv("ENERGY_NODE_NAME", "node-a")
+    monkeypatch.delenv("ENERGY_GPUS_ON_NODE", raising=False)
+    return pc
+
+
+def energy_reports(ctx: FakeContext) -> List[Tuple[int, Dict[str, Any]]]:
+    return [(s, m) for g, s, m in ctx._core.train.reports if g == "energy"]
+
+
+def test_reports_validation_target_and_resume(node):
+    ctx, steps = FakeContext(), Steps()
+    cb = EnergyCallback(ctx, {"pue": 1.2, "carbon_intensity_g_per_kwh": 400.0}, steps)
+    cb.on_trial_startup(0, None)
+
+    node.advance("intel-rapl:0", 100.0)
+    node.advance("intel-rapl:0:0", 10.0)
+    steps.n = 100
+    cb.on_training_workload_end({}, {})
+    [(step, m)] = energy_reports(ctx)
+    assert step == 100
+    assert m["energy_wh"] == pytest.approx(110.0 / WH, abs=1e-9)
+    assert m["cpu_wh"] == pytest.approx(100.0 / WH, abs=1e-9)
+    assert m["dram_wh"] == pytest.approx(10.0 / WH, abs=1e-9)
+    assert m["gpu_wh"] is None and m["node_wh"] is None
+    assert (m["sources"], m["nodes"], m["nodes_measured"]) == ("rapl", 1, 1)
+    assert (m["apportion"], m["coverage"], m["estimate"]) == ("gpu_share", 1.0, False)
+    assert m["facility_wh"] == pytest.approx(1.2 * 110.0 / WH, abs=1e-9)
+    assert m["co2e_g"] == pytest.approx(1.2 * 110.0 / WH / 1000 * 400.0, abs=1e-9)
+    assert m["duration_s"] > 0
+
+    # validation at the same step: no second "energy" report, energy_wh in the metrics
+    node.advance("intel-rapl:0", 20.0)
+    val = {"mIoU": 0.05}
+    cb.on_validation_end(val)
+    assert len(energy_reports(ctx)) == 1
+    assert val["energy_wh"] == pytest.approx(130.0 / WH, abs=1e-9)
+    assert "energy_to_target_wh" not in val
+
+    node.advance("intel-rapl:0", 30.0)
+    steps.n = 200
+    cb.on_training_workload_end({}, {})
+    val = {"mIoU": 0.17, "time_to_target_s": 12.5}  # TargetCallback ran before us
+    cb.on_validation_end(val)
+    assert val["energy_to_target_wh"] == pytest.approx(160.0 / WH, abs=1e-9)
+    assert [s for s, _ in energy_reports(ctx)] == [100, 200]
+
+    state = pickle.loads(pickle.dumps(cb.state_dict()))  # saved in the checkpoint
+    node.advance("intel-rapl:0", 5.0)  # between the checkpoint and the pause: not saved
+    cb.on_trial_shutdown()
+
+    # resumed trial: a new process, a new callback, the counters went on meanwhile
+    node.advance("intel-rapl:0", 1000.0)  # another job's energy while we were paused
+    ctx2, steps2 = FakeContext(), Steps()
+    cb2 = EnergyCallback(ctx2, {}, steps2)
+    cb2.on_trial_startup(200, "ckpt-uuid")
+    cb2.load_state_dict(state)  # Determined loads the checkpoint after on_trial_startup
+    node.advance("intel-rapl:0", 40.0)
+    steps2.n = 300
+    cb2.on_training_workload_end({}, {})
+    [(step, m)] = energy_reports(ctx2)
+    assert step == 300
+    assert m["energy_wh"] == pytest.approx((160.0 + 40.0) / WH, abs=1e-9)
+    assert m["duration_s"] > state["total"]["duration_s"]
+    val = {"mIoU": 0.18, "time_to_target_s": 12.5}
+    cb2.on_validation_end(val)
+    assert val["energy_to_target_wh"] == pytest.approx(160.0 / WH, abs=1e-9)  # kept, not moved
+    assert val["energy_wh"] == pytest.approx(200.0 / WH, abs=1e-9)
+    cb2.on_trial_shutdown()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 500.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("gpus_env, share", [(None, 1 / 4), ("8", 1 / 8)])
+def test_gpu_trial_reads_its_own_gpu_and_a_share_of_the_node(node, monkeypatch, gpus_env,
+                                                              share):
+    nvml = load_fake("pynvml_fake")
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    clock = FakeClock()
+    nvml.reset([nvml.FakeGpu(power_w=w) for w in (100.0, 150.0, 200.0, 250.0)], clock=clock)
+    monkeypatch.setenv("ENERGY_SOURCES", "nvml,rapl")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")  # this trial's one GPU is NVML index 2
+    if gpus_env:
+        monkeypatch.setenv("ENERGY_GPUS_ON_NODE", gpus_env)  # containers: the site says so
+    ctx, steps = FakeContext(), Steps()
+    ctx.device = torch.device("cuda", 0)
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    clock.t += 10.0
+    node.advance("intel-rapl:0", 400.0)
+    steps.n = 50
+    cb.on_training_workload_end({}, {})
+    [(_, m)] = energy_reports(ctx)
+    # bare metal: NVML sees the node's 4 GPUs; 1 slot -> 1/4 of the CPU energy
+    assert m["gpu_wh"] * WH == pytest.approx(2000.0, abs=2 * 0.1 * 200.0)
+    assert m["cpu_wh"] * WH == pytest.approx(400.0 * share, abs=1e-6)
+    assert m["energy_wh"] * WH == pytest.approx(2000.0 + 400.0 * share, abs=40.0)
+    assert m["sources"] == "nvml,rapl"
+    cb.on_trial_shutdown()
+
+
+def test_cpu_only_trial_is_charged_the_whole_node(node, monkeypatch):
+    monkeypatch.setenv("ENERGY_GPUS_ON_NODE", "4")  # set for the site's GPU trials
+    ctx, steps = FakeContext(), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    node.advance("intel-rapl:0", 400.0)
+    steps.n = 10
+    cb.on_training_workload_end({}, {})
+    [(_, m)] = energy_reports(ctx)
+    assert m["energy_wh"] == pytest.approx(400.0 / WH, abs=1e-9)
+
+
+def test_nothing_measured_is_labelled_and_kept_out_of_validation(node, monkeypatch):
+    monkeypatch.setenv("ENERGY_SOURCES", "none")
+    ctx, steps = FakeContext(), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    steps.n = 5
+    cb.on_training_workload_end({}, {})
+    [(_, m)] = energy_reports(ctx)
+    assert m["energy_wh"] is None and m["sources"] == "none" and m["nodes_measured"] == 0
+    val = {"mIoU": 0.2, "time_to_target_s": 3.0}
+    cb.on_validation_end(val)
+    assert val == {"mIoU": 0.2, "time_to_target_s": 3.0}  # the validation group refuses None
+
+
+def test_disabled_does_nothing(node):
+    calls = []
+
+    class Spy(det.core.DummyDistributedContext):
+        def allgather(self, stuff):
+            calls.append(stuff)
+            return [stuff]
+
+    ctx = FakeContext(Spy())
+    cb = EnergyCallback(ctx, {"enabled": False, "apportion": "whatever"}, Steps())
+    cb.on_trial_startup(0, None)
+    cb.on_training_workload_end({}, {})
+    val = {"mIoU": 0.1}
+    cb.on_validation_end(val)
+    assert calls == [] and ctx._core.train.reports == [] and val == {"mIoU": 0.1}
+    assert cb.state_dict() == {}
+    cb.load_state_dict({"version": 1})
+
+
+def test_failures_never_stop_training_and_ranks_stay_in_step(node, caplog):
+    gathered = []
+
+    class Spy(det.core.DummyDistributedContext):
+        def allgather(self, stuff):
+            gathered.append(stuff)
+            return [stuff]
+
+    ctx, steps = FakeContext(Spy()), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    ctx._core.train.fail = True
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        for n in (1, 2, 3):
+            steps.n = n
+            cb.on_training_workload_end({}, {})
+        cb._meter.read = lambda: (_ for _ in ()).throw(OSError("sysfs vanished"))
+        ctx._core.train.fail = False
+        steps.n = 4
+        cb.on_training_workload_end({}, {})
+    assert len(gathered) == 4  # one allgather per hook, failure or not
+    warnings = [r for r in caplog.records if "training continues" in r.getMessage()]
+    assert len(warnings) == 1 and "master unreachable" in warnings[0].getMessage()
+    [(_, m)] = energy_reports(ctx)
+    assert m["coverage"] == 0.0 and m["energy_wh"] is None  # the failed read is visible
+
+
+def test_worker_rank_sends_its_report_and_reports_nothing(node):
+    class WorkerDist:
+        rank, local_rank, size, local_size = 1, 1, 2, 2
+        sent: list = []
+
+        def allgather(self, stuff):
+            self.sent.append(stuff)
+            return [dict(stuff, rank=0, local_rank=0), stuff]
+
+    dist = WorkerDist()
+    ctx, steps = FakeContext(dist), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    node.advance("intel-rapl:0", 50.0)
+    steps.n = 7
+    cb.on_training_workload_end({}, {})
+    val = {"mIoU": 0.3}
+    cb.on_validation_end(val)
+    assert ctx._core.train.reports == [] and val == {"mIoU": 0.3}
+    [first, _] = dist.sent
+    # local rank 1 does not read the node-level RAPL counters: local rank 0 does
+    assert first["sources"] == [] and first["cpu_j"] is None
+    assert (first["node_id"], first["slots_on_node_for_trial"]) == ("node-a", 2)
+
+
+def test_unreadable_checkpoint_state_is_flagged(node, caplog):
+    ctx, steps = FakeContext(), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        cb.load_state_dict({"version": 1, "total": {"duration_s": 3.0}})
+    assert any("restoring energy from the checkpoint failed" in r.getMessage()
+               for r in caplog.records)
+    node.advance("intel-rapl:0", 10.0)
+    steps.n = 1
+    cb.on_training_workload_end({}, {})
+    [(_, m)] = energy_reports(ctx)
+    assert m["energy_wh"] == pytest.approx(10.0 / WH, abs=1e-9)
+    assert m["coverage"] == 0.0  # the energy before the pause is unknown: said, not hidden
+
+
+def test_bad_options_are_refused_before_training(monkeypatch):
+    monkeypatch.delenv("ENERGY_SOURCES", raising=False)
+    monkeypatch.delenv("ENERGY_GPUS_ON_NODE", raising=False)
+    cases = [
+        ({"apportion": "by_power"}, r"energy.apportion must be one of .*'by_power'"),
+        ({"pue": 0.8}, r"energy.pue .* cannot be below 1.0, got 0.8"),
+        ({"pue": "1.3"}, r"energy.pue must be a number, got '1.3'"),
+        ({"carbon_intensity_g_per_kwh": -1}, r"carbon_intensity_g_per_kwh must be >= 0, got -1"),
+        ({"sources": "nvml,watts"}, r"unknown energy source\(s\) \['watts'\]"),
+        ({"enabled": "yes"}, r"energy.enabled must be true or false, got 'yes'"),
+        ({"sample_period_s": 0}, r"energy.sample_period_s must be > 0, got 0"),
+        ({"gpus_on_node": 2.5}, r"energy.gpus_on_node must be a positive integer, got 2.5"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            EnergyCallback(FakeContext(), options, Steps())
+    with pytest.raises(ValueError, match=r"the energy hyperparameter must be a mapping"):
+        validate_options(["rapl"])
+    monkeypatch.setenv("ENERGY_GPUS_ON_NODE", "eight")
+    with pytest.raises(ValueError, match=r"ENERGY_GPUS_ON_NODE must be a positive integer, "
+                                         r"got 'eight'"):
+        validate_options({})
+    monkeypatch.setenv("ENERGY_GPUS_ON_NODE", "8")
+    monkeypatch.setenv("ENERGY_SOURCES", "rapl,nope")
+    with pytest.raises(ValueError, match=r"ENERGY_SOURCES: unknown energy source"):
+        validate_options({})
+
+
+def test_unknown_options_warn(caplog, monkeypatch):
+    monkeypatch.delenv("ENERGY_SOURCES", raising=False)
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        opts = validate_options({"enable": False})
+    assert opts["enabled"] is True
+    assert any("options ['enable'] are not used" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,369 @@
+"""Energy core: PowerSampler integration, EnergyMeter (windows, dedup, failures), source
+selection, and the cost of one meter.read()."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import sys
+import time
+import timeit
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from shared.energy.meter import EnergyMeter
+from shared.energy.select import SOURCE_ORDER, build_sources, parse_spec
+from shared.energy.sources.base import EnergySource, SourceHealth, SourceUnavailable
+from shared.energy.sources.sampling import PowerSampler
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def load_fake(name: str):
+    """Import tests/fakes/<name>.py by path (independent of how pytest sets sys.path)."""
+    modname = f"energy_fake_{name}"
+    if modname not in sys.modules:
+        spec = importlib.util.spec_from_file_location(modname, FAKES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = module
+        spec.loader.exec_module(module)
+    return sys.modules[modname]
+
+
+class FakeClock:
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+# --------------------------------------------------------------------------- PowerSampler
+def scripted(values: List[object]):
+    """A read function returning the scripted values in order (an Exception is raised)."""
+    it = iter(values)
+
+    def read() -> float:
+        v = next(it)
+        if isinstance(v, BaseException):
+            raise v
+        return v  # type: ignore[return-value]
+    return read
+
+
+def test_sampler_trapezoid_is_exact_for_a_ramp():
+    clock = FakeClock(0.0)
+    s = PowerSampler(1.0, scripted([100.0, 200.0, 300.0, 400.0]), SourceHealth(), "t",
+                     clock=clock)
+    for _ in range(4):
+        s.sample()
+        clock.advance(1.0)
+    # (100+200)/2 + (200+300)/2 + (300+400)/2
+    assert s.energy_j() == pytest.approx(750.0)
+    assert s.first_sample_time() == 0.0 and s.last_sample_time() == 3.0
+
+
+def test_sampler_bridges_short_gap_and_counts_the_failure():
+    clock, health = FakeClock(0.0), SourceHealth()
+    s = PowerSampler(1.0, scripted([100.0, OSError("bmc busy"), 100.0]), health, "t",
+                     clock=clock)
+    for _ in range(3):
+        s.sample()
+        clock.advance(1.0)
+    assert s.energy_j() == pytest.approx(200.0)  # 2 s at 100 W, bridged over one failure
+    assert (health.attempts, health.failures) == (3, 1)
+    assert health.first_error == "bmc busy"
+    assert s.dropped_s() == 0.0
+
+
+def test_sampler_does_not_bridge_a_long_gap(caplog):
+    clock, health = FakeClock(0.0), SourceHealth()
+    values: List[object] = [100.0] + [TimeoutError("timeout")] * 4 + [100.0, 100.0]
+    s = PowerSampler(1.0, scripted(values), health, "bmc", clock=clock)
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        for _ in range(len(values)):
+            s.sample()
+            clock.advance(1.0)
+    # t=0 good, t=1..4 failed, t=5 good (gap 5 s > 3 s: not counted), t=6 good: 100 J
+    assert s.energy_j() == pytest.approx(100.0)
+    assert s.dropped_s() == pytest.approx(5.0)
+    assert health.coverage < 0.5
+    # logged once, not once per failure
+    assert sum("bmc failed" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -5.0, float("inf")])
+def test_sampler_rejects_implausible_readings(bad):
+    clock, health = FakeClock(0.0), SourceHealth()
+    s = PowerSampler(1.0, scripted([10.0, bad, 10.0]), health, "t", clock=clock)
+    for _ in range(3):
+        s.sample()
+        clock.advance(1.0)
+    assert health.failures == 1
+    assert "implausible power reading" in health.first_error
+    assert s.energy_j() == pytest.approx(20.0)
+
+
+def test_sampler_thread_integrates_real_time_and_stops_promptly():
+    s = PowerSampler(0.01, lambda: 50.0, SourceHealth(), "t")
+    s.start()
+    deadline = time.monotonic() + 5.0
+    while s.health.attempts < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s.stop()
+    span = s.last_sample_time() - s.first_sample_time()
+    assert s.health.attempts >= 10
+    assert s.energy_j() == pytest.approx(50.0 * span, rel=1e-9)
+
+    slow = PowerSampler(30.0, lambda: 1.0, SourceHealth(), "slow")
+    slow.start()
+    t0 = time.monotonic()
+    slow.stop()
+    assert time.monotonic() - t0 < 1.0  # Event.wait, not a 30 s sleep
+
+
+def test_sampler_rejects_bad_periods():
+    with pytest.raises(ValueError, match=r"ipmi: sample period must be a positive number.*-1"):
+        PowerSampler(-1, lambda: 1.0, SourceHealth(), "ipmi")
+    with pytest.raises(ValueError, match=r"max_gap_s must be >= the sample period"):
+        PowerSampler(1.0, lambda: 1.0, SourceHealth(), "ipmi", max_gap_s=0.5)
+    s = PowerSampler(1.0, lambda: 1.0, SourceHealth(), "x")
+    s.start()
+    with pytest.raises(RuntimeError, match="already started"):
+        s.start()
+    s.stop()
+
+
+# --------------------------------------------------------------------------- EnergyMeter
+class FakeSource(EnergySource):
+    """A source whose cumulative joules the test sets directly."""
+
+    def __init__(self, name: str, values: Dict[str, float], *, scope: str = "node",
+                 unavailable: Optional[str] = None) -> None:
+        super().__init__()
+        self.name = name
+        self.scope = scope  # type: ignore[assignment]
+        self.values = dict(values)
+        self.unavailable = unavailable
+        self.fail_next = False
+        self.closed = 0
+
+    def open(self) -> None:
+        if self.unavailable:
+            raise SourceUnavailable(self.unavailable)
+
+    def read(self) -> Dict[str, float]:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("driver exploded")
+        self.health.record_ok()
+        return dict(self.values)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_meter_sums_components_and_reports_per_source():
+    clock = FakeClock()
+    gpu = FakeSource("nvml", {"gpu": 0.0}, scope="device")
+    rapl = FakeSource("rapl", {"cpu": 0.0, "dram": 0.0})
+    meter = EnergyMeter([gpu, rapl], clock=clock).start()
+    rapl.values.update(cpu=40.0, dram=5.0)
+    gpu.values["gpu"] = 300.0
+    clock.advance(10.0)
+    snap = meter.read()
+    assert snap.duration_s == pytest.approx(10.0)
+    assert snap.joules == {"gpu": 300.0, "cpu": 40.0, "dram": 5.0}
+    assert snap.per_source == {"nvml": {"gpu": 300.0}, "rapl": {"cpu": 40.0, "dram": 5.0}}
+    assert snap.sources == ["nvml", "rapl"]
+    assert snap.coverage == {"nvml": 1.0, "rapl": 1.0}
+    meter.close()
+    assert gpu.closed == 1 and rapl.closed == 1
+
+
+def test_meter_windows_zeus_style():
+    clock = FakeClock()
+    src = FakeSource("nvml", {"gpu": 0.0})
+    meter = EnergyMeter([src], clock=clock).start()
+    src.values["gpu"] = 100.0
+    clock.advance(1.0)
+    meter.begin_window("epoch")
+    src.values["gpu"] = 350.0
+    clock.advance(2.5)
+    w = meter.end_window("epoch")
+    assert w.name == "epoch"
+    assert w.duration_s == pytest.approx(2.5)
+    assert w.joules == {"gpu": pytest.approx(250.0)}
+    assert w.total_j == pytest.approx(250.0)
+    with pytest.raises(ValueError, match=r"energy window 'epoch' was never begun"):
+        meter.end_window("epoch")
+    meter.begin_window("a")
+    with pytest.raises(ValueError, match=r"energy window 'a' is already open"):
+        meter.begin_window("a")
+
+
+def test_meter_drops_unavailable_sources_with_one_line(caplog):
+    ok = FakeSource("nvml", {"gpu": 1.0})
+    missing = FakeSource("rapl", {"cpu": 0.0}, unavailable="no powercap here")
+    with caplog.at_level(logging.INFO, logger="shared.energy"):
+        meter = EnergyMeter([ok, missing]).start()
+    assert [s.name for s in meter.active_sources] == ["nvml"]
+    lines = [r for r in caplog.records if "rapl unavailable" in r.getMessage()]
+    assert len(lines) == 1 and "no powercap here" in lines[0].getMessage()
+    assert lines[0].levelno == logging.WARNING  # explicit by default
+    assert any("energy sources active: nvml" in r.getMessage() for r in caplog.records)
+
+    caplog.clear()
+    auto = build_sources("auto", env={"ENERGY_RAPL_ROOT": "/nonexistent/powercap"},
+                         node_reader=True)
+    with caplog.at_level(logging.INFO, logger="shared.energy"):
+        EnergyMeter(auto).start()
+    [line] = [r for r in caplog.records if "rapl unavailable" in r.getMessage()]
+    assert line.levelno == logging.INFO  # auto-detection: not a warning
+    assert "/nonexistent/powercap does not exist" in line.getMessage()
+
+
+def test_meter_counts_a_component_once_when_two_sources_measure_it(caplog):
+    redfish = FakeSource("redfish", {"node": 0.0})
+    ipmi = FakeSource("ipmi", {"node": 0.0})
+    rapl = FakeSource("rapl", {"cpu": 0.0})
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        meter = EnergyMeter([rapl, redfish, ipmi]).start()
+    assert [s.name for s in meter.active_sources] == ["rapl", "redfish"]
+    assert ipmi.closed == 1
+    assert any("ipmi also measures 'node', already measured by redfish" in r.getMessage()
+               for r in caplog.records)
+    redfish.values["node"], ipmi.values["node"] = 1000.0, 990.0
+    assert meter.read().joules["node"] == 1000.0
+
+
+def test_meter_survives_a_source_that_raises():
+    src = FakeSource("nvml", {"gpu": 0.0})
+    meter = EnergyMeter([src]).start()
+    src.values["gpu"] = 10.0
+    assert meter.read().joules["gpu"] == 10.0
+    src.values["gpu"] = 20.0
+    src.fail_next = True
+    snap = meter.read()
+    assert snap.joules["gpu"] == 10.0  # last good value
+    assert snap.coverage["nvml"] < 1.0
+    assert "driver exploded" in src.health.first_error
+    assert meter.read().joules["gpu"] == 20.0
+
+
+def test_meter_misuse_is_reported():
+    meter = EnergyMeter([])
+    with pytest.raises(RuntimeError, match=r"read\(\) before start\(\)"):
+        meter.read()
+    meter.start()
+    assert meter.read().joules == {}
+    with pytest.raises(RuntimeError, match=r"start\(\) called twice"):
+        meter.start()
+
+
+# --------------------------------------------------------------------------- selection
+def test_parse_spec_forms_and_env_override():
+    assert parse_spec("auto", {}) == (list(SOURCE_ORDER), False)
+    assert parse_spec("rapl, nvml", {}) == (["nvml", "rapl"], True)  # priority order
+    assert parse_spec(["IPMI"], {}) == (["ipmi"], True)
+    assert parse_spec("none", {}) == ([], True)
+    assert parse_spec("auto", {"ENERGY_SOURCES": "rapl"}) == (["rapl"], True)
+    assert parse_spec("rapl", {"ENERGY_SOURCES": "  "}) == (["rapl"], True)
+
+
+def test_parse_spec_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match=r"hyperparameter: unknown energy source\(s\) "
+                                         r"\['nvlm'\].*valid: .*nvml, rapl, redfish, ipmi, "
+                                         r"prometheus"):
+        parse_spec("nvlm,rapl", {})
+    with pytest.raises(ValueError, match=r"ENERGY_SOURCES: unknown energy source\(s\) "
+                                         r"\['powermeter'\]"):
+        parse_spec("auto", {"ENERGY_SOURCES": "powermeter"})
+    with pytest.raises(ValueError, match=r"unknown energy source\(s\) \['auto'\]"):
+        parse_spec("auto,rapl", {})
+    with pytest.raises(ValueError, match=r"expected 'auto', a comma-separated string or a "
+                                         r"list of names, got int 3"):
+        parse_spec(3, {})
+
+
+def test_build_sources_respects_device_and_node_scope(caplog, tmp_path):
+    env = {"ENERGY_RAPL_ROOT": str(tmp_path)}
+    names = lambda **kw: [s.name for s in build_sources("auto", env=env, **kw)]  # noqa: E731
+    assert names(gpu_indices=[0], node_reader=True) == ["nvml", "rapl"]
+    assert names(gpu_indices=[1], node_reader=False) == ["nvml"]
+    assert names(gpu_indices=(), node_reader=True) == ["rapl"]
+    # auto does not fork ipmitool unless the site configured it
+    assert "ipmi" not in names(gpu_indices=(), node_reader=True)
+    env["ENERGY_IPMI_CMD"] = "ipmitool -I lanplus -H bmc dcmi power reading"
+    assert names(gpu_indices=(), node_reader=True) == ["rapl", "ipmi"]
+    assert names(gpu_indices=(), node_reader=False) == []
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        out = build_sources("nvml", env={}, gpu_indices=(), node_reader=True)
+    assert out == [] and out.explicit
+    assert any("nvml requested, but this process uses no GPU" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_build_sources_auto_skips_unconfigured_network_sources(tmp_path):
+    env = {"ENERGY_RAPL_ROOT": str(tmp_path)}
+    built = build_sources("auto", env=env, node_reader=True)
+    assert [s.name for s in built] == ["rapl"] and not built.explicit
+    # explicitly requested ipmi uses the default in-band command
+    [ipmi] = build_sources("ipmi", env={}, node_reader=True)
+    assert ipmi.argv == ["ipmitool", "dcmi", "power", "reading"]
+
+
+def test_build_sources_network_sources_when_configured(caplog):
+    for module in ("redfish", "prometheus"):
+        if importlib.util.find_spec(f"shared.energy.sources.{module}") is None:
+            pytest.skip(f"shared/energy/sources/{module}.py not present yet")
+    env = {"ENERGY_REDFISH_URL": "http://127.0.0.1:9/redfish/v1",
+           "ENERGY_PROMETHEUS_URL": "http://127.0.0.1:9",
+           "ENERGY_PROMETHEUS_QUERY": "node_power_watts{instance=\"{node}\"}"}
+    built = build_sources("auto", env=env, node_reader=True, options={})
+    assert [s.name for s in built][-2:] == ["redfish", "prometheus"]
+    assert [type(s).__name__ for s in built][-2:] == ["RedfishSource", "PrometheusSource"]
+    # explicitly asked for, not configured: a WARNING that says why
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        assert build_sources("redfish", env={}, node_reader=True) == []
+    assert any("redfish unavailable: ENERGY_REDFISH_URL is not set" in r.getMessage()
+               and r.levelno == logging.WARNING for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- overhead
+def test_meter_read_cost_with_rapl_and_nvml(tmp_path, monkeypatch, capsys):
+    """Cost of one meter.read() with RAPL (2 packages + 2 DRAM) and NVML (1 GPU, counter).
+    Run with -s to see the figure."""
+    nvml = load_fake("pynvml_fake")
+    powercap = load_fake("powercap").FakePowercap(tmp_path / "powercap")
+    for n in (0, 1):
+        powercap.add_zone(f"intel-rapl:{n}", f"package-{n}")
+        powercap.add_zone(f"intel-rapl:{n}:0", "core")
+        powercap.add_zone(f"intel-rapl:{n}:1", "dram")
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    nvml.reset([nvml.FakeGpu(power_w=300.0)])
+    env = {"ENERGY_RAPL_ROOT": str(powercap.root)}
+    meter = EnergyMeter(build_sources("nvml,rapl", env=env, gpu_indices=[0],
+                                      node_reader=True)).start()
+    assert meter.read().sources == ["nvml", "rapl"]
+    n = 500
+    per_read = min(timeit.repeat(meter.read, number=n, repeat=3)) / n
+    meter.close()
+    with capsys.disabled():
+        print(f"\n[energy overhead] meter.read() with rapl (4 domains) + nvml (1 GPU, fake): "
+              f"{per_read * 1e6:.1f} us per read")
+    assert per_read < 5e-3  # a report every few seconds at most: far below 0.5% of a step
+    assert math.isfinite(per_read)
+
+
+def test_meter_skips_a_source_that_reports_nothing(caplog):
+    empty = FakeSource("odd", {})
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        meter = EnergyMeter([empty]).start()
+    assert meter.active_sources == [] and empty.closed == 1
+    assert any("odd opened but reports no component" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,205 @@
+"""RAPL source against a fake powercap tree: domains, wraps, the poll thread, failures."""
+from __future__ import annotations
+
+import errno
+import importlib.util
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import shared.energy.sources.rapl as rapl_mod
+from shared.energy.meter import EnergyMeter
+from shared.energy.sources.base import SourceUnavailable
+from shared.energy.sources.rapl import RaplSource, wrap_delta_uj
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def load_fake(name: str):
+    modname = f"energy_fake_{name}"
+    if modname not in sys.modules:
+        spec = importlib.util.spec_from_file_location(modname, FAKES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = module
+        spec.loader.exec_module(module)
+    return sys.modules[modname]
+
+
+FakePowercap = load_fake("powercap").FakePowercap
+
+
+@pytest.fixture()
+def server_tree(tmp_path: Path):
+    """A two-socket Intel server: packages, core/uncore/dram subzones, plus decoys."""
+    pc = FakePowercap(tmp_path / "powercap")
+    for n in (0, 1):
+        pc.add_zone(f"intel-rapl:{n}", f"package-{n}", energy_uj=123_456_789 * (n + 1))
+        pc.add_zone(f"intel-rapl:{n}:0", "core")
+        pc.add_zone(f"intel-rapl:{n}:1", "uncore")
+        pc.add_zone(f"intel-rapl:{n}:2", "dram", max_uj=65_532_610_987)
+    pc.add_zone("intel-rapl:2", "psys")  # platform domain, contains the packages
+    mmio = pc.root / "intel-rapl-mmio:0"  # MMIO copy of package-0 on client parts
+    mmio.mkdir()
+    (mmio / "name").write_text("package-0\n")
+    (mmio / "energy_uj").write_text("999\n")
+    (mmio / "max_energy_range_uj").write_text("262143328850\n")
+    return pc
+
+
+def test_counts_packages_and_dram_only(server_tree):
+    pc = server_tree
+    src = RaplSource(pc.root, poll_below_s=1.0)  # no poll thread in this test
+    src.open()
+    assert src.read() == {"cpu": 0.0, "dram": 0.0}
+    pc.advance("intel-rapl:0", 120.0)
+    pc.advance("intel-rapl:1", 80.0)
+    pc.advance("intel-rapl:0:2", 15.0)
+    pc.advance("intel-rapl:1:2", 5.0)
+    for decoy in ("intel-rapl:0:0", "intel-rapl:0:1", "intel-rapl:2"):
+        pc.advance(decoy, 1000.0)  # inside the packages: must not be added again
+    got = src.read()
+    assert got["cpu"] == pytest.approx(200.0, abs=1e-5)
+    assert got["dram"] == pytest.approx(20.0, abs=1e-5)
+    assert src.health.failures == 0
+    text = src.describe()
+    assert "intel-rapl:0 (package-0)" in text and "intel-rapl:1:2 (dram)" in text
+    assert "psys" not in text and "mmio" not in text and "core" not in text
+    src.close()
+
+
+def test_amd_tree_has_cpu_without_dram(tmp_path):
+    pc = FakePowercap(tmp_path)
+    pc.add_zone("intel-rapl:0", "package-0")
+    pc.add_zone("intel-rapl:0:0", "core")
+    src = RaplSource(pc.root, poll_below_s=1.0)
+    src.open()
+    pc.advance("intel-rapl:0", 42.0)
+    assert src.read() == {"cpu": pytest.approx(42.0, abs=1e-5)}  # no "dram": not measured
+
+
+def test_wrap_rule_is_exact():
+    mx = 262_143_328_850
+    unit = mx / (2**32 - 1)  # one hardware energy unit (~61 uJ)
+    assert wrap_delta_uj(100, 250, mx) == 150
+    assert wrap_delta_uj(mx - 10, 5, mx) == pytest.approx(15 + unit, rel=1e-12)
+    assert wrap_delta_uj(mx, 0, mx) == pytest.approx(unit, rel=1e-12)
+
+
+def test_wrap_between_reads(tmp_path):
+    pc = FakePowercap(tmp_path)
+    pc.add_zone("intel-rapl:0", "package-0", max_uj=1_000_000, energy_uj=900_000)
+    src = RaplSource(pc.root, max_power_w=1e-6)  # wrap time "long": no thread
+    src.open()
+    assert src.poll_period_s is None
+    pc.advance("intel-rapl:0", 0.25)  # crosses the 1 J range
+    assert src.read()["cpu"] == pytest.approx(0.25, abs=2e-6)
+    pc.advance("intel-rapl:0", 0.5)
+    assert src.read()["cpu"] == pytest.approx(0.75, abs=2e-6)
+
+
+def _wait_for_poll(src: RaplSource, seen: int) -> None:
+    # Two completed polls after the write: the first may have read the file before it.
+    deadline = time.monotonic() + 3.0
+    while src.polls < seen + 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert src.polls >= seen + 2, "the poll thread did not run"
+
+
+def test_poll_thread_catches_repeated_wraps(tmp_path, caplog):
+    pc = FakePowercap(tmp_path)
+    pc.add_zone("intel-rapl:0", "package-0", max_uj=2_000_000)  # 2 J range
+    # at 10 W a 2 J counter wraps every 0.2 s: poll every 0.05 s
+    with caplog.at_level(logging.INFO, logger="shared.energy"):
+        src = RaplSource(pc.root, max_power_w=10.0)
+        src.open()
+    assert src.fastest_wrap_s() == pytest.approx(0.2)
+    assert src.poll_period_s == pytest.approx(0.05)
+    assert any("can wrap every 0.2 s at 10 W; polling every 0.05 s" in r.getMessage()
+               for r in caplog.records)
+    for _ in range(5):  # 5 x 1.5 J = 7.5 J: the counter wraps 3 times, never read by us
+        seen = src.polls
+        pc.advance("intel-rapl:0", 1.5)
+        _wait_for_poll(src, seen)
+    assert src.read()["cpu"] == pytest.approx(7.5, abs=1e-5)
+    src.close()
+    assert src._thread is None
+
+
+def test_without_polling_a_double_wrap_is_lost(tmp_path):
+    """Why the poll thread exists: two wraps between reads are invisible."""
+    pc = FakePowercap(tmp_path)
+    pc.add_zone("intel-rapl:0", "package-0", max_uj=2_000_000)
+    src = RaplSource(pc.root, max_power_w=10.0, poll_below_s=0.1)  # 0.2 s wrap > 0.1 s
+    src.open()
+    assert src.poll_period_s is None
+    for _ in range(5):
+        pc.advance("intel-rapl:0", 1.5)
+    assert src.read()["cpu"] < 7.5 - 1.0
+
+
+def test_default_ranges_poll_slowly(server_tree):
+    src = RaplSource(server_tree.root)  # real ranges, 1 kW ceiling, 1 h threshold
+    src.open()
+    # the DRAM range (65.5 kJ) wraps first: 65.5 s at 1 kW, polled every ~16 s
+    assert src.poll_period_s == pytest.approx(65_532.610987 / 1000.0 / 4.0)
+    src.close()
+
+
+def test_permission_denied_says_how_to_fix(server_tree, monkeypatch, caplog):
+    real = rapl_mod._read_text
+
+    def denied(path: Path) -> str:
+        if path.name == "energy_uj":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(rapl_mod, "_read_text", denied)
+    with pytest.raises(SourceUnavailable, match=r"rapl: cannot read .*intel-rapl:0/energy_uj: "
+                                                r"permission denied.*root only since Linux "
+                                                r"5\.10.*chmod a\+r.*udev rule"):
+        RaplSource(server_tree.root).open()
+    with caplog.at_level(logging.INFO, logger="shared.energy"):
+        meter = EnergyMeter([RaplSource(server_tree.root)]).start()
+    assert meter.active_sources == []
+    assert sum("rapl unavailable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_bad_trees_name_the_bad_file(tmp_path):
+    with pytest.raises(SourceUnavailable, match=r"rapl: .*missing does not exist"):
+        RaplSource(tmp_path / "missing").open()
+    pc = FakePowercap(tmp_path / "a")
+    pc.add_zone("intel-rapl:0", "psys")
+    with pytest.raises(SourceUnavailable, match=r"no package domain .* under .*a$"):
+        RaplSource(pc.root).open()
+    pc = FakePowercap(tmp_path / "b")
+    pc.add_zone("intel-rapl:0", "package-0", max_uj=0)
+    with pytest.raises(SourceUnavailable, match=r"intel-rapl:0/max_energy_range_uj holds 0, "
+                                                r"expected a positive range"):
+        RaplSource(pc.root).open()
+    pc = FakePowercap(tmp_path / "c")
+    pc.add_zone("intel-rapl:0", "package-0")
+    pc.set_raw("intel-rapl:0", "n/a\n")
+    with pytest.raises(SourceUnavailable, match=r"intel-rapl:0/energy_uj holds 'n/a', "
+                                                r"expected an integer"):
+        RaplSource(pc.root).open()
+    with pytest.raises(ValueError, match=r"rapl_max_power_w must be a positive number, got -3"):
+        RaplSource.from_env({}, {"rapl_max_power_w": -3})
+
+
+def test_transient_garbage_is_counted_and_self_corrects(tmp_path):
+    pc = FakePowercap(tmp_path)
+    pc.add_zone("intel-rapl:0", "package-0")
+    src = RaplSource.from_env({"ENERGY_RAPL_ROOT": str(pc.root)}, {"rapl_poll_below_s": 1.0})
+    src.open()
+    pc.advance("intel-rapl:0", 10.0)
+    assert src.read()["cpu"] == pytest.approx(10.0, abs=1e-5)
+    pc.advance("intel-rapl:0", 5.0)
+    pc.set_raw("intel-rapl:0", "")  # a failed read
+    assert src.read()["cpu"] == pytest.approx(10.0, abs=1e-5)  # last good total
+    assert src.health.failures == 1 and src.health.coverage < 1.0
+    pc.restore("intel-rapl:0")
+    # cumulative counter: the energy during the failure is not lost
+    assert src.read()["cpu"] == pytest.approx(15.0, abs=1e-5)

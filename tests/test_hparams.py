@@ -1,0 +1,106 @@
+"""Experiment configs and hyperparameters: every bad input names the file and the key."""
+import pathlib
+
+import pytest
+import yaml
+
+from shared import hparams as hp
+from shared.hparams import ConfigError, Param
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODEL = {"unet_depth": Param(None, (int,), nullable=True)}
+
+
+def test_defaults_and_types():
+    out = hp.resolve({"lr": 1, "energy": {"sources": "rapl"}}, MODEL, where="x.yaml")
+    assert out["lr"] == 1.0 and isinstance(out["lr"], float)     # int accepted for a float
+    assert out["num_classes"] == 150 and out["unet_depth"] is None
+    assert out["energy"]["sources"] == "rapl" and out["energy"]["enabled"] is True
+
+
+@pytest.mark.parametrize("hps, message", [
+    ({"lrr": 0.1}, r"x\.yaml: unknown hyperparameter 'lrr' \(did you mean 'lr'\?\)"),
+    ({"lr": -1.0}, r"x\.yaml: hyperparameter 'lr' = -1\.0 must be > 0"),
+    ({"lr": "fast"}, r"x\.yaml: hyperparameter 'lr' = 'fast' has type str"),
+    ({"optimizer": "adam"}, r"hyperparameter 'optimizer' = 'adam' is not one of 'adamw', 'sgd'"),
+    ({"num_classes": True}, r"'num_classes' = True must be int, not a boolean"),
+    ({"num_classes": 300}, r"'num_classes' = 300 must be in 1\.\.254"),
+    ({"crop_size": [64]}, r"'crop_size' = \[64\] must be an int or a list"),
+    ({"scale": [2048]}, r"'scale' = \[2048\] must be a list of two numbers"),
+    ({"stop_at_target": "yes"}, r"'stop_at_target' = 'yes' has type str; expected bool"),
+    ({"max_batches": None}, r"'max_batches' must not be null"),
+    ({"energy": {"sorces": "nvml"}}, r"unknown hyperparameter 'energy\.sorces' \(did you mean 'sources'\?\)"),
+    ({"energy": {"pue": 0.5}}, r"x\.yaml: hyperparameter energy\.pue .*cannot be below 1\.0"),
+    ({"energy": {"sources": "nvml,bogus"}}, r"bogus"),
+])
+def test_bad_values_are_named(hps, message):
+    with pytest.raises(ConfigError, match=message):
+        hp.resolve(hps, MODEL, where="x.yaml")
+
+
+def test_point_from_search_space():
+    space = {"lr": {"type": "log", "minval": -4, "maxval": -2, "base": 10},
+             "warmup_batches": {"type": "int", "minval": 100, "maxval": 300},
+             "weight_decay": {"type": "double", "minval": 0.0, "maxval": 0.1},
+             "optimizer": {"type": "categorical", "vals": ["sgd", "adamw"]},
+             "scale": {"type": "const", "val": [2048, 512]},
+             "energy": {"sources": "auto"}, "seed": 3}
+    got = hp.point_from_space(space, "c.yaml")
+    assert got == {"lr": pytest.approx(1e-3), "warmup_batches": 200, "weight_decay": 0.05,
+                   "optimizer": "sgd", "scale": [2048, 512], "energy": {"sources": "auto"}, "seed": 3}
+    with pytest.raises(ConfigError, match="c.yaml: hyperparameter 'energy.x' has unknown type 'float'"):
+        hp.point_from_space({"energy": {"x": {"type": "float"}}}, "c.yaml")
+    with pytest.raises(ConfigError, match="'lr' of type 'int' lacks 'maxval'"):
+        hp.point_from_space({"lr": {"type": "int", "minval": 1}}, "c.yaml")
+
+
+def test_overrides():
+    base = {"lr": 0.1, "energy": {"sources": "auto"}}
+    got = hp.apply_overrides(base, ["lr=2e-3", "crop_size=[64, 48]", "stop_at_target=true",
+                                    "energy.sources=nvml,rapl", "pretrained_path=", "optimizer=sgd"])
+    assert got["lr"] == 2e-3 and got["crop_size"] == [64, 48] and got["stop_at_target"] is True
+    assert got["energy"] == {"sources": "nvml,rapl"} and got["pretrained_path"] is None
+    assert base["energy"] == {"sources": "auto"}               # the input is not modified
+    with pytest.raises(ConfigError, match=r"--set 'lr': expected key=value"):
+        hp.apply_overrides(base, ["lr"])
+
+
+def test_training_length_prefers_the_searcher():
+    assert hp.training_length({"max_batches": 10}, {}) == 10
+    assert hp.training_length({"max_batches": 10}, {"searcher": {"time_metric": "batches", "max_time": 7}}) == 7
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"experiment config .*nope\.yaml does not exist"):
+        hp.load_experiment_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hyperparameters: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        hp.load_experiment_config(bad)
+    bad.write_text("name: x\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: no 'hyperparameters' mapping"):
+        hp.load_experiment_config(bad)
+
+
+@pytest.mark.parametrize("model", ["unet", "segformer"])
+def test_shipped_configs_resolve(model):
+    import importlib.util
+    import sys
+    path = ROOT / "experiment_configs" / model / "single_gpu.yaml"
+    conf = hp.load_experiment_config(path)
+    assert conf["entrypoint"] == "python3 train.py" and conf["resources"]["slots_per_trial"] == 1
+    assert conf["searcher"]["metric"] == "miou" and conf["searcher"]["smaller_is_better"] is False
+    assert (ROOT / "trials" / model / "train.py").is_file()
+    point = hp.point_from_space(conf["hyperparameters"], str(path))
+    sys.path.insert(0, str(ROOT / "trials" / model))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_train_{model}", ROOT / "trials" / model / "train.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules.pop("model", None)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("model", None)
+    trial_cls = next(v for v in vars(mod).values() if isinstance(v, type) and getattr(v, "MODEL_NAME", "") == model)
+    out = hp.resolve(point, trial_cls.MODEL_PARAMS, where=str(path))
+    assert out["target_miou"] == 16 and out["crop_size"] == 512 and out["num_classes"] == 150

@@ -1,0 +1,162 @@
+"""The classic U-Net (Ronneberger, Fischer and Brox, 2015), with BatchNorm, in plain PyTorch.
+
+Encoder: ``depth`` stages of (conv3x3-BN-ReLU) x2, each followed by 2x2 max pooling, with
+``base, 2*base, 4*base, ...`` channels; a bottleneck of the same double conv at
+``base * 2**depth`` channels; a decoder that upsamples by 2 (2x2 transposed convolution, or
+bilinear upsampling followed by a 1x1 convolution), concatenates the encoder's skip feature
+and applies the double conv again; a 1x1 classifier.
+
+Defaults: ``base_channels=30, depth=4`` gives 6.83M parameters with 150 classes and
+transposed-convolution upsampling, +1.9% from the source study's 6.7M U-Net (6.37M, -4.9%,
+with bilinear upsampling). Depth 4 (four poolings) is the paper's; at that depth base 32
+gives 7.77M (+16%) and base 28 gives 5.95M (-11%). Depth 3 with base 60 (6.78M) and depth 5
+with base 15 (6.84M) also match the size, with a smaller or larger receptive field. Widths
+30..480 are not multiples of 8, the granularity tensor-core convolution kernels like best;
+if throughput matters more than matching the study's size, base 32 is the nearest such width.
+
+Convolutions followed by BatchNorm have no bias (BatchNorm's shift makes it redundant).
+Padding inside the convolutions keeps sizes, so unlike the 2015 paper the output covers the
+whole input; inputs of any size are zero-padded to a multiple of ``2**depth`` and the logits
+are cropped back, so the output is (B, num_classes, H, W) for an (B, C, H, W) input.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_BASE_CHANNELS = 30
+DEFAULT_DEPTH = 4
+MAX_DEPTH = 8  # 2**8 = 256 px of padding granularity; deeper nets only add memory
+UPSAMPLING_MODES = ("transpose", "bilinear")
+
+
+class DoubleConv(nn.Sequential):
+    """(conv3x3 - BN - ReLU) x 2."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Up(nn.Module):
+    """Upsample by 2 halving the channels, concatenate the skip feature, double conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsampling: str) -> None:
+        super().__init__()
+        if upsampling == "transpose":
+            self.up: nn.Module = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        else:
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(in_channels, out_channels, 1),
+            )
+        self.conv = DoubleConv(2 * out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNet(nn.Module):
+    """Classic U-Net; see the module docstring for the layout and the defaults."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3,
+                 base_channels: int = DEFAULT_BASE_CHANNELS, depth: int = DEFAULT_DEPTH,
+                 upsampling: str = "transpose") -> None:
+        super().__init__()
+        _check_int("num_classes", num_classes, 1)
+        _check_int("in_channels", in_channels, 1)
+        _check_int("unet_base_channels", base_channels, 1)
+        _check_int("unet_depth", depth, 1, MAX_DEPTH)
+        if upsampling not in UPSAMPLING_MODES:
+            raise ValueError(f"hyperparameter 'unet_upsampling' = {upsampling!r} is not one of "
+                             f"{', '.join(UPSAMPLING_MODES)}")
+        self.num_classes = num_classes
+        self.depth = depth
+        widths = [base_channels * 2 ** i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        prev = in_channels
+        for w in widths[:-1]:
+            self.down.append(DoubleConv(prev, w))
+            prev = w
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = DoubleConv(widths[-2], widths[-1])
+        self.up = nn.ModuleList(Up(widths[i + 1], widths[i], upsampling)
+                                for i in reversed(range(depth)))
+        self.head = nn.Conv2d(base_channels, num_classes, 1)
+
+    def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Skip features, shallowest first, then the bottleneck output.
+
+        ``x`` must already be a multiple of ``2**depth`` in height and width.
+        """
+        feats = []
+        for stage in self.down:
+            x = stage(x)
+            feats.append(x)
+            x = self.pool(x)
+        feats.append(self.bottleneck(x))
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) for an image batch (B, C, H, W) of any H, W."""
+        h, w = x.shape[-2:]
+        m = 2 ** self.depth
+        pad_h, pad_w = (-h) % m, (-w) % m
+        if pad_h or pad_w:
+            # Zero padding, not reflect: reflect fails when the pad exceeds the image (a 5 px
+            # wide input needs 11 px to reach 16), and zeros are what the 3x3 convs see at
+            # every border anyway. Right/bottom only, so cropping back is a plain slice.
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        feats = self.encode(x)
+        y = feats[-1]
+        for up, skip in zip(self.up, reversed(feats[:-1])):
+            y = up(y, skip)
+        y = self.head(y)
+        if pad_h or pad_w:
+            y = y[..., :h, :w]
+        return y
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    # bool is an int in Python; True as a channel count is a config mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"hyperparameter '{name}' = {value!r} must be an integer")
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ValueError(f"hyperparameter '{name}' = {value!r} must be {rng}")
+
+
+def build_model(hp: Mapping[str, Any]) -> nn.Module:
+    """U-Net from a trial's hyperparameters.
+
+    Reads ``num_classes`` (required), ``unet_base_channels`` (default 30), ``unet_depth``
+    (default 4), ``unet_upsampling`` ("transpose" or "bilinear") and ``pretrained_path``
+    (None: from scratch; else a local weights file, loaded with ``shared.pretrained``).
+    Bad values raise ValueError naming the hyperparameter.
+    """
+    if "num_classes" not in hp:
+        raise ValueError("hyperparameter 'num_classes' is required")
+    base = hp.get("unet_base_channels")
+    depth = hp.get("unet_depth")
+    upsampling = hp.get("unet_upsampling", "transpose")
+    model = UNet(
+        num_classes=hp["num_classes"],
+        base_channels=DEFAULT_BASE_CHANNELS if base is None else base,
+        depth=DEFAULT_DEPTH if depth is None else depth,
+        upsampling="transpose" if upsampling is None else upsampling,
+    )
+    path = hp.get("pretrained_path")
+    if path:
+        # Imported here so the file stays usable on its own when no weights are loaded.
+        from shared.pretrained import load_local_weights
+        load_local_weights(model, path)
+    return model
