@@ -117,7 +117,13 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         self.context = context
         self.hp = hpmod.resolve(context.get_hparams(), self.MODEL_PARAMS, where="hyperparameters")
         hp = self.hp
-        self.max_batches = hpmod.training_length(hp, _experiment_config(context))
+        exp_conf = _experiment_config(context)
+        self.max_batches = hpmod.training_length(hp, exp_conf)
+        metric = (exp_conf.get("searcher") or {}).get("metric")
+        if metric in ("projected_energy_to_target_wh", "energy_to_target_wh", "energy_wh") \
+                and not hp["energy"]["enabled"]:
+            raise hpmod.ConfigError(f"the searcher minimises '{metric}' but energy.enabled is false: "
+                                    f"the trial would never report it")
         self._seed(hp)
 
         self.device = context.device
@@ -287,7 +293,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         if self.hp["energy"]["enabled"]:
             from shared.energy.callback import EnergyCallback
             callbacks["energy"] = EnergyCallback(self.context, self.hp["energy"],
-                                                 steps_completed=lambda: self.batches_trained)
+                                                 steps_completed=lambda: self.batches_trained,
+                                                 target_miou=self.hp["target_miou"])
         return callbacks
 
 

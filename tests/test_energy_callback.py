@@ -329,3 +329,15 @@ def test_unknown_options_warn(caplog, monkeypatch):
         opts = validate_options({"enable": False})
     assert opts["enabled"] is True
     assert any("options ['enable'] are not used" in r.getMessage() for r in caplog.records)
+
+
+def test_projected_energy_to_target_definition():
+    from shared.energy.callback import projected_energy_to_target
+    # reached: the measured figure, whatever the current energy
+    assert projected_energy_to_target(50.0, 20.0, 16.0, 12.5) == 12.5
+    # not reached: linear projection through the origin
+    assert projected_energy_to_target(10.0, 8.0, 16.0, None) == pytest.approx(20.0)
+    # nothing learned yet: the floor caps the penalty at target / 0.5
+    assert projected_energy_to_target(1.0, 0.0, 16.0, None) == pytest.approx(32.0)
+    # nothing measured: no metric (never a made-up number)
+    assert projected_energy_to_target(None, 8.0, 16.0, None) is None

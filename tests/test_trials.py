@@ -145,6 +145,7 @@ def test_rapl_energy_end_to_end_across_counter_wraps(data, tmp_path):
     assert last["energy_wh"] == pytest.approx(last["cpu_wh"] + (last["dram_wh"] or 0) + (last["gpu_wh"] or 0))
     v = by["validation"][-1]["metrics"]
     assert v["energy_wh"] > 0 and v["energy_to_target_wh"] <= v["energy_wh"]
+    assert v["projected_energy_to_target_wh"] == v["energy_to_target_wh"]
 
 
 @pytest.mark.parametrize("fail_after", [None, 10])
