@@ -140,11 +140,12 @@ def _check(name: str, value: Any, p: Param, where: str) -> Any:
     return value
 
 
-def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str = "hyperparameters"
-            ) -> Dict[str, Any]:
+def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str = "hyperparameters",
+            common: Optional[Mapping[str, Param]] = None) -> Dict[str, Any]:
     """Fill defaults, check types and values, refuse unknown keys. ``where`` names the source
-    (a config file path) in messages."""
-    schema = {**COMMON, **model_params}
+    (a config file path) in messages; ``common`` is the task family's shared schema
+    (segmentation's ``COMMON`` by default)."""
+    schema = {**(COMMON if common is None else common), **model_params}
     out: Dict[str, Any] = {}
     for key in hp:
         if key not in schema:

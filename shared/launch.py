@@ -100,7 +100,8 @@ def run_on_cluster(trial_cls: Type[det_torch.PyTorchTrial], info: Any) -> int:
     _setup_logging(verbose=True)
     conf = info.trial._config
     hp = hpmod.resolve(info.trial.hparams, trial_cls.MODEL_PARAMS,
-                       where=f"experiment {info.trial.experiment_id} hyperparameters")
+                       where=f"experiment {info.trial.experiment_id} hyperparameters",
+                       common=trial_cls.COMMON_PARAMS)
     with det_torch.init() as ctx:
         trial = trial_cls(ctx)
         det_torch.Trainer(trial, ctx).fit(
@@ -130,7 +131,7 @@ def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Names
         if args.batches <= 0:
             raise hpmod.ConfigError(f"--batches must be > 0 (got {args.batches})")
         hp["max_batches"] = args.batches
-    resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=where)
+    resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=where, common=trial_cls.COMMON_PARAMS)
     if args.epochs is not None:
         if args.epochs <= 0:
             raise hpmod.ConfigError(f"--epochs must be > 0 (got {args.epochs})")
@@ -189,8 +190,9 @@ def _distributed_context() -> Optional[det.core.DistributedContext]:
 class _Progress:
     """One readable line per report, with throughput and time left."""
 
-    def __init__(self, model: str, max_batches: int, global_batch: int, first_batch: int = 0) -> None:
-        self.model, self.max_batches, self.gbs = model, max_batches, global_batch
+    def __init__(self, model: str, max_batches: int, global_batch: int, first_batch: int = 0,
+                 shown: Sequence[str] = ("miou", "pixel_accuracy")) -> None:
+        self.model, self.max_batches, self.gbs, self.shown = model, max_batches, global_batch, shown
         self.t0 = time.monotonic()
         self.last = (self.t0, first_batch)
 
@@ -206,8 +208,8 @@ class _Progress:
                   f"eta {_hms(left)}", flush=True)
         elif group == "validation":
             extra = "".join(f"  {k} {m[k]}" for k in ("time_to_target_s", "energy_wh") if k in m)
-            print(f"[{self.model}] validation at batch {steps}: miou {float(m['miou']):.2f}  "
-                  f"pixel_accuracy {float(m['pixel_accuracy']):.2f}  "
+            shown = "".join(f"  {k} {float(m[k]):.2f}" for k in self.shown if k in m)
+            print(f"[{self.model}] validation at batch {steps}:{shown}  "
                   f"validation_loss {float(m['validation_loss']):.4f}{extra}", flush=True)
 
 
@@ -263,7 +265,7 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
         if chief:
             first = _checkpoint_batches(ckpt_dir / latest) if latest else 0
             mf.listeners.append(_Progress(trial_cls.MODEL_NAME, trial.max_batches,
-                                          ctx.get_global_batch_size(), first))
+                                          ctx.get_global_batch_size(), first, trial_cls.SHOWN_METRICS))
             print(f"[{trial_cls.MODEL_NAME}] output {out}  ({trial.num_parameters / 1e6:.2f}M parameters, "
                   f"{trial.max_batches} batches, device {trial.device}, precision {trial.precision})",
                   flush=True)

@@ -49,7 +49,8 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 class TargetCallback(det_torch.PyTorchCallback):
-    """Time and batches to the first validation whose ``miou`` reaches ``target_miou``.
+    """Time and batches to the first validation whose target metric (``trial.TARGET_METRIC``,
+    ``miou`` for segmentation) reaches its target (hyperparameter ``trial.TARGET_PARAM``).
 
     Wall time counts from the trial's start and carries over pause/resume through the
     checkpoint (state_dict), so a resumed trial does not restart its clock. It adds
@@ -60,7 +61,8 @@ class TargetCallback(det_torch.PyTorchCallback):
 
     def __init__(self, trial: "SegmentationTrial") -> None:
         self.trial = trial
-        self.target = float(trial.hp["target_miou"])
+        self.metric = trial.TARGET_METRIC
+        self.target = float(trial.hp[trial.TARGET_PARAM])
         self.elapsed_before = 0.0
         self.t0 = time.monotonic()
         self.reached: Optional[Dict[str, float]] = None
@@ -75,20 +77,17 @@ class TargetCallback(det_torch.PyTorchCallback):
         self.trial.batches_trained = first_batch_idx
 
     def on_validation_end(self, metrics: Dict[str, Any]) -> None:
-        if self.reached is None and metrics.get("miou", -1.0) >= self.target:
+        if self.reached is None and metrics.get(self.metric, -1.0) >= self.target:
             self.reached = {"time_to_target_s": round(self.elapsed(), 3),
                             "batches_to_target": int(self.trial.batches_trained)}
-            log.info("target mIoU %.2f reached: %.2f at batch %d after %.1f s", self.target,
-                     metrics["miou"], self.reached["batches_to_target"], self.reached["time_to_target_s"])
+            log.info("target %s %.2f reached: %.2f at batch %d after %.1f s", self.metric, self.target,
+                     metrics[self.metric], self.reached["batches_to_target"], self.reached["time_to_target_s"])
             if self.trial.hp["stop_at_target"]:
                 self.trial.context.set_stop_requested(True)
         if self.reached is not None:
             metrics.update(self.reached)
         if self.trial.context.distributed.rank == 0:
-            last = self.trial.confusion.last
-            if last is not None:
-                runlog.write_extra("per_class_iou", self.trial.batches_trained,
-                                   per_class_dict(last["per_class_iou"], self.trial.hp["class_names"]))
+            self.trial.write_local_details()
 
     def state_dict(self) -> Dict[str, Any]:
         return {"elapsed_s": self.elapsed(), "reached": self.reached,
@@ -106,6 +105,13 @@ class SegmentationTrial(det_torch.PyTorchTrial):
 
     #: model-specific hyperparameters: name -> shared.hparams.Param
     MODEL_PARAMS: Mapping[str, hpmod.Param] = {}
+    #: the hyperparameters every trial of this family shares
+    COMMON_PARAMS: Mapping[str, hpmod.Param] = hpmod.COMMON
+    #: the validation metric compared with the target, and the hyperparameter holding it
+    TARGET_METRIC = "miou"
+    TARGET_PARAM = "target_miou"
+    #: validation metrics shown in local progress lines
+    SHOWN_METRICS = ("miou", "pixel_accuracy")
     #: a short name for logs and reports
     MODEL_NAME = "model"
 
@@ -115,7 +121,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
     # ------------------------------------------------------------------ construction
     def __init__(self, context: det_torch.PyTorchTrialContext) -> None:
         self.context = context
-        self.hp = hpmod.resolve(context.get_hparams(), self.MODEL_PARAMS, where="hyperparameters")
+        self.hp = hpmod.resolve(context.get_hparams(), self.MODEL_PARAMS, where="hyperparameters",
+                                common=self.COMMON_PARAMS)
         hp = self.hp
         exp_conf = _experiment_config(context)
         self.max_batches = hpmod.training_length(hp, exp_conf)
@@ -285,6 +292,13 @@ class SegmentationTrial(det_torch.PyTorchTrial):
             self.confusion.update(li.argmax(1), mi)
         return {"validation_loss": total_loss / max(1, counted)}
 
+    def write_local_details(self) -> None:
+        """Per-class IoU of the last validation, to the local metrics file only."""
+        last = self.confusion.last
+        if last is not None:
+            runlog.write_extra("per_class_iou", self.batches_trained,
+                               per_class_dict(last["per_class_iou"], self.hp["class_names"]))
+
     # ------------------------------------------------------------------ hooks
     def build_callbacks(self) -> Dict[str, det_torch.PyTorchCallback]:
         # Order matters: the energy callback reads time_to_target_s, added by the target one.
@@ -294,7 +308,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
             from shared.energy.callback import EnergyCallback
             callbacks["energy"] = EnergyCallback(self.context, self.hp["energy"],
                                                  steps_completed=lambda: self.batches_trained,
-                                                 target_miou=self.hp["target_miou"])
+                                                 target=self.hp[self.TARGET_PARAM],
+                                                 target_metric=self.TARGET_METRIC)
         return callbacks
 
 

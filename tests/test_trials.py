@@ -155,7 +155,7 @@ def test_redfish_node_energy_end_to_end(data, tmp_path, fail_after):
     with BmcSimulator(watts=300.0, mode="ilo", fail_after=fail_after) as bmc:
         out = tmp_path / "run"
         train("unet", data, out, "validation_period=20", "checkpoint_period=100", "report_period=10",
-              "energy.sample_period_s=0.05", batches=40,
+              "energy.sample_period_s=0.1", batches=40,
               env={"ENERGY_SOURCES": "redfish",
                    "ENERGY_REDFISH_URL": bmc.base_url + "/redfish/v1/Chassis/1/Power"})
     by = groups(out)
@@ -165,7 +165,9 @@ def test_redfish_node_energy_end_to_end(data, tmp_path, fail_after):
     assert last["energy_wh"] == pytest.approx(last["node_wh"])      # the PSU figure is the total
     truth_wh = 300.0 * last["duration_s"] / 3600
     if fail_after is None:
-        assert last["coverage"] == 1.0
+        # a sample delayed past 3 periods by a busy CPU counts as a gap; 0.1 s periods (the
+        # production default is 5 s) make that possible on a loaded 2-core machine
+        assert last["coverage"] >= 0.95
         assert last["node_wh"] == pytest.approx(truth_wh, rel=0.05)
     else:
         assert last["coverage"] < 1.0, "failures after 10 reads must show in the coverage"

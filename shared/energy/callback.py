@@ -105,17 +105,18 @@ def validate_options(options: Optional[Mapping[str, Any]],
     return opts
 
 
-MIOU_FLOOR = 0.5
+PROJECTION_FLOOR = 0.5
 
 
-def projected_energy_to_target(energy_wh: Optional[float], miou: Optional[float],
-                               target_miou: Optional[float],
+def projected_energy_to_target(energy_wh: Optional[float], value: Optional[float],
+                               target: Optional[float],
                                energy_to_target_wh: Optional[float]) -> Optional[float]:
     """The energy-aware search metric, defined at every validation (smaller is better).
 
     Once the target was reached it is the measured ``energy_to_target_wh``. Before, it is the
-    energy spent so far scaled by how far the trial still is from the target,
-    ``energy_wh * target_miou / max(miou, 0.5)``: a linear projection through the origin. It
+    energy spent so far scaled by how far the trial still is from the target (``value`` is the
+    target metric, e.g. ``miou``): ``energy_wh * target / max(value, 0.5)``, a linear
+    projection through the origin. It
     lets ASHA compare, at one rung, trials that reached the target with trials that did not.
     Limits: learning curves are concave, so the projection is optimistic for a trial that
     is plateauing below the target, and the 0.5 floor caps the penalty of a trial that has
@@ -123,9 +124,9 @@ def projected_energy_to_target(energy_wh: Optional[float], miou: Optional[float]
     """
     if energy_to_target_wh is not None:
         return float(energy_to_target_wh)
-    if energy_wh is None or miou is None or not target_miou:
+    if energy_wh is None or value is None or not target:
         return None
-    return float(energy_wh) * float(target_miou) / max(float(miou), MIOU_FLOOR)
+    return float(energy_wh) * float(target) / max(float(value), PROJECTION_FLOOR)
 
 
 class EnergyCallback(det_pytorch.PyTorchCallback):
@@ -136,19 +137,22 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         context: the ``PyTorchTrialContext`` (uses ``.distributed`` and ``.device``).
         options: the ``energy`` hyperparameter dict (see ``DEFAULT_OPTIONS``).
         steps_completed: returns the number of batches trained so far.
-        target_miou: the trial's target, for ``projected_energy_to_target_wh``.
+        target, target_metric: the trial's target value and the validation metric compared
+            with it (``miou`` for segmentation), for ``projected_energy_to_target_wh``.
 
     Raises:
         ValueError: bad options (at construction, before training starts).
     """
 
     def __init__(self, context: Any, options: Optional[Mapping[str, Any]],
-                 steps_completed: Callable[[], int], target_miou: Optional[float] = None) -> None:
+                 steps_completed: Callable[[], int], target: Optional[float] = None,
+                 target_metric: str = "miou") -> None:
         self._context = context
         self._opts = validate_options(options)
         self._enabled: bool = self._opts["enabled"]
         self._steps_completed = steps_completed
-        self._target_miou = target_miou
+        self._target = target
+        self._target_metric = target_metric
         self._meter: Optional[EnergyMeter] = None
         self._started_at: Optional[float] = None
         self._node_id = os.environ.get("ENERGY_NODE_NAME") or socket.gethostname()
@@ -297,7 +301,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             if self._energy_to_target_wh is not None:
                 metrics["energy_to_target_wh"] = self._energy_to_target_wh
             projected = projected_energy_to_target(
-                energy_wh, metrics.get("miou"), self._target_miou, self._energy_to_target_wh)
+                energy_wh, metrics.get(self._target_metric), self._target, self._energy_to_target_wh)
             if projected is not None:
                 metrics["projected_energy_to_target_wh"] = projected
         except Exception as err:
