@@ -68,6 +68,14 @@ def main(argv: List[str] | None = None) -> int:
     (out / f"comparison-{stamp}.json").write_text(json.dumps(summaries, indent=2) + "\n")
     print(f"\nTime (and energy, where a source was available) to {args.target_miou} mIoU on the "
           f"synthetic set:\n\n{table}\n\nwritten to {out}/comparison-{stamp}.md", flush=True)
+
+    # The full report (tables, plots, one self-contained HTML page) of this demo's runs.
+    from shared.report import build_report, load_local
+    runs = [r for model in args.models for r in load_local(out / f"{model}-{stamp}")]
+    report_dir = out / f"report-{stamp}"
+    build_report(runs, report_dir, target_miou=args.target_miou,
+                 title="Demo: U-Net vs SegFormer on a synthetic ADE20K-format set")
+    print(f"report: {report_dir}/index.html", flush=True)
     return 0
 
 

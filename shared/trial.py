@@ -292,6 +292,11 @@ class SegmentationTrial(det_torch.PyTorchTrial):
             self.confusion.update(li.argmax(1), mi)
         return {"validation_loss": total_loss / max(1, counted)}
 
+    def validation_follows(self, step: int) -> bool:
+        """Whether Determined validates right after the training chunk ending at ``step``
+        (every ``validation_period`` batches, and at the end of training)."""
+        return step % self.hp["validation_period"] == 0 or step >= self.max_batches
+
     def write_local_details(self) -> None:
         """Per-class IoU of the last validation, to the local metrics file only."""
         last = self.confusion.last
@@ -309,7 +314,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
             callbacks["energy"] = EnergyCallback(self.context, self.hp["energy"],
                                                  steps_completed=lambda: self.batches_trained,
                                                  target=self.hp[self.TARGET_PARAM],
-                                                 target_metric=self.TARGET_METRIC)
+                                                 target_metric=self.TARGET_METRIC,
+                                                 validation_follows=self.validation_follows)
         return callbacks
 
 
@@ -327,6 +333,7 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
             t.context._core.train.report_metrics(  # the core context is private on the trial context
                 group="run", steps_completed=first_batch_idx,
                 metrics={"model": t.MODEL_NAME, "params": t.num_parameters,
+                         "target_metric": t.TARGET_METRIC, "target": t.hp[t.TARGET_PARAM],
                          "slots": t.context.distributed.size, "precision": t.precision,
                          "global_batch_size": t.context.get_global_batch_size(),
                          "lr": t.lr, "device": torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu"})

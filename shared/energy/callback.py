@@ -139,6 +139,9 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         steps_completed: returns the number of batches trained so far.
         target, target_metric: the trial's target value and the validation metric compared
             with it (``miou`` for segmentation), for ``projected_energy_to_target_wh``.
+        validation_follows: step -> whether a validation comes right after this training
+            report; then the energy group is reported once, after the validation, so the
+            last figure of the run includes it (one group cannot be reported twice at one step).
 
     Raises:
         ValueError: bad options (at construction, before training starts).
@@ -146,13 +149,15 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
 
     def __init__(self, context: Any, options: Optional[Mapping[str, Any]],
                  steps_completed: Callable[[], int], target: Optional[float] = None,
-                 target_metric: str = "miou") -> None:
+                 target_metric: str = "miou",
+                 validation_follows: Optional[Callable[[int], bool]] = None) -> None:
         self._context = context
         self._opts = validate_options(options)
         self._enabled: bool = self._opts["enabled"]
         self._steps_completed = steps_completed
         self._target = target
         self._target_metric = target_metric
+        self._validation_follows = validation_follows
         self._meter: Optional[EnergyMeter] = None
         self._started_at: Optional[float] = None
         self._node_id = os.environ.get("ENERGY_NODE_NAME") or socket.gethostname()
@@ -275,6 +280,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
     def on_training_workload_end(self, avg_metrics: Dict[str, Any],
                                  batch_metrics: Dict[str, Any]) -> None:
         if not self._enabled:
+            return
+        # The same answer on every rank (a function of the step), so the collective is skipped
+        # by all ranks or by none.
+        if self._validation_follows is not None and self._validation_follows(int(self._steps_completed())):
             return
         trial = self._collect()
         if trial is not None:

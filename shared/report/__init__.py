@@ -1,0 +1,82 @@
+"""Reports: time and energy to a target mIoU per run, the scaling study, and their charts.
+
+    python -m shared.report runs/unet runs/segformer --out report/
+    python -m shared.report --master https://det:8080 --user alice 12 15 --out report/
+
+From local run directories (``metrics.jsonl``) and/or Determined experiments (every trial,
+through the Determined SDK), :func:`build_report` writes ``comparison.md``, ``comparison.csv``,
+``scaling.csv`` (when a model was run at several slot counts), PNG charts and one
+self-contained ``index.html``. See docs/reports.md.
+"""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from .load import MasterReader, ReportError, Run, load_inputs, load_local
+from .plots import Chart, make_charts
+from .series import Point, power_intervals, timeline
+from .tables import Row, ScalingPoint, compare, report_target, scaling
+
+__all__ = ["Chart", "MasterReader", "Point", "Report", "ReportError", "Row", "Run", "ScalingPoint",
+           "build_report", "compare", "load_inputs", "load_local", "power_intervals",
+           "report_target", "scaling", "timeline"]
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` computed and wrote."""
+
+    out_dir: pathlib.Path
+    target_miou: Optional[float]
+    rows: List[Row]
+    scaling: List[ScalingPoint]
+    charts: List[Chart]
+    files: List[pathlib.Path]
+
+
+def build_report(runs: Sequence[Run], out_dir: str | pathlib.Path,
+                 target_miou: Optional[float] = None,
+                 title: str = "Time and energy to target") -> Report:
+    """Compare ``runs`` at ``target_miou`` (default: the runs' own target) and write the report
+    into ``out_dir`` (created; files of an earlier report there are replaced).
+
+    Raises:
+        ReportError: no runs, a bad target, or runs trained to different targets with no
+            ``target_miou`` given.
+    """
+    from . import html, tables
+
+    if not runs:
+        raise ReportError("nothing to report on: no runs")
+    target = report_target(runs, target_miou)
+    out = pathlib.Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"{out}: cannot create the output directory: {e}") from None
+    rows = compare(runs, target)
+    points = scaling(rows)
+    tls = [timeline(r) for r in runs]
+    files = []
+    md = out / "comparison.md"
+    md.write_text(tables.to_markdown(rows, points, target, title))
+    csv_path = out / "comparison.csv"
+    csv_path.write_text(tables.to_csv(rows))
+    files += [md, csv_path]
+    scaling_path = out / "scaling.csv"
+    if points:
+        scaling_path.write_text(tables.scaling_csv(points))
+        files.append(scaling_path)
+    elif scaling_path.exists():
+        scaling_path.unlink()  # from an earlier report in this directory: no longer true
+    stale = out / "scaling.png"
+    if not points and stale.exists():
+        stale.unlink()
+    charts = make_charts(runs, tls, rows, points, target, out)
+    files += [c.path for c in charts]
+    index = out / "index.html"
+    index.write_text(html.render(rows, points, charts, target, title))
+    files.append(index)
+    return Report(out, target, rows, points, charts, files)

@@ -1,0 +1,378 @@
+"""The comparison (time and energy to target per run) and the scaling study, as rows, Markdown
+and CSV.
+
+A figure that was not measured stays ``None`` all the way to the output, where it reads
+"not measured" (Markdown, HTML) or an empty cell (CSV): never 0.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .load import ReportError, Run
+from .series import J_PER_WH, Point, _num, timeline
+
+NOT_REACHED = "not reached"
+NOT_MEASURED = "not measured"
+
+
+@dataclass
+class Row:
+    """One run of the comparison. ``None`` means unknown or not measured."""
+
+    label: str
+    source: str
+    model: Optional[str]
+    params: Optional[int]
+    slots: Optional[int]
+    global_batch_size: Optional[int]
+    target_miou: Optional[float]
+    reached: bool
+    #: "trial": the trial's own time_to_target_s / energy_to_target_wh; "recomputed": from the
+    #: validation series for a target the trial did not use (time on the elapsed axis)
+    target_basis: Optional[str]
+    batches_to_target: Optional[int]
+    miou_at_target: Optional[float]
+    time_to_target_s: Optional[float]
+    energy_to_target_wh: Optional[float]
+    energy_wh: Optional[float]
+    avg_power_w: Optional[float]
+    images: Optional[int]
+    j_per_image: Optional[float]
+    final_miou: Optional[float]
+    best_miou: Optional[float]
+    facility_wh: Optional[float]
+    co2e_g: Optional[float]
+    energy_sources: Optional[str]
+    nodes: Optional[int]
+    nodes_measured: Optional[int]
+    coverage: Optional[float]
+    estimate: bool
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def energy_measured(self) -> bool:
+        return self.energy_wh is not None
+
+
+def report_target(runs: Sequence[Run], override: Optional[float] = None) -> Optional[float]:
+    """The target mIoU the report compares at: ``override``, else the runs' own target.
+
+    Raises:
+        ReportError: ``override`` is outside (0, 100], or the runs were trained to different
+            targets and no override says which one to compare at.
+    """
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, (int, float)) \
+                or not math.isfinite(override) or not 0 < override <= 100:
+            raise ReportError(f"--target-miou must be a number in (0, 100], got {override!r}")
+        return float(override)
+    targets = {r.label: r.target_miou for r in runs if r.target_miou is not None}
+    if len(set(targets.values())) > 1:
+        listed = ", ".join(f"{k}: {v:g}" for k, v in targets.items())
+        raise ReportError(f"the runs were trained to different targets ({listed}); pass "
+                          f"--target-miou to compare them at one")
+    return next(iter(targets.values()), None)
+
+
+def _first(points: List[Point], pred) -> Optional[Point]:
+    return next((p for p in points if pred(p.metrics)), None)
+
+
+def compare_run(run: Run, target: Optional[float]) -> Row:
+    """The comparison row of one run at ``target`` (None: the trial's own, unknown, target)."""
+    tl = timeline(run)
+    info = run.info()
+    vals = tl.get("validation", [])
+    energy = tl.get("energy", [])
+    notes: List[str] = []
+
+    recorded = _first(vals, lambda m: _num(m.get("time_to_target_s")) is not None)
+    if target is None:
+        crossing = recorded
+    else:
+        crossing = _first(vals, lambda m: (_num(m.get("miou")) or -1.0) >= target)
+    basis = None
+    ttt = ettt = None
+    if crossing is not None and crossing is recorded:
+        basis = "trial"
+        ttt = _num(crossing.metrics.get("time_to_target_s"))
+        # energy_to_target_wh is by definition the validation's energy_wh at the first hit
+        ettt = _num(crossing.metrics.get("energy_to_target_wh"))
+        if ettt is None:
+            ettt = _num(crossing.metrics.get("energy_wh"))
+    elif crossing is not None:
+        basis = "recomputed"
+        ttt = crossing.elapsed_s
+        ettt = _num(crossing.metrics.get("energy_wh"))
+        notes.append(f"time/energy to target recomputed from the validation series (the trial's "
+                     f"own target was {run.target_miou if run.target_miou is not None else 'unknown'})")
+    if target is None and crossing is None and vals and run.target_miou is None:
+        notes.append("target unknown: pass --target-miou")
+
+    measured = [p for p in energy if _num(p.metrics.get("energy_wh")) is not None]
+    last_e = measured[-1] if measured else None
+    em: Dict[str, Any] = last_e.metrics if last_e else {}
+    if last_e is not None and last_e is not energy[-1]:
+        notes.append(f"energy measured only up to batch {last_e.steps}")
+    energy_wh = _num(em.get("energy_wh"))
+    avg_power = _num(em.get("avg_power_w"))
+    duration = _num(em.get("duration_s"))
+    if avg_power is None and energy_wh is not None and duration:
+        avg_power = energy_wh * J_PER_WH / duration
+
+    gbs = info.get("global_batch_size", run.hparams.get("global_batch_size"))
+    gbs = int(gbs) if _num(gbs) else None
+    images = last_e.steps * gbs if (last_e is not None and gbs) else None
+    j_per_image = energy_wh * J_PER_WH / images if (energy_wh is not None and images) else None
+    if energy_wh is not None and gbs is None:
+        notes.append("J/img unknown: no global_batch_size in the run report")
+
+    coverage = _num(em.get("coverage"))
+    if coverage is not None and coverage < 1.0:
+        notes.append(f"coverage {coverage:.2f} < 1: part of the run was not measured")
+    nodes, nodes_measured = em.get("nodes"), em.get("nodes_measured")
+    if isinstance(nodes, int) and isinstance(nodes_measured, int) and nodes_measured < nodes:
+        notes.append(f"energy measured on {nodes_measured} of {nodes} nodes")
+    estimate = bool(em.get("estimate", False))
+    if estimate:
+        notes.append("energy is an estimate, not a measurement")
+    sources = em.get("sources") if energy_wh is not None else None
+    if crossing is not None and ettt is None and energy_wh is not None:
+        notes.append("no energy at the validation that reached the target")
+
+    mious = [(_num(p.metrics.get("miou"))) for p in vals]
+    mious = [m for m in mious if m is not None]
+    return Row(
+        label=run.label, source=run.source, model=info.get("model"),
+        params=info.get("params"), slots=info.get("slots"), global_batch_size=gbs,
+        target_miou=target if target is not None else run.target_miou,
+        reached=crossing is not None, target_basis=basis,
+        batches_to_target=crossing.steps if crossing else None,
+        miou_at_target=_num(crossing.metrics.get("miou")) if crossing else None,
+        time_to_target_s=ttt, energy_to_target_wh=ettt,
+        energy_wh=energy_wh, avg_power_w=avg_power if energy_wh is not None else None,
+        images=images, j_per_image=j_per_image,
+        final_miou=mious[-1] if mious else None, best_miou=max(mious) if mious else None,
+        facility_wh=_num(em.get("facility_wh")), co2e_g=_num(em.get("co2e_g")),
+        energy_sources=sources if sources and sources != "none" else None,
+        nodes=nodes if isinstance(nodes, int) else None,
+        nodes_measured=nodes_measured if isinstance(nodes_measured, int) else None,
+        coverage=coverage, estimate=estimate, notes=notes)
+
+
+def compare(runs: Sequence[Run], target: Optional[float]) -> List[Row]:
+    """One :class:`Row` per run, in the order given."""
+    return [compare_run(r, target) for r in runs]
+
+
+# ------------------------------------------------------------------------------ scaling
+@dataclass
+class ScalingPoint:
+    """One slot count of one model's scaling study (means over the runs that reached the
+    target; ``runs``/``reached`` count all runs at this slot count)."""
+
+    model: str
+    slots: int
+    runs: int
+    reached: int
+    time_to_target_s: Optional[float]
+    energy_to_target_wh: Optional[float]
+    baseline_slots: int
+    speedup: Optional[float]
+    efficiency: Optional[float]
+
+
+def scaling(rows: Sequence[Row]) -> List[ScalingPoint]:
+    """Speed-up and parallel efficiency per model, for models run at two or more slot counts.
+
+    speed-up(n) = time_to_target(n0) / time_to_target(n) and efficiency(n) = speed-up(n) /
+    (n / n0), with n0 the smallest slot count run (1 in the usual study: speed-up =
+    T(1)/T(n), efficiency = speed-up / n). Repeated runs at one slot count are averaged; a slot
+    count where no run reached the target has no time, so no speed-up.
+    """
+    by_model: Dict[str, Dict[int, List[Row]]] = {}
+    for r in rows:
+        if r.model and isinstance(r.slots, int) and r.slots > 0:
+            by_model.setdefault(r.model, {}).setdefault(r.slots, []).append(r)
+    out: List[ScalingPoint] = []
+    for model, by_slots in by_model.items():
+        if len(by_slots) < 2:
+            continue
+        n0 = min(by_slots)
+        means: Dict[int, Optional[float]] = {}
+        for n, rs in by_slots.items():
+            times = [r.time_to_target_s for r in rs if r.reached and r.time_to_target_s is not None]
+            means[n] = statistics.fmean(times) if times else None
+        for n in sorted(by_slots):
+            rs = by_slots[n]
+            energies = [r.energy_to_target_wh for r in rs
+                        if r.reached and r.energy_to_target_wh is not None]
+            t, t0 = means[n], means[n0]
+            speedup = t0 / t if (t and t0) else None
+            out.append(ScalingPoint(
+                model=model, slots=n, runs=len(rs), reached=sum(r.reached for r in rs),
+                time_to_target_s=t,
+                energy_to_target_wh=statistics.fmean(energies) if energies else None,
+                baseline_slots=n0, speedup=speedup,
+                efficiency=speedup / (n / n0) if speedup is not None else None))
+    return out
+
+
+# ------------------------------------------------------------------------------ output
+def fmt(v: Any, spec: str, missing: str = "-") -> str:
+    """``v`` formatted, or ``missing`` for None. Spec ``"3s"``/``"4s"``: that many significant
+    digits, trailing zeros kept (22 Wh reads 22.00, not 22: the precision is visible)."""
+    if v is None:
+        return missing
+    if spec in ("3s", "4s"):
+        digits = int(spec[0])
+        if v == 0 or not math.isfinite(v):
+            return format(v, "g")
+        decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
+        return f"{v:.{decimals}f}"
+    return format(v, spec)
+
+
+def display_cells(r: Row) -> Dict[str, str]:
+    """The human-readable cells of a row (Markdown and HTML share them)."""
+    if not r.reached:
+        ttt = ettt = NOT_REACHED
+    else:
+        mark = " \u2020" if r.target_basis == "recomputed" else ""
+        ttt = fmt(r.time_to_target_s, ".1f") + mark
+        ettt = (fmt(r.energy_to_target_wh, "4s") + mark if r.energy_to_target_wh is not None
+                else NOT_MEASURED)
+    em = r.energy_measured
+    src = NOT_MEASURED
+    if em:
+        src = r.energy_sources or "unnamed"
+        if r.nodes:
+            src += f" ({r.nodes_measured}/{r.nodes} nodes)"
+    cov = fmt(r.coverage, ".2f")
+    if r.coverage is not None and r.coverage < 1.0:
+        cov += " \u26a0"
+    return {
+        "run": r.label,
+        "model": r.model or "?",
+        "params (M)": fmt(r.params / 1e6 if r.params else None, ".2f"),
+        "slots": fmt(r.slots, "d"),
+        "target reached": "yes" if r.reached else "no",
+        "time to target (s)": ttt,
+        "energy to target (Wh)": ettt,
+        "avg power (W)": fmt(r.avg_power_w, ".1f") if em else NOT_MEASURED,
+        "J/img": fmt(r.j_per_image, "3s") if em else NOT_MEASURED,
+        "final mIoU": fmt(r.final_miou, ".2f"),
+        "best mIoU": fmt(r.best_miou, ".2f"),
+        "facility (Wh)": fmt(r.facility_wh, "4s"),
+        "CO2e (g)": fmt(r.co2e_g, "3s"),
+        "energy sources": src,
+        "coverage": cov,
+        "notes": "; ".join(r.notes),
+    }
+
+
+DISPLAY_HEADER = ["run", "model", "params (M)", "slots", "target reached", "time to target (s)",
+                  "energy to target (Wh)", "avg power (W)", "J/img", "final mIoU", "best mIoU",
+                  "facility (Wh)", "CO2e (g)", "energy sources", "coverage", "notes"]
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def markdown_table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+SCALING_HEADER = ["model", "slots", "runs (reached)", "time to target (s)", "speed-up",
+                  "efficiency", "energy to target (Wh)"]
+
+
+def scaling_cells(p: ScalingPoint) -> List[str]:
+    return [p.model, str(p.slots), f"{p.runs} ({p.reached})",
+            fmt(p.time_to_target_s, ".1f", NOT_REACHED), fmt(p.speedup, ".2f"),
+            fmt(p.efficiency, ".2f"), fmt(p.energy_to_target_wh, "4s", NOT_MEASURED)]
+
+
+def target_sentence(target: Optional[float]) -> str:
+    if target is None:
+        return ("Target mIoU: unknown (no run records it; pass --target-miou). \"Reached\" uses "
+                "each trial's own time_to_target_s.")
+    return f"Target: validation mIoU >= {target:g}."
+
+
+def to_markdown(rows: Sequence[Row], points: Sequence[ScalingPoint], target: Optional[float],
+                title: str = "Time and energy to target") -> str:
+    """``comparison.md``: the table, what its columns mean, and the scaling study if any."""
+    cells = [display_cells(r) for r in rows]
+    parts = [f"# {title}", "", target_sentence(target), "",
+             markdown_table(DISPLAY_HEADER, [[c[k] for k in DISPLAY_HEADER] for c in cells]), ""]
+    if any(r.target_basis == "recomputed" for r in rows):
+        parts += ["\u2020 recomputed from the validation series for this target (time on the "
+                  "wall-time axis, pauses removed); other rows are the trial's own figures.", ""]
+    parts += [
+        "Columns: time and energy to target are taken at the first validation whose mIoU "
+        "reaches the target. Avg power and J/img cover the whole measured run (J/img = energy / "
+        "(batches x global_batch_size), validation and start-up included). Facility and CO2e "
+        "are whole-run figures, present when the run was configured with a PUE / carbon "
+        "intensity. \"not measured\" means no energy source measured it; it is never 0. "
+        "Coverage below 1 (\u26a0) means part of the run or of its nodes was not measured.", ""]
+    if points:
+        parts += ["## Scaling", "",
+                  "speed-up = T(n0) / T(n), efficiency = speed-up / (n / n0), n0 = the smallest "
+                  "slot count run (n0 = 1: speed-up = T(1) / T(n), efficiency = speed-up / n); "
+                  "T = time to target, averaged over the runs at a slot count that reached it.",
+                  "", markdown_table(SCALING_HEADER, [scaling_cells(p) for p in points]), ""]
+    sources = [f"- {r.label}: {r.source}" for r in rows]
+    parts += ["## Runs", "", *sources, ""]
+    return "\n".join(parts)
+
+
+CSV_FIELDS = ["run", "source", "model", "params", "slots", "global_batch_size", "target_miou",
+              "reached_target", "target_basis", "batches_to_target", "miou_at_target",
+              "time_to_target_s", "energy_to_target_wh", "energy_wh", "avg_power_w", "images",
+              "j_per_image", "final_miou", "best_miou", "facility_wh", "co2e_g",
+              "energy_sources", "nodes_measured", "nodes", "coverage", "estimate", "notes"]
+
+
+def to_csv(rows: Sequence[Row]) -> str:
+    """``comparison.csv``: full precision, an empty cell for anything unknown or not measured
+    (so numeric columns parse as numbers), ``reached_target`` yes/no, ``energy_sources``
+    "not measured" for a run without energy."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({
+            "run": r.label, "source": r.source, "model": r.model, "params": r.params,
+            "slots": r.slots, "global_batch_size": r.global_batch_size,
+            "target_miou": r.target_miou, "reached_target": "yes" if r.reached else "no",
+            "target_basis": r.target_basis, "batches_to_target": r.batches_to_target,
+            "miou_at_target": r.miou_at_target, "time_to_target_s": r.time_to_target_s,
+            "energy_to_target_wh": r.energy_to_target_wh, "energy_wh": r.energy_wh,
+            "avg_power_w": r.avg_power_w, "images": r.images, "j_per_image": r.j_per_image,
+            "final_miou": r.final_miou, "best_miou": r.best_miou, "facility_wh": r.facility_wh,
+            "co2e_g": r.co2e_g,
+            "energy_sources": r.energy_sources if r.energy_measured else NOT_MEASURED,
+            "nodes_measured": r.nodes_measured, "nodes": r.nodes, "coverage": r.coverage,
+            "estimate": "yes" if r.estimate else "no", "notes": "; ".join(r.notes)})
+    return buf.getvalue()
+
+
+def scaling_csv(points: Sequence[ScalingPoint]) -> str:
+    """``scaling.csv``: one line per model and slot count."""
+    buf = io.StringIO()
+    names = ["model", "slots", "runs", "reached", "time_to_target_s", "speedup", "efficiency",
+             "energy_to_target_wh", "baseline_slots"]
+    w = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    w.writeheader()
+    for p in points:
+        w.writerow({n: getattr(p, n) for n in names})
+    return buf.getvalue()

@@ -1,0 +1,405 @@
+"""Customer packages (shared/package.py) and the cluster kit (cluster/).
+
+The package is built once, unpacked outside the repository and trained from there in a
+subprocess that cannot see the repository on its path; the import analysis is checked on a
+small library written here; the cluster files are parsed and cross-checked.
+"""
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import yaml
+
+from shared import package as pkg
+from shared.data.synthetic import generate
+from shared.hparams import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+TINY = ["crop_size=32", "scale=[64,32]", "num_classes=4", "global_batch_size=4", "workers_per_slot=0",
+        "warmup_batches=2", "report_period=2", "unet_base_channels=8", "unet_depth=2",
+        "energy.enabled=false"]
+
+
+def _env_outside_repo(**extra):
+    """The environment of a customer's shell: no PYTHONPATH, no user site; bytecode written
+    (the test reads the __pycache__ it leaves to see which copy was imported)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONHOME")
+           and not k.startswith("ENERGY_")}
+    env["PYTHONNOUSERSITE"] = "1"
+    env.update(extra)
+    return env
+
+
+EPOCH = "1700000000"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
+        return pkg.build_package("unet", tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def unpacked(built, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("customer")
+    with tarfile.open(built.archive) as tar:
+        # the "data" filter refuses absolute paths, links out of dest, devices (Python >= 3.11.4)
+        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    (top,) = list(dest.iterdir())
+    return top
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn"), num_train=8, num_val=2, num_classes=4,
+                    min_size=32, max_size=48, seed=1)
+
+
+# --------------------------------------------------------------------------- the package runs
+def test_unpacked_package_trains_with_its_own_copy_of_shared(unpacked, data):
+    assert unpacked.name == f"unet-recipe-{pkg.read_pyproject(ROOT)['version']}"
+    assert not list(unpacked.rglob("__pycache__")), "the archive must not carry bytecode"
+    env = _env_outside_repo()
+    assert str(ROOT) not in env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/single_gpu.yaml", "--data-dir", str(data),
+         "--batches", "3", "--set", *TINY],
+        cwd=unpacked, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = list((unpacked / "runs").iterdir())  # the default output dir, under the cwd
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["steps_completed"] for r in records if r["group"] == "training"] == [2, 3]
+    assert [r["steps_completed"] for r in records if r["group"] == "validation"] == [3]
+    # The package's shared/ was the one imported: Python compiled it there. (shared/__init__
+    # from the copy makes shared.__path__ the copy, so every submodule came from it too.)
+    compiled = {p.name.split(".")[0] for p in (unpacked / "shared" / "__pycache__").glob("*.pyc")}
+    assert {"__init__", "launch", "trial", "hparams"} <= compiled
+    # Local mode copies the working directory into checkpoints through .detignore.
+    code_dirs = list(run.glob("checkpoints/*/code"))
+    assert code_dirs and (code_dirs[0] / "train.py").is_file()
+    assert not (code_dirs[0] / "configs").exists() and not (code_dirs[0] / "runs").exists()
+
+
+def test_script_directory_comes_before_any_installed_shared(unpacked, tmp_path):
+    probe = "import json, sys, shared; print(json.dumps([sys.path[0], shared.__file__]))\n"
+    (unpacked / "probe_import.py").write_text(probe)
+    # Even with the repository explicitly on PYTHONPATH, the copy beside the script wins.
+    proc = subprocess.run([sys.executable, str(unpacked / "probe_import.py")], cwd=tmp_path,
+                          env=_env_outside_repo(PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    path0, found = json.loads(proc.stdout)
+    assert pathlib.Path(path0) == unpacked
+    assert pathlib.Path(found) == unpacked / "shared" / "__init__.py"
+    # Control: the same script elsewhere imports another shared (the repository's editable
+    # install) or none, so the check above can tell the two apart.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "probe_import.py").write_text(probe)
+    proc = subprocess.run([sys.executable, str(elsewhere / "probe_import.py")], cwd=elsewhere,
+                          env=_env_outside_repo(), capture_output=True, text=True)
+    if proc.returncode == 0:
+        assert unpacked not in pathlib.Path(json.loads(proc.stdout)[1]).parents
+    else:
+        assert "No module named 'shared'" in proc.stderr
+
+
+# --------------------------------------------------------------------------- what is in it
+def test_layout_trial_files_and_configs(built):
+    d = built.directory
+    for f in (ROOT / "trials" / "unet").glob("*.py"):
+        assert (d / f.name).read_bytes() == f.read_bytes()
+    sources = sorted((ROOT / "experiment_configs" / "unet").glob("*.yaml"))
+    assert sorted(p.name for p in (d / "configs").iterdir()) == [p.name for p in sources]
+    for src in sources:
+        shipped = (d / "configs" / src.name).read_text()
+        assert yaml.safe_load(shipped) == yaml.safe_load(src.read_text())
+        assert f"det experiment create configs/{src.name} ." in shipped
+        assert "trials/unet" not in shipped and "--include shared" not in shipped
+    req = (d / "requirements.txt").read_text().splitlines()
+    assert [r for r in req if not r.startswith("#")] == built.requirements
+    assert "timm" not in " ".join(built.requirements)  # U-Net does not import timm
+    project = pkg.read_pyproject(ROOT)
+    allowed = set(project["dependencies"]) | set(project["optional-dependencies"]["local"])
+    assert set(built.requirements) <= allowed
+
+
+def test_shared_copy_is_the_import_closure(built):
+    names = set(built.closure.modules)
+    # the trial's direct imports, lazy imports inside functions, and the energy sources that
+    # shared.energy.select imports by name from a string table
+    assert {"shared", "shared.launch", "shared.trial", "shared.data.ade20k", "shared.pretrained",
+            "shared.energy.sources.redfish", "shared.energy.sources.prometheus"} <= names
+    assert "shared.demo" in built.closure.dropped and "shared.package" in built.closure.dropped
+    shipped = {str(p.relative_to(built.directory)) for p in (built.directory / "shared").rglob("*.py")}
+    assert shipped == {str(p.relative_to(ROOT)) for p in built.closure.modules.values()}
+    assert not (built.directory / "shared" / "demo.py").exists()
+
+
+def test_detignore_keeps_the_context_small(built, tmp_path):
+    files = set(built.context_files)
+    assert {"train.py", "model.py", "shared/trial.py", "README.md", "requirements.txt"} <= files
+    assert not any(f.startswith(("configs/", "docs/", "runs/")) for f in files)
+    assert 0 < built.context_bytes < 95 * 2**20
+    # What a customer adds next to the recipe stays out too (Determined's own .detignore walk).
+    copy = tmp_path / "recipe"
+    shutil.copytree(built.directory, copy)
+    for rel in ("runs/r1/big.bin", "tests/test_x.py", "test_local.py", "old.tar.gz",
+                "shared/__pycache__/x.cpython-311.pyc"):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (copy / rel).write_bytes(b"x" * 1000)
+    files2, size2 = pkg.context_contents(copy)
+    assert set(files2) == files and size2 == built.context_bytes
+
+
+def test_readme_documents_what_the_code_does(built):
+    readme = (built.directory / "README.md").read_text()
+    version = pkg.read_pyproject(ROOT)["version"]
+    assert readme.splitlines()[0] == pkg.MARKER
+    assert f"energy-seg-recipes {version} (" in readme and built.stamp in readme
+    # every variable the energy code reads from the environment is documented (found here
+    # independently of the generator: env lookups and ENV_* constants in the source)
+    read = set()
+    for path in (ROOT / "shared" / "energy").rglob("*.py"):
+        text = path.read_text()
+        read |= set(re.findall(r'(?:environ|env)\.get\(\s*"(ENERGY_[A-Z_]+)"', text))
+        read |= set(re.findall(r'^ENV_\w+ = "(ENERGY_[A-Z_]+)"', text, re.M))
+    assert read, "the scan found no variable: its patterns are stale"
+    assert {v for v in read if f"`{v}`" not in readme} == set()
+    # every hyperparameter of the trial's schema has a row
+    trial_cls = pkg.load_trial_class(ROOT / "trials" / "unet", "unet")
+    for key in {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}:
+        assert f"| `{key}` |" in readme or key == "energy"
+    # every metric listed is one the shipped code names (nothing invented)
+    code = "\n".join(p.read_text() for p in (built.directory / "shared").rglob("*.py"))
+    metrics = re.findall(r"^\| (?:training|validation|energy|run) \| `(\w+)` \|", readme, re.M)
+    assert len(metrics) > 20 and all(f'"{m}"' in code for m in metrics)
+    assert "`shared.demo`" in readme.split("Left out")[1]
+
+
+# --------------------------------------------------------------------------- import analysis
+def _write(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_analysis_follows_lazy_relative_dynamic_and_registry_imports(tmp_path):
+    _write(tmp_path, {
+        "shared/__init__.py": "",
+        "shared/a.py": "from . import b\n",
+        "shared/b.py": 'TABLE = {"c": ("shared.c", "C")}\n',
+        "shared/c.py": "def f():\n    from .d import x\n    return x\n",
+        "shared/d.py": "x = 1\n",
+        "shared/e.py": "import matplotlib\n",
+        "shared/t.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from shared import e\n",
+        "shared/sub/__init__.py": "",
+        "shared/sub/m.py": "try:\n    import optpkg\nexcept ImportError:\n    optpkg = None\n",
+        "shared/sub/classes.json": "[]",
+        "shared/sub/inner/__init__.py": "",
+        "shared/sub/inner/res.txt": "not shipped: shared.sub.inner is not imported",
+        "trials/foo/train.py": "import shared.a\nimport shared.t\nfrom model import build\nimport reqpkg.sub\n",
+        "trials/foo/model.py": 'import importlib\nM = importlib.import_module("shared.sub.m")\n',
+    })
+    closure = pkg.analyse(sorted((tmp_path / "trials" / "foo").glob("*.py")), tmp_path)
+    assert set(closure.modules) == {"shared", "shared.a", "shared.b", "shared.c", "shared.d",
+                                    "shared.t", "shared.sub", "shared.sub.m"}
+    assert set(closure.dropped) == {"shared.e", "shared.sub.inner"}
+    assert [p.name for p in closure.data_files] == ["classes.json"]
+    assert {k: v[0] for k, v in closure.third_party.items()} == {"reqpkg": True, "optpkg": False}
+
+    project = {"version": "1", "dependencies": ["reqpkg>=2", "unused"], "optional-dependencies":
+               {"local": ["tensorboard"]}}
+    assert pkg.requirements(closure.third_party, project, tmp_path / "pyproject.toml") == \
+        ["reqpkg>=2", "tensorboard"]
+    with pytest.raises(pkg.PackageError, match=r"train\.py imports 'reqpkg' .* does not list"):
+        pkg.requirements(closure.third_party, {"dependencies": []}, tmp_path / "pyproject.toml")
+
+
+def test_segformer_needs_timm():
+    closure = pkg.analyse(sorted((ROOT / "trials" / "segformer").glob("*.py")), ROOT)
+    assert closure.third_party["timm"][0] is True
+    reqs = pkg.requirements(closure.third_party, pkg.read_pyproject(ROOT), ROOT / "pyproject.toml")
+    assert "timm" in reqs
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"shared/__init__.py": "", "shared/x.py": "from ... import y\n"}, r"x\.py:1: relative import beyond"),
+    ({"shared/__init__.py": "", "shared/x.py": "def (:\n"}, r"x\.py: cannot be parsed"),
+    ({"shared/x.py": ""}, r"shared: no such package"),
+])
+def test_analysis_errors_name_the_file(tmp_path, files, message):
+    _write(tmp_path, {**files, "trials/foo/train.py": "import shared.x\n"})
+    with pytest.raises(pkg.PackageError, match=message):
+        pkg.analyse([tmp_path / "trials" / "foo" / "train.py"], tmp_path)
+
+
+# --------------------------------------------------------------------------- build errors
+def test_unknown_model_and_missing_configs(tmp_path):
+    with pytest.raises(pkg.PackageError, match=r"unknown model 'nope'.*available: .*unet"):
+        pkg.build_package("nope", tmp_path)
+    _write(tmp_path / "repo", {"trials/foo/train.py": "", "pyproject.toml": '[project]\nversion = "1"\n'})
+    with pytest.raises(pkg.PackageError, match=r"no experiment configs for foo: .*experiment_configs/foo"):
+        pkg.build_package("foo", tmp_path / "out", root=tmp_path / "repo")
+
+
+def test_refuses_to_replace_a_directory_it_did_not_make(tmp_path):
+    version = pkg.read_pyproject(ROOT)["version"]
+    (tmp_path / f"unet-recipe-{version}").mkdir()
+    (tmp_path / f"unet-recipe-{version}" / "notes.txt").write_text("mine")
+    with pytest.raises(pkg.PackageError, match=r"exists and was not made by shared\.package"):
+        pkg.build_package("unet", tmp_path)
+    assert (tmp_path / f"unet-recipe-{version}" / "notes.txt").read_text() == "mine"
+
+
+def test_config_checks_name_the_file(tmp_path, built):
+    trial_cls = pkg.load_trial_class(ROOT / "trials" / "unet", "unet")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("entrypoint: python3 train.py\nhyperparameters:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown hyperparameter 'lrr'"):
+        pkg.check_config(bad, trial_cls, built.directory)
+    bad.write_text("entrypoint: python3 other.py\nhyperparameters:\n  lr: 0.1\n")
+    with pytest.raises(pkg.PackageError, match=r"bad\.yaml: entrypoint .* runs other\.py"):
+        pkg.check_config(bad, trial_cls, built.directory)
+
+
+def test_context_over_the_limit_is_refused_and_nothing_is_left(tmp_path):
+    with pytest.raises(pkg.PackageError, match=r"context of unet-recipe-.* MiB, over the"):
+        pkg.build_package("unet", tmp_path, max_context_bytes=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line_rebuilds_and_reports_errors(built, capsys, monkeypatch):
+    out = built.directory.parent
+    first = built.archive.read_bytes()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    assert pkg.main(["unet", "--out", str(out)]) == 0  # replaces its own earlier build
+    printed = capsys.readouterr().out
+    assert "left out: " in printed and "shared.demo" in printed
+    assert (built.directory / "README.md").read_text().startswith(pkg.MARKER)
+    assert built.archive.read_bytes() == first  # same sources, same SOURCE_DATE_EPOCH: same bytes
+    assert pkg.main(["nope", "--out", str(out)]) == 2
+    assert "error: unknown model 'nope'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- cluster kit
+def test_every_cluster_yaml_parses():
+    files = sorted(CLUSTER.glob("*.yaml"))
+    assert {f.name for f in files} >= {"master.yaml", "agent.yaml", "helm-values.yaml"}
+    for f in files:
+        assert isinstance(yaml.safe_load(f.read_text()), dict), f
+
+
+def _pools(conf):
+    return {p["pool_name"]: p for p in conf["resource_pools" if "resource_pools" in conf else "resourcePools"]}
+
+
+def test_master_agent_and_helm_pools_agree():
+    master = yaml.safe_load((CLUSTER / "master.yaml").read_text())
+    agent = yaml.safe_load((CLUSTER / "agent.yaml").read_text())
+    helm = yaml.safe_load((CLUSTER / "helm-values.yaml").read_text())
+    assert set(_pools(master)) == set(_pools(helm)) == {"single-node", "a100-ib"}
+    assert agent["resource_pool"] in _pools(master) and agent["container_runtime"] == "docker"
+    assert master["checkpoint_storage"]["type"] == helm["checkpointStorage"]["type"] == "shared_fs"
+    assert master["resource_manager"]["default_compute_resource_pool"] in _pools(master)
+    # the pool the multi-node configs ask for exists
+    for conf in ROOT.glob("experiment_configs/*/multi_node.yaml"):
+        assert yaml.safe_load(conf.read_text())["resources"]["resource_pool"] in _pools(master)
+    for name, pool in _pools(master).items():
+        tcd = pool["task_container_defaults"]
+        # a pool's defaults reset these two unless repeated (docs/cluster.md)
+        assert "shm_size_bytes" in tcd and "network_mode" in tcd, name
+        for mount in tcd.get("bind_mounts", []):
+            assert mount["host_path"].startswith("/") and mount["read_only"] is True
+        for dev in tcd.get("devices", []):
+            assert dev["host_path"].startswith("/dev/") and dev["container_path"].startswith("/dev/")
+        env = dict(e.split("=", 1) for e in tcd["environment_variables"])
+        rapl = env["ENERGY_RAPL_ROOT"]
+        assert any(m["container_path"] == rapl for m in tcd["bind_mounts"]), name
+    ib = _pools(master)["a100-ib"]["task_container_defaults"]
+    assert ib["network_mode"] == "host" and "IPC_LOCK" in ib["add_capabilities"]
+    # the credentials file the pool names lives in the directory it mounts
+    env = dict(e.split("=", 1) for e in ib["environment_variables"])
+    assert any(env["ENERGY_REDFISH_CREDENTIALS_FILE"].startswith(m["container_path"] + "/")
+               for m in ib["bind_mounts"])
+    images = {master["task_container_defaults"]["image"]["cuda"], helm["taskContainerDefaults"]["gpuImage"]}
+    version = pkg.read_pyproject(ROOT)["version"]
+    assert images == {pkg.TASK_IMAGE.format(version=version)}
+
+
+def test_dockerfile_pins_what_the_project_pins():
+    text = (CLUSTER / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    pinned = dict(re.findall(r"^(\S+)==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M))
+    assert args["DETERMINED_VERSION"] == pinned["determined"]
+    assert args["PROJECT_VERSION"] == pkg.read_pyproject(ROOT)["version"]
+    base = re.fullmatch(r"pytorch/pytorch:(\d+)\.(\d+)\.\d+-cuda12\.\d+-cudnn\d+-runtime", args["BASE_IMAGE"])
+    assert base and (int(base[1]), int(base[2])) >= (2, 4)
+    # every package installed with pip is pinned to one of those ARGs
+    installs = re.findall(r'"([\w.-]+)==\$\{(\w+)\}"', text)
+    assert {p for p, _ in installs} == {"determined", "timm", "nvidia-ml-py", "tensorboard"}
+    assert all(a in args for _, a in installs)
+    assert "apt-get install" in text and "ipmitool" in text
+    assert re.search(r"^COPY pyproject\.toml ", text, re.M) and re.search(r"^COPY shared ", text, re.M)
+    ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
+    assert "*" in ignore and "!pyproject.toml" in ignore and "!shared" in ignore
+
+
+def test_build_script_tags_from_pyproject(tmp_path):
+    log = tmp_path / "docker.log"
+    fake = tmp_path / "docker"
+    fake.write_text(f'#!/bin/sh\necho "BUILDKIT=$DOCKER_BUILDKIT $*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "DOCKER": str(fake)}
+    proc = subprocess.run(["bash", str(CLUSTER / "build-image.sh"), "--push", "reg.example:5000/team/"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    tag = pkg.TASK_IMAGE.format(version=pkg.read_pyproject(ROOT)["version"])
+    build, tagcmd, push = log.read_text().splitlines()
+    assert build == f"BUILDKIT=1 build -f {CLUSTER}/Dockerfile -t {tag} --build-arg " \
+                    f"PROJECT_VERSION={pkg.read_pyproject(ROOT)['version']} {ROOT}"
+    assert tagcmd.endswith(f"tag {tag} reg.example:5000/team/{tag}")
+    assert push.endswith(f"push reg.example:5000/team/{tag}")
+    bad = subprocess.run(["bash", str(CLUSTER / "build-image.sh"), "--push"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--push needs a registry" in bad.stderr
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("allreduce_bench", CLUSTER / "allreduce_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_allreduce_bench_formulas_and_a_one_rank_run(tmp_path, monkeypatch):
+    bench = _bench()
+    assert bench.bus_bandwidth(10.0, 8) == pytest.approx(17.5)  # 2 (n - 1) / n
+    assert bench.bus_bandwidth(10.0, 1) == 0.0
+    assert bench.message_sizes(1000, 64000, 4, 4) == [1000, 4000, 16000, 64000]
+    assert bench.message_sizes(6, 6, 2, 4) == [4]
+    with pytest.raises(ValueError, match="--min-bytes <= --max-bytes"):
+        bench.message_sizes(10, 5, 2, 4)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for k, v in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--min-bytes", "1K", "--max-bytes", "4K", "--factor", "2", "--iters", "2",
+                       "--warmup", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 1 and [r["bytes"] for r in result["results"]] == [1024, 2048, 4096]
+    assert all(r["time_us"] > 0 and r["busbw_gbps"] == 0.0 for r in result["results"])
