@@ -26,6 +26,8 @@ from shared.schedule import WarmupPoly, scaled_lr
 log = logging.getLogger("shared.trial")
 
 IGNORE_INDEX = 255
+#: validation metrics that only exist when some energy source measured something
+ENERGY_METRICS = ("projected_energy_to_target_wh", "energy_to_target_wh", "energy_wh")
 
 
 def pick_precision(requested: str, device: torch.device) -> str:
@@ -127,8 +129,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         exp_conf = _experiment_config(context)
         self.max_batches = hpmod.training_length(hp, exp_conf)
         metric = (exp_conf.get("searcher") or {}).get("metric")
-        if metric in ("projected_energy_to_target_wh", "energy_to_target_wh", "energy_wh") \
-                and not hp["energy"]["enabled"]:
+        self.energy_required = metric in ENERGY_METRICS
+        if self.energy_required and not hp["energy"]["enabled"]:
             raise hpmod.ConfigError(f"the searcher minimises '{metric}' but energy.enabled is false: "
                                     f"the trial would never report it")
         self._seed(hp)
@@ -315,7 +317,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
                                                  steps_completed=lambda: self.batches_trained,
                                                  target=self.hp[self.TARGET_PARAM],
                                                  target_metric=self.TARGET_METRIC,
-                                                 validation_follows=self.validation_follows)
+                                                 validation_follows=self.validation_follows,
+                                                 required=self.energy_required)
         return callbacks
 
 

@@ -196,3 +196,18 @@ def test_cli_errors_name_the_problem(data, tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "trials/unet/train.py"), "--config", "nope.yaml"],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and "experiment config nope.yaml does not exist" in p.stderr
+
+
+def test_energy_ranked_search_without_any_source_fails_at_start(data, tmp_path):
+    """An asha_energy trial on a node where nothing measures energy stops at start with the
+    reason, instead of failing the search hours later on a missing searcher metric."""
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "trials/unet/train.py"),
+         "--config", str(ROOT / "experiment_configs/unet/asha_energy.yaml"),
+         "--data-dir", str(data), "--output-dir", str(tmp_path / "run"), "--batches", "2",
+         "--set", *TINY, *MODEL_TINY["unet"]],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "none")})
+    assert p.returncode != 0
+    assert "the searcher ranks trials by energy, but no energy source can measure" in p.stderr
+    assert not list((tmp_path / "run").glob("checkpoints/*/state_dict.pth"))

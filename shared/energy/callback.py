@@ -142,6 +142,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         validation_follows: step -> whether a validation comes right after this training
             report; then the energy group is reported once, after the validation, so the
             last figure of the run includes it (one group cannot be reported twice at one step).
+        required: the searcher ranks trials by an energy metric: fail at start, on every
+            rank, when no source can measure anything on any node.
 
     Raises:
         ValueError: bad options (at construction, before training starts).
@@ -150,7 +152,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
     def __init__(self, context: Any, options: Optional[Mapping[str, Any]],
                  steps_completed: Callable[[], int], target: Optional[float] = None,
                  target_metric: str = "miou",
-                 validation_follows: Optional[Callable[[int], bool]] = None) -> None:
+                 validation_follows: Optional[Callable[[int], bool]] = None,
+                 required: bool = False) -> None:
         self._context = context
         self._opts = validate_options(options)
         self._enabled: bool = self._opts["enabled"]
@@ -158,6 +161,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         self._target = target
         self._target_metric = target_metric
         self._validation_follows = validation_follows
+        self._required = required
         self._meter: Optional[EnergyMeter] = None
         self._started_at: Optional[float] = None
         self._node_id = os.environ.get("ENERGY_NODE_NAME") or socket.gethostname()
@@ -221,6 +225,16 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             self._meter = meter
         except Exception as err:
             self._failed("starting the energy meter", err)
+        if self._required:
+            # Collective on every rank: a trial whose searcher ranks it by energy must not run
+            # for hours and then fail the search on a missing metric.
+            active = len(self._meter.active_sources) if self._meter is not None else 0
+            if sum(self._context.distributed.allgather(active)) == 0:
+                raise RuntimeError(
+                    "the searcher ranks trials by energy, but no energy source can measure on "
+                    "any node of this trial (see the 'energy source ... unavailable' lines "
+                    "above); set ENERGY_SOURCES and the source's variables (README: Energy "
+                    "measurement) or use a searcher metric that is not an energy figure")
 
     def on_trial_shutdown(self) -> None:
         if self._meter is not None:
