@@ -1,0 +1,255 @@
+"""Segmenter (Strudel et al., ICCV 2021): a plain ViT encoder and a linear or mask-transformer
+decoder, in plain PyTorch on a timm ViT.
+
+Encoder: timm's ViT-T/S/B with 16 px patches, built with ``dynamic_img_size=True`` and
+``dynamic_img_pad=True``: any input size works, the image is zero-padded on the right and
+bottom to a multiple of 16, and the learned 14x14 position embeddings (those of a 224 px
+model, so that ImageNet ViT checkpoints load unchanged) are resampled bicubically to the
+token grid at each forward whose grid is not 14x14. The final LayerNorm is kept; the class
+token is dropped before the decoder, as in the paper.
+
+Decoders:
+- ``linear``: one Linear from each patch token to the classes.
+- ``mask``: the patch tokens (projected by a Linear) and ``num_classes`` learned class
+  embeddings go through ``decoder_layers`` pre-norm transformer layers (width = the
+  encoder's, one head per 64 channels, MLP ratio 4, dropout 0.1: the paper's settings); after
+  a LayerNorm, patches and class embeddings are each projected (a bias-free Linear) and
+  L2-normalised, the masks are their scalar products (patches x classes, cosines in [-1, 1])
+  and a LayerNorm over the classes turns them into logits.
+
+Output: logits at 1/16 of the input, (B, num_classes, ceil(H/16), ceil(W/16)); the trainer
+upsamples them to the label size. When H or W is not a multiple of 16, the last token row or
+column also covers up to 15 padded pixels, so the upsampled logits are stretched by at most
+15 px over the image; the 512 px training crops are exact.
+
+Attention is ``torch.nn.functional.scaled_dot_product_attention`` everywhere (flash or
+memory-efficient kernels on GPUs): written out in the decoder, and forced on in timm's
+encoder, whose attention would otherwise fall back to an explicit softmax(QK^T)V (quadratic
+memory) when the environment sets ``TIMM_FUSED_ATTN=0``.
+
+Parameter counts with 150 classes (no classification head in the encoder): ViT-T/16 encoder
+5.524M (timm's 5.717M ``vit_tiny_patch16_224`` less its 0.193M ImageNet head); + linear
+decoder 0.029M = 5.553M; + mask decoder (2 layers) 1.030M = 6.554M. ViT-S/16 encoder 21.666M;
++ mask decoder 4.050M = 25.716M. ViT-B/16 encoder 85.799M; + mask decoder 16.063M = 101.862M.
+A mask decoder of width d with L layers and n classes has d^2 (L*12 + 3) + d (L*13 + n + 3)
++ 2n parameters: proj_dec d^2+d, per layer 12d^2+13d, class embeddings nd, the two
+projections 2d^2, the final LayerNorm 2d, the mask LayerNorm 2n.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+BACKBONES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
+DECODERS = ("linear", "mask")
+DEFAULT_DECODER_LAYERS = 2
+MAX_DECODER_LAYERS = 24
+HEAD_DIM = 64  # the paper's decoder uses width // 64 heads
+MLP_RATIO = 4
+DECODER_DROPOUT = 0.1
+PATCH_SIZE = 16
+
+
+def _to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, N, C) tokens in row-major grid order -> (B, C, h, w); a channels_last view."""
+    return tokens.transpose(1, 2).unflatten(2, (h, w))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on ``scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, c // self.heads)).permute(2, 0, 3, 1, 4)
+        # Dropout on the attention weights as the paper's decoder, inside the fused kernel.
+        out = F.scaled_dot_product_attention(q, k, v,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer layer: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, MLP_RATIO * dim), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(MLP_RATIO * dim, dim), nn.Dropout(dropout),
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class LinearDecoder(nn.Module):
+    """A Linear from each patch token to class logits."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, patches: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return _to_map(self.head(patches), h, w)
+
+
+class MaskTransformer(nn.Module):
+    """The paper's mask decoder: patch tokens and class embeddings attend to each other; the
+    logits are LayerNorm'd cosines between patch and class embeddings."""
+
+    def __init__(self, dim: int, num_classes: int, layers: int,
+                 dropout: float = DECODER_DROPOUT) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.proj_dec = nn.Linear(dim, dim)
+        self.cls_emb = nn.Parameter(torch.zeros(1, num_classes, dim))
+        self.layers = nn.ModuleList(DecoderLayer(dim, max(dim // HEAD_DIM, 1), dropout)
+                                    for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.proj_patch = nn.Linear(dim, dim, bias=False)
+        self.proj_classes = nn.Linear(dim, dim, bias=False)
+        self.mask_norm = nn.LayerNorm(num_classes)
+
+    def forward(self, patches: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = self.proj_dec(patches)
+        x = torch.cat([x, self.cls_emb.expand(x.shape[0], -1, -1)], dim=1)
+        for layer in self.layers:
+            x = layer(x)
+        x = self.norm(x)
+        n = self.num_classes
+        p = F.normalize(self.proj_patch(x[:, :-n]), dim=-1)
+        c = F.normalize(self.proj_classes(x[:, -n:]), dim=-1)
+        masks = self.mask_norm(p @ c.transpose(1, 2))  # (B, N, num_classes)
+        return _to_map(masks, h, w)
+
+
+class Segmenter(nn.Module):
+    """ViT encoder + linear or mask-transformer decoder; logits at 1/16 of the input size."""
+
+    def __init__(self, num_classes: int, backbone: str = "vit_tiny_patch16_224",
+                 decoder: str = "mask", decoder_layers: int = DEFAULT_DECODER_LAYERS,
+                 drop_path_rate: float = 0.1, in_channels: int = 3) -> None:
+        super().__init__()
+        _check_num_classes(num_classes)
+        if not isinstance(backbone, str) or backbone not in BACKBONES:
+            raise ValueError(f"hyperparameter 'segmenter_backbone' = {backbone!r} is not one of "
+                             f"{', '.join(BACKBONES)}")
+        if not isinstance(decoder, str) or decoder not in DECODERS:
+            raise ValueError(f"hyperparameter 'segmenter_decoder' = {decoder!r} is not one of "
+                             f"{', '.join(DECODERS)}")
+        if (isinstance(decoder_layers, bool) or not isinstance(decoder_layers, int)
+                or not 1 <= decoder_layers <= MAX_DECODER_LAYERS):
+            raise ValueError(f"hyperparameter 'segmenter_decoder_layers' = {decoder_layers!r} "
+                             f"must be an integer in 1..{MAX_DECODER_LAYERS}")
+        if (isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float))
+                or not 0 <= drop_path_rate < 1):
+            raise ValueError(f"hyperparameter 'drop_path_rate' = {drop_path_rate!r} must be a "
+                             f"number in [0, 1)")
+        self.num_classes = num_classes
+        # pretrained=False always: weights come only from a local file (build_model's
+        # pretrained_path); a training task must never reach for the internet. No class head
+        # (num_classes=0) and no pooling: the decoder takes every token.
+        self.encoder = timm.create_model(backbone, pretrained=False, num_classes=0,
+                                         global_pool="", in_chans=in_channels,
+                                         dynamic_img_size=True, dynamic_img_pad=True,
+                                         drop_path_rate=drop_path_rate)
+        for m in self.encoder.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = True
+        dim = self.encoder.embed_dim
+        if decoder == "linear":
+            self.decoder: nn.Module = LinearDecoder(dim, num_classes)
+        else:
+            self.decoder = MaskTransformer(dim, num_classes, decoder_layers)
+        self.decoder.apply(_init_decoder)
+        if isinstance(self.decoder, MaskTransformer):
+            nn.init.trunc_normal_(self.decoder.cls_emb, std=0.02)
+            # Unit-variance projections (std dim^-1/2), the paper's init: the cosines start
+            # spread out rather than all near 0, which a trunc-normal(0.02) init would give.
+            for proj in (self.decoder.proj_patch, self.decoder.proj_classes):
+                nn.init.normal_(proj.weight, std=dim ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, ceil(H/16), ceil(W/16)) for images (B, C, H, W)."""
+        h, w = (math.ceil(s / PATCH_SIZE) for s in x.shape[-2:])
+        tokens = self.encoder.forward_features(x)
+        return self.decoder(tokens[:, self.encoder.num_prefix_tokens:], h, w)
+
+
+def _init_decoder(m: nn.Module) -> None:
+    # As ViTs are initialised (and the paper's decoder): truncated normal for linear layers.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def _check_num_classes(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"hyperparameter 'num_classes' = {n!r} must be an integer >= 1")
+
+
+def load_pretrained(model: nn.Module, encoder: nn.Module, path: str) -> Mapping[str, Any]:
+    """Load a local weights file into ``model``, or into ``encoder`` when none of its keys
+    matches the whole model (an ImageNet ViT checkpoint in timm's key names).
+
+    Returns ``shared.pretrained.load_local_weights``' summary. When the file matches neither,
+    the error about the whole model is raised (it lists the file's and the model's keys).
+    """
+    # Imported here so the file stays usable on its own when no weights are loaded.
+    from shared.pretrained import load_local_weights
+    try:
+        return load_local_weights(model, path)
+    except ValueError as whole:
+        try:
+            return load_local_weights(encoder, path)
+        except ValueError:
+            raise whole from None
+
+
+def build_model(hp: Mapping[str, Any]) -> nn.Module:
+    """Segmenter from a trial's hyperparameters.
+
+    Reads ``num_classes`` (required), ``segmenter_backbone`` (default "vit_tiny_patch16_224"),
+    ``segmenter_decoder`` ("linear" or "mask", default "mask"), ``segmenter_decoder_layers``
+    (mask decoder only, default 2), ``drop_path_rate`` (the encoder's stochastic depth,
+    default 0.1) and ``pretrained_path`` (None: from scratch; else a local file holding this
+    model's weights, or a timm ViT's ImageNet weights for the encoder alone, loaded with
+    ``shared.pretrained``). Bad values raise ValueError naming the hyperparameter.
+    """
+    if "num_classes" not in hp:
+        raise ValueError("hyperparameter 'num_classes' is required")
+    backbone = hp.get("segmenter_backbone")
+    decoder = hp.get("segmenter_decoder")
+    layers = hp.get("segmenter_decoder_layers")
+    rate = hp.get("drop_path_rate")
+    model = Segmenter(hp["num_classes"],
+                      backbone="vit_tiny_patch16_224" if backbone is None else backbone,
+                      decoder="mask" if decoder is None else decoder,
+                      decoder_layers=DEFAULT_DECODER_LAYERS if layers is None else layers,
+                      drop_path_rate=0.1 if rate is None else rate)
+    path = hp.get("pretrained_path")
+    if path:
+        load_pretrained(model, model.encoder, path)
+    return model
