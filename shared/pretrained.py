@@ -163,3 +163,19 @@ def load_local_weights(module: nn.Module, path: str | os.PathLike, *,
     if unexpected:
         log.info("in %s but not in the model (ignored): %s", p, ", ".join(unexpected))
     return summary
+
+
+def load_model_or_backbone(model: nn.Module, backbone: nn.Module, path: str | os.PathLike) -> dict:
+    """Load a local file into ``model``, or into ``backbone`` when none of the file's keys
+    matches the whole model (an ImageNet checkpoint of the backbone alone, in timm's names).
+
+    When the file matches neither, the error about the whole model is raised: it lists the
+    file's and the model's keys, which is what a user needs to see.
+    """
+    try:
+        return load_local_weights(model, path)
+    except ValueError as whole:
+        try:
+            return load_local_weights(backbone, path)
+        except ValueError:
+            raise whole from None

@@ -15,18 +15,12 @@ import torch
 
 from shared.energy.callback import EnergyCallback, validate_options
 
-FAKES = Path(__file__).resolve().parent / "fakes"
+_spec = importlib.util.spec_from_file_location(
+    "energy_fakes_loader", Path(__file__).resolve().parent / "fakes" / "loader.py")
+_loader = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_loader)
+FAKES, load_fake, FakeClock = _loader.FAKES, _loader.load_fake, _loader.FakeClock
 WH = 3600.0
-
-
-def load_fake(name: str):
-    modname = f"energy_fake_{name}"
-    if modname not in sys.modules:
-        spec = importlib.util.spec_from_file_location(modname, FAKES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = module
-        spec.loader.exec_module(module)
-    return sys.modules[modname]
 
 
 class RecordingTrain:

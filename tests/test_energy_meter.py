@@ -18,29 +18,11 @@ from shared.energy.select import SOURCE_ORDER, build_sources, parse_spec
 from shared.energy.sources.base import EnergySource, SourceHealth, SourceUnavailable
 from shared.energy.sources.sampling import PowerSampler
 
-FAKES = Path(__file__).resolve().parent / "fakes"
-
-
-def load_fake(name: str):
-    """Import tests/fakes/<name>.py by path (independent of how pytest sets sys.path)."""
-    modname = f"energy_fake_{name}"
-    if modname not in sys.modules:
-        spec = importlib.util.spec_from_file_location(modname, FAKES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = module
-        spec.loader.exec_module(module)
-    return sys.modules[modname]
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
+_spec = importlib.util.spec_from_file_location(
+    "energy_fakes_loader", Path(__file__).resolve().parent / "fakes" / "loader.py")
+_loader = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_loader)
+FAKES, load_fake, FakeClock = _loader.FAKES, _loader.load_fake, _loader.FakeClock
 
 
 # --------------------------------------------------------------------------- PowerSampler

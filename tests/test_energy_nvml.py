@@ -15,31 +15,14 @@ from shared.energy.sources.base import SourceUnavailable
 from shared.energy.sources.nvml import (NvmlSource, cuda_to_nvml_index,
                                         parse_cuda_visible_devices)
 
-FAKES = Path(__file__).resolve().parent / "fakes"
-
-
-def load_fake(name: str):
-    modname = f"energy_fake_{name}"
-    if modname not in sys.modules:
-        spec = importlib.util.spec_from_file_location(modname, FAKES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = module
-        spec.loader.exec_module(module)
-    return sys.modules[modname]
+_spec = importlib.util.spec_from_file_location(
+    "energy_fakes_loader", Path(__file__).resolve().parent / "fakes" / "loader.py")
+_loader = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_loader)
+FAKES, load_fake, FakeClock = _loader.FAKES, _loader.load_fake, _loader.FakeClock
 
 
 fake = load_fake("pynvml_fake")
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 @pytest.fixture()
@@ -101,7 +84,7 @@ def test_cuda_index_maps_to_nvml_index():
 
 # --------------------------------------------------------------------------- counter
 def test_reads_only_this_process_gpu_through_cuda_visible_devices(nvml):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     nvml.reset([fake.FakeGpu(power_w=300.0), fake.FakeGpu(power_w=100.0)], clock=clock)
     src = NvmlSource([0], env={"CUDA_VISIBLE_DEVICES": "1"})
     src.open()
@@ -121,7 +104,7 @@ def test_reads_only_this_process_gpu_through_cuda_visible_devices(nvml):
 
 
 def test_counter_reset_keeps_total_and_is_counted(nvml, caplog):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     [gpu] = nvml.reset([fake.FakeGpu(power_w=200.0)], clock=clock).gpus
     src = NvmlSource([0], env={})
     src.open()
@@ -140,7 +123,7 @@ def test_counter_reset_keeps_total_and_is_counted(nvml, caplog):
 
 
 def test_transient_error_keeps_last_value_then_catches_up(nvml):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     [gpu] = nvml.reset([fake.FakeGpu(power_w=100.0)], clock=clock).gpus
     src = NvmlSource([0], env={})
     src.open()
@@ -174,7 +157,7 @@ def test_power_fallback_when_counter_not_supported(nvml):
 
 
 def test_mixed_counter_and_power_gpus_are_summed(nvml):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     nvml.reset([fake.FakeGpu(power_w=100.0), fake.FakeGpu(power_w=50.0, has_counter=False)],
                clock=clock)
     # a 10 s period: the thread stays idle while the test drives the fallback by hand

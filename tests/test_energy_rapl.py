@@ -15,17 +15,11 @@ from shared.energy.meter import EnergyMeter
 from shared.energy.sources.base import SourceUnavailable
 from shared.energy.sources.rapl import RaplSource, wrap_delta_uj
 
-FAKES = Path(__file__).resolve().parent / "fakes"
-
-
-def load_fake(name: str):
-    modname = f"energy_fake_{name}"
-    if modname not in sys.modules:
-        spec = importlib.util.spec_from_file_location(modname, FAKES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = module
-        spec.loader.exec_module(module)
-    return sys.modules[modname]
+_spec = importlib.util.spec_from_file_location(
+    "energy_fakes_loader", Path(__file__).resolve().parent / "fakes" / "loader.py")
+_loader = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_loader)
+FAKES, load_fake, FakeClock = _loader.FAKES, _loader.load_fake, _loader.FakeClock
 
 
 FakePowercap = load_fake("powercap").FakePowercap

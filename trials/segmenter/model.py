@@ -211,21 +211,11 @@ def _check_num_classes(n: Any) -> None:
 
 
 def load_pretrained(model: nn.Module, encoder: nn.Module, path: str) -> Mapping[str, Any]:
-    """Load a local weights file into ``model``, or into ``encoder`` when none of its keys
-    matches the whole model (an ImageNet ViT checkpoint in timm's key names).
-
-    Returns ``shared.pretrained.load_local_weights``' summary. When the file matches neither,
-    the error about the whole model is raised (it lists the file's and the model's keys).
-    """
+    """Load a local weights file into ``model``, or into ``encoder`` alone (an ImageNet ViT
+    checkpoint in timm's key names): ``shared.pretrained.load_model_or_backbone``."""
     # Imported here so the file stays usable on its own when no weights are loaded.
-    from shared.pretrained import load_local_weights
-    try:
-        return load_local_weights(model, path)
-    except ValueError as whole:
-        try:
-            return load_local_weights(encoder, path)
-        except ValueError:
-            raise whole from None
+    from shared.pretrained import load_model_or_backbone
+    return load_model_or_backbone(model, encoder, path)
 
 
 def build_model(hp: Mapping[str, Any]) -> nn.Module:
