@@ -165,7 +165,7 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         self.confusion = context.wrap_reducer(
             ConfusionMatrix(hp["num_classes"], IGNORE_INDEX), name=None, for_training=False)
         self.batches_trained = 0
-        self.skipped_samples = 0
+        self._skipped: Optional[torch.Tensor] = None
         self.target_callback = TargetCallback(self)
         log.info("%s: %.2fM parameters, precision %s, channels_last %s, lr %.3g (base %.3g x %d/%d)",
                  self.MODEL_NAME, self.num_parameters / 1e6, self.precision, self.channels_last,
@@ -243,7 +243,7 @@ class SegmentationTrial(det_torch.PyTorchTrial):
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
         images, masks, skipped = batch
-        self.skipped_samples += int(skipped.sum())
+        self._count_skipped(skipped)
         with self._autocast():
             logits = self.model(self._prepare(images))
             # Models return logits at their own stride (SegFormer 1/4); the loss is taken at
@@ -251,9 +251,9 @@ class SegmentationTrial(det_torch.PyTorchTrial):
             if logits.shape[-2:] != masks.shape[-2:]:
                 logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at batch {batch_idx}: lower 'lr' or "
-                                     f"set 'grad_clip_norm'")
+        # No isfinite(loss) check here: reading a GPU value every step stalls the CPU before it
+        # queues the backward pass. A diverged loss is caught at the next report instead
+        # (_RunInfoCallback.on_training_workload_end).
         self.context.backward(self.scaler.scale(loss) if self.scaler else loss)
         self.context.step_optimizer(self.optimizer, clip_grads=self._clip_fn(), scaler=self.scaler)
         if self.scaler:
@@ -262,6 +262,16 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         # 0 after a resume while its own batch count goes on.
         self.batches_trained += 1
         return {"loss": loss.detach(), "lr": self.scheduler.get_last_lr()[0]}
+
+    def _count_skipped(self, skipped: torch.Tensor) -> None:
+        # Summed on the device, read only at validation: int() here would sync every step.
+        s = skipped.sum()
+        self._skipped = s if self._skipped is None else self._skipped + s
+
+    @property
+    def skipped_samples(self) -> int:
+        """Bad samples this rank's loaders skipped so far (skip_bad_samples)."""
+        return 0 if self._skipped is None else int(self._skipped)
 
     def _clip_fn(self):
         max_norm = self.hp["grad_clip_norm"]
@@ -276,7 +286,7 @@ class SegmentationTrial(det_torch.PyTorchTrial):
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
         images, masks, sizes, skipped = batch
-        self.skipped_samples += int(skipped.sum())
+        self._count_skipped(skipped)
         with self._autocast():
             logits = self.model(self._prepare(images))
         logits = logits.float()
@@ -340,6 +350,14 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
                          "slots": t.context.distributed.size, "precision": t.precision,
                          "global_batch_size": t.context.get_global_batch_size(),
                          "lr": t.lr, "device": torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu"})
+
+    def on_training_workload_end(self, avg_metrics: Dict[str, Any], batch_metrics: Any) -> None:
+        # Runs on every rank with the same (broadcast) averages, so all ranks stop together.
+        loss = avg_metrics.get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(
+                f"training loss is {float(loss)} at batch {self.trial.batches_trained}: the run "
+                f"diverged; lower 'lr' or set 'grad_clip_norm'")
 
     def on_validation_end(self, metrics: Dict[str, Any]) -> None:
         # Skipped-sample counts live on each rank (they come with the batches); sum them.

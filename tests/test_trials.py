@@ -211,3 +211,10 @@ def test_energy_ranked_search_without_any_source_fails_at_start(data, tmp_path):
     assert p.returncode != 0
     assert "the searcher ranks trials by energy, but no energy source can measure" in p.stderr
     assert not list((tmp_path / "run").glob("checkpoints/*/state_dict.pth"))
+
+
+def test_diverged_loss_stops_training_with_a_message(data, tmp_path):
+    p = train("unet", data, tmp_path / "run", "lr=1e30", "warmup_batches=0", "validation_period=100",
+              "checkpoint_period=100", batches=8, check=False)
+    assert p.returncode != 0
+    assert "the run diverged; lower 'lr' or set 'grad_clip_norm'" in p.stderr

@@ -1,0 +1,1 @@
+"""Performance benchmarks of the trials (``python -m benchmarks.bench``; see BENCHMARKS.md)."""
