@@ -27,18 +27,6 @@ TINY = ["--device", "cpu", "--res", "32", "--batch", "2", "--steps", "1", "--war
 TINY_UNET = {"unet_base_channels": 8, "unet_depth": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread: on a loaded 2-core machine OpenMP threads spinning at barriers make
-    CPU torch tens of times slower (measured here: a tiny U-Net step 3.9 s with 2 threads, 0.1 s
-    with 1)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the end-to-end subprocess
-    yield
-    torch.set_num_threads(saved)
-
-
 def _na(v) -> bool:
     return isinstance(v, str) and v.startswith("n/a")
 

@@ -336,19 +336,11 @@ def test_points_to_check_cover_bounds_and_categories():
 
 
 # ----------------------------------------------------------------------------- one training step
-@pytest.fixture
-def one_thread():
-    # 32x32 tensors gain nothing from a second thread, and on a busy 2-core machine OpenMP's
-    # spinning threads made these steps 20-40 times slower (measured)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_config_point_builds_and_trains_one_step(model, kind, one_thread):
+def test_config_point_builds_and_trains_one_step(model, kind):
     need_trial(model)
     path = config_path(model, kind)
     module, trial_cls = expconf.load_trial(ROOT / "trials" / model)
