@@ -52,13 +52,13 @@ PER_SLOT_BATCH = 16
 #: torch.distributed under it; without it one process would own every GPU and use one).
 LAUNCHER = "determined.launch.torch_distributed"
 
-#: Validation metrics the trial reports at every validation, and whether larger is better.
-#: (time_to_target_s, batches_to_target and energy_to_target_wh exist only once the target is
-#: reached, so a searcher cannot rank trials with them.)
-SEARCHER_METRICS: Dict[str, bool] = {
-    "miou": True, "pixel_accuracy": True, "mean_accuracy": True, "validation_loss": False,
-    "energy_wh": False, "projected_energy_to_target_wh": False,
-}
+def _searcher_metrics(trial_cls: Optional[type]) -> Mapping[str, bool]:
+    """Validation metrics a trial reports at every validation, and whether larger is better:
+    declared by the trial class (``SEARCHER_METRICS``); segmentation's when it is unknown.
+    (time_to_target_s, batches_to_target and energy_to_target_wh exist only once the target is
+    reached, so a searcher cannot rank trials with them.)"""
+    from shared.trial import SegmentationTrial
+    return getattr(trial_cls, "SEARCHER_METRICS", None) or SegmentationTrial.SEARCHER_METRICS
 #: Metrics that need the energy hook; missing from validation, they fail the search.
 ENERGY_METRICS = frozenset({"energy_wh", "energy_to_target_wh", "projected_energy_to_target_wh"})
 
@@ -493,12 +493,14 @@ _TRIALS: Dict[pathlib.Path, Any] = {}
 
 def load_trial(trial_dir: str | pathlib.Path) -> Tuple[Any, type]:
     """Import ``<trial_dir>/train.py`` (and the ``model.py`` beside it) and return the module
-    and its ``SegmentationTrial`` subclass. Cached per directory.
+    and the trial class it defines (a ``PyTorchTrial`` subclass with ``MODEL_PARAMS``:
+    ``SegmentationTrial``'s, or another family's such as ``ClassificationTrial``). Cached per
+    directory.
 
     Raises:
         ConfigError: no train.py, an import error, or no trial class; the message names the file.
     """
-    from shared.trial import SegmentationTrial
+    from determined.pytorch import PyTorchTrial
     trial_dir = pathlib.Path(trial_dir).resolve()
     if trial_dir in _TRIALS:
         return _TRIALS[trial_dir]
@@ -522,10 +524,11 @@ def load_trial(trial_dir: str | pathlib.Path) -> Tuple[Any, type]:
     finally:
         sys.path.remove(str(trial_dir))
         sys.modules.pop("model", None)
-    classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, SegmentationTrial)
-               and v.__module__ == name]
+    classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, PyTorchTrial)
+               and v.__module__ == name and hasattr(v, "MODEL_PARAMS")]
     if len(classes) != 1:
-        raise ConfigError(f"{script}: expected one SegmentationTrial subclass, found {len(classes)}")
+        raise ConfigError(f"{script}: expected one trial class (a PyTorchTrial subclass with "
+                          f"MODEL_PARAMS), found {len(classes)}")
     _TRIALS[trial_dir] = (module, classes[0])
     return _TRIALS[trial_dir]
 
@@ -665,18 +668,27 @@ def _check_project_rules(conf: Mapping[str, Any], space: Dict[str, Any], searche
                         f"{v} / {slots} slots = {v // slots} images per slot; expected {per_slot_batch} "
                         f"(global_batch_size = {per_slot_batch * slots})")
 
+    # the trial, when known, says which metrics it reports and which hyperparameters it takes
+    trial_cls: Optional[type] = None
+    if trial_dir is not None:
+        try:
+            _, trial_cls = load_trial(trial_dir)
+        except ConfigError as e:
+            out.add("entrypoint", str(e))
+    searcher_metrics = _searcher_metrics(trial_cls)
+
     # searcher: metric, direction, length
     metric = searcher.get("metric")
     if metric is not None:
-        if metric not in SEARCHER_METRICS:
+        if metric not in searcher_metrics:
             hint = (" (reported only once the target is reached; use projected_energy_to_target_wh)"
-                    if metric == "energy_to_target_wh" else _did_you_mean(metric, SEARCHER_METRICS))
+                    if metric == "energy_to_target_wh" else _did_you_mean(metric, searcher_metrics))
             out.add("searcher.metric", f"{metric!r} is not a validation metric the trial reports at "
-                                       f"every validation{hint}; known: {', '.join(SEARCHER_METRICS)}")
+                                       f"every validation{hint}; known: {', '.join(searcher_metrics)}")
         else:
             smaller = searcher.get("smaller_is_better")
             smaller = True if smaller is None else smaller  # Determined's default
-            if smaller == SEARCHER_METRICS[metric]:
+            if smaller == searcher_metrics[metric]:
                 default = " (Determined's default)" if searcher.get("smaller_is_better") is None else ""
                 out.add("searcher.smaller_is_better",
                         f"{str(smaller).lower()}{default} ranks '{metric}' backwards: set it to "
@@ -713,14 +725,8 @@ def _check_project_rules(conf: Mapping[str, Any], space: Dict[str, Any], searche
         out.add("hyperparameters.data_dir", f"{data_dir[0]} is under no bind_mounts container_path "
                                             f"({', '.join(mounts)}): the task would not see the data")
 
-    if trial_dir is None:
-        return
-    try:
-        _, trial_cls = load_trial(trial_dir)
-    except ConfigError as e:
-        out.add("entrypoint", str(e))
-        return
-    _check_points(space, trial_cls, seed, out)
+    if trial_cls is not None:
+        _check_points(space, trial_cls, seed, out)
 
 
 def _under(path: str, root: str) -> bool:
@@ -729,7 +735,8 @@ def _under(path: str, root: str) -> bool:
 
 
 def _check_points(space: Dict[str, Any], trial_cls: type, seed: int, out: _Problems) -> None:
-    schema = {**hpmod.COMMON, **trial_cls.MODEL_PARAMS}
+    common = getattr(trial_cls, "COMMON_PARAMS", hpmod.COMMON)
+    schema = {**common, **trial_cls.MODEL_PARAMS}
     for key in space:
         if key not in schema:
             out.add(f"hyperparameters.{key}", f"unknown hyperparameter for {trial_cls.__name__}"
@@ -738,7 +745,7 @@ def _check_points(space: Dict[str, Any], trial_cls: type, seed: int, out: _Probl
         return
     for label, point in points_to_check(space, seed):
         try:
-            hp = hpmod.resolve(point, trial_cls.MODEL_PARAMS, where=out.where)
+            hp = hpmod.resolve(point, trial_cls.MODEL_PARAMS, where=out.where, common=common)
         except ConfigError as e:
             message = str(e)
             prefix = f"{out.where}: "

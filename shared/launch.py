@@ -135,11 +135,10 @@ def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Names
     if args.epochs is not None:
         if args.epochs <= 0:
             raise hpmod.ConfigError(f"--epochs must be > 0 (got {args.epochs})")
-        from shared.data import find_samples
-        pairs, _ = find_samples(resolved["data_dir"], "training", resolved["skip_bad_samples"])
-        per_epoch = len(pairs) // resolved["global_batch_size"]
+        n_train = trial_cls.training_samples(resolved)
+        per_epoch = n_train // resolved["global_batch_size"]
         if per_epoch == 0:
-            raise hpmod.ConfigError(f"{resolved['data_dir']}: {len(pairs)} training images is fewer "
+            raise hpmod.ConfigError(f"{resolved['data_dir']}: {n_train} training images is fewer "
                                     f"than global_batch_size={resolved['global_batch_size']}")
         hp["max_batches"] = resolved["max_batches"] = args.epochs * per_epoch
     if not resolved["data_dir"]:

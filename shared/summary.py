@@ -22,7 +22,10 @@ def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
     train = by_group.get("training", [])
     energy = by_group.get("energy", [])
     first_hit = next((v for v in vals if "time_to_target_s" in v["metrics"]), None)
-    best = max(vals, key=lambda v: v["metrics"].get("miou", -1.0), default=None)
+    # The metric compared with the target: the run says which (miou for segmentation,
+    # accuracy for classification); runs recorded before it said so are segmentation runs.
+    metric = run.get("target_metric", "miou")
+    best = max(vals, key=lambda v: v["metrics"].get(metric, -1.0), default=None)
     last_val = vals[-1] if vals else None
     last_energy = energy[-1]["metrics"] if energy else {}
     out: Dict[str, Any] = {
@@ -32,8 +35,10 @@ def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
         "slots": run.get("slots"),
         "device": run.get("device"),
         "batches": max((r["steps_completed"] for r in train + vals), default=0),
-        "final_miou": last_val["metrics"].get("miou") if last_val else None,
-        "best_miou": best["metrics"].get("miou") if best else None,
+        "target_metric": metric,
+        "target": run.get("target"),
+        f"final_{metric}": last_val["metrics"].get(metric) if last_val else None,
+        f"best_{metric}": best["metrics"].get(metric) if best else None,
         "reached_target": first_hit is not None,
         "time_to_target_s": first_hit["metrics"]["time_to_target_s"] if first_hit else None,
         "batches_to_target": first_hit["metrics"]["batches_to_target"] if first_hit else None,
@@ -57,8 +62,9 @@ def format_summary(s: Dict[str, Any]) -> str:
               if s["reached_target"] else "not reached")
     energy = (f"{s['energy_wh']:.4g} Wh ({s['energy_sources']})" if s.get("energy_wh") is not None
               else f"not measured ({s.get('energy_sources') or 'no energy report'})")
-    return (f"[{s['model']}] done: {s['batches']} batches, best miou {_fmt(s['best_miou'], '.2f')}, "
-            f"final {_fmt(s['final_miou'], '.2f')}; target {target}; energy {energy}")
+    m = s.get("target_metric", "miou")
+    return (f"[{s['model']}] done: {s['batches']} batches, best {m} {_fmt(s.get(f'best_{m}'), '.2f')}, "
+            f"final {_fmt(s.get(f'final_{m}'), '.2f')}; target {target}; energy {energy}")
 
 
 def comparison_table(summaries: List[Dict[str, Any]]) -> str:
@@ -69,7 +75,7 @@ def comparison_table(summaries: List[Dict[str, Any]]) -> str:
     for s in summaries:
         rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             s["model"], _fmt(s["params"] / 1e6 if s["params"] else None, ".2f"), s["batches"],
-            _fmt(s["best_miou"], ".2f"), "yes" if s["reached_target"] else "no",
+            _fmt(s.get("best_miou"), ".2f"), "yes" if s["reached_target"] else "no",
             _fmt(s["batches_to_target"]), _fmt(s["time_to_target_s"], ".1f"),
             _fmt(s["energy_to_target_wh"], ".4g"), _fmt(s["energy_wh"], ".4g"),
             s["energy_sources"] or "none"))

@@ -114,11 +114,24 @@ class SegmentationTrial(det_torch.PyTorchTrial):
     TARGET_PARAM = "target_miou"
     #: validation metrics shown in local progress lines
     SHOWN_METRICS = ("miou", "pixel_accuracy")
+    #: validation metrics reported at every validation, and whether larger is better: what a
+    #: searcher may rank trials by (time/energy to target exist only once the target is reached)
+    SEARCHER_METRICS: Mapping[str, bool] = {
+        "miou": True, "pixel_accuracy": True, "mean_accuracy": True, "validation_loss": False,
+        "energy_wh": False, "projected_energy_to_target_wh": False,
+    }
     #: a short name for logs and reports
     MODEL_NAME = "model"
 
     def build_model(self, hp: Mapping[str, Any]) -> torch.nn.Module:
         raise NotImplementedError
+
+    @classmethod
+    def training_samples(cls, hp: Mapping[str, Any]) -> int:
+        """Training images under ``hp["data_dir"]`` (for ``--epochs`` on the command line)."""
+        from shared.data import find_samples
+        pairs, _ = find_samples(hp["data_dir"], "training", hp["skip_bad_samples"])
+        return len(pairs)
 
     # ------------------------------------------------------------------ construction
     def __init__(self, context: det_torch.PyTorchTrialContext) -> None:

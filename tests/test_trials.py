@@ -155,12 +155,12 @@ def test_redfish_node_energy_end_to_end(data, tmp_path, fail_after):
     with BmcSimulator(watts=300.0, mode="ilo", fail_after=fail_after) as bmc:
         out = tmp_path / "run"
         train("unet", data, out, "validation_period=20", "checkpoint_period=100", "report_period=10",
-              "energy.sample_period_s=0.1", batches=40,
+              "energy.sample_period_s=0.1", batches=60,
               env={"ENERGY_SOURCES": "redfish",
                    "ENERGY_REDFISH_URL": bmc.base_url + "/redfish/v1/Chassis/1/Power"})
     by = groups(out)
     last = by["energy"][-1]["metrics"]
-    assert by["validation"][-1]["steps_completed"] == 40
+    assert by["validation"][-1]["steps_completed"] == 60
     assert last["sources"] == "redfish" and last["node_wh"] > 0 and last["gpu_wh"] is None
     assert last["energy_wh"] == pytest.approx(last["node_wh"])      # the PSU figure is the total
     truth_wh = 300.0 * last["duration_s"] / 3600

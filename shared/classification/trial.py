@@ -1,0 +1,364 @@
+"""``ClassificationTrial``: the Determined PyTorchTrial behind ``trials/image_classification``.
+
+The classification counterpart of ``shared.trial.SegmentationTrial``, sharing its plumbing
+rather than copying it: the precision choice, the optimiser (no weight decay on norms and
+biases), the warm-up + poly schedule with the linear scaling rule, time to target
+(``TargetCallback``), the ``run`` group (``_RunInfoCallback``) and the energy hook. What is
+its own: ImageFolder data, cross-entropy on class labels, exact accuracy over the whole
+validation set (``AccuracyReducer``), and the ``resources`` group (source document 001).
+
+The training step is plain PyTorch and written out, as in the segmentation trial.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from determined import pytorch as det_torch
+
+from shared import hparams as hpmod
+from shared import runlog
+from shared.classification import data as cdata
+from shared.classification.resources import ResourceCallback
+from shared.hparams import BOOL, INT, NUM, STR, Param
+from shared.schedule import WarmupPoly, scaled_lr
+from shared.trial import (SegmentationTrial, TargetCallback, _experiment_config, _RunInfoCallback,
+                          count_parameters, pick_precision)
+
+log = logging.getLogger("shared.classification")
+
+#: the shared keys this family reads, the very Param objects of shared.hparams.COMMON
+_SHARED_KEYS = (
+    "data_dir", "global_batch_size", "base_batch_size", "optimizer", "lr", "weight_decay",
+    "momentum", "warmup_batches", "warmup_ratio", "poly_power", "min_lr_ratio", "grad_clip_norm",
+    "precision", "channels_last", "seed", "pretrained_path", "max_batches", "validation_period",
+    "checkpoint_period", "report_period", "stop_at_target", "skip_bad_samples", "workers_per_slot",
+    "energy",
+)
+#: defaults that differ from segmentation's (same type and checks): 001's optimiser, SGD with
+#: momentum, needs an L2 weight decay of the SGD kind (1e-4, torchvision's ImageNet recipe),
+#: not AdamW's decoupled 0.01; and classification runs are shorter than ADE20K's 160k batches.
+_DEFAULTS = {"optimizer": "sgd", "weight_decay": 1e-4, "warmup_batches": 500, "max_batches": 20000,
+             "validation_period": 500, "checkpoint_period": 2000}
+
+
+def _fraction(v: Any) -> Optional[str]:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+#: Hyperparameters of every classification trial (passed to ``hparams.resolve`` as ``common``).
+CLASSIFICATION_PARAMS: Dict[str, Param] = {
+    **{k: dataclasses.replace(hpmod.COMMON[k], default=_DEFAULTS[k]) if k in _DEFAULTS
+       else hpmod.COMMON[k] for k in _SHARED_KEYS},
+    "arch": Param("resnet50", STR, help="network name (trials/image_classification/model.py)"),
+    "num_classes": Param(3, INT, check=lambda v: None if v >= 2 else "must be >= 2",
+                         help="class directories under <data_dir>/train"),
+    "image_size": Param(224, INT, check=lambda v: None if v >= 16 else "must be >= 16 pixels",
+                        help="square input side: 224 (001), 512 (004)"),
+    "augment": Param(True, BOOL, help="random resized crop + flip; false: resize + centre crop"),
+    "val_fraction": Param(0.1, NUM, check=_fraction,
+                          help="share of each class of train/ held out when there is no val/"),
+    "freeze_backbone": Param(False, BOOL, help="train the classifier head only"),
+    "grad_checkpointing": Param(False, BOOL, help="recompute activations in backward"),
+    "label_smoothing": Param(0.0, NUM, check=_fraction),
+    "target_accuracy": Param(90.0, NUM, check=lambda v: None if 0 < v <= 100 else "must be in (0, 100]",
+                             help="validation top-1 accuracy (percent) that ends the clock"),
+}
+
+
+class AccuracyReducer(det_torch.MetricReducer):
+    """Exact validation metrics over the whole set, summed across ranks.
+
+    Each rank counts, per class, its samples and its correct top-1 predictions, the samples
+    whose label is among the top ``k`` logits, and the summed cross-entropy; Determined
+    allgathers the counts and every rank derives the metrics from the totals. Per-batch
+    averages (Determined's default reducer) would weigh a short last batch as much as a full
+    one, and a rank with fewer batches as much as the others.
+    """
+
+    def __init__(self, num_classes: int, topk: int = 5) -> None:
+        self.num_classes = num_classes
+        #: 5, or every class when there are fewer: top-5 of 3 classes is always 100%
+        self.k = min(topk, num_classes)
+        self.reset()
+        #: the last reduced result with per-class accuracy (for the local metrics file)
+        self.last: Optional[Dict[str, Any]] = None
+
+    def reset(self) -> None:
+        # Accumulated on the logits' device and read once per validation: no host sync per batch.
+        self.total: Optional[torch.Tensor] = None
+        self.correct: Optional[torch.Tensor] = None
+        self.topk_correct: Optional[torch.Tensor] = None
+        self.loss_sum: Optional[torch.Tensor] = None
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch: ``logits`` (B, num_classes), ``labels`` (B,) class indices."""
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes or labels.shape != logits.shape[:1]:
+            raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not "
+                             f"match (B, {self.num_classes}) and (B,)")
+        logits = logits.float()
+        hit = logits.argmax(1) == labels
+        counts = (torch.bincount(labels, minlength=self.num_classes),
+                  torch.bincount(labels[hit], minlength=self.num_classes),
+                  (logits.topk(self.k, dim=1).indices == labels[:, None]).any(1).sum(),
+                  F.cross_entropy(logits, labels, reduction="sum").double())
+        if self.total is None:
+            self.total, self.correct, self.topk_correct, self.loss_sum = counts
+        else:
+            self.total += counts[0]
+            self.correct += counts[1]
+            self.topk_correct += counts[2]
+            self.loss_sum += counts[3]
+
+    def per_slot_reduce(self) -> Dict[str, Any]:
+        if self.total is None:  # a rank that saw no validation batch contributes nothing
+            zeros = np.zeros(self.num_classes, dtype=np.int64)
+            return {"total": zeros, "correct": zeros, "topk_correct": 0, "loss_sum": 0.0}
+        return {"total": self.total.cpu().numpy(), "correct": self.correct.cpu().numpy(),
+                "topk_correct": int(self.topk_correct), "loss_sum": float(self.loss_sum)}
+
+    def cross_slot_reduce(self, per_slot_metrics: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+        total = np.sum([m["total"] for m in per_slot_metrics], axis=0)
+        correct = np.sum([m["correct"] for m in per_slot_metrics], axis=0)
+        n = int(total.sum())
+        if n == 0:
+            raise RuntimeError("validation saw no sample")
+        present = total > 0
+        per_class = np.where(present, correct / np.maximum(total, 1), np.nan) * 100
+        self.last = {"per_class_accuracy": [None if np.isnan(v) else round(float(v), 4) for v in per_class],
+                     "per_class_samples": total.tolist()}
+        return {
+            "accuracy": float(correct.sum() / n * 100),
+            "top5_accuracy": float(sum(m["topk_correct"] for m in per_slot_metrics) / n * 100),
+            # balanced accuracy: the mean of per-class recall over the classes present
+            "mean_class_accuracy": float(np.nanmean(per_class)),
+            "validation_loss": float(sum(m["loss_sum"] for m in per_slot_metrics) / n),
+            "validation_samples": n,
+        }
+
+
+class ClassificationTrial(det_torch.PyTorchTrial):
+    """Subclasses set ``MODEL_NAME`` and implement ``build_model`` (and ``data_config`` when
+    pre-trained weights need their own normalisation)."""
+
+    MODEL_PARAMS: Mapping[str, Param] = {}
+    COMMON_PARAMS: Mapping[str, Param] = CLASSIFICATION_PARAMS
+    TARGET_METRIC = "accuracy"
+    TARGET_PARAM = "target_accuracy"
+    SHOWN_METRICS = ("accuracy", "top5_accuracy")
+    MODEL_NAME = "image_classification"
+    #: validation metrics reported at every validation, and whether larger is better (what a
+    #: searcher may rank trials by)
+    SEARCHER_METRICS: Mapping[str, bool] = {
+        "accuracy": True, "top5_accuracy": True, "mean_class_accuracy": True,
+        "validation_loss": False, "energy_wh": False, "projected_energy_to_target_wh": False,
+    }
+
+    def build_model(self, hp: Mapping[str, Any]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def training_samples(cls, hp: Mapping[str, Any]) -> int:
+        """Training images of the ImageFolder set (for ``--epochs`` on the command line)."""
+        return len(cdata.load_splits(hp["data_dir"], hp["num_classes"], hp["val_fraction"],
+                                     hp["seed"], hp["skip_bad_samples"]).train)
+
+    def data_config(self, model: torch.nn.Module, hp: Mapping[str, Any]) -> Dict[str, Any]:
+        """Input normalisation and evaluation resize (``mean``, ``std``, ``interpolation``,
+        ``crop_pct``, ``crop_mode``, as ``shared.classification.data``'s transforms take them):
+        ImageNet's by default."""
+        return {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                "interpolation": "bilinear", "crop_pct": 0.875, "crop_mode": "center"}
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, context: det_torch.PyTorchTrialContext) -> None:
+        self.context = context
+        self.hp = hp = hpmod.resolve(context.get_hparams(), self.MODEL_PARAMS, where="hyperparameters",
+                                     common=self.COMMON_PARAMS)
+        exp_conf = _experiment_config(context)
+        self.max_batches = hpmod.training_length(hp, exp_conf)
+        metric = (exp_conf.get("searcher") or {}).get("metric")
+        if metric in ("projected_energy_to_target_wh", "energy_to_target_wh", "energy_wh") \
+                and not hp["energy"]["enabled"]:
+            raise hpmod.ConfigError(f"the searcher minimises '{metric}' but energy.enabled is false: "
+                                    f"the trial would never report it")
+        SegmentationTrial._seed(hp)
+        # The data is scanned and checked before the model is built: a wrong num_classes or an
+        # empty class directory fails in a second, not after building a 200M-parameter network.
+        self.splits = self._load_splits()
+
+        self.device = context.device
+        self.precision = pick_precision(hp["precision"], self.device)
+        cl = hp["channels_last"]
+        self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if self.device.type == "cuda":
+            # Fixed input sizes: let cuDNN time its algorithms once and keep the fastest.
+            torch.backends.cudnn.benchmark = True
+
+        model = self.build_model(hp)
+        self.num_parameters = count_parameters(model)
+        self.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.data_cfg = self.data_config(model, hp)
+        # The run group's "model" names the architecture, so that runs of one recipe over
+        # several networks compare by network; the class attribute, read by the launcher,
+        # keeps naming the recipe (output directories, --help).
+        self.MODEL_NAME = hp["arch"]
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = context.wrap_model(model)
+
+        global_bs = context.get_global_batch_size()
+        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], global_bs)
+        self.optimizer = context.wrap_optimizer(SegmentationTrial._build_optimizer(model, hp, self.lr))
+        schedule = WarmupPoly(hp["warmup_batches"], self.max_batches, hp["poly_power"],
+                              hp["warmup_ratio"], hp["min_lr_ratio"])
+        self.scheduler = context.wrap_lr_scheduler(
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule),
+            step_mode=det_torch.LRScheduler.StepMode.STEP_EVERY_BATCH,
+        )
+        self.scaler = None
+        if self.precision == "fp16":
+            self.scaler = context.wrap_scaler(torch.amp.GradScaler("cuda"))
+
+        self.accuracy = context.wrap_reducer(AccuracyReducer(hp["num_classes"]), name=None,
+                                             for_training=False)
+        self.batches_trained = 0
+        self.skipped_samples = 0
+        self.target_callback = TargetCallback(self)
+        log.info("%s: %.2fM parameters (%.2fM trainable), %d classes, %d px, precision %s, "
+                 "channels_last %s, lr %.3g (base %.3g x %d/%d), validation on %s",
+                 hp["arch"], self.num_parameters / 1e6, self.trainable_parameters / 1e6,
+                 hp["num_classes"], hp["image_size"], self.precision, self.channels_last, self.lr,
+                 hp["lr"], global_bs, hp["base_batch_size"], self.splits.val_source)
+
+    def _load_splits(self) -> cdata.Splits:
+        hp = self.hp
+        if not hp["data_dir"]:
+            raise hpmod.ConfigError("hyperparameter 'data_dir' is not set: pass --data-dir locally, "
+                                    "or set hyperparameters.data_dir (a path inside the task container)")
+        # One listing per node, shared with the node's other ranks: 8 ranks each stat-ing every
+        # file of a large set on a network file system would multiply the metadata load by 8.
+        # The local chief sends its error too, so that no rank waits for a listing that failed.
+        dist = self.context.distributed
+        outcome: Any = None
+        if dist.local_rank == 0:
+            try:
+                outcome = cdata.load_splits(hp["data_dir"], hp["num_classes"], hp["val_fraction"],
+                                            hp["seed"], hp["skip_bad_samples"])
+            except Exception as e:
+                outcome = e
+        outcome = dist.broadcast_local(outcome)
+        if isinstance(outcome, Exception):
+            raise outcome
+        if dist.local_rank == 0:
+            for problem in outcome.skipped:
+                log.warning("skipping %s", problem)
+        return outcome
+
+    # ------------------------------------------------------------------ data
+    def _loader_kwargs(self) -> Dict[str, Any]:
+        workers = self.hp["workers_per_slot"]
+        return {"num_workers": workers, "pin_memory": self.device.type == "cuda",
+                "persistent_workers": workers > 0}
+
+    def build_training_data_loader(self) -> det_torch.DataLoader:
+        hp, cfg = self.hp, self.data_cfg
+        tf = cdata.build_train_transform(hp["image_size"], cfg["mean"], cfg["std"], hp["augment"],
+                                         cfg["interpolation"], cfg["crop_pct"], cfg["crop_mode"])
+        ds = cdata.ImageFolderDataset(self.splits.train, tf, hp["skip_bad_samples"],
+                                      name=f"{hp['data_dir']}/train")
+        if len(ds) < self.context.get_global_batch_size():
+            raise hpmod.ConfigError(f"{hp['data_dir']}: {len(ds)} training images is fewer than "
+                                    f"global_batch_size={self.context.get_global_batch_size()}")
+        # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling)
+        return det_torch.DataLoader(ds, batch_size=self.context.get_per_slot_batch_size(), shuffle=True,
+                                    drop_last=True, **self._loader_kwargs())
+
+    def build_validation_data_loader(self) -> det_torch.DataLoader:
+        hp, cfg = self.hp, self.data_cfg
+        tf = cdata.build_eval_transform(hp["image_size"], cfg["mean"], cfg["std"], cfg["interpolation"],
+                                        cfg["crop_pct"], cfg["crop_mode"])
+        ds = cdata.ImageFolderDataset(self.splits.val, tf, hp["skip_bad_samples"],
+                                      name=f"{hp['data_dir']} validation ({self.splits.val_source})")
+        ranks = self.context.distributed.size
+        if len(ds) < ranks:
+            raise hpmod.ConfigError(f"{hp['data_dir']}: {len(ds)} validation images for {ranks} slots; "
+                                    f"every slot needs at least one")
+        # Determined deals validation batches round-robin to the ranks without padding, and a
+        # rank that gets no batch fails ("validation_loader is empty"): with few images and many
+        # slots, smaller batches give every rank one. The counts stay exact either way.
+        batch = max(1, min(self.context.get_per_slot_batch_size(), len(ds) // ranks))
+        return det_torch.DataLoader(ds, batch_size=batch, shuffle=False, **self._loader_kwargs())
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
+        images, labels, skipped = batch
+        self.skipped_samples += int(skipped.sum())
+        with self._autocast():
+            logits = self.model(self._prepare(images))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hp["label_smoothing"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at batch {batch_idx}: lower 'lr' or "
+                                     f"set 'grad_clip_norm'")
+        self.context.backward(self.scaler.scale(loss) if self.scaler else loss)
+        self.context.step_optimizer(self.optimizer, clip_grads=self._clip_fn(), scaler=self.scaler)
+        if self.scaler:
+            self.scaler.update()
+        # Counted here, not taken from batch_idx: Determined's local mode restarts batch_idx at
+        # 0 after a resume while its own batch count goes on.
+        self.batches_trained += 1
+        return {"loss": loss.detach(), "lr": self.scheduler.get_last_lr()[0]}
+
+    def _clip_fn(self):
+        max_norm = self.hp["grad_clip_norm"]
+        if not max_norm:
+            return None
+
+        def clip(params):
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return clip
+
+    def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
+        images, labels, skipped = batch
+        self.skipped_samples += int(skipped.sum())
+        with self._autocast():
+            logits = self.model(self._prepare(images))
+        self.accuracy.update(logits, labels)
+        # Every validation metric comes from the reducer (exact over the set); none per batch.
+        return {}
+
+    def write_local_details(self) -> None:
+        """Per-class accuracy of the last validation, to the local metrics file only."""
+        last = self.accuracy.last
+        if last is not None:
+            runlog.write_extra("per_class_accuracy", self.batches_trained,
+                               {f"acc/{name}": v for name, v in zip(self.splits.classes,
+                                                                    last["per_class_accuracy"])})
+
+    # ------------------------------------------------------------------ hooks
+    def build_callbacks(self) -> Dict[str, det_torch.PyTorchCallback]:
+        # Order matters: the energy callback reads time_to_target_s, added by the target one.
+        callbacks: Dict[str, det_torch.PyTorchCallback] = {"target": self.target_callback,
+                                                            "run_info": _RunInfoCallback(self)}
+        if self.hp["energy"]["enabled"]:
+            from shared.energy.callback import EnergyCallback
+            callbacks["energy"] = EnergyCallback(self.context, self.hp["energy"],
+                                                 steps_completed=lambda: self.batches_trained,
+                                                 target=self.hp[self.TARGET_PARAM],
+                                                 target_metric=self.TARGET_METRIC)
+        callbacks["resources"] = ResourceCallback(self.context, steps_completed=lambda: self.batches_trained)
+        return callbacks
