@@ -50,6 +50,23 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def wrap_optimisation(context: det_torch.PyTorchTrialContext, model: torch.nn.Module,
+                      hp: Mapping[str, Any], max_batches: int, precision: str):
+    """What every recipe's optimisation shares, wrapped for Determined: the lr scaled
+    linearly from ``base_batch_size`` to the global batch, AdamW/SGD without decay on norms and
+    biases, warm-up then poly decay stepped every batch, and a grad scaler under fp16.
+    Returns (lr, optimizer, scheduler, scaler or None)."""
+    lr = scaled_lr(hp["lr"], hp["base_batch_size"], context.get_global_batch_size())
+    optimizer = context.wrap_optimizer(SegmentationTrial._build_optimizer(model, hp, lr))
+    schedule = WarmupPoly(hp["warmup_batches"], max_batches, hp["poly_power"],
+                          hp["warmup_ratio"], hp["min_lr_ratio"])
+    scheduler = context.wrap_lr_scheduler(
+        torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        step_mode=det_torch.LRScheduler.StepMode.STEP_EVERY_BATCH)
+    scaler = context.wrap_scaler(torch.amp.GradScaler("cuda")) if precision == "fp16" else None
+    return lr, optimizer, scheduler, scaler
+
+
 class TargetCallback(det_torch.PyTorchCallback):
     """Time and batches to the first validation whose target metric (``trial.TARGET_METRIC``,
     ``miou`` for segmentation) reaches its target (hyperparameter ``trial.TARGET_PARAM``).
@@ -163,17 +180,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         self.model = context.wrap_model(model)
 
         global_bs = context.get_global_batch_size()
-        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], global_bs)
-        self.optimizer = context.wrap_optimizer(self._build_optimizer(model, hp, self.lr))
-        schedule = WarmupPoly(hp["warmup_batches"], self.max_batches, hp["poly_power"],
-                              hp["warmup_ratio"], hp["min_lr_ratio"])
-        self.scheduler = context.wrap_lr_scheduler(
-            torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule),
-            step_mode=det_torch.LRScheduler.StepMode.STEP_EVERY_BATCH,
-        )
-        self.scaler = None
-        if self.precision == "fp16":
-            self.scaler = context.wrap_scaler(torch.amp.GradScaler("cuda"))
+        self.lr, self.optimizer, self.scheduler, self.scaler = wrap_optimisation(
+            context, model, hp, self.max_batches, self.precision)
 
         self.confusion = context.wrap_reducer(
             ConfusionMatrix(hp["num_classes"], IGNORE_INDEX), name=None, for_training=False)

@@ -25,9 +25,8 @@ from shared import runlog
 from shared.classification import data as cdata
 from shared.classification.resources import ResourceCallback
 from shared.hparams import BOOL, INT, NUM, STR, Param
-from shared.schedule import WarmupPoly, scaled_lr
 from shared.trial import (SegmentationTrial, TargetCallback, _experiment_config, _RunInfoCallback,
-                          count_parameters, pick_precision)
+                          count_parameters, pick_precision, wrap_optimisation)
 
 log = logging.getLogger("shared.classification")
 
@@ -213,17 +212,8 @@ class ClassificationTrial(det_torch.PyTorchTrial):
         self.model = context.wrap_model(model)
 
         global_bs = context.get_global_batch_size()
-        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], global_bs)
-        self.optimizer = context.wrap_optimizer(SegmentationTrial._build_optimizer(model, hp, self.lr))
-        schedule = WarmupPoly(hp["warmup_batches"], self.max_batches, hp["poly_power"],
-                              hp["warmup_ratio"], hp["min_lr_ratio"])
-        self.scheduler = context.wrap_lr_scheduler(
-            torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule),
-            step_mode=det_torch.LRScheduler.StepMode.STEP_EVERY_BATCH,
-        )
-        self.scaler = None
-        if self.precision == "fp16":
-            self.scaler = context.wrap_scaler(torch.amp.GradScaler("cuda"))
+        self.lr, self.optimizer, self.scheduler, self.scaler = wrap_optimisation(
+            context, model, hp, self.max_batches, self.precision)
 
         self.accuracy = context.wrap_reducer(AccuracyReducer(hp["num_classes"]), name=None,
                                              for_training=False)
