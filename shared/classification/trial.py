@@ -218,7 +218,7 @@ class ClassificationTrial(det_torch.PyTorchTrial):
         self.accuracy = context.wrap_reducer(AccuracyReducer(hp["num_classes"]), name=None,
                                              for_training=False)
         self.batches_trained = 0
-        self.skipped_samples = 0
+        self._skipped: Optional[torch.Tensor] = None
         self.target_callback = TargetCallback(self)
         log.info("%s: %.2fM parameters (%.2fM trainable), %d classes, %d px, precision %s, "
                  "channels_last %s, lr %.3g (base %.3g x %d/%d), validation on %s",
@@ -286,22 +286,21 @@ class ClassificationTrial(det_torch.PyTorchTrial):
         return det_torch.DataLoader(ds, batch_size=batch, shuffle=False, **self._loader_kwargs())
 
     # ------------------------------------------------------------------ steps
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                              enabled=self.autocast_dtype is not None)
-
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+    # The step plumbing is the segmentation trial's (it reads only hp, device, precision,
+    # channels_last, scaler, optimizer and the skip counter, which both families have).
+    _autocast = SegmentationTrial._autocast
+    _prepare = SegmentationTrial._prepare
+    _clip_fn = SegmentationTrial._clip_fn
+    _count_skipped = SegmentationTrial._count_skipped
+    skipped_samples = SegmentationTrial.skipped_samples
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
         images, labels, skipped = batch
-        self.skipped_samples += int(skipped.sum())
+        self._count_skipped(skipped)
         with self._autocast():
             logits = self.model(self._prepare(images))
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hp["label_smoothing"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at batch {batch_idx}: lower 'lr' or "
-                                     f"set 'grad_clip_norm'")
+        # No per-step isfinite sync: _RunInfoCallback checks the averaged loss at each report.
         self.context.backward(self.scaler.scale(loss) if self.scaler else loss)
         self.context.step_optimizer(self.optimizer, clip_grads=self._clip_fn(), scaler=self.scaler)
         if self.scaler:
@@ -311,20 +310,9 @@ class ClassificationTrial(det_torch.PyTorchTrial):
         self.batches_trained += 1
         return {"loss": loss.detach(), "lr": self.scheduler.get_last_lr()[0]}
 
-    def _clip_fn(self):
-        max_norm = self.hp["grad_clip_norm"]
-        if not max_norm:
-            return None
-
-        def clip(params):
-            if self.scaler:
-                self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return clip
-
     def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
         images, labels, skipped = batch
-        self.skipped_samples += int(skipped.sum())
+        self._count_skipped(skipped)
         with self._autocast():
             logits = self.model(self._prepare(images))
         self.accuracy.update(logits, labels)
