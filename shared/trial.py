@@ -220,18 +220,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
 
     # ------------------------------------------------------------------ data
     def _dataset(self, split: str):
-        from shared.data import SegmentationDataset, build_train_transform, build_val_transform
-        hp = self.hp
-        if not hp["data_dir"]:
-            raise hpmod.ConfigError("hyperparameter 'data_dir' is not set: pass --data-dir locally, "
-                                    "or set hyperparameters.data_dir (a path inside the task container)")
-        if split == "training":
-            tf = build_train_transform(hp["crop_size"], tuple(hp["scale"]), tuple(hp["ratio_range"]),
-                                       hp["cat_max_ratio"], IGNORE_INDEX)
-        else:
-            tf = build_val_transform(tuple(hp["scale"]))
-        return SegmentationDataset(hp["data_dir"], split, tf, num_classes=hp["num_classes"],
-                                   skip_bad_samples=hp["skip_bad_samples"])
+        from shared.data import build_dataset
+        return build_dataset(self.hp, split)
 
     def _loader_kwargs(self) -> Dict[str, Any]:
         workers = self.hp["workers_per_slot"]

@@ -19,6 +19,7 @@ from shared.data.transforms import (
 )
 
 __all__ = [
+    "build_dataset",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -49,3 +50,22 @@ def __getattr__(name: str):
 
         return generate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_dataset(hp, split: str) -> SegmentationDataset:
+    """The data set of ``split`` as a segmentation trial reads it, from its resolved
+    hyperparameters (``shared.hparams.COMMON``): the training split with the MMSeg training
+    pipeline, the validation split with the keep-ratio rescale. Raises ConfigError when
+    ``data_dir`` is not set."""
+    from shared.hparams import ConfigError
+
+    if not hp["data_dir"]:
+        raise ConfigError("hyperparameter 'data_dir' is not set: pass --data-dir locally, "
+                          "or set hyperparameters.data_dir (a path inside the task container)")
+    if split == "training":
+        tf = build_train_transform(hp["crop_size"], tuple(hp["scale"]), tuple(hp["ratio_range"]),
+                                   hp["cat_max_ratio"], IGNORE_INDEX)
+    else:
+        tf = build_val_transform(tuple(hp["scale"]))
+    return SegmentationDataset(hp["data_dir"], split, tf, num_classes=hp["num_classes"],
+                               skip_bad_samples=hp["skip_bad_samples"])
