@@ -3,9 +3,10 @@
 One command on a GPU node measures, for each trial's model (U-Net, SegFormer, DeepLab v3+,
 Segmenter) as its ``experiment_configs/<model>/single_gpu.yaml`` builds it (150 classes):
 
-* the training step alone: ``SegmentationTrial.train_batch``'s step (autocast, logits
-  upsampled to the labels, cross-entropy ignoring 255, the trial's AdamW, channels_last on
-  CUDA) on random 512x512 inputs, batch 16: img/s, J/img from the NVML energy counter, GPU
+* the training step alone: ``SegmentationTrial.train_batch``'s step (the loader's uint8 batch
+  augmented and normalised on the device, autocast, logits upsampled to the labels,
+  cross-entropy ignoring 255, the trial's AdamW, channels_last on CUDA) on random 512x512
+  inputs, batch 16: img/s, J/img from the NVML energy counter, GPU
   utilisation sampled every 50 ms, peak memory, and MFU (FLOPs of one forward+backward counted
   by ``torch.utils.flop_counter.FlopCounterMode``, over the bf16 matmul peak measured in the
   same run);
@@ -61,6 +62,7 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/bench.py`` as well as ``-m`
     sys.path.insert(0, str(ROOT))
 
 from shared import hparams as hpmod  # noqa: E402
+from shared.data.on_device import training_batch  # noqa: E402
 from shared.schedule import WarmupPoly, scaled_lr  # noqa: E402
 
 log = logging.getLogger("benchmarks.bench")
@@ -347,7 +349,8 @@ class TrialStep:
     Built from the trial's own pieces (``pick_precision``, ``_build_optimizer``, the lr
     scaling and schedule), with the same decisions: precision and channels_last from the
     hyperparameters, fused AdamW on CUDA. One call is one batch: the skipped-sample count
-    summed on the device (no host sync, as in the trial), forward under autocast, upsampling
+    summed on the device (no host sync, as in the trial), the batch's colour augmentation and
+    normalisation on the device (``shared.data.on_device``), forward under autocast, upsampling
     to the labels, the loss in float32, backward, optional clipping, the optimizer step,
     zero_grad, and the per-batch lr scheduler step Determined makes after ``train_batch``.
     (The trial checks the loss for NaN/inf at report time, not per step.)
@@ -378,11 +381,11 @@ class TrialStep:
         self.skipped = None
         self.batches_trained = 0
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor, skipped: torch.Tensor
-                 ) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, aug: torch.Tensor,
+                 skipped: torch.Tensor) -> torch.Tensor:
         self.skipped = skipped.sum() if self.skipped is None else self.skipped + skipped.sum()
+        x, masks = training_batch(images, masks, aug, self.channels_last)
         with _autocast(self.device, self.autocast_dtype):
-            x = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
             logits = self.forward(x)
             if logits.shape[-2:] != masks.shape[-2:]:
                 logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
@@ -410,7 +413,8 @@ class TrialStep:
 class PlainStep:
     """The textbook loop, the baseline the U-Net target is measured against: eager, autocast
     in the trial's precision, NCHW, ``torch.optim.AdamW`` with its defaults (one parameter
-    group, no fused kernel), no host syncs."""
+    group, no fused kernel), no host syncs. It prepares the batch on the device as the trial
+    does (colour augmentation, normalisation), so only the step's tricks differ."""
 
     def __init__(self, model: nn.Module, hp: Mapping[str, Any], device: torch.device) -> None:
         self.device = device
@@ -424,8 +428,9 @@ class PlainStep:
                                            weight_decay=hp["weight_decay"])
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor, skipped: torch.Tensor
-                 ) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, aug: torch.Tensor,
+                 skipped: torch.Tensor) -> torch.Tensor:
+        images, masks = training_batch(images, masks, aug)
         with _autocast(self.device, self.autocast_dtype):
             logits = self.model(images)
             if logits.shape[-2:] != masks.shape[-2:]:
@@ -444,14 +449,20 @@ class PlainStep:
 
 
 def make_batch(batch: int, res: int, num_classes: int, device: torch.device, seed: int = 0
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random images (NCHW, as the data loader gives them), labels and the skipped-sample
-    flags, on ``device`` as Determined moves a batch there."""
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch as the training loader gives it (uint8 crops, uint8 labels, per-sample
+    augmentation parameters drawn as the workers draw them, skipped-sample counts), random,
+    on ``device`` as Determined moves a batch there. The global RNG is left as it was."""
+    from shared.data.transforms import PhotometricDistortion
     g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, res, res, generator=g)
-    masks = torch.randint(0, num_classes, (batch, res, res), generator=g)
+    images = torch.randint(0, 256, (batch, 3, res, res), generator=g, dtype=torch.uint8)
+    masks = torch.randint(0, num_classes, (batch, res, res), generator=g).to(torch.uint8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        draw = PhotometricDistortion().draw
+        aug = torch.tensor([[*draw(), res, res] for _ in range(batch)], dtype=torch.float32)
     skipped = torch.zeros(batch, dtype=torch.int64)
-    return images.to(device), masks.to(device), skipped.to(device)
+    return tuple(t.to(device) for t in (images, masks, aug, skipped))
 
 
 # ============================================================================ NVML counters
@@ -637,8 +648,8 @@ def _sync(device: torch.device) -> None:
 
 
 # ============================================================================ measuring a step
-def measure_step(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                 batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], steps: int, warmup: int,
+def measure_step(step: Callable[..., torch.Tensor], batch: Tuple[torch.Tensor, ...],
+                 steps: int, warmup: int,
                  device: torch.device, monitor: Optional[NvmlMonitor] = None,
                  na: str = NA_NO_NVML) -> Dict[str, Any]:
     """Time ``steps`` calls of ``step`` after ``warmup`` untimed ones.
@@ -648,10 +659,9 @@ def measure_step(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torc
     is the allocator's peak over the timed steps (after the warm-up, whose cuDNN autotuning
     and compilation are one-off). Without a monitor those columns hold ``na``.
     """
-    images, masks, skipped = batch
     t = time.perf_counter()
     for _ in range(warmup):
-        step(images, masks, skipped)
+        step(*batch)
     _sync(device)
     warmup_s = time.perf_counter() - t
     if device.type == "cuda":
@@ -665,14 +675,14 @@ def measure_step(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torc
     try:
         t0 = time.perf_counter()
         for _ in range(steps):
-            losses.append(step(images, masks, skipped))
+            losses.append(step(*batch))
         _sync(device)
         seconds = time.perf_counter() - t0
         e1 = monitor.energy_mj() if monitor is not None else None
     finally:  # a failing step must not leave the sampler running for the next model
         if monitor is not None:
             samples = monitor.stop()
-    imgs = steps * images.shape[0]
+    imgs = steps * batch[0].shape[0]
     out: Dict[str, Any] = {
         "img_s": imgs / seconds, "step_ms": 1000.0 * seconds / steps, "seconds": seconds,
         "warmup_s": warmup_s, "loss_first": float(losses[0]), "loss_last": float(losses[-1]),
@@ -736,7 +746,8 @@ def _fill_step_row(row: Dict[str, Any], ctx: Context, step: Any, model: nn.Modul
     row.update(params_m=sum(p.numel() for p in model.parameters()) / 1e6,
                precision=step.precision, channels_last=step.channels_last)
     batch = make_batch(cfg.batch, cfg.res, cfg.num_classes, cfg.device)
-    flops = count_step_flops(step.model, batch[0], batch[1], step.autocast_dtype, step.channels_last)
+    images, masks = training_batch(*batch[:3])
+    flops = count_step_flops(step.model, images, masks, step.autocast_dtype, step.channels_last)
     row["gflop_per_img"] = flops / cfg.batch / 1e9
     row.update(measure_step(step, batch, cfg.steps, cfg.warmup, cfg.device, ctx.monitor,
                             ctx.nvml_status))

@@ -20,6 +20,7 @@ from determined import pytorch as det_torch
 
 from shared import hparams as hpmod
 from shared import runlog
+from shared.data.on_device import training_batch
 from shared.metrics import ConfusionMatrix, per_class_dict
 from shared.schedule import WarmupPoly, scaled_lr
 
@@ -253,10 +254,13 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
-        images, masks, skipped = batch
+        images, masks, aug, skipped = batch
         self._count_skipped(skipped)
+        # The loader's uint8 crops become the model's input here, on the device: colour
+        # augmentation, normalisation, channels_last (shared/data/on_device.py).
+        images, masks = training_batch(images, masks, aug, self.channels_last)
         with self._autocast():
-            logits = self.model(self._prepare(images))
+            logits = self.model(images)
             # Models return logits at their own stride (SegFormer 1/4); the loss is taken at
             # label resolution, as in the reference implementations.
             if logits.shape[-2:] != masks.shape[-2:]:

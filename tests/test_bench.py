@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from benchmarks import bench
+from shared.data.on_device import training_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -157,13 +158,14 @@ def test_replica_step_equals_the_trials_train_batch(name, extra, tmp_path, monke
 # ------------------------------------------------------------------ FLOPs and MFU
 def test_flop_count_and_mfu_on_a_known_model():
     conv = nn.Conv2d(3, 8, 1, bias=False)
-    images, masks, _ = bench.make_batch(2, 4, 8, CPU)
+    images, masks = training_batch(*bench.make_batch(2, 4, 8, CPU)[:3])
+    assert images.dtype == torch.float32 and masks.dtype == torch.int64
     # forward 2*B*H*W*Cin*Cout, backward the same for the weight (the input needs no gradient)
     fwd = 2 * 2 * 4 * 4 * 3 * 8
     assert bench.count_step_flops(conv, images, masks, None, False) == 2 * fwd
     assert conv.weight.grad is None
     # logits at a quarter of the labels' size: the upsampling adds no counted FLOP
-    small = bench.make_batch(2, 2, 8, CPU)[0]
+    small = training_batch(*bench.make_batch(2, 2, 8, CPU)[:3])[0]
     assert bench.count_step_flops(conv, small, masks, None, True) == 2 * (fwd // 4)
     # 3072 FLOP a step, 10 steps in 2 s: 15360 FLOP/s of a 1e5 FLOP/s peak
     assert bench.mfu(2 * fwd, 10, 2.0, 1e5) == pytest.approx(0.1536)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.data.transforms import AUG_SIZE
 from shared.data import (
     DataError,
     SegmentationDataset,
@@ -69,11 +70,11 @@ def test_item_shapes_dtypes_and_label_mapping(root: Path) -> None:
         image_path, label_path = dataset.samples[index]
         raw = torch.from_numpy(np.asarray(Image.open(label_path)).astype(np.int64))
         assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3
-        assert mask.dtype == torch.int64 and mask.shape == image.shape[1:] == raw.shape
+        assert mask.dtype == torch.uint8 and mask.shape == image.shape[1:] == raw.shape
         assert skipped == 0
         # reduce_zero_label: 0 ("other") -> 255, v -> v - 1.
         assert torch.equal(mask[raw == 0], torch.full_like(mask[raw == 0], 255))
-        assert torch.equal(mask[raw > 0], raw[raw > 0] - 1)
+        assert torch.equal(mask[raw > 0].long(), raw[raw > 0] - 1)
         assert set(mask.unique().tolist()) <= set(range(NUM_CLASSES)) | {255}
         expected = np.asarray(Image.open(image_path).convert("RGB"))
         assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(expected.copy()))
@@ -95,10 +96,10 @@ def test_train_and_val_loaders_batch(root: Path) -> None:
     torch.manual_seed(0)
     train = SegmentationDataset(root, "training", build_train_transform(crop_size=24, scale=(64, 32)),
                                 num_classes=NUM_CLASSES)
-    images, masks, skipped = next(iter(torch.utils.data.DataLoader(train, batch_size=3)))
-    assert images.shape == (3, 3, 24, 24) and images.dtype == torch.float32
-    assert masks.shape == (3, 24, 24) and masks.dtype == torch.int64
-    assert skipped.tolist() == [0, 0, 0]
+    images, masks, aug, skipped = next(iter(torch.utils.data.DataLoader(train, batch_size=3)))
+    assert images.shape == (3, 3, 24, 24) and images.dtype == torch.uint8
+    assert masks.shape == (3, 24, 24) and masks.dtype == torch.uint8
+    assert aug.shape == (3, AUG_SIZE) and skipped.tolist() == [0, 0, 0]
 
     val = SegmentationDataset(root, "validation", build_val_transform(scale=(64, 32)),
                               num_classes=NUM_CLASSES)

@@ -1,7 +1,7 @@
 """Paired image/mask transforms: MMSegmentation's ADE20K 512x512 pipeline in plain PyTorch.
 
 Every transform is a callable ``(image, mask) -> (image, mask)`` on tensors: image uint8 (3, H, W)
-until ``Normalize`` (float32 afterwards), mask int64 (H, W) with 255 as ignore. Geometric ops
+until ``Normalize`` (float32 afterwards), mask uint8 or int64 (H, W) with 255 as ignore. Geometric ops
 always move image and mask together. All randomness comes from torch's global RNG
 (``torch.rand``/``torch.randint``), which Determined seeds per trial and per worker, so a run is
 reproducible without any extra seeding here.
@@ -10,6 +10,8 @@ Training order (as MMSeg's ``train_pipeline`` plus its data preprocessor)::
 
     RandomRescale -> RandomCropCatMax -> RandomHorizontalFlip -> PhotometricDistortion
     -> Normalize -> PadTo
+
+where the last three run on the device, batched (``TrainTransform``, ``shared.data.on_device``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ __all__ = [
     "Compose",
     "Normalize",
     "PadTo",
+    "NO_PHOTOMETRIC",
     "PhotometricDistortion",
+    "TrainTransform",
     "RandomCropCatMax",
     "RandomHorizontalFlip",
     "RandomRescale",
@@ -163,12 +167,14 @@ class RandomCropCatMax:
         return top, left, crop_h, crop_w
 
     def _acceptable(self, mask: torch.Tensor) -> bool:
-        valid = mask[mask != self.ignore_index]
-        if valid.numel() == 0:
+        # One histogram of the crop, ignored pixels included and then zeroed: cheaper than
+        # selecting the non-ignored pixels first (this runs up to 11 times per sample).
+        counts = torch.bincount(mask.flatten(), minlength=self.ignore_index + 1)
+        counts[self.ignore_index] = 0
+        valid = int(counts.sum())
+        if valid == 0:
             return False
-        counts = torch.bincount(valid.flatten())
-        counts = counts[counts > 0]
-        return counts.numel() > 1 and counts.max().item() / valid.numel() < self.cat_max_ratio
+        return int((counts > 0).sum()) > 1 and int(counts.max()) / valid < self.cat_max_ratio
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
         height, width = mask.shape[-2:]
@@ -202,12 +208,25 @@ class RandomHorizontalFlip:
         return f"{type(self).__name__}(p={self.p})"
 
 
+#: layout of the per-sample augmentation vector a training item carries (``TrainTransform``):
+#: the photometric parameters, then the crop's size before padding. Identity values mean
+#: "not applied": factors 1, hue shift 0.
+AUG_BRIGHTNESS, AUG_CONTRAST, AUG_CONTRAST_FIRST, AUG_SATURATION, AUG_HUE, AUG_HEIGHT, AUG_WIDTH = range(7)
+AUG_SIZE = 7
+
+
 class PhotometricDistortion:
-    """MMSeg ``PhotometricDistortion`` with torchvision's colour ops (image only, uint8 in/out).
+    """MMSeg ``PhotometricDistortion``'s random draws; the colour ops run on the device.
+
+    Drawing happens in the DataLoader worker (torch's RNG, seeded per worker like every other
+    augmentation); applying happens to the whole batch on the GPU in
+    ``shared.data.on_device.photometric``, because on a CPU the colour ops cost more than the
+    rest of the sample path together (``python -m benchmarks.data_path``; BENCHMARKS.md).
 
     Order and probabilities follow MMSeg: brightness; contrast either here or last (a coin
-    decides); saturation; hue; each applied with probability 0.5. The ops themselves are
-    torchvision's, which differ slightly from MMSeg's OpenCV code:
+    decides); saturation; hue; each applied with probability 0.5, in float32 without rounding
+    between steps (as MMSeg, which works in float32 too). The ops are torchvision's
+    definitions, which differ slightly from MMSeg's OpenCV code:
 
     - brightness: torchvision multiplies by a factor; MMSeg adds +-32 (of 255). The default
       0.875..1.125 is the multiplicative range of the same size at mid-grey (32/256 = 0.125).
@@ -234,30 +253,28 @@ class PhotometricDistortion:
         self.hue_delta = hue_delta
         self.p = p
 
-    def _contrast(self, image: torch.Tensor) -> torch.Tensor:
-        if _coin(self.p):
-            image = F.adjust_contrast(image, _uniform(*self.contrast))
-        return image
-
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
-        if _coin(self.p):
-            image = F.adjust_brightness(image, _uniform(*self.brightness))
+    def draw(self) -> list[float]:
+        """One sample's [brightness, contrast, contrast_first, saturation, hue] (AUG_* order),
+        identity values for the ops the coins skipped."""
+        brightness = _uniform(*self.brightness) if _coin(self.p) else 1.0
         contrast_first = _coin(0.5)
-        if contrast_first:
-            image = self._contrast(image)
-        if _coin(self.p):
-            image = F.adjust_saturation(image, _uniform(*self.saturation))
-        if _coin(self.p):
-            image = F.adjust_hue(image, _uniform(-self.hue_delta, self.hue_delta))
-        if not contrast_first:
-            image = self._contrast(image)
-        return image, mask
+        contrast = 1.0
+        if contrast_first and _coin(self.p):
+            contrast = _uniform(*self.contrast)
+        saturation = _uniform(*self.saturation) if _coin(self.p) else 1.0
+        hue = _uniform(-self.hue_delta, self.hue_delta) if _coin(self.p) else 0.0
+        if not contrast_first and _coin(self.p):
+            contrast = _uniform(*self.contrast)
+        return [brightness, contrast, float(contrast_first), saturation, hue]
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(brightness={self.brightness}, contrast={self.contrast}, "
             f"saturation={self.saturation}, hue_delta={self.hue_delta}, p={self.p})"
         )
+
+
+NO_PHOTOMETRIC = [1.0, 1.0, 0.0, 1.0, 0.0]
 
 
 class Normalize:
@@ -302,26 +319,55 @@ class PadTo:
         return f"{type(self).__name__}(size={self.size}, ignore_index={self.ignore_index})"
 
 
-def build_train_transform(
-    crop_size: int | tuple[int, int] = 512,
-    scale: tuple[int, int] = (2048, 512),
-    ratio_range: tuple[float, float] = (0.5, 2.0),
-    cat_max_ratio: float = 0.75,
-    ignore_index: int = 255,
-    photometric: bool = True,
-) -> Compose:
-    """MMSeg's ADE20K training pipeline: ``(uint8 image, mask) -> (float (3,h,w), int64 (h,w))``
-    with (h, w) = ``crop_size``. ``photometric=False`` drops the colour jitter (for checks)."""
-    crop = _pair(crop_size, "crop_size")
-    steps: list[PairTransform] = [
-        RandomRescale(scale, ratio_range),
-        RandomCropCatMax(crop, cat_max_ratio, ignore_index),
-        RandomHorizontalFlip(0.5),
-    ]
-    if photometric:
-        steps.append(PhotometricDistortion())
-    steps += [Normalize(), PadTo(crop, ignore_index)]
-    return Compose(steps)
+class TrainTransform:
+    """MMSeg's ADE20K training pipeline, split where the CPU is slow and the GPU is not.
+
+    ``(uint8 image (3,H,W), uint8 mask (H,W)) -> (uint8 image (3,h,w), uint8 mask (h,w),
+    float32 aug (AUG_SIZE,))`` with (h, w) the crop size. In the worker: RandomRescale ->
+    RandomCropCatMax -> RandomHorizontalFlip -> PadTo (image 0, mask ignore), and the draws of
+    PhotometricDistortion; ``aug`` carries those draws and the crop's size before padding. On
+    the device (``shared.data.on_device.training_batch``): the colour ops, Normalize, and the
+    padding set to 0 after normalisation, as MMSeg's pipeline leaves it.
+
+    Shipping uint8 instead of normalised float32 and int64 also cuts what crosses from the
+    workers to the GPU from 5 MiB to 1 MiB per 512x512 sample.
+    """
+
+    def __init__(
+        self,
+        crop_size: int | tuple[int, int] = 512,
+        scale: tuple[int, int] = (2048, 512),
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = 255,
+        photometric: bool = True,
+    ) -> None:
+        crop = _pair(crop_size, "crop_size")
+        self.transforms: list[PairTransform] = [
+            RandomRescale(scale, ratio_range),
+            RandomCropCatMax(crop, cat_max_ratio, ignore_index),
+            RandomHorizontalFlip(0.5),
+            PadTo(crop, ignore_index),
+        ]
+        self.photometric = PhotometricDistortion() if photometric else None
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        *geometric, pad = self.transforms
+        for transform in geometric:
+            image, mask = transform(image, mask)
+        height, width = mask.shape[-2:]
+        colour = self.photometric.draw() if self.photometric else NO_PHOTOMETRIC
+        image, mask = pad(image, mask)
+        return image, mask, torch.tensor([*colour, height, width], dtype=torch.float32)
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n    {t!r}," for t in self.transforms)
+        return f"{type(self).__name__}([{inner}\n], photometric={self.photometric!r})"
+
+
+#: MMSeg's ADE20K training pipeline (see TrainTransform); ``photometric=False`` draws identity
+#: colour parameters (for checks). The name the rest of the project builds it by.
+build_train_transform = TrainTransform
 
 
 class _ValTransform:
