@@ -14,22 +14,44 @@ import torch
 from determined import pytorch as det_torch
 
 
+def pair_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                ignore_index: int = 255) -> torch.Tensor:
+    """(num_classes**2 + 1,) int64 counts of ``target * num_classes + pred`` over the pixels,
+    ignored pixels left out; the last bin counts pixels whose target is neither a class nor
+    ``ignore_index`` (a label the data set should not hold).
+
+    Written to queue on the GPU without waiting for it: no boolean selection (whose size the
+    host must read), no ``bincount`` (which reads the maximum on CUDA), no checks that read a
+    value. Validation runs one image at a time, so a wait here would be one per image.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    n = num_classes
+    t, p = target.reshape(-1).long(), pred.reshape(-1).long()
+    idx = torch.where(t < n, t * n + p, n * n)            # out-of-range targets -> last bin
+    idx = torch.where(t == ignore_index, n * n + 1, idx)  # ignored -> a bin dropped below
+    counts = torch.zeros(n * n + 2, dtype=torch.int64, device=idx.device)
+    return counts.scatter_add_(0, idx, torch.ones_like(idx))[:-1]
+
+
+def _check_targets(counts: torch.Tensor, num_classes: int, where: str) -> None:
+    bad = int(counts[-1])
+    if bad:
+        raise ValueError(f"{where}: {bad} pixels hold a class >= num_classes ({num_classes}) that "
+                         f"is not the ignore index; is num_classes wrong for this data set?")
+
+
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int = 255) -> torch.Tensor:
     """(num_classes, num_classes) int64 matrix, rows = ground truth, columns = prediction.
 
-    Pixels whose target is ``ignore_index`` are left out. ``bincount`` over the flattened
-    pair index keeps it a single kernel on the GPU.
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
-    keep = target != ignore_index
-    t = target[keep].long()
-    p = pred[keep].long()
-    if t.numel() and int(t.max()) >= num_classes:
+    Pixels whose target is ``ignore_index`` are left out; a target outside the classes raises
+    ValueError naming it (reading the counts back, so on a GPU this waits for them)."""
+    counts = pair_counts(pred, target, num_classes, ignore_index)
+    if int(counts[-1]):
+        t = target[(target != ignore_index) & (target >= num_classes)]
         raise ValueError(f"target holds class {int(t.max())} but num_classes is {num_classes}")
-    idx = t * num_classes + p
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return counts[:-1].reshape(num_classes, num_classes)
 
 
 def summarize(matrix: np.ndarray) -> Dict[str, Any]:
@@ -72,13 +94,18 @@ class ConfusionMatrix(det_torch.MetricReducer):
         self.matrix = None
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        cm = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        # Counts stay on the device, with the out-of-range bin checked once per validation
+        # (per_slot_reduce) rather than read per image.
+        cm = pair_counts(pred, target, self.num_classes, self.ignore_index)
         self.matrix = cm if self.matrix is None else self.matrix + cm
 
     def per_slot_reduce(self) -> np.ndarray:
+        n = self.num_classes
         if self.matrix is None:  # a rank that saw no validation batch contributes nothing
-            return np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-        return self.matrix.cpu().numpy()
+            return np.zeros((n, n), dtype=np.int64)
+        counts = self.matrix.cpu()
+        _check_targets(counts, n, "validation labels")
+        return counts[:-1].reshape(n, n).numpy()
 
     def cross_slot_reduce(self, per_slot_metrics: Sequence[np.ndarray]) -> Dict[str, Any]:
         total = np.sum(np.stack(list(per_slot_metrics)), axis=0)
@@ -86,6 +113,38 @@ class ConfusionMatrix(det_torch.MetricReducer):
         # Determined's validation metrics must be scalars for the WebUI; per-class IoU is
         # kept on the reducer and written to the local metrics file by the trial.
         return {k: v for k, v in self.last.items() if k != "per_class_iou"}
+
+
+class DeviceMean(det_torch.MetricReducer):
+    """Mean of one scalar tensor per batch (the training loss), summed on the device.
+
+    Returning the loss tensor from ``train_batch`` would make Determined copy it to the host
+    after every batch, and that copy waits for the whole step to finish: the host could never
+    queue the next step while the GPU works. Here each batch adds one on-device addition; the
+    host reads the sum once per report (``per_slot_reduce``), and the mean is over all ranks'
+    batches.
+    """
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def reset(self) -> None:
+        self.total, self.count = None, 0
+
+    def update(self, value: torch.Tensor) -> None:
+        value = value.detach().float()
+        self.total = value if self.total is None else self.total + value
+        self.count += 1
+
+    def per_slot_reduce(self) -> tuple[float, int]:
+        return (0.0 if self.total is None else float(self.total), self.count)
+
+    def cross_slot_reduce(self, per_slot_metrics: Sequence[tuple[float, int]]) -> float:
+        total = sum(t for t, _ in per_slot_metrics)
+        count = sum(c for _, c in per_slot_metrics)
+        # a report always follows at least one batch; nan (not 0) if that ever changes
+        return total / count if count else float("nan")
 
 
 def per_class_dict(per_class_iou: List[float | None], class_names: Sequence[str] | None = None) -> Dict[str, Any]:

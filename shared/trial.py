@@ -21,7 +21,7 @@ from determined import pytorch as det_torch
 from shared import hparams as hpmod
 from shared import runlog
 from shared.data.on_device import training_batch
-from shared.metrics import ConfusionMatrix, per_class_dict
+from shared.metrics import ConfusionMatrix, DeviceMean, per_class_dict
 from shared.schedule import WarmupPoly, scaled_lr
 
 log = logging.getLogger("shared.trial")
@@ -186,6 +186,7 @@ class SegmentationTrial(det_torch.PyTorchTrial):
 
         self.confusion = context.wrap_reducer(
             ConfusionMatrix(hp["num_classes"], IGNORE_INDEX), name=None, for_training=False)
+        self.train_loss, self.val_loss = no_host_sync_per_batch(context, "validation_loss")
         self.batches_trained = 0
         self._skipped: Optional[torch.Tensor] = None
         self.target_callback = TargetCallback(self)
@@ -253,8 +254,13 @@ class SegmentationTrial(det_torch.PyTorchTrial):
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
+    def _to_device(self, *tensors: torch.Tensor) -> list:
+        # Queued behind the previous step instead of waiting for it (no_host_sync_per_batch);
+        # the loader's batches are in pinned memory on a GPU, which makes the copy asynchronous.
+        return [t.to(self.device, non_blocking=True) for t in tensors]
+
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
-        images, masks, aug, skipped = batch
+        images, masks, aug, skipped = self._to_device(*batch)
         self._count_skipped(skipped)
         # The loader's uint8 crops become the model's input here, on the device: colour
         # augmentation, normalisation, channels_last (shared/data/on_device.py).
@@ -276,7 +282,8 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         # Counted here, not taken from batch_idx: Determined's local mode restarts batch_idx at
         # 0 after a resume while its own batch count goes on.
         self.batches_trained += 1
-        return {"loss": loss.detach(), "lr": self.scheduler.get_last_lr()[0]}
+        self.train_loss.update(loss)  # reported as "loss", averaged over the report period
+        return {"lr": self.scheduler.get_last_lr()[0]}
 
     def _count_skipped(self, skipped: torch.Tensor) -> None:
         # Summed on the device, read only at validation: int() here would sync every step.
@@ -301,23 +308,29 @@ class SegmentationTrial(det_torch.PyTorchTrial):
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
         images, masks, sizes, skipped = batch
+        images, masks, skipped = self._to_device(images, masks, skipped)
         self._count_skipped(skipped)
         with self._autocast():
             logits = self.model(self._prepare(images))
         logits = logits.float()
         # Whole-image inference: logits to the padded input size, crop the padding, then to the
         # original annotation size, where the metric is taken (MMSegmentation's protocol).
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        total_loss, counted = logits.new_zeros(()), 0
-        for i in range(images.shape[0]):
-            h, w, H, W = (int(v) for v in sizes[i])
-            li = F.interpolate(logits[i:i + 1, :, :h, :w], size=(H, W), mode="bilinear", align_corners=False)
+        # A resize to the same size is an exact copy, so it is skipped.
+        logits = _resize(logits, images.shape[-2:])
+        total_loss = counted = logits.new_zeros(())
+        # sizes stay on the host (not moved above): reading them costs no wait for the GPU,
+        # and nothing below reads a GPU value either.
+        for i, (h, w, H, W) in enumerate(sizes.tolist()):
+            li = _resize(logits[i:i + 1, :, :h, :w], (H, W))
             mi = masks[i:i + 1, :H, :W]
-            if (mi != IGNORE_INDEX).any():
-                total_loss = total_loss + F.cross_entropy(li, mi, ignore_index=IGNORE_INDEX)
-                counted += 1
+            # the mean over the image's labelled pixels, and images without any left out
+            pixels = (mi != IGNORE_INDEX).sum()
+            loss_sum = F.cross_entropy(li, mi, ignore_index=IGNORE_INDEX, reduction="sum")
+            total_loss = total_loss + loss_sum / pixels.clamp(min=1)
+            counted = counted + (pixels > 0)
             self.confusion.update(li.argmax(1), mi)
-        return {"validation_loss": total_loss / max(1, counted)}
+        self.val_loss.update(total_loss / counted.clamp(min=1))
+        return {}
 
     def validation_follows(self, step: int) -> bool:
         """Whether Determined validates right after the training chunk ending at ``step``
@@ -345,6 +358,33 @@ class SegmentationTrial(det_torch.PyTorchTrial):
                                                  validation_follows=self.validation_follows,
                                                  required=self.energy_required)
         return callbacks
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def no_host_sync_per_batch(context: det_torch.PyTorchTrialContext, val_loss_name: Optional[str]
+                           ) -> tuple:
+    """Set a trial up to run without one host-GPU synchronisation per batch.
+
+    Determined 0.38 adds two per batch by default: it moves the batch with a blocking copy,
+    which waits for every kernel already queued, and it copies each tensor that
+    ``train_batch``/``evaluate_batch`` return to the host. Either keeps the host from queueing
+    batch n+1 while the GPU runs batch n, and the GPU idles for the Python between them. So the
+    trial moves its batches itself (``_to_device``, non-blocking) and keeps its losses in
+    reducers summed on the device and read once per report; the batch methods return only host
+    numbers. The reported ``loss`` (and ``val_loss_name``, if given) is the mean over the
+    period's batches and all ranks, as Determined's own averaging gives.
+    Returns the training loss reducer and the validation one (None without a name).
+    """
+    context.experimental.disable_auto_to_device()
+    train = context.wrap_reducer(DeviceMean(), name="loss", for_training=True, for_validation=False)
+    val = (context.wrap_reducer(DeviceMean(), name=val_loss_name, for_training=False)
+           if val_loss_name else None)
+    return train, val
 
 
 class _RunInfoCallback(det_torch.PyTorchCallback):

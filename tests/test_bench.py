@@ -142,7 +142,10 @@ def test_replica_step_equals_the_trials_train_batch(name, extra, tmp_path, monke
             batch = bench.make_batch(2, 32, 8, CPU, seed=i)
             ctx._current_batch_idx = i  # as Determined's Trainer sets it before train_batch
             torch.manual_seed(100 + i)
+            trial.train_loss.reset()
             metrics = trial.train_batch(batch, 0, i)
+            assert set(metrics) == {"lr"}  # no tensor for Determined to copy back per batch
+            metrics["loss"] = trial.train_loss.total
             for scheduler in ctx.lr_schedulers:  # as the Trainer steps it after each batch
                 scheduler.step()
             torch.manual_seed(100 + i)

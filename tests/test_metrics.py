@@ -1,5 +1,6 @@
 """mIoU from one confusion matrix: against an independent per-class computation, and the
 two-process (gloo) reduction through Determined's allgather against one process."""
+import math
 import os
 import socket
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from shared.metrics import ConfusionMatrix, confusion_matrix, summarize
+from shared.metrics import ConfusionMatrix, DeviceMean, confusion_matrix, pair_counts, summarize
 
 
 def reference_metrics(pred, target, num_classes, ignore=255):
@@ -114,3 +115,36 @@ def test_two_process_gloo_reduction_equals_single_process():
     for rank in (0, 1):
         for key in ("miou", "pixel_accuracy", "mean_accuracy"):
             assert results[rank][key] == pytest.approx(single[key], rel=1e-12)
+
+
+def test_pair_counts_match_a_direct_count_and_keep_bad_labels_apart():
+    g = torch.Generator().manual_seed(0)
+    k = 5
+    pred = torch.randint(0, k, (3, 17, 19), generator=g)
+    target = torch.randint(0, k, (3, 17, 19), generator=g)
+    target[0, :4] = 255
+    target[1, 0, :3] = 7  # not a class, not ignored
+    counts = pair_counts(pred, target.to(torch.uint8), k)
+    assert counts.shape == (k * k + 1,) and int(counts[-1]) == 3
+    expected = torch.zeros(k, k, dtype=torch.int64)
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t < k:
+            expected[t, p] += 1
+    assert torch.equal(counts[:-1].reshape(k, k), expected)
+    reducer = ConfusionMatrix(k)
+    reducer.update(pred, target)
+    with pytest.raises(ValueError, match="validation labels: 3 pixels hold a class >= num_classes "
+                                         r"\(5\) that is not the ignore index"):
+        reducer.per_slot_reduce()
+
+
+def test_device_mean_averages_batches_over_ranks():
+    a, b = DeviceMean(), DeviceMean()
+    for v in (1.0, 2.0, 6.0):
+        a.update(torch.tensor(v, dtype=torch.bfloat16))
+    b.update(torch.tensor(3.0, requires_grad=True) * 1)
+    assert a.per_slot_reduce() == (9.0, 3) and b.per_slot_reduce() == (3.0, 1)
+    assert a.cross_slot_reduce([a.per_slot_reduce(), b.per_slot_reduce()]) == 3.0
+    a.reset()
+    assert a.per_slot_reduce() == (0.0, 0)
+    assert math.isnan(a.cross_slot_reduce([a.per_slot_reduce()]))

@@ -26,7 +26,8 @@ from shared.classification import data as cdata
 from shared.classification.resources import ResourceCallback
 from shared.hparams import BOOL, INT, NUM, STR, Param
 from shared.trial import (SegmentationTrial, TargetCallback, _experiment_config, _RunInfoCallback,
-                          count_parameters, pick_precision, wrap_optimisation)
+                          count_parameters, no_host_sync_per_batch, pick_precision,
+                          wrap_optimisation)
 
 log = logging.getLogger("shared.classification")
 
@@ -101,8 +102,11 @@ class AccuracyReducer(det_torch.MetricReducer):
                              f"match (B, {self.num_classes}) and (B,)")
         logits = logits.float()
         hit = logits.argmax(1) == labels
-        counts = (torch.bincount(labels, minlength=self.num_classes),
-                  torch.bincount(labels[hit], minlength=self.num_classes),
+        # scatter_add, not bincount or labels[hit]: both read a value back on a GPU (the
+        # maximum, the selection's size), a wait for the GPU per validation batch
+        zeros = labels.new_zeros(self.num_classes)
+        counts = (zeros.scatter_add(0, labels, torch.ones_like(labels)),
+                  zeros.scatter_add(0, labels, hit.long()),
                   (logits.topk(self.k, dim=1).indices == labels[:, None]).any(1).sum(),
                   F.cross_entropy(logits, labels, reduction="sum").double())
         if self.total is None:
@@ -217,6 +221,7 @@ class ClassificationTrial(det_torch.PyTorchTrial):
 
         self.accuracy = context.wrap_reducer(AccuracyReducer(hp["num_classes"]), name=None,
                                              for_training=False)
+        self.train_loss, _ = no_host_sync_per_batch(context, None)
         self.batches_trained = 0
         self._skipped: Optional[torch.Tensor] = None
         self.target_callback = TargetCallback(self)
@@ -292,10 +297,11 @@ class ClassificationTrial(det_torch.PyTorchTrial):
     _prepare = SegmentationTrial._prepare
     _clip_fn = SegmentationTrial._clip_fn
     _count_skipped = SegmentationTrial._count_skipped
+    _to_device = SegmentationTrial._to_device
     skipped_samples = SegmentationTrial.skipped_samples
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
-        images, labels, skipped = batch
+        images, labels, skipped = self._to_device(*batch)
         self._count_skipped(skipped)
         with self._autocast():
             logits = self.model(self._prepare(images))
@@ -308,10 +314,11 @@ class ClassificationTrial(det_torch.PyTorchTrial):
         # Counted here, not taken from batch_idx: Determined's local mode restarts batch_idx at
         # 0 after a resume while its own batch count goes on.
         self.batches_trained += 1
-        return {"loss": loss.detach(), "lr": self.scheduler.get_last_lr()[0]}
+        self.train_loss.update(loss)  # reported as "loss", averaged over the report period
+        return {"lr": self.scheduler.get_last_lr()[0]}
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
-        images, labels, skipped = batch
+        images, labels, skipped = self._to_device(*batch)
         self._count_skipped(skipped)
         with self._autocast():
             logits = self.model(self._prepare(images))
