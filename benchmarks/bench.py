@@ -642,6 +642,21 @@ def mfu(flops_per_step: float, steps: int, seconds: float, peak_flops: float) ->
     return flops_per_step * steps / seconds / peak_flops
 
 
+def measure_device_prep(cfg: "BenchConfig") -> float:
+    """ms per batch of ``shared.data.on_device.training_batch`` alone (the colour
+    augmentation and normalisation every step row includes), channels_last as on CUDA."""
+    batch = make_batch(cfg.batch, cfg.res, cfg.num_classes, cfg.device)
+    channels_last = cfg.device.type == "cuda"
+    for _ in range(max(1, cfg.warmup)):
+        training_batch(*batch[:3], channels_last)
+    _sync(cfg.device)
+    t = time.perf_counter()
+    for _ in range(cfg.steps):
+        training_batch(*batch[:3], channels_last)
+    _sync(cfg.device)
+    return 1000.0 * (time.perf_counter() - t) / cfg.steps
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -1127,7 +1142,11 @@ def markdown_section(results: Mapping[str, Any]) -> str:
               f"{'on' if s.get('cudnn_benchmark') else 'off'}",
               f"- matmul peak ({m.get('peak_dtype', '?')}): "
               + (_rate(m["peak_flops"]) if m.get("peak_flops") else "not measured"),
-              f"- NVML: {m.get('nvml', '?')}", ""]
+              f"- NVML: {m.get('nvml', '?')}",
+              "- batch preparation on the device (`shared.data.on_device.training_batch`: colour "
+              "augmentation, normalisation; part of every step row): "
+              + (f"{m['device_prep_ms']:.2f} ms per batch" if m.get("device_prep_ms") is not None
+                 else f"not measured ({m.get('device_prep_error', 'not run')})"), ""]
     steps = results.get("steps", [])
     if steps:
         lines += ["#### Training step (SegmentationTrial.train_batch's step)", ""]
@@ -1407,6 +1426,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
     except Exception as e:
         log.error("matmul peak failed: %s", e)
         meta["peak_error"] = _error(e)
+
+    try:
+        meta["device_prep_ms"] = measure_device_prep(cfg)
+    except Exception as e:
+        log.error("batch preparation timing failed: %s", e)
+        meta["device_prep_error"] = _error(e)
 
     def budget_left(what: str) -> Optional[str]:
         if args.time_budget is not None and time.monotonic() - start > args.time_budget:

@@ -71,6 +71,9 @@ def test_step_smoke_cli_every_trial_and_reference(tmp_path, capsys):
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\n## Results\n\n### ") and "(CPU smoke run)" in text
     assert "| unet | ours | 6.83 |" in text
+    prep = data["meta"]["device_prep_ms"]
+    assert 0 < prep < rows["unet"]["step_ms"]  # a part of the step it is included in
+    assert f"part of every step row): {prep:.2f} ms per batch" in text
     assert "#### Ours / reference" in text and "#### End to end" not in text
     assert "### " in capsys.readouterr().out
 
