@@ -350,8 +350,9 @@ class TrialStep:
     scaling and schedule), with the same decisions: precision and channels_last from the
     hyperparameters, fused AdamW on CUDA. One call is one batch: the skipped-sample count
     summed on the device (no host sync, as in the trial), the batch's colour augmentation and
-    normalisation on the device (``shared.data.on_device``), forward under autocast, upsampling
-    to the labels, the loss in float32, backward, optional clipping, the optimizer step,
+    normalisation on the device (``shared.data.on_device``), forward under autocast, the
+    trial's loss (``segmentation_loss``: logits to float32, upsampled to the labels,
+    cross-entropy), backward, optional clipping, the optimizer step,
     zero_grad, and the per-batch lr scheduler step Determined makes after ``train_batch``.
     (The trial checks the loss for NaN/inf at report time, not per step.)
     Not included: Determined's copy of the returned loss to the host after each batch.
@@ -361,7 +362,8 @@ class TrialStep:
 
     def __init__(self, model: nn.Module, hp: Mapping[str, Any], device: torch.device,
                  compile: bool = False) -> None:
-        from shared.trial import SegmentationTrial
+        from shared.trial import SegmentationTrial, segmentation_loss
+        self.loss = segmentation_loss
         self.device = device
         self.hp = hp
         self.precision = pick_precision(hp["precision"], device)
@@ -386,11 +388,7 @@ class TrialStep:
         self.skipped = skipped.sum() if self.skipped is None else self.skipped + skipped.sum()
         x, masks = training_batch(images, masks, aug, self.channels_last)
         with _autocast(self.device, self.autocast_dtype):
-            logits = self.forward(x)
-            if logits.shape[-2:] != masks.shape[-2:]:
-                logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
-                                       align_corners=False)
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+            loss = self.loss(self.forward(x), masks)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         max_norm = self.hp["grad_clip_norm"]
         if max_norm:
@@ -598,15 +596,13 @@ def count_step_flops(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
     (matrix products, convolutions and attention; elementwise work is not counted, the usual
     convention for MFU). Gradients are cleared afterwards."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from shared.trial import segmentation_loss
     x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
     counter = FlopCounterMode(display=False)
     with counter:
         with _autocast(images.device, autocast_dtype):
-            logits = model(x)
-            if logits.shape[-2:] != masks.shape[-2:]:
-                logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
-                                       align_corners=False)
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+            loss = segmentation_loss(model(x), masks)
         loss.backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())

@@ -54,3 +54,21 @@ def test_evaluate_batch_matches_the_plain_protocol(name, extra, tmp_path, monkey
     assert total == torch.stack(losses).mean().item()
     assert torch.equal(torch.from_numpy(trial.confusion.per_slot_reduce()), matrix)
     assert matrix.sum() == sum((batch[1][i, :H, :W] != 255).sum() for i, (_, (H, W)) in enumerate(shapes))
+
+
+def test_loss_upsamples_in_float32_under_bf16_autocast():
+    from shared.trial import segmentation_loss
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 8, 8, generator=g).to(torch.bfloat16)  # a bf16 model output
+    masks = torch.randint(0, 5, (2, 32, 32), generator=g)
+    masks[0, :3] = 255
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = segmentation_loss(logits, masks)
+        old_order = F.cross_entropy(F.interpolate(logits, size=(32, 32), mode="bilinear").float(),
+                                    masks, ignore_index=255)
+    up = F.interpolate(logits.float(), size=(32, 32), mode="bilinear", align_corners=False)
+    assert loss.dtype == torch.float32
+    assert loss == F.cross_entropy(up, masks, ignore_index=255)
+    assert loss != old_order  # bf16 interpolation rounds: the order is observable
+    same_size = torch.randn(2, 5, 32, 32, generator=g)
+    assert segmentation_loss(same_size, masks) == F.cross_entropy(same_size, masks, ignore_index=255)
