@@ -2,6 +2,7 @@
 size: train, validate, checkpoint, resume; metrics.jsonl; energy from fake sources with the
 real interfaces (a powercap tree advancing at a known rate, a BMC simulator on loopback)."""
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -221,3 +222,31 @@ def test_diverged_loss_stops_training_with_a_message(data, tmp_path):
               "checkpoint_period=100", batches=8, check=False)
     assert p.returncode != 0
     assert "the run diverged; lower 'lr' or set 'grad_clip_norm'" in p.stderr
+
+
+def test_two_processes_report_one_loss_and_validate_together(data, tmp_path):
+    # torchrun as determined.launch.torch_distributed runs a trial: gloo on CPU. The losses are
+    # summed on each rank's device and reduced across ranks once per report.
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), str(ROOT / "trials" / "unet" / "train.py"),
+           "--config", str(ROOT / "experiment_configs" / "unet" / "single_gpu.yaml"),
+           "--data-dir", str(data), "--output-dir", str(out), "--batches", "4",
+           "--set", *TINY, *MODEL_TINY["unet"], "validation_period=4", "energy.enabled=false"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    g = groups(out)
+    assert g["run"][0]["metrics"]["slots"] == 2
+    assert [r["steps_completed"] for r in g["training"]] == [2, 4]
+    assert all(math.isfinite(r["metrics"]["loss"]) for r in g["training"])
+    (val,) = g["validation"]
+    assert val["steps_completed"] == 4 and math.isfinite(val["metrics"]["validation_loss"])
+    assert 0 <= val["metrics"]["miou"] <= 100
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
