@@ -284,6 +284,11 @@ class SegmentationTrial(det_torch.PyTorchTrial):
         with self._autocast():
             logits = self.model(images)
             loss = segmentation_loss(logits, masks)
+        return self._optimise(loss)
+
+    def _optimise(self, loss: torch.Tensor) -> Dict[str, Any]:
+        """The rest of a training step, shared by both trial families: backward, optimiser
+        step (clipping, fp16 scaler), the batch count and the loss kept on the device."""
         # No isfinite(loss) check here: reading a GPU value every step stalls the CPU before it
         # queues the backward pass. A diverged loss is caught at the next report instead
         # (_RunInfoCallback.on_training_workload_end).

@@ -298,6 +298,7 @@ class ClassificationTrial(det_torch.PyTorchTrial):
     _clip_fn = SegmentationTrial._clip_fn
     _count_skipped = SegmentationTrial._count_skipped
     _to_device = SegmentationTrial._to_device
+    _optimise = SegmentationTrial._optimise
     skipped_samples = SegmentationTrial.skipped_samples
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
@@ -306,16 +307,7 @@ class ClassificationTrial(det_torch.PyTorchTrial):
         with self._autocast():
             logits = self.model(self._prepare(images))
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hp["label_smoothing"])
-        # No per-step isfinite sync: _RunInfoCallback checks the averaged loss at each report.
-        self.context.backward(self.scaler.scale(loss) if self.scaler else loss)
-        self.context.step_optimizer(self.optimizer, clip_grads=self._clip_fn(), scaler=self.scaler)
-        if self.scaler:
-            self.scaler.update()
-        # Counted here, not taken from batch_idx: Determined's local mode restarts batch_idx at
-        # 0 after a resume while its own batch count goes on.
-        self.batches_trained += 1
-        self.train_loss.update(loss)  # reported as "loss", averaged over the report period
-        return {"lr": self.scheduler.get_last_lr()[0]}
+        return self._optimise(loss)
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
         images, labels, skipped = self._to_device(*batch)
