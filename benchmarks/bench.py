@@ -913,25 +913,81 @@ def analyse_e2e(records: Sequence[Mapping[str, Any]],
     return out
 
 
+def _e2e_data_params(cfg: BenchConfig) -> Dict[str, Any]:
+    return {"num_train": cfg.e2e_images, "num_val": E2E_VAL_IMAGES,
+            "num_classes": cfg.num_classes, "min_size": cfg.res,
+            "max_size": int(round(cfg.res * E2E_MAX_SIDE_RATIO)), "seed": 0}
+
+
+class E2EData:
+    """The synthetic JPEG set of the end-to-end runs, generated once per work directory.
+
+    Generation takes about 0.1 s of one core per ADE20K-sized image (half a minute for the
+    default 256), so ``run`` starts it in a background process before the step rows (which
+    keep the GPU, and one core, busy) and :meth:`wait` collects it before the first
+    end-to-end run. A set already there with the same parameters is reused.
+
+    Raises:
+        BenchError: the directory holds another data set.
+    """
+
+    def __init__(self, cfg: BenchConfig, work: pathlib.Path) -> None:
+        self.params = _e2e_data_params(cfg)
+        self.path = work / f"data-{cfg.res}"
+        self.marker = self.path / "bench-params.json"
+        self.proc: Optional[subprocess.Popen] = None
+        self._started = time.perf_counter()
+        if self.marker.is_file():
+            if json.loads(self.marker.read_text()) == self.params:
+                return
+            raise BenchError(f"{self.path} holds a different data set (see {self.marker.name}); "
+                             f"remove it or choose another --work-dir")
+        if self.path.exists() and any(self.path.iterdir()):
+            raise BenchError(f"{self.path} holds an incomplete or foreign data set (no "
+                             f"{self.marker.name}: an interrupted generation?); remove it or "
+                             f"choose another --work-dir")
+        self.path.mkdir(parents=True, exist_ok=True)
+        p = self.params
+        cmd = [sys.executable, "-m", "shared.data.synthetic", "--out", str(self.path),
+               "--num-train", str(p["num_train"]), "--num-val", str(p["num_val"]),
+               "--num-classes", str(p["num_classes"]), "--min-size", str(p["min_size"]),
+               "--max-size", str(p["max_size"]), "--seed", str(p["seed"])]
+        self._log = self.path.parent / f"{self.path.name}.log"
+        with self._log.open("w") as logf:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
+
+    def wait(self) -> pathlib.Path:
+        """The data directory, once complete (blocks until then).
+
+        Raises:
+            BenchError: the generator failed (its log's last lines in the message).
+        """
+        if self.proc is not None:
+            rc = self.proc.wait()
+            self.proc = None
+            if rc != 0:
+                tail = self._log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise BenchError(f"generating the end-to-end data set failed (exit {rc}); "
+                                 f"{self._log} ends:\n" + "\n".join(tail))
+            self.marker.write_text(json.dumps(self.params))
+            log.info("synthetic data: %d+%d images ready %.1f s after the start, under %s",
+                     self.params["num_train"], self.params["num_val"],
+                     time.perf_counter() - self._started, self.path)
+        if not self.marker.is_file():
+            raise BenchError(f"{self.path}: the data set is incomplete (no {self.marker.name})")
+        return self.path
+
+    def cancel(self) -> None:
+        """Stop a generation still running (the run ended before it was needed)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 def prepare_e2e_data(cfg: BenchConfig, work: pathlib.Path) -> pathlib.Path:
-    """The synthetic JPEG set of the end-to-end runs, generated once per work directory."""
-    from shared.data.synthetic import generate
-    params = {"num_train": cfg.e2e_images, "num_val": E2E_VAL_IMAGES,
-              "num_classes": cfg.num_classes, "min_size": cfg.res,
-              "max_size": int(round(cfg.res * E2E_MAX_SIDE_RATIO)), "seed": 0}
-    data = work / f"data-{cfg.res}"
-    marker = data / "bench-params.json"
-    if marker.is_file() and json.loads(marker.read_text()) == params:
-        return data
-    if data.exists() and any(data.iterdir()):
-        raise BenchError(f"{data} holds a different data set (see {marker.name}); remove it or "
-                         f"choose another --work-dir")
-    t = time.perf_counter()
-    generate(data, **params)
-    marker.write_text(json.dumps(params))
-    log.info("synthetic data: %d+%d images in %.1f s under %s", params["num_train"],
-             params["num_val"], time.perf_counter() - t, data)
-    return data
+    """The synthetic JPEG set of the end-to-end runs, generated now (or reused)."""
+    return E2EData(cfg, work).wait()
 
 
 def run_e2e(spec: ModelSpec, ctx: Context, data_dir: pathlib.Path, work: pathlib.Path
@@ -968,6 +1024,12 @@ def run_e2e(spec: ModelSpec, ctx: Context, data_dir: pathlib.Path, work: pathlib
                     proc.wait()
                     raise BenchError(f"{spec.name}: the run took more than --e2e-timeout "
                                      f"{cfg.e2e_timeout_s:g} s (log: {log_path})") from None
+                except BaseException:
+                    # the benchmark itself is stopped (SIGTERM, Ctrl-C): its own session would
+                    # leave the run training on the GPU after the benchmark has gone
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise
         finally:
             samples = monitor.stop() if monitor is not None else []
         if rc != 0:
@@ -1286,8 +1348,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                     help="timed steps (default 30)")
     ap.add_argument("--warmup", type=_positive_int("--warmup", 0), default=8,
                     help="untimed steps before (default 8)")
-    ap.add_argument("--only", help="run only the models whose name, or whose pair's name, "
-                                   "contains this (case-insensitive)")
+    ap.add_argument("--only", nargs="+", metavar="TEXT",
+                    help="run only the models whose name, or whose pair's name, contains one of "
+                         "these (case-insensitive)")
     ap.add_argument("--device", choices=("cpu", "cuda"),
                     help="default: cuda when available, else cpu")
     ap.add_argument("--out", type=pathlib.Path, help="write the results as JSON here "
@@ -1296,8 +1359,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                     help=f"append a dated section to this file (default {DEFAULT_MARKDOWN.name})")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end training runs")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference rows")
-    ap.add_argument("--compile", action="store_true",
-                    help="also time each of our models under torch.compile")
+    ap.add_argument("--compile", nargs="*", metavar="MODEL",
+                    help="also time our models under torch.compile: all of them, or those "
+                         "named (e.g. --compile unet segformer)")
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="set torch.backends.cudnn.benchmark (the segmentation trials leave it off)")
     ap.add_argument("--e2e-batches", type=_positive_int("--e2e-batches", 4), default=120,
@@ -1339,19 +1403,31 @@ def validate_args(args: argparse.Namespace) -> None:
     for item in args.e2e_set:
         if "=" not in item:
             raise BenchError(f"--e2e-set {item!r}: expected KEY=VALUE")
+    unknown = [n for n in (args.compile or []) if n not in {s.name for s in OURS}]
+    if unknown:
+        raise BenchError(f"--compile {' '.join(unknown)}: no such model; names: "
+                         f"{', '.join(s.name for s in OURS)}")
     if args.only is not None and select(args.only) == ([], []):
         names = [s.name for s in OURS] + [r.name for r in REFERENCES]
-        raise BenchError(f"--only {args.only!r} matches no model; names: {', '.join(names)}")
+        raise BenchError(f"--only {' '.join(map(repr, args.only))} matches no model; names: "
+                         f"{', '.join(names)}")
 
 
-def select(only: Optional[str]) -> Tuple[List[ModelSpec], List[ReferenceSpec]]:
+def select(only: Optional[Sequence[str] | str]) -> Tuple[List[ModelSpec], List[ReferenceSpec]]:
     """Our models and references named by ``--only`` (a reference also by its pair's name)."""
     if not only:
         return list(OURS), list(REFERENCES)
-    key = only.lower()
-    ours = [s for s in OURS if key in s.name.lower()]
-    refs = [r for r in REFERENCES if key in r.name.lower() or key in r.pair.lower()]
+    keys = [k.lower() for k in ([only] if isinstance(only, str) else only)]
+    ours = [s for s in OURS if any(k in s.name.lower() for k in keys)]
+    refs = [r for r in REFERENCES if any(k in r.name.lower() or k in r.pair.lower() for k in keys)]
     return ours, refs
+
+
+def compile_selection(ours: Sequence[ModelSpec], names: Sequence[str]) -> List[ModelSpec]:
+    """The models ``--compile`` names (all of ``ours`` when it names none), in run order."""
+    if not names:
+        return list(ours)
+    return [s for s in ours if s.name in names]
 
 
 def load_results(path: pathlib.Path) -> Dict[str, Any]:
@@ -1389,7 +1465,9 @@ def build_meta(args: argparse.Namespace, argv: Sequence[str], cfg: BenchConfig) 
         "python": platform.python_version(),
         "settings": {"res": cfg.res, "batch": cfg.batch, "steps": cfg.steps, "warmup": cfg.warmup,
                      "num_classes": cfg.num_classes, "cudnn_benchmark": args.cudnn_benchmark,
-                     "compile": args.compile, "e2e_batches": cfg.e2e_batches,
+                     "compile": (None if args.compile is None
+                                                     else list(args.compile) or "all"),
+                     "e2e_batches": cfg.e2e_batches,
                      "e2e_images": cfg.e2e_images, "e2e_set": list(cfg.e2e_set)},
     }
 
@@ -1435,6 +1513,18 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
         return None
 
     work_tmp = None
+    e2e_specs = [] if args.no_e2e else [s for s in ours if s.e2e]
+    e2e_data: Any = None
+    if e2e_specs:
+        if args.work_dir is not None:
+            work = args.work_dir
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = work_tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-"))
+        try:  # generated in the background while the step rows run
+            e2e_data = E2EData(cfg, work)
+        except BenchError as e:
+            e2e_data = e
     try:
         for spec in ours:
             why = budget_left(spec.name)
@@ -1447,32 +1537,29 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
                 results.add("steps", bench_reference(ref, ctx, by_name) if why is None else
                             {"name": ref.name, "kind": "reference", "base": ref.pair,
                              "compile": False, "status": "skipped", "error": why})
-        e2e_specs = [s for s in ours if s.e2e]
-        if not args.no_e2e and e2e_specs:
-            if args.work_dir is not None:
-                work = args.work_dir
-                work.mkdir(parents=True, exist_ok=True)
-            else:
-                work = work_tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-"))
-            data = None
+        if e2e_specs:
             for spec in e2e_specs:
                 why = budget_left(f"end to end {spec.name}")
                 if why is None:
                     try:
-                        data = data or prepare_e2e_data(cfg, work)
+                        if isinstance(e2e_data, BaseException):
+                            raise e2e_data
+                        data = e2e_data.wait()
                         row = run_e2e(spec, ctx, data, work)
                     except Exception as e:
                         row = {"name": spec.name, "status": "error", "error": _error(e)}
                 else:
                     row = {"name": spec.name, "status": "skipped", "error": why}
                 results.add("e2e", row)
-        if args.compile:
-            for spec in ours:
+        if args.compile is not None:
+            for spec in compile_selection(ours, args.compile):
                 why = budget_left(f"{spec.name}+compile")
                 results.add("steps", bench_ours(spec, ctx, compile=True) if why is None else
                             {"name": spec.name + "+compile", "kind": "ours", "base": spec.name,
                              "compile": True, "status": "skipped", "error": why})
     finally:
+        if isinstance(e2e_data, E2EData):
+            e2e_data.cancel()
         if monitor is not None:
             monitor.close()
         if work_tmp is not None:
@@ -1480,6 +1567,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
     meta["wall_s"] = round(time.monotonic() - start, 1)
     results.save()
     return results.data
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1503,4 +1594,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a time limit, a scheduler) unwinds like Ctrl-C: end-to-end runs and the data
+    # generator are stopped and the results file keeps what was measured
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

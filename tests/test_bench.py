@@ -520,5 +520,45 @@ def test_e2e_data_dir_holding_another_set_is_refused(tmp_path):
     cfg = bench.BenchConfig(res=32, batch=2, e2e_images=4)
     (tmp_path / "data-32").mkdir()
     (tmp_path / "data-32" / "stray.txt").write_text("x")
+    with pytest.raises(bench.BenchError, match=r"data-32 holds an incomplete or foreign data "
+                                               r"set \(no bench-params.json"):
+        bench.prepare_e2e_data(cfg, tmp_path)
+    (tmp_path / "data-32" / "bench-params.json").write_text(json.dumps({"num_train": 1}))
     with pytest.raises(bench.BenchError, match=r"data-32 holds a different data set"):
         bench.prepare_e2e_data(cfg, tmp_path)
+
+
+# ------------------------------------------------------------------ selection and background data
+def test_only_and_compile_take_several_names(capsys):
+    ours, refs = bench.select(["unet", "segformer"])
+    assert [s.name for s in ours] == ["unet", "segformer"]
+    assert {r.pair for r in refs} == {"unet", "segformer"}
+    assert bench.select("unet") == bench.select(["unet"])
+    assert [s.name for s in bench.compile_selection(bench.OURS, ["segformer", "unet"])] == \
+        ["unet", "segformer"]  # run order, not argument order
+    assert bench.compile_selection(bench.OURS, []) == list(bench.OURS)  # bare --compile: all
+    args = bench.parse_args([*TINY, "--compile"])
+    assert args.compile == []
+    assert bench.main([*TINY, "--compile", "unet", "resnet9000"]) == 2
+    err = capsys.readouterr().err
+    assert "--compile resnet9000: no such model; names: unet, segformer" in err
+
+
+def test_e2e_data_is_generated_in_the_background_and_reused(tmp_path):
+    cfg = bench.BenchConfig(res=32, batch=2, e2e_images=3)
+    data = bench.E2EData(cfg, tmp_path)
+    assert data.proc is not None  # started, not finished: the caller goes on meanwhile
+    path = data.wait()
+    assert sorted(p.name for p in (path / "images" / "training").iterdir()) == \
+        [f"ADE_train_{i:08d}.jpg" for i in (1, 2, 3)]
+    assert json.loads((path / "bench-params.json").read_text())["num_train"] == 3
+    again = bench.E2EData(cfg, tmp_path)
+    assert again.proc is None and again.wait() == path  # complete: reused, nothing started
+    # a generation cut short leaves no marker, and the next one refuses the half-written set
+    other = bench.E2EData(bench.BenchConfig(res=64, batch=2, e2e_images=50), tmp_path)
+    time.sleep(0.5)
+    (other.path / "images").mkdir(exist_ok=True)  # what it wrote before it was stopped
+    other.cancel()
+    assert not other.marker.exists()
+    with pytest.raises(bench.BenchError, match=r"data-64 holds an incomplete or foreign data set"):
+        bench.E2EData(bench.BenchConfig(res=64, batch=2, e2e_images=50), tmp_path)

@@ -79,7 +79,9 @@ def keep_ratio_size(height: int, width: int, scale: tuple[float, float]) -> tupl
 
 def _resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> Pair:
     image = F.resize_image(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-    mask = F.resize_mask(mask, list(size), interpolation=InterpolationMode.NEAREST)
+    # resize_mask is nearest-neighbour on every torchvision: 0.26 (the lent GPU's image) has no
+    # ``interpolation`` argument, 0.27+ takes one and coerces it to nearest.
+    mask = F.resize_mask(mask, list(size))
     return image, mask
 
 

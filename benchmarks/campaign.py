@@ -1,0 +1,660 @@
+"""Everything that waits for a GPU, in one prepared call: the GPU campaign.
+
+On the lent GPU (one device call, a fixed time budget) this runs, in order of importance, and
+writes every result into one folder:
+
+1. device, driver, power limit, software versions (``summary.json``, which also holds each
+   part's status and duration);
+2. the real-NVML read cost of the energy hook (``EnergyMeter`` over ``NvmlSource``, the
+   objects a trial uses), in ``summary.json``;
+3. ``bench.json``: ``python -m benchmarks.bench`` (our step rows, the reference
+   implementations, the end-to-end runs through ``train.py``);
+4. ``study.json`` and ``runs.tar.gz``: the study in miniature, ``python -m shared.demo --size
+   ade20k`` (U-Net and SegFormer-B0 from scratch on ADE20K-sized JPEGs at 512x512 to a target
+   mIoU, energy from NVML), with an NVML monitor of its own running alongside: the hook's
+   ``gpu_wh`` between the first and last report against the counter's own difference between
+   the same instants (the cross-check), and each run's GPU-busy fraction;
+5. ``reference_bench.txt``: ``../shared/tools/reference_bench.py`` (copied into the repository,
+   since ``../shared`` does not travel), the anchors' script, in the same call;
+6. if time is left: ``bench-compile.json`` (U-Net and SegFormer under ``torch.compile``, with
+   their eager rows re-measured in the same process) and the hook's on/off A/B
+   (``hook_ab`` in ``summary.json``: the same U-Net run with the energy hook on and off).
+
+A part is started only if the time left covers its estimate; what was skipped says why.
+``--smoke`` runs the same plan at toy size on a CPU (no NVML: those figures are "n/a").
+
+    python -m benchmarks.campaign --out OUT [--budget 490] [--reference-bench build/bench/reference_bench.py]
+    python -m benchmarks.campaign --render OUT           # here: print the BENCHMARKS.md section
+
+BENCHMARKS.md ("the first GPU campaign") gives the device command and what each file holds.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import pathlib
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("benchmarks.campaign")
+
+Sample = Tuple[float, Optional[float], Optional[float], Optional[int]]
+
+#: seconds each part is expected to take on the lent GPU (start-up included); a part starts
+#: only when the time left covers its estimate
+ESTIMATE_S = {"bench": 200.0, "study": 150.0, "reference_bench": 60.0, "compile": 110.0,
+              "hook_ab": 70.0}
+#: the study's models, in the order they run
+STUDY_MODELS = ("unet", "segformer")
+#: the study's time box: both models' training, validations and start-up together
+STUDY_BOX_S = 150.0
+#: per model run, for process and loader start-up and the final checkpoint
+RUN_OVERHEAD_S = 15.0
+#: cross-check tolerance: the hook's gpu_wh against the counter's own difference
+CROSS_CHECK_TOLERANCE = 0.01
+#: the hook's cost target: share of the step time
+HOOK_COST_TARGET = 0.005
+
+
+#: the parts, in the order they run (device information is always collected first)
+PARTS = ("nvml_read_cost", "bench", "study", "reference_bench", "compile", "hook_ab")
+
+
+class CampaignError(RuntimeError):
+    """A bad option or results folder; the message names it."""
+
+
+# ============================================================================ time keeping
+class Clock:
+    """The campaign's budget: seconds since start, left, and whether a part fits."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def why_not(self, part: str, need_s: float) -> Optional[str]:
+        left = self.left()
+        if left < need_s:
+            return f"skipped: {left:.0f} s left of the {self.budget_s:g} s budget, {part} needs ~{need_s:.0f} s"
+        return None
+
+
+def run_logged(cmd: Sequence[str], log_path: pathlib.Path, timeout_s: float,
+               env: Optional[Mapping[str, str]] = None) -> Tuple[int, float]:
+    """Run ``cmd`` in its own session with its output in ``log_path``; kill the whole group
+    after ``timeout_s``. Returns (exit status, seconds); 124 means killed at the timeout."""
+    t = time.monotonic()
+    with log_path.open("w") as logf:
+        proc = subprocess.Popen(list(cmd), cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=dict(env) if env is not None else None)
+        try:
+            rc = proc.wait(timeout=max(1.0, timeout_s))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            rc = 124
+    return rc, time.monotonic() - t
+
+
+def log_tail(path: pathlib.Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ============================================================================ environment
+def environment() -> Dict[str, Any]:
+    """What the figures were measured on."""
+    import importlib
+
+    import torch
+    env: Dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "cpus": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if env["cuda_available"]:
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["device_name"] = torch.cuda.get_device_name(0)
+    for module in ("torchvision", "timm", "determined", "transformers",
+                   "segmentation_models_pytorch", "numpy", "PIL", "pynvml"):
+        try:
+            m = importlib.import_module(module)
+            env[f"{module}_version"] = str(getattr(m, "__version__", "?"))
+        except Exception as e:  # a missing reference package is a fact, not an error
+            env[f"{module}_version"] = f"not importable: {type(e).__name__}"
+    try:
+        q = "name,driver_version,power.limit,power.max_limit,clocks.max.sm,memory.total"
+        res = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        env["nvidia_smi"] = res.stdout.strip() or res.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        env["nvidia_smi"] = f"n/a ({e})"
+    try:
+        env["cpu_model"] = next(line.split(":", 1)[1].strip() for line in
+                                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                                if line.startswith("model name"))
+    except (OSError, StopIteration):
+        env["cpu_model"] = platform.machine()
+    return env
+
+
+# ============================================================================ hook read cost
+def nvml_read_cost(reads: int = 200) -> Dict[str, Any]:
+    """Wall time of one ``EnergyMeter.read()`` over the real ``NvmlSource`` of GPU 0 (what the
+    hook calls at every report), and of the bare counter call. "n/a" without NVML."""
+    from shared.energy.meter import EnergyMeter
+    from shared.energy.sources.base import SourceUnavailable
+    from shared.energy.sources.nvml import NvmlSource
+    source = NvmlSource([0])
+    try:
+        source.open()
+    except SourceUnavailable as e:
+        return {"status": f"n/a ({e})"}
+    source.close()
+    meter = EnergyMeter([NvmlSource([0])]).start()
+    try:
+        for _ in range(10):
+            meter.read()
+        t = time.perf_counter()
+        for _ in range(reads):
+            meter.read()
+        meter_us = 1e6 * (time.perf_counter() - t) / reads
+    finally:
+        meter.close()
+    import pynvml
+    pynvml.nvmlInit()
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        t = time.perf_counter()
+        for _ in range(reads):
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+        counter_us = 1e6 * (time.perf_counter() - t) / reads
+    finally:
+        pynvml.nvmlShutdown()
+    return {"status": "ok", "reads": reads, "meter_read_us": meter_us,
+            "counter_call_us": counter_us}
+
+
+def hook_share(read_us: float, step_ms: float, report_period: int) -> float:
+    """Share of training time the hook's reads take: one meter read per report."""
+    return (read_us / 1e6) / (report_period * step_ms / 1e3)
+
+
+# ============================================================================ cross-check
+def interpolate(samples: Sequence[Sample], t: float) -> Optional[float]:
+    """The NVML energy counter (mJ) at wall time ``t``, linear between the two samples around
+    it; None when ``t`` is outside the samples or they hold no counter."""
+    pts = [(s[0], s[3]) for s in samples if s[3] is not None]
+    for (ta, ea), (tb, eb) in zip(pts, pts[1:]):
+        if ta <= t <= tb:
+            return ea + (eb - ea) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
+    return None
+
+
+def cross_check(records: Sequence[Mapping[str, Any]], samples: Sequence[Sample]
+                ) -> Dict[str, Any]:
+    """The hook's ``gpu_wh`` between its first and last ``energy`` report against the NVML
+    counter's difference between the same instants (read by the campaign's own monitor).
+
+    The reports' ``time`` is stamped just after the hook's read; the monitor samples every
+    50 ms, and the counter itself refreshes every 20-100 ms: over a window of a minute at a
+    few hundred watts that is well under 1 %.
+    """
+    energy = [r for r in records if r.get("group") == "energy"
+              and isinstance((r.get("metrics") or {}).get("gpu_wh"), (int, float))]
+    if len(energy) < 2:
+        return {"status": f"n/a ({len(energy)} energy report(s) with gpu_wh; two are needed)"}
+    first, last = energy[0], energy[-1]
+    t0, t1 = float(first["time"]), float(last["time"])
+    c0, c1 = interpolate(samples, t0), interpolate(samples, t1)
+    hook_j = (last["metrics"]["gpu_wh"] - first["metrics"]["gpu_wh"]) * 3600.0
+    out: Dict[str, Any] = {"window_s": t1 - t0, "hook_j": hook_j,
+                           "first_step": first["steps_completed"], "last_step": last["steps_completed"]}
+    if c0 is None or c1 is None:
+        out["status"] = "n/a (the monitor's samples do not bracket the reports)"
+        return out
+    counter_j = (c1 - c0) / 1000.0
+    out.update(counter_j=counter_j)
+    if counter_j <= 0:
+        out["status"] = "n/a (the counter did not advance)"
+        return out
+    rel = hook_j / counter_j - 1.0
+    out.update(relative_error=rel, status="pass" if abs(rel) <= CROSS_CHECK_TOLERANCE else "FAIL")
+    return out
+
+
+# ============================================================================ the study
+def study_batches(step_img_s: Mapping[str, float], batch: int, box_s: float,
+                  validation_period: int, validation_s: float = 2.0,
+                  floor: int = 50, cap: int = 3000) -> int:
+    """Batches per model such that both models' runs fit ``box_s`` even if neither stops at
+    the target: ``box = sum over models of (B * batch / img_s + B / period * validation_s +
+    overhead)``, solved for B."""
+    per_batch = sum(batch / v + validation_s / validation_period for v in step_img_s.values())
+    fixed = RUN_OVERHEAD_S * len(step_img_s)
+    b = int((box_s - fixed) / per_batch) if per_batch > 0 else floor
+    return max(floor, min(cap, b))
+
+
+def step_rates(bench_json: pathlib.Path, names: Sequence[str]) -> Dict[str, float]:
+    """img/s of each named model, end to end when measured (loader and validation included),
+    else its training step's."""
+    try:
+        data = json.loads(bench_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    rates: Dict[str, float] = {}
+    for name in names:
+        e2e = next((r for r in data.get("e2e", []) if r.get("name") == name
+                    and r.get("status") == "ok" and isinstance(r.get("img_s_loop"), (int, float))), None)
+        step = next((r for r in data.get("steps", []) if r.get("name") == name
+                     and r.get("status") == "ok"), None)
+        if e2e is not None:
+            rates[name] = float(e2e["img_s_loop"])
+        elif step is not None:
+            rates[name] = 0.8 * float(step["img_s"])  # the loop is slower than the step alone
+    return rates
+
+
+def analyse_study(study_dir: pathlib.Path, samples: Sequence[Sample], batch: int) -> Dict[str, Any]:
+    """Per run of the demo folder: summary, cross-check and GPU busy."""
+    from benchmarks.bench import NA_NO_NVML, analyse_e2e
+    from shared import runlog
+    from shared.summary import summarize_run
+    runs: Dict[str, Any] = {}
+    for run_dir in sorted(p for p in study_dir.iterdir() if (p / "metrics.jsonl").is_file()):
+        records = runlog.read(run_dir / "metrics.jsonl")
+        entry: Dict[str, Any] = {"run_dir": run_dir.name, "summary": summarize_run(run_dir)}
+        entry["cross_check"] = (cross_check(records, samples) if samples
+                                else {"status": NA_NO_NVML})
+        try:
+            entry["loop"] = analyse_e2e(records, samples, batch)
+        except Exception as e:
+            entry["loop"] = {"status": f"n/a ({e})"}
+        runs[run_dir.name] = entry
+    return runs
+
+
+# ============================================================================ the campaign
+class Campaign:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: pathlib.Path = args.out
+        self.work: pathlib.Path = args.work_dir
+        self.clock = Clock(args.budget)
+        self.summary: Dict[str, Any] = {"budget_s": args.budget, "smoke": args.smoke, "parts": {}}
+        self.py = sys.executable
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def save(self) -> None:
+        self.summary["elapsed_s"] = round(self.clock.elapsed(), 1)
+        tmp = self.out / "summary.json.tmp"
+        tmp.write_text(json.dumps(self.summary, indent=1, default=str) + "\n")
+        tmp.replace(self.out / "summary.json")
+
+    def part(self, name: str, fn: Callable[[], Dict[str, Any]], need_s: float) -> None:
+        why = self.clock.why_not(name, need_s)
+        if why is not None:
+            self.summary["parts"][name] = {"status": why}
+            print(f"[campaign] {name}: {why}", flush=True)
+            self.save()
+            return
+        start = self.clock.elapsed()
+        print(f"[campaign] {name}: start at {start:.0f} s ({self.clock.left():.0f} s left)", flush=True)
+        try:
+            result = fn()
+        except Exception as e:  # one part's failure must not cost the others
+            log.exception("%s failed", name)
+            result = {"status": f"error: {type(e).__name__}: {e}"}
+        result["seconds"] = round(self.clock.elapsed() - start, 1)
+        self.summary["parts"][name] = result
+        print(f"[campaign] {name}: {result.get('status')} in {result['seconds']:.0f} s", flush=True)
+        self.save()
+
+    # -- parts --------------------------------------------------------------------------------
+    def sizes(self) -> Dict[str, Any]:
+        if self.args.smoke:
+            return {"bench": ["--device", "cpu", "--res", "64", "--batch", "2", "--steps", "2",
+                              "--warmup", "1", "--e2e-batches", "8", "--e2e-images", "16",
+                              "--e2e-set", "workers_per_slot=0"],
+                    "compile": ["--device", "cpu", "--res", "64", "--batch", "2", "--steps", "2",
+                                "--warmup", "1"],
+                    "demo": ["--size", "small"], "batch": 8, "validation_period": 10,
+                    "ab": ["crop_size=64", "scale=[128,64]", "global_batch_size=2",
+                           "workers_per_slot=0", "num_classes=150"], "ab_batches": 12}
+        return {"bench": ["--e2e-batches", "60"], "compile": [],
+                "demo": ["--size", "ade20k"], "batch": 16, "validation_period": 50,
+                "ab": ["global_batch_size=16", "num_classes=150"], "ab_batches": 100}
+
+    def start_study_data(self) -> subprocess.Popen:
+        log_path = self.work / "study-data.log"
+        cmd = [self.py, "-m", "shared.demo", *self.sizes()["demo"], "--out", str(self.work / "study"),
+               "--data-only"]
+        logf = log_path.open("w")
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
+
+    def bench(self) -> Dict[str, Any]:
+        cmd = [self.py, "-m", "benchmarks.bench", *self.sizes()["bench"],
+               "--out", str(self.out / "bench.json"), "--work-dir", str(self.work / "bench"),
+               "--time-budget", str(max(30.0, ESTIMATE_S["bench"] - 25.0))]
+        rc, secs = run_logged(cmd, self.work / "bench.log",
+                              timeout_s=self.clock.left() - ESTIMATE_S["study"] - 30)
+        return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
+                "log_tail": log_tail(self.work / "bench.log", 4 if rc == 0 else 25)}
+
+    def study(self, data_proc: subprocess.Popen) -> Dict[str, Any]:
+        from benchmarks.bench import open_monitor
+        import torch
+        sizes = self.sizes()
+        try:
+            data_proc.wait(timeout=max(1.0, self.clock.left() - 60))
+        except subprocess.TimeoutExpired:
+            data_proc.kill()
+            return {"status": "error: the study's data set was not ready in time "
+                              f"({log_tail(self.work / 'study-data.log')})"}
+        if data_proc.returncode != 0:
+            return {"status": f"error: generating the study's data failed: "
+                              f"{log_tail(self.work / 'study-data.log')}"}
+        rates = step_rates(self.out / "bench.json", STUDY_MODELS)
+        box = min(STUDY_BOX_S, self.clock.left() - ESTIMATE_S["reference_bench"] - 20)
+        if len(rates) == len(STUDY_MODELS):
+            batches = study_batches(rates, sizes["batch"], box, sizes["validation_period"])
+        else:
+            batches = 60 if self.args.smoke else 600
+        cmd = [self.py, "-m", "shared.demo", *sizes["demo"], "--out", str(self.work / "study"),
+               "--max-batches", str(batches)]
+        env = dict(os.environ, ENERGY_SOURCES="nvml") if not self.args.smoke else None
+        device = torch.device("cuda") if torch.cuda.is_available() and not self.args.smoke \
+            else torch.device("cpu")
+        monitor, nvml_status = open_monitor(device)
+        samples: List[Sample] = []
+        if monitor is not None:
+            monitor.start()
+        try:
+            rc, secs = run_logged(cmd, self.work / "study.log",
+                                  timeout_s=self.clock.left() - ESTIMATE_S["reference_bench"] + 30,
+                                  env=env)
+        finally:
+            if monitor is not None:
+                samples = monitor.stop()
+                monitor.close()
+        runs = analyse_study(self.work / "study", samples, sizes["batch"])
+        result = {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
+                  "energy_sources_env": "nvml" if env else None, "rates_img_s": rates,
+                  "max_batches": batches, "box_s": box, "nvml": nvml_status,
+                  "monitor_samples": len(samples), "runs": runs,
+                  "log_tail": log_tail(self.work / "study.log", 6 if rc == 0 else 30)}
+        (self.out / "study.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        return {k: v for k, v in result.items() if k != "runs"} | {
+            "cross_checks": {k: v["cross_check"].get("status") for k, v in runs.items()}}
+
+    def reference_bench(self) -> Dict[str, Any]:
+        script = self.args.reference_bench
+        if script is None or not script.is_file():
+            return {"status": f"skipped: {script} not found (copy ../shared/tools/reference_bench.py "
+                              f"there: ../shared does not travel to the device)"}
+        out = self.out / "reference_bench.txt"
+        timeout = min(self.clock.left() - 15, ESTIMATE_S["reference_bench"])
+        rc, secs = run_logged([self.py, str(script)], out, timeout_s=timeout)
+        status = "ok" if rc == 0 else ("cut at its time limit (the rows printed before are "
+                                       "complete)" if rc == 124 else f"exit {rc}")
+        probe = self.work / "reference_probe.txt"
+        if rc != 0 and self.clock.left() > 25:
+            # the data probe comes last in the script: run it alone when the models took the time
+            code = (f"import sys; sys.path.insert(0, {str(script.parent)!r}); "
+                    "import reference_bench as r; r.data_probe()")
+            run_logged([self.py, "-c", code], probe, timeout_s=20)
+            with out.open("a") as f:
+                f.write("\n# data probe alone (python -c 'import reference_bench; "
+                        "reference_bench.data_probe()'):\n" + probe.read_text(errors="replace"))
+        return {"status": status, "timeout_s": timeout}
+
+    def compile_rows(self) -> Dict[str, Any]:
+        cmd = [self.py, "-m", "benchmarks.bench", *self.sizes()["compile"], "--only", *STUDY_MODELS,
+               "--no-reference", "--no-e2e", "--compile", *STUDY_MODELS,
+               "--out", str(self.out / "bench-compile.json")]
+        rc, secs = run_logged(cmd, self.work / "bench-compile.log",
+                              timeout_s=self.clock.left() - 10)
+        return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
+                "log_tail": log_tail(self.work / "bench-compile.log", 4 if rc == 0 else 25)}
+
+    def hook_ab(self) -> Dict[str, Any]:
+        """The same U-Net run twice, the energy hook on (NVML) and off, on the bench's data:
+        training img/s of each from its own metrics.jsonl."""
+        from benchmarks.bench import analyse_e2e
+        from shared import runlog
+        from benchmarks.bench import BenchConfig, E2EData
+        sizes = self.sizes()
+        # the bench's end-to-end set when the bench ran, else generated now
+        res = 64 if self.args.smoke else 512
+        data = E2EData(BenchConfig(res=res, e2e_images=16 if self.args.smoke else 256),
+                       self.work / "bench").wait()
+        rows: Dict[str, Any] = {}
+        for label, energy in (("on", "energy.enabled=true"), ("off", "energy.enabled=false"),
+                              ("on-again", "energy.enabled=true")):
+            if self.clock.left() < 25:
+                rows[label] = {"status": "skipped: out of time"}
+                continue
+            out = self.work / f"hook-{label}"
+            cmd = [self.py, str(ROOT / "trials" / "unet" / "train.py"),
+                   "--config", str(ROOT / "experiment_configs" / "unet" / "single_gpu.yaml"),
+                   "--data-dir", str(data), "--output-dir", str(out),
+                   "--batches", str(sizes["ab_batches"]), "--set", *sizes["ab"],
+                   "report_period=10", f"validation_period={10 * sizes['ab_batches']}",
+                   f"checkpoint_period={10 * sizes['ab_batches']}", "stop_at_target=false", energy]
+            env = dict(os.environ, ENERGY_SOURCES="nvml") if not self.args.smoke else None
+            rc, secs = run_logged(cmd, self.work / f"hook-{label}.log",
+                                  timeout_s=self.clock.left() - 5, env=env)
+            if rc != 0:
+                rows[label] = {"status": f"exit {rc}", "log_tail": log_tail(self.work / f"hook-{label}.log")}
+                continue
+            rec = runlog.read(out / "metrics.jsonl")
+            rows[label] = {"status": "ok", **analyse_e2e(rec, [], sizes["batch"])}
+        ok = {k: v for k, v in rows.items() if v.get("status") == "ok"}
+        result: Dict[str, Any] = {"status": "ok" if len(ok) == len(rows) else "partial", "runs": rows}
+        if "on" in ok and "off" in ok:
+            ons = [ok[k]["img_s_train"] for k in ("on", "on-again") if k in ok]
+            result["on_over_off"] = (sum(ons) / len(ons)) / ok["off"]["img_s_train"]
+            if len(ons) == 2:
+                result["on_spread"] = abs(ons[0] - ons[1]) / min(ons)
+        return result
+
+    def pack(self) -> Dict[str, Any]:
+        """The runs' records, logs and reports (no data, checkpoints or tensorboard files)."""
+        path = self.out / "runs.tar.gz"
+
+        def keep(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+            parts = pathlib.PurePath(info.name).parts
+            if any(p.startswith("data") or p in ("checkpoints", "tensorboard") for p in parts[1:]):
+                return None
+            return info
+
+        with tarfile.open(path, "w:gz") as tar:
+            for sub in ("study", "bench"):
+                if (self.work / sub).is_dir():
+                    tar.add(self.work / sub, arcname=sub, filter=keep)
+            for p in sorted(self.work.glob("*.log")) + sorted(self.work.glob("hook-*")):
+                tar.add(p, arcname=f"logs/{p.name}", filter=keep)
+        for stale in self.out.glob("*.tmp"):  # a results file cut mid-write: the last whole one stays
+            stale.unlink()
+        return {"status": "ok", "bytes": path.stat().st_size}
+
+    def run(self) -> int:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        wanted = set(self.args.parts)
+        data_proc = self.start_study_data() if "study" in wanted else None
+        self.part("env", lambda: {"status": "ok", **environment()}, 5)
+        plan: List[Tuple[str, Callable[[], Dict[str, Any]], float]] = [
+            ("nvml_read_cost", nvml_read_cost, 5),
+            ("bench", self.bench, ESTIMATE_S["bench"]),
+            ("study", lambda: self.study(data_proc), ESTIMATE_S["study"] * 0.6),
+            ("reference_bench", self.reference_bench, 30),
+            ("compile", self.compile_rows, ESTIMATE_S["compile"]),
+            ("hook_ab", self.hook_ab, ESTIMATE_S["hook_ab"]),
+        ]
+        try:
+            for name, fn, need in plan:
+                if name in wanted:
+                    self.part(name, fn, need)
+        finally:
+            if data_proc is not None and data_proc.poll() is None:
+                data_proc.kill()
+            self.part("pack", self.pack, 0)
+        return 0
+
+
+# ============================================================================ rendering here
+def load_folder(folder: pathlib.Path) -> Dict[str, Any]:
+    """The campaign's files; CampaignError naming the folder if it is not one."""
+    if not (folder / "summary.json").is_file():
+        raise CampaignError(f"{folder}: no summary.json (not a campaign's output folder)")
+    out: Dict[str, Any] = {"summary": json.loads((folder / "summary.json").read_text())}
+    out["env"] = out["summary"]["parts"].get("env")
+    p = folder / "study.json"
+    out["study"] = json.loads(p.read_text()) if p.is_file() else None
+    return out
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-" if v is None else str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:.{digits}f}" if math.isfinite(v) else "-"
+    return str(v)
+
+
+def render(folder: pathlib.Path) -> str:
+    """The Markdown of the campaign's own figures (the bench's tables come from
+    ``benchmarks.bench --render``): NVML read cost, cross-check, the study runs, the A/B."""
+    from benchmarks.bench import _table
+    data = load_folder(folder)
+    s = data["summary"]
+    parts = s["parts"]
+    env = data["env"] or {}
+    lines = ["#### The campaign's parts", ""]
+    lines.append(_table(("part", "status", "seconds"), [
+        [k, str(v.get("status", "")).replace("|", "/").replace("\n", " ")[:160], _f(v.get("seconds"))]
+        for k, v in parts.items()]))
+    lines += ["", f"- device: {env.get('device_name', 'CPU')} ({env.get('nvidia_smi', 'no nvidia-smi')}); "
+              f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}; "
+              f"Python {env.get('python')}; {env.get('cpus')} CPUs ({env.get('cpu_model')}); "
+              f"torchvision {env.get('torchvision_version')}, timm {env.get('timm_version')}, "
+              f"determined {env.get('determined_version')}", ""]
+    cost = parts.get("nvml_read_cost", {})
+    if cost.get("status") == "ok":
+        lines += [f"- energy hook, one `EnergyMeter.read()` over the real `NvmlSource`: "
+                  f"{cost['meter_read_us']:.1f} us (the bare counter call "
+                  f"{cost['counter_call_us']:.1f} us), mean of {cost['reads']} reads", ""]
+    study = data["study"]
+    if study:
+        lines += ["#### The study in miniature (`shared.demo`, energy from "
+                  f"{'NVML' if study.get('energy_sources_env') else 'no source (smoke run)'})", "",
+                  f"- command: `{'ENERGY_SOURCES=nvml ' if study.get('energy_sources_env') else ''}"
+                  f"python {study['command']}`; max batches {study['max_batches']} "
+                  f"(from the measured rates {', '.join(f'{k} {v:.0f} img/s' for k, v in study['rates_img_s'].items())}, "
+                  f"to fit {study['box_s']:.0f} s)", ""]
+        rows = []
+        for name, r in study["runs"].items():
+            sm, cc, lp = r["summary"], r["cross_check"], r["loop"]
+            rows.append([sm.get("model") or name, _f(sm.get("batches"), 0),
+                         _f(sm.get("best_miou"), 2),
+                         "yes" if sm.get("reached_target") else "no",
+                         _f(sm.get("batches_to_target"), 0), _f(sm.get("time_to_target_s")),
+                         _f(sm.get("energy_to_target_wh"), 3), _f(sm.get("energy_wh"), 3),
+                         _f(sm.get("avg_power_w")), _f(lp.get("img_s_train")),
+                         _f(lp.get("gpu_busy_pct")), _f(lp.get("gpu_busy_train_pct")),
+                         _f(cc.get("hook_j"), 0), _f(cc.get("counter_j"), 0),
+                         (f"{100 * cc['relative_error']:+.3f} %" if isinstance(cc.get("relative_error"), float)
+                          else "-"), str(cc.get("status"))])
+        lines.append(_table(("model", "batches", "best mIoU", "target reached", "batches to target",
+                             "time to target s", "energy to target Wh", "energy Wh", "avg W",
+                             "img/s training", "GPU busy %", "GPU busy % training",
+                             "hook J (first to last report)", "counter J (same instants)",
+                             "hook vs counter", "cross-check (<= 1 %)"), rows))
+        lines.append("")
+    ab = parts.get("hook_ab", {})
+    if ab.get("runs"):
+        lines += ["#### The energy hook on and off (U-Net, same batches)", ""]
+        lines.append(_table(("run", "img/s training", "window s", "status"), [
+            [k, _f(v.get("img_s_train")), _f(v.get("window_s")), str(v.get("status"))]
+            for k, v in ab["runs"].items()]))
+        if "on_over_off" in ab:
+            lines += ["", f"- on / off: {ab['on_over_off']:.4f}"
+                      + (f"; the two 'on' runs differ by {100 * ab['on_spread']:.2f} % (the noise "
+                         f"of this comparison)" if "on_spread" in ab else "")]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.campaign", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=pathlib.Path, help="result folder (created)")
+    ap.add_argument("--work-dir", type=pathlib.Path,
+                    help="data and runs (default: OUT/../campaign-work, outside the results)")
+    ap.add_argument("--budget", type=float, default=490.0,
+                    help="seconds for the whole campaign (default 490)")
+    ap.add_argument("--reference-bench", type=pathlib.Path,
+                    default=ROOT / "build" / "bench" / "reference_bench.py",
+                    help="path of reference_bench.py (default build/bench/reference_bench.py)")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes on a CPU: does it all run?")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
+                    help=f"run only these parts, in the campaign's order ({', '.join(PARTS)}; "
+                         f"default all): a second call reruns what the first could not")
+    ap.add_argument("--render", type=pathlib.Path, metavar="FOLDER",
+                    help="measure nothing: print the Markdown of a campaign's result folder")
+    args = ap.parse_args(argv)
+    if args.render is None and args.out is None:
+        ap.error("--out is required (or --render FOLDER)")
+    if args.budget <= 0:
+        ap.error(f"--budget {args.budget:g}: must be > 0 seconds")
+    if args.out is not None and args.work_dir is None:
+        args.work_dir = args.out.resolve().parent / f"{args.out.name}-work"
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    try:
+        if args.render is not None:
+            print(render(args.render), end="")
+            return 0
+        return Campaign(args).run()
+    except CampaignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

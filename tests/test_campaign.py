@@ -1,0 +1,155 @@
+"""The GPU campaign (benchmarks/campaign.py) on CPU: the NVML cross-check arithmetic, the study's
+batch budget, the time keeping, the real-NVML read cost with the fake pynvml, the rendering of
+a result folder, and what a user sees on bad input. The campaign itself runs on the lent GPU
+(one device call); its CPU smoke run (``--smoke``) takes minutes and is not part of the suite."""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+from benchmarks import campaign
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from fakes import pynvml_fake  # noqa: E402
+
+
+def _samples(t0: float, seconds: float, watts: float, period: float = 0.05):
+    """Monitor samples (time, util, power, counter mJ) of a GPU drawing ``watts``."""
+    n = int(seconds / period) + 1
+    return [(t0 + i * period, 100.0, watts, int(1_000_000 + 1000 * watts * i * period)) for i in range(n)]
+
+
+def _energy_record(t: float, step: int, gpu_wh):
+    return {"group": "energy", "steps_completed": step, "time": t,
+            "metrics": {"gpu_wh": gpu_wh, "energy_wh": gpu_wh}}
+
+
+def test_interpolate_between_samples_and_outside():
+    s = [(10.0, None, None, 1000), (11.0, None, None, None), (12.0, None, None, 3000)]
+    assert campaign.interpolate(s, 11.0) == pytest.approx(2000)  # the None sample is skipped
+    assert campaign.interpolate(s, 10.0) == 1000
+    assert campaign.interpolate(s, 9.9) is None and campaign.interpolate(s, 12.1) is None
+
+
+def test_cross_check_passes_when_the_hook_matches_the_counter():
+    samples = _samples(100.0, 60.0, 400.0)
+    # the hook's cumulative Wh since its own start (a few seconds before the first report)
+    records = [_energy_record(105.0 + 10 * k, 10 * (k + 1), (3 + 10 * k) * 400 / 3600)
+               for k in range(5)]
+    r = campaign.cross_check(records, samples)
+    assert r["status"] == "pass"
+    assert r["hook_j"] == pytest.approx(40 * 400) and r["counter_j"] == pytest.approx(40 * 400)
+    assert abs(r["relative_error"]) < 1e-9 and r["window_s"] == pytest.approx(40.0)
+    assert (r["first_step"], r["last_step"]) == (10, 50)
+
+
+def test_cross_check_fails_beyond_one_percent_and_says_why_when_it_cannot_judge():
+    samples = _samples(100.0, 60.0, 400.0)
+    records = [_energy_record(105.0, 10, 0.0), _energy_record(145.0, 50, 1.02 * 40 * 400 / 3600)]
+    r = campaign.cross_check(records, samples)
+    assert r["status"] == "FAIL" and r["relative_error"] == pytest.approx(0.02)
+    # one report only
+    assert campaign.cross_check(records[:1], samples)["status"].startswith("n/a (1 energy report")
+    # a report outside the monitor's samples
+    late = [records[0], _energy_record(400.0, 60, 1.0)]
+    assert "do not bracket" in campaign.cross_check(late, samples)["status"]
+    # null gpu_wh (no GPU source) is not a report with gpu_wh
+    nulls = [_energy_record(105.0, 10, None), _energy_record(145.0, 50, None)]
+    assert campaign.cross_check(nulls, samples)["status"].startswith("n/a (0 energy report")
+
+
+def test_study_batches_fit_the_box():
+    rates = {"unet": 200.0, "segformer": 250.0}
+    b = campaign.study_batches(rates, batch=16, box_s=150, validation_period=50, validation_s=2.0)
+    used = sum(b * 16 / v + b / 50 * 2.0 + campaign.RUN_OVERHEAD_S for v in rates.values())
+    assert used <= 150 < used + sum(16 / v + 2.0 / 50 for v in rates.values())
+    assert campaign.study_batches(rates, 16, 10, 50) == 50          # floor
+    assert campaign.study_batches({"a": 1e9}, 16, 1e6, 50) == 3000  # cap
+
+
+def test_step_rates_prefer_the_loop_then_the_step(tmp_path):
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps({
+        "steps": [{"name": "unet", "status": "ok", "img_s": 300.0},
+                  {"name": "segformer", "status": "ok", "img_s": 250.0}],
+        "e2e": [{"name": "unet", "status": "ok", "img_s_loop": 240.0},
+                {"name": "segformer", "status": "error"}]}))
+    assert campaign.step_rates(f, ("unet", "segformer")) == {"unet": 240.0, "segformer": 200.0}
+    assert campaign.step_rates(tmp_path / "missing.json", ("unet",)) == {}
+
+
+def test_clock_says_what_was_skipped_and_why():
+    clock = campaign.Clock(100.0)
+    assert clock.why_not("study", 50) is None
+    why = clock.why_not("compile", 500)
+    assert why.startswith("skipped: 100 s left of the 100 s budget, compile needs ~500 s")
+
+
+def test_nvml_read_cost_with_the_fake_module(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", pynvml_fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    pynvml_fake.reset([pynvml_fake.FakeGpu(power_w=300.0)])
+    r = campaign.nvml_read_cost(reads=20)
+    assert r["status"] == "ok" and r["reads"] == 20
+    assert 0 < r["counter_call_us"] and 0 < r["meter_read_us"] < 1e5
+    assert campaign.hook_share(200.0, 70.0, 50) == pytest.approx(200e-6 / 3.5)
+
+
+def test_nvml_read_cost_without_nvml_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    r = campaign.nvml_read_cost()
+    assert r["status"].startswith("n/a (nvml: cannot import pynvml")
+
+
+def _folder(tmp_path: pathlib.Path) -> pathlib.Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = {"budget_s": 480, "smoke": False, "parts": {
+        "env": {"status": "ok", "device_name": "NVIDIA H200", "torch": "2.11.0", "seconds": 3.0,
+                "nvidia_smi": "NVIDIA H200, 580.159.04, 700.00 W"},
+        "nvml_read_cost": {"status": "ok", "reads": 200, "meter_read_us": 35.2,
+                           "counter_call_us": 20.1, "seconds": 0.1},
+        "bench": {"status": "ok", "seconds": 190.0},
+        "compile": {"status": "skipped: 20 s left of the 480 s budget, compile needs ~110 s"},
+        "hook_ab": {"status": "ok", "seconds": 60, "on_over_off": 0.999, "on_spread": 0.004,
+                    "runs": {"on": {"status": "ok", "img_s_train": 250.0, "window_s": 6.0},
+                             "off": {"status": "ok", "img_s_train": 250.25, "window_s": 6.0}}}}}
+    (out / "summary.json").write_text(json.dumps(summary))
+    study = {"command": "-m shared.demo --size ade20k --out /tmp/w/study --max-batches 640",
+             "energy_sources_env": "nvml", "rates_img_s": {"unet": 240.0, "segformer": 260.0},
+             "max_batches": 640, "box_s": 150.0, "runs": {"unet-1": {
+                 "summary": {"model": "unet", "batches": 300, "best_miou": 61.2, "reached_target": True,
+                             "batches_to_target": 250, "time_to_target_s": 31.0,
+                             "energy_to_target_wh": 3.1, "energy_wh": 3.7, "avg_power_w": 420.0},
+                 "cross_check": {"status": "pass", "hook_j": 13000.0, "counter_j": 13010.0,
+                                 "relative_error": -0.00077},
+                 "loop": {"img_s_train": 230.0, "gpu_busy_pct": 97.5, "gpu_busy_train_pct": 99.1}}}}
+    (out / "study.json").write_text(json.dumps(study))
+    return out
+
+
+def test_render_a_result_folder(tmp_path, capsys):
+    out = _folder(tmp_path)
+    assert campaign.main(["--render", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| compile | skipped: 20 s left of the 480 s budget, compile needs ~110 s | - |" in text
+    assert "35.2 us (the bare counter call 20.1 us), mean of 200 reads" in text
+    assert "`ENERGY_SOURCES=nvml python -m shared.demo --size ade20k" in text
+    assert "| unet | 300 | 61.20 | yes | 250 | 31.0 | 3.100 | 3.700 | 420.0 | 230.0 | 97.5 | 99.1 |" \
+           " 13000 | 13010 | -0.077 % | pass |" in text
+    assert "- on / off: 0.9990; the two 'on' runs differ by 0.40 %" in text
+
+
+def test_bad_input_messages(tmp_path, capsys):
+    assert campaign.main(["--render", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no summary.json (not a campaign's output folder)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        campaign.main([])
+    assert "--out is required (or --render FOLDER)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        campaign.main(["--out", str(tmp_path / "o"), "--budget", "0"])
+    assert "--budget 0: must be > 0 seconds" in capsys.readouterr().err
