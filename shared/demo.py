@@ -11,8 +11,9 @@ Two sizes:
   CPU cores, and the same commands use a GPU where there is one;
 * ``ade20k``: the study's pipeline at its real size (images with sides in 512-683 px like
   ADE20K's, random rescale of (2048, 512), 512x512 crops, batch 16, 8 loader workers) on a
-  synthetic set of 24 classes; meant for one GPU, where a model reaches the target in a minute
-  or two. With a power source (NVML on any NVIDIA GPU) the table and the report give watt-hours.
+  synthetic set of 24 classes; meant for one GPU (on an H200 each model reached the target in
+  under half a minute: README). With a power source (NVML on any NVIDIA GPU) the table and the
+  report give watt-hours.
 
 ``--data-only`` writes the data set and stops, so that it can be generated ahead (in the
 background, say) of the training runs that use it.
