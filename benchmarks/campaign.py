@@ -14,9 +14,11 @@ writes every result into one folder:
    mIoU, energy from NVML), with an NVML monitor of its own running alongside: the hook's
    ``gpu_wh`` between the first and last report against the counter's own difference between
    the same instants (the cross-check), and each run's GPU-busy fraction;
-5. ``reference_bench.txt``: ``../shared/tools/reference_bench.py`` (copied into the repository,
+5. ``shape_warmup.json``: ``python -m benchmarks.shape_warmup``, each model's first forward
+   at new shapes under three implementations (what made the first validation slow);
+6. ``reference_bench.txt``: ``../shared/tools/reference_bench.py`` (copied into the repository,
    since ``../shared`` does not travel), the anchors' script, in the same call;
-6. if time is left: ``bench-compile.json`` (U-Net and SegFormer under ``torch.compile``, with
+7. if time is left: ``bench-compile.json`` (U-Net and SegFormer under ``torch.compile``, with
    their eager rows re-measured in the same process) and the hook's on/off A/B
    (``hook_ab`` in ``summary.json``: the same U-Net run with the energy hook on and off).
 
@@ -57,8 +59,8 @@ Sample = Tuple[float, Optional[float], Optional[float], Optional[int]]
 
 #: seconds each part is expected to take on the lent GPU (start-up included); a part starts
 #: only when the time left covers its estimate
-ESTIMATE_S = {"bench": 200.0, "study": 150.0, "reference_bench": 60.0, "compile": 110.0,
-              "hook_ab": 70.0}
+ESTIMATE_S = {"bench": 200.0, "study": 150.0, "shape_warmup": 60.0, "reference_bench": 60.0,
+              "compile": 110.0, "hook_ab": 70.0}
 #: the study's models, in the order they run
 STUDY_MODELS = ("unet", "segformer")
 #: the study's time box: both models' training, validations and start-up together
@@ -72,7 +74,8 @@ HOOK_COST_TARGET = 0.005
 
 
 #: the parts, in the order they run (device information is always collected first)
-PARTS = ("nvml_read_cost", "bench", "study", "reference_bench", "compile", "hook_ab")
+PARTS = ("nvml_read_cost", "bench", "study", "shape_warmup", "reference_bench", "compile",
+         "hook_ab")
 
 
 class CampaignError(RuntimeError):
@@ -416,6 +419,19 @@ class Campaign:
         return {k: v for k, v in result.items() if k != "runs"} | {
             "cross_checks": {k: v["cross_check"].get("status") for k, v in runs.items()}}
 
+    def shape_warmup(self) -> Dict[str, Any]:
+        """The cost of a model's first forward at a new shape, per implementation variant
+        (benchmarks/shape_warmup.py): what made the first validation slow in 2026-11-29's
+        campaign, and which candidate fix removes it."""
+        extra = ["--device", "cpu", "--shapes", "1", "--short-side", "64", "--models", "unet"] \
+            if self.args.smoke else []
+        cmd = [self.py, "-m", "benchmarks.shape_warmup", *extra,
+               "--out", str(self.out / "shape_warmup.json")]
+        rc, secs = run_logged(cmd, self.work / "shape_warmup.log",
+                              timeout_s=min(self.clock.left() - 10, 2 * ESTIMATE_S["shape_warmup"]))
+        return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
+                "log_tail": log_tail(self.work / "shape_warmup.log", 20)}
+
     def reference_bench(self) -> Dict[str, Any]:
         script = self.args.reference_bench
         if script is None or not script.is_file():
@@ -517,6 +533,7 @@ class Campaign:
             ("nvml_read_cost", nvml_read_cost, 5),
             ("bench", self.bench, ESTIMATE_S["bench"]),
             ("study", lambda: self.study(data_proc), ESTIMATE_S["study"] * 0.6),
+            ("shape_warmup", self.shape_warmup, ESTIMATE_S["shape_warmup"]),
             ("reference_bench", self.reference_bench, 30),
             ("compile", self.compile_rows, ESTIMATE_S["compile"]),
             ("hook_ab", self.hook_ab, ESTIMATE_S["hook_ab"]),
@@ -601,6 +618,12 @@ def render(folder: pathlib.Path) -> str:
                              "hook J (first to last report)", "counter J (same instants)",
                              "hook vs counter", "cross-check (<= 1 %)"), rows))
         lines.append("")
+    warm = folder / "shape_warmup.json"
+    if warm.is_file():
+        from benchmarks.shape_warmup import markdown as warmup_table
+        rows = json.loads(warm.read_text())["rows"]
+        lines += ["#### A new input shape's first forward (`python -m benchmarks.shape_warmup`)", "",
+                  warmup_table(rows)]
     ab = parts.get("hook_ab", {})
     if ab.get("runs"):
         lines += ["#### The energy hook on and off (U-Net, same batches)", ""]
