@@ -69,8 +69,8 @@ STUDY_BOX_S = 150.0
 RUN_OVERHEAD_S = 15.0
 #: cross-check tolerance: the hook's gpu_wh against the counter's own difference
 CROSS_CHECK_TOLERANCE = 0.01
-#: the hook's cost target: share of the step time
-HOOK_COST_TARGET = 0.005
+#: the configs' report_period: the hook reads its sources once per report
+DEFAULT_REPORT_PERIOD = 50
 
 
 #: the parts, in the order they run (device information is always collected first)
@@ -588,9 +588,18 @@ def render(folder: pathlib.Path) -> str:
               f"determined {env.get('determined_version')}", ""]
     cost = parts.get("nvml_read_cost", {})
     if cost.get("status") == "ok":
+        share = ""
+        bench_json = folder / "bench.json"
+        if bench_json.is_file():
+            unet = next((r for r in json.loads(bench_json.read_text()).get("steps", [])
+                         if r.get("name") == "unet" and r.get("status") == "ok"), None)
+            if unet is not None:
+                share = (f"; one read per report of {DEFAULT_REPORT_PERIOD} batches is "
+                         f"{100 * hook_share(cost['meter_read_us'], unet['step_ms'], DEFAULT_REPORT_PERIOD):.3f} % "
+                         f"of U-Net's {unet['step_ms']:.1f} ms steps")
         lines += [f"- energy hook, one `EnergyMeter.read()` over the real `NvmlSource`: "
                   f"{cost['meter_read_us']:.1f} us (the bare counter call "
-                  f"{cost['counter_call_us']:.1f} us), mean of {cost['reads']} reads", ""]
+                  f"{cost['counter_call_us']:.1f} us), mean of {cost['reads']} reads{share}", ""]
     study = data["study"]
     if study:
         lines += ["#### The study in miniature (`shared.demo`, energy from "

@@ -129,6 +129,8 @@ def _folder(tmp_path: pathlib.Path) -> pathlib.Path:
                                  "relative_error": -0.00077},
                  "loop": {"img_s_train": 230.0, "gpu_busy_pct": 97.5, "gpu_busy_train_pct": 99.1}}}}
     (out / "study.json").write_text(json.dumps(study))
+    (out / "bench.json").write_text(json.dumps({"steps": [{"name": "unet", "status": "ok",
+                                                           "step_ms": 80.0}]}))
     return out
 
 
@@ -137,7 +139,9 @@ def test_render_a_result_folder(tmp_path, capsys):
     assert campaign.main(["--render", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| compile | skipped: 20 s left of the 480 s budget, compile needs ~110 s | - |" in text
-    assert "35.2 us (the bare counter call 20.1 us), mean of 200 reads" in text
+    # 35.2 us per report of 50 batches of 80 ms: 0.00088 %
+    assert ("35.2 us (the bare counter call 20.1 us), mean of 200 reads; one read per report of "
+            "50 batches is 0.001 % of U-Net's 80.0 ms steps") in text
     assert "`ENERGY_SOURCES=nvml python -m shared.demo --size ade20k" in text
     assert "| unet | 300 | 61.20 | yes | 250 | 31.0 | 3.100 | 3.700 | 420.0 | 230.0 | 97.5 | 99.1 |" \
            " 13000 | 13010 | -0.077 % | pass |" in text
