@@ -41,7 +41,6 @@ import os
 import pathlib
 import platform
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
