@@ -62,13 +62,15 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/bench.py`` as well as ``-m`
     sys.path.insert(0, str(ROOT))
 
 from shared import hparams as hpmod  # noqa: E402
+from shared.data.ade20k import IGNORE_INDEX  # noqa: E402
 from shared.data.on_device import training_batch  # noqa: E402
-from shared.schedule import WarmupPoly, scaled_lr  # noqa: E402
+from shared.engine import (AUTOCAST_DTYPES, Engine, autocast, LocalRuntime, SegmentationTask,  # noqa: E402
+                           pick_precision, segmentation_loss)
+from shared.schedule import scaled_lr  # noqa: E402
 
 log = logging.getLogger("benchmarks.bench")
 
 NUM_CLASSES = 150          # ADE20K, as every single_gpu.yaml
-IGNORE_INDEX = 255         # shared.trial.IGNORE_INDEX (not imported here: it pulls in determined)
 DEFAULT_MARKDOWN = ROOT / "BENCHMARKS.md"
 #: what an energy, power or utilisation column holds when NVML cannot be read
 NA_NO_NVML = "n/a (no NVML)"
@@ -333,79 +335,35 @@ def load_trial(spec: ModelSpec, cfg: BenchConfig, extra: Optional[Mapping[str, A
 
 
 # ============================================================================ the training step
-def pick_precision(requested: str, device: torch.device) -> str:
-    """shared.trial.pick_precision (imported lazily: shared.trial imports determined)."""
-    from shared.trial import pick_precision as trial_pick
-    return trial_pick(requested, device)
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 class TrialStep:
-    """``SegmentationTrial.train_batch`` with what Determined does around it for one batch.
-
-    Built from the trial's own pieces (``pick_precision``, ``_build_optimizer``, the lr
-    scaling and schedule), with the same decisions: precision and channels_last from the
-    hyperparameters, fused AdamW on CUDA. One call is one batch: the skipped-sample count
-    summed on the device (no host sync, as in the trial), the batch's colour augmentation and
-    normalisation on the device (``shared.data.on_device``), forward under autocast, the
-    trial's loss (``segmentation_loss``: logits to float32, upsampled to the labels,
-    cross-entropy), backward, optional clipping, the optimizer step,
-    zero_grad, and the per-batch lr scheduler step Determined makes after ``train_batch``.
-    (The trial checks the loss for NaN/inf at report time, not per step.)
-    Not included: Determined's copy of the returned loss to the host after each batch.
+    """The trials' own step (``shared.engine.Engine`` with the segmentation task) and what
+    Determined does around it for one batch (``shared.engine.LocalRuntime``: the optimiser
+    stepped and zeroed, the per-batch lr schedule stepped after the batch). One call is one
+    batch as the training loader gives it; it returns the loss, left on the device.
+    Not included: Determined's copy of the returned metrics to the host after each batch (the
+    engine returns only host numbers) and its reducers' per-report reads.
 
     ``compile=True`` runs the forward through ``torch.compile(model)``.
     """
 
     def __init__(self, model: nn.Module, hp: Mapping[str, Any], device: torch.device,
                  compile: bool = False) -> None:
-        from shared.trial import SegmentationTrial, segmentation_loss
-        self.loss = segmentation_loss
-        self.device = device
-        self.hp = hp
-        self.precision = pick_precision(hp["precision"], device)
-        cl = hp["channels_last"]
-        self.channels_last = (device.type == "cuda") if cl == "auto" else bool(cl)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model.to(device)
-        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], hp["global_batch_size"])
-        self.optimizer = SegmentationTrial._build_optimizer(self.model, hp, self.lr)
-        schedule = WarmupPoly(hp["warmup_batches"], hpmod.training_length(hp, None),
-                              hp["poly_power"], hp["warmup_ratio"], hp["min_lr_ratio"])
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self.forward = torch.compile(self.model) if compile else self.model
-        self.skipped = None
-        self.batches_trained = 0
+        self.runtime = LocalRuntime(device, hp["global_batch_size"])
+        self.engine = Engine(model, hp, self.runtime, SegmentationTask(hp["num_classes"]),
+                             device=device, max_batches=hpmod.training_length(hp, None),
+                             compile=compile)
+        e = self.engine
+        self.model, self.optimizer, self.scheduler, self.scaler = (e.model, e.optimizer,
+                                                                   e.scheduler, e.scaler)
+        self.precision, self.channels_last, self.autocast_dtype = (e.precision, e.channels_last,
+                                                                   e.autocast_dtype)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, aug: torch.Tensor,
                  skipped: torch.Tensor) -> torch.Tensor:
-        self.skipped = skipped.sum() if self.skipped is None else self.skipped + skipped.sum()
-        x, masks = training_batch(images, masks, aug, self.channels_last)
-        with _autocast(self.device, self.autocast_dtype):
-            loss = self.loss(self.forward(x), masks)
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-        max_norm = self.hp["grad_clip_norm"]
-        if max_norm:
-            if self.scaler:
-                self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad()
-        if self.scaler:
-            self.scaler.update()
-        self.batches_trained += 1
-        self.scheduler.step()
-        return loss.detach()
+        self.engine.train_batch((images, masks, aug, skipped))
+        self.runtime.end_batch()
+        assert self.engine.last_loss is not None
+        return self.engine.last_loss
 
 
 class PlainStep:
@@ -418,7 +376,7 @@ class PlainStep:
         self.device = device
         self.precision = pick_precision(hp["precision"], device)
         self.channels_last = False
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.model = model.to(device)
         self.forward = self.model
         self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], hp["global_batch_size"])
@@ -429,7 +387,7 @@ class PlainStep:
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, aug: torch.Tensor,
                  skipped: torch.Tensor) -> torch.Tensor:
         images, masks = training_batch(images, masks, aug)
-        with _autocast(self.device, self.autocast_dtype):
+        with autocast(self.device, self.autocast_dtype):
             logits = self.model(images)
             if logits.shape[-2:] != masks.shape[-2:]:
                 logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear",
@@ -597,11 +555,10 @@ def count_step_flops(model: nn.Module, images: torch.Tensor, masks: torch.Tensor
     convention for MFU). Gradients are cleared afterwards."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from shared.trial import segmentation_loss
     x = images.contiguous(memory_format=torch.channels_last) if channels_last else images
     counter = FlopCounterMode(display=False)
     with counter:
-        with _autocast(images.device, autocast_dtype):
+        with autocast(images.device, autocast_dtype):
             loss = segmentation_loss(model(x), masks)
         loss.backward()
     model.zero_grad(set_to_none=True)

@@ -40,8 +40,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import (BenchConfig, BenchError, OURS, _autocast, _fmt, _sync,  # noqa: E402
-                              _table, load_trial, pick_precision)
+from benchmarks.bench import (BenchConfig, BenchError, OURS, _fmt, _sync,  # noqa: E402
+                              _table, load_trial)
+from shared.engine import AUTOCAST_DTYPES, autocast, pick_precision, resolve_channels_last  # noqa: E402
 
 VARIANTS = ("as trained", "native depthwise", "nchw")
 #: the short side of a validation image after the (2048, 512) keep-ratio resize
@@ -94,7 +95,7 @@ def measure(model: nn.Module, shapes: Sequence[Tuple[int, int]], device: torch.d
         for _ in range(2):
             _sync(device)
             t = time.perf_counter()
-            with torch.no_grad(), _autocast(device, dtype):
+            with torch.no_grad(), autocast(device, dtype):
                 model(x)
             _sync(device)
             times.append(1000.0 * (time.perf_counter() - t))
@@ -116,9 +117,8 @@ def run_model(name: str, count: int, device: torch.device, short: int = SHORT_SI
         torch.manual_seed(0)
         model = loaded.build().to(device).eval()
         precision = pick_precision(loaded.hp["precision"], device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        cl = loaded.hp["channels_last"]
-        trained_cl = (device.type == "cuda") if cl == "auto" else bool(cl)
+        dtype = AUTOCAST_DTYPES.get(precision)
+        trained_cl = resolve_channels_last(loaded.hp["channels_last"], device)
         row.update(precision=precision, channels_last=trained_cl,
                    grouped_convs=sum(1 for m in model.modules()
                                      if isinstance(m, nn.Conv2d) and m.groups > 1))

@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import yaml
 
 from shared import hparams as hpmod
+from shared.energy import ENERGY_METRICS  # metrics that need the energy hook in every trial
 from shared.hparams import ConfigError
 
 #: Slots a config must ask for, by its file name (other names: any number).
@@ -59,8 +60,6 @@ def _searcher_metrics(trial_cls: Optional[type]) -> Mapping[str, bool]:
     reached, so a searcher cannot rank trials with them.)"""
     from shared.trial import SegmentationTrial
     return getattr(trial_cls, "SEARCHER_METRICS", None) or SegmentationTrial.SEARCHER_METRICS
-#: Metrics that need the energy hook; missing from validation, they fail the search.
-ENERGY_METRICS = frozenset({"energy_wh", "energy_to_target_wh", "projected_energy_to_target_wh"})
 
 Check = Callable[[Any, str, "_Problems"], None]
 

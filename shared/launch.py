@@ -35,6 +35,7 @@ import determined as det
 import torch
 from determined import pytorch as det_torch
 
+from shared import determined_compat as compat
 from shared import hparams as hpmod
 from shared import runlog
 from shared.summary import format_summary, summarize_run
@@ -253,13 +254,11 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
     chief = distributed is None or distributed.rank == 0
     with det_torch.init(hparams=hp, exp_conf=conf, distributed=distributed) as ctx:
         # Local mode would store checkpoints in ~/.local/share/determined and TensorBoard files
-        # in ./runs; keep everything of a run under its output directory instead. Both are
-        # private attributes of the core context's dummy (off-cluster) implementations.
-        from determined.common import storage
-        ctx._core.checkpoint._storage_manager = storage.SharedFSStorageManager(str(ckpt_dir))
-        ctx._core.train._tbd_directory = out / "tensorboard"
+        # in ./runs; keep everything of a run under its output directory instead.
+        compat.keep_local_run_under(ctx, ckpt_dir, out / "tensorboard")
         if chief:
-            mf = runlog.attach(ctx._core.train, out / "metrics.jsonl")
+            mf = runlog.attach(out / "metrics.jsonl")
+            compat.tap_reports(ctx, mf.write)
         trial = trial_cls(ctx)
         if chief:
             first = _checkpoint_batches(ckpt_dir / latest) if latest else 0

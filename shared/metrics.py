@@ -11,7 +11,6 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
-from determined import pytorch as det_torch
 
 
 def pair_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -79,9 +78,11 @@ def summarize(matrix: np.ndarray) -> Dict[str, Any]:
     }
 
 
-class ConfusionMatrix(det_torch.MetricReducer):
-    """A Determined reducer: each rank accumulates its matrix on its device, Determined
-    allgathers the per-rank matrices and every rank sums them (``cross_slot_reduce``)."""
+class ConfusionMatrix:
+    """A reducer in Determined's MetricReducer shape (reset, per_slot_reduce,
+    cross_slot_reduce; registered as one in ``shared.determined_compat``, so that this module
+    and the engine stay free of Determined): each rank accumulates its matrix on its device,
+    Determined allgathers the per-rank matrices and every rank sums them."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         self.num_classes = num_classes
@@ -115,8 +116,9 @@ class ConfusionMatrix(det_torch.MetricReducer):
         return {k: v for k, v in self.last.items() if k != "per_class_iou"}
 
 
-class DeviceMean(det_torch.MetricReducer):
-    """Mean of one scalar tensor per batch (the training loss), summed on the device.
+class DeviceMean:
+    """Mean of one scalar tensor per batch (the training loss), summed on the device; a
+    reducer in Determined's MetricReducer shape, like ``ConfusionMatrix``.
 
     Returning the loss tensor from ``train_batch`` would make Determined copy it to the host
     after every batch, and that copy waits for the whole step to finish: the host could never

@@ -5,9 +5,8 @@ the training, validation, energy, run and per_class_iou groups. Reports (issue: 
 the demo's table read it; it is appended to and flushed at each report, so a crash loses
 nothing that was reported.
 
-Determined's local mode routes every report, built-in and custom, through
-``core_context.train._report_trial_metrics``; ``attach`` wraps that one method (private, but
-the single choke point) so the file sees exactly what a master would.
+The launcher makes Determined hand every report, built-in and custom, to ``MetricsFile.write``
+(``shared.determined_compat.tap_reports``), so the file sees exactly what a master would.
 """
 from __future__ import annotations
 
@@ -50,19 +49,11 @@ class MetricsFile:
             fn(group, steps_completed, metrics)
 
 
-def attach(core_train: Any, path: pathlib.Path) -> MetricsFile:
-    """Make ``core_train`` (Determined's TrainContext) also write each report to ``path``."""
+def attach(path: pathlib.Path) -> MetricsFile:
+    """The run's metrics file, also the target of ``write_extra`` until ``detach``."""
     global _active
-    mf = MetricsFile(path)
-    original = core_train._report_trial_metrics
-
-    def report(group: str, steps_completed: int, metrics: Dict[str, Any], batch_metrics=None) -> None:
-        mf.write(group, steps_completed, metrics)
-        return original(group, steps_completed, metrics, batch_metrics)
-
-    core_train._report_trial_metrics = report
-    _active = mf
-    return mf
+    _active = MetricsFile(path)
+    return _active
 
 
 def detach() -> None:

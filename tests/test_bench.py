@@ -103,7 +103,9 @@ def test_end_to_end_cli_on_cpu(tmp_path):
     assert params["min_size"] == 32 and params["max_size"] == 43 and params["num_classes"] == 150
 
 
-# ------------------------------------------------------------------ the replica of train_batch
+# ------------------------------------------------------------------ LocalRuntime against Determined
+# The benchmark runs the trials' own engine; what it must get right is what Determined does
+# around a batch (LocalRuntime): the same losses, schedule and weights after three steps.
 @pytest.mark.parametrize("name,extra", [
     ("unet", {**TINY_UNET, "warmup_batches": 0}),
     # bf16 autocast on CPU, channels_last and clipping: the branches the GPU run takes
@@ -112,7 +114,7 @@ def test_end_to_end_cli_on_cpu(tmp_path):
     # stochastic depth (RNG inside the step) and SGD
     ("segformer", {"warmup_batches": 0, "optimizer": "sgd"}),
 ])
-def test_replica_step_equals_the_trials_train_batch(name, extra, tmp_path, monkeypatch):
+def test_local_runtime_steps_as_determined_does(name, extra, tmp_path, monkeypatch):
     import determined.pytorch as det_torch
     monkeypatch.chdir(tmp_path)  # Determined's local mode may write next to the working dir
     spec = next(s for s in bench.OURS if s.name == name)

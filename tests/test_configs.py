@@ -19,6 +19,7 @@ import yaml
 
 from shared import expconf
 from shared import hparams as hpmod
+from shared.engine import build_optimizer
 from shared.hparams import ConfigError
 from shared.schedule import WarmupPoly, scaled_lr
 
@@ -351,7 +352,7 @@ def test_config_point_builds_and_trains_one_step(model, kind):
     net = module.build_model(hp)
     net.train()
     lr = scaled_lr(hp["lr"], hp["base_batch_size"], hp["global_batch_size"])
-    optimizer = trial_cls._build_optimizer(net, hp, lr)
+    optimizer = build_optimizer(net, hp, lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupPoly(hp["warmup_batches"], hp["max_batches"], hp["poly_power"], hp["warmup_ratio"]))
     images = torch.randn(2, 3, 32, 32)

@@ -57,7 +57,7 @@ def test_evaluate_batch_matches_the_plain_protocol(name, extra, tmp_path, monkey
 
 
 def test_loss_upsamples_in_float32_under_bf16_autocast():
-    from shared.trial import segmentation_loss
+    from shared.engine import segmentation_loss
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 8, 8, generator=g).to(torch.bfloat16)  # a bf16 model output
     masks = torch.randint(0, 5, (2, 32, 32), generator=g)

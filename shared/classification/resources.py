@@ -48,6 +48,8 @@ import psutil
 import torch
 from determined import pytorch as det_pytorch
 
+from shared import determined_compat as compat
+
 __all__ = ["ResourceCallback", "ResourceSampler", "combine", "saved_tensor_bytes"]
 
 log = logging.getLogger("shared.classification.resources")
@@ -178,11 +180,7 @@ class ResourceCallback(det_pytorch.PyTorchCallback):
             return
         metrics = combine(reports, prefix)
         if metrics.get(prefix + "ranks"):
-            # The core context is private on the PyTorchTrialContext; custom groups are only
-            # reachable through it in Determined 0.38.1.
-            self._context._core.train.report_metrics(group="resources",
-                                                     steps_completed=int(self._steps_completed()),
-                                                     metrics=metrics)
+            compat.report_group(self._context, "resources", int(self._steps_completed()), metrics)
 
     def on_training_workload_end(self, avg_metrics: Dict[str, Any], batch_metrics: Any) -> None:
         self._sample_and_report("")

@@ -1,13 +1,11 @@
 """``ClassificationTrial``: the Determined PyTorchTrial behind ``trials/image_classification``.
 
-The classification counterpart of ``shared.trial.SegmentationTrial``, sharing its plumbing
-rather than copying it: the precision choice, the optimiser (no weight decay on norms and
-biases), the warm-up + poly schedule with the linear scaling rule, time to target
-(``TargetCallback``), the ``run`` group (``_RunInfoCallback``) and the energy hook. What is
-its own: ImageFolder data, cross-entropy on class labels, exact accuracy over the whole
-validation set (``AccuracyReducer``), and the ``resources`` group (source document 001).
-
-The training step is plain PyTorch and written out, as in the segmentation trial.
+The classification counterpart of ``shared.trial.SegmentationTrial``: both derive from
+``shared.trial.RecipeTrial`` and run ``shared.engine.Engine`` (precision, the optimiser, the
+warm-up + poly schedule with the linear scaling rule, the step itself), time to target, the
+``run`` group and the energy hook. What is its own: ImageFolder data, cross-entropy on class
+labels (``shared.engine.ClassificationTask``), exact accuracy over the whole validation set
+(``AccuracyReducer``), and the ``resources`` group (source document 001).
 """
 from __future__ import annotations
 
@@ -25,9 +23,8 @@ from shared import runlog
 from shared.classification import data as cdata
 from shared.classification.resources import ResourceCallback
 from shared.hparams import BOOL, INT, NUM, STR, Param
-from shared.trial import (SegmentationTrial, TargetCallback, _experiment_config, _RunInfoCallback,
-                          count_parameters, no_host_sync_per_batch, pick_precision,
-                          wrap_optimisation)
+from shared.engine import ClassificationTask
+from shared.trial import RecipeTrial
 
 log = logging.getLogger("shared.classification")
 
@@ -144,7 +141,7 @@ class AccuracyReducer(det_torch.MetricReducer):
         }
 
 
-class ClassificationTrial(det_torch.PyTorchTrial):
+class ClassificationTrial(RecipeTrial):
     """Subclasses set ``MODEL_NAME`` and implement ``build_model`` (and ``data_config`` when
     pre-trained weights need their own normalisation)."""
 
@@ -154,15 +151,10 @@ class ClassificationTrial(det_torch.PyTorchTrial):
     TARGET_PARAM = "target_accuracy"
     SHOWN_METRICS = ("accuracy", "top5_accuracy")
     MODEL_NAME = "image_classification"
-    #: validation metrics reported at every validation, and whether larger is better (what a
-    #: searcher may rank trials by)
     SEARCHER_METRICS: Mapping[str, bool] = {
         "accuracy": True, "top5_accuracy": True, "mean_class_accuracy": True,
         "validation_loss": False, "energy_wh": False, "projected_energy_to_target_wh": False,
     }
-
-    def build_model(self, hp: Mapping[str, Any]) -> torch.nn.Module:
-        raise NotImplementedError
 
     @classmethod
     def training_samples(cls, hp: Mapping[str, Any]) -> int:
@@ -178,58 +170,34 @@ class ClassificationTrial(det_torch.PyTorchTrial):
                 "interpolation": "bilinear", "crop_pct": 0.875, "crop_mode": "center"}
 
     # ------------------------------------------------------------------ construction
-    def __init__(self, context: det_torch.PyTorchTrialContext) -> None:
-        self.context = context
-        self.hp = hp = hpmod.resolve(context.get_hparams(), self.MODEL_PARAMS, where="hyperparameters",
-                                     common=self.COMMON_PARAMS)
-        exp_conf = _experiment_config(context)
-        self.max_batches = hpmod.training_length(hp, exp_conf)
-        metric = (exp_conf.get("searcher") or {}).get("metric")
-        if metric in ("projected_energy_to_target_wh", "energy_to_target_wh", "energy_wh") \
-                and not hp["energy"]["enabled"]:
-            raise hpmod.ConfigError(f"the searcher minimises '{metric}' but energy.enabled is false: "
-                                    f"the trial would never report it")
-        SegmentationTrial._seed(hp)
+    def prepare(self, hp: Mapping[str, Any]) -> None:
         # The data is scanned and checked before the model is built: a wrong num_classes or an
         # empty class directory fails in a second, not after building a 200M-parameter network.
         self.splits = self._load_splits()
-
-        self.device = context.device
-        self.precision = pick_precision(hp["precision"], self.device)
-        cl = hp["channels_last"]
-        self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        if self.device.type == "cuda":
+        if self.context.device.type == "cuda":
             # Fixed input sizes: let cuDNN time its algorithms once and keep the fastest.
             torch.backends.cudnn.benchmark = True
 
-        model = self.build_model(hp)
-        self.num_parameters = count_parameters(model)
+    def build_model(self, hp: Mapping[str, Any]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def build_task(self, hp: Mapping[str, Any]) -> ClassificationTask:
+        return ClassificationTask(AccuracyReducer(hp["num_classes"]), hp["label_smoothing"])
+
+    def model_built(self, model: torch.nn.Module, hp: Mapping[str, Any]) -> None:
         self.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.data_cfg = self.data_config(model, hp)
         # The run group's "model" names the architecture, so that runs of one recipe over
         # several networks compare by network; the class attribute, read by the launcher,
         # keeps naming the recipe (output directories, --help).
         self.MODEL_NAME = hp["arch"]
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = context.wrap_model(model)
 
-        global_bs = context.get_global_batch_size()
-        self.lr, self.optimizer, self.scheduler, self.scaler = wrap_optimisation(
-            context, model, hp, self.max_batches, self.precision)
+    def describe(self) -> str:
+        hp = self.hp
+        return (f" ({self.trainable_parameters / 1e6:.2f}M trainable), {hp['num_classes']} classes, "
+                f"{hp['image_size']} px, validation on {self.splits.val_source}")
 
-        self.accuracy = context.wrap_reducer(AccuracyReducer(hp["num_classes"]), name=None,
-                                             for_training=False)
-        self.train_loss, _ = no_host_sync_per_batch(context, None)
-        self.batches_trained = 0
-        self._skipped: Optional[torch.Tensor] = None
-        self.target_callback = TargetCallback(self)
-        log.info("%s: %.2fM parameters (%.2fM trainable), %d classes, %d px, precision %s, "
-                 "channels_last %s, lr %.3g (base %.3g x %d/%d), validation on %s",
-                 hp["arch"], self.num_parameters / 1e6, self.trainable_parameters / 1e6,
-                 hp["num_classes"], hp["image_size"], self.precision, self.channels_last, self.lr,
-                 hp["lr"], global_bs, hp["base_batch_size"], self.splits.val_source)
+    accuracy = property(lambda self: self.engine.task.accuracy)
 
     def _load_splits(self) -> cdata.Splits:
         hp = self.hp
@@ -256,20 +224,13 @@ class ClassificationTrial(det_torch.PyTorchTrial):
         return outcome
 
     # ------------------------------------------------------------------ data
-    def _loader_kwargs(self) -> Dict[str, Any]:
-        workers = self.hp["workers_per_slot"]
-        return {"num_workers": workers, "pin_memory": self.device.type == "cuda",
-                "persistent_workers": workers > 0}
-
     def build_training_data_loader(self) -> det_torch.DataLoader:
         hp, cfg = self.hp, self.data_cfg
         tf = cdata.build_train_transform(hp["image_size"], cfg["mean"], cfg["std"], hp["augment"],
                                          cfg["interpolation"], cfg["crop_pct"], cfg["crop_mode"])
         ds = cdata.ImageFolderDataset(self.splits.train, tf, hp["skip_bad_samples"],
                                       name=f"{hp['data_dir']}/train")
-        if len(ds) < self.context.get_global_batch_size():
-            raise hpmod.ConfigError(f"{hp['data_dir']}: {len(ds)} training images is fewer than "
-                                    f"global_batch_size={self.context.get_global_batch_size()}")
+        self._check_training_set(len(ds))
         # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling)
         return det_torch.DataLoader(ds, batch_size=self.context.get_per_slot_batch_size(), shuffle=True,
                                     drop_last=True, **self._loader_kwargs())
@@ -290,34 +251,6 @@ class ClassificationTrial(det_torch.PyTorchTrial):
         batch = max(1, min(self.context.get_per_slot_batch_size(), len(ds) // ranks))
         return det_torch.DataLoader(ds, batch_size=batch, shuffle=False, **self._loader_kwargs())
 
-    # ------------------------------------------------------------------ steps
-    # The step plumbing is the segmentation trial's (it reads only hp, device, precision,
-    # channels_last, scaler, optimizer and the skip counter, which both families have).
-    _autocast = SegmentationTrial._autocast
-    _prepare = SegmentationTrial._prepare
-    _clip_fn = SegmentationTrial._clip_fn
-    _count_skipped = SegmentationTrial._count_skipped
-    _to_device = SegmentationTrial._to_device
-    _optimise = SegmentationTrial._optimise
-    skipped_samples = SegmentationTrial.skipped_samples
-
-    def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
-        images, labels, skipped = self._to_device(*batch)
-        self._count_skipped(skipped)
-        with self._autocast():
-            logits = self.model(self._prepare(images))
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hp["label_smoothing"])
-        return self._optimise(loss)
-
-    def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
-        images, labels, skipped = self._to_device(*batch)
-        self._count_skipped(skipped)
-        with self._autocast():
-            logits = self.model(self._prepare(images))
-        self.accuracy.update(logits, labels)
-        # Every validation metric comes from the reducer (exact over the set); none per batch.
-        return {}
-
     def write_local_details(self) -> None:
         """Per-class accuracy of the last validation, to the local metrics file only."""
         last = self.accuracy.last
@@ -328,14 +261,6 @@ class ClassificationTrial(det_torch.PyTorchTrial):
 
     # ------------------------------------------------------------------ hooks
     def build_callbacks(self) -> Dict[str, det_torch.PyTorchCallback]:
-        # Order matters: the energy callback reads time_to_target_s, added by the target one.
-        callbacks: Dict[str, det_torch.PyTorchCallback] = {"target": self.target_callback,
-                                                            "run_info": _RunInfoCallback(self)}
-        if self.hp["energy"]["enabled"]:
-            from shared.energy.callback import EnergyCallback
-            callbacks["energy"] = EnergyCallback(self.context, self.hp["energy"],
-                                                 steps_completed=lambda: self.batches_trained,
-                                                 target=self.hp[self.TARGET_PARAM],
-                                                 target_metric=self.TARGET_METRIC)
+        callbacks = super().build_callbacks()
         callbacks["resources"] = ResourceCallback(self.context, steps_completed=lambda: self.batches_trained)
         return callbacks

@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import torch
 from determined import pytorch as det_pytorch
 
+from shared import determined_compat as compat
+
 from .aggregate import APPORTION_RULES, RankEnergy, TrialEnergy, combine
 from .meter import EnergyMeter, EnergySnapshot
 from .select import build_sources, parse_spec
@@ -282,10 +284,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             metrics = trial.to_metrics(
                 pue=self._opts["pue"],
                 carbon_intensity_g_per_kwh=self._opts["carbon_intensity_g_per_kwh"])
-            # The PyTorchTrialContext keeps its core context private (``_core``); custom
-            # metric groups are only reachable through it in Determined 0.38.1.
-            self._context._core.train.report_metrics(group="energy", steps_completed=step,
-                                                     metrics=metrics)
+            compat.report_group(self._context, "energy", step, metrics)
             self._last_reported_step = step
         except Exception as err:
             self._failed("reporting the energy group", err)

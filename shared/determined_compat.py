@@ -1,0 +1,126 @@
+"""Every use of Determined that is not its documented public API, in one file.
+
+Determined 0.38.1 (March 2025) is its last release; a later fork, or a site's patched build,
+may move what is touched here. Each function below says what it relies on, and
+``tests/test_determined_compat.py`` pins each of them to 0.38.1's behaviour against the real
+package, so that adapting to another Determined means editing this file and nothing else.
+Code elsewhere in the repository reaches Determined's internals only through here.
+
+What is private, and why we need it:
+
+- ``PyTorchTrialContext._core``: the trial context keeps its Core API context private, yet
+  custom metric groups (``run``, ``energy``, ``resources``) can only be reported through
+  ``core_context.train.report_metrics(group=...)`` (``report_group``).
+- ``TrainContext._report_trial_metrics``: in local mode every report, built-in and custom,
+  passes through this one method; the local ``metrics.jsonl`` taps it to see exactly what a
+  master would (``tap_reports``).
+- the dummy (off-cluster) checkpoint storage manager and TensorBoard directory: local mode
+  would write to ``~/.local/share/determined`` and ``./runs``; a local run keeps everything
+  under its output directory instead (``keep_local_run_under``).
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from determined import pytorch as det_torch
+
+#: the release every access below was written against and is tested with
+PINNED_VERSION = "0.38.1"
+
+ReportTap = Callable[[str, int, Dict[str, Any]], None]
+
+
+def report_group(context: det_torch.PyTorchTrialContext, group: str, steps_completed: int,
+                 metrics: Dict[str, Any]) -> None:
+    """Report ``metrics`` as the custom group ``group`` (shown under its name in the WebUI).
+
+    Relies on: ``PyTorchTrialContext._core`` being the Core API context (0.38.1 sets it in the
+    constructor; the public ``report_metrics`` of the trial context does not exist)."""
+    context._core.train.report_metrics(group=group, steps_completed=steps_completed,
+                                       metrics=metrics)
+
+
+def tap_reports(context: det_torch.PyTorchTrialContext, tap: ReportTap) -> None:
+    """Call ``tap(group, steps_completed, metrics)`` for every metric report the trial makes,
+    built-in (training, validation) and custom, before it is sent on.
+
+    Relies on: every report going through ``TrainContext._report_trial_metrics(group,
+    steps_completed, metrics, batch_metrics=None)`` (true of 0.38.1's local and cluster
+    modes)."""
+    train = context._core.train
+    original = train._report_trial_metrics
+
+    def report(group: str, steps_completed: int, metrics: Dict[str, Any],
+               batch_metrics: Any = None) -> Any:
+        tap(group, steps_completed, metrics)
+        return original(group, steps_completed, metrics, batch_metrics)
+
+    train._report_trial_metrics = report
+
+
+def keep_local_run_under(context: det_torch.PyTorchTrialContext, checkpoints: pathlib.Path,
+                         tensorboard: pathlib.Path) -> None:
+    """Off-cluster, write checkpoints to ``checkpoints`` and TensorBoard files to
+    ``tensorboard`` rather than Determined's defaults.
+
+    Relies on: the dummy checkpoint context's ``_storage_manager`` and the dummy train
+    context's ``_tbd_directory`` attributes (0.38.1)."""
+    from determined.common import storage
+    context._core.checkpoint._storage_manager = storage.SharedFSStorageManager(str(checkpoints))
+    context._core.train._tbd_directory = pathlib.Path(tensorboard)
+
+
+class DeterminedRuntime:
+    """``shared.engine``'s runtime inside a Determined trial: the trial context's own wrapping
+    methods, set up so that no batch waits for the GPU.
+
+    Determined 0.38 adds two host-GPU synchronisations per batch by default: it moves the batch
+    with a blocking copy, which waits for every kernel already queued, and it copies each
+    tensor that ``train_batch``/``evaluate_batch`` return to the host. Either keeps the host
+    from queueing batch n+1 while the GPU runs batch n, and the GPU idles for the Python
+    between them. So automatic moving is turned off (the engine moves batches itself,
+    non-blocking) and the losses live in reducers summed on the device and read once per
+    report; the batch methods return only host numbers.
+    """
+
+    def __init__(self, context: det_torch.PyTorchTrialContext) -> None:
+        self.context = context
+        # public but "experimental" in 0.38.1
+        context.experimental.disable_auto_to_device()
+
+    def get_global_batch_size(self) -> int:
+        return self.context.get_global_batch_size()
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.context.wrap_model(model)
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        return self.context.wrap_optimizer(optimizer)
+
+    def wrap_lr_scheduler(self, scheduler: Any) -> Any:
+        # The engine's schedules are per batch (warm-up, then poly decay).
+        return self.context.wrap_lr_scheduler(
+            scheduler, step_mode=det_torch.LRScheduler.StepMode.STEP_EVERY_BATCH)
+
+    def wrap_scaler(self, scaler: Any) -> Any:
+        return self.context.wrap_scaler(scaler)
+
+    def wrap_reducer(self, reducer: Any, name: Optional[str], for_training: bool = True,
+                     for_validation: bool = True) -> Any:
+        # Our reducers (shared.metrics) have MetricReducer's three methods without inheriting
+        # from it, so that they import no Determined; MetricReducer is an abc, and registering
+        # the class is what wrap_reducer's isinstance check asks for.
+        if not isinstance(reducer, det_torch.MetricReducer):
+            det_torch.MetricReducer.register(type(reducer))
+        return self.context.wrap_reducer(reducer, name=name, for_training=for_training,
+                                         for_validation=for_validation)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.context.backward(loss)
+
+    def step_optimizer(self, optimizer: torch.optim.Optimizer,
+                       clip_grads: Optional[Callable[[List[torch.Tensor]], None]] = None,
+                       scaler: Any = None) -> None:
+        self.context.step_optimizer(optimizer, clip_grads=clip_grads, scaler=scaler)

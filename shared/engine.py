@@ -1,0 +1,372 @@
+"""The training and evaluation step, in plain PyTorch and free of Determined: one object that
+both trial families (``shared.trial``, ``shared.classification.trial``) and the benchmark
+(``benchmarks/``) run, so that what is timed is what trains.
+
+The step is written out on purpose: the source study (000, section 4.1.3) could not optimise a
+framework whose loop it could not see. What it holds:
+
+- precision (bf16 on GPUs that have it, fp16 with a grad scaler on older ones, fp32 on CPU),
+  autocast, channels_last;
+- the optimiser (AdamW or SGD, no weight decay on norms and biases, fused on CUDA), the lr
+  scaled linearly from ``base_batch_size`` to the global batch, warm-up then poly decay
+  stepped every batch, gradient clipping;
+- device-side reducers for the losses, so that no batch waits for the GPU (``DeviceMean``);
+- the task: what a batch is and how its loss and validation metrics are taken
+  (``SegmentationTask``, ``ClassificationTask``).
+
+What Determined does around ``train_batch`` (moving the model, wrapping optimisers for
+distributed training, stepping the schedulers after each batch, reducing metrics over ranks)
+goes through a *runtime*: ``shared.determined_compat.DeterminedRuntime`` in a trial,
+``LocalRuntime`` below everywhere else. Both offer the same methods, named after Determined's
+``PyTorchTrialContext`` ones.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from shared.data.ade20k import IGNORE_INDEX
+from shared.data.on_device import training_batch
+from shared.hparams import ConfigError
+from shared.metrics import ConfusionMatrix, DeviceMean
+from shared.schedule import WarmupPoly, scaled_lr
+
+__all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask", "ClassificationTask",
+           "autocast", "pick_precision", "resolve_channels_last", "build_optimizer", "segmentation_loss",
+           "count_parameters", "AUTOCAST_DTYPES"]
+
+#: torch dtype autocast runs in, per precision; fp32 runs without autocast
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ============================================================================ decisions
+def pick_precision(requested: str, device: torch.device) -> str:
+    """bf16 where the GPU supports it, fp16 with a grad scaler on older GPUs, fp32 on CPU.
+
+    CPU autocast in bf16 exists but is slower than fp32 on most CPUs and changes numerics, so
+    "auto" keeps fp32 there; asking for bf16 explicitly on CPU is honoured.
+    """
+    if requested == "fp16" and device.type != "cuda":
+        raise ConfigError("hyperparameter 'precision' = 'fp16' needs a CUDA GPU "
+                          "(its grad scaler is CUDA only); use 'auto', 'bf16' or 'fp32'")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve_channels_last(requested: Any, device: torch.device) -> bool:
+    """channels_last lets cuDNN pick NHWC kernels (tensor cores without transposes); on CPU it
+    is usually slower, so "auto" turns it on for CUDA only."""
+    return (device.type == "cuda") if requested == "auto" else bool(requested)
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to ``dtype`` on ``device``'s type; off when ``dtype`` is None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_optimizer(model: torch.nn.Module, hp: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
+    """AdamW or SGD (hyperparameter ``optimizer``), fused on CUDA.
+
+    No weight decay on norms and biases (1-D tensors): decaying them only fights the
+    normalisation and is the usual practice for both AdamW and SGD recipes.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": hp["weight_decay"]},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if torch.cuda.is_available() and next(model.parameters()).is_cuda else {}
+    if hp["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, **fused)
+    return torch.optim.SGD(groups, lr=lr, momentum=hp["momentum"], **fused)
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in float32 at label resolution, pixels labelled 255 ignored.
+
+    Models return logits at their own stride (SegFormer 1/4, Segmenter 1/16); the loss is taken
+    at label resolution, as in the reference implementations. The logits are widened to float32
+    before upsampling, not after: upsampled in bf16 and then cast, the full-resolution
+    150-channel tensor would be written once in bf16 and again in float32, and its gradient
+    cast back on the way down (16 x 150 x 512 x 512 elements, 8 bytes each way instead of 4).
+    Interpolating in float32 is also the more exact of the two.
+    """
+    logits = logits.float()
+    if logits.shape[-2:] != masks.shape[-2:]:
+        logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+
+
+def resize_logits(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize, skipped when the size is already right (a same-size resize is a copy)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+# ============================================================================ runtimes
+class Runtime(Protocol):
+    """What the engine needs from whoever runs it (Determined's trial context has each)."""
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer: ...
+    def wrap_lr_scheduler(self, scheduler: Any) -> Any: ...
+    def wrap_scaler(self, scaler: Any) -> Any: ...
+    def wrap_reducer(self, reducer: Any, name: Optional[str], for_training: bool = True,
+                     for_validation: bool = True) -> Any: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step_optimizer(self, optimizer: torch.optim.Optimizer,
+                       clip_grads: Optional[Callable[[List[torch.Tensor]], None]] = None,
+                       scaler: Any = None) -> None: ...
+    def get_global_batch_size(self) -> int: ...
+
+
+class LocalRuntime:
+    """What Determined's trial controller does around ``train_batch``, for code that runs the
+    engine without it (the benchmark, tests): the model moved to the device, one process, the
+    optimiser stepped and its gradients zeroed, every scheduler stepped after each batch
+    (``end_batch``). Reducers are kept as they are; read them with their own methods."""
+
+    def __init__(self, device: torch.device, global_batch_size: int) -> None:
+        self.device = torch.device(device)
+        self.global_batch_size = int(global_batch_size)
+        self.schedulers: List[Any] = []
+
+    def get_global_batch_size(self) -> int:
+        return self.global_batch_size
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        return optimizer
+
+    def wrap_lr_scheduler(self, scheduler: Any) -> Any:
+        self.schedulers.append(scheduler)
+        return scheduler
+
+    def wrap_scaler(self, scaler: Any) -> Any:
+        return scaler
+
+    def wrap_reducer(self, reducer: Any, name: Optional[str], for_training: bool = True,
+                     for_validation: bool = True) -> Any:
+        return reducer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step_optimizer(self, optimizer: torch.optim.Optimizer,
+                       clip_grads: Optional[Callable[[List[torch.Tensor]], None]] = None,
+                       scaler: Any = None) -> None:
+        # As PyTorchTrialContext.step_optimizer: clip the optimiser's parameters, step (through
+        # the scaler under fp16), zero the gradients.
+        if clip_grads is not None:
+            clip_grads([p for g in optimizer.param_groups for p in g["params"]])
+        if scaler is not None:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+        optimizer.zero_grad()
+
+    def end_batch(self) -> None:
+        """Determined steps STEP_EVERY_BATCH schedulers after each ``train_batch``."""
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+
+# ============================================================================ tasks
+class SegmentationTask:
+    """Semantic segmentation: uint8 crops with per-sample colour augmentation prepared on the
+    device, cross-entropy at label resolution; validation on whole images at their own size
+    into one confusion matrix (mIoU as MMSegmentation computes it) and the mean per-image loss.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.confusion: Optional[ConfusionMatrix] = None
+        self.val_loss: Optional[DeviceMean] = None
+
+    def attach(self, runtime: Runtime) -> None:
+        self.confusion = runtime.wrap_reducer(ConfusionMatrix(self.num_classes, IGNORE_INDEX),
+                                              name=None, for_training=False)
+        self.val_loss = runtime.wrap_reducer(DeviceMean(), name="validation_loss",
+                                             for_training=False)
+
+    def training_loss(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        images, masks, aug, skipped = engine.to_device(*batch)
+        engine.count_skipped(skipped)
+        # The loader's uint8 crops become the model's input here, on the device: colour
+        # augmentation, normalisation, channels_last (shared/data/on_device.py).
+        images, masks = training_batch(images, masks, aug, engine.channels_last)
+        with engine.autocast():
+            return segmentation_loss(engine.forward(images), masks)
+
+    def evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:
+        assert self.confusion is not None and self.val_loss is not None, "attach() first"
+        images, masks, sizes, skipped = batch
+        images, masks, skipped = engine.to_device(images, masks, skipped)
+        engine.count_skipped(skipped)
+        with engine.autocast():
+            logits = engine.forward(engine.prepare(images))
+        # Whole-image inference: logits to the padded input size, crop the padding, then to the
+        # original annotation size, where the metric is taken (MMSegmentation's protocol).
+        logits = resize_logits(logits.float(), images.shape[-2:])
+        total_loss = counted = logits.new_zeros(())
+        # sizes stay on the host (not moved above): reading them costs no wait for the GPU,
+        # and nothing below reads a GPU value either.
+        for i, (h, w, H, W) in enumerate(sizes.tolist()):
+            li = resize_logits(logits[i:i + 1, :, :h, :w], (H, W))
+            mi = masks[i:i + 1, :H, :W]
+            # the mean over the image's labelled pixels, and images without any left out
+            pixels = (mi != IGNORE_INDEX).sum()
+            loss_sum = F.cross_entropy(li, mi, ignore_index=IGNORE_INDEX, reduction="sum")
+            total_loss = total_loss + loss_sum / pixels.clamp(min=1)
+            counted = counted + (pixels > 0)
+            self.confusion.update(li.argmax(1), mi)
+        self.val_loss.update(total_loss / counted.clamp(min=1))
+
+
+class ClassificationTask:
+    """Image classification: normalised float images and class labels from the loader,
+    cross-entropy with optional label smoothing; validation into an exact whole-set reducer
+    (``shared.classification.trial.AccuracyReducer``, given by the trial)."""
+
+    def __init__(self, accuracy_reducer: Any, label_smoothing: float = 0.0) -> None:
+        self._reducer = accuracy_reducer
+        self.label_smoothing = float(label_smoothing)
+        self.accuracy: Any = None
+
+    def attach(self, runtime: Runtime) -> None:
+        self.accuracy = runtime.wrap_reducer(self._reducer, name=None, for_training=False)
+
+    def training_loss(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        images, labels, skipped = engine.to_device(*batch)
+        engine.count_skipped(skipped)
+        with engine.autocast():
+            logits = engine.forward(engine.prepare(images))
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+    def evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:
+        images, labels, skipped = engine.to_device(*batch)
+        engine.count_skipped(skipped)
+        with engine.autocast():
+            logits = engine.forward(engine.prepare(images))
+        # Every validation metric comes from the reducer (exact over the set); none per batch.
+        self.accuracy.update(logits, labels)
+
+
+# ============================================================================ the engine
+class Engine:
+    """One model's training and evaluation step.
+
+    Args:
+        model: the network, on the CPU or already on its device.
+        hp: resolved hyperparameters (``shared.hparams.resolve``): precision, channels_last,
+            optimizer, lr, base_batch_size, weight_decay, momentum, warmup_batches,
+            warmup_ratio, poly_power, min_lr_ratio, grad_clip_norm.
+        runtime: ``LocalRuntime`` or ``shared.determined_compat.DeterminedRuntime``.
+        task: ``SegmentationTask`` or ``ClassificationTask``.
+        device: where the model runs.
+        max_batches: the schedule's length.
+        compile: run the forward through ``torch.compile(model)``.
+    """
+
+    def __init__(self, model: torch.nn.Module, hp: Mapping[str, Any], runtime: Runtime,
+                 task: Any, *, device: torch.device, max_batches: int,
+                 compile: bool = False) -> None:
+        self.hp = hp
+        self.runtime = runtime
+        self.task = task
+        self.device = torch.device(device)
+        self.precision = pick_precision(hp["precision"], self.device)
+        self.channels_last = resolve_channels_last(hp["channels_last"], self.device)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
+        self.num_parameters = count_parameters(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = runtime.wrap_model(model)
+        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], runtime.get_global_batch_size())
+        self.optimizer = runtime.wrap_optimizer(build_optimizer(self.model, hp, self.lr))
+        schedule = WarmupPoly(hp["warmup_batches"], max_batches, hp["poly_power"],
+                              hp["warmup_ratio"], hp["min_lr_ratio"])
+        self.scheduler = runtime.wrap_lr_scheduler(
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule))
+        self.scaler = (runtime.wrap_scaler(torch.amp.GradScaler("cuda"))
+                       if self.precision == "fp16" else None)
+        # Reported as "loss", the mean over the report period's batches and all ranks.
+        self.train_loss = runtime.wrap_reducer(DeviceMean(), name="loss", for_training=True,
+                                               for_validation=False)
+        task.attach(runtime)
+        self.forward = torch.compile(self.model) if compile else self.model
+        #: counted here, not taken from Determined's batch_idx: its local mode restarts
+        #: batch_idx at 0 after a resume while its own batch count goes on
+        self.batches_trained = 0
+        #: the last training loss, on the device (never read here: reading it would sync)
+        self.last_loss: Optional[torch.Tensor] = None
+        self._skipped: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------ pieces
+    def autocast(self):
+        return autocast(self.device, self.autocast_dtype)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def to_device(self, *tensors: torch.Tensor) -> List[torch.Tensor]:
+        # Queued behind the previous step instead of waiting for it; the loader's batches are
+        # in pinned memory on a GPU, which makes the copy asynchronous.
+        return [t.to(self.device, non_blocking=True) for t in tensors]
+
+    def count_skipped(self, skipped: torch.Tensor) -> None:
+        # Summed on the device, read only at validation: int() here would sync every step.
+        s = skipped.sum()
+        self._skipped = s if self._skipped is None else self._skipped + s
+
+    @property
+    def skipped_samples(self) -> int:
+        """Bad samples this rank's loaders skipped so far (skip_bad_samples)."""
+        return 0 if self._skipped is None else int(self._skipped)
+
+    def clip_fn(self) -> Optional[Callable[[List[torch.Tensor]], None]]:
+        max_norm = self.hp["grad_clip_norm"]
+        if not max_norm:
+            return None
+
+        def clip(params: List[torch.Tensor]) -> None:
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return clip
+
+    # ------------------------------------------------------------------ steps
+    def train_batch(self, batch: Sequence[torch.Tensor]) -> Dict[str, Any]:
+        """One training step: the task's loss, then ``optimise``. Returns host numbers only."""
+        return self.optimise(self.task.training_loss(self, batch))
+
+    def optimise(self, loss: torch.Tensor) -> Dict[str, Any]:
+        """Backward, optimiser step (clipping, fp16 scaler), the batch count and the loss kept
+        on the device."""
+        # No isfinite(loss) check here: reading a GPU value every step stalls the CPU before it
+        # queues the backward pass. A diverged loss is caught at the next report instead
+        # (shared.trial's run-info callback).
+        self.runtime.backward(self.scaler.scale(loss) if self.scaler else loss)
+        self.runtime.step_optimizer(self.optimizer, clip_grads=self.clip_fn(), scaler=self.scaler)
+        if self.scaler:
+            self.scaler.update()
+        self.batches_trained += 1
+        self.last_loss = loss.detach()
+        self.train_loss.update(self.last_loss)
+        return {"lr": self.scheduler.get_last_lr()[0]}
+
+    def evaluate_batch(self, batch: Sequence[torch.Tensor]) -> None:
+        self.task.evaluate(self, batch)
