@@ -1,7 +1,8 @@
 """The customer README of a package (Markdown), rendered at build time from the trial's
 schema and family, its configs, the shipped code and the energy library.
 
-Two trial families have their own texts (``Family``: title, data, smoke test, metrics); the
+One job, the README, in one file (its length is the tables' notes). Two trial families
+have their own texts (``Family``: title, data, smoke test, metrics); the
 rest is shared. The energy documentation (options, sources, environment variables) is kept in
 one block, ``energy_section`` and the notes above it.
 """
