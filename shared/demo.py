@@ -29,9 +29,10 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
+from shared import recipes
 from shared.summary import comparison_table, summarize_run
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = recipes.REPO_ROOT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +115,9 @@ def model_command(model: str, size: Size, data: pathlib.Path, run_dir: pathlib.P
     sets = [*size.overrides, f"num_classes={size.data['num_classes']}",
             f"validation_period={size.validation_period}", "checkpoint_period=100000",
             "stop_at_target=true", *MODELS[model], f"target_miou={target_miou:g}", *extra]
-    return [sys.executable, str(ROOT / "trials" / model / "train.py"),
-            "--config", str(ROOT / "experiment_configs" / model / "single_gpu.yaml"),
+    recipe = recipes.get(model)
+    return [sys.executable, str(recipe.train_script),
+            "--config", str(recipe.configs_dir / "single_gpu.yaml"),
             "--data-dir", str(data), "--output-dir", str(run_dir), "--batches", str(max_batches),
             "--set", *sets]
 

@@ -20,8 +20,9 @@ module checks, with messages that name the file and the key path:
   point, and every bound and category) resolve against the trial's schema
   (``shared.hparams.resolve``).
 
-It knows the segmentation trials (``trials/<model>/train.py`` defining a ``SegmentationTrial``
-subclass); a config whose trial is something else is reported as such.
+It knows every recipe of the registry (``shared.recipes``: ``trials/<model>/train.py`` defining
+one trial class, of the segmentation or the classification family), under this repository or
+under ``--repo-root``; a config whose trial cannot be loaded is reported as such.
 
 Command line (exit status 1 if any problem)::
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
 import pathlib
 import random
 import re
@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import yaml
 
 from shared import hparams as hpmod
+from shared import recipes
 from shared.energy import ENERGY_METRICS  # metrics that need the energy hook in every trial
 from shared.hparams import ConfigError
 
@@ -487,49 +488,22 @@ def points_to_check(space: Mapping[str, Any], seed: int = 0) -> List[Tuple[str, 
 
 
 # ----------------------------------------------------------------------------- trials
-_TRIALS: Dict[pathlib.Path, Any] = {}
-
-
 def load_trial(trial_dir: str | pathlib.Path) -> Tuple[Any, type]:
-    """Import ``<trial_dir>/train.py`` (and the ``model.py`` beside it) and return the module
-    and the trial class it defines (a ``PyTorchTrial`` subclass with ``MODEL_PARAMS``:
-    ``SegmentationTrial``'s, or another family's such as ``ClassificationTrial``). Cached per
-    directory.
+    """The loaded ``<trial_dir>/train.py`` module and the trial class it defines (a
+    ``PyTorchTrial`` subclass with ``MODEL_PARAMS``: ``SegmentationTrial``'s, or another
+    family's such as ``ClassificationTrial``), through the recipe registry
+    (``shared.recipes``, which caches it per directory).
 
     Raises:
-        ConfigError: no train.py, an import error, or no trial class; the message names the file.
+        ConfigError: no train.py, an import error, or not one trial class; the message names
+            the file.
     """
-    from determined.pytorch import PyTorchTrial
-    trial_dir = pathlib.Path(trial_dir).resolve()
-    if trial_dir in _TRIALS:
-        return _TRIALS[trial_dir]
-    script = trial_dir / "train.py"
-    if not script.is_file():
-        raise ConfigError(f"{script}: no such file")
-    name = f"_expconf_trial_{trial_dir.name}"
-    spec = importlib.util.spec_from_file_location(name, script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # as an import would (dataclasses and pickling look it up)
-    # Every trial imports its own "model" module from its directory: make sure this one's
-    # is found, and leave none behind for the next trial to pick up by mistake.
-    sys.path.insert(0, str(trial_dir))
-    sys.modules.pop("model", None)
+    recipe = recipes.Recipe.at(trial_dir)
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        sys.modules.pop(name, None)
-        raise ConfigError(f"{script}: cannot be imported: {type(e).__name__}: {e}") from None
-    finally:
-        sys.path.remove(str(trial_dir))
-        sys.modules.pop("model", None)
-    classes = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, PyTorchTrial)
-               and v.__module__ == name and hasattr(v, "MODEL_PARAMS")]
-    if len(classes) != 1:
-        raise ConfigError(f"{script}: expected one trial class (a PyTorchTrial subclass with "
-                          f"MODEL_PARAMS), found {len(classes)}")
-    _TRIALS[trial_dir] = (module, classes[0])
-    return _TRIALS[trial_dir]
+        trial_cls = recipe.trial_class()
+    except recipes.RecipeError as e:
+        raise ConfigError(str(e)) from None
+    return recipe.train_module(), trial_cls
 
 
 # ----------------------------------------------------------------------------- the checker
@@ -769,8 +743,8 @@ def _default_trial_dir(path: pathlib.Path, repo_root: Optional[pathlib.Path]) ->
         if candidate is not None and (candidate / "trials").is_dir():
             repo_root = candidate
         else:
-            repo_root = pathlib.Path(__file__).resolve().parents[1]
-    return pathlib.Path(repo_root) / "trials" / model
+            repo_root = recipes.REPO_ROOT
+    return pathlib.Path(repo_root) / recipes.TRIALS / model
 
 
 def check_config(path: str | pathlib.Path, *, repo_root: Optional[str | pathlib.Path] = None,

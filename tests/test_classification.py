@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from shared import hparams as hpmod
+from shared import recipes
 from shared import runlog
 from shared.classification import data as cdata
 from shared.classification.resources import ResourceSampler, combine, saved_tensor_bytes
@@ -28,23 +29,15 @@ from shared.data import DataError
 from shared.hparams import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRIAL_DIR = ROOT / "trials" / "image_classification"
-CONFIGS = ROOT / "experiment_configs" / "image_classification"
+RECIPE = recipes.get("image_classification")
+CONFIGS = RECIPE.configs_dir
 sys.path.insert(0, str(ROOT / "tests"))
 from fakes.powercap import FakePowercap  # noqa: E402
 
 
-def _import_model():
-    """trials/image_classification/model.py, imported by path (every trial has a 'model.py')."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("image_classification_model", TRIAL_DIR / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
-M = _import_model()
+# trials/image_classification/model.py, as the recipe registry loads it (every trial has a
+# "model.py", so it is loaded under a name of its own)
+M = RECIPE.model_module()
 
 
 def hp_for(arch: str, **kw: Any) -> Dict[str, Any]:
@@ -424,19 +417,8 @@ KINDS = ("single_gpu", "8_gpu", "multi_node", "asha")
 
 
 def _trial_schema():
-    """The trial class of train.py, imported as shared.expconf does: its own model.py first on
-    the path, and no other trial's "model" module left behind either way."""
-    import importlib.util
-    sys.path.insert(0, str(TRIAL_DIR))
-    sys.modules.pop("model", None)
-    try:
-        spec = importlib.util.spec_from_file_location("image_classification_train", TRIAL_DIR / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(TRIAL_DIR))
-        sys.modules.pop("model", None)
-    return module.ImageClassificationTrial
+    """The trial class of train.py, from the recipe registry (as the config checker gets it)."""
+    return RECIPE.trial_class()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -491,7 +473,7 @@ def test_schema_reuses_the_shared_definitions_and_refuses_segmentation_keys():
 
 # ----------------------------------------------------------------------------- command line
 def _train(data, out, *extra, env=None, batches=20):
-    cmd = [sys.executable, str(TRIAL_DIR / "train.py"), "--config", str(CONFIGS / "single_gpu.yaml"),
+    cmd = [sys.executable, str(RECIPE.train_script), "--config", str(CONFIGS / "single_gpu.yaml"),
            "--data-dir", str(data), "--output-dir", str(out), "--batches", str(batches),
            "--set", "arch=resnet18", "image_size=32", "global_batch_size=8", "base_batch_size=8",
            "workers_per_slot=0", "warmup_batches=2", "optimizer=adamw", "lr=3e-3", "weight_decay=0.01",

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from shared import hparams as hp
+from shared import recipes
 from shared.hparams import ConfigError, Param
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -84,23 +85,13 @@ def test_config_file_errors(tmp_path):
 
 @pytest.mark.parametrize("model", ["unet", "segformer"])
 def test_shipped_configs_resolve(model):
-    import importlib.util
-    import sys
     path = ROOT / "experiment_configs" / model / "single_gpu.yaml"
     conf = hp.load_experiment_config(path)
     assert conf["entrypoint"] == "python3 train.py" and conf["resources"]["slots_per_trial"] == 1
     assert conf["searcher"]["metric"] == "miou" and conf["searcher"]["smaller_is_better"] is False
     assert (ROOT / "trials" / model / "train.py").is_file()
     point = hp.point_from_space(conf["hyperparameters"], str(path))
-    sys.path.insert(0, str(ROOT / "trials" / model))
-    try:
-        spec = importlib.util.spec_from_file_location(f"_train_{model}", ROOT / "trials" / model / "train.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules.pop("model", None)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.pop(0)
-        sys.modules.pop("model", None)
-    trial_cls = next(v for v in vars(mod).values() if isinstance(v, type) and getattr(v, "MODEL_NAME", "") == model)
+    trial_cls = recipes.get(model).trial_class()
+    assert trial_cls.MODEL_NAME == model
     out = hp.resolve(point, trial_cls.MODEL_PARAMS, where=str(path))
     assert out["target_miou"] == 16 and out["crop_size"] == 512 and out["num_classes"] == 150

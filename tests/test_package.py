@@ -1,4 +1,4 @@
-"""Customer packages (shared/package.py) and the cluster kit (cluster/).
+"""Customer packages (shared/package/) and the cluster kit (cluster/).
 
 The package is built once, unpacked outside the repository and trained from there in a
 subprocess that cannot see the repository on its path; the import analysis is checked on a
@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from shared import package as pkg
+from shared import recipes
 from shared.data.synthetic import generate
 from shared.hparams import ConfigError
 
@@ -177,7 +179,7 @@ def test_readme_documents_what_the_code_does(built):
     assert read, "the scan found no variable: its patterns are stale"
     assert {v for v in read if f"`{v}`" not in readme} == set()
     # every hyperparameter of the trial's schema has a row
-    trial_cls = pkg.load_trial_class(ROOT / "trials" / "unet", "unet")
+    trial_cls = recipes.get("unet").trial_class()
     for key in {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}:
         assert f"| `{key}` |" in readme or key == "energy"
     # every metric listed is one the shipped code names (nothing invented)
@@ -185,6 +187,83 @@ def test_readme_documents_what_the_code_does(built):
     metrics = re.findall(r"^\| (?:training|validation|energy|run) \| `(\w+)` \|", readme, re.M)
     assert len(metrics) > 20 and all(f'"{m}"' in code for m in metrics)
     assert "`shared.demo`" in readme.split("Left out")[1]
+
+
+# --------------------------------------------------------------------------- classification
+@pytest.fixture(scope="module")
+def built_classification(tmp_path_factory):
+    return pkg.build_package("image_classification", tmp_path_factory.mktemp("dist-cls"))
+
+
+def _smoke_commands(readme: str):
+    """The README's smoke-test commands, continuation lines joined."""
+    block = readme.split("A smoke test on a generated data set")[1].split("```bash\n")[1].split("```")[0]
+    return [shlex.split(cmd) for cmd in block.replace("\\\n", " ").splitlines() if cmd.strip()]
+
+
+def test_classification_package_trains_by_its_readme_outside_the_repository(built_classification,
+                                                                            tmp_path):
+    with tarfile.open(built_classification.archive) as tar:
+        tar.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    unpacked = tmp_path / built_classification.directory.name
+    readme = (unpacked / "README.md").read_text()
+    commands = _smoke_commands(readme)
+    assert [c[:3] for c in commands] == [["python", "-m", "shared.classification.synthetic"],
+                                         ["python", "train.py", "--config"]]
+    data = tmp_path / "cls"
+    env = _env_outside_repo()
+    for cmd in commands:
+        args = [str(data) if c == "/tmp/cls" else c for c in cmd[1:]]  # cmd[0] is "python"
+        proc = subprocess.run([sys.executable, *args], cwd=unpacked, env=env, capture_output=True,
+                              text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = list((unpacked / "runs").iterdir())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (validation,) = [r for r in records if r["group"] == "validation"]
+    assert validation["steps_completed"] == 3 and 0 <= validation["metrics"]["accuracy"] <= 100
+    assert any(r["group"] == "resources" for r in records)
+    # the package's shared/ was imported (the generator and the trial's modules are shipped)
+    assert (unpacked / "shared" / "classification" / "synthetic.py").is_file()
+    assert not (unpacked / "shared" / "package").exists()
+
+
+def test_classification_readme_is_the_classification_one(built_classification):
+    readme = (built_classification.directory / "README.md").read_text()
+    assert "energy-aware image classification recipe" in readme
+    prose = readme.split("## What `shared/` holds")[0]  # (the module list names shared.data.ade20k)
+    assert not {w for w in ("segmentation", "ADE20K", "miou", "mIoU") if w in prose}
+    trial_cls = recipes.get("image_classification").trial_class()
+    for key in {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}:
+        assert f"| `{key}` |" in readme or key == "energy", key
+    assert "--data-dir /data/imagefolder" in readme and "`--epochs N`" not in readme
+    code = "\n".join(p.read_text() for p in (built_classification.directory / "shared").rglob("*.py"))
+    metrics = re.findall(r"^\| (training|validation|energy|run|resources) \| `(\w+)` \|", readme, re.M)
+    names = {(g, m) for g, m in metrics}
+    assert {("validation", "accuracy"), ("validation", "top5_accuracy"),
+            ("validation", "mean_class_accuracy"), ("validation", "validation_loss"),
+            ("resources", "cpu_percent"), ("resources", "gpu_peak_mb")} <= names
+    assert all(f'"{m}"' in code for _, m in metrics)
+    assert "psutil" in " ".join(built_classification.requirements)
+
+
+def test_segmentation_readme_smoke_generator_is_shipped(built):
+    readme = (built.directory / "README.md").read_text()
+    (generate_cmd, _) = _smoke_commands(readme)
+    module = generate_cmd[2]
+    assert (built.directory / (module.replace(".", "/") + ".py")).is_file()
+    assert "energy-aware semantic segmentation recipe" in readme
+
+
+def test_unknown_family_is_refused_with_the_known_ones():
+    with pytest.raises(pkg.PackageError, match=r"no README texts for trial family 'detection'; "
+                                               r"known: segmentation, classification"):
+        pkg.readme.family_text("detection")
+
+
+def test_extra_module_must_exist(tmp_path):
+    _write(tmp_path, {"shared/__init__.py": "", "trials/foo/train.py": "import shared\n"})
+    with pytest.raises(pkg.PackageError, match=r"shared\.nope: asked to ship it, but .*shared has no"):
+        pkg.analyse([tmp_path / "trials" / "foo" / "train.py"], tmp_path, extra=["shared.nope"])
 
 
 # --------------------------------------------------------------------------- import analysis
@@ -247,7 +326,8 @@ def test_analysis_errors_name_the_file(tmp_path, files, message):
 
 # --------------------------------------------------------------------------- build errors
 def test_unknown_model_and_missing_configs(tmp_path):
-    with pytest.raises(pkg.PackageError, match=r"unknown model 'nope'.*available: .*unet"):
+    with pytest.raises(pkg.PackageError, match=r"unknown model 'nope': .*trials/nope/train\.py does "
+                                               r"not exist; known recipes: .*unet"):
         pkg.build_package("nope", tmp_path)
     _write(tmp_path / "repo", {"trials/foo/train.py": "", "pyproject.toml": '[project]\nversion = "1"\n'})
     with pytest.raises(pkg.PackageError, match=r"no experiment configs for foo: .*experiment_configs/foo"):
@@ -264,7 +344,7 @@ def test_refuses_to_replace_a_directory_it_did_not_make(tmp_path):
 
 
 def test_config_checks_name_the_file(tmp_path, built):
-    trial_cls = pkg.load_trial_class(ROOT / "trials" / "unet", "unet")
+    trial_cls = recipes.get("unet").trial_class()
     bad = tmp_path / "bad.yaml"
     bad.write_text("entrypoint: python3 train.py\nhyperparameters:\n  lrr: 0.1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: unknown hyperparameter 'lrr'"):

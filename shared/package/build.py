@@ -1,0 +1,307 @@
+"""Building one recipe's package: the staging directory (trial files, the library closure,
+configs with their comment lines rewritten, cited docs, README, requirements.txt,
+.detignore), the git version stamp, Determined's context-size check and the reproducible
+``.tar.gz``."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import gzip
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import yaml
+
+from shared import recipes
+from shared.package.closure import (LIBRARY, Closure, _installed_version, _requirement_name, analyse,
+                                    read_pyproject, requirements)
+from shared.package.errors import PackageError
+from shared.package.readme import MARKER, family_text, render_readme
+
+ROOT = recipes.REPO_ROOT
+DETIGNORE = """\
+# Kept out of the context that `det experiment create <config> .` uploads (the config file
+# is sent on its own). Determined also skips .detignore itself.
+configs/
+docs/
+tests/
+test_*.py
+runs/
+__pycache__/
+*.pyc
+*.tar.gz
+"""
+
+
+# --------------------------------------------------------------------------- version stamp
+def _git(root: pathlib.Path, *args: str) -> Optional[str]:
+    # GIT_OPTIONAL_LOCKS=0: a read must never refresh (write) the index of a checkout that
+    # others are working in.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=20, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def version_stamp(root: pathlib.Path, version: str, paths: Sequence[str]) -> str:
+    """``<pyproject version> (git <describe>[-dirty])``; dirty when any of ``paths`` (the
+    sources that go into the package) differs from HEAD or holds untracked files."""
+    described = _git(root, "describe", "--tags", "--always")
+    if not described:
+        return f"{version} (not from a git checkout)"
+    changed = _git(root, "diff", "--name-only", "HEAD", "--", *paths)
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths)
+    dirty = bool(changed) or bool(untracked) or changed is None
+    return f"{version} (git {described}{'-dirty' if dirty else ''})"
+
+
+
+def check_config(path: pathlib.Path, trial_cls: type, package_dir: pathlib.Path) -> Dict[str, Any]:
+    """Load an experiment config and check what would fail on the customer's cluster: the
+    hyperparameters (the fixed point of the space) against the trial's schema, and that the
+    entrypoint's scripts are in the package.
+
+    Raises:
+        shared.hparams.ConfigError: a bad config (the message names the file and key).
+        PackageError: the entrypoint names a script the package does not have.
+    """
+    from shared import hparams
+
+    conf = hparams.load_experiment_config(path)
+    point = hparams.point_from_space(conf["hyperparameters"], str(path))
+    hparams.resolve(point, trial_cls.MODEL_PARAMS, where=str(path), common=trial_cls.COMMON_PARAMS)
+    entry = conf.get("entrypoint")
+    tokens = shlex.split(entry) if isinstance(entry, str) else list(entry or [])
+    for token in tokens:
+        if str(token).endswith(".py") and not (package_dir / token).is_file():
+            raise PackageError(f"{path}: entrypoint {entry!r} runs {token}, which the package "
+                               f"does not contain")
+    return conf
+
+
+def _rewrite_config(text: str, model: str, source_rel: str, stamp: str, name: str) -> str:
+    """Repository paths in comment lines -> the package's. Data lines are left alone; the
+    caller checks that the YAML still loads to the same data."""
+    swaps = [
+        (f" trials/{model} --include {LIBRARY}", " ."),
+        (f"trials/{model}/train.py", "train.py"),
+        (f"experiment_configs/{model}/", "configs/"),
+        (f"trials/{model}/", ""),
+        (f"trials/{model}", "."),
+    ]
+    out = []
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("#"):
+            for old, new in swaps:
+                line = line.replace(old, new)
+        out.append(line)
+    header = (f"# {source_rel} of energy-seg-recipes {stamp}, packaged for the {model} recipe.\n"
+              f"# Run from the directory holding train.py:  det experiment create configs/{name} .\n")
+    return header + "".join(out)
+
+
+
+# --------------------------------------------------------------------------- building
+@dataclasses.dataclass
+class PackageResult:
+    """What ``build_package`` made."""
+
+    model: str
+    directory: pathlib.Path
+    archive: pathlib.Path
+    stamp: str
+    closure: Closure
+    requirements: List[str]
+    #: paths (relative) that ``det experiment create <config> <directory>`` uploads
+    context_files: List[str]
+    context_bytes: int
+
+
+def context_contents(directory: pathlib.Path) -> Tuple[List[str], int]:
+    """The files of ``directory`` that ``det experiment create`` would upload (Determined's own
+    .detignore walk) and their total size in bytes, as Determined counts it."""
+    from determined.common import detignore, v1file_utils
+
+    files: List[str] = []
+    size = 0
+    with warnings.catch_warnings():
+        # Determined 0.38 builds its matcher with a pattern class newer pathspec deprecates.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for entry in detignore.os_walk_to_v1Files(directory.resolve(), pathlib.Path("")):
+            size += v1file_utils.v1File_size(entry)
+            if entry.type == ord(tarfile.REGTYPE):
+                files.append(entry.path)
+    return sorted(files), size
+
+
+def _context_limit() -> int:
+    from determined.common import constants
+    return int(constants.MAX_CONTEXT_SIZE)
+
+
+def _doc_links(texts: Iterable[str]) -> List[str]:
+    found: Set[str] = set()
+    for text in texts:
+        found.update(re.findall(r"\bdocs/[\w./-]+\.md\b", text))
+    return sorted(found)
+
+
+def _write_archive(directory: pathlib.Path, archive: pathlib.Path) -> None:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        if epoch and epoch.isdigit():
+            info.mtime = int(epoch)
+        return info
+
+    tmp = archive.with_name(archive.name + ".part")
+    # mtime=0 in the gzip header: the same files give the same archive bytes
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(directory, arcname=directory.name, filter=clean)  # entries sorted by tarfile
+    os.replace(tmp, archive)
+
+
+def _replaceable(path: pathlib.Path) -> bool:
+    readme = path / "README.md"
+    try:
+        return path.is_dir() and readme.read_text(encoding="utf-8").splitlines()[0] == MARKER
+    except (OSError, IndexError, UnicodeDecodeError):
+        return False
+
+
+def build_package(model: str, out: pathlib.Path, *, root: pathlib.Path = ROOT,
+                  max_context_bytes: Optional[int] = None) -> PackageResult:
+    """Build ``out/<model>-recipe-<version>/`` and ``out/<model>-recipe-<version>.tar.gz``.
+
+    Args:
+        model: a recipe of ``root`` (``shared.recipes``: ``root/trials/<model>/train.py``).
+        out: output directory (created).
+        root: the repository (``trials/``, ``experiment_configs/``, ``shared/``,
+            ``pyproject.toml``).
+        max_context_bytes: refuse a context larger than this (default: Determined's limit,
+            95 MiB).
+
+    Raises:
+        PackageError: unknown model, missing configs, an import the requirements cannot
+            cover, a directory in the way that this tool did not make, a context too large.
+        shared.hparams.ConfigError: a config that would fail on the cluster.
+    """
+    root = pathlib.Path(root).resolve()
+    out = pathlib.Path(out).resolve()
+    try:
+        recipe = recipes.get(model, root)
+    except recipes.RecipeError as err:
+        raise PackageError(f"unknown model {model!r}: {err}") from None
+    trial_dir, config_dir = recipe.trial_dir, recipe.configs_dir
+    config_files = recipe.config_files()
+    if not config_files:
+        raise PackageError(f"no experiment configs for {model}: {config_dir}/*.yaml matches nothing")
+    project = read_pyproject(root)
+    version = str(project["version"])
+    name = f"{model}-recipe-{version}"
+    target = out / name
+    archive = out / f"{name}.tar.gz"
+    if target.exists() and not _replaceable(target):
+        raise PackageError(f"{target} exists and was not made by shared.package (no marker in "
+                           f"its README.md); remove it or choose another --out")
+
+    trial_files = recipe.trial_files()
+    try:
+        trial_cls = recipe.trial_class()
+        family = recipe.family
+    except recipes.RecipeError as err:
+        raise PackageError(str(err)) from None
+    # the README's smoke test runs the family's data generator: ship it too
+    closure = analyse(trial_files, root, extra=[family_text(family).generator])
+    reqs = requirements(closure.third_party, project, root / "pyproject.toml")
+    stamp = version_stamp(root, version, [LIBRARY, f"trials/{model}", f"experiment_configs/{model}",
+                                          "pyproject.toml"])
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".{name}.building-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        staging.mkdir()
+        for f in trial_files:
+            shutil.copyfile(f, staging / f.name)
+        for path in [*closure.modules.values(), *closure.data_files]:
+            dest = staging / path.relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+
+        (staging / "configs").mkdir()
+        configs: Dict[str, Dict[str, Any]] = {}
+        config_texts: List[str] = []
+        for path in config_files:
+            conf = check_config(path, trial_cls, staging)
+            text = path.read_text(encoding="utf-8")
+            new = _rewrite_config(text, model, str(path.relative_to(root)), stamp, path.name)
+            if yaml.safe_load(new) != yaml.safe_load(text):
+                raise PackageError(f"{path}: rewriting its comments changed its data (a comment "
+                                   f"line the YAML parser reads as data?); fix the file")
+            (staging / "configs" / path.name).write_text(new, encoding="utf-8")
+            configs[path.name] = conf
+            config_texts.append(text)
+
+        # the docs the config comments cite, and the docs those cite in turn
+        docs: List[str] = []
+        pending = [d for d in _doc_links(config_texts) if (root / d).is_file()]
+        while pending:
+            d = pending.pop(0)
+            if d not in docs:
+                docs.append(d)
+                pending += [x for x in _doc_links([(root / d).read_text(encoding="utf-8")])
+                            if (root / x).is_file() and x not in docs]
+        docs.sort()
+        for d in docs:
+            dest = staging / d
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / d, dest)
+
+        (staging / ".detignore").write_text(DETIGNORE, encoding="utf-8")
+        tested = [f"{_requirement_name(r)} {v}" for r in reqs if (v := _installed_version(r))]
+        req_text = [
+            f"# energy-seg-recipes {stamp}: the {model} recipe, local runs (python train.py ...).",
+            "# On a cluster the task image provides these. Install torch and torchvision for your",
+            "# CUDA first if pip's default build does not fit your driver.",
+            *reqs,
+        ]
+        if tested:
+            req_text += ["# Tested with: " + ", ".join(tested)]
+        (staging / "requirements.txt").write_text("\n".join(req_text) + "\n", encoding="utf-8")
+        model_doc = ast.get_docstring(ast.parse((trial_dir / "model.py").read_text(encoding="utf-8"))) \
+            if (trial_dir / "model.py").is_file() else trial_cls.__doc__
+        readme = render_readme(model=model, family=family, stamp=stamp, version=version, trial_cls=trial_cls,
+                               model_doc=model_doc or "", configs=configs, closure=closure,
+                               requirement_lines=reqs, trial_files=[f.name for f in trial_files],
+                               docs=docs, package_dir=staging)
+        (staging / "README.md").write_text(readme, encoding="utf-8")
+
+        files, size = context_contents(staging)
+        limit = _context_limit() if max_context_bytes is None else max_context_bytes
+        if size > limit:
+            raise PackageError(f"the context of {name} is {size / 2**20:.2f} MiB, over the "
+                               f"{limit / 2**20:.2f} MiB that Determined accepts; biggest files: "
+                               + ", ".join(sorted(files, key=lambda f: -(staging / f).stat().st_size)[:5]))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _write_archive(target, archive)
+    return PackageResult(model, target, archive, stamp, closure, reqs, files, size)

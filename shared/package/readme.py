@@ -1,0 +1,555 @@
+"""The customer README of a package (Markdown), rendered at build time from the trial's
+schema and family, its configs, the shipped code and the energy library.
+
+One job, the README, in one file (its length is the tables' notes). Two trial families
+have their own texts (``Family``: title, data, smoke test, metrics); the
+rest is shared. The energy documentation (options, sources, environment variables) is kept in
+one block, ``energy_section`` and the notes above it.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import pathlib
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+from shared.package.closure import LIBRARY, Closure
+from shared.package.errors import PackageError
+
+#: First line of every generated README: marks a directory this tool may replace.
+MARKER = "<!-- made by `python -m shared.package`: rebuilding replaces this directory -->"
+#: The task image built by cluster/build-image.sh (docs/cluster.md).
+TASK_IMAGE = "energy-seg-recipes/task:{version}-cuda12"
+
+#: Notes of the hyperparameter table, by key (a family's ``hp_notes`` replace some; keys
+#: without a note show the Param's help).
+_HP_NOTES: Dict[str, str] = {
+    "data_dir": "dataset root (ADEChallengeData2016 layout) as the task sees it: bind-mount it on a cluster, --data-dir locally",
+    "num_classes": "classes scored (ADE20K: 150); label 0 (unlabelled) is ignored",
+    "class_names": "optional names for the per-class IoU report",
+    "crop_size": "training crop, pixels (int or [h, w])",
+    "scale": "rescale target [long, short] before the ratio_range jitter; validation rescales to it keeping the aspect ratio",
+    "ratio_range": "random rescale factor range of the training pipeline",
+    "cat_max_ratio": "a crop is redrawn (up to 10 times) while one class covers at least this share of it",
+    "skip_bad_samples": "skip unreadable or unpaired samples (counted in skipped_samples) instead of failing",
+    "workers_per_slot": "data-loader worker processes per GPU",
+    "val_batch_size_per_slot": "validation images per GPU per batch",
+    "global_batch_size": "images per optimizer step, all GPUs together",
+    "base_batch_size": "the batch size lr is given for: the trial uses lr x global_batch_size / base_batch_size",
+    "optimizer": "AdamW or SGD (no weight decay on norms and biases)",
+    "lr": "peak learning rate at base_batch_size (linear scaling rule)",
+    "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
+    "momentum": "SGD momentum",
+    "warmup_batches": "linear warm-up length, batches",
+    "warmup_ratio": "learning-rate factor at the first warm-up batch",
+    "poly_power": "exponent of the poly decay after warm-up",
+    "min_lr_ratio": "floor of the poly decay, as a factor of the peak",
+    "grad_clip_norm": "clip the global gradient norm (null: no clipping)",
+    "precision": "auto = bf16 autocast where the GPU has it, else fp16 with a gradient scaler; fp32 on CPU",
+    "channels_last": "NHWC memory layout; auto = on for CUDA",
+    "seed": "seed of local runs (on a cluster Determined seeds each trial)",
+    "pretrained_path": "local weights file to start from; nothing is ever downloaded",
+    "max_batches": "training length, batches (an ASHA searcher's max_time wins when time_metric is batches)",
+    "validation_period": "validate every this many batches",
+    "checkpoint_period": "checkpoint every this many batches",
+    "report_period": "report training metrics every this many batches",
+    "target_miou": "the mIoU (%) that defines time and energy to target",
+    "stop_at_target": "stop the trial at the first validation that reaches the target",
+    "energy": "the energy hook: see the energy.* rows and the Energy section",
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict) and value.get("type") == "const":
+        return _fmt(value.get("val"))
+    if isinstance(value, dict) and "type" in value:
+        t = value["type"]
+        if t == "categorical":
+            return "search: one of " + ", ".join(_fmt(v) for v in value.get("vals", []))
+        if t in ("int", "double"):
+            return f"search: {t} {_fmt(value.get('minval'))}..{_fmt(value.get('maxval'))}"
+        if t == "log":
+            base = value.get("base", 10)
+            return f"search: {base}^{_fmt(value.get('minval'))}..{base}^{_fmt(value.get('maxval'))}"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _allowed(param: Any) -> str:
+    if getattr(param, "choices", None):
+        return ", ".join(_fmt(c) for c in param.choices)
+    types = "/".join(t.__name__ for t in param.types)
+    return types + (" or null" if param.nullable else "")
+
+
+def _summary_line(doc: Optional[str]) -> str:
+    return (inspect.cleandoc(doc or "").split("\n\n")[0]).replace("\n", " ").strip()
+
+
+# --------------------------------------------------------------------------- trial families
+# Why Python and not a Jinja2 template: every table here is rows computed from the trial's
+# schema, the configs and the shipped code; a template would split each table between two
+# files and still need these functions to compute its rows. The fixed prose is small.
+
+#: (group, name, meaning); a row is written only when the shipped code names the metric.
+Metric = Tuple[str, str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the README says differently for one trial family (``shared.recipes.FAMILIES``)."""
+
+    #: the task, in the title: "energy-aware <title> recipe for Determined"
+    title: str
+    #: what the trial does, after "The trial (`X`) is a Determined `PyTorchTrial` that"
+    does: str
+    #: how a local run's length is set (the launcher's options this family supports)
+    length_options: str
+    #: the module that writes a tiny data set for the smoke test (shipped with the package)
+    generator: str
+    #: the smoke test's commands, ``{first}`` = the first config's file name
+    smoke: Tuple[str, ...]
+    #: hyperparameter notes that replace the shared ones (``_HP_NOTES``) for this family
+    hp_notes: Mapping[str, str]
+    #: training and validation metrics of this family (before the shared ones)
+    metrics: Tuple[Metric, ...]
+    #: metric groups of this family (after the shared ones)
+    extra_metrics: Tuple[Metric, ...]
+    #: what else a local run's metrics.jsonl holds
+    local_groups: str
+
+
+_SEGMENTATION = Family(
+    title="semantic segmentation",
+    does="trains on the ADE20K layout (`ADEChallengeData2016/images|annotations/training|validation`), "
+         "validates mIoU, records the time and the energy to reach a target mIoU, and runs "
+         "unchanged on a Determined 0.38 cluster and locally (Determined's local training mode).",
+    length_options="`--batches N` or `--epochs N` (training length)",
+    generator="shared.data.synthetic",
+    smoke=(
+        "python -m shared.data.synthetic --out /tmp/synthetic --num-train 16 --num-val 4 --num-classes 4",
+        "python train.py --config configs/{first} --data-dir /tmp/synthetic --batches 3 \\",
+        "    --set crop_size=32 scale=[64,32] num_classes=4 global_batch_size=4 workers_per_slot=0 \\",
+        "          warmup_batches=2 report_period=2 energy.enabled=false",
+    ),
+    hp_notes={},
+    metrics=(
+        ("training", "loss", "training loss (cross-entropy, label 0 ignored)"),
+        ("training", "lr", "learning rate"),
+        ("validation", "miou", "mean IoU over classes, % (the searcher metric)"),
+        ("validation", "pixel_accuracy", "correctly classified labelled pixels, %"),
+        ("validation", "mean_accuracy", "mean over classes of the per-class accuracy, %"),
+        ("validation", "validation_loss", "validation loss"),
+    ),
+    extra_metrics=(),
+    local_groups="Locally, `metrics.jsonl` also has a `per_class_iou` group (IoU of every class at "
+                 "each validation) and the `run` group (the run's settings).",
+)
+
+_CLASSIFICATION = Family(
+    title="image classification",
+    does="trains on an ImageFolder set (`train/<class>/*.jpg`, optionally `val/<class>/*.jpg`; "
+         "without `val/`, `val_fraction` of each class is held out), validates top-1 and top-5 "
+         "accuracy exactly over the whole validation set, records the time and the energy to "
+         "reach a target accuracy and what its own processes use (metric group `resources`), "
+         "and runs unchanged on a Determined 0.38 cluster and locally (Determined's local "
+         "training mode).",
+    # the classification trial does not count its training images for --epochs (yet)
+    length_options="`--batches N` (training length)",
+    generator="shared.classification.synthetic",
+    smoke=(
+        "python -m shared.classification.synthetic --out /tmp/cls --num-classes 3 --per-class 8 --size 32",
+        "python train.py --config configs/{first} --data-dir /tmp/cls --batches 3 \\",
+        "    --set arch=resnet18 image_size=32 global_batch_size=4 base_batch_size=4 workers_per_slot=0 \\",
+        "          warmup_batches=2 report_period=2 validation_period=3 energy.enabled=false",
+    ),
+    hp_notes={
+        "data_dir": "dataset root (train/<class>/*.jpg, optionally val/<class>/*.jpg) as the task sees it: bind-mount it on a cluster, --data-dir locally",
+        "num_classes": "classes: the class directories of <data_dir>/train (sorted names give the indices)",
+        "label_smoothing": "label smoothing of the training loss (validation_loss is plain cross-entropy)",
+    },
+    metrics=(
+        ("training", "loss", "training loss (cross-entropy, with label_smoothing)"),
+        ("training", "lr", "learning rate"),
+        ("validation", "accuracy", "top-1 accuracy over the whole validation set, % (the searcher metric)"),
+        ("validation", "top5_accuracy", "% of samples whose label is among the min(5, num_classes) largest logits"),
+        ("validation", "mean_class_accuracy", "mean over the classes present of the per-class recall, % (balanced accuracy)"),
+        ("validation", "validation_loss", "summed cross-entropy / samples"),
+        ("validation", "validation_samples", "samples scored (every image exactly once)"),
+    ),
+    extra_metrics=(
+        ("resources", "cpu_percent", "CPU time of the training processes / wall time x 100 (100 = one core), summed over ranks"),
+        ("resources", "threads", "threads of the training processes, summed"),
+        ("resources", "rss_mb", "resident memory of the training processes, summed"),
+        ("resources", "workers", "data-loader worker processes, summed"),
+        ("resources", "workers_cpu_percent", "their CPU time / wall time x 100, summed"),
+        ("resources", "workers_rss_mb", "their resident memory (pages shared by fork counted in each), summed"),
+        ("resources", "gpu_allocated_mb", "torch.cuda.memory_allocated, largest rank (CUDA only)"),
+        ("resources", "gpu_reserved_mb", "torch.cuda.memory_reserved, largest rank (CUDA only)"),
+        ("resources", "gpu_peak_mb", "peak allocated since the previous sample, largest rank (CUDA only)"),
+        ("resources", "ranks", "ranks that reported"),
+    ),
+    local_groups="The `resources` group is sampled at each training report and, with its keys "
+                 "prefixed `val_`, at each validation end. Locally, `metrics.jsonl` also has a "
+                 "`per_class_accuracy` group (accuracy of every class at each validation) and the "
+                 "`run` group (the run's settings).",
+)
+
+FAMILIES: Dict[str, Family] = {"segmentation": _SEGMENTATION, "classification": _CLASSIFICATION}
+
+
+def family_text(family: str) -> Family:
+    """The README texts of a trial family.
+
+    Raises:
+        PackageError: a family this renderer has no texts for.
+    """
+    try:
+        return FAMILIES[family]
+    except KeyError:
+        raise PackageError(f"no README texts for trial family {family!r}; known: "
+                           f"{', '.join(FAMILIES)} (shared/package/readme.py)") from None
+
+
+def _shared_metrics(target_param: str) -> List[Metric]:
+    """The metrics every family reports: time and energy to target, the energy group, run."""
+    return [
+        ("validation", "time_to_target_s", f"wall time from the trial's start to the first validation at {target_param} (carried over pause/resume)"),
+        ("validation", "batches_to_target", "batches trained at that validation"),
+        ("validation", "energy_wh", "energy measured so far, Wh"),
+        ("validation", "energy_to_target_wh", "energy at the first validation that reached the target, Wh"),
+        ("validation", "projected_energy_to_target_wh", "energy_to_target_wh once reached, before that a linear projection (the energy-aware searcher's metric)"),
+        ("validation", "skipped_samples", "samples skipped as bad (skip_bad_samples)"),
+        ("energy", "energy_wh", "the trial's energy, Wh (node input power where a BMC/Prometheus source measured it, else GPU + CPU + DRAM)"),
+        ("energy", "gpu_wh", "GPU energy of the trial's GPUs (NVML)"),
+        ("energy", "cpu_wh", "CPU packages (RAPL) x the trial's share of the node"),
+        ("energy", "dram_wh", "DRAM (RAPL) x share"),
+        ("energy", "node_wh", "node input power (Redfish, IPMI, Prometheus) x share"),
+        ("energy", "avg_power_w", "energy_wh / duration_s"),
+        ("energy", "duration_s", "measured time"),
+        ("energy", "sources", "the sources that measured"),
+        ("energy", "nodes", "nodes of the trial"),
+        ("energy", "nodes_measured", "nodes with a measurement"),
+        ("energy", "coverage", "fraction of the time covered by measurements (< 1: holes, a pause)"),
+        ("energy", "apportion", "the apportion rule applied"),
+        ("energy", "estimate", "always false: every figure is measured"),
+        ("energy", "facility_wh", "energy x PUE (energy.pue set)"),
+        ("energy", "co2e_g", "facility (or IT) energy x carbon intensity (energy.carbon_intensity_g_per_kwh set)"),
+        ("run", "model", "model name"),
+        ("run", "params", "parameter count"),
+        ("run", "slots", "GPUs (or processes) of the trial"),
+        ("run", "precision", "precision in use"),
+        ("run", "global_batch_size", "images per step"),
+        ("run", "lr", "the scaled peak learning rate"),
+        ("run", "device", "device name"),
+    ]
+
+
+# --------------------------------------------------------------------------- energy documentation
+# Everything the README says about the energy hook's options, sources and environment
+# variables is in this block (the notes and energy_section), so that it can be replaced in one
+# piece by declarations of the energy library.
+
+_ENERGY_NOTES: Dict[str, str] = {
+    "enabled": "false turns the energy hook off",
+    "sources": "auto, none, or names among nvml, rapl, redfish, ipmi, prometheus (ENERGY_SOURCES wins)",
+    "apportion": "share of node-level energy charged to the trial: gpu_share (its GPUs / the node's) or none",
+    "pue": "facility PUE: adds facility_wh = energy x PUE",
+    "carbon_intensity_g_per_kwh": "grid intensity: adds co2e_g",
+    "gpus_on_node": "GPUs of the node for gpu_share (else ENERGY_GPUS_ON_NODE, else detected)",
+    "sample_period_s": "sampling period of the BMC sources (IPMI, Redfish), seconds; their default 5",
+    "nvml_power_period_s": "NVML power sampling period on GPUs without an energy counter, seconds",
+    "ipmi_timeout_s": "timeout of one ipmitool call, seconds",
+    "rapl_max_power_w": "power ceiling per RAPL domain, used to size the counter-wrap poll (default 1000)",
+    "rapl_poll_below_s": "read RAPL on a thread when a counter can wrap faster than this (default 3600)",
+    "ipmi_sample_period_s": "IPMI's own sampling period (else sample_period_s)",
+    "redfish_sample_period_s": "Redfish's own sampling period (else sample_period_s)",
+    "redfish_timeout_s": "timeout of one Redfish request, seconds",
+    "prometheus_timeout_s": "timeout of one Prometheus query, seconds",
+}
+
+_ENV_NOTES: Dict[str, str] = {
+    "ENERGY_SOURCES": "replaces the energy.sources hyperparameter: a site sets it once for its nodes",
+    "ENERGY_GPUS_ON_NODE": "GPUs of the node, for gpu_share when a container sees only its own GPUs (shared nodes)",
+    "ENERGY_NODE_NAME": "this node's name in reports and in the Prometheus query's {node} (default: the host name; in a bridge-networked container that is the container id)",
+    "ENERGY_RAPL_ROOT": "powercap directory to read (default /sys/class/powercap), e.g. a read-only bind mount of the host's /sys/devices/virtual/powercap/intel-rapl",
+    "ENERGY_REDFISH_URL": "the BMC's Redfish service root or its Chassis/<id>/Power, EnvironmentMetrics or PowerSubsystem resource; no credentials in it",
+    "ENERGY_REDFISH_CREDENTIALS_FILE": "file holding `user:password` (first line) or {\"username\": ..., \"password\": ...}; mode 600",
+    "ENERGY_REDFISH_CA_BUNDLE": "PEM file of the CA that signed the BMC's certificate",
+    "ENERGY_REDFISH_INSECURE": "1: do not verify the BMC's certificate (warned)",
+    "ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS": "1: send the credentials over plain http",
+    "ENERGY_IPMI_CMD": "the ipmitool command (default `ipmitool dcmi power reading`, in-band through /dev/ipmi0); add `-I lanplus -H <bmc> -U <user> -f <passfile>` for a BMC over the network",
+    "ENERGY_PROMETHEUS_URL": "base URL of the site's Prometheus",
+    "ENERGY_PROMETHEUS_QUERY": "PromQL for this node's power in watts; {node} is replaced by the node name",
+    "ENERGY_PROMETHEUS_STEP_S": "evaluation step, seconds (default 15; not below the scrape interval)",
+    "ENERGY_PROMETHEUS_TOKEN_FILE": "file holding a bearer token",
+    "ENERGY_PROMETHEUS_CA_BUNDLE": "PEM CA file for an https Prometheus",
+    "ENERGY_PROMETHEUS_INSECURE": "1: do not verify Prometheus' certificate",
+}
+
+_ENV_RE = re.compile(r"\bENERGY_[A-Z][A-Z0-9_]*[A-Z0-9]\b")
+
+
+def energy_variables(shared_dir: pathlib.Path) -> Dict[str, List[str]]:
+    """ENERGY_* environment variables named in the string literals (code and docstrings, not
+    comments) of the energy code under ``shared_dir``, each with the modules naming it: read
+    from the code, so that the README cannot drift from it."""
+    found: Dict[str, List[str]] = {}
+    for path in sorted((shared_dir / "energy").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        names: Set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.update(_ENV_RE.findall(node.value))
+        for var in sorted(names):
+            found.setdefault(var, []).append(path.stem)
+    return dict(sorted(found.items()))
+
+
+def energy_section(package_dir: pathlib.Path, energy_conf: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
+    """The README's energy documentation: the ``energy.*`` rows of the hyperparameter table
+    (``energy_conf``: the first config's ``energy`` values) and the "Energy" section (the
+    sources shipped under ``package_dir`` and the environment variables their code reads)."""
+    from shared.energy import select
+    from shared.energy.callback import DEFAULT_OPTIONS
+
+    rows: List[str] = []
+    for key, default in DEFAULT_OPTIONS.items():
+        value = _fmt(energy_conf[key]) if key in energy_conf else "(default)"
+        rows.append(f"| `energy.{key}` | `{_cell(value)}` | `{_cell(_fmt(default))}` | | "
+                    f"{_cell(_ENERGY_NOTES.get(key, 'see shared/energy/callback.py'))} |")
+    lines = [
+        "## Energy",
+        "",
+        "The energy hook (`shared/energy`) measures the trial from its first to its last batch "
+        "and adds the `energy` group and the energy metrics above. Each joule is counted once: "
+        "a GPU is read by the process that trains on it, node-level sources by one process per "
+        "node (local rank 0), and node-level energy is charged to the trial by its share of the "
+        "node's GPUs (`energy.apportion`). A source that fails never stops training: it is "
+        "logged once and shows up as lower `coverage`.",
+        "",
+        "| source | measures | read by |",
+        "| --- | --- | --- |",
+    ]
+    for name in select.SOURCE_ORDER:
+        path = package_dir / LIBRARY / "energy" / "sources" / f"{name}.py"
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) if path.is_file() else ""
+        scope = "each training process, its own GPUs" if name in select.DEVICE_SOURCES \
+            else "one process per node"
+        auto = select.AUTO_ONLY_WITH_ENV.get(name)
+        if auto:
+            scope += f"; `auto` tries it only when `{auto}` is set"
+        lines.append(f"| `{name}` | {_cell(_summary_line(doc))} | {scope} |")
+    lines += [
+        "",
+        "Sources are configured through the environment, so that site details (BMC addresses, "
+        "credentials, URLs) stay out of the experiment config, which the WebUI shows. Set them "
+        "in the cluster's task defaults or the config's `environment.environment_variables`:",
+        "",
+        "| variable | used by | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for var, modules in energy_variables(package_dir / LIBRARY).items():
+        lines.append(f"| `{var}` | {', '.join(modules)} | "
+                     f"{_cell(_ENV_NOTES.get(var, 'see the docstring of the module'))} |")
+    lines += [
+        "",
+        "Permissions a cluster administrator grants once (the project's docs/cluster.md has the "
+        "files): RAPL counters are readable by root only since Linux 5.10, and recent Docker "
+        "masks `/sys/devices/virtual/powercap` in containers (bind-mount it read-only and set "
+        "`ENERGY_RAPL_ROOT`); in-band IPMI needs the `/dev/ipmi0` device in the container; "
+        "Redfish needs the BMC network and a credentials file mounted read-only.",
+        "",
+    ]
+    return rows, lines
+
+
+# --------------------------------------------------------------------------- the README
+def render_readme(*, model: str, family: str, stamp: str, version: str, trial_cls: type,
+                  model_doc: str, configs: Mapping[str, Mapping[str, Any]],
+                  closure: Closure, requirement_lines: Sequence[str], trial_files: Sequence[str],
+                  docs: Sequence[str], package_dir: pathlib.Path) -> str:
+    """The customer README (Markdown) of a recipe of trial family ``family``.
+
+    Raises:
+        PackageError: a family without README texts.
+    """
+    fam = family_text(family)
+    shipped_code = "\n".join(p.read_text(encoding="utf-8")
+                             for p in sorted((package_dir / LIBRARY).rglob("*.py")))
+    first = "single_gpu.yaml" if "single_gpu.yaml" in configs else next(iter(configs))
+    base_hp = dict(configs[first].get("hyperparameters") or {})
+    data_dir = _fmt(base_hp.get("data_dir")) if base_hp.get("data_dir") else "DATA_DIR"
+    image = TASK_IMAGE.format(version=version)
+    named_images: Dict[str, List[str]] = {}
+    named_pools: Dict[str, List[str]] = {}
+    for fname, conf in configs.items():
+        img = (conf.get("environment") or {}).get("image")
+        for i in (sorted(set(img.values())) if isinstance(img, dict) else [img] if img else []):
+            named_images.setdefault(str(i), []).append(fname)
+        pool = (conf.get("resources") or {}).get("resource_pool")
+        if pool:
+            named_pools.setdefault(str(pool), []).append(fname)
+    images_text = "; ".join(f"{', '.join(f'`{f}`' for f in fs)} run `{i}`"
+                            for i, fs in named_images.items()) or "no config names an image"
+    images_text += (" (a config without `environment.image` runs the cluster's default image, "
+                    "which then needs the packages of requirements.txt)")
+    pools_text = "; ".join(f"pool `{p}` for {', '.join(f'`{f}`' for f in fs)}"
+                           for p, fs in named_pools.items()) \
+        or "the configs name no pool (the cluster's default compute pool)"
+    lines: List[str] = [
+        MARKER,
+        f"# {model}: energy-aware {fam.title} recipe for Determined",
+        "",
+        f"Version: **energy-seg-recipes {stamp}** (this directory was built by "
+        f"`python -m shared.package {model}`).",
+        "",
+        _summary_line(model_doc),
+        "",
+        f"The trial (`{trial_cls.__name__}`) is a Determined `PyTorchTrial` that {fam.does}",
+        "",
+        "## What is here",
+        "",
+        "| path | what |",
+        "| --- | --- |",
+    ]
+    for name in trial_files:
+        what = {"train.py": "the trial, the experiment's entry point",
+                "model.py": "the model, plain PyTorch"}.get(name, "a module of the trial")
+        lines.append(f"| `{name}` | {what} |")
+    lines += [
+        f"| `{LIBRARY}/` | the project's library: the {len(closure.modules)} modules the trial imports |",
+        "| `configs/` | experiment configs (not uploaded: `.detignore`) |",
+    ]
+    if docs:
+        lines.append("| `docs/` | the project docs the config comments refer to (not uploaded) |")
+    lines += [
+        "| `requirements.txt` | Python packages for local runs |",
+        "| `.detignore` | what `det experiment create` leaves out of the upload |",
+        "",
+        "## Run it on a Determined cluster",
+        "",
+        "From this directory (the context: trial + library, nothing else is needed):",
+        "",
+        "```bash",
+        f"det experiment create configs/{first} .",
+        "```",
+        "",
+        f"- **Data**: every config bind-mounts `{data_dir}` read-only from the agents into the "
+        "container and sets `hyperparameters.data_dir` to it; change `bind_mounts[].host_path` "
+        "to where the agents see the data set.",
+        f"- **Image**: {images_text}. `{image}` is the project's task image (PyTorch + CUDA 12, "
+        "Determined 0.38.1, timm, nvidia-ml-py, ipmitool); push it to a registry the agents "
+        "reach and change the name, or override it at submission: "
+        f"`det experiment create configs/{first} . --config environment.image=REGISTRY/IMAGE:TAG`.",
+        f"- **Pool**: {pools_text}; another with `--config resources.resource_pool=POOL`.",
+        "- The script of the experiment is always `train.py` of this directory: `python3 train.py`, "
+        "or `python3 -m determined.launch.torch_distributed python3 train.py` for several GPUs.",
+        "",
+        "| config | name | slots | searcher | what it is |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for fname, conf in configs.items():
+        res = conf.get("resources") or {}
+        s = conf.get("searcher") or {}
+        searcher = f"{s.get('name', '?')} on {s.get('metric', '?')}"
+        if s.get("max_trials"):
+            searcher += f", {s['max_trials']} trials"
+        lines.append(f"| `configs/{fname}` | {_cell(str(conf.get('name', '')))} | "
+                     f"{res.get('slots_per_trial', 1)} | {_cell(searcher)} | "
+                     f"{_cell(str(conf.get('description', '')))} |")
+    lines += [
+        "",
+        "## Run it locally",
+        "",
+        "```bash",
+        "python -m venv .venv && . .venv/bin/activate",
+        "pip install -r requirements.txt   # install torch/torchvision for your CUDA first if needed",
+        f"python train.py --config configs/{first} --data-dir {data_dir}",
+        "```",
+        "",
+        f"Options: `--output-dir DIR` (default `runs/<model>-<date>-<time>`), {fam.length_options}, "
+        "`--set key=value ...` (any hyperparameter, dotted keys "
+        "for `energy.*`), `--resume latest|CHECKPOINT_DIR`, `--verbose`. A search space in a "
+        "config is run at a fixed point (middle of each range, first category). Several "
+        "local GPUs: `torchrun --nproc_per_node N train.py ...`.",
+        "",
+        "A run writes `metrics.jsonl` (one JSON object per report: `group`, `steps_completed`, "
+        "`time`, `metrics`), `summary.json`, `checkpoints/` and `tensorboard/` under the output "
+        "directory. A smoke test on a generated data set, a few seconds on a CPU:",
+        "",
+        "```bash",
+        *(line.format(first=first) for line in fam.smoke),
+        "```",
+        "",
+        "## Hyperparameters",
+        "",
+        f"Values of `configs/{first}`; other configs change some of them (see each file). "
+        "Unknown keys and bad values are refused before any work, with the file and key named.",
+        "",
+        f"| key | {first} | default | allowed | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
+    notes = {**_HP_NOTES, **fam.hp_notes}
+    energy_conf = base_hp.get("energy") if isinstance(base_hp.get("energy"), dict) else {}
+    energy_rows, energy_lines = energy_section(package_dir, energy_conf)
+    for key, param in schema.items():
+        if key == "energy":
+            continue
+        note = notes.get(key) or param.help or "see model.py"
+        value = _fmt(base_hp[key]) if key in base_hp else "(default)"
+        lines.append(f"| `{key}` | `{_cell(value)}` | `{_cell(_fmt(param.default))}` | "
+                     f"{_cell(_allowed(param))} | {_cell(note)} |")
+    lines += energy_rows
+    lines += [
+        "",
+        "## Metrics",
+        "",
+        "Reported to Determined (WebUI, `det trial logs`, the API) and, locally, to "
+        "`metrics.jsonl` under the same group names.",
+        "",
+        "| group | metric | meaning |",
+        "| --- | --- | --- |",
+    ]
+    target_param = getattr(trial_cls, "TARGET_PARAM", "the target")
+    for group, name, meaning in [*fam.metrics, *_shared_metrics(target_param), *fam.extra_metrics]:
+        if f'"{name}"' in shipped_code:
+            lines.append(f"| {group} | `{name}` | {meaning} |")
+    lines += [
+        "",
+        fam.local_groups,
+        "",
+        *energy_lines,
+        "## Requirements",
+        "",
+        "`requirements.txt`: " + ", ".join(f"`{r}`" for r in requirement_lines) + ".",
+        "",
+        f"## What `{LIBRARY}/` holds",
+        "",
+        "The modules the trial imports, found by reading its code"
+        + (f" (and `{fam.generator}`, the smoke test's data generator)"
+           if fam.generator in closure.extra else "")
+        + ": " + ", ".join(f"`{n}`" for n in closure.modules) + ".",
+        "",
+    ]
+    if closure.dropped:
+        lines.append("Left out (not imported by the trial, directly or through other modules): "
+                     + ", ".join(f"`{n}`" for n in closure.dropped) + ".")
+    else:
+        lines.append("Nothing of the library was left out.")
+    lines.append("")
+    return "\n".join(lines)
