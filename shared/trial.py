@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,11 +22,15 @@ from determined import pytorch as det_torch
 from shared import determined_compat as compat
 from shared import hparams as hpmod
 from shared import runlog
+from shared import energy
 from shared.energy import ENERGY_METRICS
 from shared.engine import Engine, SegmentationTask
 from shared.metrics import per_class_dict
 
 log = logging.getLogger("shared.trial")
+
+#: (group, name, meaning) of one reported metric
+MetricDoc = Tuple[str, str, str]
 
 
 class TargetCallback(det_torch.PyTorchCallback):
@@ -100,6 +104,27 @@ class RecipeTrial(det_torch.PyTorchTrial):
     SEARCHER_METRICS: Mapping[str, bool] = {}
     #: a short name for logs and reports
     MODEL_NAME = "model"
+    #: the family's own training and validation metrics: name -> meaning (see metric_docs)
+    TRAINING_METRICS: Mapping[str, str] = {}
+    VALIDATION_METRICS: Mapping[str, str] = {}
+    #: the family's own custom metric groups: group -> {name: meaning}
+    EXTRA_GROUPS: Mapping[str, Mapping[str, str]] = {}
+
+    @classmethod
+    def metric_docs(cls) -> List[MetricDoc]:
+        """Every metric this trial can report, with its meaning: the one list the README's
+        Metrics table, the customer package's README and the tests check names against."""
+        validation = {
+            **cls.VALIDATION_METRICS,
+            "time_to_target_s": f"wall time from the trial's start to the first validation at "
+                                f"{cls.TARGET_PARAM} (carried over pause/resume)",
+            "batches_to_target": "batches trained at that validation",
+            **energy.VALIDATION_METRICS,
+            "skipped_samples": "samples skipped as bad (skip_bad_samples)",
+        }
+        groups = {"training": cls.TRAINING_METRICS, "validation": validation,
+                  "energy": energy.ENERGY_GROUP, "run": RUN_GROUP, **cls.EXTRA_GROUPS}
+        return [(g, name, meaning) for g, names in groups.items() for name, meaning in names.items()]
 
     def build_model(self, hp: Mapping[str, Any]) -> torch.nn.Module:
         raise NotImplementedError
@@ -225,6 +250,14 @@ class SegmentationTrial(RecipeTrial):
     TARGET_METRIC = "miou"
     TARGET_PARAM = "target_miou"
     SHOWN_METRICS = ("miou", "pixel_accuracy")
+    TRAINING_METRICS = {"loss": "training loss (cross-entropy, label 0 ignored)",
+                        "lr": "learning rate"}
+    VALIDATION_METRICS = {
+        "miou": "mean IoU over classes, % (the searcher metric)",
+        "pixel_accuracy": "correctly classified labelled pixels, %",
+        "mean_accuracy": "mean over classes of the per-class accuracy, %",
+        "validation_loss": "validation loss",
+    }
     SEARCHER_METRICS: Mapping[str, bool] = {
         "miou": True, "pixel_accuracy": True, "mean_accuracy": True, "validation_loss": False,
         "energy_wh": False, "projected_energy_to_target_wh": False,
@@ -263,6 +296,15 @@ class SegmentationTrial(RecipeTrial):
         if last is not None:
             runlog.write_extra("per_class_iou", self.batches_trained,
                                per_class_dict(last["per_class_iou"], self.hp["class_names"]))
+
+
+#: the custom group ``run``, reported once per trial start by _RunInfoCallback
+RUN_GROUP = {
+    "model": "model name", "params": "parameter count", "target_metric": "the metric compared "
+    "with the target", "target": "the target value", "slots": "GPUs (or processes) of the trial",
+    "precision": "precision in use", "global_batch_size": "images per step",
+    "lr": "the scaled peak learning rate", "device": "device name",
+}
 
 
 class _RunInfoCallback(det_torch.PyTorchCallback):

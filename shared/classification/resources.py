@@ -56,6 +56,20 @@ log = logging.getLogger("shared.classification.resources")
 
 MB = 1024 * 1024
 #: keys summed over ranks; the GPU keys take the maximum
+#: the custom group ``resources``: name -> meaning (sampled at each training report and, with
+#: the keys prefixed ``val_``, at each validation end)
+RESOURCES_GROUP = {
+    "cpu_percent": "CPU time of the training processes / wall time x 100 (100 = one core), summed over ranks",
+    "threads": "threads of the training processes, summed",
+    "rss_mb": "resident memory of the training processes, summed",
+    "workers": "data-loader worker processes, summed",
+    "workers_cpu_percent": "their CPU time / wall time x 100, summed",
+    "workers_rss_mb": "their resident memory (pages shared by fork counted in each), summed",
+    "gpu_allocated_mb": "torch.cuda.memory_allocated, largest rank (CUDA only)",
+    "gpu_reserved_mb": "torch.cuda.memory_reserved, largest rank (CUDA only)",
+    "gpu_peak_mb": "peak allocated since the previous sample, largest rank (CUDA only)",
+    "ranks": "ranks that reported",
+}
 SUMMED = ("cpu_percent", "threads", "rss_mb", "workers", "workers_cpu_percent", "workers_rss_mb")
 MAXED = ("gpu_allocated_mb", "gpu_reserved_mb", "gpu_peak_mb")
 

@@ -21,7 +21,7 @@ from determined import pytorch as det_torch
 from shared import hparams as hpmod
 from shared import runlog
 from shared.classification import data as cdata
-from shared.classification.resources import ResourceCallback
+from shared.classification.resources import RESOURCES_GROUP, ResourceCallback
 from shared.hparams import BOOL, INT, NUM, STR, Param
 from shared.engine import ClassificationTask
 from shared.trial import RecipeTrial
@@ -41,6 +41,12 @@ _SHARED_KEYS = (
 #: not AdamW's decoupled 0.01; and classification runs are shorter than ADE20K's 160k batches.
 _DEFAULTS = {"optimizer": "sgd", "weight_decay": 1e-4, "warmup_batches": 500, "max_batches": 20000,
              "validation_period": 500, "checkpoint_period": 2000}
+#: what else differs from segmentation's Params: the meaning of the data keys
+_CHANGES = {
+    **{k: {"default": v} for k, v in _DEFAULTS.items()},
+    "data_dir": {"help": "dataset root (train/<class>/*.jpg, optionally val/<class>/*.jpg) as the "
+                         "task sees it: bind-mount it on a cluster, --data-dir locally"},
+}
 
 
 def _fraction(v: Any) -> Optional[str]:
@@ -49,11 +55,12 @@ def _fraction(v: Any) -> Optional[str]:
 
 #: Hyperparameters of every classification trial (passed to ``hparams.resolve`` as ``common``).
 CLASSIFICATION_PARAMS: Dict[str, Param] = {
-    **{k: dataclasses.replace(hpmod.COMMON[k], default=_DEFAULTS[k]) if k in _DEFAULTS
+    **{k: dataclasses.replace(hpmod.COMMON[k], **_CHANGES[k]) if k in _CHANGES
        else hpmod.COMMON[k] for k in _SHARED_KEYS},
     "arch": Param("resnet50", STR, help="network name (trials/image_classification/model.py)"),
     "num_classes": Param(3, INT, check=lambda v: None if v >= 2 else "must be >= 2",
-                         help="class directories under <data_dir>/train"),
+                         help="classes: the class directories of <data_dir>/train (sorted names "
+                              "give the indices)"),
     "image_size": Param(224, INT, check=lambda v: None if v >= 16 else "must be >= 16 pixels",
                         help="square input side: 224 (001), 512 (004)"),
     "augment": Param(True, BOOL, help="random resized crop + flip; false: resize + centre crop"),
@@ -61,7 +68,9 @@ CLASSIFICATION_PARAMS: Dict[str, Param] = {
                           help="share of each class of train/ held out when there is no val/"),
     "freeze_backbone": Param(False, BOOL, help="train the classifier head only"),
     "grad_checkpointing": Param(False, BOOL, help="recompute activations in backward"),
-    "label_smoothing": Param(0.0, NUM, check=_fraction),
+    "label_smoothing": Param(0.0, NUM, check=_fraction,
+                             help="label smoothing of the training loss (validation_loss is plain "
+                                  "cross-entropy)"),
     "target_accuracy": Param(90.0, NUM, check=lambda v: None if 0 < v <= 100 else "must be in (0, 100]",
                              help="validation top-1 accuracy (percent) that ends the clock"),
 }
@@ -151,6 +160,17 @@ class ClassificationTrial(RecipeTrial):
     TARGET_PARAM = "target_accuracy"
     SHOWN_METRICS = ("accuracy", "top5_accuracy")
     MODEL_NAME = "image_classification"
+    TRAINING_METRICS = {"loss": "training loss (cross-entropy, with label_smoothing)",
+                        "lr": "learning rate"}
+    VALIDATION_METRICS = {
+        "accuracy": "top-1 accuracy over the whole validation set, % (the searcher metric)",
+        "top5_accuracy": "% of samples whose label is among the min(5, num_classes) largest logits",
+        "mean_class_accuracy": "mean over the classes present of the per-class recall, % "
+                               "(balanced accuracy)",
+        "validation_loss": "summed cross-entropy / samples",
+        "validation_samples": "samples scored (every image exactly once)",
+    }
+    EXTRA_GROUPS = {"resources": RESOURCES_GROUP}
     SEARCHER_METRICS: Mapping[str, bool] = {
         "accuracy": True, "top5_accuracy": True, "mean_class_accuracy": True,
         "validation_loss": False, "energy_wh": False, "projected_energy_to_target_wh": False,

@@ -2,6 +2,33 @@
 aggregation over ranks and nodes. Knows nothing of Determined or of any model except
 ``shared.energy.callback``, the thin Determined layer on top."""
 
-#: The validation metrics the energy hook adds (``shared.energy.callback``): a searcher that
-#: ranks trials by one of them needs energy measured in every trial.
-ENERGY_METRICS = ("energy_wh", "energy_to_target_wh", "projected_energy_to_target_wh")
+#: The validation metrics the energy hook adds (``shared.energy.callback``), with their
+#: meaning: a searcher that ranks trials by one of them needs energy measured in every trial.
+VALIDATION_METRICS = {
+    "energy_wh": "energy measured so far, Wh",
+    "energy_to_target_wh": "energy at the first validation that reached the target, Wh",
+    "projected_energy_to_target_wh": "energy_to_target_wh once reached, before that a linear "
+                                     "projection (the energy-aware searcher's metric)",
+}
+ENERGY_METRICS = tuple(VALIDATION_METRICS)
+
+#: The custom metric group ``energy`` (``TrialEnergy.to_metrics`` in ``aggregate.py``), with
+#: the meaning of each key.
+ENERGY_GROUP = {
+    "energy_wh": "the trial's energy, Wh (node input power where a BMC/Prometheus source "
+                 "measured it, else GPU + CPU + DRAM)",
+    "gpu_wh": "GPU energy of the trial's GPUs (NVML)",
+    "cpu_wh": "CPU packages (RAPL) x the trial's share of the node",
+    "dram_wh": "DRAM (RAPL) x share",
+    "node_wh": "node input power (Redfish, IPMI, Prometheus) x share",
+    "avg_power_w": "energy_wh / duration_s",
+    "duration_s": "measured time",
+    "sources": "the sources that measured",
+    "nodes": "nodes of the trial",
+    "nodes_measured": "nodes with a measurement",
+    "coverage": "fraction of the time covered by measurements (< 1: holes, a pause)",
+    "apportion": "the apportion rule applied",
+    "estimate": "always false: every figure is measured",
+    "facility_wh": "energy x PUE (energy.pue set)",
+    "co2e_g": "facility (or IT) energy x carbon intensity (energy.carbon_intensity_g_per_kwh set)",
+}

@@ -23,44 +23,6 @@ MARKER = "<!-- made by `python -m shared.package`: rebuilding replaces this dire
 #: The task image built by cluster/build-image.sh (docs/cluster.md).
 TASK_IMAGE = "energy-seg-recipes/task:{version}-cuda12"
 
-#: Notes of the hyperparameter table, by key (a family's ``hp_notes`` replace some; keys
-#: without a note show the Param's help).
-_HP_NOTES: Dict[str, str] = {
-    "data_dir": "dataset root (ADEChallengeData2016 layout) as the task sees it: bind-mount it on a cluster, --data-dir locally",
-    "num_classes": "classes scored (ADE20K: 150); label 0 (unlabelled) is ignored",
-    "class_names": "optional names for the per-class IoU report",
-    "crop_size": "training crop, pixels (int or [h, w])",
-    "scale": "rescale target [long, short] before the ratio_range jitter; validation rescales to it keeping the aspect ratio",
-    "ratio_range": "random rescale factor range of the training pipeline",
-    "cat_max_ratio": "a crop is redrawn (up to 10 times) while one class covers at least this share of it",
-    "skip_bad_samples": "skip unreadable or unpaired samples (counted in skipped_samples) instead of failing",
-    "workers_per_slot": "data-loader worker processes per GPU",
-    "val_batch_size_per_slot": "validation images per GPU per batch",
-    "global_batch_size": "images per optimizer step, all GPUs together",
-    "base_batch_size": "the batch size lr is given for: the trial uses lr x global_batch_size / base_batch_size",
-    "optimizer": "AdamW or SGD (no weight decay on norms and biases)",
-    "lr": "peak learning rate at base_batch_size (linear scaling rule)",
-    "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
-    "momentum": "SGD momentum",
-    "warmup_batches": "linear warm-up length, batches",
-    "warmup_ratio": "learning-rate factor at the first warm-up batch",
-    "poly_power": "exponent of the poly decay after warm-up",
-    "min_lr_ratio": "floor of the poly decay, as a factor of the peak",
-    "grad_clip_norm": "clip the global gradient norm (null: no clipping)",
-    "precision": "auto = bf16 autocast where the GPU has it, else fp16 with a gradient scaler; fp32 on CPU",
-    "channels_last": "NHWC memory layout; auto = on for CUDA",
-    "seed": "seed of local runs (on a cluster Determined seeds each trial)",
-    "pretrained_path": "local weights file to start from; nothing is ever downloaded",
-    "max_batches": "training length, batches (an ASHA searcher's max_time wins when time_metric is batches)",
-    "validation_period": "validate every this many batches",
-    "checkpoint_period": "checkpoint every this many batches",
-    "report_period": "report training metrics every this many batches",
-    "target_miou": "the mIoU (%) that defines time and energy to target",
-    "stop_at_target": "stop the trial at the first validation that reaches the target",
-    "energy": "the energy hook: see the energy.* rows and the Energy section",
-}
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, dict) and value.get("type") == "const":
         return _fmt(value.get("val"))
@@ -104,10 +66,6 @@ def _summary_line(doc: Optional[str]) -> str:
 # schema, the configs and the shipped code; a template would split each table between two
 # files and still need these functions to compute its rows. The fixed prose is small.
 
-#: (group, name, meaning); a row is written only when the shipped code names the metric.
-Metric = Tuple[str, str, str]
-
-
 @dataclasses.dataclass(frozen=True)
 class Family:
     """What the README says differently for one trial family (``shared.recipes.FAMILIES``)."""
@@ -122,12 +80,6 @@ class Family:
     generator: str
     #: the smoke test's commands, ``{first}`` = the first config's file name
     smoke: Tuple[str, ...]
-    #: hyperparameter notes that replace the shared ones (``_HP_NOTES``) for this family
-    hp_notes: Mapping[str, str]
-    #: training and validation metrics of this family (before the shared ones)
-    metrics: Tuple[Metric, ...]
-    #: metric groups of this family (after the shared ones)
-    extra_metrics: Tuple[Metric, ...]
     #: what else a local run's metrics.jsonl holds
     local_groups: str
 
@@ -145,16 +97,6 @@ _SEGMENTATION = Family(
         "    --set crop_size=32 scale=[64,32] num_classes=4 global_batch_size=4 workers_per_slot=0 \\",
         "          warmup_batches=2 report_period=2 energy.enabled=false",
     ),
-    hp_notes={},
-    metrics=(
-        ("training", "loss", "training loss (cross-entropy, label 0 ignored)"),
-        ("training", "lr", "learning rate"),
-        ("validation", "miou", "mean IoU over classes, % (the searcher metric)"),
-        ("validation", "pixel_accuracy", "correctly classified labelled pixels, %"),
-        ("validation", "mean_accuracy", "mean over classes of the per-class accuracy, %"),
-        ("validation", "validation_loss", "validation loss"),
-    ),
-    extra_metrics=(),
     local_groups="Locally, `metrics.jsonl` also has a `per_class_iou` group (IoU of every class at "
                  "each validation) and the `run` group (the run's settings).",
 )
@@ -176,32 +118,6 @@ _CLASSIFICATION = Family(
         "    --set arch=resnet18 image_size=32 global_batch_size=4 base_batch_size=4 workers_per_slot=0 \\",
         "          warmup_batches=2 report_period=2 validation_period=3 energy.enabled=false",
     ),
-    hp_notes={
-        "data_dir": "dataset root (train/<class>/*.jpg, optionally val/<class>/*.jpg) as the task sees it: bind-mount it on a cluster, --data-dir locally",
-        "num_classes": "classes: the class directories of <data_dir>/train (sorted names give the indices)",
-        "label_smoothing": "label smoothing of the training loss (validation_loss is plain cross-entropy)",
-    },
-    metrics=(
-        ("training", "loss", "training loss (cross-entropy, with label_smoothing)"),
-        ("training", "lr", "learning rate"),
-        ("validation", "accuracy", "top-1 accuracy over the whole validation set, % (the searcher metric)"),
-        ("validation", "top5_accuracy", "% of samples whose label is among the min(5, num_classes) largest logits"),
-        ("validation", "mean_class_accuracy", "mean over the classes present of the per-class recall, % (balanced accuracy)"),
-        ("validation", "validation_loss", "summed cross-entropy / samples"),
-        ("validation", "validation_samples", "samples scored (every image exactly once)"),
-    ),
-    extra_metrics=(
-        ("resources", "cpu_percent", "CPU time of the training processes / wall time x 100 (100 = one core), summed over ranks"),
-        ("resources", "threads", "threads of the training processes, summed"),
-        ("resources", "rss_mb", "resident memory of the training processes, summed"),
-        ("resources", "workers", "data-loader worker processes, summed"),
-        ("resources", "workers_cpu_percent", "their CPU time / wall time x 100, summed"),
-        ("resources", "workers_rss_mb", "their resident memory (pages shared by fork counted in each), summed"),
-        ("resources", "gpu_allocated_mb", "torch.cuda.memory_allocated, largest rank (CUDA only)"),
-        ("resources", "gpu_reserved_mb", "torch.cuda.memory_reserved, largest rank (CUDA only)"),
-        ("resources", "gpu_peak_mb", "peak allocated since the previous sample, largest rank (CUDA only)"),
-        ("resources", "ranks", "ranks that reported"),
-    ),
     local_groups="The `resources` group is sampled at each training report and, with its keys "
                  "prefixed `val_`, at each validation end. Locally, `metrics.jsonl` also has a "
                  "`per_class_accuracy` group (accuracy of every class at each validation) and the "
@@ -222,40 +138,6 @@ def family_text(family: str) -> Family:
     except KeyError:
         raise PackageError(f"no README texts for trial family {family!r}; known: "
                            f"{', '.join(FAMILIES)} (shared/package/readme.py)") from None
-
-
-def _shared_metrics(target_param: str) -> List[Metric]:
-    """The metrics every family reports: time and energy to target, the energy group, run."""
-    return [
-        ("validation", "time_to_target_s", f"wall time from the trial's start to the first validation at {target_param} (carried over pause/resume)"),
-        ("validation", "batches_to_target", "batches trained at that validation"),
-        ("validation", "energy_wh", "energy measured so far, Wh"),
-        ("validation", "energy_to_target_wh", "energy at the first validation that reached the target, Wh"),
-        ("validation", "projected_energy_to_target_wh", "energy_to_target_wh once reached, before that a linear projection (the energy-aware searcher's metric)"),
-        ("validation", "skipped_samples", "samples skipped as bad (skip_bad_samples)"),
-        ("energy", "energy_wh", "the trial's energy, Wh (node input power where a BMC/Prometheus source measured it, else GPU + CPU + DRAM)"),
-        ("energy", "gpu_wh", "GPU energy of the trial's GPUs (NVML)"),
-        ("energy", "cpu_wh", "CPU packages (RAPL) x the trial's share of the node"),
-        ("energy", "dram_wh", "DRAM (RAPL) x share"),
-        ("energy", "node_wh", "node input power (Redfish, IPMI, Prometheus) x share"),
-        ("energy", "avg_power_w", "energy_wh / duration_s"),
-        ("energy", "duration_s", "measured time"),
-        ("energy", "sources", "the sources that measured"),
-        ("energy", "nodes", "nodes of the trial"),
-        ("energy", "nodes_measured", "nodes with a measurement"),
-        ("energy", "coverage", "fraction of the time covered by measurements (< 1: holes, a pause)"),
-        ("energy", "apportion", "the apportion rule applied"),
-        ("energy", "estimate", "always false: every figure is measured"),
-        ("energy", "facility_wh", "energy x PUE (energy.pue set)"),
-        ("energy", "co2e_g", "facility (or IT) energy x carbon intensity (energy.carbon_intensity_g_per_kwh set)"),
-        ("run", "model", "model name"),
-        ("run", "params", "parameter count"),
-        ("run", "slots", "GPUs (or processes) of the trial"),
-        ("run", "precision", "precision in use"),
-        ("run", "global_batch_size", "images per step"),
-        ("run", "lr", "the scaled peak learning rate"),
-        ("run", "device", "device name"),
-    ]
 
 
 # --------------------------------------------------------------------------- energy documentation
@@ -504,13 +386,17 @@ def render_readme(*, model: str, family: str, stamp: str, version: str, trial_cl
         "| --- | --- | --- | --- | --- |",
     ]
     schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
-    notes = {**_HP_NOTES, **fam.hp_notes}
     energy_conf = base_hp.get("energy") if isinstance(base_hp.get("energy"), dict) else {}
     energy_rows, energy_lines = energy_section(package_dir, energy_conf)
     for key, param in schema.items():
         if key == "energy":
             continue
-        note = notes.get(key) or param.help or "see model.py"
+        # The meaning is the Param's own help, declared next to its default and checks
+        # (shared/hparams.py, the family's trial module, the recipe's train.py).
+        if not param.help:
+            raise PackageError(f"hyperparameter {key!r} of {trial_cls.__module__}."
+                               f"{trial_cls.__name__} has no help text: give its Param a help=")
+        note = param.help
         value = _fmt(base_hp[key]) if key in base_hp else "(default)"
         lines.append(f"| `{key}` | `{_cell(value)}` | `{_cell(_fmt(param.default))}` | "
                      f"{_cell(_allowed(param))} | {_cell(note)} |")
@@ -525,8 +411,8 @@ def render_readme(*, model: str, family: str, stamp: str, version: str, trial_cl
         "| group | metric | meaning |",
         "| --- | --- | --- |",
     ]
-    target_param = getattr(trial_cls, "TARGET_PARAM", "the target")
-    for group, name, meaning in [*fam.metrics, *_shared_metrics(target_param), *fam.extra_metrics]:
+    # declared by the trial class, next to what reports them (shared/trial.py, its family)
+    for group, name, meaning in trial_cls.metric_docs():
         if f'"{name}"' in shipped_code:
             lines.append(f"| {group} | `{name}` | {meaning} |")
     lines += [
