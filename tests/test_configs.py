@@ -345,11 +345,11 @@ def test_points_to_check_cover_bounds_and_categories():
 def test_config_point_builds_and_trains_one_step(model, kind):
     need_trial(model)
     path = config_path(model, kind)
-    module, trial_cls = expconf.load_trial(ROOT / "trials" / model)
+    _, trial_cls = expconf.load_trial(ROOT / "trials" / model)
     conf = load(model, kind)
     hp = hpmod.resolve(point(conf), trial_cls.MODEL_PARAMS, where=str(path))
     torch.manual_seed(0)
-    net = module.build_model(hp)
+    net = trial_cls.model_from_hparams(hp)
     net.train()
     lr = scaled_lr(hp["lr"], hp["base_batch_size"], hp["global_batch_size"])
     optimizer = build_optimizer(net, hp, lr)

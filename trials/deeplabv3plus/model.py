@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.modelargs import boolean, integer, one_of, require
+from shared.pretrained import load_model_or_backbone
+
 BACKBONES = ("resnet50", "resnet101")
 OUTPUT_STRIDES = (8, 16)
 ASPP_RATES_OS16 = (6, 12, 18)  # doubled at output stride 8
@@ -127,25 +130,26 @@ class Decoder(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    """ResNet encoder + ASPP + decoder; returns logits at 1/4 of the input size."""
+    """ResNet encoder + ASPP + decoder; returns logits at 1/4 of the input size.
+
+    Arguments: ``num_classes`` (>= 1), ``backbone`` (one of BACKBONES), ``output_stride``
+    (one of OUTPUT_STRIDES), ``separable`` (depthwise separable 3x3 convs in ASPP and
+    decoder), ``in_channels``. A bad value raises ``shared.modelargs.ArgumentError``, a
+    ValueError naming the argument.
+    """
 
     def __init__(self, num_classes: int, backbone: str = "resnet50", output_stride: int = 16,
                  separable: bool = True, in_channels: int = 3) -> None:
         super().__init__()
-        _check_num_classes(num_classes)
-        if not isinstance(backbone, str) or backbone not in BACKBONES:
-            raise ValueError(f"hyperparameter 'deeplab_backbone' = {backbone!r} is not one of "
-                             f"{', '.join(BACKBONES)}")
-        if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"hyperparameter 'deeplab_output_stride' = {output_stride!r} is not "
-                             f"one of {', '.join(map(str, OUTPUT_STRIDES))}")
-        if not isinstance(separable, bool):
-            raise ValueError(f"hyperparameter 'deeplab_separable' = {separable!r} must be "
-                             f"true or false")
+        require("DeepLabV3Plus", "num_classes", num_classes, integer(1))
+        require("DeepLabV3Plus", "backbone", backbone, one_of(BACKBONES))
+        require("DeepLabV3Plus", "output_stride", output_stride, one_of(OUTPUT_STRIDES))
+        require("DeepLabV3Plus", "separable", separable, boolean)
+        require("DeepLabV3Plus", "in_channels", in_channels, integer(1))
         self.num_classes = num_classes
         self.output_stride = output_stride
-        # pretrained=False always: weights come only from a local file (build_model's
-        # pretrained_path); a training task must never reach for the internet.
+        # pretrained=False always: weights come only from a local file (load_pretrained,
+        # the trial's pretrained_path); a training task must never reach for the internet.
         self.backbone = timm.create_model(backbone, pretrained=False, features_only=True,
                                           output_stride=output_stride, out_indices=(1, 4),
                                           in_chans=in_channels)
@@ -179,38 +183,7 @@ def _init_head(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def _check_num_classes(n: Any) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"hyperparameter 'num_classes' = {n!r} must be an integer >= 1")
-
-
-def load_pretrained(model: nn.Module, encoder: nn.Module, path: str) -> Mapping[str, Any]:
-    """Load a local weights file into ``model``, or into ``encoder`` alone (an ImageNet ResNet
-    checkpoint in timm's key names): ``shared.pretrained.load_model_or_backbone``."""
-    # Imported here so the file stays usable on its own when no weights are loaded.
-    from shared.pretrained import load_model_or_backbone
-    return load_model_or_backbone(model, encoder, path)
-
-
-def build_model(hp: Mapping[str, Any]) -> nn.Module:
-    """DeepLab v3+ from a trial's hyperparameters.
-
-    Reads ``num_classes`` (required), ``deeplab_backbone`` ("resnet50" or "resnet101", default
-    "resnet50"), ``deeplab_output_stride`` (16 or 8, default 16), ``deeplab_separable``
-    (default True) and ``pretrained_path`` (None: from scratch; else a local file holding this
-    model's weights, or a timm ResNet's ImageNet weights for the backbone alone, loaded with
-    ``shared.pretrained``). Bad values raise ValueError naming the hyperparameter.
-    """
-    if "num_classes" not in hp:
-        raise ValueError("hyperparameter 'num_classes' is required")
-    backbone = hp.get("deeplab_backbone")
-    stride = hp.get("deeplab_output_stride")
-    separable = hp.get("deeplab_separable")
-    model = DeepLabV3Plus(hp["num_classes"],
-                          backbone="resnet50" if backbone is None else backbone,
-                          output_stride=16 if stride is None else stride,
-                          separable=True if separable is None else separable)
-    path = hp.get("pretrained_path")
-    if path:
-        load_pretrained(model, model.backbone, path)
-    return model
+def load_pretrained(model: DeepLabV3Plus, path: str) -> Mapping[str, Any]:
+    """Load a local weights file into the whole ``model``, or into its backbone alone (an
+    ImageNet ResNet checkpoint in timm's key names): ``shared.pretrained.load_model_or_backbone``."""
+    return load_model_or_backbone(model, model.backbone, path)

@@ -14,25 +14,40 @@ try:  # installed (pip install -e ., the task image) or shipped beside us (det .
 except ImportError:  # a plain repository checkout
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from model import BACKBONES, OUTPUT_STRIDES, build_model  # noqa: E402  (model.py, next to this file)
+from model import BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, load_pretrained  # noqa: E402  (model.py, next to this file)
 
 from shared.hparams import BOOL, INT, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
+from shared.modelargs import construct, default_of, load_weights  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class DeepLabV3PlusTrial(SegmentationTrial):
     MODEL_NAME = "deeplabv3plus"
+    #: hyperparameter -> DeepLabV3Plus argument. The defaults are DeepLabV3Plus's
+    #: (shared.modelargs: the schema reads them from its signature).
+    MODEL_ARGS = {"num_classes": "num_classes", "deeplab_backbone": "backbone",
+                  "deeplab_output_stride": "output_stride", "deeplab_separable": "separable"}
     MODEL_PARAMS = {
-        "deeplab_backbone": Param("resnet50", STR, choices=BACKBONES),
+        "deeplab_backbone": Param(default_of(DeepLabV3Plus, "backbone"), STR, choices=BACKBONES),
         "deeplab_output_stride": Param(
-            16, INT, choices=OUTPUT_STRIDES,
+            default_of(DeepLabV3Plus, "output_stride"), INT, choices=OUTPUT_STRIDES,
             help="8: layer3, layer4 and ASPP on 4x the positions, ASPP rates doubled"),
-        "deeplab_separable": Param(True, BOOL, help="depthwise separable 3x3 convs in ASPP and decoder"),
+        "deeplab_separable": Param(default_of(DeepLabV3Plus, "separable"), BOOL,
+                                   help="depthwise separable 3x3 convs in ASPP and decoder"),
     }
 
+    @classmethod
+    def model_from_hparams(cls, hp):
+        """The DeepLab v3+ of hyperparameters ``hp`` (no Determined context needed), with the
+        weights of ``pretrained_path`` when set: this model's, or an ImageNet ResNet's for
+        the backbone alone."""
+        model = construct(DeepLabV3Plus, hp, cls.MODEL_ARGS)
+        load_weights(hp, lambda path: load_pretrained(model, path))
+        return model
+
     def build_model(self, hp):
-        return build_model(hp)
+        return self.model_from_hparams(hp)
 
 
 if __name__ == "__main__":

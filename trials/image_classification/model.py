@@ -2,8 +2,8 @@
 
 The architectures are those of the source documents: 001 compares AlexNet, MobileNet v2,
 ResNet-50 and VGG-16; 004 fine-tunes DenseNet201, Xception, ResNet152V2, EfficientNetB7 and
-EfficientNetV2-XL; 002 fine-tunes a ResNet-18. ``ARCHITECTURES`` maps the ``arch``
-hyperparameter to a constructor. AlexNet, VGG-16 and MobileNet v2 come from torchvision (the
+EfficientNetV2-XL; 002 fine-tunes a ResNet-18. ``ARCHITECTURES`` maps an architecture name
+(the trial's ``arch`` hyperparameter) to a constructor; ``build_classifier`` builds one. AlexNet, VGG-16 and MobileNet v2 come from torchvision (the
 PyTorch models 001 trained, whose published weights use torchvision's key names); the others
 from timm, where ResNet's key names are torchvision's too. ``xception`` is timm's
 ``legacy_xception``, the 2017 network that Keras (004) ships; ``tf_efficientnet_b7`` and
@@ -12,7 +12,7 @@ to use with weights converted from TF/Keras, while ``efficientnet_b7`` and
 ``efficientnetv2_xl`` are the PyTorch-native versions to train from scratch.
 
 Nothing is downloaded: every model is built with ``pretrained=False`` / ``weights=None`` and
-weights come only from ``pretrained_path``, a local file (``shared.pretrained``). When they do,
+weights come only from ``weights``, a local file (``shared.pretrained``). When they do,
 inputs are normalised as in their pre-training (``data_config``).
 
 ``freeze_backbone``: only the classifier head trains, the rest is a fixed feature extractor
@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
@@ -41,7 +41,8 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from shared.hparams import ConfigError
+from shared.modelargs import ArgumentError, boolean, integer, require
+from shared.pretrained import load_local_weights
 
 log = logging.getLogger("image_classification.model")
 
@@ -81,12 +82,12 @@ IMAGENET_CONFIG: Dict[str, Any] = {"mean": (0.485, 0.456, 0.406), "std": (0.229,
 
 
 def arch_spec(arch: str) -> Arch:
-    """The registry entry of ``arch``; ConfigError naming the hyperparameter if unknown."""
+    """The registry entry of ``arch``; ArgumentError naming the argument if unknown."""
     try:
         return ARCHITECTURES[arch]
-    except KeyError:
-        raise ConfigError(f"hyperparameter 'arch' = {arch!r} is not one of "
-                          f"{', '.join(ARCHITECTURES)}") from None
+    except (KeyError, TypeError):  # TypeError: an unhashable value (a list) is no name either
+        raise ArgumentError("image classifier", "arch", arch,
+                            f"is not one of {', '.join(ARCHITECTURES)}") from None
 
 
 def create(arch: str, num_classes: int) -> nn.Module:
@@ -106,7 +107,7 @@ def classifier_of(model: nn.Module, arch: str) -> nn.Module:
     return model.classifier
 
 
-def freeze_backbone(model: nn.Module, arch: str) -> nn.Module:
+def freeze_all_but_head(model: nn.Module, arch: str) -> nn.Module:
     """Freeze everything but the classifier head, in place where possible; returns the model.
 
     BatchNorm layers outside the head become frozen BatchNorm (their statistics as loaded);
@@ -197,8 +198,9 @@ def enable_grad_checkpointing(model: nn.Module, arch: str) -> List[str]:
     return blocks
 
 
-def data_config(model: nn.Module, hp: Mapping[str, Any]) -> Dict[str, Any]:
-    """Normalisation (mean, std) and evaluation resize (interpolation, crop_pct, crop_mode).
+def data_config(model: Optional[nn.Module], arch: str, pretrained: bool) -> Dict[str, Any]:
+    """Normalisation (mean, std) and evaluation resize (interpolation, crop_pct, crop_mode) of
+    the network ``model`` of architecture ``arch``, ``pretrained`` or not.
 
     From scratch: ImageNet statistics, bilinear, 0.875, centre crop (001's preprocessing, the
     same for every architecture). With pre-trained weights: those of the pre-training, i.e.
@@ -206,8 +208,8 @@ def data_config(model: nn.Module, hp: Mapping[str, Any]) -> Dict[str, Any]:
     EfficientNetV2 use mean and std 0.5, not ImageNet's), or the ImageNet ones for
     torchvision's models.
     """
-    spec = arch_spec(hp["arch"])
-    if not hp.get("pretrained_path") or spec.library == "torchvision":
+    spec = arch_spec(arch)
+    if not pretrained or spec.library == "torchvision":
         return dict(IMAGENET_CONFIG)
     cfg = timm.data.resolve_data_config({}, model=model)
     # timm also knows a "border" mode (letterboxing) that no network here uses by default
@@ -216,41 +218,42 @@ def data_config(model: nn.Module, hp: Mapping[str, Any]) -> Dict[str, Any]:
             "crop_pct": float(cfg["crop_pct"]), "crop_mode": mode if mode == "squash" else "center"}
 
 
-def build_model(hp: Mapping[str, Any]) -> nn.Module:
-    """The network of a trial's hyperparameters: ``arch``, ``num_classes``, ``image_size``
-    (checked against the architecture's smallest input), ``pretrained_path`` (a local file,
-    loaded before freezing so that frozen BatchNorm keeps the loaded statistics),
-    ``freeze_backbone`` and ``grad_checkpointing``.
+def build_classifier(arch: str, num_classes: int, *, weights: Optional[str] = None,
+                     freeze_backbone: bool = False, grad_checkpointing: bool = False) -> nn.Module:
+    """The network ``arch`` with a ``num_classes``-way classifier.
+
+    ``weights``: a local weights file, loaded before freezing so that frozen BatchNorm keeps
+    the loaded statistics (None: random initialisation). ``freeze_backbone``: only the
+    classifier head trains. ``grad_checkpointing``: recompute activations in backward. The
+    smallest input the network takes is ``arch_spec(arch).min_size``.
 
     Raises:
-        ConfigError: unknown ``arch``, ``image_size`` below its minimum, ``freeze_backbone``
-            with ``grad_checkpointing`` (nothing to checkpoint: a frozen backbone keeps no
-            activations for backward), or a ``pretrained_path`` that cannot be loaded; the
-            message names the hyperparameter.
+        ArgumentError (a ValueError naming the argument): unknown ``arch``, ``num_classes``
+            not an integer >= 1, ``grad_checkpointing`` together with ``freeze_backbone``
+            (nothing to checkpoint: a frozen backbone keeps no activations for backward), or
+            ``weights`` that cannot be loaded.
     """
-    arch = hp["arch"]
-    spec = arch_spec(arch)
-    if hp["image_size"] < spec.min_size:
-        raise ConfigError(f"hyperparameter 'image_size' = {hp['image_size']} is below {arch}'s "
-                          f"smallest input, {spec.min_size} px")
-    if hp["freeze_backbone"] and hp["grad_checkpointing"]:
-        raise ConfigError("hyperparameters 'freeze_backbone' and 'grad_checkpointing' are both true: "
-                          "a frozen backbone keeps no activation for backward, so there is nothing "
-                          "to checkpoint; set grad_checkpointing: false")
-    model = create(arch, hp["num_classes"])
-    path = hp.get("pretrained_path")
-    if path:
-        from shared.pretrained import load_local_weights
+    arch_spec(arch)  # an unknown arch fails here, before anything is checked or built
+    require("image classifier", "num_classes", num_classes, integer(1))
+    require("image classifier", "freeze_backbone", freeze_backbone, boolean)
+    require("image classifier", "grad_checkpointing", grad_checkpointing, boolean)
+    if freeze_backbone and grad_checkpointing:
+        raise ArgumentError("image classifier", "grad_checkpointing", grad_checkpointing,
+                            "is not possible with freeze_backbone: a frozen backbone keeps no "
+                            "activation for backward, so there is nothing to checkpoint")
+    model = create(arch, num_classes)
+    if weights:
         try:
-            load_local_weights(model, path)
+            load_local_weights(model, weights)
         except (ValueError, FileNotFoundError, ImportError) as e:
-            raise ConfigError(f"hyperparameter 'pretrained_path' = {path!r}: {e}") from None
-    elif hp["freeze_backbone"]:
-        log.warning("freeze_backbone without pretrained_path: the frozen backbone is random "
+            raise ArgumentError("image classifier", "weights", weights,
+                                f"could not be loaded: {e}") from None
+    elif freeze_backbone:
+        log.warning("freeze_backbone without pretrained weights: the frozen backbone is random "
                     "(a random-features baseline)")
-    if hp["freeze_backbone"]:
-        freeze_backbone(model, arch)
-    if hp["grad_checkpointing"]:
+    if freeze_backbone:
+        freeze_all_but_head(model, arch)
+    if grad_checkpointing:
         what = enable_grad_checkpointing(model, arch)
         log.info("%s: gradient checkpointing on %s", arch, ", ".join(what))
     return model

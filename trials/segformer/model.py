@@ -16,12 +16,14 @@ upsamples them to the label size.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Mapping, NamedTuple, Sequence, Tuple
+from typing import Any, List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
+
+from shared.modelargs import fraction, integer, one_of, require
 
 
 class Variant(NamedTuple):
@@ -209,14 +211,22 @@ class AllMLPDecoder(nn.Module):
 
 
 class SegFormer(nn.Module):
-    """MiT encoder + all-MLP decoder; returns logits at 1/4 of the input size."""
+    """MiT encoder + all-MLP decoder; returns logits at 1/4 of the input size.
+
+    Arguments: ``num_classes`` (>= 1), ``variant`` ("b0".."b5", case and surrounding spaces
+    ignored), ``drop_path_rate`` (the encoder's stochastic depth at its last block, in
+    [0, 1)), ``in_channels``. A bad value raises ``shared.modelargs.ArgumentError``, a
+    ValueError naming the argument.
+    """
 
     def __init__(self, num_classes: int, variant: str = "b0", drop_path_rate: float = 0.1,
                  in_channels: int = 3) -> None:
         super().__init__()
-        cfg = VARIANTS[_check_variant(variant)]
-        _check_num_classes(num_classes)
-        _check_drop_path(drop_path_rate)
+        require("SegFormer", "variant", variant, lambda v: one_of(VARIANTS)(_variant_key(v)))
+        require("SegFormer", "num_classes", num_classes, integer(1))
+        require("SegFormer", "drop_path_rate", drop_path_rate, fraction)
+        require("SegFormer", "in_channels", in_channels, integer(1))
+        cfg = VARIANTS[_variant_key(variant)]
         self.num_classes = num_classes
         self.encoder = MixTransformer(cfg.widths, cfg.depths, in_channels, drop_path_rate)
         self.decoder = AllMLPDecoder(cfg.widths, cfg.decoder_dim, num_classes)
@@ -242,41 +252,6 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def _check_variant(variant: Any) -> str:
-    key = variant.strip().lower() if isinstance(variant, str) else None
-    if key not in VARIANTS:
-        raise ValueError(f"hyperparameter 'segformer_variant' = {variant!r} is not one of "
-                         f"{', '.join(VARIANTS)}")
-    return key
-
-
-def _check_num_classes(n: Any) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"hyperparameter 'num_classes' = {n!r} must be an integer >= 1")
-
-
-def _check_drop_path(rate: Any) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-        raise ValueError(f"hyperparameter 'drop_path_rate' = {rate!r} must be a number in [0, 1)")
-
-
-def build_model(hp: Mapping[str, Any]) -> nn.Module:
-    """SegFormer from a trial's hyperparameters.
-
-    Reads ``num_classes`` (required), ``segformer_variant`` ("b0".."b5", default "b0"),
-    ``drop_path_rate`` (default 0.1) and ``pretrained_path`` (None: from scratch; else a local
-    weights file in this model's own key names, loaded with ``shared.pretrained``).
-    Bad values raise ValueError naming the hyperparameter.
-    """
-    if "num_classes" not in hp:
-        raise ValueError("hyperparameter 'num_classes' is required")
-    variant = hp.get("segformer_variant", "b0")
-    rate = hp.get("drop_path_rate", 0.1)
-    model = SegFormer(hp["num_classes"], variant="b0" if variant is None else variant,
-                      drop_path_rate=0.1 if rate is None else rate)
-    path = hp.get("pretrained_path")
-    if path:
-        # Imported here so the file stays usable on its own when no weights are loaded.
-        from shared.pretrained import load_local_weights
-        load_local_weights(model, path)
-    return model
+def _variant_key(variant: Any) -> Any:
+    """ "B1 " -> "b1": the VARIANTS key a variant name means (anything else unchanged)."""
+    return variant.strip().lower() if isinstance(variant, str) else variant

@@ -14,22 +14,36 @@ try:  # installed (pip install -e ., the task image) or shipped beside us (det .
 except ImportError:  # a plain repository checkout
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from model import build_model  # noqa: E402  (trials/segformer/model.py, next to this file)
+from model import VARIANTS, SegFormer  # noqa: E402  (trials/segformer/model.py, next to this file)
 
 from shared.hparams import NUM, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
+from shared.modelargs import construct, default_of, fraction, load_weights  # noqa: E402
+from shared.pretrained import load_local_weights  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class SegFormerTrial(SegmentationTrial):
     MODEL_NAME = "segformer"
+    #: hyperparameter -> SegFormer argument. The defaults are SegFormer's (shared.modelargs:
+    #: the schema reads them from its signature).
+    MODEL_ARGS = {"num_classes": "num_classes", "segformer_variant": "variant",
+                  "drop_path_rate": "drop_path_rate"}
     MODEL_PARAMS = {
-        "segformer_variant": Param("b0", STR, choices=("b0", "b1", "b2", "b3", "b4", "b5")),
-        "drop_path_rate": Param(0.1, NUM, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+        "segformer_variant": Param(default_of(SegFormer, "variant"), STR, choices=tuple(VARIANTS)),
+        "drop_path_rate": Param(default_of(SegFormer, "drop_path_rate"), NUM, check=fraction),
     }
 
+    @classmethod
+    def model_from_hparams(cls, hp):
+        """The SegFormer of hyperparameters ``hp`` (no Determined context needed), with the
+        weights of ``pretrained_path`` (this model's own key names) when set."""
+        model = construct(SegFormer, hp, cls.MODEL_ARGS)
+        load_weights(hp, lambda path: load_local_weights(model, path))
+        return model
+
     def build_model(self, hp):
-        return build_model(hp)
+        return self.model_from_hparams(hp)
 
 
 if __name__ == "__main__":

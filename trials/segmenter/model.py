@@ -46,6 +46,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
+from shared.modelargs import fraction, integer, one_of, require
+from shared.pretrained import load_model_or_backbone
+
 BACKBONES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
 DECODERS = ("linear", "mask")
 DEFAULT_DECODER_LAYERS = 2
@@ -142,30 +145,28 @@ class MaskTransformer(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """ViT encoder + linear or mask-transformer decoder; logits at 1/16 of the input size."""
+    """ViT encoder + linear or mask-transformer decoder; logits at 1/16 of the input size.
+
+    Arguments: ``num_classes`` (>= 1), ``backbone`` (one of BACKBONES), ``decoder`` ("linear"
+    or "mask"), ``decoder_layers`` (the mask decoder's, 1..MAX_DECODER_LAYERS; checked for
+    the linear decoder too, where it is unused), ``drop_path_rate`` (the encoder's
+    stochastic depth, in [0, 1)), ``in_channels``. A bad value raises
+    ``shared.modelargs.ArgumentError``, a ValueError naming the argument.
+    """
 
     def __init__(self, num_classes: int, backbone: str = "vit_tiny_patch16_224",
                  decoder: str = "mask", decoder_layers: int = DEFAULT_DECODER_LAYERS,
                  drop_path_rate: float = 0.1, in_channels: int = 3) -> None:
         super().__init__()
-        _check_num_classes(num_classes)
-        if not isinstance(backbone, str) or backbone not in BACKBONES:
-            raise ValueError(f"hyperparameter 'segmenter_backbone' = {backbone!r} is not one of "
-                             f"{', '.join(BACKBONES)}")
-        if not isinstance(decoder, str) or decoder not in DECODERS:
-            raise ValueError(f"hyperparameter 'segmenter_decoder' = {decoder!r} is not one of "
-                             f"{', '.join(DECODERS)}")
-        if (isinstance(decoder_layers, bool) or not isinstance(decoder_layers, int)
-                or not 1 <= decoder_layers <= MAX_DECODER_LAYERS):
-            raise ValueError(f"hyperparameter 'segmenter_decoder_layers' = {decoder_layers!r} "
-                             f"must be an integer in 1..{MAX_DECODER_LAYERS}")
-        if (isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float))
-                or not 0 <= drop_path_rate < 1):
-            raise ValueError(f"hyperparameter 'drop_path_rate' = {drop_path_rate!r} must be a "
-                             f"number in [0, 1)")
+        require("Segmenter", "num_classes", num_classes, integer(1))
+        require("Segmenter", "backbone", backbone, one_of(BACKBONES))
+        require("Segmenter", "decoder", decoder, one_of(DECODERS))
+        require("Segmenter", "decoder_layers", decoder_layers, integer(1, MAX_DECODER_LAYERS))
+        require("Segmenter", "drop_path_rate", drop_path_rate, fraction)
+        require("Segmenter", "in_channels", in_channels, integer(1))
         self.num_classes = num_classes
-        # pretrained=False always: weights come only from a local file (build_model's
-        # pretrained_path); a training task must never reach for the internet. No class head
+        # pretrained=False always: weights come only from a local file (load_pretrained,
+        # the trial's pretrained_path); a training task must never reach for the internet. No class head
         # (num_classes=0) and no pooling: the decoder takes every token.
         self.encoder = timm.create_model(backbone, pretrained=False, num_classes=0,
                                          global_pool="", in_chans=in_channels,
@@ -205,41 +206,7 @@ def _init_decoder(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def _check_num_classes(n: Any) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"hyperparameter 'num_classes' = {n!r} must be an integer >= 1")
-
-
-def load_pretrained(model: nn.Module, encoder: nn.Module, path: str) -> Mapping[str, Any]:
-    """Load a local weights file into ``model``, or into ``encoder`` alone (an ImageNet ViT
-    checkpoint in timm's key names): ``shared.pretrained.load_model_or_backbone``."""
-    # Imported here so the file stays usable on its own when no weights are loaded.
-    from shared.pretrained import load_model_or_backbone
-    return load_model_or_backbone(model, encoder, path)
-
-
-def build_model(hp: Mapping[str, Any]) -> nn.Module:
-    """Segmenter from a trial's hyperparameters.
-
-    Reads ``num_classes`` (required), ``segmenter_backbone`` (default "vit_tiny_patch16_224"),
-    ``segmenter_decoder`` ("linear" or "mask", default "mask"), ``segmenter_decoder_layers``
-    (mask decoder only, default 2), ``drop_path_rate`` (the encoder's stochastic depth,
-    default 0.1) and ``pretrained_path`` (None: from scratch; else a local file holding this
-    model's weights, or a timm ViT's ImageNet weights for the encoder alone, loaded with
-    ``shared.pretrained``). Bad values raise ValueError naming the hyperparameter.
-    """
-    if "num_classes" not in hp:
-        raise ValueError("hyperparameter 'num_classes' is required")
-    backbone = hp.get("segmenter_backbone")
-    decoder = hp.get("segmenter_decoder")
-    layers = hp.get("segmenter_decoder_layers")
-    rate = hp.get("drop_path_rate")
-    model = Segmenter(hp["num_classes"],
-                      backbone="vit_tiny_patch16_224" if backbone is None else backbone,
-                      decoder="mask" if decoder is None else decoder,
-                      decoder_layers=DEFAULT_DECODER_LAYERS if layers is None else layers,
-                      drop_path_rate=0.1 if rate is None else rate)
-    path = hp.get("pretrained_path")
-    if path:
-        load_pretrained(model, model.encoder, path)
-    return model
+def load_pretrained(model: Segmenter, path: str) -> Mapping[str, Any]:
+    """Load a local weights file into the whole ``model``, or into its encoder alone (an
+    ImageNet ViT checkpoint in timm's key names): ``shared.pretrained.load_model_or_backbone``."""
+    return load_model_or_backbone(model, model.encoder, path)

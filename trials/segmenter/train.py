@@ -15,29 +15,41 @@ except ImportError:  # a plain repository checkout
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from model import (  # noqa: E402  (trials/segmenter/model.py, next to this file)
-    BACKBONES, DECODERS, MAX_DECODER_LAYERS, build_model)
+    BACKBONES, DECODERS, MAX_DECODER_LAYERS, Segmenter, load_pretrained)
 
 from shared.hparams import INT, NUM, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
+from shared.modelargs import construct, default_of, fraction, integer, load_weights  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class SegmenterTrial(SegmentationTrial):
     MODEL_NAME = "segmenter"
+    #: hyperparameter -> Segmenter argument. The defaults are Segmenter's (shared.modelargs:
+    #: the schema reads them from its signature).
+    MODEL_ARGS = {"num_classes": "num_classes", "segmenter_backbone": "backbone",
+                  "segmenter_decoder": "decoder", "segmenter_decoder_layers": "decoder_layers",
+                  "drop_path_rate": "drop_path_rate"}
     MODEL_PARAMS = {
-        "segmenter_backbone": Param("vit_tiny_patch16_224", STR, choices=BACKBONES),
-        "segmenter_decoder": Param("mask", STR, choices=DECODERS),
-        "segmenter_decoder_layers": Param(
-            2, INT,
-            check=lambda v: None if 1 <= v <= MAX_DECODER_LAYERS else f"must be in 1..{MAX_DECODER_LAYERS}",
-            help="mask decoder only"),
-        "drop_path_rate": Param(0.1, NUM, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+        "segmenter_backbone": Param(default_of(Segmenter, "backbone"), STR, choices=BACKBONES),
+        "segmenter_decoder": Param(default_of(Segmenter, "decoder"), STR, choices=DECODERS),
+        "segmenter_decoder_layers": Param(default_of(Segmenter, "decoder_layers"), INT,
+                                          check=integer(1, MAX_DECODER_LAYERS), help="mask decoder only"),
+        "drop_path_rate": Param(default_of(Segmenter, "drop_path_rate"), NUM, check=fraction,
                                 help="the encoder's stochastic depth"),
     }
 
-    def build_model(self, hp):
-        return build_model(hp)
+    @classmethod
+    def model_from_hparams(cls, hp):
+        """The Segmenter of hyperparameters ``hp`` (no Determined context needed), with the
+        weights of ``pretrained_path`` when set: this model's, or an ImageNet ViT's for the
+        encoder alone."""
+        model = construct(Segmenter, hp, cls.MODEL_ARGS)
+        load_weights(hp, lambda path: load_pretrained(model, path))
+        return model
 
+    def build_model(self, hp):
+        return self.model_from_hparams(hp)
 
 if __name__ == "__main__":
     sys.exit(main(SegmenterTrial))

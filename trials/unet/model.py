@@ -21,11 +21,13 @@ are cropped back, so the output is (B, num_classes, H, W) for an (B, C, H, W) in
 """
 from __future__ import annotations
 
-from typing import Any, List, Mapping
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shared.modelargs import integer, one_of, require
 
 DEFAULT_BASE_CHANNELS = 30
 DEFAULT_DEPTH = 4
@@ -66,19 +68,23 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """Classic U-Net; see the module docstring for the layout and the defaults."""
+    """Classic U-Net; see the module docstring for the layout and the defaults.
+
+    Arguments: ``num_classes`` (>= 1), ``in_channels`` (>= 1), ``base_channels`` (the first
+    stage's width, >= 1), ``depth`` (down-sampling stages, 1..MAX_DEPTH), ``upsampling``
+    ("transpose" or "bilinear"). A bad value raises ``shared.modelargs.ArgumentError``, a
+    ValueError naming the argument.
+    """
 
     def __init__(self, num_classes: int, in_channels: int = 3,
                  base_channels: int = DEFAULT_BASE_CHANNELS, depth: int = DEFAULT_DEPTH,
                  upsampling: str = "transpose") -> None:
         super().__init__()
-        _check_int("num_classes", num_classes, 1)
-        _check_int("in_channels", in_channels, 1)
-        _check_int("unet_base_channels", base_channels, 1)
-        _check_int("unet_depth", depth, 1, MAX_DEPTH)
-        if upsampling not in UPSAMPLING_MODES:
-            raise ValueError(f"hyperparameter 'unet_upsampling' = {upsampling!r} is not one of "
-                             f"{', '.join(UPSAMPLING_MODES)}")
+        require("UNet", "num_classes", num_classes, integer(1))
+        require("UNet", "in_channels", in_channels, integer(1))
+        require("UNet", "base_channels", base_channels, integer(1))
+        require("UNet", "depth", depth, integer(1, MAX_DEPTH))
+        require("UNet", "upsampling", upsampling, one_of(UPSAMPLING_MODES))
         self.num_classes = num_classes
         self.depth = depth
         widths = [base_channels * 2 ** i for i in range(depth + 1)]
@@ -125,38 +131,3 @@ class UNet(nn.Module):
             y = y[..., :h, :w]
         return y
 
-
-def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
-    # bool is an int in Python; True as a channel count is a config mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"hyperparameter '{name}' = {value!r} must be an integer")
-    if value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ValueError(f"hyperparameter '{name}' = {value!r} must be {rng}")
-
-
-def build_model(hp: Mapping[str, Any]) -> nn.Module:
-    """U-Net from a trial's hyperparameters.
-
-    Reads ``num_classes`` (required), ``unet_base_channels`` (default 30), ``unet_depth``
-    (default 4), ``unet_upsampling`` ("transpose" or "bilinear") and ``pretrained_path``
-    (None: from scratch; else a local weights file, loaded with ``shared.pretrained``).
-    Bad values raise ValueError naming the hyperparameter.
-    """
-    if "num_classes" not in hp:
-        raise ValueError("hyperparameter 'num_classes' is required")
-    base = hp.get("unet_base_channels")
-    depth = hp.get("unet_depth")
-    upsampling = hp.get("unet_upsampling", "transpose")
-    model = UNet(
-        num_classes=hp["num_classes"],
-        base_channels=DEFAULT_BASE_CHANNELS if base is None else base,
-        depth=DEFAULT_DEPTH if depth is None else depth,
-        upsampling="transpose" if upsampling is None else upsampling,
-    )
-    path = hp.get("pretrained_path")
-    if path:
-        # Imported here so the file stays usable on its own when no weights are loaded.
-        from shared.pretrained import load_local_weights
-        load_local_weights(model, path)
-    return model

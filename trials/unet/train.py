@@ -13,23 +13,40 @@ try:  # installed (pip install -e ., the task image) or shipped beside us (det .
 except ImportError:  # a plain repository checkout
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from model import build_model  # noqa: E402  (trials/unet/model.py, next to this file)
+from model import MAX_DEPTH, UPSAMPLING_MODES, UNet  # noqa: E402  (trials/unet/model.py, next to this file)
 
 from shared.hparams import INT, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
+from shared.modelargs import construct, default_of, integer, load_weights  # noqa: E402
+from shared.pretrained import load_local_weights  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class UNetTrial(SegmentationTrial):
     MODEL_NAME = "unet"
+    #: hyperparameter -> UNet argument. The defaults are UNet's (shared.modelargs: the
+    #: schema reads them from its signature, and null means the same default).
+    MODEL_ARGS = {"num_classes": "num_classes", "unet_base_channels": "base_channels",
+                  "unet_depth": "depth", "unet_upsampling": "upsampling"}
     MODEL_PARAMS = {
-        "unet_base_channels": Param(None, INT, nullable=True, help="channels of the first stage"),
-        "unet_depth": Param(None, INT, nullable=True, help="number of down-sampling stages"),
-        "unet_upsampling": Param("transpose", STR, choices=("transpose", "bilinear")),
+        "unet_base_channels": Param(default_of(UNet, "base_channels"), INT, nullable=True,
+                                    check=integer(1),
+                                    help="channels of the first stage; null: the model's default"),
+        "unet_depth": Param(default_of(UNet, "depth"), INT, nullable=True, check=integer(1, MAX_DEPTH),
+                            help="number of down-sampling stages; null: the model's default"),
+        "unet_upsampling": Param(default_of(UNet, "upsampling"), STR, choices=UPSAMPLING_MODES),
     }
 
+    @classmethod
+    def model_from_hparams(cls, hp):
+        """The U-Net of hyperparameters ``hp`` (no Determined context needed), with the
+        weights of ``pretrained_path`` when set."""
+        model = construct(UNet, hp, cls.MODEL_ARGS)
+        load_weights(hp, lambda path: load_local_weights(model, path))
+        return model
+
     def build_model(self, hp):
-        return build_model(hp)
+        return self.model_from_hparams(hp)
 
 
 if __name__ == "__main__":
