@@ -4,6 +4,8 @@ metrics, resource sampling, the experiment configs, and one tiny training run th
 command line with energy from a fake RAPL tree."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import pathlib
 import subprocess
@@ -463,8 +465,12 @@ def test_configs_resolve_and_scale(kind):
 
 
 def test_schema_reuses_the_shared_definitions_and_refuses_segmentation_keys():
-    for key in ("lr", "global_batch_size", "energy", "precision", "data_dir"):
+    for key in ("lr", "global_batch_size", "energy", "precision"):
         assert CLASSIFICATION_PARAMS[key] is hpmod.COMMON[key]
+    # data_dir: the same type and checks, its own meaning (an ImageFolder root)
+    assert dataclasses.replace(CLASSIFICATION_PARAMS["data_dir"], help="") \
+        == dataclasses.replace(hpmod.COMMON["data_dir"], help="")
+    assert "train/<class>" in CLASSIFICATION_PARAMS["data_dir"].help
     assert CLASSIFICATION_PARAMS["optimizer"].choices == hpmod.COMMON["optimizer"].choices
     trial = _trial_schema()
     with pytest.raises(ConfigError, match=r"c\.yaml: unknown hyperparameter 'crop_size'"):

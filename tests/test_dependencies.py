@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
-from shared.package import _requirement_name, read_pyproject, scan_imports
+from shared.package.closure import _requirement_name, read_pyproject, scan_imports
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCANNED = ("shared", "trials", "benchmarks")

@@ -43,8 +43,8 @@ def test_trial_classes_are_loaded_once_each_with_its_own_model():
     # each train.py imported "model": each got its own, and no "model" is left behind
     assert pathlib.Path(unet.model_module().__file__) == unet.model_file
     assert pathlib.Path(segformer.model_module().__file__) == segformer.model_file
-    assert unet.train_module().build_model is unet.model_module().build_model
-    assert segformer.train_module().build_model is segformer.model_module().build_model
+    assert unet.train_module().UNet is unet.model_module().UNet
+    assert segformer.train_module().SegFormer is segformer.model_module().SegFormer
     assert "model" not in sys.modules or \
         pathlib.Path(sys.modules["model"].__file__).parent.parent != ROOT / "trials"
     # registered under their own names (dataclasses and pickling look modules up there)

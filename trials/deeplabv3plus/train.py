@@ -29,7 +29,8 @@ class DeepLabV3PlusTrial(SegmentationTrial):
     MODEL_ARGS = {"num_classes": "num_classes", "deeplab_backbone": "backbone",
                   "deeplab_output_stride": "output_stride", "deeplab_separable": "separable"}
     MODEL_PARAMS = {
-        "deeplab_backbone": Param(default_of(DeepLabV3Plus, "backbone"), STR, choices=BACKBONES),
+        "deeplab_backbone": Param(default_of(DeepLabV3Plus, "backbone"), STR, choices=BACKBONES,
+                                  help="timm ResNet encoder (dilated to the output stride)"),
         "deeplab_output_stride": Param(
             default_of(DeepLabV3Plus, "output_stride"), INT, choices=OUTPUT_STRIDES,
             help="8: layer3, layer4 and ASPP on 4x the positions, ASPP rates doubled"),

@@ -30,8 +30,10 @@ class SegFormerTrial(SegmentationTrial):
     MODEL_ARGS = {"num_classes": "num_classes", "segformer_variant": "variant",
                   "drop_path_rate": "drop_path_rate"}
     MODEL_PARAMS = {
-        "segformer_variant": Param(default_of(SegFormer, "variant"), STR, choices=tuple(VARIANTS)),
-        "drop_path_rate": Param(default_of(SegFormer, "drop_path_rate"), NUM, check=fraction),
+        "segformer_variant": Param(default_of(SegFormer, "variant"), STR, choices=tuple(VARIANTS),
+                                   help="MiT encoder size, b0 (3.7M parameters) to b5"),
+        "drop_path_rate": Param(default_of(SegFormer, "drop_path_rate"), NUM, check=fraction,
+                                help="stochastic depth, rising linearly over the encoder blocks to this rate"),
     }
 
     @classmethod

@@ -31,8 +31,10 @@ class SegmenterTrial(SegmentationTrial):
                   "segmenter_decoder": "decoder", "segmenter_decoder_layers": "decoder_layers",
                   "drop_path_rate": "drop_path_rate"}
     MODEL_PARAMS = {
-        "segmenter_backbone": Param(default_of(Segmenter, "backbone"), STR, choices=BACKBONES),
-        "segmenter_decoder": Param(default_of(Segmenter, "decoder"), STR, choices=DECODERS),
+        "segmenter_backbone": Param(default_of(Segmenter, "backbone"), STR, choices=BACKBONES,
+                                    help="timm ViT encoder (patch 16)"),
+        "segmenter_decoder": Param(default_of(Segmenter, "decoder"), STR, choices=DECODERS,
+                                   help="mask: the mask-transformer decoder; linear: one Linear from each patch token to the classes"),
         "segmenter_decoder_layers": Param(default_of(Segmenter, "decoder_layers"), INT,
                                           check=integer(1, MAX_DECODER_LAYERS), help="mask decoder only"),
         "drop_path_rate": Param(default_of(Segmenter, "drop_path_rate"), NUM, check=fraction,

@@ -34,7 +34,8 @@ class UNetTrial(SegmentationTrial):
                                     help="channels of the first stage; null: the model's default"),
         "unet_depth": Param(default_of(UNet, "depth"), INT, nullable=True, check=integer(1, MAX_DEPTH),
                             help="number of down-sampling stages; null: the model's default"),
-        "unet_upsampling": Param(default_of(UNet, "upsampling"), STR, choices=UPSAMPLING_MODES),
+        "unet_upsampling": Param(default_of(UNet, "upsampling"), STR, choices=UPSAMPLING_MODES,
+                                 help="decoder upsampling: transposed convolution or bilinear + conv"),
     }
 
     @classmethod
