@@ -62,8 +62,8 @@ import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .base import EnergySource, SourceUnavailable
-from .redfish import (HttpFailure, JsonHttpClient, check_http_url, env_flag, make_ssl_context,
-                      positive_option, redact_url, refuse_secret_options)
+from ..http import HttpFailure, JsonHttpClient, check_http_url, make_ssl_context, redact_url
+from .redfish import env_flag, positive_option, refuse_secret_options
 
 log = logging.getLogger(__name__)
 
