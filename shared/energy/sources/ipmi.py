@@ -20,11 +20,13 @@ import signal
 import subprocess
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..schema import EnvVar, Option, Positive
 from .base import EnergySource, SourceUnavailable
 from .sampling import PowerSampler
 
 log = logging.getLogger("shared.energy")
 
+ENV_CMD = "ENERGY_IPMI_CMD"
 DEFAULT_CMD = "ipmitool dcmi power reading"
 DEFAULT_PERIOD_S = 5.0
 DEFAULT_TIMEOUT_S = 10.0
@@ -84,7 +86,26 @@ class IpmiSource(EnergySource):
     """
 
     name = "ipmi"
+    covers = ("node",)
     scope = "node"
+    priority = 40
+    auto_env = ENV_CMD
+    summary = (f"`{DEFAULT_CMD}` (the node's input power from the BMC) sampled (default "
+               f"every {DEFAULT_PERIOD_S:g} s) and integrated; `-P` values are redacted in "
+               "logs")
+    env_vars = (
+        EnvVar(ENV_CMD, f"the ipmitool command (default `{DEFAULT_CMD}`, in-band through "
+                        "/dev/ipmi0); add `-I lanplus -H <bmc> -U <user> -f <passfile>` for a "
+                        "BMC over the network"),
+    )
+    options = (
+        Option("ipmi_sample_period_s", None,
+               "IPMI's own sampling period, seconds (else sample_period_s, else "
+               f"{DEFAULT_PERIOD_S:g})", Positive()),
+        Option("ipmi_timeout_s", None,
+               f"timeout of one ipmitool call, seconds (default {DEFAULT_TIMEOUT_S:g})",
+               Positive()),
+    )
 
     def __init__(self, command: str | Sequence[str] = DEFAULT_CMD, *,
                  period_s: float = DEFAULT_PERIOD_S,
@@ -108,7 +129,7 @@ class IpmiSource(EnergySource):
         """Command from ``ENERGY_IPMI_CMD``; period from the energy options
         ``ipmi_sample_period_s`` or else ``sample_period_s``, timeout ``ipmi_timeout_s``."""
         period = options.get("ipmi_sample_period_s", options.get("sample_period_s"))
-        return cls(env.get("ENERGY_IPMI_CMD") or DEFAULT_CMD,
+        return cls(env.get(ENV_CMD) or DEFAULT_CMD,
                    period_s=DEFAULT_PERIOD_S if period is None else period,
                    timeout_s=options.get("ipmi_timeout_s", DEFAULT_TIMEOUT_S))
 

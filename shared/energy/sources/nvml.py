@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from ..schema import Option, Positive
 from .base import EnergySource, SourceUnavailable
 from .sampling import PowerSampler
 
@@ -122,7 +123,19 @@ class NvmlSource(EnergySource):
     """
 
     name = "nvml"
+    covers = ("gpu",)
     scope = "device"
+    priority = 10  # a GPU's own counter is the best figure there is for it
+    summary = ("NVML energy counter (`nvmlDeviceGetTotalEnergyConsumption`) of each GPU the "
+               "rank trains on, read at report time; power sampled every "
+               f"{DEFAULT_POWER_PERIOD_S * 1000:g} ms and integrated where the counter is "
+               "unsupported. CUDA indices are mapped through `CUDA_VISIBLE_DEVICES` (indices "
+               "or UUIDs); MIG instances are refused (energy is per physical GPU)")
+    options = (
+        Option("nvml_power_period_s", None,
+               "NVML power sampling period on GPUs without an energy counter, seconds "
+               f"(default {DEFAULT_POWER_PERIOD_S:g}, at most 10)", Positive()),
+    )
 
     def __init__(self, gpu_indices: Sequence[int], *, env: Optional[Mapping[str, str]] = None,
                  power_period_s: float = DEFAULT_POWER_PERIOD_S,

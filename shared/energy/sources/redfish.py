@@ -63,6 +63,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
                     redact_url)
+from ..schema import EnvVar, Option, Positive, env_flag, positive_option, refuse_secret_options
 from .base import EnergySource, SourceUnavailable
 from .sampling import PowerSampler
 
@@ -74,49 +75,14 @@ ENV_CA_BUNDLE = "ENERGY_REDFISH_CA_BUNDLE"
 ENV_INSECURE = "ENERGY_REDFISH_INSECURE"
 ENV_ALLOW_HTTP_CREDENTIALS = "ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS"
 
+#: About the BMC's refresh period: sampling faster only reads the same value again.
+DEFAULT_PERIOD_S = 5.0
+DEFAULT_TIMEOUT_S = 3.0
+
 # Order of preference inside one chassis: EnvironmentMetrics is the current schema and gives
 # one total; Power is deprecated but what iLO and many BMCs still serve; PowerSubsystem needs
 # one request per power supply.
 POWER_KINDS = ("EnvironmentMetrics", "Power", "PowerSubsystem")
-
-# Substrings of option names that can only be a secret: such a hyperparameter would be shown in
-# the WebUI and stored with the experiment, so it is refused, whatever source reads it.
-_SECRET_OPTION_WORDS = ("password", "passwd", "secret", "token", "credential", "apikey",
-                        "api_key")
-
-
-def env_flag(env: Mapping[str, str], name: str) -> bool:
-    """A boolean environment switch: 1/true/yes/on or 0/false/no/off/empty."""
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SourceUnavailable(f"{name}={env.get(name)!r} is not a boolean; use 1 or 0")
-
-
-def refuse_secret_options(options: Mapping[str, Any], source: str, env_hint: str) -> None:
-    """Raise ValueError if a hyperparameter looks like a credential (without echoing it)."""
-    for key in options:
-        lowered = str(key).lower()
-        if any(word in lowered for word in _SECRET_OPTION_WORDS):
-            raise ValueError(
-                f"energy option {key!r} looks like a credential for {source}: hyperparameters "
-                "are stored with the experiment and shown in the WebUI. Remove it (and change "
-                f"that secret, it has been exposed); use {env_hint} instead")
-
-
-def positive_option(options: Mapping[str, Any], names: Sequence[str], default: float) -> float:
-    """The first of ``names`` present in ``options`` as a positive finite number, else default."""
-    for name in names:
-        if name in options and options[name] is not None:
-            value = options[name]
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"energy option {name}={value!r} must be a positive number "
-                                 "of seconds")
-            return float(value)
-    return default
 
 
 # ------------------------------------------------------------------------------------------
@@ -265,12 +231,41 @@ class RedfishSource(EnergySource):
     """
 
     name = "redfish"
+    covers = ("node",)
     scope = "node"
+    # Before IPMI: the same BMC figure, without a fork per sample.
+    priority = 30
+    auto_env = ENV_URL
+    summary = ("the node at its power supplies, what the study measured: BMC power sampled "
+               f"on its own thread (default every {DEFAULT_PERIOD_S:g} s) and integrated; HPE "
+               "iLO `Chassis/1/Power` (`PowerControl[0].PowerConsumedWatts`), "
+               "`EnvironmentMetrics` (`PowerWatts.Reading`), `PowerSubsystem`; the chassis is "
+               "discovered from the service root")
+    env_vars = (
+        EnvVar(ENV_URL, "the BMC's Redfish service root or its Chassis/<id>/Power, "
+                        "EnvironmentMetrics or PowerSubsystem resource; no credentials in it"),
+        EnvVar(ENV_CREDENTIALS, "file holding `user:password` (first line) or "
+                                "{\"username\": ..., \"password\": ...}; mode 600"),
+        EnvVar(ENV_CA_BUNDLE, "PEM file of the CA that signed the BMC's certificate"),
+        EnvVar(ENV_INSECURE, "1: do not verify the BMC's certificate (warned)"),
+        EnvVar(ENV_ALLOW_HTTP_CREDENTIALS, "1: send the credentials over plain http (else "
+                                           "plain http works, with a warning, only without "
+                                           "credentials)"),
+    )
+    options = (
+        Option("redfish_sample_period_s", None,
+               "Redfish's own sampling period, seconds (else sample_period_s, else "
+               f"{DEFAULT_PERIOD_S:g})", Positive()),
+        Option("redfish_timeout_s", None,
+               f"timeout of one Redfish request, seconds (default {DEFAULT_TIMEOUT_S:g})",
+               Positive()),
+    )
 
     def __init__(self, url: str, *, credentials: Optional[BasicCredentials] = None,
                  ca_bundle: Optional[str] = None, insecure: bool = False,
-                 allow_http_credentials: bool = False, sample_period_s: float = 5.0,
-                 timeout_s: float = 3.0, max_backoff_s: float = 60.0,
+                 allow_http_credentials: bool = False,
+                 sample_period_s: float = DEFAULT_PERIOD_S,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_backoff_s: float = 60.0,
                  max_gap_s: Optional[float] = None) -> None:
         super().__init__()
         for label, value in (("sample_period_s", sample_period_s), ("timeout_s", timeout_s),
@@ -319,8 +314,9 @@ class RedfishSource(EnergySource):
         ca_bundle = env.get(ENV_CA_BUNDLE, "").strip() or None
         if ca_bundle and not os.path.isfile(ca_bundle):
             raise SourceUnavailable(f"{ENV_CA_BUNDLE}={ca_bundle}: no such file")
-        period = positive_option(options, ("redfish_sample_period_s", "sample_period_s"), 5.0)
-        timeout = positive_option(options, ("redfish_timeout_s",), 3.0)
+        period = positive_option(options, ("redfish_sample_period_s", "sample_period_s"),
+                                 DEFAULT_PERIOD_S)
+        timeout = positive_option(options, ("redfish_timeout_s",), DEFAULT_TIMEOUT_S)
         return cls(url, credentials=credentials, ca_bundle=ca_bundle,
                    insecure=env_flag(env, ENV_INSECURE),
                    allow_http_credentials=env_flag(env, ENV_ALLOW_HTTP_CREDENTIALS),
