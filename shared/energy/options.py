@@ -62,12 +62,12 @@ GENERAL_OPTIONS: Tuple[Option, ...] = (
 #: The variables of the energy core (each source declares its own).
 GENERAL_ENV: Tuple[EnvVar, ...] = (
     EnvVar("ENERGY_SOURCES",
-           "replaces the energy.sources hyperparameter: a site sets it once for its nodes"),
+           "replaces the `energy.sources` hyperparameter: a site sets it once for its nodes"),
     EnvVar("ENERGY_GPUS_ON_NODE",
            "GPUs of the node, for gpu_share when a container sees only its own GPUs (shared "
-           "nodes); wins over energy.gpus_on_node", positive_integer_text),
+           "nodes); wins over `energy.gpus_on_node`", positive_integer_text),
     EnvVar("ENERGY_NODE_NAME",
-           "this node's name in reports and in the Prometheus query's {node} (default: the "
+           "this node's name in reports and in the Prometheus query's `{node}` (default: the "
            "host name; in a bridge-networked container that is the container id)"),
 )
 

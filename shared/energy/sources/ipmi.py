@@ -95,7 +95,7 @@ class IpmiSource(EnergySource):
                "logs")
     env_vars = (
         EnvVar(ENV_CMD, f"the ipmitool command (default `{DEFAULT_CMD}`, in-band through "
-                        "/dev/ipmi0); add `-I lanplus -H <bmc> -U <user> -f <passfile>` for a "
+                        "`/dev/ipmi0`); add `-I lanplus -H <bmc> -U <user> -f <passfile>` for a "
                         "BMC over the network"),
     )
     options = (

@@ -155,8 +155,8 @@ class PrometheusSource(EnergySource):
                "a PromQL range query over the trial's window, integrated")
     env_vars = (
         EnvVar(ENV_URL, "base URL of the site's Prometheus"),
-        EnvVar(ENV_QUERY, "PromQL for this node's power in watts; {node} is replaced by the "
-                          f"node name ({ENV_NODE_NAME}, else the host name)"),
+        EnvVar(ENV_QUERY, "PromQL for this node's power in watts; `{node}` is replaced by "
+                          f"the node name (`{ENV_NODE_NAME}`, else the host name)"),
         EnvVar(ENV_STEP, f"evaluation step, seconds (default {DEFAULT_STEP_S:g}; not below "
                          "the scrape interval)"),
         EnvVar(ENV_TOKEN_FILE, "file holding a bearer token"),

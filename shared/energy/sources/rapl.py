@@ -108,9 +108,9 @@ class RaplSource(EnergySource):
                "counter could wrap twice between reports. `energy_uj` is root-only since "
                "Linux 5.10: unreadable is reported once as unavailable")
     env_vars = (
-        EnvVar(ENV_ROOT, f"powercap directory to read (default {DEFAULT_ROOT}), e.g. a "
+        EnvVar(ENV_ROOT, f"powercap directory to read (default `{DEFAULT_ROOT}`), e.g. a "
                          "read-only bind mount of the host's "
-                         "/sys/devices/virtual/powercap/intel-rapl"),
+                         "`/sys/devices/virtual/powercap/intel-rapl`"),
     )
     options = (
         Option("rapl_max_power_w", None,

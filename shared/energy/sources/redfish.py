@@ -242,10 +242,11 @@ class RedfishSource(EnergySource):
                "`EnvironmentMetrics` (`PowerWatts.Reading`), `PowerSubsystem`; the chassis is "
                "discovered from the service root")
     env_vars = (
-        EnvVar(ENV_URL, "the BMC's Redfish service root or its Chassis/<id>/Power, "
-                        "EnvironmentMetrics or PowerSubsystem resource; no credentials in it"),
+        EnvVar(ENV_URL, "the BMC's Redfish service root or its `Chassis/<id>/Power`, "
+                        "`EnvironmentMetrics` or `PowerSubsystem` resource; no credentials "
+                        "in it"),
         EnvVar(ENV_CREDENTIALS, "file holding `user:password` (first line) or "
-                                "{\"username\": ..., \"password\": ...}; mode 600"),
+                                "`{\"username\": ..., \"password\": ...}`; mode 600"),
         EnvVar(ENV_CA_BUNDLE, "PEM file of the CA that signed the BMC's certificate"),
         EnvVar(ENV_INSECURE, "1: do not verify the BMC's certificate (warned)"),
         EnvVar(ENV_ALLOW_HTTP_CREDENTIALS, "1: send the credentials over plain http (else "
