@@ -7,7 +7,8 @@ reached over the network put the interface options in it, with the password in a
 A password given with ``-P`` works but is visible in ``ps``; it is never logged here.
 
 DCMI gives power only, so the source samples it on a thread (default every 5 s, about the
-BMC's own refresh) and integrates with ``PowerSampler`` (see its docstring for the bias).
+BMC's own refresh) and integrates it: a ``SampledPowerSource`` (see ``sampling.py`` for the
+bias).
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import re
 import shlex
 import signal
 import subprocess
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from ..schema import EnvVar, Option, Positive
-from .base import EnergySource, SourceUnavailable
-from .sampling import PowerSampler
+from .base import SourceUnavailable
+from .sampling import SampledPowerSource
 
 log = logging.getLogger("shared.energy")
 
@@ -75,7 +76,7 @@ def parse_dcmi_power(text: str) -> Tuple[float, Optional[str]]:
     return float(match.group(1)), (state.group(1).lower() if state else None)
 
 
-class IpmiSource(EnergySource):
+class IpmiSource(SampledPowerSource):
     """Node input power from ``ipmitool dcmi power reading``, sampled and integrated
     (component "node").
 
@@ -122,7 +123,6 @@ class IpmiSource(EnergySource):
         self.argv = argv
         self.period_s = float(period_s)
         self.timeout_s = float(timeout_s)
-        self._sampler: Optional[PowerSampler] = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], options: Mapping[str, Any]) -> "IpmiSource":
@@ -158,7 +158,8 @@ class IpmiSource(EnergySource):
             raise RuntimeError(f"`{self.redacted}` exited with status {proc.returncode}: {text}")
         return parse_dcmi_power(out)
 
-    def _watts(self) -> float:
+    def read_watts(self) -> float:
+        """One DCMI reading, for the sampler."""
         watts, _ = self._reading()
         if watts <= 0:
             # A running node cannot draw 0 W: the BMC has no valid reading.
@@ -183,15 +184,7 @@ class IpmiSource(EnergySource):
             # OpenBMC reports "deactivated" with valid readings; others do not: say so once.
             log.warning("ipmi: the BMC says 'Power reading state is: deactivated' but reads "
                         "%g W; using it. Check it against the PSU/PDU if in doubt.", watts)
-        self._sampler = PowerSampler(self.period_s, self._watts, self.health, self.name)
-        self._sampler.start()
-
-    def read(self) -> Dict[str, float]:
-        return {"node": self._sampler.energy_j() if self._sampler is not None else 0.0}
-
-    def close(self) -> None:
-        if self._sampler is not None:
-            self._sampler.stop(timeout_s=self.timeout_s + 1.0)
+        self.start_sampling(self.period_s)
 
     def describe(self) -> str:
         return f"ipmi: `{self.redacted}` sampled every {self.period_s:g} s"

@@ -42,7 +42,7 @@ Failures never stop training: a sample that fails (timeout, HTTP error, 401/403,
 JSON, missing key, null reading) is counted in ``health``; after consecutive failures the
 next tries back off exponentially (period x 2^(n-1), capped by ``max_backoff_s``), those
 skipped slots count as failed samples; holes longer than ``max_gap_s`` are not bridged
-(see ``sampling.py`` for the integration and its bias).
+(a ``SampledPowerSource``: see ``sampling.py`` for the integration and its bias).
 
 Options (the ``energy`` hyperparameters): ``redfish_sample_period_s`` (or the shared
 ``sample_period_s``; default 5 s, about the BMC's refresh period: sampling faster only reads the
@@ -64,8 +64,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
                     redact_url)
 from ..schema import EnvVar, Option, Positive, env_flag, positive_option, refuse_secret_options
-from .base import EnergySource, SourceUnavailable
-from .sampling import PowerSampler
+from .base import SourceUnavailable
+from .sampling import SampledPowerSource
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ _PATHS: Dict[str, Tuple[Any, ...]] = {
 }
 
 
-class RedfishSource(EnergySource):
+class RedfishSource(SampledPowerSource):
     """Node input power from the BMC's Redfish service, sampled and integrated.
 
     Args:
@@ -289,7 +289,6 @@ class RedfishSource(EnergySource):
         self.max_gap_s = max_gap_s
         self.resource: Optional[PowerResource] = None
         self._client: Optional[JsonHttpClient] = None
-        self._sampler: Optional[PowerSampler] = None
         self._consecutive_failures = 0
         self._retry_at = 0.0
         self._auth_logged = False
@@ -326,7 +325,7 @@ class RedfishSource(EnergySource):
     # -- EnergySource -------------------------------------------------------------------------
     def open(self) -> None:
         """Check the transport, find the power resource, read it once, start sampling."""
-        if self._sampler is not None:
+        if self.sampler is not None:
             raise RuntimeError("redfish: open() called twice")
         shown = redact_url(self.url)
         headers = {"Accept": "application/json", "OData-Version": "4.0"}
@@ -353,18 +352,7 @@ class RedfishSource(EnergySource):
         self.resource, watts = self._discover()
         log.info("redfish: node power from %s: %.1f W now, sampled every %g s",
                  self.resource.describe(), watts, self.sample_period_s)
-        self._sampler = PowerSampler(self.sample_period_s, self._sample_watts, self.health,
-                                     self.name, max_gap_s=self.max_gap_s)
-        self._sampler.start()
-
-    def read(self) -> Dict[str, float]:
-        """Joules since open() from the node's power supplies, up to the latest good sample."""
-        return {"node": self._sampler.energy_j() if self._sampler is not None else 0.0}
-
-    def close(self) -> None:
-        """Stop sampling (waits at most one request timeout). Safe to call twice."""
-        if self._sampler is not None:
-            self._sampler.stop(timeout_s=self.timeout_s + 1.0)
+        self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s)
 
     def describe(self) -> str:
         if self.resource is None:
@@ -372,14 +360,9 @@ class RedfishSource(EnergySource):
         return (f"redfish: node input power, {self.resource.describe()}, sampled every "
                 f"{self.sample_period_s:g} s")
 
-    @property
-    def sampler(self) -> Optional[PowerSampler]:
-        """The sampling thread's integrator (None before open())."""
-        return self._sampler
-
     # -- sampling -----------------------------------------------------------------------------
-    def _sample_watts(self) -> float:
-        """One sample, for PowerSampler. Raises on failure (the sampler counts it)."""
+    def read_watts(self) -> float:
+        """One sample, for the sampler. Raises on failure (the sampler counts it)."""
         now = time.monotonic()
         if now < self._retry_at:
             raise HttpFailure(f"backing off after {self._consecutive_failures} consecutive "
