@@ -16,6 +16,7 @@ in every customer package.
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -35,13 +36,14 @@ def number(key: str, value: Any) -> float:
     return float(value)
 
 
-class Check:
+class Check(abc.ABC):
     """Base of the value checks. ``allowed``: the values accepted, in words, for the docs."""
 
     allowed: str = "any"
 
+    @abc.abstractmethod
     def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        raise NotImplementedError
+        """Raise ValueError naming ``energy.<key>`` and ``value`` if the value is refused."""
 
 
 class Boolean(Check):
@@ -114,19 +116,18 @@ class Option:
         default: the value ``validate_options`` fills in. None means "not set": the reader
             (a source) then uses its own default, which ``doc`` states.
         doc: one line for the docs tables: what it does, and its effective default.
-        check: validates a value that is not None; None accepts anything.
-        allowed: overrides ``check.allowed`` in the docs (for a check whose text is computed).
+        check: validates a value that is not None; None accepts anything. Its ``allowed``
+            is what the docs show as the allowed values.
     """
 
     name: str
     default: Any
     doc: str
     check: Optional[Callable[[str, Any, Mapping[str, str]], None]] = None
-    allowed: Optional[str] = None
 
     def allowed_text(self) -> str:
         """What the docs' "allowed" column shows; "or null" when None means "not set"."""
-        text = self.allowed or getattr(self.check, "allowed", None) or "any"
+        text = getattr(self.check, "allowed", None) or "any"
         return f"{text} or null" if self.default is None else text
 
 
