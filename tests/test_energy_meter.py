@@ -16,7 +16,7 @@ import pytest
 from shared.energy.meter import EnergyMeter
 from shared.energy.select import SOURCE_ORDER, build_sources, parse_spec
 from shared.energy.sources.base import EnergySource, SourceHealth, SourceUnavailable
-from shared.energy.sources.sampling import PowerSampler
+from shared.energy.sources.sampling import PowerSampler, SampledPowerSource
 
 _spec = importlib.util.spec_from_file_location(
     "energy_fakes_loader", Path(__file__).resolve().parent / "fakes" / "loader.py")
@@ -107,6 +107,54 @@ def test_sampler_thread_integrates_real_time_and_stops_promptly():
     t0 = time.monotonic()
     slow.stop()
     assert time.monotonic() - t0 < 1.0  # Event.wait, not a 30 s sleep
+
+
+class _StripSource(SampledPowerSource):
+    """A power-only source built on the base: only ``read_watts`` and ``open`` are its own."""
+
+    name, covers, summary = "strip", ("dram",), "a scripted power strip"
+    timeout_s = 0.5
+
+    def __init__(self, values, clock):
+        super().__init__()
+        self._read, self._clock = scripted(values), clock
+
+    def read_watts(self) -> float:
+        return self._read()
+
+    def open(self) -> None:
+        self.start_sampling(3600.0, clock=self._clock)  # the test samples by hand
+
+
+def test_sampled_power_source_base_integrates_reports_and_stops():
+    clock = FakeClock(0.0)
+    src = _StripSource([100.0, 200.0, OSError("strip busy"), 200.0], clock)
+    assert src.read() == {"dram": 0.0} and src.sampler is None
+    src.open()  # the first sample, at t=0
+    for _ in range(3):
+        clock.advance(1.0)
+        src.sampler.sample()
+    # 150 J (0-1 s) + 200 J x 2 s bridged over the failed sample; reported under covers[0]
+    assert src.read() == {"dram": pytest.approx(550.0)}
+    assert src.health.failures == 1 and src.health.attempts == 4
+    with pytest.raises(RuntimeError, match=r"strip: sampling already started"):
+        src.open()
+    t0 = time.monotonic()
+    src.close()
+    src.close()  # twice is fine
+    assert time.monotonic() - t0 < 1.0 and not src.sampler._thread.is_alive()
+    assert src.read() == {"dram": pytest.approx(550.0)}  # the integral stays readable
+
+
+def test_sampled_power_source_needs_read_watts():
+    class NoReading(SampledPowerSource):
+        name, covers = "x", ("node",)
+
+        def open(self) -> None:
+            self.start_sampling(1.0)
+
+    with pytest.raises(TypeError, match=r"abstract method.*read_watts"):
+        NoReading()
 
 
 def test_sampler_rejects_bad_periods():

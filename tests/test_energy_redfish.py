@@ -16,9 +16,10 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
+from shared.energy.http import HttpFailure, redact_url
 from shared.energy.sources.base import SourceUnavailable
 from shared.energy.sources.redfish import (BadReading, BasicCredentials, RedfishSource,
-                                           load_credentials, reading_at, redact_url)
+                                           load_credentials, reading_at)
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 sys.path.insert(0, str(FAKES))
@@ -441,7 +442,6 @@ def test_discovery_failure_lists_what_was_tried(sources):
 
 
 def _failing_metrics(get):
-    from shared.energy.sources.redfish import HttpFailure
 
     def wrapped(url):
         if url.endswith("/Metrics"):

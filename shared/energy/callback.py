@@ -18,7 +18,6 @@ report). Only work *after* the allgather, on the chief, may take a different pat
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import time
@@ -29,82 +28,23 @@ from determined import pytorch as det_pytorch
 
 from shared import determined_compat as compat
 
-from .aggregate import APPORTION_RULES, RankEnergy, TrialEnergy, combine
+from .aggregate import RankEnergy, TrialEnergy, combine
 from .meter import EnergyMeter, EnergySnapshot
-from .select import build_sources, parse_spec
+from .options import default_options, validate_options
+from .select import build_sources
 
 log = logging.getLogger("shared.energy")
 
-DEFAULT_OPTIONS: Dict[str, Any] = {
-    "enabled": True,
-    "sources": "auto",
-    "apportion": "gpu_share",
-    "pue": None,
-    "carbon_intensity_g_per_kwh": None,
-    "sample_period_s": None,       # BMC sources (IPMI, Redfish); their default: 5 s
-    "nvml_power_period_s": None,   # NVML power fallback; default 0.1 s
-    "ipmi_timeout_s": None,
-    "rapl_max_power_w": None,
-    "rapl_poll_below_s": None,
-    "gpus_on_node": None,          # override; else ENERGY_GPUS_ON_NODE, else detected
-    "ipmi_sample_period_s": None,  # per-source periods and timeouts, read by the sources
-    "redfish_sample_period_s": None,
-    "redfish_timeout_s": None,
-    "prometheus_timeout_s": None,
-}
-_POSITIVE = ("sample_period_s", "nvml_power_period_s", "ipmi_timeout_s", "rapl_max_power_w",
-             "rapl_poll_below_s", "ipmi_sample_period_s", "redfish_sample_period_s",
-             "redfish_timeout_s", "prometheus_timeout_s")
 
-
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"energy.{key} must be a number, got {value!r}")
-    return float(value)
-
-
-def validate_options(options: Optional[Mapping[str, Any]],
-                     env: Mapping[str, str] = os.environ) -> Dict[str, Any]:
-    """The ``energy`` hyperparameter with defaults filled in, checked.
-
-    Raises:
-        ValueError: a bad value; the message names the key and the value.
-    """
-    if options is None:
-        options = {}
-    if not isinstance(options, Mapping):
-        raise ValueError(f"the energy hyperparameter must be a mapping, got {options!r}")
-    opts = {**DEFAULT_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
-    if not isinstance(opts["enabled"], bool):
-        raise ValueError(f"energy.enabled must be true or false, got {opts['enabled']!r}")
-    if not opts["enabled"]:
-        return opts
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        # Not an error: a source may read options of its own (passed through to it).
-        log.warning("energy: options %s are not used by the energy core (known: %s)",
-                    unknown, ", ".join(DEFAULT_OPTIONS))
-    parse_spec(opts["sources"], env)  # raises on unknown names
-    if opts["apportion"] not in APPORTION_RULES:
-        raise ValueError(f"energy.apportion must be one of {APPORTION_RULES}, "
-                         f"got {opts['apportion']!r}")
-    if opts["pue"] is not None and _number("pue", opts["pue"]) < 1.0:
-        raise ValueError(f"energy.pue is facility energy / IT energy and cannot be below 1.0, "
-                         f"got {opts['pue']!r}")
-    if opts["carbon_intensity_g_per_kwh"] is not None and \
-            _number("carbon_intensity_g_per_kwh", opts["carbon_intensity_g_per_kwh"]) < 0:
-        raise ValueError(f"energy.carbon_intensity_g_per_kwh must be >= 0, "
-                         f"got {opts['carbon_intensity_g_per_kwh']!r}")
-    for key in _POSITIVE:
-        if opts[key] is not None and _number(key, opts[key]) <= 0:
-            raise ValueError(f"energy.{key} must be > 0, got {opts[key]!r}")
-    g = opts["gpus_on_node"]
-    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
-        raise ValueError(f"energy.gpus_on_node must be a positive integer, got {g!r}")
-    raw = env.get("ENERGY_GPUS_ON_NODE")
-    if raw is not None and (not raw.strip().isdigit() or int(raw) < 1):
-        raise ValueError(f"ENERGY_GPUS_ON_NODE must be a positive integer, got {raw!r}")
-    return opts
+# The energy options are declared in shared.energy.options (general ones) and on each source
+# class; validate_options and DEFAULT_OPTIONS stay importable from here, where shared.hparams
+# and the packager have always found them.
+def __getattr__(name: str) -> Any:
+    # DEFAULT_OPTIONS is computed on each access (PEP 562) so that it includes the options of
+    # a source registered after this module was imported.
+    if name == "DEFAULT_OPTIONS":
+        return default_options()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 PROJECTION_FLOOR = 0.5

@@ -3,37 +3,48 @@
 
 Rules (count each joule once): device sources (NVML) only for a process that owns GPUs,
 node sources (RAPL, Redfish, IPMI, Prometheus) only in the node's reader (local rank 0).
+Which source is which, their order and when ``auto`` tries them come from the sources'
+declarations (``shared.energy.sources``), not from tables here.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .sources import registered_sources
 from .sources.base import SourceUnavailable
 
 log = logging.getLogger("shared.energy")
 
-#: Every source, in priority order: when two measure the same component the first wins
-#: (the meter drops the other's copy). Redfish before IPMI (same BMC figure, no fork per
-#: sample); Prometheus last (a copy of some other instrument, scraped late).
-SOURCE_ORDER = ("nvml", "rapl", "redfish", "ipmi", "prometheus")
-DEVICE_SOURCES = frozenset({"nvml"})
-#: Sources that auto-detection tries only when their variable is set: probing them
-#: otherwise means network timeouts or forking ipmitool on every node.
-AUTO_ONLY_WITH_ENV = {
-    "redfish": "ENERGY_REDFISH_URL",
-    "ipmi": "ENERGY_IPMI_CMD",
-    "prometheus": "ENERGY_PROMETHEUS_URL",
-}
-_CLASSES = {
-    "nvml": ("shared.energy.sources.nvml", "NvmlSource"),
-    "rapl": ("shared.energy.sources.rapl", "RaplSource"),
-    "redfish": ("shared.energy.sources.redfish", "RedfishSource"),
-    "ipmi": ("shared.energy.sources.ipmi", "IpmiSource"),
-    "prometheus": ("shared.energy.sources.prometheus", "PrometheusSource"),
-}
+
+# SOURCE_ORDER, DEVICE_SOURCES and AUTO_ONLY_WITH_ENV are read by the packager and the tests.
+# They are derived from the sources' declarations on every access (PEP 562), not frozen at
+# import, so that a source registered later (a site's own, a test's) is in them.
+def _source_order() -> Tuple[str, ...]:
+    """Every source, in priority order: when two measure the same component the first wins
+    (the meter drops the other's copy)."""
+    return tuple(cls.name for cls in registered_sources())
+
+
+def _device_sources() -> FrozenSet[str]:
+    """Sources read per rank, for the GPUs the rank owns."""
+    return frozenset(cls.name for cls in registered_sources() if cls.scope == "device")
+
+
+def _auto_only_with_env() -> Dict[str, str]:
+    """Sources that auto-detection tries only when their variable is set."""
+    return {cls.name: cls.auto_env for cls in registered_sources() if cls.auto_env}
+
+
+_DERIVED = {"SOURCE_ORDER": _source_order, "DEVICE_SOURCES": _device_sources,
+            "AUTO_ONLY_WITH_ENV": _auto_only_with_env}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DERIVED:
+        return _DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SourceList(list):
@@ -73,27 +84,17 @@ def parse_spec(spec: Union[str, Sequence[str], None],
     else:
         raise ValueError(f"{origin}: expected 'auto', a comma-separated string or a list of "
                          f"names, got {type(spec).__name__} {spec!r}")
+    order = _source_order()
     if items == ["auto"]:
-        return list(SOURCE_ORDER), False
+        return list(order), False
     if items in ([], ["none"]):
         return [], True
-    unknown = [s for s in items if s not in _CLASSES]
+    unknown = [s for s in items if s not in order]
     if unknown or "auto" in items or "none" in items:
         bad = unknown or [s for s in items if s in ("auto", "none")]
         raise ValueError(f"{origin}: unknown energy source(s) {bad} in {spec!r}; valid: "
-                         f"'auto', 'none' (alone) or any of {', '.join(SOURCE_ORDER)}")
-    return [s for s in SOURCE_ORDER if s in items], True
-
-
-def _source_class(name: str) -> Any:
-    module_name, class_name = _CLASSES[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            raise SourceUnavailable(f"{name}: module {module_name} is not installed here")
-        raise
-    return getattr(module, class_name)
+                         f"'auto', 'none' (alone) or any of {', '.join(order)}")
+    return [s for s in order if s in items], True
 
 
 def build_sources(spec: Union[str, Sequence[str], None] = "auto", *,
@@ -119,18 +120,19 @@ def build_sources(spec: Union[str, Sequence[str], None] = "auto", *,
     level = logging.WARNING if explicit else logging.INFO
     out = SourceList()
     out.explicit = explicit
+    classes = {cls.name: cls for cls in registered_sources()}
     for name in names:
-        if name in DEVICE_SOURCES and not gpu_indices:
+        cls = classes[name]
+        if cls.scope == "device" and not gpu_indices:
             if explicit:
                 log.warning("energy source %s requested, but this process uses no GPU", name)
             continue
-        if name not in DEVICE_SOURCES and not node_reader:
+        if cls.scope != "device" and not node_reader:
             continue  # another process on this node (local rank 0) reads it
-        if not explicit and name in AUTO_ONLY_WITH_ENV and not env.get(AUTO_ONLY_WITH_ENV[name]):
+        if not explicit and cls.auto_env and not env.get(cls.auto_env):
             continue
         try:
-            cls = _source_class(name)
-            if name == "nvml":
+            if cls.scope == "device":
                 source = cls.from_env(env, options, gpu_indices=gpu_indices)
             else:
                 source = cls.from_env(env, options)

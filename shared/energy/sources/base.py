@@ -1,15 +1,25 @@
-"""The one interface every energy source implements.
+"""The one interface every energy source implements, and what each source declares.
 
 A source reports *cumulative joules since it was opened*, per component. Sources with a
 hardware counter (NVML energy, RAPL) read it at report time; sources that only expose
-power (NVML power on old GPUs, Redfish, IPMI) integrate samples on their own thread.
+power (NVML power on old GPUs, Redfish, IPMI) integrate samples on their own thread
+(``sampling.SampledPowerSource``).
+
+A source describes itself with class attributes (``name``, ``covers``, ``scope``,
+``priority``, ``auto_env``, ``env_vars``, ``options``, ``summary``); selection
+(``shared.energy.select``), option checking (``shared.energy.options``) and the docs tables
+(``shared.energy.docs``) are derived from them. ``shared.energy.sources`` holds the registry
+and says how to add a source.
 """
 from __future__ import annotations
 
 import abc
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Literal
+from typing import TYPE_CHECKING, Any, Dict, Literal, Mapping, Optional, Tuple
+
+if TYPE_CHECKING:  # annotations only: schema imports this module (SourceUnavailable)
+    from ..schema import EnvVar, Option
 
 log = logging.getLogger("shared.energy")
 
@@ -58,15 +68,47 @@ class SourceHealth:
 
 
 class EnergySource(abc.ABC):
-    """Cumulative energy since ``open()``, per component, in joules."""
+    """Cumulative energy since ``open()``, per component, in joules.
 
-    #: short name used in ENERGY_SOURCES and in reports: nvml, rapl, redfish, ipmi, prometheus
+    A subclass declares itself with the class attributes below and builds itself with
+    ``from_env``; ``shared.energy.sources.register_source`` checks the declaration.
+    """
+
+    #: short name used in ENERGY_SOURCES, ``energy.sources`` and reports (lower case)
     name: str = ""
-    #: "device": per-rank (the GPUs this process owns); "node": read by one process per node
+    #: the components it reports (keys of ``read()``), among ``COMPONENTS``
+    covers: Tuple[str, ...] = ()
+    #: "device": per rank (the GPUs this process owns), built only in a process that uses a
+    #: GPU; "node": node-wide, built only in one process per node (local rank 0)
     scope: Literal["device", "node"] = "node"
+    #: order of preference, lower first: when two sources measure the same component the
+    #: first wins (the meter drops the other's copy)
+    priority: int = 100
+    #: when set, ``auto`` tries the source only if this variable is set (and not empty):
+    #: probing it otherwise costs network timeouts or a fork on every node
+    auto_env: Optional[str] = None
+    #: the ENERGY_* variables it reads, with their docs
+    env_vars: Tuple["EnvVar", ...] = ()
+    #: its own keys of the ``energy`` hyperparameter, with defaults, checks and docs
+    options: Tuple["Option", ...] = ()
+    #: how it measures, one line for the docs' sources table
+    summary: str = ""
 
     def __init__(self) -> None:
         self.health = SourceHealth()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], options: Mapping[str, Any]) -> "EnergySource":
+        """Build (not open) the source from its environment variables and the ``energy``
+        options (defaults filled in, None values dropped).
+
+        A "device" source is also given ``gpu_indices=`` (the CUDA indices of this process).
+
+        Raises:
+            SourceUnavailable: it is not configured here (a variable unset or unusable).
+            ValueError: a bad option value.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement from_env")
 
     @abc.abstractmethod
     def open(self) -> None:

@@ -7,7 +7,8 @@ reached over the network put the interface options in it, with the password in a
 A password given with ``-P`` works but is visible in ``ps``; it is never logged here.
 
 DCMI gives power only, so the source samples it on a thread (default every 5 s, about the
-BMC's own refresh) and integrates with ``PowerSampler`` (see its docstring for the bias).
+BMC's own refresh) and integrates it: a ``SampledPowerSource`` (see ``sampling.py`` for the
+bias).
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ import re
 import shlex
 import signal
 import subprocess
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-from .base import EnergySource, SourceUnavailable
-from .sampling import PowerSampler
+from ..schema import EnvVar, Option, Positive
+from .base import SourceUnavailable
+from .sampling import SampledPowerSource
 
 log = logging.getLogger("shared.energy")
 
+ENV_CMD = "ENERGY_IPMI_CMD"
 DEFAULT_CMD = "ipmitool dcmi power reading"
 DEFAULT_PERIOD_S = 5.0
 DEFAULT_TIMEOUT_S = 10.0
@@ -73,7 +76,7 @@ def parse_dcmi_power(text: str) -> Tuple[float, Optional[str]]:
     return float(match.group(1)), (state.group(1).lower() if state else None)
 
 
-class IpmiSource(EnergySource):
+class IpmiSource(SampledPowerSource):
     """Node input power from ``ipmitool dcmi power reading``, sampled and integrated
     (component "node").
 
@@ -84,7 +87,26 @@ class IpmiSource(EnergySource):
     """
 
     name = "ipmi"
+    covers = ("node",)
     scope = "node"
+    priority = 40
+    auto_env = ENV_CMD
+    summary = (f"`{DEFAULT_CMD}` (the node's input power from the BMC) sampled (default "
+               f"every {DEFAULT_PERIOD_S:g} s) and integrated; `-P` values are redacted in "
+               "logs")
+    env_vars = (
+        EnvVar(ENV_CMD, f"the ipmitool command (default `{DEFAULT_CMD}`, in-band through "
+                        "`/dev/ipmi0`); add `-I lanplus -H <bmc> -U <user> -f <passfile>` for a "
+                        "BMC over the network"),
+    )
+    options = (
+        Option("ipmi_sample_period_s", None,
+               "IPMI's own sampling period, seconds (else sample_period_s, else "
+               f"{DEFAULT_PERIOD_S:g})", Positive()),
+        Option("ipmi_timeout_s", None,
+               f"timeout of one ipmitool call, seconds (default {DEFAULT_TIMEOUT_S:g})",
+               Positive()),
+    )
 
     def __init__(self, command: str | Sequence[str] = DEFAULT_CMD, *,
                  period_s: float = DEFAULT_PERIOD_S,
@@ -101,14 +123,13 @@ class IpmiSource(EnergySource):
         self.argv = argv
         self.period_s = float(period_s)
         self.timeout_s = float(timeout_s)
-        self._sampler: Optional[PowerSampler] = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], options: Mapping[str, Any]) -> "IpmiSource":
         """Command from ``ENERGY_IPMI_CMD``; period from the energy options
         ``ipmi_sample_period_s`` or else ``sample_period_s``, timeout ``ipmi_timeout_s``."""
         period = options.get("ipmi_sample_period_s", options.get("sample_period_s"))
-        return cls(env.get("ENERGY_IPMI_CMD") or DEFAULT_CMD,
+        return cls(env.get(ENV_CMD) or DEFAULT_CMD,
                    period_s=DEFAULT_PERIOD_S if period is None else period,
                    timeout_s=options.get("ipmi_timeout_s", DEFAULT_TIMEOUT_S))
 
@@ -137,7 +158,8 @@ class IpmiSource(EnergySource):
             raise RuntimeError(f"`{self.redacted}` exited with status {proc.returncode}: {text}")
         return parse_dcmi_power(out)
 
-    def _watts(self) -> float:
+    def read_watts(self) -> float:
+        """One DCMI reading, for the sampler."""
         watts, _ = self._reading()
         if watts <= 0:
             # A running node cannot draw 0 W: the BMC has no valid reading.
@@ -162,15 +184,7 @@ class IpmiSource(EnergySource):
             # OpenBMC reports "deactivated" with valid readings; others do not: say so once.
             log.warning("ipmi: the BMC says 'Power reading state is: deactivated' but reads "
                         "%g W; using it. Check it against the PSU/PDU if in doubt.", watts)
-        self._sampler = PowerSampler(self.period_s, self._watts, self.health, self.name)
-        self._sampler.start()
-
-    def read(self) -> Dict[str, float]:
-        return {"node": self._sampler.energy_j() if self._sampler is not None else 0.0}
-
-    def close(self) -> None:
-        if self._sampler is not None:
-            self._sampler.stop(timeout_s=self.timeout_s + 1.0)
+        self.start_sampling(self.period_s)
 
     def describe(self) -> str:
         return f"ipmi: `{self.redacted}` sampled every {self.period_s:g} s"

@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from .base import EnergySource, SourceUnavailable
-from .sampling import PowerSampler
+from ..schema import Option, Positive
+from .base import SourceUnavailable
+from .sampling import SampledPowerSource
 
 log = logging.getLogger("shared.energy")
 
@@ -111,8 +112,11 @@ class _Gpu:
     acc_j: float = 0.0    # joules accumulated before the last rebase
 
 
-class NvmlSource(EnergySource):
+class NvmlSource(SampledPowerSource):
     """Energy of the GPUs this process owns, from NVML (component "gpu").
+
+    The energy counter where the GPU has one; the power of the others is sampled and
+    integrated (``SampledPowerSource``) and added to the counters' total.
 
     Args:
         gpu_indices: CUDA device indices used by this process (usually one).
@@ -122,7 +126,19 @@ class NvmlSource(EnergySource):
     """
 
     name = "nvml"
+    covers = ("gpu",)
     scope = "device"
+    priority = 10  # a GPU's own counter is the best figure there is for it
+    summary = ("NVML energy counter (`nvmlDeviceGetTotalEnergyConsumption`) of each GPU the "
+               "rank trains on, read at report time; power sampled every "
+               f"{DEFAULT_POWER_PERIOD_S * 1000:g} ms and integrated where the counter is "
+               "unsupported. CUDA indices are mapped through `CUDA_VISIBLE_DEVICES` (indices "
+               "or UUIDs); MIG instances are refused (energy is per physical GPU)")
+    options = (
+        Option("nvml_power_period_s", None,
+               "NVML power sampling period on GPUs without an energy counter, seconds "
+               f"(default {DEFAULT_POWER_PERIOD_S:g}, at most 10)", Positive()),
+    )
 
     def __init__(self, gpu_indices: Sequence[int], *, env: Optional[Mapping[str, str]] = None,
                  power_period_s: float = DEFAULT_POWER_PERIOD_S,
@@ -139,7 +155,6 @@ class NvmlSource(EnergySource):
         self._clock = clock
         self._nvml: Any = None
         self._gpus: List[_Gpu] = []
-        self._sampler: Optional[PowerSampler] = None
         self._lock = threading.Lock()
         self._resets = 0
         self.device_count = 0  # GPUs NVML sees on the node (it ignores CUDA_VISIBLE_DEVICES)
@@ -210,19 +225,17 @@ class NvmlSource(EnergySource):
             except Exception as err:
                 raise SourceUnavailable(f"nvml: GPU {g.nvml_index} ({g.name}) has neither an "
                                         f"energy counter nor a readable power figure: {err}")
-            self._sampler = PowerSampler(self._power_period_s, self._power_w, self.health,
-                                         self.name, clock=self._clock)
-            self._sampler.start()
+            self.start_sampling(self._power_period_s, clock=self._clock)
 
-    def _power_w(self) -> float:
+    def read_watts(self) -> float:
         # One sample covers every power-only GPU: a failure on any skips the whole sample.
         return sum(self._nvml.nvmlDeviceGetPowerUsage(g.handle)
                    for g in self._gpus if not g.has_counter) / 1000.0
 
     def _shutdown(self) -> None:
         if self._sampler is not None:
-            self._sampler.stop()
-            self._sampler = None
+            self.stop_sampling()
+            self._sampler = None  # NVML is shut down: nothing of it is read after close()
         if self._nvml is not None:
             try:
                 self._nvml.nvmlShutdown()
@@ -241,9 +254,7 @@ class NvmlSource(EnergySource):
                 if gpu.has_counter:
                     self._update_counter(gpu)
                     total += gpu.acc_j + (gpu.last_mj - gpu.base_mj) / 1000.0
-        if self._sampler is not None:
-            total += self._sampler.energy_j()
-        return {"gpu": total}
+        return {"gpu": total + self.sampled_energy_j()}
 
     def _update_counter(self, gpu: _Gpu) -> None:
         # A window shorter than the counter's 20-100 ms refresh can read no change; the

@@ -62,8 +62,8 @@ import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .base import EnergySource, SourceUnavailable
-from .redfish import (HttpFailure, JsonHttpClient, check_http_url, env_flag, make_ssl_context,
-                      positive_option, redact_url, refuse_secret_options)
+from ..http import HttpFailure, JsonHttpClient, check_http_url, make_ssl_context, redact_url
+from ..schema import EnvVar, Option, Positive, env_flag, positive_option, refuse_secret_options
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ ENV_TOKEN_FILE = "ENERGY_PROMETHEUS_TOKEN_FILE"
 ENV_CA_BUNDLE = "ENERGY_PROMETHEUS_CA_BUNDLE"
 ENV_INSECURE = "ENERGY_PROMETHEUS_INSECURE"
 ENV_NODE_NAME = "ENERGY_NODE_NAME"
+
+DEFAULT_STEP_S = 15.0
+DEFAULT_TIMEOUT_S = 5.0
 
 # Prometheus refuses query_range answers above 11,000 points per series; stay well below.
 DEFAULT_MAX_POINTS = 10_000
@@ -143,11 +146,32 @@ class PrometheusSource(EnergySource):
     """
 
     name = "prometheus"
+    covers = ("node",)
     scope = "node"
+    # Last: a copy of some other instrument, scraped late.
+    priority = 50
+    auto_env = ENV_URL
+    summary = ("the node from what the site already scrapes (DCGM, ipmi/redfish exporters): "
+               "a PromQL range query over the trial's window, integrated")
+    env_vars = (
+        EnvVar(ENV_URL, "base URL of the site's Prometheus"),
+        EnvVar(ENV_QUERY, "PromQL for this node's power in watts; `{node}` is replaced by "
+                          f"the node name (`{ENV_NODE_NAME}`, else the host name)"),
+        EnvVar(ENV_STEP, f"evaluation step, seconds (default {DEFAULT_STEP_S:g}; not below "
+                         "the scrape interval)"),
+        EnvVar(ENV_TOKEN_FILE, "file holding a bearer token"),
+        EnvVar(ENV_CA_BUNDLE, "PEM CA file for an https Prometheus"),
+        EnvVar(ENV_INSECURE, "1: do not verify Prometheus' certificate"),
+    )
+    options = (
+        Option("prometheus_timeout_s", None,
+               f"timeout of one Prometheus query, seconds (default {DEFAULT_TIMEOUT_S:g})",
+               Positive()),
+    )
 
-    def __init__(self, base_url: str, query: str, *, step_s: float = 15.0,
+    def __init__(self, base_url: str, query: str, *, step_s: float = DEFAULT_STEP_S,
                  token: Optional[str] = None, ca_bundle: Optional[str] = None,
-                 insecure: bool = False, timeout_s: float = 5.0, max_gap_steps: float = 3.0,
+                 insecure: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, max_gap_steps: float = 3.0,
                  max_points_per_query: int = DEFAULT_MAX_POINTS, max_backoff_s: float = 300.0,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__()
@@ -216,7 +240,7 @@ class PrometheusSource(EnergySource):
         # str.replace, not str.format: PromQL label matchers use braces themselves.
         query = query.replace("{node}", node)
         raw_step = env.get(ENV_STEP, "").strip()
-        step = 15.0
+        step = DEFAULT_STEP_S
         if raw_step:
             try:
                 step = float(raw_step)
@@ -243,7 +267,7 @@ class PrometheusSource(EnergySource):
         ca_bundle = env.get(ENV_CA_BUNDLE, "").strip() or None
         if ca_bundle and not os.path.isfile(ca_bundle):
             raise SourceUnavailable(f"{ENV_CA_BUNDLE}={ca_bundle}: no such file")
-        timeout = positive_option(options, ("prometheus_timeout_s",), 5.0)
+        timeout = positive_option(options, ("prometheus_timeout_s",), DEFAULT_TIMEOUT_S)
         return cls(url, query, step_s=step, token=token, ca_bundle=ca_bundle,
                    insecure=env_flag(env, ENV_INSECURE), timeout_s=timeout)
 

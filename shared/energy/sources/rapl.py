@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..schema import EnvVar, Option, Positive
 from .base import EnergySource, SourceUnavailable
 
 log = logging.getLogger("shared.energy")
 
+ENV_ROOT = "ENERGY_RAPL_ROOT"
 DEFAULT_ROOT = "/sys/class/powercap"
 #: Ceiling used to compute how fast a counter can wrap: no current server CPU package or
 #: DRAM domain draws 1 kW. Option ``rapl_max_power_w`` changes it.
@@ -98,7 +100,26 @@ class RaplSource(EnergySource):
     """
 
     name = "rapl"
+    covers = ("cpu", "dram")
     scope = "node"
+    priority = 20
+    summary = ("powercap `energy_uj` of every CPU package and DRAM domain, read at report "
+               "time, wrap through `max_energy_range_uj`; a slow poll thread only when a "
+               "counter could wrap twice between reports. `energy_uj` is root-only since "
+               "Linux 5.10: unreadable is reported once as unavailable")
+    env_vars = (
+        EnvVar(ENV_ROOT, f"powercap directory to read (default `{DEFAULT_ROOT}`), e.g. a "
+                         "read-only bind mount of the host's "
+                         "`/sys/devices/virtual/powercap/intel-rapl`"),
+    )
+    options = (
+        Option("rapl_max_power_w", None,
+               "power ceiling per RAPL domain, W, used to size the counter-wrap poll "
+               f"(default {DEFAULT_MAX_POWER_W:g})", Positive()),
+        Option("rapl_poll_below_s", None,
+               "read RAPL on a thread when a counter can wrap faster than this, seconds "
+               f"(default {DEFAULT_POLL_BELOW_S:g})", Positive()),
+    )
 
     def __init__(self, root: str | os.PathLike = DEFAULT_ROOT, *,
                  max_power_w: float = DEFAULT_MAX_POWER_W,
@@ -122,7 +143,7 @@ class RaplSource(EnergySource):
     def from_env(cls, env: Mapping[str, str], options: Mapping[str, Any]) -> "RaplSource":
         """Root from ``ENERGY_RAPL_ROOT``; ``rapl_max_power_w`` / ``rapl_poll_below_s`` from
         the energy options."""
-        return cls(env.get("ENERGY_RAPL_ROOT") or DEFAULT_ROOT,
+        return cls(env.get(ENV_ROOT) or DEFAULT_ROOT,
                    max_power_w=options.get("rapl_max_power_w", DEFAULT_MAX_POWER_W),
                    poll_below_s=options.get("rapl_poll_below_s", DEFAULT_POLL_BELOW_S))
 

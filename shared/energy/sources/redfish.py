@@ -42,7 +42,7 @@ Failures never stop training: a sample that fails (timeout, HTTP error, 401/403,
 JSON, missing key, null reading) is counted in ``health``; after consecutive failures the
 next tries back off exponentially (period x 2^(n-1), capped by ``max_backoff_s``), those
 skipped slots count as failed samples; holes longer than ``max_gap_s`` are not bridged
-(see ``sampling.py`` for the integration and its bias).
+(a ``SampledPowerSource``: see ``sampling.py`` for the integration and its bias).
 
 Options (the ``energy`` hyperparameters): ``redfish_sample_period_s`` (or the shared
 ``sample_period_s``; default 5 s, about the BMC's refresh period: sampling faster only reads the
@@ -51,27 +51,23 @@ same value again and loads the BMC), ``redfish_timeout_s`` (per request, default
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import logging
 import math
 import os
-import ssl
 import stat
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .base import EnergySource, SourceUnavailable
-from .sampling import PowerSampler
+from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
+                    redact_url)
+from ..schema import EnvVar, Option, Positive, env_flag, positive_option, refuse_secret_options
+from .base import SourceUnavailable
+from .sampling import SampledPowerSource
 
 log = logging.getLogger(__name__)
-
-# A BMC document is a few KiB; a larger body is not a Redfish resource (and must not eat memory).
-MAX_BODY_BYTES = 4 * 1024 * 1024
 
 ENV_URL = "ENERGY_REDFISH_URL"
 ENV_CREDENTIALS = "ENERGY_REDFISH_CREDENTIALS_FILE"
@@ -79,204 +75,14 @@ ENV_CA_BUNDLE = "ENERGY_REDFISH_CA_BUNDLE"
 ENV_INSECURE = "ENERGY_REDFISH_INSECURE"
 ENV_ALLOW_HTTP_CREDENTIALS = "ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS"
 
+#: About the BMC's refresh period: sampling faster only reads the same value again.
+DEFAULT_PERIOD_S = 5.0
+DEFAULT_TIMEOUT_S = 3.0
+
 # Order of preference inside one chassis: EnvironmentMetrics is the current schema and gives
 # one total; Power is deprecated but what iLO and many BMCs still serve; PowerSubsystem needs
 # one request per power supply.
 POWER_KINDS = ("EnvironmentMetrics", "Power", "PowerSubsystem")
-
-# Substrings of option names that can only be a secret: such a hyperparameter would be shown in
-# the WebUI and stored with the experiment, so it is refused, whatever source reads it.
-_SECRET_OPTION_WORDS = ("password", "passwd", "secret", "token", "credential", "apikey",
-                        "api_key")
-
-
-# ------------------------------------------------------------------------------------------
-# HTTP helpers (also used by prometheus.py, so that URL redaction and TLS set-up live in one
-# place).
-# ------------------------------------------------------------------------------------------
-def redact_url(url: str) -> str:
-    """The URL as it may appear in a log line: userinfo and query string removed."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparsable URL>"
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = host if port is None else f"{host}:{port}"
-    if parts.username is not None or parts.password is not None:
-        netloc = "***@" + netloc
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def check_http_url(url: str, env_name: str, secret_env: str) -> urllib.parse.SplitResult:
-    """Parse an http(s) URL from the environment; raise SourceUnavailable naming the variable.
-
-    URLs carrying ``user:password@`` are refused: such a URL ends up in the experiment
-    config's environment (visible in the WebUI) and in every log that prints it.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError as err:
-        raise SourceUnavailable(f"{env_name}={redact_url(url)} is not a valid URL ({err})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SourceUnavailable(f"{env_name}={redact_url(url)} must be an http:// or https:// "
-                                "URL with a host name")
-    if parts.username is not None or parts.password is not None:
-        raise SourceUnavailable(
-            f"{env_name}={redact_url(url)} contains credentials (user:password@); remove them "
-            f"from the URL and put them in the file named by {secret_env}: a URL is shown in "
-            "the experiment config and in logs")
-    return parts
-
-
-def make_ssl_context(ca_bundle: Optional[str], insecure: bool, what: str) -> ssl.SSLContext:
-    """A client TLS context: system CAs, or ``ca_bundle`` (PEM) when given; verification off
-    only when ``insecure`` (logged as a warning, naming ``what``)."""
-    if ca_bundle:
-        try:
-            ctx = ssl.create_default_context(cafile=ca_bundle)
-        except (OSError, ssl.SSLError) as err:
-            raise SourceUnavailable(f"{what}: cannot load the CA bundle {ca_bundle} ({err})") from None
-    else:
-        ctx = ssl.create_default_context()
-    if insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        log.warning("%s: TLS certificate verification is OFF (insecure flag set); anyone on "
-                    "the path can impersonate the server", what)
-    return ctx
-
-
-class HttpFailure(Exception):
-    """A request that did not give a JSON document; the message is safe to log (no secrets,
-    URL redacted). ``status`` is the HTTP status when there was one."""
-
-    def __init__(self, message: str, status: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would replay the Authorization header to the new location,
-    whatever its host or scheme."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
-        return None  # urllib then raises HTTPError with the 3xx status
-
-
-class JsonHttpClient:
-    """GET a URL, return its JSON body. Every failure becomes an ``HttpFailure`` whose message
-    names the (redacted) URL and what went wrong."""
-
-    def __init__(self, *, timeout_s: float, headers: Mapping[str, str],
-                 ssl_context: Optional[ssl.SSLContext], use_env_proxies: bool,
-                 tls_hint: str = "") -> None:
-        self.timeout_s = timeout_s
-        self._headers = dict(headers)
-        self._tls_hint = tls_hint
-        handlers: List[urllib.request.BaseHandler] = [_NoRedirect()]
-        if not use_env_proxies:
-            handlers.append(urllib.request.ProxyHandler({}))
-        if ssl_context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
-        self._opener = urllib.request.build_opener(*handlers)
-
-    def get_json(self, url: str) -> Any:
-        """The decoded JSON document at ``url``; raises HttpFailure."""
-        shown = redact_url(url)
-        request = urllib.request.Request(url, headers=self._headers, method="GET")
-        try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                body = response.read(MAX_BODY_BYTES + 1)
-        except urllib.error.HTTPError as err:
-            status, reason = err.code, err.reason
-            location = err.headers.get("Location") if err.headers else None
-            detail = _error_detail(err)
-            err.close()
-            if 300 <= status < 400:
-                raise HttpFailure(
-                    f"HTTP {status} redirect from {shown} to "
-                    f"{redact_url(location) if location else '?'}; redirects are not followed "
-                    "(credentials must not travel to another URL): configure the final URL",
-                    status) from None
-            raise HttpFailure(f"HTTP {status} {reason} from {shown}{detail}", status) from None
-        except urllib.error.URLError as err:
-            raise self._connection_failure(err.reason, shown) from None
-        except (http.client.HTTPException, OSError) as err:
-            raise self._connection_failure(err, shown) from None
-        if len(body) > MAX_BODY_BYTES:
-            raise HttpFailure(f"response from {shown} is larger than {MAX_BODY_BYTES} bytes; "
-                              "not a Redfish/Prometheus JSON document")
-        try:
-            return json.loads(body)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError
-            raise HttpFailure(f"response from {shown} is not valid JSON "
-                              f"({len(body)} bytes)") from None
-
-    def _connection_failure(self, reason: Any, shown: str) -> HttpFailure:
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            hint = f"; {self._tls_hint}" if self._tls_hint else ""
-            return HttpFailure(f"TLS certificate verification failed for {shown} "
-                               f"({reason.verify_message}){hint}")
-        if isinstance(reason, TimeoutError):
-            return HttpFailure(f"no answer from {shown} within {self.timeout_s:g} s (timeout)")
-        if isinstance(reason, BaseException):
-            return HttpFailure(f"cannot read {shown}: {type(reason).__name__}: {reason}")
-        return HttpFailure(f"cannot read {shown}: {reason}")
-
-
-def _error_detail(err: urllib.error.HTTPError) -> str:
-    """The server's own explanation from an error body, if it is JSON: Prometheus'
-    ``{"errorType", "error"}`` or Redfish's ``{"error": {"code", "message"}}``; else ''."""
-    try:
-        doc = json.loads(err.read(64 * 1024))
-    except Exception:  # no body, not JSON, connection gone: the status line says enough
-        return ""
-    error = doc.get("error") if isinstance(doc, dict) else None
-    if isinstance(error, str):
-        text = f"{doc.get('errorType', 'error')}: {error}"
-    elif isinstance(error, dict):
-        text = str(error.get("message") or error.get("code") or "")
-    else:
-        return ""
-    return f" ({text[:300]})" if text else ""
-
-
-def env_flag(env: Mapping[str, str], name: str) -> bool:
-    """A boolean environment switch: 1/true/yes/on or 0/false/no/off/empty."""
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SourceUnavailable(f"{name}={env.get(name)!r} is not a boolean; use 1 or 0")
-
-
-def refuse_secret_options(options: Mapping[str, Any], source: str, env_hint: str) -> None:
-    """Raise ValueError if a hyperparameter looks like a credential (without echoing it)."""
-    for key in options:
-        lowered = str(key).lower()
-        if any(word in lowered for word in _SECRET_OPTION_WORDS):
-            raise ValueError(
-                f"energy option {key!r} looks like a credential for {source}: hyperparameters "
-                "are stored with the experiment and shown in the WebUI. Remove it (and change "
-                f"that secret, it has been exposed); use {env_hint} instead")
-
-
-def positive_option(options: Mapping[str, Any], names: Sequence[str], default: float) -> float:
-    """The first of ``names`` present in ``options`` as a positive finite number, else default."""
-    for name in names:
-        if name in options and options[name] is not None:
-            value = options[name]
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"energy option {name}={value!r} must be a positive number "
-                                 "of seconds")
-            return float(value)
-    return default
 
 
 # ------------------------------------------------------------------------------------------
@@ -409,7 +215,7 @@ _PATHS: Dict[str, Tuple[Any, ...]] = {
 }
 
 
-class RedfishSource(EnergySource):
+class RedfishSource(SampledPowerSource):
     """Node input power from the BMC's Redfish service, sampled and integrated.
 
     Args:
@@ -425,12 +231,42 @@ class RedfishSource(EnergySource):
     """
 
     name = "redfish"
+    covers = ("node",)
     scope = "node"
+    # Before IPMI: the same BMC figure, without a fork per sample.
+    priority = 30
+    auto_env = ENV_URL
+    summary = ("the node at its power supplies, what the study measured: BMC power sampled "
+               f"on its own thread (default every {DEFAULT_PERIOD_S:g} s) and integrated; HPE "
+               "iLO `Chassis/1/Power` (`PowerControl[0].PowerConsumedWatts`), "
+               "`EnvironmentMetrics` (`PowerWatts.Reading`), `PowerSubsystem`; the chassis is "
+               "discovered from the service root")
+    env_vars = (
+        EnvVar(ENV_URL, "the BMC's Redfish service root or its `Chassis/<id>/Power`, "
+                        "`EnvironmentMetrics` or `PowerSubsystem` resource; no credentials "
+                        "in it"),
+        EnvVar(ENV_CREDENTIALS, "file holding `user:password` (first line) or "
+                                "`{\"username\": ..., \"password\": ...}`; mode 600"),
+        EnvVar(ENV_CA_BUNDLE, "PEM file of the CA that signed the BMC's certificate"),
+        EnvVar(ENV_INSECURE, "1: do not verify the BMC's certificate (warned)"),
+        EnvVar(ENV_ALLOW_HTTP_CREDENTIALS, "1: send the credentials over plain http (else "
+                                           "plain http works, with a warning, only without "
+                                           "credentials)"),
+    )
+    options = (
+        Option("redfish_sample_period_s", None,
+               "Redfish's own sampling period, seconds (else sample_period_s, else "
+               f"{DEFAULT_PERIOD_S:g})", Positive()),
+        Option("redfish_timeout_s", None,
+               f"timeout of one Redfish request, seconds (default {DEFAULT_TIMEOUT_S:g})",
+               Positive()),
+    )
 
     def __init__(self, url: str, *, credentials: Optional[BasicCredentials] = None,
                  ca_bundle: Optional[str] = None, insecure: bool = False,
-                 allow_http_credentials: bool = False, sample_period_s: float = 5.0,
-                 timeout_s: float = 3.0, max_backoff_s: float = 60.0,
+                 allow_http_credentials: bool = False,
+                 sample_period_s: float = DEFAULT_PERIOD_S,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_backoff_s: float = 60.0,
                  max_gap_s: Optional[float] = None) -> None:
         super().__init__()
         for label, value in (("sample_period_s", sample_period_s), ("timeout_s", timeout_s),
@@ -453,7 +289,6 @@ class RedfishSource(EnergySource):
         self.max_gap_s = max_gap_s
         self.resource: Optional[PowerResource] = None
         self._client: Optional[JsonHttpClient] = None
-        self._sampler: Optional[PowerSampler] = None
         self._consecutive_failures = 0
         self._retry_at = 0.0
         self._auth_logged = False
@@ -479,8 +314,9 @@ class RedfishSource(EnergySource):
         ca_bundle = env.get(ENV_CA_BUNDLE, "").strip() or None
         if ca_bundle and not os.path.isfile(ca_bundle):
             raise SourceUnavailable(f"{ENV_CA_BUNDLE}={ca_bundle}: no such file")
-        period = positive_option(options, ("redfish_sample_period_s", "sample_period_s"), 5.0)
-        timeout = positive_option(options, ("redfish_timeout_s",), 3.0)
+        period = positive_option(options, ("redfish_sample_period_s", "sample_period_s"),
+                                 DEFAULT_PERIOD_S)
+        timeout = positive_option(options, ("redfish_timeout_s",), DEFAULT_TIMEOUT_S)
         return cls(url, credentials=credentials, ca_bundle=ca_bundle,
                    insecure=env_flag(env, ENV_INSECURE),
                    allow_http_credentials=env_flag(env, ENV_ALLOW_HTTP_CREDENTIALS),
@@ -489,7 +325,7 @@ class RedfishSource(EnergySource):
     # -- EnergySource -------------------------------------------------------------------------
     def open(self) -> None:
         """Check the transport, find the power resource, read it once, start sampling."""
-        if self._sampler is not None:
+        if self.sampler is not None:
             raise RuntimeError("redfish: open() called twice")
         shown = redact_url(self.url)
         headers = {"Accept": "application/json", "OData-Version": "4.0"}
@@ -516,18 +352,7 @@ class RedfishSource(EnergySource):
         self.resource, watts = self._discover()
         log.info("redfish: node power from %s: %.1f W now, sampled every %g s",
                  self.resource.describe(), watts, self.sample_period_s)
-        self._sampler = PowerSampler(self.sample_period_s, self._sample_watts, self.health,
-                                     self.name, max_gap_s=self.max_gap_s)
-        self._sampler.start()
-
-    def read(self) -> Dict[str, float]:
-        """Joules since open() from the node's power supplies, up to the latest good sample."""
-        return {"node": self._sampler.energy_j() if self._sampler is not None else 0.0}
-
-    def close(self) -> None:
-        """Stop sampling (waits at most one request timeout). Safe to call twice."""
-        if self._sampler is not None:
-            self._sampler.stop(timeout_s=self.timeout_s + 1.0)
+        self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s)
 
     def describe(self) -> str:
         if self.resource is None:
@@ -535,14 +360,9 @@ class RedfishSource(EnergySource):
         return (f"redfish: node input power, {self.resource.describe()}, sampled every "
                 f"{self.sample_period_s:g} s")
 
-    @property
-    def sampler(self) -> Optional[PowerSampler]:
-        """The sampling thread's integrator (None before open())."""
-        return self._sampler
-
     # -- sampling -----------------------------------------------------------------------------
-    def _sample_watts(self) -> float:
-        """One sample, for PowerSampler. Raises on failure (the sampler counts it)."""
+    def read_watts(self) -> float:
+        """One sample, for the sampler. Raises on failure (the sampler counts it)."""
         now = time.monotonic()
         if now < self._retry_at:
             raise HttpFailure(f"backing off after {self._consecutive_failures} consecutive "

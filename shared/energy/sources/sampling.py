@@ -1,7 +1,9 @@
 """Energy from power samples: one sampling thread, trapezoidal integration.
 
-Used by every source that can only read *power* (NVML power on GPUs without an energy
-counter, IPMI DCMI, Redfish). Sources with a hardware energy counter do not need it.
+``PowerSampler`` is the one integrator, and ``SampledPowerSource`` the one base of every
+source that can only read *power*: IPMI DCMI and Redfish, and NVML for its GPUs without an
+energy counter. Sources with a hardware energy counter (RAPL, NVML's counter) do not need
+it; Prometheus integrates the series the site already stored, not samples of its own.
 
 Bias, stated once for all these sources:
 
@@ -21,13 +23,14 @@ Bias, stated once for all these sources:
 """
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
-from .base import SourceHealth
+from .base import EnergySource, SourceHealth
 
 log = logging.getLogger("shared.energy")
 
@@ -152,3 +155,67 @@ class PowerSampler:
         """Seconds of gaps longer than ``max_gap_s`` that were left out of the integral."""
         with self._lock:
             return self._dropped_s
+
+
+class SampledPowerSource(EnergySource):
+    """Base of the sources whose energy is, in whole or in part, integrated power samples.
+
+    A power-only source implements ``read_watts()`` (one reading; raise on failure, the
+    sampler counts it) and calls ``start_sampling(period_s)`` at the end of a successful
+    ``open()``; ``read()``, ``close()`` and ``sampler`` come from here, and report the
+    integral under the first component it ``covers``. A source that samples only part of
+    what it covers (NVML: the GPUs without an energy counter) passes its own ``read_watts``,
+    adds ``sampled_energy_j()`` to its counters in its own ``read()`` and calls
+    ``stop_sampling()`` from its ``close()``.
+    """
+
+    #: longest one reading may take, seconds; ``close()`` waits that long plus 1 s for the
+    #: thread (subclasses with a configurable timeout set it per instance)
+    timeout_s: float = 4.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sampler: Optional[PowerSampler] = None
+
+    @abc.abstractmethod
+    def read_watts(self) -> float:
+        """One power reading in watts; raises on failure (counted, never fatal)."""
+
+    def start_sampling(self, period_s: float, *,
+                       read_watts: Optional[Callable[[], float]] = None,
+                       max_gap_s: Optional[float] = None,
+                       clock: Callable[[], float] = time.monotonic) -> PowerSampler:
+        """Take the first sample now (the integral starts there) and start the thread.
+
+        Raises:
+            RuntimeError: sampling was started already (a source is opened once).
+        """
+        if self._sampler is not None:
+            raise RuntimeError(f"{self.name}: sampling already started (open() called twice?)")
+        self._sampler = PowerSampler(period_s, read_watts or self.read_watts, self.health,
+                                     self.name, max_gap_s=max_gap_s, clock=clock)
+        self._sampler.start()
+        return self._sampler
+
+    def sampled_energy_j(self) -> float:
+        """Joules integrated up to the latest good sample (0 before sampling starts)."""
+        return self._sampler.energy_j() if self._sampler is not None else 0.0
+
+    def stop_sampling(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread, waiting at most ``timeout_s`` (a reading in progress finishes).
+        The integral stays readable. Safe to call twice."""
+        if self._sampler is not None:
+            self._sampler.stop(timeout_s=timeout_s)
+
+    @property
+    def sampler(self) -> Optional[PowerSampler]:
+        """The sampling thread's integrator (None before sampling starts)."""
+        return self._sampler
+
+    def read(self) -> Dict[str, float]:
+        """Joules since open() under the source's component, up to the latest good sample."""
+        return {self.covers[0]: self.sampled_energy_j()}
+
+    def close(self) -> None:
+        """Stop sampling; a reading in progress may take up to the source's ``timeout_s``."""
+        self.stop_sampling(timeout_s=self.timeout_s + 1.0)

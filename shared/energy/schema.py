@@ -1,0 +1,202 @@
+"""How a setting of the energy library is declared: an ``energy`` hyperparameter option
+(``Option``) or an ``ENERGY_*`` environment variable (``EnvVar``), each with its check and a
+one-line doc, and the helpers that read them.
+
+Declarations live next to what uses them: the general options and variables in
+``shared.energy.options``, each source's own on its class (``EnergySource.options`` and
+``.env_vars``). Option checking (``options.validate_options``) and the documentation tables
+(``shared.energy.docs``) are derived from them, so a setting is described in one place.
+
+This module imports nothing of the library but ``sources.base`` (for ``SourceUnavailable``),
+so that every source module can import it without an import cycle.
+
+Why hand-written and not pydantic: the checks are a handful of numbers and names, the messages
+must keep their exact wording (tests and users rely on them), and a new dependency would ship
+in every customer package.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from .sources.base import SourceUnavailable
+
+
+# ------------------------------------------------------------------------------------------
+# Checks: callables ``check(key, value, env)`` raising ValueError with a message that names
+# ``energy.<key>`` and the bad value; ``allowed`` is what the docs' "allowed" column shows.
+# ------------------------------------------------------------------------------------------
+def number(key: str, value: Any) -> float:
+    """``value`` as a float; ValueError naming ``energy.<key>`` unless a finite real number
+    (booleans are refused: YAML's ``true`` is not a period)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"energy.{key} must be a number, got {value!r}")
+    return float(value)
+
+
+class Check(abc.ABC):
+    """Base of the value checks. ``allowed``: the values accepted, in words, for the docs."""
+
+    allowed: str = "any"
+
+    @abc.abstractmethod
+    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
+        """Raise ValueError naming ``energy.<key>`` and ``value`` if the value is refused."""
+
+
+class Boolean(Check):
+    allowed = "true, false"
+
+    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"energy.{key} must be true or false, got {value!r}")
+
+
+class Positive(Check):
+    """A number > 0 (periods, timeouts, power ceilings)."""
+
+    allowed = "number > 0"
+
+    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
+        if number(key, value) <= 0:
+            raise ValueError(f"energy.{key} must be > 0, got {value!r}")
+
+
+class NonNegative(Check):
+    allowed = "number >= 0"
+
+    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
+        if number(key, value) < 0:
+            raise ValueError(f"energy.{key} must be >= 0, got {value!r}")
+
+
+class AtLeast(Check):
+    """A number >= ``minimum``; ``why`` says what the number is, for the message."""
+
+    def __init__(self, minimum: float, why: str) -> None:
+        self.minimum = minimum
+        self.why = why
+        self.allowed = f"number >= {minimum:g}"
+
+    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
+        if number(key, value) < self.minimum:
+            raise ValueError(f"energy.{key} is {self.why} and cannot be below "
+                             f"{self.minimum!r}, got {value!r}")
+
+
+class PositiveInteger(Check):
+    allowed = "integer >= 1"
+
+    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"energy.{key} must be a positive integer, got {value!r}")
+
+
+class OneOf(Check):
+    def __init__(self, choices: Sequence[str]) -> None:
+        self.choices = tuple(choices)
+        self.allowed = ", ".join(self.choices)
+
+    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
+        if value not in self.choices:
+            raise ValueError(f"energy.{key} must be one of {self.choices}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------
+# Declarations
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """One key of the ``energy`` hyperparameter.
+
+    Attributes:
+        name: the key (``energy.<name>``); unique over the general options and every source.
+        default: the value ``validate_options`` fills in. None means "not set": the reader
+            (a source) then uses its own default, which ``doc`` states.
+        doc: one line for the docs tables: what it does, and its effective default.
+        check: validates a value that is not None; None accepts anything. Its ``allowed``
+            is what the docs show as the allowed values.
+    """
+
+    name: str
+    default: Any
+    doc: str
+    check: Optional[Callable[[str, Any, Mapping[str, str]], None]] = None
+
+    def allowed_text(self) -> str:
+        """What the docs' "allowed" column shows; "or null" when None means "not set"."""
+        text = getattr(self.check, "allowed", None) or "any"
+        return f"{text} or null" if self.default is None else text
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable the library reads.
+
+    Environment rather than hyperparameters for site details (addresses, commands, paths,
+    credentials files): set once per cluster or node, and out of the experiment config, which
+    the WebUI shows.
+
+    Attributes:
+        name: ``ENERGY_*``.
+        doc: one line for the docs tables.
+        check: ``check(name, raw)`` raising ValueError, run by ``validate_options`` when the
+            variable is set, for variables whose bad value must stop a trial before it starts
+            (most are checked by their source instead, which then reports itself unavailable).
+    """
+
+    name: str
+    doc: str
+    check: Optional[Callable[[str, str], None]] = None
+
+
+def positive_integer_text(name: str, raw: str) -> None:
+    """Check for a variable holding a count (``ENERGY_GPUS_ON_NODE=8``)."""
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+
+
+# ------------------------------------------------------------------------------------------
+# Reading settings (used by the sources' ``from_env``)
+# ------------------------------------------------------------------------------------------
+# Substrings of option names that can only be a secret: such a hyperparameter would be shown in
+# the WebUI and stored with the experiment, so it is refused, whatever source reads it.
+_SECRET_OPTION_WORDS = ("password", "passwd", "secret", "token", "credential", "apikey",
+                        "api_key")
+
+
+def env_flag(env: Mapping[str, str], name: str) -> bool:
+    """A boolean environment switch: 1/true/yes/on or 0/false/no/off/empty."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SourceUnavailable(f"{name}={env.get(name)!r} is not a boolean; use 1 or 0")
+
+
+def refuse_secret_options(options: Mapping[str, Any], source: str, env_hint: str) -> None:
+    """Raise ValueError if a hyperparameter looks like a credential (without echoing it)."""
+    for key in options:
+        lowered = str(key).lower()
+        if any(word in lowered for word in _SECRET_OPTION_WORDS):
+            raise ValueError(
+                f"energy option {key!r} looks like a credential for {source}: hyperparameters "
+                "are stored with the experiment and shown in the WebUI. Remove it (and change "
+                f"that secret, it has been exposed); use {env_hint} instead")
+
+
+def positive_option(options: Mapping[str, Any], names: Sequence[str], default: float) -> float:
+    """The first of ``names`` present in ``options`` as a positive finite number, else default."""
+    for name in names:
+        if name in options and options[name] is not None:
+            value = options[name]
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"energy option {name}={value!r} must be a positive number "
+                                 "of seconds")
+            return float(value)
+    return default
+
