@@ -46,9 +46,9 @@ from shared.package.cli import main
 from shared.package.closure import (LIBRARY, Closure, ModuleImports, analyse, read_pyproject,
                                     requirements, scan_imports)
 from shared.package.errors import PackageError
-from shared.package.readme import MARKER, TASK_IMAGE, energy_variables, render_readme
+from shared.package.readme import MARKER, TASK_IMAGE, render_readme
 
 __all__ = ["DETIGNORE", "LIBRARY", "MARKER", "TASK_IMAGE", "Closure", "ModuleImports", "PackageError",
            "PackageResult", "analyse", "build_package", "check_config", "context_contents",
-           "energy_variables", "main", "read_pyproject", "render_readme", "requirements",
+           "main", "read_pyproject", "render_readme", "requirements",
            "scan_imports", "version_stamp"]

@@ -1,19 +1,18 @@
 """The customer README of a package (Markdown), rendered at build time from the trial's
 schema and family, its configs, the shipped code and the energy library.
 
-One job, the README, in one file (its length is the tables' notes). Two trial families
-have their own texts (``Family``: title, data, smoke test, metrics); the
-rest is shared. The energy documentation (options, sources, environment variables) is kept in
-one block, ``energy_section`` and the notes above it.
+One job, the README, in one file. Two trial families have their own texts (``Family``: title,
+data, smoke test); the rest is shared. Nothing is documented here that is declared elsewhere:
+hyperparameters come with their Param's help, metrics with the trial class's declarations
+(``metric_docs``), the energy options, sources and variables with the energy library's
+(``energy_section``).
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import inspect
 import pathlib
-import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from shared.package.closure import LIBRARY, Closure
 from shared.package.errors import PackageError
@@ -141,78 +140,20 @@ def family_text(family: str) -> Family:
 
 
 # --------------------------------------------------------------------------- energy documentation
-# Everything the README says about the energy hook's options, sources and environment
-# variables is in this block (the notes and energy_section), so that it can be replaced in one
-# piece by declarations of the energy library.
-
-_ENERGY_NOTES: Dict[str, str] = {
-    "enabled": "false turns the energy hook off",
-    "sources": "auto, none, or names among nvml, rapl, redfish, ipmi, prometheus (ENERGY_SOURCES wins)",
-    "apportion": "share of node-level energy charged to the trial: gpu_share (its GPUs / the node's) or none",
-    "pue": "facility PUE: adds facility_wh = energy x PUE",
-    "carbon_intensity_g_per_kwh": "grid intensity: adds co2e_g",
-    "gpus_on_node": "GPUs of the node for gpu_share (else ENERGY_GPUS_ON_NODE, else detected)",
-    "sample_period_s": "sampling period of the BMC sources (IPMI, Redfish), seconds; their default 5",
-    "nvml_power_period_s": "NVML power sampling period on GPUs without an energy counter, seconds",
-    "ipmi_timeout_s": "timeout of one ipmitool call, seconds",
-    "rapl_max_power_w": "power ceiling per RAPL domain, used to size the counter-wrap poll (default 1000)",
-    "rapl_poll_below_s": "read RAPL on a thread when a counter can wrap faster than this (default 3600)",
-    "ipmi_sample_period_s": "IPMI's own sampling period (else sample_period_s)",
-    "redfish_sample_period_s": "Redfish's own sampling period (else sample_period_s)",
-    "redfish_timeout_s": "timeout of one Redfish request, seconds",
-    "prometheus_timeout_s": "timeout of one Prometheus query, seconds",
-}
-
-_ENV_NOTES: Dict[str, str] = {
-    "ENERGY_SOURCES": "replaces the energy.sources hyperparameter: a site sets it once for its nodes",
-    "ENERGY_GPUS_ON_NODE": "GPUs of the node, for gpu_share when a container sees only its own GPUs (shared nodes)",
-    "ENERGY_NODE_NAME": "this node's name in reports and in the Prometheus query's {node} (default: the host name; in a bridge-networked container that is the container id)",
-    "ENERGY_RAPL_ROOT": "powercap directory to read (default /sys/class/powercap), e.g. a read-only bind mount of the host's /sys/devices/virtual/powercap/intel-rapl",
-    "ENERGY_REDFISH_URL": "the BMC's Redfish service root or its Chassis/<id>/Power, EnvironmentMetrics or PowerSubsystem resource; no credentials in it",
-    "ENERGY_REDFISH_CREDENTIALS_FILE": "file holding `user:password` (first line) or {\"username\": ..., \"password\": ...}; mode 600",
-    "ENERGY_REDFISH_CA_BUNDLE": "PEM file of the CA that signed the BMC's certificate",
-    "ENERGY_REDFISH_INSECURE": "1: do not verify the BMC's certificate (warned)",
-    "ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS": "1: send the credentials over plain http",
-    "ENERGY_IPMI_CMD": "the ipmitool command (default `ipmitool dcmi power reading`, in-band through /dev/ipmi0); add `-I lanplus -H <bmc> -U <user> -f <passfile>` for a BMC over the network",
-    "ENERGY_PROMETHEUS_URL": "base URL of the site's Prometheus",
-    "ENERGY_PROMETHEUS_QUERY": "PromQL for this node's power in watts; {node} is replaced by the node name",
-    "ENERGY_PROMETHEUS_STEP_S": "evaluation step, seconds (default 15; not below the scrape interval)",
-    "ENERGY_PROMETHEUS_TOKEN_FILE": "file holding a bearer token",
-    "ENERGY_PROMETHEUS_CA_BUNDLE": "PEM CA file for an https Prometheus",
-    "ENERGY_PROMETHEUS_INSECURE": "1: do not verify Prometheus' certificate",
-}
-
-_ENV_RE = re.compile(r"\bENERGY_[A-Z][A-Z0-9_]*[A-Z0-9]\b")
-
-
-def energy_variables(shared_dir: pathlib.Path) -> Dict[str, List[str]]:
-    """ENERGY_* environment variables named in the string literals (code and docstrings, not
-    comments) of the energy code under ``shared_dir``, each with the modules naming it: read
-    from the code, so that the README cannot drift from it."""
-    found: Dict[str, List[str]] = {}
-    for path in sorted((shared_dir / "energy").rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        names: Set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                names.update(_ENV_RE.findall(node.value))
-        for var in sorted(names):
-            found.setdefault(var, []).append(path.stem)
-    return dict(sorted(found.items()))
-
-
-def energy_section(package_dir: pathlib.Path, energy_conf: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
+def energy_section(energy_conf: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
     """The README's energy documentation: the ``energy.*`` rows of the hyperparameter table
-    (``energy_conf``: the first config's ``energy`` values) and the "Energy" section (the
-    sources shipped under ``package_dir`` and the environment variables their code reads)."""
-    from shared.energy import select
-    from shared.energy.callback import DEFAULT_OPTIONS
+    (``energy_conf``: the first config's ``energy`` values) and the "Energy" section. Every
+    option, source and variable, and its meaning, comes from the energy library's own
+    declarations (``shared.energy.options``, each source class; ``shared.energy.docs``)."""
+    from shared.energy import docs
+    from shared.energy.options import all_options
 
     rows: List[str] = []
-    for key, default in DEFAULT_OPTIONS.items():
-        value = _fmt(energy_conf[key]) if key in energy_conf else "(default)"
-        rows.append(f"| `energy.{key}` | `{_cell(value)}` | `{_cell(_fmt(default))}` | | "
-                    f"{_cell(_ENERGY_NOTES.get(key, 'see shared/energy/callback.py'))} |")
+    for owner, option in all_options():
+        value = _fmt(energy_conf[option.name]) if option.name in energy_conf else "(default)"
+        meaning = option.doc if owner == "general" else f"{owner}: {option.doc}"
+        rows.append(f"| `energy.{option.name}` | `{_cell(value)}` | `{_cell(_fmt(option.default))}` | "
+                    f"{_cell(option.allowed_text())} | {_cell(meaning)} |")
     lines = [
         "## Energy",
         "",
@@ -223,32 +164,12 @@ def energy_section(package_dir: pathlib.Path, energy_conf: Mapping[str, Any]) ->
         "node's GPUs (`energy.apportion`). A source that fails never stops training: it is "
         "logged once and shows up as lower `coverage`.",
         "",
-        "| source | measures | read by |",
-        "| --- | --- | --- |",
-    ]
-    for name in select.SOURCE_ORDER:
-        path = package_dir / LIBRARY / "energy" / "sources" / f"{name}.py"
-        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) if path.is_file() else ""
-        scope = "each training process, its own GPUs" if name in select.DEVICE_SOURCES \
-            else "one process per node"
-        auto = select.AUTO_ONLY_WITH_ENV.get(name)
-        if auto:
-            scope += f"; `auto` tries it only when `{auto}` is set"
-        lines.append(f"| `{name}` | {_cell(_summary_line(doc))} | {scope} |")
-    lines += [
-        "",
+        docs.sources_table_markdown(),
         "Sources are configured through the environment, so that site details (BMC addresses, "
         "credentials, URLs) stay out of the experiment config, which the WebUI shows. Set them "
         "in the cluster's task defaults or the config's `environment.environment_variables`:",
         "",
-        "| variable | used by | meaning |",
-        "| --- | --- | --- |",
-    ]
-    for var, modules in energy_variables(package_dir / LIBRARY).items():
-        lines.append(f"| `{var}` | {', '.join(modules)} | "
-                     f"{_cell(_ENV_NOTES.get(var, 'see the docstring of the module'))} |")
-    lines += [
-        "",
+        docs.environment_table_markdown(),
         "Permissions a cluster administrator grants once (the project's docs/cluster.md has the "
         "files): RAPL counters are readable by root only since Linux 5.10, and recent Docker "
         "masks `/sys/devices/virtual/powercap` in containers (bind-mount it read-only and set "
@@ -387,7 +308,7 @@ def render_readme(*, model: str, family: str, stamp: str, version: str, trial_cl
     ]
     schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
     energy_conf = base_hp.get("energy") if isinstance(base_hp.get("energy"), dict) else {}
-    energy_rows, energy_lines = energy_section(package_dir, energy_conf)
+    energy_rows, energy_lines = energy_section(energy_conf)
     for key, param in schema.items():
         if key == "energy":
             continue
