@@ -29,8 +29,8 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _value(value: Any) -> str:
-    """A default as YAML shows it."""
+def yaml_value(value: Any) -> str:
+    """A scalar as YAML shows it (null, true/false, 1e-06 for floats); other values as str()."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -52,7 +52,7 @@ def options_table_markdown() -> str:
     rows = []
     for owner, option in all_options():
         meaning = option.doc if owner == "general" else f"{owner}: {option.doc}"
-        rows.append([f"`energy.{option.name}`", f"`{_value(option.default)}`",
+        rows.append([f"`energy.{option.name}`", f"`{yaml_value(option.default)}`",
                      option.allowed_text(), meaning])
     return _table(["option", "default", "allowed", "meaning"], rows)
 

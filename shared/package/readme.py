@@ -14,6 +14,7 @@ import inspect
 import pathlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from shared.energy.docs import yaml_value
 from shared.package.closure import LIBRARY, Closure
 from shared.package.errors import PackageError
 
@@ -21,6 +22,7 @@ from shared.package.errors import PackageError
 MARKER = "<!-- made by `python -m shared.package`: rebuilding replaces this directory -->"
 #: The task image built by cluster/build-image.sh (docs/cluster.md).
 TASK_IMAGE = "energy-seg-recipes/task:{version}-cuda12"
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, dict) and value.get("type") == "const":
@@ -34,15 +36,9 @@ def _fmt(value: Any) -> str:
         if t == "log":
             base = value.get("base", 10)
             return f"search: {base}^{_fmt(value.get('minval'))}..{base}^{_fmt(value.get('maxval'))}"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return str(value)
+    return yaml_value(value)
 
 
 def _cell(text: str) -> str:
