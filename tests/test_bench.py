@@ -293,6 +293,34 @@ def test_energy_from_the_nvml_counter(monkeypatch):
     assert r["avg_power_w"] == pytest.approx(300.0) and r["gpu_util_pct"] == pytest.approx(87.0)
 
 
+def test_monitor_samples_carry_the_energy_meters_joules(monkeypatch):
+    # the end-to-end rows and the campaign's cross-check take the energy from the samples: the
+    # energy meter's cumulative joules, the benchmark's only reader of the counter
+    _fake_nvml(monkeypatch, power_w=300.0)
+    monitor = NvmlMonitor.open(torch.device("cuda", 0), env={}, period_s=0.02)
+    monitor.start()
+    time.sleep(0.5)
+    samples = monitor.stop()
+    assert len(samples) >= 5 and all(isinstance(s, Sample) for s in samples)
+    energy = [s.energy_j for s in samples]
+    assert None not in energy and energy == sorted(energy)
+    first, last = samples[0], samples[-1]
+    # the fake counter moves every 0.1 s (30 J a tick at 300 W)
+    assert last.energy_j - first.energy_j == pytest.approx(300.0 * (last.time - first.time),
+                                                           abs=2 * 30)
+
+    def boom(*batch):
+        raise RuntimeError("step failed")
+    batch = make_batch(1, 8, 4, CPU)
+    with pytest.raises(RuntimeError, match="step failed"):
+        measure_step(boom, batch, 1, 0, CPU, monitor)
+    # the failed step closed its energy window and stopped the sampler: the next row measures
+    r = measure_step(lambda *b: torch.tensor(1.0), batch, 1, 0, CPU, monitor)
+    assert r["energy_source"] == "NVML energy counter"
+    monitor.close()
+    assert pynvml_fake.STATE.initialized == 0  # the monitor's and the energy source's NVML
+
+
 def test_energy_from_power_samples_without_a_counter(monkeypatch):
     _fake_nvml(monkeypatch, power_w=200.0, has_counter=False)
     period = 0.05
