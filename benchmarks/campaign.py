@@ -46,15 +46,16 @@ import subprocess
 import sys
 import tarfile
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:  # only annotations: the campaign imports torch when a part needs it
+    from benchmarks.gpu_monitor import Sample
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("benchmarks.campaign")
-
-Sample = Tuple[float, Optional[float], Optional[float], Optional[int]]
 
 #: seconds each part is expected to take on the lent GPU (start-up included); a part starts
 #: only when the time left covers its estimate
@@ -212,9 +213,9 @@ def hook_share(read_us: float, step_ms: float, report_period: int) -> float:
 
 # ============================================================================ cross-check
 def interpolate(samples: Sequence[Sample], t: float) -> Optional[float]:
-    """The NVML energy counter (mJ) at wall time ``t``, linear between the two samples around
-    it; None when ``t`` is outside the samples or they hold no counter."""
-    pts = [(s[0], s[3]) for s in samples if s[3] is not None]
+    """The GPU's cumulative energy (J) at wall time ``t``, linear between the two samples
+    around it; None when ``t`` is outside the samples or they hold no energy."""
+    pts = [(s.time, s.energy_j) for s in samples if s.energy_j is not None]
     for (ta, ea), (tb, eb) in zip(pts, pts[1:]):
         if ta <= t <= tb:
             return ea + (eb - ea) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
@@ -224,7 +225,9 @@ def interpolate(samples: Sequence[Sample], t: float) -> Optional[float]:
 def cross_check(records: Sequence[Mapping[str, Any]], samples: Sequence[Sample]
                 ) -> Dict[str, Any]:
     """The hook's ``gpu_wh`` between its first and last ``energy`` report against the NVML
-    counter's difference between the same instants (read by the campaign's own monitor).
+    counter's difference between the same instants, read by the campaign's own monitor (its
+    own ``EnergyMeter`` in this process: the same counter, read apart from the trainer's hook,
+    so the check covers the hook's reads, report times, aggregation and units).
 
     The reports' ``time`` is stamped just after the hook's read; the monitor samples every
     50 ms, and the counter itself refreshes every 20-100 ms: over a window of a minute at a
@@ -243,7 +246,7 @@ def cross_check(records: Sequence[Mapping[str, Any]], samples: Sequence[Sample]
     if c0 is None or c1 is None:
         out["status"] = "n/a (the monitor's samples do not bracket the reports)"
         return out
-    counter_j = (c1 - c0) / 1000.0
+    counter_j = c1 - c0
     out.update(counter_j=counter_j)
     if counter_j <= 0:
         out["status"] = "n/a (the counter did not advance)"
@@ -288,7 +291,8 @@ def step_rates(bench_json: pathlib.Path, names: Sequence[str]) -> Dict[str, floa
 
 def analyse_study(study_dir: pathlib.Path, samples: Sequence[Sample], batch: int) -> Dict[str, Any]:
     """Per run of the demo folder: summary, cross-check and GPU busy."""
-    from benchmarks.bench import NA_NO_NVML, analyse_e2e
+    from benchmarks.e2e import analyse_e2e
+    from benchmarks.gpu_monitor import NA_NO_NVML
     from shared import runlog
     from shared.summary import summarize_run
     runs: Dict[str, Any] = {}
@@ -373,7 +377,7 @@ class Campaign:
                 "log_tail": log_tail(self.work / "bench.log", 4 if rc == 0 else 25)}
 
     def study(self, data_proc: subprocess.Popen) -> Dict[str, Any]:
-        from benchmarks.bench import open_monitor
+        from benchmarks.gpu_monitor import open_monitor
         import torch
         sizes = self.sizes()
         try:
@@ -464,9 +468,9 @@ class Campaign:
     def hook_ab(self) -> Dict[str, Any]:
         """The same U-Net run twice, the energy hook on (NVML) and off, on the bench's data:
         training img/s of each from its own metrics.jsonl."""
-        from benchmarks.bench import analyse_e2e
+        from benchmarks.e2e import E2EData, analyse_e2e
+        from benchmarks.specs import BenchConfig
         from shared import runlog
-        from benchmarks.bench import BenchConfig, E2EData
         sizes = self.sizes()
         # the bench's end-to-end set when the bench ran, else generated now
         res = 64 if self.args.smoke else 512
@@ -571,7 +575,7 @@ def _f(v: Any, digits: int = 1) -> str:
 def render(folder: pathlib.Path) -> str:
     """The Markdown of the campaign's own figures (the bench's tables come from
     ``benchmarks.bench --render``): NVML read cost, cross-check, the study runs, the A/B."""
-    from benchmarks.bench import _table
+    from benchmarks.render import _table
     data = load_folder(folder)
     s = data["summary"]
     parts = s["parts"]

@@ -41,9 +41,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python benchmarks/data_path.py`` as well as ``-m``
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import (  # noqa: E402
-    DEFAULT_MARKDOWN, NUM_CLASSES, BenchConfig, BenchError, _device_name, _fmt, _positive_int,
-    _table, append_markdown, prepare_e2e_data)
+from benchmarks.bench import _device_name, _positive_int  # noqa: E402
+from benchmarks.e2e import prepare_e2e_data  # noqa: E402
+from benchmarks.render import DEFAULT_MARKDOWN, _fmt, _table, append_markdown  # noqa: E402
+from benchmarks.specs import NUM_CLASSES, BenchConfig, BenchError  # noqa: E402
 from shared import hparams as hpmod  # noqa: E402
 
 #: img/s per core of the reference probe on the lent H100 machine's CPU (anchors.md)

@@ -40,8 +40,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import (BenchConfig, BenchError, OURS, _fmt, _sync,  # noqa: E402
-                              _table, load_trial)
+from benchmarks.render import _fmt, _table  # noqa: E402
+from benchmarks.specs import OURS, BenchConfig, BenchError, load_trial  # noqa: E402
+from benchmarks.step import _sync  # noqa: E402
 from shared.engine import AUTOCAST_DTYPES, autocast, pick_precision, resolve_channels_last  # noqa: E402
 
 VARIANTS = ("as trained", "native depthwise", "nchw")

@@ -1,4 +1,4 @@
-"""The benchmark (benchmarks/bench.py) on CPU at toy size: the step and end-to-end paths through
+"""The benchmark (benchmarks/bench.py and the modules it runs) on CPU at toy size: the step and end-to-end paths through
 the command line, the replica of the trial's step against the trial's own train_batch, the
 FLOP/MFU arithmetic, the target verdicts, the NVML plumbing (with the fake pynvml), the
 markdown writer, and what a user sees on bad input."""
@@ -16,7 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import bench
+from benchmarks import bench, specs
+from benchmarks.e2e import E2EData, analyse_e2e, e2e_periods, prepare_e2e_data, run_e2e
+from benchmarks.gpu_monitor import NA_NO_NVML, NvmlMonitor, Sample, open_monitor
+from benchmarks.render import (CPU_VERDICT, STEP_COLUMNS, append_markdown, compile_effects,
+                               evaluate_targets, markdown_section)
+from benchmarks.specs import (OURS, REFERENCES, BenchConfig, BenchError, ModelSpec, load_trial,
+                              trial_available)
+from benchmarks.step import (Context, TrialStep, bench_ours, count_step_flops, make_batch,
+                             measure_matmul_peak, measure_step, mfu)
 from shared.data.on_device import training_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,9 +48,9 @@ def test_step_smoke_cli_every_trial_and_reference(tmp_path, capsys):
     assert bench.main([*TINY, "--no-e2e", "--out", str(out), "--markdown", str(md)]) == 0
     data = json.loads(out.read_text())
     rows = {r["name"]: r for r in data["steps"]}
-    for spec in bench.OURS:
+    for spec in OURS:
         r = rows[spec.name]
-        if bench.trial_available(spec.trial) is not None:  # a trial not in this checkout
+        if trial_available(spec.trial) is not None:  # a trial not in this checkout
             assert r["status"] == "skipped"
             continue
         assert r["status"] == "ok", r.get("error")
@@ -50,24 +58,24 @@ def test_step_smoke_cli_every_trial_and_reference(tmp_path, capsys):
         assert math.isfinite(r["loss_first"]) and math.isfinite(r["loss_last"])
         # no NVML on a CPU run: said so, never a 0 that reads as a measurement
         for key in ("j_per_img", "avg_power_w", "gpu_util_pct"):
-            assert r[key] == bench.NA_NO_NVML
+            assert r[key] == NA_NO_NVML
         assert r["precision"] == "fp32" and r["channels_last"] is False  # "auto" on CPU
     # read from the configs with 150 classes: the study's model sizes
     assert rows["unet"]["params_m"] == pytest.approx(6.83, abs=0.01)
     assert rows["segformer"]["params_m"] == pytest.approx(3.75, abs=0.01)
     # references: measured when their package is importable, else said so
-    pair_trial = {s.name: s.trial for s in bench.OURS}
-    for ref in bench.REFERENCES:
+    pair_trial = {s.name: s.trial for s in OURS}
+    for ref in REFERENCES:
         r = rows[ref.name]
         if not all(importlib.util.find_spec(m) for m in ref.requires):
             assert r["status"] == "not installed" and r["error"] in ", ".join(ref.requires)
-        elif bench.trial_available(pair_trial[ref.pair]) is None:
+        elif trial_available(pair_trial[ref.pair]) is None:
             assert r["status"] == "ok", r.get("error")
     assert rows["unet-plain"]["kind"] == "plain" and rows["unet-plain"]["status"] == "ok"
     unet_target = next(t for t in data["targets"] if t["ours"] == "unet"
                        and t["reference"] == "unet-plain" and t["metric"] == "img_s")
     assert unet_target["ratio"] == pytest.approx(rows["unet"]["img_s"] / rows["unet-plain"]["img_s"])
-    assert unet_target["result"] == bench.CPU_VERDICT  # GPU targets are not judged on a CPU
+    assert unet_target["result"] == CPU_VERDICT  # GPU targets are not judged on a CPU
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\n## Results\n\n### ") and "(CPU smoke run)" in text
     assert "| unet | ours | 6.83 |" in text
@@ -92,10 +100,10 @@ def test_end_to_end_cli_on_cpu(tmp_path):
     assert e2e["timed_batches"] == 6 and e2e["img_s_loop"] > 0
     assert 0 < e2e["validation_s"] < e2e["window_s"]      # the validation at batch 4 is inside
     assert e2e["img_s_train"] > e2e["img_s_loop"]
-    assert e2e["gpu_busy_pct"] == bench.NA_NO_NVML and e2e["j_per_img"] == bench.NA_NO_NVML
+    assert e2e["gpu_busy_pct"] == NA_NO_NVML and e2e["j_per_img"] == NA_NO_NVML
     assert e2e["device"] == "cpu"
     busy = next(t for t in data["targets"] if t["metric"] == "gpu_busy_pct")
-    assert busy["result"] == bench.CPU_VERDICT
+    assert busy["result"] == CPU_VERDICT
     # the synthetic set and the run stay in --work-dir, with the CLI's own outputs
     runs = [p for p in (tmp_path / "work" / "e2e").iterdir() if p.is_dir()]
     assert len(runs) == 1 and (runs[0] / "metrics.jsonl").is_file()
@@ -117,15 +125,15 @@ def test_end_to_end_cli_on_cpu(tmp_path):
 def test_local_runtime_steps_as_determined_does(name, extra, tmp_path, monkeypatch):
     import determined.pytorch as det_torch
     monkeypatch.chdir(tmp_path)  # Determined's local mode may write next to the working dir
-    spec = next(s for s in bench.OURS if s.name == name)
-    cfg = bench.BenchConfig(res=32, batch=2, num_classes=8)
-    loaded = bench.load_trial(spec, cfg, {**extra, "energy": {"enabled": False}})
+    spec = next(s for s in OURS if s.name == name)
+    cfg = BenchConfig(res=32, batch=2, num_classes=8)
+    loaded = load_trial(spec, cfg, {**extra, "energy": {"enabled": False}})
     conf = {"searcher": {"name": "single", "metric": "miou"}, "hyperparameters": loaded.hp}
     with det_torch.init(hparams=loaded.hp, exp_conf=conf) as ctx:
         trial = loaded.trial_cls(ctx)
         model = loaded.build()
         model.load_state_dict(trial.model.state_dict())
-        replica = bench.TrialStep(model, trial.hp, CPU)
+        replica = TrialStep(model, trial.hp, CPU)
         assert (replica.precision, replica.channels_last) == (trial.precision, trial.channels_last)
         # what changes speed but not the loss: the optimizer's kind and settings, the memory
         # format and autocast state the model's forward sees
@@ -144,7 +152,7 @@ def test_local_runtime_steps_as_determined_does(name, extra, tmp_path, monkeypat
         trial.model.register_forward_pre_hook(watch("trial"))
         replica.model.register_forward_pre_hook(watch("replica"))
         for i in range(3):
-            batch = bench.make_batch(2, 32, 8, CPU, seed=i)
+            batch = make_batch(2, 32, 8, CPU, seed=i)
             ctx._current_batch_idx = i  # as Determined's Trainer sets it before train_batch
             torch.manual_seed(100 + i)
             trial.train_loss.reset()
@@ -166,22 +174,22 @@ def test_local_runtime_steps_as_determined_does(name, extra, tmp_path, monkeypat
 # ------------------------------------------------------------------ FLOPs and MFU
 def test_flop_count_and_mfu_on_a_known_model():
     conv = nn.Conv2d(3, 8, 1, bias=False)
-    images, masks = training_batch(*bench.make_batch(2, 4, 8, CPU)[:3])
+    images, masks = training_batch(*make_batch(2, 4, 8, CPU)[:3])
     assert images.dtype == torch.float32 and masks.dtype == torch.int64
     # forward 2*B*H*W*Cin*Cout, backward the same for the weight (the input needs no gradient)
     fwd = 2 * 2 * 4 * 4 * 3 * 8
-    assert bench.count_step_flops(conv, images, masks, None, False) == 2 * fwd
+    assert count_step_flops(conv, images, masks, None, False) == 2 * fwd
     assert conv.weight.grad is None
     # logits at a quarter of the labels' size: the upsampling adds no counted FLOP
-    small = training_batch(*bench.make_batch(2, 2, 8, CPU)[:3])[0]
-    assert bench.count_step_flops(conv, small, masks, None, True) == 2 * (fwd // 4)
+    small = training_batch(*make_batch(2, 2, 8, CPU)[:3])[0]
+    assert count_step_flops(conv, small, masks, None, True) == 2 * (fwd // 4)
     # 3072 FLOP a step, 10 steps in 2 s: 15360 FLOP/s of a 1e5 FLOP/s peak
-    assert bench.mfu(2 * fwd, 10, 2.0, 1e5) == pytest.approx(0.1536)
-    with pytest.raises(bench.BenchError, match="positive peak"):
-        bench.mfu(2 * fwd, 10, 2.0, 0.0)
-    assert bench.measure_matmul_peak(CPU, torch.float32, n=64, iters=2, repeats=1) > 0
-    with pytest.raises(bench.BenchError, match="must be > 0"):
-        bench.measure_matmul_peak(CPU, torch.float32, n=0)
+    assert mfu(2 * fwd, 10, 2.0, 1e5) == pytest.approx(0.1536)
+    with pytest.raises(BenchError, match="positive peak"):
+        mfu(2 * fwd, 10, 2.0, 0.0)
+    assert measure_matmul_peak(CPU, torch.float32, n=64, iters=2, repeats=1) > 0
+    with pytest.raises(BenchError, match="must be > 0"):
+        measure_matmul_peak(CPU, torch.float32, n=0)
 
 
 # ------------------------------------------------------------------ targets
@@ -194,12 +202,12 @@ def test_targets_on_hand_values():
     rows = [_row("segformer", 130.0, 0.70), _row("transformers.SegFormer-b0(sdpa)", 100.0, 1.0),
             _row("unet", 129.0, 2.0), _row("unet-plain", 100.0, 2.5),
             _row("unet+compile", 140.0, 1.9, compile_=True, base="unet"),
-            _row("deeplabv3plus", 10.0, bench.NA_NO_NVML),
+            _row("deeplabv3plus", 10.0, NA_NO_NVML),
             _row("smp.DeepLabV3Plus(resnet50)", status="not installed")]
     e2e = [{"name": "unet", "status": "ok", "gpu_busy_pct": 96.0},
            {"name": "segformer", "status": "ok", "gpu_busy_pct": 80.0},
            {"name": "segmenter", "status": "error", "error": "x"}]
-    out = bench.evaluate_targets(rows, e2e)
+    out = evaluate_targets(rows, e2e)
     by = {(t["ours"], t["reference"], t["metric"]): t for t in out}
     seg = by[("segformer", "transformers.SegFormer-b0(sdpa)", "img_s")]
     assert seg["ratio"] == pytest.approx(1.3) and seg["result"] == "pass"       # the bound passes
@@ -211,26 +219,26 @@ def test_targets_on_hand_values():
     dl = by[("deeplabv3plus", "smp.DeepLabV3Plus(resnet50)", "img_s")]
     assert dl["result"] == "n/a (smp.DeepLabV3Plus(resnet50): not installed)" and dl["ratio"] is None
     assert by[("deeplabv3plus", "smp.DeepLabV3Plus(resnet50)", "j_per_img")]["result"] == \
-        bench.NA_NO_NVML  # ours is missing first: its reason is the one given
+        NA_NO_NVML  # ours is missing first: its reason is the one given
     assert ("segmenter-vits16-linear", "timm.vit_small_patch16_224+linear", "img_s") not in by
     busy = {t["ours"]: t["result"] for t in out if t["metric"] == "gpu_busy_pct"}
     assert busy == {"unet": "pass", "segformer": "FAIL", "segmenter": "n/a (segmenter: error)"}
     # on a CPU run the ratios stand and the GPU verdicts do not
-    cpu = bench.evaluate_targets(rows, e2e, device_type="cpu")
+    cpu = evaluate_targets(rows, e2e, device_type="cpu")
     judged = [t for t in cpu if t["rule"] and t["ratio"] is not None]
-    assert judged and all(t["result"] == bench.CPU_VERDICT for t in judged)
-    assert [t["result"] for t in cpu if t["metric"] == "gpu_busy_pct"][:2] == [bench.CPU_VERDICT] * 2
+    assert judged and all(t["result"] == CPU_VERDICT for t in judged)
+    assert [t["result"] for t in cpu if t["metric"] == "gpu_busy_pct"][:2] == [CPU_VERDICT] * 2
 
 
 def test_targets_name_why_a_value_is_missing():
-    rows = [_row("deeplabv3plus", 10.0, bench.NA_NO_NVML), _row("smp.DeepLabV3Plus(resnet50)", 8.0,
-                                                                 bench.NA_NO_NVML)]
-    out = {(t["reference"], t["metric"]): t for t in bench.evaluate_targets(rows)}
+    rows = [_row("deeplabv3plus", 10.0, NA_NO_NVML), _row("smp.DeepLabV3Plus(resnet50)", 8.0,
+                                                                 NA_NO_NVML)]
+    out = {(t["reference"], t["metric"]): t for t in evaluate_targets(rows)}
     smp = "smp.DeepLabV3Plus(resnet50)"
     assert out[(smp, "img_s")]["ratio"] == pytest.approx(1.25)
     assert out[(smp, "img_s")]["result"] == "FAIL"
-    assert out[(smp, "j_per_img")]["result"] == bench.NA_NO_NVML
-    assert out[(smp, "j_per_img")]["ours_value"] == bench.NA_NO_NVML
+    assert out[(smp, "j_per_img")]["result"] == NA_NO_NVML
+    assert out[(smp, "j_per_img")]["ours_value"] == NA_NO_NVML
     tv = out[("torchvision.deeplabv3_resnet50", "img_s")]
     assert tv["result"] == "n/a (torchvision.deeplabv3_resnet50 not measured)"
 
@@ -241,7 +249,7 @@ def test_compile_effects():
             _row("segmenter", 100.0), _row("segmenter+compile", 101.0, compile_=True, base="segmenter"),
             _row("deeplabv3plus", 100.0),
             _row("deeplabv3plus+compile", status="error", compile_=True, base="deeplabv3plus")]
-    out = {c["name"]: c for c in bench.compile_effects(rows)}
+    out = {c["name"]: c for c in compile_effects(rows)}
     assert out["unet"]["speedup"] == pytest.approx(1.1) and out["unet"]["helped"] == "yes"
     assert out["segformer"]["helped"] == "no: slower"
     assert out["segmenter"]["helped"] == "no: within noise"
@@ -258,26 +266,26 @@ def _fake_nvml(monkeypatch, **gpu):
 
 
 def test_energy_columns_without_nvml(monkeypatch):
-    monitor, why = bench.open_monitor(CPU)
-    assert monitor is None and why == bench.NA_NO_NVML
+    monitor, why = open_monitor(CPU)
+    assert monitor is None and why == NA_NO_NVML
     monkeypatch.setitem(sys.modules, "pynvml", pynvml_fake)
     pynvml_fake.reset([], init_error=pynvml_fake.NVMLError_DriverNotLoaded())
-    monitor, why = bench.open_monitor(torch.device("cuda", 0))
+    monitor, why = open_monitor(torch.device("cuda", 0))
     assert monitor is None and why == "n/a (no NVML: NVML unavailable: Driver Not Loaded)"
     step = lambda *batch: torch.tensor(1.0)  # noqa: E731
-    r = bench.measure_step(step, bench.make_batch(2, 8, 4, CPU), 2, 0, CPU, None, why)
+    r = measure_step(step, make_batch(2, 8, 4, CPU), 2, 0, CPU, None, why)
     assert r["j_per_img"] == r["gpu_util_pct"] == r["avg_power_w"] == why
 
 
 def test_energy_from_the_nvml_counter(monkeypatch):
     _fake_nvml(monkeypatch, power_w=300.0)
-    monitor = bench.NvmlMonitor.open(torch.device("cuda", 0), env={}, period_s=0.02)
+    monitor = NvmlMonitor.open(torch.device("cuda", 0), env={}, period_s=0.02)
     assert monitor.name == "NVIDIA H100 80GB HBM3" and monitor.has_counter
 
     def step(*batch):
         time.sleep(0.25)
         return torch.tensor(2.0)
-    r = bench.measure_step(step, bench.make_batch(2, 8, 4, CPU), 2, 0, CPU, monitor)
+    r = measure_step(step, make_batch(2, 8, 4, CPU), 2, 0, CPU, monitor)
     monitor.close()
     assert r["energy_source"] == "NVML energy counter" and r["nvml_samples"] >= 5
     # 300 W over the timed window, 4 images; the fake counter moves every 0.1 s (30 J a tick)
@@ -285,31 +293,65 @@ def test_energy_from_the_nvml_counter(monkeypatch):
     assert r["avg_power_w"] == pytest.approx(300.0) and r["gpu_util_pct"] == pytest.approx(87.0)
 
 
+def test_monitor_samples_carry_the_energy_meters_joules(monkeypatch):
+    # the end-to-end rows and the campaign's cross-check take the energy from the samples: the
+    # energy meter's cumulative joules, the benchmark's only reader of the counter
+    _fake_nvml(monkeypatch, power_w=300.0)
+    monitor = NvmlMonitor.open(torch.device("cuda", 0), env={}, period_s=0.02)
+    monitor.start()
+    time.sleep(0.5)
+    samples = monitor.stop()
+    assert len(samples) >= 5 and all(isinstance(s, Sample) for s in samples)
+    energy = [s.energy_j for s in samples]
+    assert None not in energy and energy == sorted(energy)
+    first, last = samples[0], samples[-1]
+    # the fake counter moves every 0.1 s (30 J a tick at 300 W)
+    assert last.energy_j - first.energy_j == pytest.approx(300.0 * (last.time - first.time),
+                                                           abs=2 * 30)
+
+    def boom(*batch):
+        raise RuntimeError("step failed")
+    batch = make_batch(1, 8, 4, CPU)
+    with pytest.raises(RuntimeError, match="step failed"):
+        measure_step(boom, batch, 1, 0, CPU, monitor)
+    # the failed step closed its energy window and stopped the sampler: the next row measures
+    r = measure_step(lambda *b: torch.tensor(1.0), batch, 1, 0, CPU, monitor)
+    assert r["energy_source"] == "NVML energy counter"
+    monitor.close()
+    assert pynvml_fake.STATE.initialized == 0  # the monitor's and the energy source's NVML
+
+
 def test_energy_from_power_samples_without_a_counter(monkeypatch):
     _fake_nvml(monkeypatch, power_w=200.0, has_counter=False)
-    monitor = bench.NvmlMonitor.open(torch.device("cuda", 0), env={}, period_s=0.02)
+    period = 0.05
+    monitor = NvmlMonitor.open(torch.device("cuda", 0), env={}, period_s=period)
     assert not monitor.has_counter
-    r = bench.measure_step(lambda *b: (time.sleep(0.1), torch.tensor(1.0))[1],
-                           bench.make_batch(1, 8, 4, CPU), 1, 0, CPU, monitor)
+    batch = make_batch(1, 8, 4, CPU)
+    r = measure_step(lambda *b: (time.sleep(0.3), torch.tensor(1.0))[1], batch, 1, 0, CPU,
+                     monitor)
+    monitor.close()
     assert r["energy_source"] == "NVML power samples x time"
-    assert r["j_per_img"] == pytest.approx(200.0 * r["seconds"])
+    # the energy library integrates its own power samples up to the latest one: each end of
+    # the window may lag by up to a sampling period
+    assert r["j_per_img"] == pytest.approx(200.0 * r["seconds"], abs=2 * 200.0 * period)
+    assert r["avg_power_w"] == pytest.approx(200.0)
 
 
 def test_nvml_open_errors_name_the_cause(monkeypatch):
-    with pytest.raises(bench.BenchError, match="NVML reads GPUs; the device is cpu"):
-        bench.NvmlMonitor.open(CPU)
+    with pytest.raises(BenchError, match="NVML reads GPUs; the device is cpu"):
+        NvmlMonitor.open(CPU)
     monkeypatch.setitem(sys.modules, "pynvml", None)  # as if nvidia-ml-py were not installed
-    with pytest.raises(bench.BenchError, match="cannot import pynvml.*pip install nvidia-ml-py"):
-        bench.NvmlMonitor.open(torch.device("cuda", 0))
+    with pytest.raises(BenchError, match="cannot import pynvml.*pip install nvidia-ml-py"):
+        NvmlMonitor.open(torch.device("cuda", 0))
 
 
 def test_nvml_follows_cuda_visible_devices(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", pynvml_fake)
     pynvml_fake.reset([pynvml_fake.FakeGpu(name="A"), pynvml_fake.FakeGpu(name="B")])
-    monitor = bench.NvmlMonitor.open(torch.device("cuda", 0), env={"CUDA_VISIBLE_DEVICES": "1"})
+    monitor = NvmlMonitor.open(torch.device("cuda", 0), env={"CUDA_VISIBLE_DEVICES": "1"})
     assert monitor.name == "B"
-    with pytest.raises(bench.BenchError, match="CUDA device 1 is not visible"):
-        bench.NvmlMonitor.open(torch.device("cuda", 1), env={"CUDA_VISIBLE_DEVICES": "1"})
+    with pytest.raises(BenchError, match="CUDA device 1 is not visible"):
+        NvmlMonitor.open(torch.device("cuda", 1), env={"CUDA_VISIBLE_DEVICES": "1"})
 
 
 # ------------------------------------------------------------------ end-to-end arithmetic
@@ -317,10 +359,11 @@ def test_analyse_e2e_on_hand_records():
     rec = lambda g, s, t: {"group": g, "steps_completed": s, "time": t, "metrics": {}}  # noqa: E731
     records = [rec("run", 0, 99.0), rec("training", 10, 100.0), rec("training", 20, 104.0),
                rec("validation", 20, 106.0), rec("training", 30, 110.0), rec("validation", 30, 111.0)]
-    # utilisation 100 % while training, 20 % during the validation (104-106 s); 200 W; counter
-    samples = [(100.0 + 0.5 * i, 20.0 if 104.0 <= 100.0 + 0.5 * i <= 106.0 else 100.0, 200.0,
-                1_000_000 + int(200_000 * 0.5 * i)) for i in range(23)]
-    out = bench.analyse_e2e(records, samples, global_batch=16)
+    # utilisation 100 % while training, 20 % during the validation (104-106 s); 200 W; the
+    # energy meter's cumulative joules
+    samples = [Sample(100.0 + 0.5 * i, 20.0 if 104.0 <= 100.0 + 0.5 * i <= 106.0 else 100.0,
+                      200.0, 1000.0 + 200.0 * 0.5 * i) for i in range(23)]
+    out = analyse_e2e(records, samples, global_batch=16)
     assert out["timed_batches"] == 20 and out["window_s"] == pytest.approx(10.0)
     assert out["validation_s"] == pytest.approx(2.0)  # the one at batch 30 is after the window
     assert out["img_s_loop"] == pytest.approx(320 / 10.0)
@@ -329,52 +372,52 @@ def test_analyse_e2e_on_hand_records():
     assert out["gpu_busy_pct"] == pytest.approx(sum(s[1] for s in inside) / len(inside))
     assert out["gpu_busy_train_pct"] == pytest.approx(100.0)
     assert out["j_per_img"] == pytest.approx(200.0 / 32.0)  # 200 W at 32 img/s
-    no_nvml = bench.analyse_e2e(records, [], global_batch=16)
-    assert no_nvml["gpu_busy_pct"] == bench.NA_NO_NVML and no_nvml["j_per_img"] == bench.NA_NO_NVML
-    with pytest.raises(bench.BenchError, match="1 training report.*raise --e2e-batches"):
-        bench.analyse_e2e(records[:2], [], global_batch=16)
-    with pytest.raises(bench.BenchError, match=r"steps 10\.\.10, times 100.0\.\.104.0: no window"):
-        bench.analyse_e2e([rec("training", 10, 100.0), rec("training", 10, 104.0)], [], 16)
+    no_nvml = analyse_e2e(records, [], global_batch=16)
+    assert no_nvml["gpu_busy_pct"] == NA_NO_NVML and no_nvml["j_per_img"] == NA_NO_NVML
+    with pytest.raises(BenchError, match="1 training report.*raise --e2e-batches"):
+        analyse_e2e(records[:2], [], global_batch=16)
+    with pytest.raises(BenchError, match=r"steps 10\.\.10, times 100.0\.\.104.0: no window"):
+        analyse_e2e([rec("training", 10, 100.0), rec("training", 10, 104.0)], [], 16)
 
 
 def test_e2e_periods():
-    assert bench.e2e_periods(120) == (10, 60)
-    assert bench.e2e_periods(8) == (2, 4)
-    assert bench.e2e_periods(4) == (1, 2)
+    assert e2e_periods(120) == (10, 60)
+    assert e2e_periods(8) == (2, 4)
+    assert e2e_periods(4) == (1, 2)
 
 
 # ------------------------------------------------------------------ isolation of failures
 def test_one_failing_model_does_not_hide_the_others(monkeypatch):
-    ctx = bench.Context(bench.BenchConfig(res=32, batch=2, steps=1, warmup=0))
-    bad = bench.ModelSpec("unet-bad", "unet", (("unet_depth", 99),))
-    row = bench.bench_ours(bad, ctx)
+    ctx = Context(BenchConfig(res=32, batch=2, steps=1, warmup=0))
+    bad = ModelSpec("unet-bad", "unet", (("unet_depth", 99),))
+    row = bench_ours(bad, ctx)
     assert row["status"] == "error" and "unet_depth" in row["error"]
-    good = bench.bench_ours(bench.ModelSpec("unet-tiny", "unet", tuple(TINY_UNET.items())), ctx)
+    good = bench_ours(ModelSpec("unet-tiny", "unet", tuple(TINY_UNET.items())), ctx)
     assert good["status"] == "ok" and good["mfu_pct"] == "n/a (no peak measured)"
 
     def no_compiler(*a, **k):
         raise RuntimeError("no C++ compiler for inductor")
     monkeypatch.setattr(torch, "compile", no_compiler)
-    comp = bench.bench_ours(bench.ModelSpec("unet-tiny", "unet", tuple(TINY_UNET.items())), ctx,
+    comp = bench_ours(ModelSpec("unet-tiny", "unet", tuple(TINY_UNET.items())), ctx,
                             compile=True)
     assert comp["name"] == "unet-tiny+compile" and comp["status"] == "error"
     assert "no C++ compiler" in comp["error"]
-    missing = bench.bench_ours(bench.ModelSpec("ghost", "no_such_trial"), ctx)
+    missing = bench_ours(ModelSpec("ghost", "no_such_trial"), ctx)
     assert missing["status"] == "skipped"
     assert "trials/no_such_trial/train.py not found" in missing["error"]
 
 
 def test_e2e_failures_are_rows_that_say_why(tmp_path):
-    cfg = bench.BenchConfig(res=32, batch=2, e2e_batches=4, e2e_images=4,
+    cfg = BenchConfig(res=32, batch=2, e2e_batches=4, e2e_images=4,
                             e2e_set=("workers_per_slot=0", "lrr=0.1"))
-    ctx = bench.Context(cfg)
-    data = bench.prepare_e2e_data(cfg, tmp_path)
-    assert bench.prepare_e2e_data(cfg, tmp_path) == data  # reused, not regenerated
-    row = bench.run_e2e(bench.OURS[0], ctx, data, tmp_path)
+    ctx = Context(cfg)
+    data = prepare_e2e_data(cfg, tmp_path)
+    assert prepare_e2e_data(cfg, tmp_path) == data  # reused, not regenerated
+    row = run_e2e(OURS[0], ctx, data, tmp_path)
     assert row["status"] == "error" and "train.py exited with 2" in row["error"]
     assert "unknown hyperparameter 'lrr' (did you mean 'lr'?)" in row["error"]  # the log's tail
     cfg.e2e_set, cfg.e2e_timeout_s = ("workers_per_slot=0",), 0.2
-    row = bench.run_e2e(bench.OURS[0], ctx, data, tmp_path)
+    row = run_e2e(OURS[0], ctx, data, tmp_path)
     assert row["status"] == "error" and "took more than --e2e-timeout 0.2 s" in row["error"]
 
 
@@ -393,16 +436,16 @@ def test_a_train_py_without_a_trial_class_is_refused(tmp_path, monkeypatch):
     (tmp_path / "trials" / "fake" / "train.py").write_text("from model import build_model\n")
     (tmp_path / "experiment_configs" / "fake").mkdir(parents=True)
     (tmp_path / "experiment_configs" / "fake" / "single_gpu.yaml").write_text("hyperparameters: {}\n")
-    monkeypatch.setattr(bench, "ROOT", tmp_path)
-    with pytest.raises(bench.BenchError, match=r"fake/train.py: expected one SegmentationTrial "
+    monkeypatch.setattr(specs, "ROOT", tmp_path)
+    with pytest.raises(BenchError, match=r"fake/train.py: expected one SegmentationTrial "
                                                 r"subclass, found \[\]"):
-        bench.load_trial(bench.ModelSpec("fake", "fake"), bench.BenchConfig())
+        load_trial(ModelSpec("fake", "fake"), BenchConfig())
 
 
 def test_bad_override_names_the_config_and_key():
     from shared.hparams import ConfigError
     with pytest.raises(ConfigError, match=r"unet/single_gpu.yaml: unknown hyperparameter 'unet_dept'"):
-        bench.load_trial(bench.ModelSpec("x", "unet", (("unet_dept", 2),)), bench.BenchConfig())
+        load_trial(ModelSpec("x", "unet", (("unet_dept", 2),)), BenchConfig())
 
 
 # ------------------------------------------------------------------ markdown
@@ -429,9 +472,9 @@ def _results(device_type="cuda"):
 
 def test_markdown_section_structure(tmp_path):
     res = _results()
-    res["targets"] = bench.evaluate_targets(res["steps"], res["e2e"])
-    res["compile"] = bench.compile_effects(res["steps"])
-    text = bench.markdown_section(res)
+    res["targets"] = evaluate_targets(res["steps"], res["e2e"])
+    res["compile"] = compile_effects(res["steps"])
+    text = markdown_section(res)
     lines = text.splitlines()
     assert lines[0] == "### 2026-11-22 10:00 UTC: NVIDIA H100 80GB HBM3"
     assert "- command: `python -m benchmarks.bench --compile`" in lines
@@ -442,7 +485,7 @@ def test_markdown_section_structure(tmp_path):
     assert [h.split(" (")[0] for h in headings] == ["#### Training step", "#### Ours / reference",
                                                      "#### torch.compile", "#### End to end"]
     step_table = [line for line in lines if line.startswith("| ")][:5]
-    assert step_table[0] == "| " + " | ".join(bench.STEP_COLUMNS) + " |"
+    assert step_table[0] == "| " + " | ".join(STEP_COLUMNS) + " |"
     assert step_table[1].startswith("| unet | ours | 6.83 | bf16 | 250.0 | 64.00 | 11.50 | 2.000 |")
     assert "| smp.Unet(resnet34) | reference |" in text
     assert "not installed: segmentation_models_pytorch" in text
@@ -453,13 +496,13 @@ def test_markdown_section_structure(tmp_path):
     # training / step: 251.4 img/s of the loop over the 250.0 of the same model's step row
     assert "| unet | 110 | 8.0 | 1.0 | 220.0 | 251.4 | 1.006 | 96.5 | 99.0 | 2.200 | ok |" in text
     assert "CPU smoke run" not in text
-    cpu = bench.markdown_section({**_results("cpu"), "targets": [], "compile": []})
+    cpu = markdown_section({**_results("cpu"), "targets": [], "compile": []})
     assert cpu.splitlines()[0].endswith("(CPU smoke run)") and "say nothing about GPU" in cpu
 
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\nintro")  # no final newline: a blank line is still put between
-    bench.append_markdown(md, text)
-    bench.append_markdown(md, text)
+    append_markdown(md, text)
+    append_markdown(md, text)
     body = md.read_text()
     assert body.startswith("# Benchmarks\nintro\n\n### 2026-11-22")
     assert body.count("### 2026-11-22 10:00 UTC") == 2 and "\n\n\n" not in body
@@ -520,15 +563,15 @@ def test_render_refuses_a_file_that_is_not_results(tmp_path, content, message, c
 
 
 def test_e2e_data_dir_holding_another_set_is_refused(tmp_path):
-    cfg = bench.BenchConfig(res=32, batch=2, e2e_images=4)
+    cfg = BenchConfig(res=32, batch=2, e2e_images=4)
     (tmp_path / "data-32").mkdir()
     (tmp_path / "data-32" / "stray.txt").write_text("x")
-    with pytest.raises(bench.BenchError, match=r"data-32 holds an incomplete or foreign data "
+    with pytest.raises(BenchError, match=r"data-32 holds an incomplete or foreign data "
                                                r"set \(no bench-params.json"):
-        bench.prepare_e2e_data(cfg, tmp_path)
+        prepare_e2e_data(cfg, tmp_path)
     (tmp_path / "data-32" / "bench-params.json").write_text(json.dumps({"num_train": 1}))
-    with pytest.raises(bench.BenchError, match=r"data-32 holds a different data set"):
-        bench.prepare_e2e_data(cfg, tmp_path)
+    with pytest.raises(BenchError, match=r"data-32 holds a different data set"):
+        prepare_e2e_data(cfg, tmp_path)
 
 
 # ------------------------------------------------------------------ selection and background data
@@ -537,9 +580,9 @@ def test_only_and_compile_take_several_names(capsys):
     assert [s.name for s in ours] == ["unet", "segformer"]
     assert {r.pair for r in refs} == {"unet", "segformer"}
     assert bench.select("unet") == bench.select(["unet"])
-    assert [s.name for s in bench.compile_selection(bench.OURS, ["segformer", "unet"])] == \
+    assert [s.name for s in bench.compile_selection(OURS, ["segformer", "unet"])] == \
         ["unet", "segformer"]  # run order, not argument order
-    assert bench.compile_selection(bench.OURS, []) == list(bench.OURS)  # bare --compile: all
+    assert bench.compile_selection(OURS, []) == list(OURS)  # bare --compile: all
     args = bench.parse_args([*TINY, "--compile"])
     assert args.compile == []
     assert bench.main([*TINY, "--compile", "unet", "resnet9000"]) == 2
@@ -548,20 +591,20 @@ def test_only_and_compile_take_several_names(capsys):
 
 
 def test_e2e_data_is_generated_in_the_background_and_reused(tmp_path):
-    cfg = bench.BenchConfig(res=32, batch=2, e2e_images=3)
-    data = bench.E2EData(cfg, tmp_path)
+    cfg = BenchConfig(res=32, batch=2, e2e_images=3)
+    data = E2EData(cfg, tmp_path)
     assert data.proc is not None  # started, not finished: the caller goes on meanwhile
     path = data.wait()
     assert sorted(p.name for p in (path / "images" / "training").iterdir()) == \
         [f"ADE_train_{i:08d}.jpg" for i in (1, 2, 3)]
     assert json.loads((path / "bench-params.json").read_text())["num_train"] == 3
-    again = bench.E2EData(cfg, tmp_path)
+    again = E2EData(cfg, tmp_path)
     assert again.proc is None and again.wait() == path  # complete: reused, nothing started
     # a generation cut short leaves no marker, and the next one refuses the half-written set
-    other = bench.E2EData(bench.BenchConfig(res=64, batch=2, e2e_images=50), tmp_path)
+    other = E2EData(BenchConfig(res=64, batch=2, e2e_images=50), tmp_path)
     time.sleep(0.5)
     (other.path / "images").mkdir(exist_ok=True)  # what it wrote before it was stopped
     other.cancel()
     assert not other.marker.exists()
-    with pytest.raises(bench.BenchError, match=r"data-64 holds an incomplete or foreign data set"):
-        bench.E2EData(bench.BenchConfig(res=64, batch=2, e2e_images=50), tmp_path)
+    with pytest.raises(BenchError, match=r"data-64 holds an incomplete or foreign data set"):
+        E2EData(BenchConfig(res=64, batch=2, e2e_images=50), tmp_path)

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from benchmarks import campaign
+from benchmarks.gpu_monitor import Sample
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -18,9 +19,9 @@ from fakes import pynvml_fake  # noqa: E402
 
 
 def _samples(t0: float, seconds: float, watts: float, period: float = 0.05):
-    """Monitor samples (time, util, power, counter mJ) of a GPU drawing ``watts``."""
+    """Monitor samples (time, util, power, cumulative J) of a GPU drawing ``watts``."""
     n = int(seconds / period) + 1
-    return [(t0 + i * period, 100.0, watts, int(1_000_000 + 1000 * watts * i * period)) for i in range(n)]
+    return [Sample(t0 + i * period, 100.0, watts, 1000.0 + watts * i * period) for i in range(n)]
 
 
 def _energy_record(t: float, step: int, gpu_wh):
@@ -29,9 +30,10 @@ def _energy_record(t: float, step: int, gpu_wh):
 
 
 def test_interpolate_between_samples_and_outside():
-    s = [(10.0, None, None, 1000), (11.0, None, None, None), (12.0, None, None, 3000)]
-    assert campaign.interpolate(s, 11.0) == pytest.approx(2000)  # the None sample is skipped
-    assert campaign.interpolate(s, 10.0) == 1000
+    s = [Sample(10.0, None, None, 1.0), Sample(11.0, None, None, None),
+         Sample(12.0, None, None, 3.0)]
+    assert campaign.interpolate(s, 11.0) == pytest.approx(2.0)  # the None sample is skipped
+    assert campaign.interpolate(s, 10.0) == 1.0
     assert campaign.interpolate(s, 9.9) is None and campaign.interpolate(s, 12.1) is None
 
 

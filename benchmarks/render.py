@@ -1,0 +1,249 @@
+"""The results in words: each target's verdict (ours against the reference), the effect of
+torch.compile, and the dated Markdown section ``--markdown`` appends to BENCHMARKS.md.
+
+Pure functions of the results dictionary (``--render`` uses them on a results file), so they
+import nothing that measures.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from benchmarks.specs import ROOT, TARGETS, BenchError, Target
+
+DEFAULT_MARKDOWN = ROOT / "BENCHMARKS.md"
+#: end to end: the fraction of wall time the GPU must be busy
+E2E_BUSY_TARGET_PCT = 95.0
+#: the verdict of a GPU target on a CPU run
+CPU_VERDICT = "n/a (CPU run)"
+#: a compiled model "helped" when it is this much faster than eager (below: timing noise)
+COMPILE_NOISE = 0.03
+
+
+# ============================================================================ targets
+def _row_value(rows: Mapping[str, Mapping[str, Any]], name: str, metric: str
+               ) -> Tuple[Optional[float], str]:
+    row = rows.get(name)
+    if row is None:
+        return None, f"n/a ({name} not measured)"
+    if row.get("status") != "ok":
+        return None, f"n/a ({name}: {row.get('status')})"
+    v = row.get(metric)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+        return float(v), ""
+    return None, v if isinstance(v, str) else f"n/a ({name} {metric} = {v!r})"
+
+
+def evaluate_targets(step_rows: Sequence[Mapping[str, Any]],
+                     e2e_rows: Sequence[Mapping[str, Any]] = (),
+                     targets: Sequence[Target] = TARGETS, device_type: str = "cuda"
+                     ) -> List[Dict[str, Any]]:
+    """Each target (and informational ratio) with ours, the reference, the ratio and
+    "pass", "FAIL", "info" or "n/a (why)". A compiled row of ours (``<name>+compile``) is
+    compared too, after the eager one. End-to-end rows give one GPU-busy target each. The
+    targets are GPU targets: on a CPU run the ratios are shown and the verdicts are n/a."""
+    rows = {r["name"]: r for r in step_rows}
+    cpu = device_type == "cpu"
+    out: List[Dict[str, Any]] = []
+    for t in targets:
+        if t.ours not in rows and t.reference not in rows:
+            continue  # neither side was asked for (--only, --no-reference)
+        for ours in (t.ours, f"{t.ours}+compile"):
+            if ours != t.ours and ours not in rows:
+                continue
+            a, why_a = _row_value(rows, ours, t.metric)
+            b, why_b = _row_value(rows, t.reference, t.metric)
+            rule = f"{t.op} {t.threshold:g}x" if t.threshold is not None else ""
+            entry: Dict[str, Any] = {"ours": ours, "reference": t.reference, "metric": t.metric,
+                                     "rule": rule, "ours_value": a if a is not None else why_a,
+                                     "reference_value": b if b is not None else why_b,
+                                     "ratio": None}
+            if a is None or b is None:
+                entry["result"] = why_a or why_b
+            else:
+                ratio = a / b
+                entry["ratio"] = ratio
+                if t.threshold is None:
+                    entry["result"] = "info"
+                elif cpu:
+                    entry["result"] = CPU_VERDICT
+                else:
+                    ok = ratio >= t.threshold if t.op == ">=" else ratio <= t.threshold
+                    entry["result"] = "pass" if ok else "FAIL"
+            out.append(entry)
+    for r in e2e_rows:
+        v = r.get("gpu_busy_pct")
+        entry = {"ours": r["name"], "reference": "end to end", "metric": "gpu_busy_pct",
+                 "rule": f">= {E2E_BUSY_TARGET_PCT:g}%", "ours_value": v, "reference_value": None,
+                 "ratio": None}
+        if r.get("status") != "ok":
+            entry["result"] = f"n/a ({r['name']}: {r.get('status')})"
+        elif cpu:
+            entry["result"] = CPU_VERDICT
+        elif isinstance(v, (int, float)):
+            entry["result"] = "pass" if v >= E2E_BUSY_TARGET_PCT else "FAIL"
+        else:
+            entry["result"] = v
+        out.append(entry)
+    return out
+
+
+def compile_effects(step_rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """For each ``<name>+compile`` row: eager and compiled img/s, the speed-up, whether it
+    helped (beyond COMPILE_NOISE), and the warm-up time that includes compilation."""
+    rows = {r["name"]: r for r in step_rows}
+    out = []
+    for r in step_rows:
+        if not r.get("compile"):
+            continue
+        eager = rows.get(r["base"], {})
+        entry: Dict[str, Any] = {"name": r["base"], "eager_img_s": eager.get("img_s"),
+                                 "compiled_img_s": r.get("img_s"), "speedup": None,
+                                 "compile_warmup_s": r.get("warmup_s")}
+        if r.get("status") != "ok":
+            entry["helped"] = f"n/a (compiled: {r.get('error', r.get('status'))})"
+        elif eager.get("status") != "ok":
+            entry["helped"] = "n/a (no eager row)"
+        else:
+            s = r["img_s"] / eager["img_s"]
+            entry["speedup"] = s
+            entry["helped"] = ("yes" if s >= 1 + COMPILE_NOISE else
+                               "no: slower" if s <= 1 - COMPILE_NOISE else "no: within noise")
+        out.append(entry)
+    return out
+
+
+# ============================================================================ output
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v).replace("|", "/").replace("\n", " ")
+
+
+def _num(v: Any, digits: int) -> str:
+    """A number, or "n/a" (the reason is in the row's result column)."""
+    return _fmt(v, digits) if isinstance(v, (int, float)) or v is None else "n/a"
+
+
+def _rate(flops: float) -> str:
+    return f"{flops / 1e12:.1f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.1f} GFLOP/s"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+STEP_COLUMNS = ("model", "kind", "params M", "precision", "img/s", "step ms", "peak GiB",
+                "J/img", "avg W", "GPU util %", "GFLOP/img", "MFU %", "status")
+E2E_COLUMNS = ("model", "batches timed", "window s", "validation s", "img/s loop",
+               "img/s training", "training / step", "GPU busy %", "GPU busy % training", "J/img",
+               "status")
+
+
+def _status(r: Mapping[str, Any]) -> str:
+    return "ok" if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error', '')}"
+
+
+def markdown_section(results: Mapping[str, Any]) -> str:
+    """The dated section ``--markdown`` appends to BENCHMARKS.md: the command, the device and
+    software, every step row, the ratios and targets, torch.compile's effect, end to end."""
+    m = results["meta"]
+    cpu = m.get("device_type") == "cpu"
+    title = f"### {m['date']}: {m['device_name']}"
+    if cpu:
+        title += " (CPU smoke run)"
+    s = m["settings"]
+    lines = [title, ""]
+    if cpu:
+        lines += ["> CPU smoke run at toy size: it shows that the benchmark runs end to end; "
+                  "its figures say nothing about GPU performance.", ""]
+    lines += [f"- command: `{m['command']}`",
+              f"- device: {m['device_name']}; torch {m['torch']}"
+              + (f", CUDA {m['cuda']}, cuDNN {m['cudnn']}" if m.get("cuda") else "")
+              + f"; Python {m['python']}",
+              f"- settings: {s['res']}x{s['res']}, batch {s['batch']}, {s['steps']} timed steps "
+              f"after {s['warmup']} warm-up, {s['num_classes']} classes, cudnn.benchmark "
+              f"{'on' if s.get('cudnn_benchmark') else 'off'}",
+              f"- matmul peak ({m.get('peak_dtype', '?')}): "
+              + (_rate(m["peak_flops"]) if m.get("peak_flops") else "not measured"),
+              f"- NVML: {m.get('nvml', '?')}",
+              "- batch preparation on the device (`shared.data.on_device.training_batch`: colour "
+              "augmentation, normalisation; part of every step row): "
+              + (f"{m['device_prep_ms']:.2f} ms per batch" if m.get("device_prep_ms") is not None
+                 else f"not measured ({m.get('device_prep_error', 'not run')})"), ""]
+    steps = results.get("steps", [])
+    if steps:
+        lines += ["#### Training step (SegmentationTrial.train_batch's step)", ""]
+        lines.append(_table(STEP_COLUMNS, [
+            [r["name"], r.get("kind", ""), _fmt(r.get("params_m"), 2), _fmt(r.get("precision")),
+             _fmt(r.get("img_s")), _fmt(r.get("step_ms"), 2), _fmt(r.get("peak_mem_gib"), 2),
+             _fmt(r.get("j_per_img"), 3), _fmt(r.get("avg_power_w")), _fmt(r.get("gpu_util_pct")),
+             _fmt(r.get("gflop_per_img"), 2), _fmt(r.get("mfu_pct"), 2), _status(r)]
+            for r in steps]))
+        lines.append("")
+        notes = [f"- {r['name']}: " + "; ".join(
+                     [r["note"]] * bool(r.get("note"))
+                     + [f"{k} {v}" for k, v in (r.get("versions") or {}).items()])
+                 for r in steps if r.get("note") or r.get("versions")]
+        lines += notes + [""] * bool(notes)
+    targets = results.get("targets", [])
+    if targets:
+        lines += ["#### Ours / reference", ""]
+        lines.append(_table(("ours", "reference", "metric", "ours", "reference", "ratio",
+                             "target", "result"), [
+            [t["ours"], t["reference"], t["metric"],
+             _num(t["ours_value"], 3 if t["metric"] == "j_per_img" else 1),
+             _num(t["reference_value"], 3 if t["metric"] == "j_per_img" else 1),
+             f"{t['ratio']:.2f}x" if t.get("ratio") is not None else "-",
+             t["rule"] or "(info)", t["result"]] for t in targets]))
+        lines.append("")
+    comp = results.get("compile", [])
+    if comp:
+        lines += ["#### torch.compile", ""]
+        lines.append(_table(("model", "eager img/s", "compiled img/s", "speed-up",
+                             "warm-up s (incl. compile)", "helped"), [
+            [c["name"], _fmt(c["eager_img_s"]), _fmt(c["compiled_img_s"]),
+             f"{c['speedup']:.2f}x" if c.get("speedup") else "-", _fmt(c.get("compile_warmup_s")),
+             c["helped"]] for c in comp]))
+        lines.append("")
+    e2e = results.get("e2e", [])
+    if e2e:
+        lines += ["#### End to end (trials/<model>/train.py, synthetic JPEGs, augmentation, "
+                  "periodic validation)", ""]
+        eager = {r["name"]: r.get("img_s") for r in steps if r.get("status") == "ok"}
+
+        def over_step(r: Mapping[str, Any]) -> str:
+            # the loop's training throughput against the step alone, same model, same run: the
+            # share of the step's pace the loop keeps (data loading, Determined's bookkeeping)
+            a, b = r.get("img_s_train"), eager.get(r["name"])
+            ok = all(isinstance(v, (int, float)) and v > 0 for v in (a, b))
+            return f"{a / b:.3f}" if ok else "-"
+
+        lines.append(_table(E2E_COLUMNS, [
+            [r["name"], _fmt(r.get("timed_batches")), _fmt(r.get("window_s")),
+             _fmt(r.get("validation_s")), _fmt(r.get("img_s_loop")), _fmt(r.get("img_s_train")),
+             over_step(r), _fmt(r.get("gpu_busy_pct")), _fmt(r.get("gpu_busy_train_pct")),
+             _fmt(r.get("j_per_img"), 3), _status(r)] for r in e2e]))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def append_markdown(path: pathlib.Path, section: str) -> None:
+    """Append ``section`` to ``path`` (created if missing), after a blank line."""
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise BenchError(f"--markdown {path}: directory {path.parent} does not exist")
+    prefix = ""
+    if path.is_file():
+        text = path.read_text()
+        prefix = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+    with path.open("a") as f:
+        f.write(prefix + section)
+

@@ -1,0 +1,283 @@
+"""What the benchmark measures: our models, the reference implementations and how to build
+them, the targets that compare the two, the run's settings, and the loading of a trial's model
+and hyperparameters.
+
+Every other module of ``benchmarks`` reads these definitions; this one imports none of them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+import sys
+from types import ModuleType
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # ``python benchmarks/<module>.py`` as well as ``-m``
+    sys.path.insert(0, str(ROOT))
+
+from shared import hparams as hpmod  # noqa: E402
+
+NUM_CLASSES = 150          # ADE20K, as every single_gpu.yaml
+
+
+class BenchError(ValueError):
+    """A bad option, file or measurement set-up; the message names the culprit."""
+
+
+def error_text(e: BaseException, limit: int = 600) -> str:
+    """The exception as one bounded string: its start (what failed) and its end (a log's
+    last lines, a traceback's cause)."""
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= limit else f"{text[:limit // 3]} [...] {text[-2 * limit // 3:]}"
+
+
+# ============================================================================ what is measured
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One of our models: a trial directory plus hyperparameter overrides on its config."""
+
+    name: str
+    trial: str
+    overrides: Tuple[Tuple[str, Any], ...] = ()
+    e2e: bool = True
+    note: str = ""
+
+
+OURS: Tuple[ModelSpec, ...] = (
+    ModelSpec("unet", "unet"),
+    ModelSpec("segformer", "segformer"),
+    ModelSpec("deeplabv3plus", "deeplabv3plus"),
+    ModelSpec("segmenter", "segmenter"),
+    # The architecture of the timm reference below (the config's own is ViT-T + mask decoder).
+    ModelSpec("segmenter-vits16-linear", "segmenter",
+              (("segmenter_backbone", "vit_small_patch16_224"), ("segmenter_decoder", "linear")),
+              e2e=False, note="segmenter config with ViT-S/16 and the linear decoder"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceSpec:
+    """A reference implementation, compared with ``pair`` (a ModelSpec name).
+
+    ``build(res, num_classes)`` returns a module mapping images to logits at any stride. The
+    reference is trained by the same step as ``pair`` (same hyperparameters), so the ratio
+    isolates the model's implementation; ``plain`` instead trains ``pair``'s own model the
+    textbook way (PlainStep).
+    """
+
+    name: str
+    pair: str
+    requires: Tuple[str, ...]
+    build: Optional[Callable[[int, int], nn.Module]] = None
+    plain: bool = False
+    note: str = ""
+
+
+class _LogitsWrapper(nn.Module):
+    """A reference whose forward returns a dict or a ModelOutput, made to return the logits
+    tensor the training step expects (``fn(model, images)`` picks them out)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, x)
+
+
+def _build_hf_segformer(res: int, num_classes: int) -> nn.Module:
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    # SegformerConfig's defaults are MiT-b0; sdpa is asked for explicitly and checked, since an
+    # older transformers silently falls back to eager attention.
+    model = SegformerForSemanticSegmentation(SegformerConfig(num_labels=num_classes,
+                                                             attn_implementation="sdpa"))
+    used = getattr(model.config, "_attn_implementation", None)
+    if used != "sdpa":
+        raise BenchError(f"transformers built SegFormer with attention {used!r}, not 'sdpa'")
+    return _LogitsWrapper(model, lambda m, x: m(pixel_values=x).logits)
+
+
+def _smp(arch: str, encoder: str) -> Callable[[int, int], nn.Module]:
+    def build(res: int, num_classes: int) -> nn.Module:
+        import segmentation_models_pytorch as smp
+        return getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, classes=num_classes)
+    return build
+
+
+def _build_tv_deeplabv3(res: int, num_classes: int) -> nn.Module:
+    from torchvision.models.segmentation import deeplabv3_resnet50
+    model = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes,
+                               aux_loss=False)
+    return _LogitsWrapper(model, lambda m, x: m(x)["out"])
+
+
+class _VitLinear(nn.Module):
+    """timm ViT + one Linear from each patch token to class logits (Segmenter's linear
+    decoder, written the plain way: no custom attention, no fused kernels of ours)."""
+
+    def __init__(self, res: int, num_classes: int, name: str = "vit_small_patch16_224") -> None:
+        super().__init__()
+        import timm
+        # As ../shared/tools/reference_bench.py builds it, so the two runs compare.
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, img_size=res,
+                                          dynamic_img_size=True)
+        self.head = nn.Linear(self.backbone.embed_dim, num_classes)
+        self.patch = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        tokens = self.backbone.forward_features(x)[:, self.backbone.num_prefix_tokens:]
+        logits = self.head(tokens)  # (B, N, classes)
+        return logits.transpose(1, 2).reshape(b, -1, h // self.patch, w // self.patch)
+
+
+REFERENCES: Tuple[ReferenceSpec, ...] = (
+    ReferenceSpec("unet-plain", "unet", (), plain=True,
+                  note="our U-Net trained the plain way: eager, autocast in the trial's "
+                       "precision, NCHW, torch's default AdamW"),
+    ReferenceSpec("smp.Unet(resnet34)", "unet", ("segmentation_models_pytorch",),
+                  _smp("Unet", "resnet34"), note="another U-Net: ResNet-34 encoder, 24.5M params"),
+    ReferenceSpec("transformers.SegFormer-b0(sdpa)", "segformer", ("transformers",),
+                  _build_hf_segformer),
+    ReferenceSpec("smp.Segformer(mit_b0)", "segformer", ("segmentation_models_pytorch",),
+                  _smp("Segformer", "mit_b0")),
+    ReferenceSpec("smp.DeepLabV3Plus(resnet50)", "deeplabv3plus", ("segmentation_models_pytorch",),
+                  _smp("DeepLabV3Plus", "resnet50")),
+    ReferenceSpec("torchvision.deeplabv3_resnet50", "deeplabv3plus", ("torchvision",),
+                  _build_tv_deeplabv3, note="DeepLab v3 (no decoder), not v3+"),
+    ReferenceSpec("timm.vit_small_patch16_224+linear", "segmenter-vits16-linear", ("timm",),
+                  lambda res, n: _VitLinear(res, n)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """``ours``'s ``metric`` divided by ``reference``'s must satisfy ``op threshold``; a target
+    without threshold is a ratio shown for information."""
+
+    ours: str
+    reference: str
+    metric: str            # "img_s" or "j_per_img"
+    op: str = ">="
+    threshold: Optional[float] = None
+
+
+TARGETS: Tuple[Target, ...] = (
+    Target("unet", "unet-plain", "img_s", ">=", 1.3),
+    Target("segformer", "transformers.SegFormer-b0(sdpa)", "img_s", ">=", 1.3),
+    Target("segformer", "transformers.SegFormer-b0(sdpa)", "j_per_img", "<=", 0.77),
+    Target("deeplabv3plus", "smp.DeepLabV3Plus(resnet50)", "img_s", ">=", 1.3),
+    Target("segmenter-vits16-linear", "timm.vit_small_patch16_224+linear", "img_s", ">=", 1.3),
+    Target("unet", "unet-plain", "j_per_img", "<="),
+    Target("unet", "smp.Unet(resnet34)", "img_s"),
+    Target("segformer", "smp.Segformer(mit_b0)", "img_s"),
+    Target("deeplabv3plus", "smp.DeepLabV3Plus(resnet50)", "j_per_img", "<="),
+    Target("deeplabv3plus", "torchvision.deeplabv3_resnet50", "img_s"),
+    Target("segmenter-vits16-linear", "timm.vit_small_patch16_224+linear", "j_per_img", "<="),
+)
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    res: int = 512
+    batch: int = 16
+    steps: int = 30
+    warmup: int = 8
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    num_classes: int = NUM_CLASSES
+    e2e_batches: int = 120
+    e2e_images: int = 256
+    e2e_set: Tuple[str, ...] = ()
+    e2e_timeout_s: float = 300.0
+
+
+# ============================================================================ loading a trial
+# The benchmark's own loader of trials/<m>/{model,train}.py. Kept together here, unchanged,
+# because it is about to be replaced by the repository-wide recipe registry (issue 11, item 2):
+# everything that loads a trial goes through trial_available, load_trial and LoadedTrial.
+@dataclasses.dataclass
+class LoadedTrial:
+    spec: ModelSpec
+    trial_cls: type
+    model_module: ModuleType
+    hp: Dict[str, Any]
+
+    def build(self) -> nn.Module:
+        return self.model_module.build_model(self.hp)
+
+
+_MODULES: Dict[str, Tuple[ModuleType, type]] = {}
+
+
+def trial_available(trial: str) -> Optional[str]:
+    """None when ``trials/<trial>`` and its single_gpu.yaml exist, else why not."""
+    for p in (ROOT / "trials" / trial / "train.py", ROOT / "trials" / trial / "model.py",
+              ROOT / "experiment_configs" / trial / "single_gpu.yaml"):
+        if not p.is_file():
+            return f"{p.relative_to(ROOT)} not found"
+    return None
+
+
+def _exec_file(name: str, path: pathlib.Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trial_modules(trial: str) -> Tuple[ModuleType, type]:
+    """``trials/<trial>/model.py`` and the trial class of its train.py, each under a unique
+    module name: every trial's files are called model.py and train.py, and train.py imports
+    ``model`` by that plain name, which would otherwise resolve to whichever came first."""
+    if trial in _MODULES:
+        return _MODULES[trial]
+    missing = trial_available(trial)
+    if missing:
+        raise BenchError(missing)
+    d = ROOT / "trials" / trial
+    model_module = _exec_file(f"benchmarks_trial_{trial}_model", d / "model.py")
+    saved = sys.modules.get("model")
+    sys.modules["model"] = model_module
+    try:
+        train_module = _exec_file(f"benchmarks_trial_{trial}_train", d / "train.py")
+    finally:
+        if saved is None:
+            sys.modules.pop("model", None)
+        else:
+            sys.modules["model"] = saved
+    from shared.trial import SegmentationTrial
+    classes = [v for v in vars(train_module).values()
+               if isinstance(v, type) and issubclass(v, SegmentationTrial)
+               and v.__module__ == train_module.__name__]
+    if len(classes) != 1:
+        raise BenchError(f"{d / 'train.py'}: expected one SegmentationTrial subclass, found "
+                         f"{[c.__name__ for c in classes]}")
+    _MODULES[trial] = (model_module, classes[0])
+    return _MODULES[trial]
+
+
+def load_trial(spec: ModelSpec, cfg: BenchConfig, extra: Optional[Mapping[str, Any]] = None
+               ) -> LoadedTrial:
+    """The trial's model module, class and resolved hyperparameters: its single_gpu.yaml read
+    as a local run reads it (a search space gives its stated point), with 150 classes, the
+    benchmark's batch and ``spec``'s overrides. Bad overrides raise ConfigError naming the
+    config file and the key."""
+    model_module, trial_cls = _trial_modules(spec.trial)
+    path = ROOT / "experiment_configs" / spec.trial / "single_gpu.yaml"
+    conf = hpmod.load_experiment_config(path)
+    hp = hpmod.point_from_space(conf["hyperparameters"], str(path))
+    hp.update({"num_classes": cfg.num_classes, "global_batch_size": cfg.batch,
+               **dict(spec.overrides), **dict(extra or {})})
+    resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=str(path),
+                             common=trial_cls.COMMON_PARAMS)
+    return LoadedTrial(spec, trial_cls, model_module, resolved)
+
