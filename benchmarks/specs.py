@@ -7,10 +7,8 @@ Every other module of ``benchmarks`` reads these definitions; this one imports n
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import pathlib
 import sys
-from types import ModuleType
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -21,6 +19,7 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/<module>.py`` as well as ``
     sys.path.insert(0, str(ROOT))
 
 from shared import hparams as hpmod  # noqa: E402
+from shared import recipes  # noqa: E402
 
 NUM_CLASSES = 150          # ADE20K, as every single_gpu.yaml
 
@@ -198,86 +197,49 @@ class BenchConfig:
 
 
 # ============================================================================ loading a trial
-# The benchmark's own loader of trials/<m>/{model,train}.py. Kept together here, unchanged,
-# because it is about to be replaced by the repository-wide recipe registry (issue 11, item 2):
-# everything that loads a trial goes through trial_available, load_trial and LoadedTrial.
 @dataclasses.dataclass
 class LoadedTrial:
+    """A recipe's trial class (found by ``shared.recipes``) and resolved hyperparameters."""
+
     spec: ModelSpec
     trial_cls: type
-    model_module: ModuleType
     hp: Dict[str, Any]
 
     def build(self) -> nn.Module:
-        return self.model_module.build_model(self.hp)
-
-
-_MODULES: Dict[str, Tuple[ModuleType, type]] = {}
+        # the trial's own mapping from hyperparameters to the model's arguments
+        return self.trial_cls.model_from_hparams(self.hp)
 
 
 def trial_available(trial: str) -> Optional[str]:
-    """None when ``trials/<trial>`` and its single_gpu.yaml exist, else why not."""
-    for p in (ROOT / "trials" / trial / "train.py", ROOT / "trials" / trial / "model.py",
-              ROOT / "experiment_configs" / trial / "single_gpu.yaml"):
-        if not p.is_file():
-            return f"{p.relative_to(ROOT)} not found"
-    return None
-
-
-def _exec_file(name: str, path: pathlib.Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise BenchError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _trial_modules(trial: str) -> Tuple[ModuleType, type]:
-    """``trials/<trial>/model.py`` and the trial class of its train.py, each under a unique
-    module name: every trial's files are called model.py and train.py, and train.py imports
-    ``model`` by that plain name, which would otherwise resolve to whichever came first."""
-    if trial in _MODULES:
-        return _MODULES[trial]
-    missing = trial_available(trial)
-    if missing:
-        raise BenchError(missing)
-    d = ROOT / "trials" / trial
-    model_module = _exec_file(f"benchmarks_trial_{trial}_model", d / "model.py")
-    saved = sys.modules.get("model")
-    sys.modules["model"] = model_module
+    """None when the recipe ``trial`` and its single_gpu.yaml exist, else why not."""
     try:
-        train_module = _exec_file(f"benchmarks_trial_{trial}_train", d / "train.py")
-    finally:
-        if saved is None:
-            sys.modules.pop("model", None)
-        else:
-            sys.modules["model"] = saved
-    from shared.trial import SegmentationTrial
-    classes = [v for v in vars(train_module).values()
-               if isinstance(v, type) and issubclass(v, SegmentationTrial)
-               and v.__module__ == train_module.__name__]
-    if len(classes) != 1:
-        raise BenchError(f"{d / 'train.py'}: expected one SegmentationTrial subclass, found "
-                         f"{[c.__name__ for c in classes]}")
-    _MODULES[trial] = (model_module, classes[0])
-    return _MODULES[trial]
+        recipe = recipes.get(trial, ROOT)
+    except recipes.RecipeError as e:
+        return str(e)
+    config = recipe.configs_dir / "single_gpu.yaml"
+    return None if config.is_file() else f"{config.relative_to(ROOT)} not found"
 
 
 def load_trial(spec: ModelSpec, cfg: BenchConfig, extra: Optional[Mapping[str, Any]] = None
                ) -> LoadedTrial:
-    """The trial's model module, class and resolved hyperparameters: its single_gpu.yaml read
+    """The trial's class and resolved hyperparameters: its single_gpu.yaml read
     as a local run reads it (a search space gives its stated point), with 150 classes, the
     benchmark's batch and ``spec``'s overrides. Bad overrides raise ConfigError naming the
     config file and the key."""
-    model_module, trial_cls = _trial_modules(spec.trial)
-    path = ROOT / "experiment_configs" / spec.trial / "single_gpu.yaml"
+    missing = trial_available(spec.trial)
+    if missing:
+        raise BenchError(missing)
+    recipe = recipes.get(spec.trial, ROOT)
+    trial_cls = recipe.trial_class()
+    if recipe.family != "segmentation":  # the benchmark times the segmentation step
+        raise BenchError(f"{recipe.train_script}: {trial_cls.__name__} is a {recipe.family} "
+                         f"trial; the benchmark measures segmentation recipes")
+    path = recipe.configs_dir / "single_gpu.yaml"
     conf = hpmod.load_experiment_config(path)
     hp = hpmod.point_from_space(conf["hyperparameters"], str(path))
     hp.update({"num_classes": cfg.num_classes, "global_batch_size": cfg.batch,
                **dict(spec.overrides), **dict(extra or {})})
     resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=str(path),
                              common=trial_cls.COMMON_PARAMS)
-    return LoadedTrial(spec, trial_cls, model_module, resolved)
+    return LoadedTrial(spec, trial_cls, resolved)
 

@@ -404,7 +404,7 @@ def test_one_failing_model_does_not_hide_the_others(monkeypatch):
     assert "no C++ compiler" in comp["error"]
     missing = bench_ours(ModelSpec("ghost", "no_such_trial"), ctx)
     assert missing["status"] == "skipped"
-    assert "trials/no_such_trial/train.py not found" in missing["error"]
+    assert "trials/no_such_trial/train.py does not exist; known recipes: " in missing["error"]
 
 
 def test_e2e_failures_are_rows_that_say_why(tmp_path):
@@ -431,15 +431,21 @@ def test_time_budget_skips_parts_and_says_so(tmp_path):
 
 
 def test_a_train_py_without_a_trial_class_is_refused(tmp_path, monkeypatch):
+    from shared.recipes import RecipeError
     (tmp_path / "trials" / "fake").mkdir(parents=True)
-    (tmp_path / "trials" / "fake" / "model.py").write_text("def build_model(hp):\n    pass\n")
-    (tmp_path / "trials" / "fake" / "train.py").write_text("from model import build_model\n")
+    (tmp_path / "trials" / "fake" / "model.py").write_text("class Net:\n    pass\n")
+    (tmp_path / "trials" / "fake" / "train.py").write_text("from model import Net\n")
     (tmp_path / "experiment_configs" / "fake").mkdir(parents=True)
     (tmp_path / "experiment_configs" / "fake" / "single_gpu.yaml").write_text("hyperparameters: {}\n")
     monkeypatch.setattr(specs, "ROOT", tmp_path)
-    with pytest.raises(BenchError, match=r"fake/train.py: expected one SegmentationTrial "
-                                                r"subclass, found \[\]"):
+    with pytest.raises(RecipeError, match=r"fake/train.py: expected one trial class .*found 0 \(none\)"):
         load_trial(ModelSpec("fake", "fake"), BenchConfig())
+
+
+def test_a_classification_recipe_is_refused_by_name():
+    with pytest.raises(BenchError, match=r"image_classification/train.py: ImageClassificationTrial "
+                                         r"is a classification trial"):
+        load_trial(ModelSpec("x", "image_classification"), BenchConfig())
 
 
 def test_bad_override_names_the_config_and_key():
