@@ -116,9 +116,7 @@ class NvmlMonitor:
         nvml = [s for s in self.meter.active_sources if s.name == NvmlSource.name]
         if not nvml:
             return NO_ENERGY
-        # NvmlSource states its method only in its log line (describe()); see the report to
-        # the lead: a public attribute of the source would replace this text match.
-        return BY_COUNTER if "(energy counter)" in nvml[0].describe() else BY_POWER
+        return BY_COUNTER if nvml[0].all_counters else BY_POWER
 
     @property
     def has_counter(self) -> bool:

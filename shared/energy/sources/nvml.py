@@ -283,6 +283,12 @@ class NvmlSource(SampledPowerSource):
         """How many times a GPU counter went backwards and was rebased."""
         return self._resets
 
+    @property
+    def all_counters(self) -> bool:
+        """Whether every opened GPU is read through its energy counter (False when at least
+        one is measured by sampled power)."""
+        return bool(self._gpus) and all(g.has_counter for g in self._gpus)
+
     def describe(self) -> str:
         parts = []
         for g in self._gpus:
