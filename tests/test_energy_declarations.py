@@ -185,6 +185,20 @@ def test_a_registered_source_is_picked_up_everywhere(throw_away_source, tmp_path
         in docs.environment_table_markdown()
     assert "powerstrip" in docs.options_table_markdown().split("`energy.sources`")[1] \
         .split("\n")[0]  # the allowed names of energy.sources
+    # the config checker accepts the option in an experiment config, and the customer
+    # package's README documents the source, its option and its variable
+    from shared import expconf
+    from shared.package.readme import energy_section
+    conf = expconf.load_yaml(ROOT / "experiment_configs" / "unet" / "single_gpu.yaml")
+    conf["hyperparameters"]["energy"] = {"powerstrip_period_s": 2}
+    assert expconf.check_experiment(conf, "c.yaml", trial_dir=ROOT / "trials" / "unet") == []
+    conf["hyperparameters"]["energy"] = {"powerstrip_period_s": -1}
+    assert any("powerstrip_period_s must be > 0" in p
+               for p in expconf.check_experiment(conf, "c.yaml", trial_dir=ROOT / "trials" / "unet"))
+    rows, lines = energy_section({"powerstrip_period_s": 2})
+    assert any(r.startswith("| `energy.powerstrip_period_s` | `2` |") for r in rows)
+    section = "\n".join(lines)
+    assert "| `powerstrip` |" in section and "`ENERGY_POWERSTRIP_HOST`" in section
 
 
 def test_unknown_option_still_only_warns(caplog):
