@@ -1,5 +1,8 @@
 """Everything that waits for a GPU, in one prepared call: the GPU campaign.
 
+(One job, in one file: the campaign's plan, its parts in order, and their rendering; each
+part runs the project's own commands and modules, none is reimplemented here.)
+
 On the lent GPU (one device call, a fixed time budget) this runs, in order of importance, and
 writes every result into one folder:
 

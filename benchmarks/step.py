@@ -22,7 +22,7 @@ from benchmarks.gpu_monitor import NA_NO_NVML, NO_ENERGY, NvmlMonitor, Sample, s
 from benchmarks.specs import (BenchConfig, BenchError, ModelSpec, ReferenceSpec, error_text,
                               load_trial, trial_available)
 from shared import hparams as hpmod
-from shared.data.ade20k import IGNORE_INDEX
+from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
 from shared.engine import (AUTOCAST_DTYPES, Engine, autocast, LocalRuntime, SegmentationTask,
                            pick_precision, segmentation_loss)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import torch
 import torch.nn.functional as F
 
-from shared.data.ade20k import IGNORE_INDEX
+from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
 from shared.hparams import ConfigError
 from shared.metrics import ConfusionMatrix, DeviceMean

@@ -1,5 +1,7 @@
 """A checker of Determined 0.38 experiment configs, run before anything is submitted.
 
+(One job, in one file: its length is Determined's config schema, written out key by key.)
+
 Determined's master validates an experiment config against a JSON schema that ships with the
 master, not with the ``determined`` wheel, and several mistakes pass that schema and fail
 only once a trial runs: a misspelled hyperparameter (Determined passes whatever

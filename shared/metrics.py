@@ -12,9 +12,11 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import torch
 
+from shared.data.labels import IGNORE_INDEX
+
 
 def pair_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                ignore_index: int = 255) -> torch.Tensor:
+                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """(num_classes**2 + 1,) int64 counts of ``target * num_classes + pred`` over the pixels,
     ignored pixels left out; the last bin counts pixels whose target is neither a class nor
     ``ignore_index`` (a label the data set should not hold).
@@ -41,7 +43,7 @@ def _check_targets(counts: torch.Tensor, num_classes: int, where: str) -> None:
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """(num_classes, num_classes) int64 matrix, rows = ground truth, columns = prediction.
 
     Pixels whose target is ``ignore_index`` are left out; a target outside the classes raises
@@ -84,7 +86,7 @@ class ConfusionMatrix:
     and the engine stay free of Determined): each rank accumulates its matrix on its device,
     Determined allgathers the per-rank matrices and every rank sums them."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix: torch.Tensor | None = None

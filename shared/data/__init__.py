@@ -1,6 +1,7 @@
 """ADE20K-format data: loading and checking samples, paired transforms, a synthetic generator."""
 
-from shared.data.ade20k import IGNORE_INDEX, DataError, SegmentationDataset, find_samples
+from shared.data.ade20k import DataError, SegmentationDataset, find_samples
+from shared.data.labels import IGNORE_INDEX
 from shared.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

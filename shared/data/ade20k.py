@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from shared.data.labels import IGNORE_INDEX
+
 __all__ = ["IGNORE_INDEX", "DataError", "SegmentationDataset", "find_samples"]
 
-IGNORE_INDEX = 255
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 ANNOTATION_SUFFIXES = frozenset({".png"})
 # How many offending file names an error message lists before summarising with a count.

@@ -22,6 +22,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from shared.data.labels import IGNORE_INDEX
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -154,7 +156,7 @@ class RandomCropCatMax:
         self,
         crop_size: int | tuple[int, int],
         cat_max_ratio: float = 0.75,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         tries: int = 10,
     ) -> None:
         self.crop_size = _pair(crop_size, "crop_size")
@@ -300,7 +302,7 @@ class PadTo:
     """Pad bottom/right up to ``size`` = (h, w): image with 0 (the mean once normalised), mask
     with ``ignore_index`` so padding is never scored."""
 
-    def __init__(self, size: int | tuple[int, int], ignore_index: int = 255) -> None:
+    def __init__(self, size: int | tuple[int, int], ignore_index: int = IGNORE_INDEX) -> None:
         self.size = _pair(size, "size")
         self.ignore_index = ignore_index
 
@@ -341,7 +343,7 @@ class TrainTransform:
         scale: tuple[int, int] = (2048, 512),
         ratio_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         photometric: bool = True,
     ) -> None:
         crop = _pair(crop_size, "crop_size")
@@ -398,7 +400,7 @@ def build_val_transform(scale: tuple[int, int] = (2048, 512)) -> _ValTransform:
 
 def val_collate(
     batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Collate validation items of differing sizes by padding bottom/right.
 
