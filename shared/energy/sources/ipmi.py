@@ -21,9 +21,9 @@ import signal
 import subprocess
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-from ..schema import EnvVar, Option, Positive
+from ..schema import EnvVar
 from .base import SourceUnavailable
-from .sampling import SampledPowerSource
+from .sampling import SampledPowerSource, bmc_options
 
 log = logging.getLogger("shared.energy")
 
@@ -99,14 +99,7 @@ class IpmiSource(SampledPowerSource):
                         "`/dev/ipmi0`); add `-I lanplus -H <bmc> -U <user> -f <passfile>` for a "
                         "BMC over the network"),
     )
-    options = (
-        Option("ipmi_sample_period_s", None,
-               "IPMI's own sampling period, seconds (else sample_period_s, else "
-               f"{DEFAULT_PERIOD_S:g})", Positive()),
-        Option("ipmi_timeout_s", None,
-               f"timeout of one ipmitool call, seconds (default {DEFAULT_TIMEOUT_S:g})",
-               Positive()),
-    )
+    options = bmc_options("ipmi", "IPMI", DEFAULT_PERIOD_S, "ipmitool call", DEFAULT_TIMEOUT_S)
 
     def __init__(self, command: str | Sequence[str] = DEFAULT_CMD, *,
                  period_s: float = DEFAULT_PERIOD_S,

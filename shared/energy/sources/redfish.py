@@ -63,9 +63,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
                     redact_url)
-from ..schema import EnvVar, Option, Positive, env_flag, positive_option, refuse_secret_options
+from ..schema import EnvVar, env_flag, positive_option, refuse_secret_options
 from .base import SourceUnavailable
-from .sampling import SampledPowerSource
+from .sampling import SampledPowerSource, bmc_options
 
 log = logging.getLogger(__name__)
 
@@ -253,14 +253,8 @@ class RedfishSource(SampledPowerSource):
                                            "plain http works, with a warning, only without "
                                            "credentials)"),
     )
-    options = (
-        Option("redfish_sample_period_s", None,
-               "Redfish's own sampling period, seconds (else sample_period_s, else "
-               f"{DEFAULT_PERIOD_S:g})", Positive()),
-        Option("redfish_timeout_s", None,
-               f"timeout of one Redfish request, seconds (default {DEFAULT_TIMEOUT_S:g})",
-               Positive()),
-    )
+    options = bmc_options("redfish", "Redfish", DEFAULT_PERIOD_S, "Redfish request",
+                          DEFAULT_TIMEOUT_S)
 
     def __init__(self, url: str, *, credentials: Optional[BasicCredentials] = None,
                  ca_bundle: Optional[str] = None, insecure: bool = False,

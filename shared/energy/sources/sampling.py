@@ -28,8 +28,9 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
+from ..schema import Option, Positive
 from .base import EnergySource, SourceHealth
 
 log = logging.getLogger("shared.energy")
@@ -219,3 +220,17 @@ class SampledPowerSource(EnergySource):
     def close(self) -> None:
         """Stop sampling; a reading in progress may take up to the source's ``timeout_s``."""
         self.stop_sampling(timeout_s=self.timeout_s + 1.0)
+
+
+def bmc_options(name: str, label: str, default_period_s: float, one_read: str,
+                default_timeout_s: float) -> Tuple[Option, Option]:
+    """The two options of a source that samples a BMC (``<name>_sample_period_s``,
+    ``<name>_timeout_s``), declared alike for every such source: ``label`` names it in the
+    docs ("IPMI"), ``one_read`` says what one reading is ("ipmitool call")."""
+    return (
+        Option(f"{name}_sample_period_s", None,
+               f"{label}'s own sampling period, seconds (else sample_period_s, else "
+               f"{default_period_s:g})", Positive()),
+        Option(f"{name}_timeout_s", None,
+               f"timeout of one {one_read}, seconds (default {default_timeout_s:g})", Positive()),
+    )
