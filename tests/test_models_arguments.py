@@ -11,15 +11,13 @@ import inspect
 import pytest
 import torch
 
-from model_helpers import ROOT, TRIAL_CLASSES, deeplab, segformer, segmenter, trial_class, unet
+from model_helpers import ROOT, SEGMENTATION, deeplab, segformer, segmenter, trial_class, unet
 from shared import hparams as hpmod
 from shared import modelargs
 from shared.hparams import ConfigError
 from shared.modelargs import ArgumentError
 
 pytestmark = pytest.mark.usefixtures("torch_seed")
-
-SEGMENTATION = sorted(TRIAL_CLASSES)
 
 
 # --------------------------------------------------------------------------- constructors
