@@ -16,12 +16,17 @@ What is private, and why we need it:
   master would (``tap_reports``).
 - the dummy (off-cluster) checkpoint storage manager and TensorBoard directory: local mode
   would write to ``~/.local/share/determined`` and ``./runs``; a local run keeps everything
-  under its output directory instead (``keep_local_run_under``).
+  under its output directory instead, each checkpoint written atomically
+  (``keep_local_run_under``);
+- ``det.pytorch._ShouldExit``: the exception the trial controller treats as "checkpoint and
+  stop"; a local run raises it on SIGTERM/SIGINT (``exit_after_checkpoint``).
 """
 from __future__ import annotations
 
+import contextlib
 import pathlib
-from typing import Any, Callable, Dict, List, Optional
+import shutil
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from determined import pytorch as det_torch
@@ -62,14 +67,50 @@ def tap_reports(context: det_torch.PyTorchTrialContext, tap: ReportTap) -> None:
 
 def keep_local_run_under(context: det_torch.PyTorchTrialContext, checkpoints: pathlib.Path,
                          tensorboard: pathlib.Path) -> None:
-    """Off-cluster, write checkpoints to ``checkpoints`` and TensorBoard files to
-    ``tensorboard`` rather than Determined's defaults.
+    """Off-cluster, write checkpoints to ``checkpoints`` (atomically: see
+    ``shared.checkpoints``) and TensorBoard files to ``tensorboard`` rather than Determined's
+    defaults.
 
     Relies on: the dummy checkpoint context's ``_storage_manager`` and the dummy train
-    context's ``_tbd_directory`` attributes (0.38.1)."""
-    from determined.common import storage
-    context._core.checkpoint._storage_manager = storage.SharedFSStorageManager(str(checkpoints))
+    context's ``_tbd_directory`` attributes, and the storage manager's ``store_path(dst)``
+    context manager wrapping the whole write, ``metadata.json`` included (0.38.1)."""
+    context._core.checkpoint._storage_manager = _atomic_shared_fs(checkpoints)
     context._core.train._tbd_directory = pathlib.Path(tensorboard)
+
+
+def _atomic_shared_fs(base: pathlib.Path) -> Any:
+    from determined.common import storage
+
+    from shared import checkpoints
+
+    class AtomicSharedFS(storage.SharedFSStorageManager):
+        """Determined's shared-file-system storage, writing each checkpoint under a hidden
+        name and renaming it into place once complete."""
+
+        @contextlib.contextmanager
+        def store_path(self, dst: str) -> Iterator[pathlib.Path]:
+            final = pathlib.Path(self._base_path) / dst
+            partial = checkpoints.partial_path(final.parent, dst)
+            partial.mkdir(parents=True)
+            try:
+                yield partial
+            except (OSError, RuntimeError) as err:  # a full disk, an I/O error, torch's writer
+                raise checkpoints.write_failed(partial, final, err) from err
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            checkpoints.commit(partial, final)
+
+    return AtomicSharedFS(str(base))
+
+
+def exit_after_checkpoint() -> None:
+    """From ``train_batch``: make Determined checkpoint what has been trained (the batches
+    before this one) and return from ``Trainer.fit``, as a preemption does.
+
+    Relies on: ``det.pytorch._ShouldExit`` raised inside the training loop being caught by
+    the trial controller, which checkpoints unsaved work and exits (0.38.1)."""
+    raise det_torch._ShouldExit()
 
 
 class DeterminedRuntime:

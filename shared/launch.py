@@ -26,15 +26,18 @@ import logging
 import math
 import os
 import pathlib
-import shutil
+import shlex
+import signal
 import sys
+import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Type
+from typing import Any, Dict, Optional, Sequence, Type
 
 import determined as det
 import torch
 from determined import pytorch as det_torch
 
+from shared import checkpoints
 from shared import determined_compat as compat
 from shared import hparams as hpmod
 from shared import runlog
@@ -153,27 +156,6 @@ def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Names
     return hp, conf
 
 
-def _resolve_resume(resume: Optional[str], ckpt_dir: pathlib.Path) -> Optional[str]:
-    """A checkpoint path (or 'latest') -> the storage id Determined resumes from. A checkpoint
-    outside this run's checkpoint directory is copied in, never moved."""
-    if not resume:
-        return None
-    if resume == "latest":
-        found = sorted((p for p in ckpt_dir.glob("*") if (p / "state_dict.pth").is_file()),
-                       key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise hpmod.ConfigError(f"--resume latest: no checkpoint under {ckpt_dir}")
-        return found[-1].name
-    src = pathlib.Path(resume)
-    if not (src / "state_dict.pth").is_file():
-        raise hpmod.ConfigError(f"--resume {resume}: not a checkpoint directory (no state_dict.pth)")
-    if src.resolve().parent != ckpt_dir.resolve():
-        dst = ckpt_dir / src.name
-        if not dst.exists():
-            shutil.copytree(src, dst)
-    return src.name
-
-
 def _distributed_context() -> Optional[det.core.DistributedContext]:
     """torchrun sets WORLD_SIZE; Determined's controller then wants USE_TORCH_DISTRIBUTED."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -248,7 +230,7 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
         raise hpmod.ConfigError(f"{out} already holds a run (metrics.jsonl); pass --resume latest "
                                 f"to continue it, or choose another --output-dir")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    latest = _resolve_resume(args.resume, ckpt_dir)
+    latest = checkpoints.resolve_resume(args.resume, ckpt_dir)
 
     distributed = _distributed_context()
     chief = distributed is None or distributed.rank == 0
@@ -261,34 +243,81 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
             compat.tap_reports(ctx, mf.write)
         trial = trial_cls(ctx)
         if chief:
-            first = _checkpoint_batches(ckpt_dir / latest) if latest else 0
+            first = checkpoints.batches_of(ckpt_dir / latest) if latest else 0
             mf.listeners.append(_Progress(trial_cls.MODEL_NAME, trial.max_batches,
                                           ctx.get_global_batch_size(), first, trial_cls.SHOWN_METRICS))
             print(f"[{trial_cls.MODEL_NAME}] output {out}  ({trial.num_parameters / 1e6:.2f}M parameters, "
                   f"{trial.max_batches} batches, device {trial.device}, precision {trial.precision})",
                   flush=True)
         try:
-            det_torch.Trainer(trial, ctx).fit(
-                max_length=det_torch.Batch(trial.max_batches),
-                validation_period=det_torch.Batch(trial.hp["validation_period"]),
-                checkpoint_period=det_torch.Batch(trial.hp["checkpoint_period"]),
-                reporting_period=det_torch.Batch(trial.hp["report_period"]),
-                checkpoint_policy="none",
-                latest_checkpoint=latest,
-            )
+            with _StopOnSignal(trial, ctx, distributed is not None) as stop:
+                det_torch.Trainer(trial, ctx).fit(
+                    max_length=det_torch.Batch(trial.max_batches),
+                    validation_period=det_torch.Batch(trial.hp["validation_period"]),
+                    checkpoint_period=det_torch.Batch(trial.hp["checkpoint_period"]),
+                    reporting_period=det_torch.Batch(trial.hp["report_period"]),
+                    checkpoint_policy="none",
+                    latest_checkpoint=latest,
+                )
         finally:
             runlog.detach()
     if chief:
         summary = summarize_run(out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary), flush=True)
+    if stop.signum is not None and trial.batches_trained < trial.max_batches:
+        done = checkpoints.complete_checkpoints(ckpt_dir)
+        where = (f"checkpoint {done[-1].name} (batch {checkpoints.batches_of(done[-1])})" if done
+                 else "no checkpoint")
+        if chief:
+            print(f"[{trial_cls.MODEL_NAME}] stopped by {signal.Signals(stop.signum).name}: {where}; "
+                  f"continue with: {_resume_command(out)}", flush=True)
+        return 128 + stop.signum  # the shell's convention for "ended by signal N"
     return 0
 
 
-def _checkpoint_batches(path: pathlib.Path) -> int:
-    import pickle
-    try:
-        with (path / "trial_state.pkl").open("rb") as f:
-            return int(pickle.load(f).get("batches_trained", 0))
-    except Exception:
-        return 0
+def _resume_command(out: pathlib.Path) -> str:
+    argv = list(sys.argv)
+    for flag in ("--resume", "--output-dir"):  # replaced below, with their values
+        while flag in argv:
+            i = argv.index(flag)
+            del argv[i:i + 2]
+    return " ".join(shlex.quote(a) for a in ["python", *argv, "--output-dir", str(out),
+                                             "--resume", "latest"])
+
+
+class _StopOnSignal:
+    """SIGTERM or SIGINT during a local run: finish the batch in progress, checkpoint, write
+    the summary, close the energy sources, and exit with 128 + the signal's number.
+
+    A single process stops at its next batch (``RecipeTrial.train_batch`` raises Determined's
+    checkpoint-and-exit); processes of a multi-process run stop together at the next report
+    boundary (``set_stop_requested``), since they would otherwise stop at different batches.
+    A second Ctrl-C aborts at once. On a cluster none of this is installed: Determined's
+    preemption does the same there."""
+
+    def __init__(self, trial: Any, context: Any, distributed: bool) -> None:
+        self.trial, self.context, self.distributed = trial, context, distributed
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop without checkpointing
+        self.signum = signum
+        name = signal.Signals(signum).name
+        self.trial.stop_signal = name
+        if self.distributed:
+            self.context.set_stop_requested(True)
+        log.warning("%s: finishing the current batch, then checkpointing and stopping%s", name,
+                    " (Ctrl-C again to abort without a checkpoint)" if signum == signal.SIGINT else "")
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():  # signals reach it only
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -204,7 +204,7 @@ class RecipeTrial(det_torch.PyTorchTrial):
     def _loader_kwargs(self) -> Dict[str, Any]:
         workers = self.hp["workers_per_slot"]
         return {"num_workers": workers, "pin_memory": self.device.type == "cuda",
-                "persistent_workers": workers > 0}
+                "persistent_workers": workers > 0, "worker_init_fn": ignore_sigint}
 
     def _check_training_set(self, size: int) -> None:
         if size < self.context.get_global_batch_size():
@@ -212,7 +212,13 @@ class RecipeTrial(det_torch.PyTorchTrial):
                                     f"global_batch_size={self.context.get_global_batch_size()}")
 
     # ------------------------------------------------------------------ steps
+    #: set by the local launcher when SIGTERM or SIGINT arrives (shared.launch._StopOnSignal)
+    stop_signal: Optional[str] = None
+
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
+        if self.stop_signal is not None:
+            # Every batch before this one is trained: checkpoint them and return from fit.
+            compat.exit_after_checkpoint()
         return self.engine.train_batch(batch)
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
@@ -343,6 +349,14 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
                 log.warning("skip_bad_samples: %d bad samples skipped so far (see the warnings "
                             "above for the files)", total)
             self.reported_skips = total
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """In a data-loader worker: a Ctrl-C in the terminal reaches every process of the group,
+    and the trial's own process decides how to stop (checkpoint first); the workers leave
+    when it shuts the loader down, without a KeyboardInterrupt traceback each."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _experiment_config(context: det_torch.PyTorchTrialContext) -> Dict[str, Any]:

@@ -1,0 +1,149 @@
+"""A local run's checkpoints: written so that none is ever half there, and found again.
+
+Determined writes a checkpoint (``state_dict.pth``, ``trial_state.pkl``, the callbacks'
+state, then ``metadata.json``) into a directory named by a fresh id. Killed in the middle, or
+out of disk space, it would leave a directory that looks like a checkpoint and is not:
+``--resume latest`` then picked it and every resume crashed. So, off-cluster:
+
+- a checkpoint is written under a hidden name (``.<id>.partial``), its files and the
+  directory are flushed to disk (fsync), and only then renamed to ``<id>``: a rename within
+  one file system is atomic, so ``<id>`` either holds every file or does not exist
+  (``commit``); ``metadata.json``, which Determined writes last, is the completion marker
+  that ``is_complete`` checks (also for checkpoints written before this scheme);
+- a write that fails removes its partial directory and says why, with the free space when
+  the disk is full, and which complete checkpoint is still there (``write_failed``);
+- ``resolve_resume`` skips incomplete checkpoints, naming each, and picks the complete one
+  with the most batches trained.
+
+(On a cluster, Determined's checkpoint storage does the writing and the master records which
+checkpoints completed; nothing here runs there.)
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pathlib
+import pickle
+import shutil
+from typing import List, Optional
+
+from shared.hparams import ConfigError
+
+log = logging.getLogger("shared.checkpoints")
+
+PARTIAL_SUFFIX = ".partial"
+#: written by Determined after every other file of a checkpoint
+MARKER = "metadata.json"
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the message says where, why and what is left."""
+
+
+def partial_path(base: pathlib.Path, storage_id: str) -> pathlib.Path:
+    return base / f".{storage_id}{PARTIAL_SUFFIX}"
+
+
+def is_complete(path: pathlib.Path) -> bool:
+    """A checkpoint directory with its completion marker and a non-empty model state."""
+    state = path / "state_dict.pth"
+    return (not path.name.startswith(".") and (path / MARKER).is_file()
+            and state.is_file() and state.stat().st_size > 0)
+
+
+def batches_of(path: pathlib.Path) -> int:
+    """Batches trained when the checkpoint was written (0 when unreadable)."""
+    try:
+        with (path / "trial_state.pkl").open("rb") as f:
+            return int(pickle.load(f).get("batches_trained", 0))
+    except Exception:
+        return 0
+
+
+def complete_checkpoints(ckpt_dir: pathlib.Path) -> List[pathlib.Path]:
+    """The complete checkpoints under ``ckpt_dir``, oldest (fewest batches) first."""
+    found = [p for p in ckpt_dir.glob("*") if p.is_dir() and is_complete(p)]
+    return sorted(found, key=lambda p: (batches_of(p), p.stat().st_mtime))
+
+
+def _fsync(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(partial: pathlib.Path, final: pathlib.Path) -> None:
+    """Flush every file of ``partial`` and the directory itself, then rename it to ``final``
+    and flush the parent, so that after a crash ``final`` is either whole or absent."""
+    for f in partial.rglob("*"):
+        if f.is_file():
+            _fsync(f)
+    _fsync(partial)
+    os.replace(partial, final)
+    _fsync(final.parent)
+
+
+def _size(path: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def _disk_full(err: BaseException) -> bool:
+    # torch.save wraps the OSError of its writer in a RuntimeError ("file write failed"): look
+    # down the exception chain and at the message.
+    e: Optional[BaseException] = err
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def write_failed(partial: pathlib.Path, final: pathlib.Path, err: BaseException) -> CheckpointWriteError:
+    """Remove what a failed write left and return the error to raise instead of ``err``."""
+    written = _size(partial)
+    shutil.rmtree(partial, ignore_errors=True)
+    free = shutil.disk_usage(final.parent).free
+    complete = complete_checkpoints(final.parent)
+    left = (f"the last complete checkpoint, {complete[-1].name} (batch {batches_of(complete[-1])}), "
+            f"is intact: --resume latest continues from it" if complete
+            else "there is no complete checkpoint of this run yet")
+    if _disk_full(err) or free < max(written, 1):
+        why = (f"the disk is full ({free / 2**20:.1f} MiB free on the file system of "
+               f"{final.parent}; {written / 2**20:.1f} MiB were written when it failed)")
+    else:
+        why = f"{type(err).__name__}: {err}"
+    return CheckpointWriteError(f"checkpoint {final} could not be written: {why}; the partial "
+                                f"checkpoint was removed, and {left}")
+
+
+def resolve_resume(resume: Optional[str], ckpt_dir: pathlib.Path) -> Optional[str]:
+    """A checkpoint path (or 'latest') -> the storage id Determined resumes from. A checkpoint
+    outside this run's checkpoint directory is copied in, never moved. Incomplete checkpoints
+    (an interrupted write) are never resumed from: 'latest' skips them, naming each."""
+    if not resume:
+        return None
+    if resume == "latest":
+        skipped = sorted(p.name for p in ckpt_dir.glob("*") if p.is_dir() and not is_complete(p))
+        for name in skipped:
+            log.warning("--resume latest: skipping %s: an incomplete checkpoint (its write was "
+                        "interrupted)", ckpt_dir / name)
+        found = complete_checkpoints(ckpt_dir)
+        if not found:
+            extra = f" ({len(skipped)} incomplete ones skipped)" if skipped else ""
+            raise ConfigError(f"--resume latest: no complete checkpoint under {ckpt_dir}{extra}")
+        return found[-1].name
+    src = pathlib.Path(resume)
+    if not (src / "state_dict.pth").is_file():
+        raise ConfigError(f"--resume {resume}: not a checkpoint directory (no state_dict.pth)")
+    if not is_complete(src):
+        raise ConfigError(f"--resume {resume}: an incomplete checkpoint (no {MARKER}, or an empty "
+                          f"state_dict.pth: its write was interrupted); use an earlier one, or "
+                          f"--resume latest")
+    if src.resolve().parent != ckpt_dir.resolve():
+        dst = ckpt_dir / src.name
+        if not dst.exists():
+            shutil.copytree(src, dst)
+    return src.name

@@ -1,0 +1,168 @@
+"""Checkpoints that are never half there, and clean stops (issue 13, items 5, 7 and 8): an
+interrupted write is skipped by --resume latest and refused by name, a full disk says so and
+leaves the last checkpoint usable, SIGTERM and SIGINT checkpoint, summarise and say how to
+resume, leaving no child process behind."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from determined import pytorch as det_torch
+
+from shared import checkpoints
+from shared import determined_compat as compat
+from shared.data.synthetic import generate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["crop_size=32", "scale=[64,32]", "num_classes=4", "global_batch_size=4", "warmup_batches=2",
+        "report_period=2", "unet_base_channels=8", "unet_depth=2", "energy.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn"), num_train=16, num_val=4, num_classes=4,
+                    min_size=32, max_size=48, seed=3)
+
+
+def command(data, out, *extra, batches=6, resume=None):
+    cmd = [sys.executable, str(ROOT / "trials" / "unet" / "train.py"),
+           "--config", str(ROOT / "experiment_configs" / "unet" / "single_gpu.yaml"),
+           "--data-dir", str(data), "--output-dir", str(out), "--batches", str(batches)]
+    if resume:
+        cmd += ["--resume", resume]
+    return cmd + ["--set", *TINY, *extra]
+
+
+def run(cmd):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+# ------------------------------------------------------------------ interrupted writes
+def test_resume_latest_skips_an_interrupted_checkpoint_and_names_it(data, tmp_path):
+    out = tmp_path / "run"
+    first = run(command(data, out, "workers_per_slot=0", "validation_period=3", "checkpoint_period=3",
+                        batches=3))
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = out / "checkpoints"
+    (good,) = checkpoints.complete_checkpoints(ckpt)
+    assert checkpoints.batches_of(good) == 3
+    assert not list(ckpt.glob(".*"))  # no partial directory left by a write that completed
+    # what kill -9 during a write leaves: a renamed-in-place copy would be impossible now,
+    # so fake both kinds an older version could leave: a 0-byte state, and a hidden partial
+    broken = ckpt / "ffffffff-broken"
+    shutil.copytree(good, broken)
+    (broken / "state_dict.pth").write_bytes(b"")
+    (broken / "metadata.json").unlink()
+    os.utime(broken, (time.time() + 60, time.time() + 60))  # the newest by mtime
+    (ckpt / ".eeeeeeee-cut.partial").mkdir()
+    again = run(command(data, out, "workers_per_slot=0", "validation_period=3", "checkpoint_period=3",
+                        batches=6, resume="latest"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"skipping {broken}: an incomplete checkpoint" in again.stderr
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["steps_completed"] for r in recs if r["group"] == "validation") == 6
+    refused = run(command(data, out, "workers_per_slot=0", resume=str(broken)))
+    assert refused.returncode == 2
+    assert f"--resume {broken}: an incomplete checkpoint (no metadata.json, or an empty " \
+           f"state_dict.pth: its write was interrupted)" in refused.stderr
+
+
+def test_resume_latest_with_only_incomplete_checkpoints_says_so(tmp_path):
+    (tmp_path / "abc").mkdir()
+    (tmp_path / "abc" / "state_dict.pth").write_bytes(b"")
+    with pytest.raises(Exception, match=r"--resume latest: no complete checkpoint under .* "
+                                        r"\(1 incomplete ones skipped\)"):
+        checkpoints.resolve_resume("latest", tmp_path)
+
+
+# ------------------------------------------------------------------ a full disk
+def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "checkpoints"
+    base.mkdir()
+    with det_torch.init(hparams={"global_batch_size": 2},
+                        exp_conf={"searcher": {"name": "single", "metric": "miou"}}) as ctx:
+        compat.keep_local_run_under(ctx, base, tmp_path / "tb")
+        with ctx._core.checkpoint.store_path({"steps_completed": 3}) as (path, first_id):
+            assert path.name.startswith(".") and path.name.endswith(".partial")
+            (path / "state_dict.pth").write_bytes(b"x" * 1000)
+        assert checkpoints.is_complete(base / first_id)
+
+        def full_disk(*args):
+            return shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30 - 4096, 4096)
+        monkeypatch.setattr(shutil, "disk_usage", full_disk)
+        with pytest.raises(checkpoints.CheckpointWriteError) as info:
+            with ctx._core.checkpoint.store_path({"steps_completed": 6}) as (path, second_id):
+                (path / "state_dict.pth").write_bytes(b"y" * 8192)
+                try:  # what torch.save raises when its writer hits ENOSPC
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                except OSError as err:
+                    raise RuntimeError("PytorchStreamWriter failed writing file data/0") from err
+    message = str(info.value)
+    assert f"checkpoint {base / second_id} could not be written: the disk is full (0.0 MiB free " \
+           f"on the file system of {base}; 0.0 MiB were written when it failed)" in message
+    assert f"the last complete checkpoint, {first_id} (batch 0), is intact: --resume latest " \
+           f"continues from it" in message
+    assert sorted(p.name for p in base.iterdir()) == [first_id]  # the partial one is gone
+    assert checkpoints.is_complete(base / first_id)
+
+
+# ------------------------------------------------------------------ signals
+def wait_for_training(proc, metrics: pathlib.Path, timeout=120):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.stderr.read()[-3000:]}")
+        if metrics.exists() and '"group": "training"' in metrics.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError("no training report within the timeout")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_checkpoints_summarises_and_says_how_to_resume(sig, code, data, tmp_path):
+    out = tmp_path / "run"
+    # workers: data-loader processes that must not outlive the run
+    cmd = command(data, out, "workers_per_slot=2", "validation_period=1000", "checkpoint_period=1000",
+                  batches=100000)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_training(proc, out / "metrics.jsonl")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "expected data-loader workers"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr[-3000:]
+    name = signal.Signals(sig).name
+    assert f"{name}: finishing the current batch, then checkpointing and stopping" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    (ckpt,) = checkpoints.complete_checkpoints(out / "checkpoints")
+    batches = checkpoints.batches_of(ckpt)
+    assert batches >= 2
+    line = next(x for x in stdout.splitlines() if "stopped by" in x)
+    assert f"stopped by {name}: checkpoint {ckpt.name} (batch {batches}); continue with: " in line
+    assert line.endswith(f"--output-dir {out} --resume latest")
+    assert (out / "summary.json").is_file()
+    time.sleep(0.5)
+    assert [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+    # and the command it prints continues the run
+    resume = shlex.split(line.split("continue with: ", 1)[1])  # a shell command line
+    resume[resume.index("--batches") + 1] = str(batches + 2)
+    resume[0] = sys.executable
+    again = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = checkpoints.complete_checkpoints(out / "checkpoints")
+    assert checkpoints.batches_of(done[-1]) == batches + 2
