@@ -97,9 +97,10 @@ _UINT16_MAX = 65535
 
 #: EXIF orientations 5..8 include a quarter turn, so the stored width and height swap.
 _ORIENTATION_SWAPS_SIDES = frozenset({5, 6, 7, 8})
-_ORIENTATION_NAMES = {2: "mirrored", 3: "rotated 180 degrees", 4: "flipped upside down",
-                      5: "mirrored and rotated 90 degrees", 6: "rotated 90 degrees clockwise",
-                      7: "mirrored and rotated 270 degrees", 8: "rotated 90 degrees anticlockwise"}
+#: what each EXIF orientation asks a viewer to do to the stored pixels before showing them
+_ORIENTATION_NAMES = {2: "mirror left-right", 3: "turn 180 degrees", 4: "mirror top-bottom",
+                      5: "mirror and turn 90 degrees anticlockwise", 6: "turn 90 degrees clockwise",
+                      7: "mirror and turn 90 degrees clockwise", 8: "turn 90 degrees anticlockwise"}
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class DecodedImage:
             width, height = height, width
         name = _ORIENTATION_NAMES.get(self.exif_orientation, "unknown")
         return (f"; the image's EXIF orientation {self.exif_orientation} ({name}) was applied, as "
-                f"annotation tools display it: the pixels stored in the file are {width}x{height}")
+                f"annotation tools display the image; the pixels stored in the file are "
+                f"{width}x{height}")
 
 
 def _open_decoded(path: Path, what: str) -> Image.Image:
