@@ -109,7 +109,8 @@ class DecodedImage:
 
     #: uint8 (H, W, 3) RGB, EXIF orientation applied
     pixels: np.ndarray
-    #: the file's EXIF orientation tag, 1 (as stored) when it has none
+    #: the EXIF orientation applied (2..8), 1 when the file has none (or one out of range,
+    #: which exif_transpose ignores too)
     exif_orientation: int = 1
 
     @property
@@ -125,7 +126,7 @@ class DecodedImage:
         width, height = self.size
         if self.exif_orientation in _ORIENTATION_SWAPS_SIDES:
             width, height = height, width
-        name = _ORIENTATION_NAMES.get(self.exif_orientation, "unknown")
+        name = _ORIENTATION_NAMES[self.exif_orientation]
         return (f"; the image's EXIF orientation {self.exif_orientation} ({name}) was applied, as "
                 f"annotation tools display the image; the pixels stored in the file are "
                 f"{width}x{height}")
@@ -173,6 +174,8 @@ def read_image(path: str | Path) -> DecodedImage:
     path = Path(path)
     image = _open_decoded(path, "image")
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    if orientation not in _ORIENTATION_NAMES:  # 1, or a value exif_transpose leaves alone
+        orientation = 1
     try:
         # Rotate/mirror as the EXIF tag says (and drop the tag): annotation tools and viewers
         # show the image that way, so that is the orientation annotations are drawn in.
