@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import ExifTags, Image
 
 from shared import hparams as hpmod
 from shared import recipes
@@ -329,6 +329,95 @@ def test_corrupt_image_named_or_skipped_and_counted(tmp_path):
     with pytest.raises(DataError,
                        match=rf"all 2 samples of dataset are bad; first problem: cannot decode image {bad}"):
         everything_bad[0]
+
+
+def test_16bit_greyscale_is_scaled_by_its_full_range_and_unfaithful_modes_refused(tmp_path):
+    values = np.linspace(0, 65535, 24 * 20).astype(np.uint16).reshape(24, 20)
+    expected = torch.from_numpy((values >> 8).astype(np.uint8)).expand(3, 24, 20)
+    files = {  # the three ways Pillow reads 16-bit greyscale
+        "I;16": (Image.frombytes("I;16", (20, 24), values.astype("<u2").tobytes()), "g.png"),
+        "I;16B": (Image.frombytes("I;16B", (20, 24), values.astype(">u2").tobytes()), "g.tiff"),
+        "I": (Image.fromarray(values.astype(np.int32)), "g.pgm"),  # a 16-bit PGM reads as 'I'
+    }
+    for mode, (image, name) in files.items():
+        image.save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == mode
+        loaded = cdata.load_image(tmp_path / name)
+        assert loaded.dtype == torch.uint8 and torch.equal(loaded, expected), mode
+    Image.fromarray(np.full((4, 4), 0.5, np.float32), "F").save(tmp_path / "float.tiff")
+    with pytest.raises(DataError, match=rf"^{tmp_path}/float\.tiff: image of PIL mode 'F' cannot be "
+                                        r"converted to 8-bit RGB faithfully; save it as 8-bit RGB, "
+                                        r"greyscale or palette \(16-bit greyscale PNG is also read\)$"):
+        cdata.load_image(tmp_path / "float.tiff")
+    wide = values.astype(np.int32)
+    wide[-1, -1] = 70000
+    Image.fromarray(wide).save(tmp_path / "wide.tiff")
+    with pytest.raises(DataError, match=rf"^{tmp_path}/wide\.tiff: image of PIL mode 'I' \(32-bit "
+                                        r"integers\) holds values 0\.\.70000, beyond 16 bits; it cannot "
+                                        r"be converted to 8-bit RGB faithfully: save it as 8-bit RGB or "
+                                        r"16-bit greyscale$"):
+        cdata.load_image(tmp_path / "wide.tiff")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[:, :15] = (220, 20, 20)  # left half red, right half blue
+    stored[:, 15:] = (20, 20, 220)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 8  # shown turned 90 degrees anticlockwise: left goes down
+    Image.fromarray(stored).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    image = cdata.load_image(tmp_path / "turned.jpg")
+    assert image.shape == (3, 30, 20)
+    top, bottom = image[:, :12].float().mean((1, 2)), image[:, 18:].float().mean((1, 2))
+    assert top[2] > 180 and top[0] < 60 and bottom[0] > 180 and bottom[2] < 60
+
+
+def test_decompression_bomb_named_or_skipped_and_counted(tmp_path, monkeypatch):
+    root = _tree(tmp_path / "r", {"train/a": 2, "train/b": 2})
+    samples = cdata.load_splits(root, 2, val_fraction=0.5).train + [(root / "train/b/1.png", 1)]
+    samples = sorted(samples)
+    # Every image is 20x24 = 480 pixels. Pillow refuses over twice MAX_IMAGE_PIXELS...
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)
+    bomb = samples[0][0]
+    with pytest.raises(DataError, match=rf"^{bomb}: image is over Pillow's decompression-bomb limit "
+                                        r"\(Image size \(480 pixels\) exceeds limit of 400 pixels, could "
+                                        r"be decompression bomb DOS attack\.\); a damaged or hostile "
+                                        r"header, or an image too large to train on: shrink or remove it$"):
+        cdata.ImageFolderDataset(samples)[0]
+    with pytest.raises(DataError, match=r"all 3 samples of dataset are bad; first problem: .*decompression-bomb"):
+        cdata.ImageFolderDataset(samples, skip_bad_samples=True)[0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    Image.new("RGB", (200, 200)).save(bomb)  # 40000 pixels: only this one is over the limit
+    image, label, skipped = cdata.ImageFolderDataset(samples, skip_bad_samples=True)[0]
+    assert (tuple(image.shape), label, skipped) == ((3, 24, 20), samples[1][1], 1)
+    # ...and only warns between once and twice the limit: Pillow's own judgement, kept, so that
+    # raising Image.MAX_IMAGE_PIXELS admits large images as it does everywhere else.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert cdata.load_image(bomb).shape == (3, 200, 200)
+
+
+def test_symbolic_link_loops_are_named(tmp_path):
+    root = _tree(tmp_path / "r", {"train/a": 2, "train/b": 2})
+    (root / "train").rename(root / "kept")
+    os.symlink("train", root / "train")
+    with pytest.raises(DataError, match=rf"^{root}/train: symbolic link loop \({root}/train -> train "
+                                        r"never reaches a file or directory\)$"):
+        cdata.load_splits(root, 2)
+    (root / "train").unlink()
+    (root / "kept").rename(root / "train")
+    os.symlink("c", root / "train/c")  # a class directory looping onto itself
+    with pytest.raises(DataError, match=rf"^{root}/train/c: symbolic link loop"):
+        cdata.load_splits(root, 3)
+    (root / "train/c").unlink()
+    looping = root / "train/a/9.png"
+    os.symlink("9.png", looping)  # an image looping: a bad sample, named or skipped and counted
+    splits = cdata.load_splits(root, 2, val_fraction=0.5)
+    samples = sorted(splits.train + splits.val)
+    index = [p for p, _ in samples].index(looping)
+    with pytest.raises(DataError, match=rf"^{looping}: symbolic link loop \({looping} -> 9\.png never"):
+        cdata.ImageFolderDataset(samples)[index]
+    assert cdata.ImageFolderDataset(samples, skip_bad_samples=True)[index][2] == 1
 
 
 def test_transforms(tmp_path):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from shared.data.transforms import AUG_SIZE
 from shared.data import (
@@ -38,6 +41,12 @@ def _train_files(root: Path, stem: str) -> tuple[Path, Path]:
 
 
 STEM = "ADE_train_00000002"  # the second sample, index 1
+
+
+def grey16(values: np.ndarray) -> Image.Image:
+    """A 16-bit greyscale image (PIL mode 'I;16', what a 16-bit grey PNG is read as)."""
+    height, width = values.shape
+    return Image.frombytes("I;16", (width, height), values.astype("<u2").tobytes())
 
 
 # ---------------------------------------------------------------- loading good data
@@ -78,6 +87,52 @@ def test_item_shapes_dtypes_and_label_mapping(root: Path) -> None:
         assert set(mask.unique().tolist()) <= set(range(NUM_CLASSES)) | {255}
         expected = np.asarray(Image.open(image_path).convert("RGB"))
         assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(expected.copy()))
+
+
+def test_16bit_png_image_is_scaled_by_its_full_range(root: Path) -> None:
+    """A 16-bit greyscale PNG is read as value >> 8 in each channel, not clipped to white."""
+    image, label = _train_files(root, STEM)
+    width, height = Image.open(label).size
+    values = np.linspace(0, 65535, width * height).astype(np.uint16).reshape(height, width)
+    image.unlink()
+    grey16(values).save(image.with_suffix(".png"))
+    assert Image.open(image.with_suffix(".png")).mode == "I;16"
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES)
+    pixels, _, skipped = dataset[1]
+    expected = torch.from_numpy((values >> 8).astype(np.uint8))
+    assert skipped == 0 and pixels.dtype == torch.uint8 and pixels.shape == (3, height, width)
+    for channel in pixels:
+        assert torch.equal(channel, expected)
+    assert pixels.max() == 255 and pixels.min() == 0  # the whole range, not a blank image
+
+
+def test_16bit_annotation_within_uint8_reads_as_the_same_labels(root: Path) -> None:
+    _, label = _train_files(root, STEM)
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES)
+    _, expected, _ = dataset[1]
+    raw = np.asarray(Image.open(label))
+    grey16(raw).save(label)
+    assert Image.open(label).mode == "I;16"
+    _, mask, _ = dataset[1]
+    assert torch.equal(mask, expected)  # class indices as stored: never scaled
+
+
+def test_exif_orientation_is_applied_to_the_image(root: Path) -> None:
+    """A JPEG stored landscape, tagged "turn 90 degrees clockwise", pairs with a portrait
+    annotation and is read turned: the stored left half (red) becomes the top half."""
+    image, label = _train_files(root, STEM)
+    Image.fromarray(np.ones((24, 16), np.uint8), "L").save(label)  # 16 wide, 24 high
+    stored = np.zeros((16, 24, 3), np.uint8)
+    stored[:, :12] = (220, 20, 20)
+    stored[:, 12:] = (20, 20, 220)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.fromarray(stored).save(image, exif=exif, quality=95)
+    dataset = SegmentationDataset(root, "training", transform=None, num_classes=NUM_CLASSES)
+    pixels, mask, _ = dataset[1]
+    assert pixels.shape == (3, 24, 16) and mask.shape == (24, 16)
+    top, bottom = pixels[:, :10].float().mean((1, 2)), pixels[:, 14:].float().mean((1, 2))
+    assert top[0] > 180 and top[2] < 60 and bottom[2] > 180 and bottom[0] < 60
 
 
 def test_ignore_value_255_stays_255(root: Path) -> None:
@@ -137,6 +192,22 @@ def test_missing_split_directory(root: Path, kind: str) -> None:
     expected = root / kind / "testing"
     with pytest.raises(DataError, match=rf"missing {kind} directory {re.escape(str(expected))} for split 'testing'"):
         SegmentationDataset(root, "testing", transform=None)
+
+
+def test_looping_directory_is_named_not_missing(root: Path) -> None:
+    """A split directory that is a symbolic link to itself is a loop, not a missing directory."""
+    images = root / "images" / "training"
+    images.rename(root / "images" / "kept")
+    os.symlink("training", images)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(images))}: symbolic link loop "
+                                        rf"\({re.escape(str(images))} -> training never reaches a file or directory\)$"):
+        find_samples(root, "training")
+    # a loop above the data set (the root itself, reached through two links) is named too
+    os.symlink(root / "b", root.parent / "a")
+    os.symlink(root.parent / "a", root / "b")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(root / 'b'))}: symbolic link loop \("
+                                        rf"{re.escape(str(root / 'b'))} -> {re.escape(str(root.parent / 'a'))} "):
+        SegmentationDataset(root / "b", "training", transform=None)
 
 
 def test_no_images(root: Path) -> None:
@@ -250,8 +321,67 @@ def _break_rgb_annotation(root: Path) -> str:
     return rf"annotation .*{STEM}\.png has PIL mode 'RGB'; expected a single-channel"
 
 
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header claims ``width`` x ``height`` RGB pixels (and
+    whose pixel data is empty): what a decompression-bomb check must stop at the header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+BOMB_MESSAGE = (r"is over Pillow's decompression-bomb limit \(Image size \(400000000 pixels\) exceeds "
+                r"limit of \d+ pixels.*\); a damaged or hostile header, or an image too large to "
+                r"train on: shrink or remove it")
+
+
+def _break_bomb_image(root: Path) -> str:
+    image, _ = _train_files(root, STEM)
+    image.write_bytes(bomb_png(20000, 20000))  # Pillow reads by content, whatever the suffix
+    return rf"{STEM}\.jpg: image {BOMB_MESSAGE}"
+
+
+def _break_bomb_annotation(root: Path) -> str:
+    _, label = _train_files(root, STEM)
+    label.write_bytes(bomb_png(20000, 20000))
+    return rf"{STEM}\.png: annotation {BOMB_MESSAGE}"
+
+
+def _break_wide_16bit_annotation(root: Path) -> str:
+    _, label = _train_files(root, STEM)
+    raw = np.asarray(Image.open(label)).astype(np.uint16)
+    raw[0, 0] = 300
+    grey16(raw).save(label)
+    return (rf"annotation .*{STEM}\.png is a 16-bit PNG \(PIL mode 'I;16'\) holding label value 300, "
+            r"outside 0\.\.255: labels are class indices, read as uint8 \(at most 254 classes, 255 "
+            r"ignored\); they are never rescaled, so save the annotation with values 0\.\.255")
+
+
+def _break_exif_size(root: Path) -> str:
+    """An image stored at its annotation's size but tagged "turn 90 degrees": once turned, as
+    the loader shows it, it no longer matches; the message must say why."""
+    image, label = _train_files(root, STEM)
+    Image.fromarray(np.ones((16, 24), np.uint8), "L").save(label)  # 24 wide, 16 high
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(image, exif=exif)
+    return (rf"size mismatch: image .*{STEM}\.jpg is 16x24 \(WxH\) but annotation .*{STEM}\.png is "
+            r"24x16; the image's EXIF orientation 6 \(turn 90 degrees clockwise\) was applied, as "
+            r"annotation tools display the image; the pixels stored in the file are 24x16")
+
+
+def _break_looping_image(root: Path) -> str:
+    image, _ = _train_files(root, STEM)
+    image.unlink()
+    os.symlink(image.name, image)  # the link points at itself
+    return rf"{STEM}\.jpg: symbolic link loop \(.*{STEM}\.jpg -> {STEM}\.jpg never reaches a file or directory\)"
+
+
 BREAKERS = [_break_size, _break_value, _break_garbage_image, _break_garbage_annotation,
-            _break_truncated_jpeg, _break_truncated_png, _break_rgb_annotation]
+            _break_truncated_jpeg, _break_truncated_png, _break_rgb_annotation, _break_bomb_image,
+            _break_bomb_annotation, _break_wide_16bit_annotation, _break_exif_size,
+            _break_looping_image]
 
 
 @pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__[len("_break_"):])

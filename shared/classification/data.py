@@ -24,11 +24,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-from shared.data.ade20k import DataError
+from shared.data.files import DataError, is_dir, is_sample_file, read_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -61,12 +59,14 @@ def _name_some(items: Sequence[Any]) -> str:
 
 def _class_dirs(directory: Path) -> List[Path]:
     # Hidden directories (.ipynb_checkpoints, .git) are tool litter, not classes.
-    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # is_dir names a looping link (DataError) where Path.is_dir would drop the class silently.
+    return sorted(p for p in directory.iterdir() if not p.name.startswith(".") and is_dir(p))
 
 
 def _images_in(directory: Path) -> List[Path]:
     return sorted(p for p in directory.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+                  and is_sample_file(p))
 
 
 def find_class_samples(split_dir: str | Path, classes: Optional[Sequence[str]] = None,
@@ -172,17 +172,17 @@ def load_splits(root: str | Path, num_classes: int, val_fraction: float = 0.1, s
     root = Path(root)
     layout = (f"expected {root}/{TRAIN_DIR}/<class name>/*.jpg (one directory per class) and "
               f"optionally {root}/{VAL_DIR}/<class name>/*.jpg")
-    if not root.is_dir():
+    if not is_dir(root):  # a symbolic link loop raises, named, rather than reading as missing
         raise DataError(f"dataset root {root} does not exist or is not a directory; {layout}")
     train_dir = root / TRAIN_DIR
-    if not train_dir.is_dir():
+    if not is_dir(train_dir):
         raise DataError(f"missing training directory {train_dir}; {layout}")
     classes, train, skipped = find_class_samples(train_dir, None, skip_bad_samples)
     if len(classes) != num_classes:
         raise DataError(f"{train_dir} holds {len(classes)} class directories ({_name_some(classes)}) "
                         f"but num_classes is {num_classes}; set num_classes: {len(classes)}")
     val_dir = root / VAL_DIR
-    if val_dir.is_dir():
+    if is_dir(val_dir):
         _, val, val_skipped = find_class_samples(val_dir, classes, skip_bad_samples)
         return Splits(classes, train, val, f"{VAL_DIR}/", skipped + val_skipped)
     if val_fraction <= 0:
@@ -205,20 +205,18 @@ def _class_sizes(samples: Sequence[Sample]) -> List[int]:
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file fully to a uint8 ``(3, H, W)`` RGB tensor.
+    """Decode an image file fully to a uint8 ``(3, H, W)`` RGB tensor, as the segmentation
+    loader does (``shared.data.files.read_image``: EXIF orientation applied, 16-bit greyscale
+    scaled to 8 bits).
 
     Raises:
-        DataError: the file cannot be decoded (corrupt, truncated, not an image); the message
-            names it.
+        DataError: the file cannot be decoded (corrupt, truncated, not an image), is over
+            Pillow's decompression-bomb limit, is a symbolic link loop, or has a mode with no
+            faithful 8-bit RGB form; the message names it.
     """
-    try:
-        with Image.open(path) as handle:
-            # open() reads only the header; convert() decodes every pixel, so a truncated file
-            # fails here, naming the file, rather than inside a transform or a worker.
-            rgb = handle.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot decode image {path}: {error} (corrupt or truncated file?)") from error
-    return TF.pil_to_tensor(rgb)
+    # Decoded in full here, so a truncated file fails naming the file rather than inside a
+    # transform or a worker; viewed channels-last as (3, H, W), like pil_to_tensor does.
+    return torch.from_numpy(read_image(path).pixels).permute(2, 0, 1)
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]

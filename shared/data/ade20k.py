@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from shared.data.files import DataError, is_dir, is_sample_file, read_annotation, read_image
 from shared.data.labels import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "DataError", "SegmentationDataset", "find_samples"]
@@ -33,10 +33,6 @@ _MAX_NAMES_IN_MESSAGE = 5
 logger = logging.getLogger(__name__)
 
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-class DataError(ValueError):
-    """A problem with the dataset on disk; the message names the file or directory at fault."""
 
 
 def _name_some(paths: list[Path]) -> str:
@@ -54,7 +50,7 @@ def _files_by_stem(directory: Path, suffixes: frozenset[str]) -> tuple[dict[str,
     by_stem: dict[str, Path] = {}
     duplicates: list[Path] = []
     for path in sorted(directory.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in suffixes:
+        if path.suffix.lower() not in suffixes or not is_sample_file(path):
             continue
         if path.stem in by_stem:
             duplicates.append(path)
@@ -82,7 +78,7 @@ def find_samples(
             (unless ``skip_bad_samples``) some image or annotation has no partner.
     """
     root = Path(root)
-    if not root.is_dir():
+    if not is_dir(root):  # a symbolic link loop raises, named, rather than reading as missing
         raise DataError(
             f"dataset root {root} does not exist or is not a directory; expected the "
             "ADEChallengeData2016 folder holding images/ and annotations/"
@@ -90,7 +86,7 @@ def find_samples(
     image_dir = root / "images" / split
     annotation_dir = root / "annotations" / split
     for directory, kind in ((image_dir, "images"), (annotation_dir, "annotations")):
-        if not directory.is_dir():
+        if not is_dir(directory):
             raise DataError(
                 f"missing {kind} directory {directory} for split '{split}'; expected the layout "
                 f"<root>/images/{split}/*.jpg and <root>/annotations/{split}/*.png"
@@ -135,19 +131,6 @@ def find_samples(
             f"({len(skipped)} file(s) skipped)"
         )
     return pairs, skipped
-
-
-def _open_fully(path: Path, what: str) -> Image.Image:
-    """Open and decode an image file, turning any decoding failure into a DataError."""
-    try:
-        with Image.open(path) as handle:
-            # Image.open only reads the header; load() decodes the pixels, which is what
-            # catches truncated or corrupt files here instead of deep inside a transform.
-            # Leaving the block closes the file and keeps the decoded pixels.
-            handle.load()
-            return handle
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot decode {what} {path}: {error} (corrupt or truncated file?)") from error
 
 
 def _reduce_zero_label() -> np.ndarray:
@@ -199,26 +182,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Read and check sample ``index``: uint8 (3, H, W) image (stored channels-last), uint8
         (H, W) label (mapped: classes 0..num_classes-1, 255 ignored).
 
+        The image is read by ``shared.data.files.read_image`` (EXIF orientation applied,
+        16-bit greyscale scaled to 8 bits), the annotation by ``read_annotation`` (values
+        as stored).
+
         Raises:
-            DataError: the image or annotation cannot be decoded, their sizes differ, the
-                annotation is not single-channel, or holds a value above ``num_classes``.
+            DataError: the image or annotation cannot be decoded (or is over Pillow's
+                decompression-bomb limit, or a symbolic link loop), their sizes differ (the
+                message mentions the image's EXIF orientation when it had one), the image's
+                mode has no faithful 8-bit RGB form, the annotation is not single-channel,
+                or holds a value above ``num_classes``.
         """
         image_path, annotation_path = self.samples[index]
-        image = _open_fully(image_path, "image")
-        if image.mode != "RGB":  # convert() copies even when the mode is already RGB
-            image = image.convert("RGB")
-        annotation = _open_fully(annotation_path, "annotation")
-        if annotation.mode not in ("L", "P"):
-            raise DataError(
-                f"annotation {annotation_path} has PIL mode {annotation.mode!r}; expected a "
-                "single-channel uint8 PNG (mode 'L' or 'P') holding class indices"
-            )
-        if image.size != annotation.size:
+        image = read_image(image_path)
+        raw = read_annotation(annotation_path)
+        if image.size != (raw.shape[1], raw.shape[0]):
             raise DataError(
                 f"size mismatch: image {image_path} is {image.size[0]}x{image.size[1]} (WxH) but "
-                f"annotation {annotation_path} is {annotation.size[0]}x{annotation.size[1]}"
+                f"annotation {annotation_path} is {raw.shape[1]}x{raw.shape[0]}"
+                f"{image.orientation_note()}"
             )
-        raw = np.asarray(annotation, dtype=np.uint8)
         # max() first: one pass over the common, clean annotation
         bad = (raw > self.num_classes) & (raw != IGNORE_INDEX) if raw.max() > self.num_classes else None
         if bad is not None and bad.any():
@@ -231,7 +214,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         mask = torch.from_numpy(_REDUCE_ZERO_LABEL[raw])
         # Kept in PIL's row-major RGB layout and viewed as (3, H, W): torchvision's uint8
         # resize runs 2-3 times faster on this channels-last layout than on planar memory.
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        pixels = torch.from_numpy(image.pixels).permute(2, 0, 1)
         return pixels, mask
 
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
