@@ -18,6 +18,10 @@ What is private, and why we need it:
   would write to ``~/.local/share/determined`` and ``./runs``; a local run keeps everything
   under its output directory instead, each checkpoint written atomically
   (``keep_local_run_under``);
+- the local trial controller's ``steps_completed``: Determined's local mode restarts its batch
+  count at 0 after a resume, so validations and checkpoints drift from their period; a local
+  resume passes the checkpoint's count, as the master does on a cluster
+  (``local_fit_resumes_at``);
 - ``det.pytorch._ShouldExit``: the exception the trial controller treats as "checkpoint and
   stop"; a local run raises it on SIGTERM/SIGINT (``exit_after_checkpoint``).
 """
@@ -102,6 +106,33 @@ def _atomic_shared_fs(base: pathlib.Path) -> Any:
             checkpoints.commit(partial, final)
 
     return AtomicSharedFS(str(base))
+
+
+@contextlib.contextmanager
+def local_fit_resumes_at(batches: int) -> Iterator[None]:
+    """Within this block, a local ``Trainer.fit`` that resumes from a checkpoint of ``batches``
+    batches counts on from there, as a cluster trial does: batch indices (hence the phase of
+    validation, checkpoint and report periods, the epoch number, the data loader's position)
+    continue at ``batches`` instead of restarting at 0.
+
+    Relies on: local mode building ``_PyTorchTrialController`` with keyword arguments
+    ``local_training=True`` and ``steps_completed=0`` (a cluster passes the master's count),
+    and the controller starting its batch enumeration and data skipping at
+    ``steps_completed`` (0.38.1)."""
+    from determined.pytorch import _pytorch_trial
+    cls = _pytorch_trial._PyTorchTrialController
+    original = cls.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("local_training") and not kwargs.get("steps_completed"):
+            kwargs["steps_completed"] = batches
+        original(self, *args, **kwargs)
+
+    cls.__init__ = init
+    try:
+        yield
+    finally:
+        cls.__init__ = original
 
 
 def exit_after_checkpoint() -> None:

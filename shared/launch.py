@@ -239,6 +239,10 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
         # in ./runs; keep everything of a run under its output directory instead.
         compat.keep_local_run_under(ctx, ckpt_dir, out / "tensorboard")
         if chief:
+            if latest:
+                # Reports made after the checkpoint by the interrupted run are superseded by
+                # this one's: moved aside, so that the file reads as one run.
+                runlog.supersede_after(out / "metrics.jsonl", checkpoints.batches_of(ckpt_dir / latest))
             mf = runlog.attach(out / "metrics.jsonl")
             compat.tap_reports(ctx, mf.write)
         trial = trial_cls(ctx)
@@ -250,7 +254,9 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
                   f"{trial.max_batches} batches, device {trial.device}, precision {trial.precision})",
                   flush=True)
         try:
-            with _StopOnSignal(trial, ctx, distributed is not None) as stop:
+            resumed_at = checkpoints.batches_of(ckpt_dir / latest) if latest else 0
+            with _StopOnSignal(trial, ctx, distributed is not None) as stop, \
+                    compat.local_fit_resumes_at(resumed_at):
                 det_torch.Trainer(trial, ctx).fit(
                     max_length=det_torch.Batch(trial.max_batches),
                     validation_period=det_torch.Batch(trial.hp["validation_period"]),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import threading
 import time
@@ -65,6 +66,36 @@ def write_extra(group: str, steps_completed: int, metrics: Dict[str, Any]) -> No
     """Local-only detail (per-class IoU) that is not sent to a master. No-op on a cluster."""
     if _active is not None:
         _active.write(group, steps_completed, metrics)
+
+
+SUPERSEDED_SUFFIX = ".superseded"
+
+
+def supersede_after(path: pathlib.Path, steps: int) -> int:
+    """Before a resume from a checkpoint of ``steps`` batches: move every record of ``path``
+    reported after that point (by the run that went on past the checkpoint and was then
+    interrupted) to ``<path>.superseded``, so that each group's ``steps_completed`` appears
+    once in ``path`` and the resumed run's records follow on. The file is rewritten through a
+    temporary file and a rename, so a crash here loses nothing. Returns the records moved."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return 0
+    keep, moved = [], []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            later = json.loads(line)["steps_completed"] > steps
+        except (ValueError, KeyError, TypeError):
+            later = True  # a torn last line of the killed run: new lines must not follow it
+        (moved if later else keep).append(line)
+    if moved:
+        with (path.parent / (path.name + SUPERSEDED_SUFFIX)).open("a") as f:
+            f.write("\n".join(moved) + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        os.replace(tmp, path)
+    return len(moved)
 
 
 def read(path: str | pathlib.Path) -> List[Dict[str, Any]]:

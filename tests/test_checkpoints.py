@@ -166,3 +166,41 @@ def test_a_signal_checkpoints_summarises_and_says_how_to_resume(sig, code, data,
     assert again.returncode == 0, again.stderr[-3000:]
     done = checkpoints.complete_checkpoints(out / "checkpoints")
     assert checkpoints.batches_of(done[-1]) == batches + 2
+
+
+# ------------------------------------------------------------------ kill -9, then resume
+def test_a_killed_run_resumes_as_one_run(data, tmp_path):
+    out = tmp_path / "run"
+    metrics = out / "metrics.jsonl"
+    settings = ["workers_per_slot=0", "validation_period=3", "checkpoint_period=4", "report_period=1"]
+    proc = subprocess.Popen(command(data, out, *settings, batches=100000), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:  # past the checkpoint at 4 and the validation at 6
+            if metrics.exists() and any(json.loads(x)["steps_completed"] >= 7
+                                        for x in metrics.read_text().splitlines()[:-1]):
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ckpt = checkpoints.complete_checkpoints(out / "checkpoints")[-1]
+    at = checkpoints.batches_of(ckpt)
+    assert at >= 4 and at % 4 == 0
+    again = run(command(data, out, *settings, batches=at + 7, resume="latest"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    recs = [json.loads(x) for x in metrics.read_text().splitlines()]
+    seen = [(r["group"], r["steps_completed"]) for r in recs if r["group"] != "run"]
+    assert len(seen) == len(set(seen)), "a group's step reported twice"
+    validations = [r["steps_completed"] for r in recs if r["group"] == "validation"]
+    # every validation at a multiple of validation_period, the phase kept across the resume
+    assert validations == [s for s in range(3, at + 8) if s % 3 == 0] + \
+        ([at + 7] if (at + 7) % 3 else [])
+    training = [r["steps_completed"] for r in recs if r["group"] == "training"]
+    assert training == sorted(training) and training[-1] == at + 7
+    superseded = [json.loads(x) for x in (out / "metrics.jsonl.superseded").read_text().splitlines()
+                  if x.strip()]
+    assert superseded and all(r["steps_completed"] > at for r in superseded)
