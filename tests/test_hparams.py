@@ -95,3 +95,63 @@ def test_shipped_configs_resolve(model):
     assert trial_cls.MODEL_NAME == model
     out = hp.resolve(point, trial_cls.MODEL_PARAMS, where=str(path))
     assert out["target_miou"] == 16 and out["crop_size"] == 512 and out["num_classes"] == 150
+
+
+# ------------------------------------------------------------------ the one YAML reader (issue 13)
+@pytest.mark.parametrize("text, value", [
+    ("2e-3", 2e-3), ("1E5", 1e5), ("-3e+2", -300.0), ("1.0e-3", 1e-3), ("1.0e3", 1000.0),
+    ("+2.5E-1", 0.25), (".5e1", 5.0), ("1.5", 1.5), ("7", 7), ("1_000", 1000), ("1_0e2", 1000.0),
+    # look like numbers, are not: a class name, paths, versions, unfinished exponents, quoted
+    ("e5", "e5"), ("E5", "E5"), ("1e", "1e"), ("1e-", "1e-"), ("2e-3x", "2e-3x"),
+    ("data/2e-3", "data/2e-3"), ("/data/1e5", "/data/1e5"), ("1e5.5", "1e5.5"), ("1.2.3", "1.2.3"),
+    ("v1e5", "v1e5"), ("'2e-3'", "2e-3"), ('"1E5"', "1E5"), ("nan", "nan"),
+])
+def test_scientific_notation_is_a_float_and_look_alikes_stay_strings(text, value):
+    got = hp.parse_yaml(f"x: {text}\n", "c.yaml")["x"]
+    assert got == value and type(got) is type(value)
+    assert hp.parse_yaml(text, "--set") == value                  # the same reader for --set
+    assert hp.apply_overrides({}, [f"x={text}"])["x"] == value
+
+
+def test_scientific_notation_in_a_config_file_resolves(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("hyperparameters:\n  lr: 2e-3\n  weight_decay: 1E-2\n  class_names: [e5, 1e]\n"
+                    "  data_dir: /data/2e-3\n")
+    conf = hp.load_experiment_config(path)
+    out = hp.resolve(conf["hyperparameters"], MODEL, where=str(path))
+    assert out["lr"] == 2e-3 and out["weight_decay"] == 1e-2
+    assert out["class_names"] == ["e5", "1e"] and out["data_dir"] == "/data/2e-3"
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nhyperparameters:\n  lr: 1.0e-3\n  seed: 1\n  lr: 2e-3\n")
+    with pytest.raises(ConfigError) as e:
+        hp.load_experiment_config(path)                # what the launcher and benchmarks read
+    assert str(e.value) == f"{path}: line 5: duplicate key 'lr' (first at line 3)"
+    # nested, in a flow mapping
+    path.write_text("hyperparameters:\n  energy: {sources: nvml,\n    sources: rapl}\n")
+    with pytest.raises(ConfigError) as e:
+        hp.load_experiment_config(path)
+    assert str(e.value) == f"{path}: line 3: duplicate key 'sources' (first at line 2)"
+    # the same key in two different mappings, and a merge key overridden, are fine
+    path.write_text("a: {lr: 1}\nb: &b {lr: 2}\nhyperparameters:\n  <<: *b\n  lr: 3\n")
+    assert hp.load_experiment_config(path)["hyperparameters"] == {"lr": 3}
+
+
+def test_duplicate_keys_in_a_set_value_are_refused():
+    with pytest.raises(ConfigError) as e:
+        hp.apply_overrides({}, ["energy={sources: nvml, sources: rapl}"])
+    assert str(e.value) == "--set 'energy={sources: nvml, sources: rapl}': duplicate key 'sources'"
+    # text that is not YAML at all is still taken as typed
+    assert hp.apply_overrides({}, ["class_names=[a, b"])["class_names"] == "[a, b"
+
+
+def test_the_launcher_refuses_a_duplicated_key(tmp_path):
+    from shared import launch
+    path = tmp_path / "single_gpu.yaml"
+    path.write_text("hyperparameters:\n  lr: 1.0e-3\n  lr: 2e-3\n")
+    args = launch.parse_args(["--config", str(path), "--data-dir", str(tmp_path)], "unet")
+    with pytest.raises(ConfigError) as e:
+        launch._local_hparams(recipes.get("unet").trial_class(), args)
+    assert str(e.value) == f"{path}: line 3: duplicate key 'lr' (first at line 2)"
