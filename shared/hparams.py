@@ -332,6 +332,34 @@ def point_from_space(space: Mapping[str, Any], where: str, prefix: str = "") -> 
     return out
 
 
+SEARCHED_TYPES = ("int", "double", "log", "categorical")
+
+
+def searched_specs(space: Mapping[str, Any], prefix: str = "") -> Dict[str, Mapping[str, Any]]:
+    """The searched hyperparameters of a Determined hyperparameter section (not ``const``),
+    by dotted name (``energy.x`` for nested sections), in the file's order."""
+    out: Dict[str, Mapping[str, Any]] = {}
+    for key, spec in space.items():
+        if isinstance(spec, dict) and "type" in spec:
+            if spec["type"] in SEARCHED_TYPES:
+                out[f"{prefix}{key}"] = spec
+        elif isinstance(spec, dict):
+            out.update(searched_specs(spec, prefix=f"{prefix}{key}."))
+    return out
+
+
+def describe_spec(spec: Mapping[str, Any]) -> Tuple[str, str]:
+    """A searched hyperparameter's space and how ``point_from_space`` picks from it, in words
+    (``("int 200..2000", "the middle")``); kept beside it so the two say the same."""
+    t = spec["type"]
+    if t in ("int", "double"):
+        return f"{t} {spec['minval']}..{spec['maxval']}", "the middle"
+    if t == "log":
+        return (f"log, base {spec.get('base', 10)}, exponents {spec['minval']}..{spec['maxval']}",
+                "the geometric middle")
+    return f"categorical {', '.join(str(v) for v in spec['vals'])}", "the first"
+
+
 def _parse_value(raw: str, item: str) -> Any:
     """A command-line value, read as YAML by the config files' reader (``parse_yaml``: ``2e-3``
     is a float there too). Text that is not YAML at all (``/data/a: b``) is taken as typed, a

@@ -155,3 +155,49 @@ def test_the_launcher_refuses_a_duplicated_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         launch._local_hparams(recipes.get("unet").trial_class(), args)
     assert str(e.value) == f"{path}: line 3: duplicate key 'lr' (first at line 2)"
+
+
+# ------------------------------------------------------------------ the local stand-in for a searcher
+def _local(config, *sets):
+    from shared import launch
+    args = launch.parse_args(["--config", str(ROOT / "experiment_configs" / "unet" / config),
+                              "--data-dir", "/data", *(["--set", *sets] if sets else [])], "unet")
+    hps, conf, space = launch._local_hparams(recipes.get("unet").trial_class(), args)
+    point = launch._search_point(space, hps)
+    return launch, conf, space, point, args
+
+
+def test_the_search_point_of_a_local_run_is_stated():
+    launch, conf, space, point, args = _local("asha.yaml", "warmup_batches=300")
+    assert point == {"lr": pytest.approx(10 ** -3.25), "weight_decay": pytest.approx(0.01),
+                     "warmup_batches": 300, "unet_base_channels": 16}
+    text = launch._format_search_point("unet", "asha.yaml", conf["searcher"]["name"], space, point, args.set)
+    assert text == (
+        "[unet] search point: asha.yaml searches 4 hyperparameters (adaptive_asha); a local run has "
+        "no searcher and trains this one fixed point in its place:\n"
+        "  lr = 0.0005623  (log, base 10, exponents -4.0..-2.5: the geometric middle)\n"
+        "  weight_decay = 0.01  (log, base 10, exponents -3.0..-1.0: the geometric middle)\n"
+        "  warmup_batches = 300  (int 200..2000: set by --set)\n"
+        "  unet_base_channels = 16  (categorical 16, 30, 48: the first)")
+    # a config without a search space has no point to state
+    assert _local("single_gpu.yaml")[3] == {}
+
+
+def test_searched_specs_reach_nested_sections_and_skip_constants():
+    space = {"lr": {"type": "double", "minval": 0.1, "maxval": 0.3}, "seed": 1,
+             "scale": {"type": "const", "val": [64, 32]},
+             "energy": {"pue": {"type": "categorical", "vals": [1.2, 1.5]}}}
+    assert list(hp.searched_specs(space)) == ["lr", "energy.pue"]
+    assert hp.describe_spec(space["lr"]) == ("double 0.1..0.3", "the middle")
+
+
+def test_the_search_point_goes_into_the_run_record_only():
+    from shared import launch
+    seen = []
+    tap = launch._with_search_point(lambda g, s, m: seen.append((g, s, m)), {"lr": 0.002})
+    run = {"model": "unet"}
+    tap("run", 0, run)
+    tap("training", 2, {"loss": 1.0})
+    assert seen == [("run", 0, {"model": "unet", "search_point": {"lr": 0.002}}),
+                    ("training", 2, {"loss": 1.0})]
+    assert run == {"model": "unet"}              # what Determined is sent is not changed
