@@ -201,10 +201,6 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
     return out
 
 
-# --------------------------------------------------------------------------- experiment configs
-HP_TYPES = ("const", "int", "double", "log", "categorical")
-
-
 # --------------------------------------------------------------------------- YAML
 class YAMLSyntaxError(ConfigError):
     """Text that is not YAML at all (``--set`` then takes the value as a plain string)."""
@@ -273,6 +269,10 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: {lines}duplicate key {e.key!r}{first}") from None
     except yaml.YAMLError as e:
         raise YAMLSyntaxError(f"{where}: not valid YAML: {e}") from None
+
+
+# --------------------------------------------------------------------------- experiment configs
+HP_TYPES = ("const", "int", "double", "log", "categorical")
 
 
 def read_config_file(path: str | pathlib.Path, missing: str = "{path}: no such file") -> Dict[str, Any]:
