@@ -41,8 +41,6 @@ import shlex
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import yaml
-
 from shared import hparams as hpmod
 from shared import recipes
 from shared.energy import ENERGY_METRICS  # metrics that need the energy hook in every trial
@@ -81,37 +79,10 @@ class _Problems:
 
 
 # ----------------------------------------------------------------------------- YAML
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys without a word; a second ``hyperparameters:``
-    block pasted at the end of a file would silently replace the first."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Dict:
-    seen: Dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_yaml(path: str | pathlib.Path) -> Dict[str, Any]:
-    """Read an experiment config, refusing duplicate keys; errors name the file."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such file")
-    try:
-        conf = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(conf, dict):
-        raise ConfigError(f"{p}: an experiment config must be a YAML mapping, got {type(conf).__name__}")
-    return conf
+    """Read an experiment config with the one config reader (``shared.hparams.parse_yaml``:
+    duplicate keys refused with both lines, ``2e-3`` a float); errors name the file."""
+    return hpmod.read_config_file(path)
 
 
 # ----------------------------------------------------------------------------- small checks

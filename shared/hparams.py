@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import pathlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
@@ -200,23 +201,97 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
     return out
 
 
+# --------------------------------------------------------------------------- YAML
+class YAMLSyntaxError(ConfigError):
+    """Text that is not YAML at all (``--set`` then takes the value as a plain string)."""
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(None, None, f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two changes, for every experiment config and ``--set`` value:
+
+    - scientific notation without a dot or a signed exponent (``2e-3``, ``1E5``, ``-3e+2``) is
+      a float, as in YAML 1.2 and in the ruamel.yaml that Determined's CLI reads configs with;
+      YAML 1.1 (PyYAML) would give the string '2e-3', refused later as "type str";
+    - a key given twice in one mapping is an error: PyYAML keeps the last one without a word,
+      so a second ``lr:`` or ``hyperparameters:`` pasted lower down would silently win.
+    """
+
+
+# Added after PyYAML's own float pattern (which still handles 1.5, 1.0e-3, .inf, .nan): the
+# forms it misses, always with an exponent, so that plain ints stay ints and words like 'e5'
+# or paths like 'data/2e-3' stay strings.
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _unique_mapping(loader: ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> Dict:
+    seen: Dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # '<<: *base' keys may be overridden by the mapping's own keys
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: SafeLoader refuses it with its own message
+            continue
+        line = key_node.start_mark.line + 1
+        if first is not None:
+            raise _DuplicateKey(key, line, first)
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The one reader of YAML for configs and ``--set`` values (``ConfigLoader``); errors
+    name ``where`` (a file, or the ``--set`` item) and the lines.
+
+    Raises:
+        ConfigError: ``<where>: line 12: duplicate key 'lr' (first at line 5)``.
+        YAMLSyntaxError: ``<where>: not valid YAML: ...``.
+    """
+    try:
+        return yaml.load(text, Loader=ConfigLoader)
+    except _DuplicateKey as e:
+        # on one line (a --set value) the line numbers say nothing
+        lines = f"line {e.line}: " if "\n" in text.strip() else ""
+        first = f" (first at line {e.first})" if lines else ""
+        raise ConfigError(f"{where}: {lines}duplicate key {e.key!r}{first}") from None
+    except yaml.YAMLError as e:
+        raise YAMLSyntaxError(f"{where}: not valid YAML: {e}") from None
+
+
 # --------------------------------------------------------------------------- experiment configs
 HP_TYPES = ("const", "int", "double", "log", "categorical")
 
 
-def load_experiment_config(path: str | pathlib.Path) -> Dict[str, Any]:
-    """Read a Determined experiment config YAML, with errors that name the file."""
+def read_config_file(path: str | pathlib.Path, missing: str = "{path}: no such file") -> Dict[str, Any]:
+    """An experiment config file as a mapping (``parse_yaml``); ``missing`` is the message for
+    a file that does not exist."""
     p = pathlib.Path(path)
     if not p.is_file():
-        raise ConfigError(f"experiment config {p} does not exist")
-    try:
-        conf = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(missing.format(path=p))
+    conf = parse_yaml(p.read_text(encoding="utf-8"), str(p))
     if not isinstance(conf, dict):
         raise ConfigError(f"{p}: an experiment config must be a YAML mapping, got {type(conf).__name__}")
+    return conf
+
+
+def load_experiment_config(path: str | pathlib.Path) -> Dict[str, Any]:
+    """Read a Determined experiment config YAML, with errors that name the file."""
+    conf = read_config_file(path, missing="experiment config {path} does not exist")
     if not isinstance(conf.get("hyperparameters"), dict):
-        raise ConfigError(f"{p}: no 'hyperparameters' mapping")
+        raise ConfigError(f"{path}: no 'hyperparameters' mapping")
     return conf
 
 
@@ -257,21 +332,44 @@ def point_from_space(space: Mapping[str, Any], where: str, prefix: str = "") -> 
     return out
 
 
-def _parse_value(raw: str) -> Any:
-    """A command-line value as YAML, except that ``1e-3`` is a float (YAML 1.1 wants ``1.0e-3``
-    and would give the string '1e-3', which nobody typing it means)."""
+SEARCHED_TYPES = ("int", "double", "log", "categorical")
+
+
+def searched_specs(space: Mapping[str, Any], prefix: str = "") -> Dict[str, Mapping[str, Any]]:
+    """The searched hyperparameters of a Determined hyperparameter section (not ``const``),
+    by dotted name (``energy.x`` for nested sections), in the file's order."""
+    out: Dict[str, Mapping[str, Any]] = {}
+    for key, spec in space.items():
+        if isinstance(spec, dict) and "type" in spec:
+            if spec["type"] in SEARCHED_TYPES:
+                out[f"{prefix}{key}"] = spec
+        elif isinstance(spec, dict):
+            out.update(searched_specs(spec, prefix=f"{prefix}{key}."))
+    return out
+
+
+def describe_spec(spec: Mapping[str, Any]) -> Tuple[str, str]:
+    """A searched hyperparameter's space and how ``point_from_space`` picks from it, in words
+    (``("int 200..2000", "the middle")``); kept beside it so the two say the same."""
+    t = spec["type"]
+    if t in ("int", "double"):
+        return f"{t} {spec['minval']}..{spec['maxval']}", "the middle"
+    if t == "log":
+        return (f"log, base {spec.get('base', 10)}, exponents {spec['minval']}..{spec['maxval']}",
+                "the geometric middle")
+    return f"categorical {', '.join(str(v) for v in spec['vals'])}", "the first"
+
+
+def _parse_value(raw: str, item: str) -> Any:
+    """A command-line value, read as YAML by the config files' reader (``parse_yaml``: ``2e-3``
+    is a float there too). Text that is not YAML at all (``/data/a: b``) is taken as typed, a
+    string; a duplicated key (``energy={sources: a, sources: b}``) is refused."""
     if not raw.strip():
         return None
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        return parse_yaml(raw, f"--set {item!r}")
+    except YAMLSyntaxError:
         return raw
-    if isinstance(value, str):
-        try:
-            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-        except ValueError:
-            return value
-    return value
 
 
 def apply_overrides(hp: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
@@ -285,7 +383,7 @@ def apply_overrides(hp: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, A
         key = key.strip()
         if not key:
             raise ConfigError(f"--set {item!r}: empty key")
-        value = _parse_value(raw)
+        value = _parse_value(raw, item)
         parts = key.split(".")
         node = out
         for part in parts[:-1]:

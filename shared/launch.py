@@ -121,7 +121,10 @@ def run_on_cluster(trial_cls: Type[det_torch.PyTorchTrial], info: Any) -> int:
 
 # ---------------------------------------------------------------------------- local
 def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace
-                   ) -> tuple[Dict[str, Any], Dict[str, Any]]:
+                   ) -> tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+    """The point to train (``--set``, ``--data-dir``, ``--batches``/``--epochs`` applied), the
+    config to hand Determined (its hyperparameters that point), and the config's own
+    hyperparameter section (the search space, if any)."""
     if args.config is None:
         raise hpmod.ConfigError(f"--config is required locally (e.g. experiment_configs/"
                                 f"{trial_cls.MODEL_NAME}/single_gpu.yaml)")
@@ -152,8 +155,47 @@ def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Names
     searcher = dict(conf.get("searcher") or {})
     if (args.batches or args.epochs) and searcher.get("time_metric") == "batches":
         searcher["max_time"] = hp["max_batches"]
+    space = conf["hyperparameters"]
     conf = {**conf, "searcher": searcher, "hyperparameters": hp}
-    return hp, conf
+    return hp, conf, space
+
+
+def _search_point(space: Dict[str, Any], hp: Dict[str, Any]) -> Dict[str, Any]:
+    """The value a local run uses for each searched hyperparameter of the config (dotted
+    names; empty for a config without a search space)."""
+    out: Dict[str, Any] = {}
+    for name in hpmod.searched_specs(space):
+        node: Any = hp
+        for part in name.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[name] = node
+    return out
+
+
+def _format_search_point(model: str, config: str, searcher: str, space: Dict[str, Any],
+                         point: Dict[str, Any], overrides: Sequence[str]) -> str:
+    """A local run trains one point of a search space, chosen without a searcher; say which,
+    so that a result is never mistaken for the search's."""
+    specs = hpmod.searched_specs(space)
+    set_keys = {item.split("=", 1)[0].strip() for item in overrides}
+    lines = [f"[{model}] search point: {config} searches {len(point)} hyperparameter"
+             f"{'s' if len(point) != 1 else ''} ({searcher}); a local run has no searcher and "
+             f"trains this one fixed point in its place:"]
+    for name, value in point.items():
+        shown = format(value, ".4g") if isinstance(value, float) else str(value)
+        searched, rule = hpmod.describe_spec(specs[name])
+        lines.append(f"  {name} = {shown}  ({searched}: {'set by --set' if name in set_keys else rule})")
+    return "\n".join(lines)
+
+
+def _with_search_point(write: compat.ReportTap, point: Dict[str, Any]) -> compat.ReportTap:
+    """``write`` with the search point added to the ``run`` record of the local metrics file
+    (what the run trained at is part of what it is; nothing else is changed)."""
+    def tap(group: str, steps_completed: int, metrics: Dict[str, Any]) -> None:
+        if group == "run":
+            metrics = {**metrics, "search_point": point}
+        write(group, steps_completed, metrics)
+    return tap
 
 
 def _distributed_context() -> Optional[det.core.DistributedContext]:
@@ -218,7 +260,8 @@ def _enter_trial_dir(trial_cls: Type[det_torch.PyTorchTrial], hp: Dict[str, Any]
 
 
 def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace) -> int:
-    hp, conf = _local_hparams(trial_cls, args)
+    hp, conf, space = _local_hparams(trial_cls, args)
+    point = _search_point(space, hp)
     out = args.output_dir or pathlib.Path("runs") / (
         f"{trial_cls.MODEL_NAME}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     out = pathlib.Path(out).expanduser().resolve()
@@ -234,6 +277,10 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
 
     distributed = _distributed_context()
     chief = distributed is None or distributed.rank == 0
+    if chief and point:
+        print(_format_search_point(trial_cls.MODEL_NAME, args.config.name,
+                                   str(conf["searcher"].get("name", "?")), space, point, args.set),
+              flush=True)
     with det_torch.init(hparams=hp, exp_conf=conf, distributed=distributed) as ctx:
         # Local mode would store checkpoints in ~/.local/share/determined and TensorBoard files
         # in ./runs; keep everything of a run under its output directory instead.
@@ -244,7 +291,7 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
                 # this one's: moved aside, so that the file reads as one run.
                 runlog.supersede_after(out / "metrics.jsonl", checkpoints.batches_of(ckpt_dir / latest))
             mf = runlog.attach(out / "metrics.jsonl")
-            compat.tap_reports(ctx, mf.write)
+            compat.tap_reports(ctx, _with_search_point(mf.write, point) if point else mf.write)
         trial = trial_cls(ctx)
         if chief:
             first = checkpoints.batches_of(ckpt_dir / latest) if latest else 0

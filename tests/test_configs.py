@@ -256,7 +256,27 @@ def test_duplicate_keys_are_refused(tmp_path):
     path.parent.mkdir()
     path.write_text(config_path("unet", "asha").read_text() + "hyperparameters: {}\n")
     (problem,) = expconf.check_config(path)
-    assert problem.startswith(f"{path}: not valid YAML") and "duplicate key 'hyperparameters'" in problem
+    assert problem == f"{path}: line 73: duplicate key 'hyperparameters' (first at line 37)"
+
+
+def test_a_duplicated_hyperparameter_is_refused_by_the_checker(tmp_path):
+    path = tmp_path / "unet" / "single_gpu.yaml"
+    path.parent.mkdir()
+    text = config_path("unet", "single_gpu").read_text()
+    path.write_text(text.replace("\n  lr: ", "\n  lr: 5.0e-4\n  lr: ", 1))
+    first = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("  lr: "))) + 1
+    assert expconf.check_config(path) == [
+        f"{path}: line {first + 1}: duplicate key 'lr' (first at line {first})"]
+
+
+def test_scientific_notation_in_a_config_is_a_number(tmp_path):
+    """YAML 1.1 reads 2e-3 as a string; the checker reads it as a float, as the det CLI does."""
+    path = tmp_path / "unet" / "single_gpu.yaml"
+    path.parent.mkdir()
+    text = config_path("unet", "single_gpu").read_text()
+    path.write_text(re.sub(r"\n  lr: [^ \n]+", "\n  lr: 2e-3", text, count=1))
+    assert expconf.check_config(path) == []
+    assert expconf.load_yaml(path)["hyperparameters"]["lr"] == 2e-3
 
 
 @pytest.mark.parametrize("text, pattern", [

@@ -95,3 +95,109 @@ def test_shipped_configs_resolve(model):
     assert trial_cls.MODEL_NAME == model
     out = hp.resolve(point, trial_cls.MODEL_PARAMS, where=str(path))
     assert out["target_miou"] == 16 and out["crop_size"] == 512 and out["num_classes"] == 150
+
+
+# ------------------------------------------------------------------ the one YAML reader (issue 13)
+@pytest.mark.parametrize("text, value", [
+    ("2e-3", 2e-3), ("1E5", 1e5), ("-3e+2", -300.0), ("1.0e-3", 1e-3), ("1.0e3", 1000.0),
+    ("+2.5E-1", 0.25), (".5e1", 5.0), ("1.5", 1.5), ("7", 7), ("1_000", 1000), ("1_0e2", 1000.0),
+    # look like numbers, are not: a class name, paths, versions, unfinished exponents, quoted
+    ("e5", "e5"), ("E5", "E5"), ("1e", "1e"), ("1e-", "1e-"), ("2e-3x", "2e-3x"),
+    ("data/2e-3", "data/2e-3"), ("/data/1e5", "/data/1e5"), ("1e5.5", "1e5.5"), ("1.2.3", "1.2.3"),
+    ("v1e5", "v1e5"), ("'2e-3'", "2e-3"), ('"1E5"', "1E5"), ("nan", "nan"),
+])
+def test_scientific_notation_is_a_float_and_look_alikes_stay_strings(text, value):
+    got = hp.parse_yaml(f"x: {text}\n", "c.yaml")["x"]
+    assert got == value and type(got) is type(value)
+    assert hp.parse_yaml(text, "--set") == value                  # the same reader for --set
+    assert hp.apply_overrides({}, [f"x={text}"])["x"] == value
+
+
+def test_scientific_notation_in_a_config_file_resolves(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("hyperparameters:\n  lr: 2e-3\n  weight_decay: 1E-2\n  class_names: [e5, 1e]\n"
+                    "  data_dir: /data/2e-3\n")
+    conf = hp.load_experiment_config(path)
+    out = hp.resolve(conf["hyperparameters"], MODEL, where=str(path))
+    assert out["lr"] == 2e-3 and out["weight_decay"] == 1e-2
+    assert out["class_names"] == ["e5", "1e"] and out["data_dir"] == "/data/2e-3"
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nhyperparameters:\n  lr: 1.0e-3\n  seed: 1\n  lr: 2e-3\n")
+    with pytest.raises(ConfigError) as e:
+        hp.load_experiment_config(path)                # what the launcher and benchmarks read
+    assert str(e.value) == f"{path}: line 5: duplicate key 'lr' (first at line 3)"
+    # nested, in a flow mapping
+    path.write_text("hyperparameters:\n  energy: {sources: nvml,\n    sources: rapl}\n")
+    with pytest.raises(ConfigError) as e:
+        hp.load_experiment_config(path)
+    assert str(e.value) == f"{path}: line 3: duplicate key 'sources' (first at line 2)"
+    # the same key in two different mappings, and a merge key overridden, are fine
+    path.write_text("a: {lr: 1}\nb: &b {lr: 2}\nhyperparameters:\n  <<: *b\n  lr: 3\n")
+    assert hp.load_experiment_config(path)["hyperparameters"] == {"lr": 3}
+
+
+def test_duplicate_keys_in_a_set_value_are_refused():
+    with pytest.raises(ConfigError) as e:
+        hp.apply_overrides({}, ["energy={sources: nvml, sources: rapl}"])
+    assert str(e.value) == "--set 'energy={sources: nvml, sources: rapl}': duplicate key 'sources'"
+    # text that is not YAML at all is still taken as typed
+    assert hp.apply_overrides({}, ["class_names=[a, b"])["class_names"] == "[a, b"
+
+
+def test_the_launcher_refuses_a_duplicated_key(tmp_path):
+    from shared import launch
+    path = tmp_path / "single_gpu.yaml"
+    path.write_text("hyperparameters:\n  lr: 1.0e-3\n  lr: 2e-3\n")
+    args = launch.parse_args(["--config", str(path), "--data-dir", str(tmp_path)], "unet")
+    with pytest.raises(ConfigError) as e:
+        launch._local_hparams(recipes.get("unet").trial_class(), args)
+    assert str(e.value) == f"{path}: line 3: duplicate key 'lr' (first at line 2)"
+
+
+# ------------------------------------------------------------------ the local stand-in for a searcher
+def _local(config, *sets):
+    from shared import launch
+    args = launch.parse_args(["--config", str(ROOT / "experiment_configs" / "unet" / config),
+                              "--data-dir", "/data", *(["--set", *sets] if sets else [])], "unet")
+    hps, conf, space = launch._local_hparams(recipes.get("unet").trial_class(), args)
+    point = launch._search_point(space, hps)
+    return launch, conf, space, point, args
+
+
+def test_the_search_point_of_a_local_run_is_stated():
+    launch, conf, space, point, args = _local("asha.yaml", "warmup_batches=300")
+    assert point == {"lr": pytest.approx(10 ** -3.25), "weight_decay": pytest.approx(0.01),
+                     "warmup_batches": 300, "unet_base_channels": 16}
+    text = launch._format_search_point("unet", "asha.yaml", conf["searcher"]["name"], space, point, args.set)
+    assert text == (
+        "[unet] search point: asha.yaml searches 4 hyperparameters (adaptive_asha); a local run has "
+        "no searcher and trains this one fixed point in its place:\n"
+        "  lr = 0.0005623  (log, base 10, exponents -4.0..-2.5: the geometric middle)\n"
+        "  weight_decay = 0.01  (log, base 10, exponents -3.0..-1.0: the geometric middle)\n"
+        "  warmup_batches = 300  (int 200..2000: set by --set)\n"
+        "  unet_base_channels = 16  (categorical 16, 30, 48: the first)")
+    # a config without a search space has no point to state
+    assert _local("single_gpu.yaml")[3] == {}
+
+
+def test_searched_specs_reach_nested_sections_and_skip_constants():
+    space = {"lr": {"type": "double", "minval": 0.1, "maxval": 0.3}, "seed": 1,
+             "scale": {"type": "const", "val": [64, 32]},
+             "energy": {"pue": {"type": "categorical", "vals": [1.2, 1.5]}}}
+    assert list(hp.searched_specs(space)) == ["lr", "energy.pue"]
+    assert hp.describe_spec(space["lr"]) == ("double 0.1..0.3", "the middle")
+
+
+def test_the_search_point_goes_into_the_run_record_only():
+    from shared import launch
+    seen = []
+    tap = launch._with_search_point(lambda g, s, m: seen.append((g, s, m)), {"lr": 0.002})
+    run = {"model": "unet"}
+    tap("run", 0, run)
+    tap("training", 2, {"loss": 1.0})
+    assert seen == [("run", 0, {"model": "unet", "search_point": {"lr": 0.002}}),
+                    ("training", 2, {"loss": 1.0})]
+    assert run == {"model": "unet"}              # what Determined is sent is not changed

@@ -250,3 +250,26 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_search_config_runs_locally_at_a_printed_and_recorded_point(data, tmp_path):
+    """asha.yaml locally: the point trained in place of the searcher is printed once at the
+    start and kept in the run record of metrics.jsonl (issue 13, item 15)."""
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "trials/unet/train.py"),
+         "--config", str(ROOT / "experiment_configs/unet/asha.yaml"),
+         "--data-dir", str(data), "--output-dir", str(out), "--batches", "2",
+         "--set", *TINY, "unet_depth=2", "energy.enabled=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    block = ("[unet] search point: asha.yaml searches 4 hyperparameters (adaptive_asha); a local run "
+             "has no searcher and trains this one fixed point in its place:\n"
+             "  lr = 0.002  (log, base 10, exponents -4.0..-2.5: set by --set)\n"
+             "  weight_decay = 0.01  (log, base 10, exponents -3.0..-1.0: the geometric middle)\n"
+             "  warmup_batches = 2  (int 200..2000: set by --set)\n"
+             "  unet_base_channels = 16  (categorical 16, 30, 48: the first)\n")
+    assert block in p.stdout and p.stdout.count("search point:") == 1
+    (run,) = groups(out)["run"]
+    assert run["metrics"]["search_point"] == {"lr": 2e-3, "weight_decay": pytest.approx(0.01),
+                                              "warmup_batches": 2, "unet_base_channels": 16}

@@ -17,9 +17,8 @@ import tarfile
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-import yaml
-
 from shared import recipes
+from shared.hparams import parse_yaml  # the one config reader
 from shared.package.closure import (LIBRARY, Closure, _installed_version, _requirement_name, analyse,
                                     read_pyproject, requirements)
 from shared.package.errors import PackageError
@@ -250,7 +249,7 @@ def build_package(model: str, out: pathlib.Path, *, root: pathlib.Path = ROOT,
             conf = check_config(path, trial_cls, staging)
             text = path.read_text(encoding="utf-8")
             new = _rewrite_config(text, model, str(path.relative_to(root)), stamp, path.name)
-            if yaml.safe_load(new) != yaml.safe_load(text):
+            if parse_yaml(new, str(path)) != parse_yaml(text, str(path)):
                 raise PackageError(f"{path}: rewriting its comments changed its data (a comment "
                                    f"line the YAML parser reads as data?); fix the file")
             (staging / "configs" / path.name).write_text(new, encoding="utf-8")
