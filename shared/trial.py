@@ -310,6 +310,8 @@ RUN_GROUP = {
     "with the target", "target": "the target value", "slots": "GPUs (or processes) of the trial",
     "precision": "precision in use", "global_batch_size": "images per step",
     "lr": "the scaled peak learning rate", "device": "device name",
+    "search_point": "local runs of a config with a search space: the point trained in the "
+                    "searcher's place (metrics.jsonl only)",
 }
 
 
