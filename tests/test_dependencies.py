@@ -16,11 +16,12 @@ import and a declaration are.
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import pathlib
 import re
 import sys
-from typing import Dict, Iterator, List, Set, Tuple
+from typing import Dict, Iterator, List, Mapping, Set, Tuple
 
 import pytest
 
@@ -72,10 +73,16 @@ def declared(root: pathlib.Path = ROOT) -> Tuple[Set[str], Set[str]]:
     return in_pyproject, in_requirements
 
 
+@functools.lru_cache(maxsize=1)
+def _providers() -> Mapping[str, List[str]]:
+    # One scan of every installed distribution's metadata (a second or more each time).
+    return importlib.metadata.packages_distributions()
+
+
 def distributions_of(module: str) -> List[str]:
     """The distributions that provide ``module``: the installed ones from their metadata, or
     the module's own name (normalised) when nothing installed provides it."""
-    found = importlib.metadata.packages_distributions().get(module, [])
+    found = _providers().get(module, [])
     return [_requirement_name(d) for d in found] or [_requirement_name(module)]
 
 
