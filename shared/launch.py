@@ -285,14 +285,19 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
         # Local mode would store checkpoints in ~/.local/share/determined and TensorBoard files
         # in ./runs; keep everything of a run under its output directory instead.
         compat.keep_local_run_under(ctx, ckpt_dir, out / "tensorboard")
+        energy: list = []
         if chief:
             if latest:
                 # Reports made after the checkpoint by the interrupted run are superseded by
                 # this one's: moved aside, so that the file reads as one run.
-                runlog.supersede_after(out / "metrics.jsonl", checkpoints.batches_of(ckpt_dir / latest))
+                superseded = runlog.supersede_after(out / "metrics.jsonl",
+                                                    checkpoints.batches_of(ckpt_dir / latest))
+                energy = [r["metrics"] for r in superseded if r.get("group") == "energy"]
             mf = runlog.attach(out / "metrics.jsonl")
             compat.tap_reports(ctx, _with_search_point(mf.write, point) if point else mf.write)
         trial = trial_cls(ctx)
+        if energy:
+            trial.energy_carried = energy[-1]
         if chief:
             first = checkpoints.batches_of(ckpt_dir / latest) if latest else 0
             mf.listeners.append(_Progress(trial_cls.MODEL_NAME, trial.max_batches,

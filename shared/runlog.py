@@ -71,31 +71,35 @@ def write_extra(group: str, steps_completed: int, metrics: Dict[str, Any]) -> No
 SUPERSEDED_SUFFIX = ".superseded"
 
 
-def supersede_after(path: pathlib.Path, steps: int) -> int:
+def supersede_after(path: pathlib.Path, steps: int) -> List[Dict[str, Any]]:
     """Before a resume from a checkpoint of ``steps`` batches: move every record of ``path``
     reported after that point (by the run that went on past the checkpoint and was then
     interrupted) to ``<path>.superseded``, so that each group's ``steps_completed`` appears
     once in ``path`` and the resumed run's records follow on. The file is rewritten through a
-    temporary file and a rename, so a crash here loses nothing. Returns the records moved."""
+    temporary file and a rename, so a crash here loses nothing. Returns the records moved
+    (the torn line of a killed run, moved too, is not among them)."""
     path = pathlib.Path(path)
     if not path.exists():
-        return 0
-    keep, moved = [], []
+        return []
+    keep, moved, records = [], [], []
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
         try:
-            later = json.loads(line)["steps_completed"] > steps
+            record = json.loads(line)
+            later = record["steps_completed"] > steps
         except (ValueError, KeyError, TypeError):
-            later = True  # a torn last line of the killed run: new lines must not follow it
+            record, later = None, True  # a torn last line of the killed run: nothing may follow it
         (moved if later else keep).append(line)
+        if later and record is not None:
+            records.append(record)
     if moved:
         with (path.parent / (path.name + SUPERSEDED_SUFFIX)).open("a") as f:
             f.write("\n".join(moved) + "\n")
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(x + "\n" for x in keep))
         os.replace(tmp, path)
-    return len(moved)
+    return records
 
 
 def read(path: str | pathlib.Path) -> List[Dict[str, Any]]:

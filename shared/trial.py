@@ -214,6 +214,9 @@ class RecipeTrial(det_torch.PyTorchTrial):
     # ------------------------------------------------------------------ steps
     #: set by the local launcher when SIGTERM or SIGINT arrives (shared.launch._StopOnSignal)
     stop_signal: Optional[str] = None
+    #: set by the local launcher on a resume after a crash: the interrupted run's last
+    #: ``energy`` record past the checkpoint (EnergyCallback's ``carried``)
+    energy_carried: Optional[Mapping[str, Any]] = None
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
         if self.stop_signal is not None:
@@ -245,7 +248,8 @@ class RecipeTrial(det_torch.PyTorchTrial):
                                                  target=self.hp[self.TARGET_PARAM],
                                                  target_metric=self.TARGET_METRIC,
                                                  validation_follows=self.validation_follows,
-                                                 required=self.energy_required)
+                                                 required=self.energy_required,
+                                                 carried=self.energy_carried)
         return callbacks
 
 

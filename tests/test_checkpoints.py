@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -22,6 +23,9 @@ from determined import pytorch as det_torch
 from shared import checkpoints
 from shared import determined_compat as compat
 from shared.data.synthetic import generate
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from fakes.powercap import FakePowercap  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["crop_size=32", "scale=[64,32]", "num_classes=4", "global_batch_size=4", "warmup_batches=2",
@@ -169,11 +173,33 @@ def test_a_signal_checkpoints_summarises_and_says_how_to_resume(sig, code, data,
 
 
 # ------------------------------------------------------------------ kill -9, then resume
-def test_a_killed_run_resumes_as_one_run(data, tmp_path):
+@pytest.fixture
+def rapl(tmp_path):
+    """A powercap tree drawing a constant 40 W while the test runs."""
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_zone("intel-rapl:0", "package-0", max_uj=10**12)
+    stop = threading.Event()
+
+    def advance():
+        last = time.monotonic()
+        while not stop.wait(0.05):
+            now = time.monotonic()
+            tree.advance("intel-rapl:0", 40.0 * (now - last))
+            last = now
+    t = threading.Thread(target=advance, daemon=True)
+    t.start()
+    yield {"ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")}
+    stop.set()
+    t.join()
+
+
+def test_a_killed_run_resumes_as_one_run(data, tmp_path, rapl):
     out = tmp_path / "run"
     metrics = out / "metrics.jsonl"
-    settings = ["workers_per_slot=0", "validation_period=3", "checkpoint_period=4", "report_period=1"]
-    proc = subprocess.Popen(command(data, out, *settings, batches=100000), cwd=ROOT,
+    settings = ["workers_per_slot=0", "validation_period=3", "checkpoint_period=4", "report_period=1",
+                "energy.enabled=true", "target_miou=100"]
+    env = {**os.environ, **rapl}
+    proc = subprocess.Popen(command(data, out, *settings, batches=100000), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()
@@ -190,7 +216,8 @@ def test_a_killed_run_resumes_as_one_run(data, tmp_path):
     ckpt = checkpoints.complete_checkpoints(out / "checkpoints")[-1]
     at = checkpoints.batches_of(ckpt)
     assert at >= 4 and at % 4 == 0
-    again = run(command(data, out, *settings, batches=at + 7, resume="latest"))
+    again = subprocess.run(command(data, out, *settings, batches=at + 7, resume="latest"), cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]
     recs = [json.loads(x) for x in metrics.read_text().splitlines()]
     seen = [(r["group"], r["steps_completed"]) for r in recs if r["group"] != "run"]
@@ -204,3 +231,13 @@ def test_a_killed_run_resumes_as_one_run(data, tmp_path):
     superseded = [json.loads(x) for x in (out / "metrics.jsonl.superseded").read_text().splitlines()
                   if x.strip()]
     assert superseded and all(r["steps_completed"] > at for r in superseded)
+    # energy: one record per validation and report, never going down, and the resumed run
+    # starts from what the killed one had measured by its last report, not from the checkpoint
+    energy = [r for r in recs if r["group"] == "energy"]
+    assert {r["steps_completed"] for r in energy} >= set(validations)
+    totals = [r["metrics"]["energy_wh"] for r in energy]
+    assert totals == sorted(totals) and totals[-1] > 0
+    lost = [r["metrics"]["energy_wh"] for r in superseded if r["group"] == "energy"]
+    after = [r["metrics"]["energy_wh"] for r in energy if r["steps_completed"] > at]
+    assert lost and after[0] >= max(lost)
+    assert "continuing from the interrupted run's last report" in again.stderr

@@ -146,6 +146,22 @@ class TrialEnergy:
             raise ValueError(f"TrialEnergy state: missing keys {missing} (got {sorted(data)})")
         return cls(**{n: data[n] for n in names if n in data})
 
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> "TrialEnergy":
+        """Inverse of ``to_metrics`` (an ``energy`` record as reported): what a run that was
+        killed after its last checkpoint had measured by its last report."""
+        j = lambda wh: None if wh is None else float(wh) * J_PER_WH  # noqa: E731
+        sources = metrics.get("sources") or "none"
+        return cls(duration_s=float(metrics.get("duration_s") or 0.0),
+                   energy_j=j(metrics.get("energy_wh")), gpu_j=j(metrics.get("gpu_wh")),
+                   cpu_j=j(metrics.get("cpu_wh")), dram_j=j(metrics.get("dram_wh")),
+                   node_j=j(metrics.get("node_wh")),
+                   sources=[] if sources == "none" else sorted(str(sources).split(",")),
+                   nodes=int(metrics.get("nodes") or 0),
+                   nodes_measured=int(metrics.get("nodes_measured") or 0),
+                   coverage=metrics.get("coverage"), apportion=str(metrics.get("apportion") or "gpu_share"),
+                   estimate=bool(metrics.get("estimate", False)))
+
     @property
     def energy_wh(self) -> Optional[float]:
         """Total energy in watt-hours (None when nothing was measured)."""

@@ -86,6 +86,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             last figure of the run includes it (one group cannot be reported twice at one step).
         required: the searcher ranks trials by an energy metric: fail at start, on every
             rank, when no source can measure anything on any node.
+        carried: after a crash, the last ``energy`` record the interrupted run reported after
+            the checkpoint this run resumes from: energy that was spent, and that the
+            checkpoint does not know of. When it is ahead of the checkpoint's total, the trial
+            continues from it, so that the totals never go down across a crash.
 
     Raises:
         ValueError: bad options (at construction, before training starts).
@@ -95,7 +99,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                  steps_completed: Callable[[], int], target: Optional[float] = None,
                  target_metric: str = "miou",
                  validation_follows: Optional[Callable[[int], bool]] = None,
-                 required: bool = False) -> None:
+                 required: bool = False,
+                 carried: Optional[Mapping[str, Any]] = None) -> None:
         self._context = context
         self._opts = validate_options(options)
         self._enabled: bool = self._opts["enabled"]
@@ -114,6 +119,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         self._target_reached = False
         self._energy_to_target_wh: Optional[float] = None
         self._failure_logged = False
+        self._carried = dict(carried) if carried else None
 
     # -- helpers ----------------------------------------------------------------------------
     def _failed(self, where: str, err: BaseException) -> None:
@@ -291,6 +297,13 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             if state_dict.get("version") != 1:
                 raise ValueError(f"unknown energy state version {state_dict.get('version')!r}")
             self._offset = TrialEnergy.from_dict(state_dict["total"])
+            if self._carried is not None:
+                carried = TrialEnergy.from_metrics(self._carried)
+                if (carried.energy_j or 0.0) > (self._offset.energy_j or 0.0):
+                    log.info("energy: continuing from the interrupted run's last report "
+                             "(%.6f Wh, %.1f s) rather than the checkpoint's (%.6f Wh)",
+                             carried.energy_wh, carried.duration_s, self._offset.energy_wh or 0.0)
+                    self._offset = carried
             self._target_reached = bool(state_dict.get("target_reached", False))
             self._energy_to_target_wh = state_dict.get("energy_to_target_wh")
             self._last_reported_step = state_dict.get("last_reported_step")
