@@ -43,6 +43,8 @@ class SourceHealth:
     failures: int = 0
     first_error: str | None = None
     logged: bool = field(default=False, repr=False)
+    #: keys (e.g. "rapl/intel-rapl:0") already warned about by ``record_lost``
+    warned: set = field(default_factory=set, repr=False)
 
     @property
     def coverage(self) -> float:
@@ -65,6 +67,20 @@ class SourceHealth:
             self.logged = True
             log.warning("energy source %s failed (%s); skipping, further errors are counted, "
                         "not logged", source, text)
+
+
+    def record_lost(self, source: str, key: str, message: str) -> None:
+        """Count an interval whose energy is unknown and left out (a counter reset), and
+        warn once per ``key`` (a domain, a GPU): each distinct counter that lies is named,
+        a counter that keeps resetting does not flood the log."""
+        self.attempts += 1
+        self.failures += 1
+        if self.first_error is None:
+            self.first_error = message
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning("energy source %s: %s; further resets of it are counted in coverage, "
+                        "not logged", source, message)
 
 
 class EnergySource(abc.ABC):
