@@ -26,9 +26,10 @@ import urllib.parse
 import urllib.request
 from typing import Any, List, Mapping, Optional
 
+from .redact import energy_logger
 from .sources.base import SourceUnavailable
 
-log = logging.getLogger(__name__)
+log = energy_logger(__name__)
 
 # A BMC or Prometheus answer is a few KiB; a larger body is not a document of theirs (and must
 # not eat memory).

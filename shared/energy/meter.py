@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .redact import energy_logger
 from .sources.base import COMPONENTS, EnergySource, SourceUnavailable
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Dict, Literal, Mapping, Optional, Tuple
 if TYPE_CHECKING:  # annotations only: schema imports this module (SourceUnavailable)
     from ..schema import EnvVar, Option
 
-log = logging.getLogger("shared.energy")
+from ..redact import energy_logger, redact
+
+log = energy_logger()
 
 # Component keys a source may report. "node" is the power-supply input of the whole node
 # (contains the GPUs, CPUs and DRAM); the others are parts.
@@ -60,7 +62,7 @@ class SourceHealth:
         """Count a failure; log it once per source (training must go on, logs must not flood)."""
         self.attempts += 1
         self.failures += 1
-        text = str(err)
+        text = redact(err)  # first_error is shown in reports, not only in the log
         if self.first_error is None:
             self.first_error = text
         if not self.logged:
@@ -76,7 +78,7 @@ class SourceHealth:
         self.attempts += 1
         self.failures += 1
         if self.first_error is None:
-            self.first_error = message
+            self.first_error = redact(message)
         if key not in self.warned:
             self.warned.add(key)
             log.warning("energy source %s: %s; further resets of it are counted in coverage, "

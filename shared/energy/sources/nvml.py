@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from ..redact import energy_logger
 from ..schema import Option, Positive
 from .base import SourceUnavailable
 from .counters import counter_step
 from .sampling import SampledPowerSource
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 #: Default period of the power-sampling fallback. NVML's power figure is refreshed every
 #: 20-100 ms depending on the GPU; sampling slower than 100 ms misses load changes.

@@ -32,11 +32,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from ..redact import energy_logger
 from ..schema import EnvVar, Option, Positive
 from .base import EnergySource, SourceUnavailable
 from .counters import counter_step
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 ENV_ROOT = "ENERGY_RAPL_ROOT"
 DEFAULT_ROOT = "/sys/class/powercap"

@@ -61,13 +61,14 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..redact import energy_logger, register_secrets
 from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
                     redact_url)
 from ..schema import EnvVar, env_flag, positive_option, refuse_secret_options
 from .base import SourceUnavailable
 from .sampling import SampledPowerSource, bmc_options
 
-log = logging.getLogger(__name__)
+log = energy_logger(__name__)
 
 ENV_URL = "ENERGY_REDFISH_URL"
 ENV_CREDENTIALS = "ENERGY_REDFISH_CREDENTIALS_FILE"
@@ -96,9 +97,15 @@ class BasicCredentials:
     password: str = field(repr=False)
     origin: str = ""
 
+    def __post_init__(self) -> None:
+        # Redacted wherever they show up: a BMC's error page may quote them back.
+        register_secrets((self.password, self._token()))
+
+    def _token(self) -> str:
+        return base64.b64encode(f"{self.username}:{self.password}".encode("utf-8")).decode("ascii")
+
     def header(self) -> str:
-        token = base64.b64encode(f"{self.username}:{self.password}".encode("utf-8")).decode("ascii")
-        return f"Basic {token}"
+        return f"Basic {self._token()}"
 
 
 def load_credentials(path: str) -> BasicCredentials:

@@ -30,10 +30,11 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Tuple
 
+from ..redact import energy_logger
 from ..schema import Option, Positive
 from .base import EnergySource, SourceHealth
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 
 class PowerSampler:
