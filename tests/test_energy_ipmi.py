@@ -258,3 +258,27 @@ def test_redact_covers_every_form():
                    "dXNlcjpwYXNz"):
         assert secret not in text, text
     assert "https://***@bmc/x" in text
+
+
+def test_slowly_printing_ipmitool_delays_the_start_by_at_most_its_timeout(ipmitool):
+    """Issue 13.2 for subprocesses: an ipmitool (or a wrapper, a slow BMC link) that prints
+    one byte every 0.5 s; the whole call is bounded by ipmi_timeout_s, and open() reads once
+    (its reading is the first sample), so the start waits at most one timeout."""
+    from shared.energy.meter import EnergyMeter
+
+    ipmitool.set(mode="trickle")
+    t0 = time.monotonic()
+    meter = EnergyMeter([IpmiSource(DEFAULT_CMD_FOR_TEST, period_s=5.0, timeout_s=1.0)],
+                        explicit=True)
+    meter.start()
+    assert time.monotonic() - t0 < 1.8
+    assert meter.active_sources == []
+    meter.close()
+    ipmitool.set(mode="ok")
+    src = IpmiSource(DEFAULT_CMD_FOR_TEST, period_s=5.0, timeout_s=1.0)
+    src.open()
+    assert len(ipmitool.calls()) == 2  # one call per open(), none extra for a first sample
+    src.close()
+
+
+DEFAULT_CMD_FOR_TEST = "ipmitool dcmi power reading"

@@ -618,3 +618,42 @@ def test_basic_credentials_header():
     creds = BasicCredentials("a", "b:c")
     assert creds.header() == "Basic " + base64.b64encode(b"a:b:c").decode()
     assert "b:c" not in repr(creds)
+
+
+@pytest.mark.parametrize("mode", ["ilo", "powersubsystem"])
+def test_trickling_bmc_delays_the_start_by_at_most_its_timeout(sources, mode):
+    """Issue 13.2: a BMC sending one byte every 0.5 s never tripped the per-read socket
+    timeout and held the trial start (0 batches in 90 s with redfish_timeout_s=1). Now the
+    whole open() (discovery: several requests; first sample) is bounded by the timeout."""
+    from shared.energy.meter import EnergyMeter
+
+    with BmcSimulator(WATTS, mode, trickle_s=0.5) as sim:
+        sim.failure = "trickle"
+        source = make(sources, sim.url, timeout_s=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(SourceUnavailable, match=r"no answer from .* within 1 s "
+                                                    r"\(timeout\); the limit is for the whole"):
+            source.open()
+        assert time.monotonic() - t0 < 1.6
+        meter = EnergyMeter([make(sources, sim.url, timeout_s=1.0)], explicit=True)
+        t0 = time.monotonic()
+        meter.start()
+        assert time.monotonic() - t0 < 1.6  # the first batch waits at most the timeout
+        meter.close()
+
+
+def test_trickling_bmc_while_sampling_fails_the_sample_within_the_timeout(sources):
+    with BmcSimulator(WATTS, "powersubsystem", trickle_s=0.3) as sim:
+        source = make(sources, sim.url, timeout_s=0.5, sample_period_s=0.1)
+        t0 = time.monotonic()
+        source.open()
+        assert time.monotonic() - t0 < 1.0
+        sim.failure = "trickle"
+        deadline = time.monotonic() + 5.0
+        while source.health.failures < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert source.health.failures >= 1
+        assert "within 0.5 s (timeout)" in (source.health.first_error or "")
+        t0 = time.monotonic()
+        source.close()
+        assert time.monotonic() - t0 < 1.6

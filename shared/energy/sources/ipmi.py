@@ -21,6 +21,7 @@ import signal
 import subprocess
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+from ..deadline import Deadline
 from ..redact import energy_logger, redact, redact_argv, register_secrets, secret_values
 from ..schema import EnvVar
 from .base import SourceUnavailable
@@ -32,6 +33,8 @@ ENV_CMD = "ENERGY_IPMI_CMD"
 DEFAULT_CMD = "ipmitool dcmi power reading"
 DEFAULT_PERIOD_S = 5.0
 DEFAULT_TIMEOUT_S = 10.0
+#: How long to wait for a killed ipmitool's pipes to close before giving up on them.
+_REAP_S = 1.0
 
 _READING_RE = re.compile(r"Instantaneous power reading\s*:\s*(\d+(?:\.\d+)?)\s*Watts",
                          re.IGNORECASE)
@@ -123,17 +126,26 @@ class IpmiSource(SampledPowerSource):
         # A session of its own so that a timeout kills wrappers' children too (``sudo
         # ipmitool ...`` forks): killing only the direct child would leave the pipes open
         # and communicate() waiting for them.
+        deadline = Deadline(self.timeout_s, "ipmitool")
         proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         try:
-            out, err = proc.communicate(timeout=self.timeout_s)
+            # A total deadline for the call, however the child prints (slowly, or nothing).
+            out, err = proc.communicate(timeout=deadline.wait_s())
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 proc.kill()
-            proc.communicate()
-            raise TimeoutError(f"`{self.redacted}` took longer than {self.timeout_s:g} s")
+            try:
+                # A grandchild that left the session could keep the pipes open: do not
+                # wait for it, the child itself is dead.
+                proc.communicate(timeout=_REAP_S)
+            except subprocess.TimeoutExpired:
+                pass
+            raise TimeoutError(f"`{self.redacted}` took longer than {self.timeout_s:g} s "
+                               "(ipmi_timeout_s, for the whole call however slowly it "
+                               "prints); killed") from None
         if proc.returncode != 0:
             # A wrapper (sudo, a site script) may echo the whole command, password included:
             # redact before cutting, so a secret cut in half is still caught whole.
@@ -167,7 +179,9 @@ class IpmiSource(SampledPowerSource):
             # OpenBMC reports "deactivated" with valid readings; others do not: say so once.
             log.warning("ipmi: the BMC says 'Power reading state is: deactivated' but reads "
                         "%g W; using it. Check it against the PSU/PDU if in doubt.", watts)
-        self.start_sampling(self.period_s)
+        # The reading just taken is the first sample: reading again would let a slow BMC
+        # delay the trial start by two timeouts.
+        self.start_sampling(self.period_s, first_watts=watts)
 
     def describe(self) -> str:
         return f"ipmi: `{self.redacted}` sampled every {self.period_s:g} s"
