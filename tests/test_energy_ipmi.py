@@ -198,3 +198,87 @@ def test_bad_configuration_values():
         IpmiSource.from_env({}, {"ipmi_timeout_s": "x"})
     src = IpmiSource.from_env({}, {"sample_period_s": 2.0, "ipmi_sample_period_s": 7.0})
     assert src.period_s == 7.0  # the per-source option wins over the shared one
+
+
+SECRETS = ("hunter2pw", "kgkeysecret", "DEADBEEF99")
+
+
+def _echoing_argv() -> str:
+    return (f"{FAKES}/echo-wrapper ipmitool -I lanplus -H bmc1 -U admin -P {SECRETS[0]} "
+            f"-k {SECRETS[1]} -y{SECRETS[2]} dcmi power reading")
+
+
+def _assert_no_secret(texts) -> None:
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text, f"secret {secret!r} leaked in: {text!r}"
+
+
+def test_echoing_wrapper_never_leaks_the_password(ipmitool, caplog):
+    """Issue 13.3: a wrapper that echoes its arguments put the -P password in the log
+    through the failing command's stderr. Logs, exception texts and health must not show
+    any secret, whatever form the echo gives it."""
+    from shared.energy.meter import EnergyMeter
+
+    texts = []
+    ipmitool.set(mode="fail")
+    with caplog.at_level(logging.DEBUG):
+        src = IpmiSource(_echoing_argv(), period_s=0.05, timeout_s=5.0)
+        with pytest.raises(SourceUnavailable) as info:
+            src.open()
+        texts.append(str(info.value))
+        assert "echo-wrapper: running:" in str(info.value)  # the stderr is still shown
+        meter = EnergyMeter([IpmiSource(_echoing_argv(), period_s=0.05)], explicit=True)
+        meter.start()
+        meter.close()
+        # Opens, then fails while sampling: the failure's text goes to health and the log.
+        ipmitool.set(mode="ok")
+        src = IpmiSource(_echoing_argv(), period_s=0.05)
+        src.open()
+        ipmitool.set(mode="fail")
+        wait_attempts(src, 4)
+        src.close()
+        assert src.health.failures >= 1
+        texts.append(src.health.first_error or "")
+        texts.append(src.describe())
+    texts += [r.getMessage() for r in caplog.records]
+    texts += [caplog.text]
+    assert any("echo-wrapper: arg[" in t for t in texts)  # the echo was there to leak
+    _assert_no_secret(texts)
+    assert any("-U admin" in t for t in texts)  # a user name is not a secret
+
+
+def test_redact_covers_every_form():
+    from shared.energy.redact import redact
+
+    text = redact("sudo ipmitool -P p4ss -Pjoined -k=kg1 url=https://u:pw123@bmc/x "
+                  "Authorization: Bearer abc.def-ghi password=topsecret "
+                  "Authorization: Basic dXNlcjpwYXNz")
+    for secret in ("p4ss", "joined", "kg1", "u:pw123", "abc.def-ghi", "topsecret",
+                   "dXNlcjpwYXNz"):
+        assert secret not in text, text
+    assert "https://***@bmc/x" in text
+
+
+def test_slowly_printing_ipmitool_delays_the_start_by_at_most_its_timeout(ipmitool):
+    """Issue 13.2 for subprocesses: an ipmitool (or a wrapper, a slow BMC link) that prints
+    one byte every 0.5 s; the whole call is bounded by ipmi_timeout_s, and open() reads once
+    (its reading is the first sample), so the start waits at most one timeout."""
+    from shared.energy.meter import EnergyMeter
+
+    ipmitool.set(mode="trickle")
+    t0 = time.monotonic()
+    meter = EnergyMeter([IpmiSource(DEFAULT_CMD_FOR_TEST, period_s=5.0, timeout_s=1.0)],
+                        explicit=True)
+    meter.start()
+    assert time.monotonic() - t0 < 1.8
+    assert meter.active_sources == []
+    meter.close()
+    ipmitool.set(mode="ok")
+    src = IpmiSource(DEFAULT_CMD_FOR_TEST, period_s=5.0, timeout_s=1.0)
+    src.open()
+    assert len(ipmitool.calls()) == 2  # one call per open(), none extra for a first sample
+    src.close()
+
+
+DEFAULT_CMD_FOR_TEST = "ipmitool dcmi power reading"

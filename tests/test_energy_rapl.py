@@ -85,13 +85,18 @@ def test_wrap_rule_is_exact():
 def test_wrap_between_reads(tmp_path):
     pc = FakePowercap(tmp_path)
     pc.add_zone("intel-rapl:0", "package-0", max_uj=1_000_000, energy_uj=900_000)
-    src = RaplSource(pc.root, max_power_w=1e-6)  # wrap time "long": no thread
+    clock = FakeClock()
+    # 0.1 W ceiling: a 1 J counter wraps every 10 s, "long" next to poll_below_s: no thread
+    src = RaplSource(pc.root, max_power_w=0.1, poll_below_s=5.0, clock=clock)
     src.open()
     assert src.poll_period_s is None
-    pc.advance("intel-rapl:0", 0.25)  # crosses the 1 J range
+    clock.advance(5.0)
+    pc.advance("intel-rapl:0", 0.25)  # crosses the 1 J range at 0.05 W: a plausible wrap
     assert src.read()["cpu"] == pytest.approx(0.25, abs=2e-6)
+    clock.advance(5.0)
     pc.advance("intel-rapl:0", 0.5)
     assert src.read()["cpu"] == pytest.approx(0.75, abs=2e-6)
+    assert src.health.failures == 0 and src.resets == 0
 
 
 def _wait_for_poll(src: RaplSource, seen: int) -> None:
@@ -113,11 +118,15 @@ def test_poll_thread_catches_repeated_wraps(tmp_path, caplog):
     assert src.poll_period_s == pytest.approx(0.05)
     assert any("can wrap every 0.2 s at 10 W; polling every 0.05 s" in r.getMessage()
                for r in caplog.records)
-    for _ in range(5):  # 5 x 1.5 J = 7.5 J: the counter wraps 3 times, never read by us
+    # 16 x 0.4 J = 6.4 J: the counter wraps 3 times, never read by us. 0.4 J per poll
+    # period (>= 0.05 s) is at most 8 W, within the 10 W ceiling: each drop is a plausible
+    # wrap, not a reset.
+    for _ in range(16):
         seen = src.polls
-        pc.advance("intel-rapl:0", 1.5)
+        pc.advance("intel-rapl:0", 0.4)
         _wait_for_poll(src, seen)
-    assert src.read()["cpu"] == pytest.approx(7.5, abs=1e-5)
+    assert src.read()["cpu"] == pytest.approx(6.4, abs=1e-5)
+    assert src.resets == 0
     src.close()
     assert src._thread is None
 
@@ -197,3 +206,77 @@ def test_transient_garbage_is_counted_and_self_corrects(tmp_path):
     pc.restore("intel-rapl:0")
     # cumulative counter: the energy during the failure is not lost
     assert src.read()["cpu"] == pytest.approx(15.0, abs=1e-5)
+
+
+def _reset_counter(pc, zone: str, value_uj: int) -> None:
+    """What a BIOS/firmware reset or a write to the file does: the counter jumps to a value
+    with no energy behind it (the fake's truth is unchanged)."""
+    pc._value[zone] = float(value_uj)
+    pc._write(zone)
+
+
+@pytest.mark.parametrize("drop_to", ["zero", "minus_500_j"])
+def test_counter_reset_is_not_a_wrap(tmp_path, caplog, drop_to):
+    """Issue 13.1: a reset to 0 (or a step back of 500 J) read as a wrap invented ~72.5 Wh
+    in one report interval. Now the interval is not counted, one warning names the counter,
+    and coverage drops."""
+    pc = FakePowercap(tmp_path)
+    pc.add_zone("intel-rapl:0", "package-0", energy_uj=10_000_000_000)  # 10 kJ, real range
+    clock = FakeClock()
+    src = RaplSource(pc.root, clock=clock, poll_below_s=1.0)  # no poll thread: reads drive it
+    src.open()
+    clock.advance(60.0)
+    pc.advance("intel-rapl:0", 12_000.0)  # 200 W for 60 s
+    assert src.read()["cpu"] == pytest.approx(12_000.0, abs=1e-3)
+    clock.advance(60.0)
+    _reset_counter(pc, "intel-rapl:0",
+                   0 if drop_to == "zero" else 22_000_000_000 - 500_000_000)
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        after = src.read()["cpu"]
+        assert after == pytest.approx(12_000.0, abs=1e-3)  # nothing invented
+        clock.advance(60.0)
+        pc.advance("intel-rapl:0", 6_000.0)  # counting resumes from the new value
+        assert src.read()["cpu"] == pytest.approx(18_000.0, abs=1e-3)
+        clock.advance(60.0)
+        _reset_counter(pc, "intel-rapl:0", 0)  # a second reset: counted, not logged again
+        src.read()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "intel-rapl:0/energy_uj went back from" in warnings[0]
+    assert "more than rapl_max_power_w = 1000 W, so the counter was reset" in warnings[0]
+    assert src.resets == 2
+    assert src.health.coverage == pytest.approx(2 / 4)
+
+
+def test_counter_reset_in_one_domain_warns_for_each_domain(tmp_path, caplog):
+    pc = FakePowercap(tmp_path)
+    pc.add_zone("intel-rapl:0", "package-0", energy_uj=5_000_000_000)
+    pc.add_zone("intel-rapl:1", "package-1", energy_uj=5_000_000_000)
+    clock = FakeClock()
+    src = RaplSource(pc.root, clock=clock, poll_below_s=1.0)
+    src.open()
+    clock.advance(30.0)
+    _reset_counter(pc, "intel-rapl:0", 0)
+    _reset_counter(pc, "intel-rapl:1", 0)
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        assert src.read()["cpu"] == 0.0
+    texts = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(texts) == 2
+    assert any("intel-rapl:0/" in t for t in texts) and any("intel-rapl:1/" in t for t in texts)
+
+
+def test_meter_coverage_drops_on_a_reset(tmp_path):
+    pc = FakePowercap(tmp_path)
+    pc.add_zone("intel-rapl:0", "package-0", energy_uj=5_000_000_000)
+    clock = FakeClock()
+    meter = EnergyMeter([RaplSource(pc.root, clock=clock, poll_below_s=1.0)], clock=clock)
+    meter.start()
+    clock.advance(10.0)
+    pc.advance("intel-rapl:0", 1000.0)
+    assert meter.read().coverage["rapl"] == 1.0
+    clock.advance(10.0)
+    _reset_counter(pc, "intel-rapl:0", 0)
+    snap = meter.read()
+    assert snap.joules["cpu"] == pytest.approx(1000.0, abs=1e-3)
+    assert snap.coverage["rapl"] < 1.0
+    meter.close()

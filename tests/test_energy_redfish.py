@@ -623,3 +623,87 @@ def test_basic_credentials_header():
     creds = BasicCredentials("a", "b:c")
     assert creds.header() == "Basic " + base64.b64encode(b"a:b:c").decode()
     assert "b:c" not in repr(creds)
+
+
+@pytest.mark.parametrize("mode", ["ilo", "powersubsystem"])
+def test_trickling_bmc_delays_the_start_by_at_most_its_timeout(sources, mode):
+    """Issue 13.2: a BMC sending one byte every 0.5 s never tripped the per-read socket
+    timeout and held the trial start (0 batches in 90 s with redfish_timeout_s=1). Now the
+    whole open() (discovery: several requests; first sample) is bounded by the timeout."""
+    from shared.energy.meter import EnergyMeter
+
+    with BmcSimulator(WATTS, mode, trickle_s=0.5) as sim:
+        sim.failure = "trickle"
+        source = make(sources, sim.url, timeout_s=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(SourceUnavailable, match=r"no answer from .* within 1 s "
+                                                    r"\(timeout\); the limit is for the whole"):
+            source.open()
+        assert time.monotonic() - t0 < 1.6
+        meter = EnergyMeter([make(sources, sim.url, timeout_s=1.0)], explicit=True)
+        t0 = time.monotonic()
+        meter.start()
+        assert time.monotonic() - t0 < 1.6  # the first batch waits at most the timeout
+        meter.close()
+
+
+def test_trickling_bmc_while_sampling_fails_the_sample_within_the_timeout(sources):
+    with BmcSimulator(WATTS, "powersubsystem", trickle_s=0.3) as sim:
+        source = make(sources, sim.url, timeout_s=0.5, sample_period_s=0.1)
+        t0 = time.monotonic()
+        source.open()
+        assert time.monotonic() - t0 < 1.0
+        sim.failure = "trickle"
+        deadline = time.monotonic() + 5.0
+        while source.health.failures < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert source.health.failures >= 1
+        assert "within 0.5 s (timeout)" in (source.health.first_error or "")
+        t0 = time.monotonic()
+        source.close()
+        assert time.monotonic() - t0 < 1.6
+
+
+def test_bmc_that_comes_up_late_is_retried_and_measured_from_then_on(sources, caplog):
+    """Issue 13.4: a configured BMC that refused the connection at start was dropped for the
+    whole run with one INFO line. Now: a WARNING saying what to do, retries at report time
+    (30 s, doubling), and once it is up it is measured; coverage counts the time before."""
+    import socket as _socket
+
+    from shared.energy import meter as meter_mod
+    from shared.energy.meter import EnergyMeter
+
+    with _socket.socket() as probe:  # a free port, nothing listening on it yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clock_t = [1000.0]
+    source = make(sources, f"http://127.0.0.1:{port}/redfish/v1", timeout_s=1.0)
+    meter = EnergyMeter([source], clock=lambda: clock_t[0], explicit=True)
+    with caplog.at_level(logging.INFO, logger="shared.energy"):
+        meter.start()
+        [warning] = [r for r in caplog.records if r.levelno == logging.WARNING
+                     and "unavailable" in r.getMessage()]
+        assert "it is retried at report time (first in 30 s, then doubling to every 600 s)" \
+            in warning.getMessage()
+        assert "its energy is missing (not zero)" in warning.getMessage()
+        assert meter.active_sources == [] and meter.pending_sources == [source]
+        clock_t[0] += 31.0  # first retry: still refused, next in 60 s
+        assert "node" not in meter.read().joules
+        assert any("still unavailable after 2 tries" in r.getMessage() and "next try in 60 s"
+                   in r.getMessage() for r in caplog.records)
+        with BmcSimulator(WATTS, "ilo", port=port) as sim:
+            clock_t[0] += 30.0  # 30 s of the 60: not yet
+            meter.read()
+            assert meter.pending_sources == [source]
+            clock_t[0] += 31.0
+            snap = meter.read()
+            assert meter.active_sources == [source] and meter.pending_sources == []
+            assert any("is up now" in r.getMessage() and "92 s after the start" in
+                       r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+            time.sleep(0.3)
+            clock_t[0] += 92.0  # as long again as it was missing
+            snap = meter.read()
+            assert snap.joules["node"] > 0
+            assert snap.coverage["redfish"] == pytest.approx(0.5, abs=0.05)
+            meter.close()
+    assert meter_mod.RETRY_FIRST_S == 30.0 and meter_mod.RETRY_MAX_S == 600.0

@@ -18,9 +18,10 @@ import logging
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+from .redact import energy_logger
 from .meter import EnergySnapshot
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 APPORTION_RULES = ("gpu_share", "none")
 J_PER_WH = 3600.0

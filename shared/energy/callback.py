@@ -28,12 +28,13 @@ from determined import pytorch as det_pytorch
 
 from shared import determined_compat as compat
 
+from .redact import energy_logger
 from .aggregate import RankEnergy, TrialEnergy, combine
 from .meter import EnergyMeter, EnergySnapshot
 from .options import default_options, validate_options
 from .select import build_sources
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 
 # The energy options are declared in shared.energy.options (general ones) and on each source

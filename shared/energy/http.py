@@ -10,6 +10,8 @@ is safe to log. The rules that keep secrets where they belong live here once, fo
   location, whatever its host or scheme.
 - TLS is verified by default (``make_ssl_context``); turning it off is logged as a warning.
 - A body larger than ``MAX_BODY_BYTES`` is refused rather than read into memory.
+- A request has a total deadline (``shared.energy.deadline``), not only a per-read socket
+  timeout: a server that trickles bytes cannot hold the caller past ``timeout_s``.
 
 Whether proxies from the environment apply is the caller's choice (``use_env_proxies``): a
 BMC on a management network must not be reached through a proxy with Basic credentials, a
@@ -17,18 +19,22 @@ site's Prometheus may well sit behind one.
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
+import socket
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any, List, Mapping, Optional
 
+from .deadline import Deadline
+from .redact import energy_logger
 from .sources.base import SourceUnavailable
 
-log = logging.getLogger(__name__)
+log = energy_logger(__name__)
 
 # A BMC or Prometheus answer is a few KiB; a larger body is not a document of theirs (and must
 # not eat memory).
@@ -108,6 +114,48 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises HTTPError with the 3xx status
 
 
+class _DeadlineConnection:
+    """Mixin of an http.client connection: every socket it opens is shut down by the
+    request's deadline watchdog, which ends a read in progress wherever it is blocked."""
+
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._deadline = deadline
+        self._create_connection = self._connect_guarded
+
+    def _connect_guarded(self, address: Any, timeout: Any = None, source_address: Any = None
+                         ) -> socket.socket:
+        wait = self._deadline.wait_s(timeout if isinstance(timeout, (int, float)) else None)
+        sock = socket.create_connection(address, wait, source_address)
+        self._deadline.on_expiry(lambda: sock.shutdown(socket.SHUT_RDWR))
+        return sock
+
+
+class _DeadlineHTTPConnection(_DeadlineConnection, http.client.HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):  # type: ignore[override]
+        return self.do_open(functools.partial(_DeadlineHTTPConnection,
+                                              deadline=req.energy_deadline), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: Optional[ssl.SSLContext]) -> None:
+        super().__init__(context=context)
+        self._energy_context = context
+
+    def https_open(self, req):  # type: ignore[override]
+        return self.do_open(functools.partial(_DeadlineHTTPSConnection,
+                                              deadline=req.energy_deadline), req,
+                            context=self._energy_context)
+
+
 class JsonHttpClient:
     """GET a URL, return its JSON body. Every failure becomes an ``HttpFailure`` whose message
     names the (redacted) URL and what went wrong."""
@@ -118,21 +166,32 @@ class JsonHttpClient:
         self.timeout_s = timeout_s
         self._headers = dict(headers)
         self._tls_hint = tls_hint
-        handlers: List[urllib.request.BaseHandler] = [_NoRedirect()]
+        handlers: List[urllib.request.BaseHandler] = [_NoRedirect(), _DeadlineHTTPHandler(),
+                                                      _DeadlineHTTPSHandler(ssl_context)]
         if not use_env_proxies:
             handlers.append(urllib.request.ProxyHandler({}))
-        if ssl_context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
         self._opener = urllib.request.build_opener(*handlers)
 
-    def get_json(self, url: str) -> Any:
-        """The decoded JSON document at ``url``; raises HttpFailure."""
+    def get_json(self, url: str, deadline: Optional[Deadline] = None) -> Any:
+        """The decoded JSON document at ``url``; raises HttpFailure.
+
+        ``deadline`` bounds the whole request (connect, TLS, headers, body); default
+        ``timeout_s`` from now. Pass one deadline to several calls to bound them together.
+        """
+        if deadline is None:
+            with Deadline(self.timeout_s, redact_url(url)) as own:
+                return self.get_json(url, own)
         shown = redact_url(url)
         request = urllib.request.Request(url, headers=self._headers, method="GET")
+        request.energy_deadline = deadline  # type: ignore[attr-defined]
+        if deadline.expired:
+            raise self._deadline_failure(deadline, shown)
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
+            with self._opener.open(request, timeout=deadline.wait_s(self.timeout_s)) as response:
                 body = response.read(MAX_BODY_BYTES + 1)
         except urllib.error.HTTPError as err:
+            if deadline.fired:
+                raise self._deadline_failure(deadline, shown) from None
             status, reason = err.code, err.reason
             location = err.headers.get("Location") if err.headers else None
             detail = _error_detail(err)
@@ -145,9 +204,15 @@ class JsonHttpClient:
                     status) from None
             raise HttpFailure(f"HTTP {status} {reason} from {shown}{detail}", status) from None
         except urllib.error.URLError as err:
+            if deadline.fired:
+                raise self._deadline_failure(deadline, shown) from None
             raise self._connection_failure(err.reason, shown) from None
         except (http.client.HTTPException, OSError) as err:
+            if deadline.fired:
+                raise self._deadline_failure(deadline, shown) from None
             raise self._connection_failure(err, shown) from None
+        if deadline.fired:  # a body cut short by the watchdog (no Content-Length): not data
+            raise self._deadline_failure(deadline, shown)
         if len(body) > MAX_BODY_BYTES:
             raise HttpFailure(f"response from {shown} is larger than {MAX_BODY_BYTES} bytes; "
                               "not a Redfish/Prometheus JSON document")
@@ -156,6 +221,11 @@ class JsonHttpClient:
         except ValueError:  # JSONDecodeError and UnicodeDecodeError
             raise HttpFailure(f"response from {shown} is not valid JSON "
                               f"({len(body)} bytes)") from None
+
+    def _deadline_failure(self, deadline: Deadline, shown: str) -> HttpFailure:
+        return HttpFailure(f"no answer from {shown} within {deadline.seconds:g} s (timeout); "
+                           "the limit is for the whole request: a server that sends too "
+                           "slowly counts as not answering")
 
     def _connection_failure(self, reason: Any, shown: str) -> HttpFailure:
         if isinstance(reason, ssl.SSLCertVerificationError):

@@ -11,9 +11,29 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .redact import energy_logger
 from .sources.base import COMPONENTS, EnergySource, SourceUnavailable
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
+
+#: First retry of a source that was configured explicitly but failed at start (a BMC still
+#: booting, a network not up yet): soon enough that a BMC a minute late loses about a
+#: minute, rare enough that a dead one costs the training loop little (each try can block a
+#: report for up to the source's timeout).
+RETRY_FIRST_S = 30.0
+#: The interval doubles after each failed try up to this: a source down for the whole run
+#: then costs one timeout per 10 minutes.
+RETRY_MAX_S = 600.0
+
+
+@dataclass
+class _Pending:
+    """A source asked for by name (or by its URL/command variable) that failed at start."""
+
+    source: EnergySource
+    next_at: float
+    interval_s: float
+    tries: int = 1
 
 
 @dataclass(frozen=True)
@@ -25,7 +45,8 @@ class EnergySnapshot:
         joules: joules per component ("gpu", "cpu", "dram", "node"); a component no active
             source measures is absent (not zero).
         per_source: joules per component for each active source.
-        coverage: fraction of good reads/samples per active source (0-1).
+        coverage: fraction of good reads/samples per active source (0-1); a source that
+            came up late (retried) also counts the time before it came up as missed.
         sources: names of the active sources.
     """
 
@@ -75,46 +96,41 @@ class EnergyMeter:
         self._last: Dict[str, Dict[str, float]] = {}
         self._start: Optional[float] = None
         self._windows: Dict[str, EnergySnapshot] = {}
+        self._claimed: Dict[str, str] = {}  # component -> source measuring it
+        self._pending: List[_Pending] = []  # explicit sources that failed at start
+        self._since: Dict[str, float] = {}  # late sources: clock time they came up
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "EnergyMeter":
         """Open every source; drop (with one log line each) those that cannot work here and
-        those whose components are all measured by a higher-priority source."""
+        those whose components are all measured by a higher-priority source. A source that
+        was configured explicitly (named in the spec, or its URL/command variable set) and
+        cannot open is retried at report time (``RETRY_FIRST_S`` doubling to
+        ``RETRY_MAX_S``)."""
         if self._start is not None:
             raise RuntimeError("EnergyMeter.start() called twice")
-        level = logging.WARNING if self._explicit else logging.INFO
-        claimed: Dict[str, str] = {}
+        self._start = self._clock()
         for source in self._candidates:
             try:
                 source.open()
             except SourceUnavailable as err:
-                log.log(level, "energy source %s unavailable: %s", source.name, err)
+                if self._configured(source):
+                    self._pending.append(_Pending(source, self._start + RETRY_FIRST_S,
+                                                  RETRY_FIRST_S))
+                    log.warning("energy source %s unavailable: %s. It was configured for "
+                                "this run: fix that and it is picked up, it is retried at "
+                                "report time (first in %g s, then doubling to every %g s); "
+                                "until it comes up its energy is missing (not zero)",
+                                source.name, err, RETRY_FIRST_S, RETRY_MAX_S)
+                else:
+                    log.info("energy source %s unavailable: %s", source.name, err)
                 continue
             except Exception as err:  # a bug in a source must not stop training
                 log.warning("energy source %s failed to open (%s: %s); skipped",
                             source.name, type(err).__name__, err)
                 _close_quietly(source)
                 continue
-            first = self._safe_read(source) or {}
-            mine = [c for c in first if c in COMPONENTS and c not in claimed]
-            taken = [c for c in first if c in claimed]
-            for comp in taken:
-                # Two sources for one quantity (say IPMI and Redfish for node power): the
-                # sum would count the same joules twice.
-                log.warning("energy source %s also measures %r, already measured by %s: "
-                            "ignoring it there to count each joule once",
-                            source.name, comp, claimed[comp])
-            if not mine:
-                if not taken:
-                    log.warning("energy source %s opened but reports no component (%s); "
-                                "skipped", source.name, sorted(first) or "nothing")
-                _close_quietly(source)
-                continue
-            for comp in mine:
-                claimed[comp] = source.name
-            self._owned[source.name] = mine
-            self._active.append(source)
-        self._start = self._clock()
+            self._activate(source)
         if self._active:
             log.info("energy sources active: %s",
                      " | ".join(s.describe() for s in self._active))
@@ -122,11 +138,76 @@ class EnergyMeter:
             log.info("energy: no source can measure anything in this process")
         return self
 
+    def _configured(self, source: EnergySource) -> bool:
+        # Named in the spec (explicit), or, under auto, built only because its variable
+        # (ENERGY_REDFISH_URL, ENERGY_IPMI_CMD, ...) is set: someone configured it for this
+        # node, so its absence is a fault to fix, not a fact of the hardware.
+        return self._explicit or bool(getattr(source, "auto_env", None))
+
+    def _activate(self, source: EnergySource) -> bool:
+        """Take an opened source's first reading and claim its components; False (closed)
+        when it measures nothing a higher-priority source does not."""
+        first = self._safe_read(source) or {}
+        mine = [c for c in first if c in COMPONENTS and c not in self._claimed]
+        taken = [c for c in first if c in self._claimed]
+        for comp in taken:
+            # Two sources for one quantity (say IPMI and Redfish for node power): the
+            # sum would count the same joules twice.
+            log.warning("energy source %s also measures %r, already measured by %s: "
+                        "ignoring it there to count each joule once",
+                        source.name, comp, self._claimed[comp])
+        if not mine:
+            if not taken:
+                log.warning("energy source %s opened but reports no component (%s); "
+                            "skipped", source.name, sorted(first) or "nothing")
+            _close_quietly(source)
+            return False
+        for comp in mine:
+            self._claimed[comp] = source.name
+        self._owned[source.name] = mine
+        self._active.append(source)
+        return True
+
+    def _retry_pending(self) -> None:
+        """Try again the configured sources that failed at start, when their time has come."""
+        if not self._pending or self._start is None:
+            return
+        now = self._clock()
+        still: List[_Pending] = []
+        for item in self._pending:
+            if now < item.next_at:
+                still.append(item)
+                continue
+            try:
+                item.source.open()
+            except Exception as err:  # SourceUnavailable, or a bug: either way, try later
+                item.tries += 1
+                item.interval_s = min(RETRY_MAX_S, item.interval_s * 2.0)
+                item.next_at = self._clock() + item.interval_s
+                log.info("energy source %s still unavailable after %d tries (%s); next try "
+                         "in %g s", item.source.name, item.tries, err, item.interval_s)
+                still.append(item)
+                continue
+            up = self._clock()
+            if self._activate(item.source):
+                self._since[item.source.name] = up
+                log.warning("energy source %s is up now (%s), %.0f s after the start: "
+                            "measured from now on; the energy before is missing (not zero) "
+                            "and its coverage counts that time as missed",
+                            item.source.name, item.source.describe(), up - self._start)
+        self._pending = still
+
+    @property
+    def pending_sources(self) -> List[EnergySource]:
+        """Configured sources that failed at start and are still being retried."""
+        return [item.source for item in self._pending]
+
     def close(self) -> None:
         """Close every active source. Safe to call twice."""
         for source in self._active:
             _close_quietly(source)
         self._active = []
+        self._pending = []
 
     def __enter__(self) -> "EnergyMeter":
         return self.start()
@@ -156,6 +237,7 @@ class EnergyMeter:
         """Energy since ``start()``, per component and per source."""
         if self._start is None:
             raise RuntimeError("EnergyMeter.read() before start()")
+        self._retry_pending()
         joules: Dict[str, float] = {}
         per_source: Dict[str, Dict[str, float]] = {}
         for source in self._active:
@@ -164,13 +246,21 @@ class EnergyMeter:
             per_source[source.name] = own
             for comp, j in own.items():
                 joules[comp] = joules.get(comp, 0.0) + j
+        now = self._clock()
         return EnergySnapshot(
-            duration_s=self._clock() - self._start,
+            duration_s=now - self._start,
             joules=joules,
             per_source=per_source,
-            coverage={s.name: s.health.coverage for s in self._active},
+            coverage={s.name: self._coverage(s, now) for s in self._active},
             sources=[s.name for s in self._active],
         )
+
+    def _coverage(self, source: EnergySource, now: float) -> float:
+        since = self._since.get(source.name)
+        if since is None or self._start is None or now <= self._start:
+            return source.health.coverage
+        # Came up late: the time before it did is as missed as a failed sample.
+        return source.health.coverage * max(0.0, now - since) / (now - self._start)
 
     # -- windows ----------------------------------------------------------------------------
     def begin_window(self, name: str) -> None:

@@ -13,13 +13,14 @@ import logging
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .redact import energy_logger
 from .aggregate import APPORTION_RULES
 from .schema import (AtLeast, Boolean, Check, EnvVar, NonNegative, OneOf, Option, Positive,
                      PositiveInteger, positive_integer_text)
 from .select import parse_spec
 from .sources import registered_sources
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 
 class SourceNames(Check):

@@ -12,10 +12,11 @@ import logging
 import os
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .redact import energy_logger
 from .sources import registered_sources
 from .sources.base import SourceUnavailable
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 
 # SOURCE_ORDER, DEVICE_SOURCES and AUTO_ONLY_WITH_ENV are read by the packager and the tests.

@@ -16,7 +16,9 @@ Modes (the resource trees are modelled on what the BMCs publish; values are the 
 
 Failure injection (``failure`` attribute, switchable while serving, or ``fail_after``): ``"500"``
 (HTTP 500), ``"garbage"`` (200 with a body that is not JSON), ``"missing"`` (200, valid JSON
-without the power reading), ``"timeout"`` (the handler hangs ``hang_s`` seconds before answering).
+without the power reading), ``"timeout"`` (the handler hangs ``hang_s`` seconds before answering),
+``"trickle"`` (a correct answer, status line included, sent one byte every ``trickle_s`` seconds:
+a BMC on a bad link, which a per-read socket timeout never catches).
 A failing BMC fails every request, as a sick BMC does.
 
 With ``user``/``password`` every resource except the service root requires HTTP Basic auth
@@ -40,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 
 MODES = ("ilo", "envmetrics", "powersubsystem")
-FAILURES = ("500", "garbage", "missing", "timeout")
+FAILURES = ("500", "garbage", "missing", "timeout", "trickle")
 
 # Fractions of the total drawn by each PSU in powersubsystem mode; uneven so that a reader that
 # takes one PSU instead of the sum is caught.
@@ -61,7 +63,8 @@ class BmcSimulator:
     def __init__(self, watts: float = 500.0, mode: str = "ilo", *, user: Optional[str] = None,
                  password: Optional[str] = None, fail_after: Optional[int] = None,
                  failure_after: str = "500", certfile: Optional[str] = None,
-                 keyfile: Optional[str] = None, hang_s: float = 5.0, port: int = 0,
+                 keyfile: Optional[str] = None, hang_s: float = 5.0, trickle_s: float = 0.5,
+                 port: int = 0,
                  host: str = "127.0.0.1") -> None:
         if mode not in MODES:
             raise ValueError(f"unknown BMC simulator mode {mode!r}; choose one of {MODES}")
@@ -78,6 +81,7 @@ class BmcSimulator:
         self.failure: Optional[str] = None
         self.redirect_to: Optional[str] = None
         self.hang_s = hang_s
+        self.trickle_s = trickle_s
         self._certfile = certfile
         self._keyfile = keyfile
         self._host = host
@@ -333,6 +337,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_raw(self, status: int, body: bytes, path: str, auth: Optional[str],
                   extra: Optional[Dict[str, str]] = None) -> None:
         self.simulator._record(path, auth is not None, status)
+        if self.simulator.current_failure() == "trickle":
+            self._trickle(status, body)
+            return
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -344,6 +351,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test): nothing to answer
+
+    def _trickle(self, status: int, body: bytes) -> None:
+        sim = self.simulator
+        head = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        for i in range(len(head) + len(body)):
+            byte = (head + body)[i:i + 1]
+            try:
+                self.wfile.write(byte)
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up: what the test wants to see
+            if sim._stopping.wait(sim.trickle_s):
+                return
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -24,9 +24,10 @@ import re
 import threading
 from typing import Dict, Tuple, Type
 
+from ..redact import energy_logger
 from .base import COMPONENTS, EnergySource
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 #: (module, class) of every built-in source; their order here does not matter
 #: (``priority`` orders them).

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Dict, Literal, Mapping, Optional, Tuple
 if TYPE_CHECKING:  # annotations only: schema imports this module (SourceUnavailable)
     from ..schema import EnvVar, Option
 
-log = logging.getLogger("shared.energy")
+from ..redact import energy_logger, redact
+
+log = energy_logger()
 
 # Component keys a source may report. "node" is the power-supply input of the whole node
 # (contains the GPUs, CPUs and DRAM); the others are parts.
@@ -43,6 +45,8 @@ class SourceHealth:
     failures: int = 0
     first_error: str | None = None
     logged: bool = field(default=False, repr=False)
+    #: keys (e.g. "rapl/intel-rapl:0") already warned about by ``record_lost``
+    warned: set = field(default_factory=set, repr=False)
 
     @property
     def coverage(self) -> float:
@@ -58,13 +62,27 @@ class SourceHealth:
         """Count a failure; log it once per source (training must go on, logs must not flood)."""
         self.attempts += 1
         self.failures += 1
-        text = str(err)
+        text = redact(err)  # first_error is shown in reports, not only in the log
         if self.first_error is None:
             self.first_error = text
         if not self.logged:
             self.logged = True
             log.warning("energy source %s failed (%s); skipping, further errors are counted, "
                         "not logged", source, text)
+
+
+    def record_lost(self, source: str, key: str, message: str) -> None:
+        """Count an interval whose energy is unknown and left out (a counter reset), and
+        warn once per ``key`` (a domain, a GPU): each distinct counter that lies is named,
+        a counter that keeps resetting does not flood the log."""
+        self.attempts += 1
+        self.failures += 1
+        if self.first_error is None:
+            self.first_error = redact(message)
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning("energy source %s: %s; further resets of it are counted in coverage, "
+                        "not logged", source, message)
 
 
 class EnergySource(abc.ABC):

@@ -21,19 +21,21 @@ import signal
 import subprocess
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+from ..deadline import Deadline
+from ..redact import energy_logger, redact, redact_argv, register_secrets, secret_values
 from ..schema import EnvVar
 from .base import SourceUnavailable
 from .sampling import SampledPowerSource, bmc_options
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 ENV_CMD = "ENERGY_IPMI_CMD"
 DEFAULT_CMD = "ipmitool dcmi power reading"
 DEFAULT_PERIOD_S = 5.0
 DEFAULT_TIMEOUT_S = 10.0
+#: How long to wait for a killed ipmitool's pipes to close before giving up on them.
+_REAP_S = 1.0
 
-# ipmitool options whose value is a secret: -P password, -k / -y Kg keys.
-_SECRET_FLAGS = ("-P", "-k", "-y")
 _READING_RE = re.compile(r"Instantaneous power reading\s*:\s*(\d+(?:\.\d+)?)\s*Watts",
                          re.IGNORECASE)
 _STATE_RE = re.compile(r"Power reading state is\s*:\s*(\w+)", re.IGNORECASE)
@@ -41,20 +43,7 @@ _STATE_RE = re.compile(r"Power reading state is\s*:\s*(\w+)", re.IGNORECASE)
 
 def redact_command(argv: Sequence[str]) -> str:
     """The command line as it may appear in a log: values of -P, -k and -y replaced."""
-    out: List[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append("******")
-            hide_next = False
-        elif arg in _SECRET_FLAGS:
-            out.append(arg)
-            hide_next = True
-        elif any(arg.startswith(f) and len(arg) > len(f) for f in _SECRET_FLAGS):
-            out.append(arg[:2] + "******")  # joined form: -Psecret
-        else:
-            out.append(arg)
-    return shlex.join(out)
+    return shlex.join(redact_argv(argv))
 
 
 def parse_dcmi_power(text: str) -> Tuple[float, Optional[str]]:
@@ -113,6 +102,8 @@ class IpmiSource(SampledPowerSource):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"ipmi: {label} must be a positive number of seconds, "
                                  f"got {value!r}")
+        # The -P/-k/-y values are replaced wherever they show up, even in a wrapper's echo.
+        register_secrets(secret_values(argv))
         self.argv = argv
         self.period_s = float(period_s)
         self.timeout_s = float(timeout_s)
@@ -135,19 +126,30 @@ class IpmiSource(SampledPowerSource):
         # A session of its own so that a timeout kills wrappers' children too (``sudo
         # ipmitool ...`` forks): killing only the direct child would leave the pipes open
         # and communicate() waiting for them.
+        deadline = Deadline(self.timeout_s, "ipmitool")
         proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         try:
-            out, err = proc.communicate(timeout=self.timeout_s)
+            # A total deadline for the call, however the child prints (slowly, or nothing).
+            out, err = proc.communicate(timeout=deadline.wait_s())
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 proc.kill()
-            proc.communicate()
-            raise TimeoutError(f"`{self.redacted}` took longer than {self.timeout_s:g} s")
+            try:
+                # A grandchild that left the session could keep the pipes open: do not
+                # wait for it, the child itself is dead.
+                proc.communicate(timeout=_REAP_S)
+            except subprocess.TimeoutExpired:
+                pass
+            raise TimeoutError(f"`{self.redacted}` took longer than {self.timeout_s:g} s "
+                               "(ipmi_timeout_s, for the whole call however slowly it "
+                               "prints); killed") from None
         if proc.returncode != 0:
-            text = " ".join((err or out or "").split())[:200]
+            # A wrapper (sudo, a site script) may echo the whole command, password included:
+            # redact before cutting, so a secret cut in half is still caught whole.
+            text = redact(" ".join((err or out or "").split()))[:200]
             raise RuntimeError(f"`{self.redacted}` exited with status {proc.returncode}: {text}")
         return parse_dcmi_power(out)
 
@@ -177,7 +179,9 @@ class IpmiSource(SampledPowerSource):
             # OpenBMC reports "deactivated" with valid readings; others do not: say so once.
             log.warning("ipmi: the BMC says 'Power reading state is: deactivated' but reads "
                         "%g W; using it. Check it against the PSU/PDU if in doubt.", watts)
-        self.start_sampling(self.period_s)
+        # The reading just taken is the first sample: reading again would let a slow BMC
+        # delay the trial start by two timeouts.
+        self.start_sampling(self.period_s, first_watts=watts)
 
     def describe(self) -> str:
         return f"ipmi: `{self.redacted}` sampled every {self.period_s:g} s"

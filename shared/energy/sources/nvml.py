@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from ..redact import energy_logger
 from ..schema import Option, Positive
 from .base import SourceUnavailable
+from .counters import counter_step
 from .sampling import SampledPowerSource
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 #: Default period of the power-sampling fallback. NVML's power figure is refreshed every
 #: 20-100 ms depending on the GPU; sampling slower than 100 ms misses load changes.
@@ -264,16 +266,21 @@ class NvmlSource(SampledPowerSource):
         except Exception as err:  # transient NVML error: keep the last good value
             self.health.record_failure(self.name, f"GPU {gpu.nvml_index}: {err}")
             return
-        if now_mj < gpu.last_mj:
-            # The counter counts since driver load: going backwards means a reload. Keep what
-            # was accumulated and restart from the new value (the energy between the last
-            # read and the reload is lost, and the failure count says so).
+        # NVML's counter is 64-bit mJ since driver load: it never wraps (modulus None), so a
+        # decrease is always a reset (driver reload); counter_step decides, as for RAPL.
+        step = counter_step(gpu.last_mj, now_mj, elapsed_s=0.0, joules_per_unit=1e-3,
+                            max_power_w=None, modulus=None)
+        if step.kind == "reset":
+            # Keep what was accumulated and restart from the new value: the energy between
+            # the last read and the reload is unknown and not counted (coverage says so).
             gpu.acc_j += (gpu.last_mj - gpu.base_mj) / 1000.0
             gpu.base_mj = now_mj
             self._resets += 1
-            self.health.record_failure(
-                self.name, f"GPU {gpu.nvml_index} energy counter went backwards "
-                           f"({gpu.last_mj} -> {now_mj} mJ, driver reload?); rebased")
+            self.health.record_lost(
+                self.name, f"{self.name}/GPU {gpu.nvml_index}",
+                f"GPU {gpu.nvml_index} energy counter went backwards ({gpu.last_mj} -> "
+                f"{now_mj} mJ, driver reload?): a counter reset, the energy since the "
+                f"previous read is not counted")
         else:
             self.health.record_ok()
         gpu.last_mj = now_mj

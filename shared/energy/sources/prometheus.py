@@ -61,11 +61,12 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from ..redact import energy_logger, register_secret
 from .base import EnergySource, SourceUnavailable
 from ..http import HttpFailure, JsonHttpClient, check_http_url, make_ssl_context, redact_url
 from ..schema import EnvVar, Option, Positive, env_flag, positive_option, refuse_secret_options
 
-log = logging.getLogger(__name__)
+log = energy_logger(__name__)
 
 ENV_URL = "ENERGY_PROMETHEUS_URL"
 ENV_QUERY = "ENERGY_PROMETHEUS_QUERY"
@@ -203,6 +204,7 @@ class PrometheusSource(EnergySource):
         self.max_backoff_s = float(max_backoff_s)
         self._clock = clock
         self._token = token
+        register_secret(token)  # redacted wherever it shows up (an error body may quote it)
         self._ca_bundle = ca_bundle
         self._insecure = insecure
         self._client: Optional[JsonHttpClient] = None

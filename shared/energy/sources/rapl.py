@@ -26,14 +26,18 @@ import math
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from ..redact import energy_logger
 from ..schema import EnvVar, Option, Positive
 from .base import EnergySource, SourceUnavailable
+from .counters import counter_step
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 ENV_ROOT = "ENERGY_RAPL_ROOT"
 DEFAULT_ROOT = "/sys/class/powercap"
@@ -59,21 +63,26 @@ _PERMISSION_HELP = (
     "or set energy.sources without rapl")
 
 
-def wrap_delta_uj(prev_uj: int, cur_uj: int, max_range_uj: int) -> float:
-    """Energy between two readings of a RAPL counter, across at most one wrap.
+def rapl_modulus_uj(max_range_uj: int) -> Fraction:
+    """The value at which a RAPL counter wraps to 0, in uJ.
 
     The kernel reports ``energy_uj = raw * unit`` with ``raw`` a 32-bit counter of
     hardware energy units, and ``max_energy_range_uj = 0xFFFFFFFF * unit`` (see
     ``get_max_energy_counter`` in drivers/powercap/intel_rapl_common.c). ``raw`` wraps from
-    0xFFFFFFFF to 0, so the counter's modulus is ``(0xFFFFFFFF + 1) * unit``, that is
-    ``max + unit`` with ``unit = max / 0xFFFFFFFF``: neither ``max`` nor ``max + 1 uJ``.
-    The difference is one energy unit (15-61 uJ) per wrap, negligible, but this is the
-    exact rule. Two wraps between readings cannot be seen here; the poll thread prevents it.
+    0xFFFFFFFF to 0, so the modulus is ``(0xFFFFFFFF + 1) * unit``, that is ``max + unit``
+    with ``unit = max / 0xFFFFFFFF``: neither ``max`` nor ``max + 1 uJ``. The difference is
+    one energy unit (15-61 uJ) per wrap, negligible, but this is the exact rule. A Fraction,
+    so that ``modulus - prev`` stays exact (as a ~1e11 float it would round the unit).
     """
-    if cur_uj >= prev_uj:
-        return float(cur_uj - prev_uj)
-    # (max - prev) first, in integers: adding the unit to a ~1e11 float would round it.
-    return float(cur_uj + (max_range_uj - prev_uj)) + max_range_uj / _COUNTER_STEPS
+    return Fraction(max_range_uj) + Fraction(max_range_uj, _COUNTER_STEPS)
+
+
+def wrap_delta_uj(prev_uj: int, cur_uj: int, max_range_uj: int) -> float:
+    """Energy between two readings of a RAPL counter taken as at most one wrap, with no
+    plausibility check (``counter_step`` with no power ceiling). Two wraps between readings
+    cannot be seen here; the poll thread prevents them."""
+    return counter_step(prev_uj, cur_uj, elapsed_s=0.0, joules_per_unit=1e-6,
+                        max_power_w=None, modulus=rapl_modulus_uj(max_range_uj)).delta
 
 
 @dataclass
@@ -83,6 +92,7 @@ class _Domain:
     component: str  # "cpu" or "dram"
     max_uj: int
     last_uj: int = 0
+    last_t: float = 0.0  # clock time of last_uj
     acc_uj: float = 0.0
 
     @property
@@ -97,6 +107,8 @@ class RaplSource(EnergySource):
         root: the powercap directory (default ``/sys/class/powercap``).
         max_power_w: power ceiling per domain used to compute the fastest wrap.
         poll_below_s: start a poll thread when a counter can wrap faster than this.
+        clock: monotonic clock in seconds (tests inject a fake one); the time between two
+            reads tells a wrap (plausible power) from a reset.
     """
 
     name = "rapl"
@@ -114,8 +126,9 @@ class RaplSource(EnergySource):
     )
     options = (
         Option("rapl_max_power_w", None,
-               "power ceiling per RAPL domain, W, used to size the counter-wrap poll "
-               f"(default {DEFAULT_MAX_POWER_W:g})", Positive()),
+               "power ceiling per RAPL domain, W, used to size the counter-wrap poll and to "
+               "tell a wrap from a counter reset (a drop implying more is a reset, not "
+               f"counted) (default {DEFAULT_MAX_POWER_W:g})", Positive()),
         Option("rapl_poll_below_s", None,
                "read RAPL on a thread when a counter can wrap faster than this, seconds "
                f"(default {DEFAULT_POLL_BELOW_S:g})", Positive()),
@@ -123,8 +136,10 @@ class RaplSource(EnergySource):
 
     def __init__(self, root: str | os.PathLike = DEFAULT_ROOT, *,
                  max_power_w: float = DEFAULT_MAX_POWER_W,
-                 poll_below_s: float = DEFAULT_POLL_BELOW_S) -> None:
+                 poll_below_s: float = DEFAULT_POLL_BELOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
+        self._clock = clock
         for label, value in (("rapl_max_power_w", max_power_w),
                              ("rapl_poll_below_s", poll_below_s)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -138,6 +153,7 @@ class RaplSource(EnergySource):
         self._thread: Optional[threading.Thread] = None
         self.poll_period_s: Optional[float] = None  # set by open() when a poll thread runs
         self.polls = 0
+        self.resets = 0  # counter decreases judged resets (not counted)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], options: Mapping[str, Any]) -> "RaplSource":
@@ -186,7 +202,8 @@ class RaplSource(EnergySource):
         if max_uj <= 0:
             raise SourceUnavailable(f"rapl: {max_file} holds {max_uj}, expected a positive range")
         start = _read_uj(path / "energy_uj")
-        return _Domain(path=path, name=name, component=component, max_uj=max_uj, last_uj=start)
+        return _Domain(path=path, name=name, component=component, max_uj=max_uj, last_uj=start,
+                       last_t=self._clock())
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
@@ -231,8 +248,21 @@ class RaplSource(EnergySource):
                 except (OSError, SourceUnavailable) as err:
                     self.health.record_failure(self.name, err)
                     continue
-                d.acc_uj += wrap_delta_uj(d.last_uj, cur, d.max_uj)
-                d.last_uj = cur
+                now = self._clock()
+                step = counter_step(d.last_uj, cur, elapsed_s=now - d.last_t,
+                                    joules_per_unit=1e-6, max_power_w=self.max_power_w,
+                                    modulus=rapl_modulus_uj(d.max_uj))
+                prev, d.last_uj, d.last_t = d.last_uj, cur, now
+                if step.kind == "reset":
+                    self.resets += 1
+                    self.health.record_lost(
+                        self.name, f"{self.name}/{d.path.name}",
+                        f"{d.energy_file} went back from {prev} to {cur} uJ: a "
+                        f"wrap would mean {step.implied_w:.4g} W, more than rapl_max_power_w "
+                        f"= {self.max_power_w:g} W, so the counter was reset; the energy since "
+                        f"the previous read is not counted")
+                    continue
+                d.acc_uj += step.delta
                 self.health.record_ok()
 
     def read(self) -> Dict[str, float]:

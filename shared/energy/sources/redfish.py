@@ -46,7 +46,8 @@ skipped slots count as failed samples; holes longer than ``max_gap_s`` are not b
 
 Options (the ``energy`` hyperparameters): ``redfish_sample_period_s`` (or the shared
 ``sample_period_s``; default 5 s, about the BMC's refresh period: sampling faster only reads the
-same value again and loads the BMC), ``redfish_timeout_s`` (per request, default 3 s).
+same value again and loads the BMC), ``redfish_timeout_s`` (default 3 s: a total deadline for
+the whole discovery at open, and for each sample, however slowly the BMC sends).
 """
 from __future__ import annotations
 
@@ -61,13 +62,15 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..redact import energy_logger, register_secrets
+from ..deadline import Deadline
 from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
                     redact_url)
 from ..schema import EnvVar, env_flag, positive_option, refuse_secret_options
 from .base import SourceUnavailable
 from .sampling import SampledPowerSource, bmc_options
 
-log = logging.getLogger(__name__)
+log = energy_logger(__name__)
 
 ENV_URL = "ENERGY_REDFISH_URL"
 ENV_CREDENTIALS = "ENERGY_REDFISH_CREDENTIALS_FILE"
@@ -96,9 +99,15 @@ class BasicCredentials:
     password: str = field(repr=False)
     origin: str = ""
 
+    def __post_init__(self) -> None:
+        # Redacted wherever they show up: a BMC's error page may quote them back.
+        register_secrets((self.password, self._token()))
+
+    def _token(self) -> str:
+        return base64.b64encode(f"{self.username}:{self.password}".encode("utf-8")).decode("ascii")
+
     def header(self) -> str:
-        token = base64.b64encode(f"{self.username}:{self.password}".encode("utf-8")).decode("ascii")
-        return f"Basic {token}"
+        return f"Basic {self._token()}"
 
 
 def load_credentials(path: str) -> BasicCredentials:
@@ -286,6 +295,8 @@ class RedfishSource(SampledPowerSource):
         self._consecutive_failures = 0
         self._retry_at = 0.0
         self._auth_logged = False
+        # Bounds every request of one answer (discovery at open, one sample) together.
+        self._deadline: Optional[Deadline] = None
 
     # -- construction from the environment ---------------------------------------------------
     @classmethod
@@ -343,10 +354,16 @@ class RedfishSource(SampledPowerSource):
             use_env_proxies=False,
             tls_hint=f"set {ENV_CA_BUNDLE} to the PEM file of the CA that signed the BMC's "
                      f"certificate (or {ENV_INSECURE}=1 to skip verification)")
-        self.resource, watts = self._discover()
+        # One deadline for the whole discovery (several requests) and the first sample: the
+        # trial's first batch waits for open(), and must not wait more than timeout_s.
+        with Deadline(self.timeout_s, f"redfish discovery at {shown}") as self._deadline:
+            try:
+                self.resource, watts = self._discover()
+            finally:
+                self._deadline = None
         log.info("redfish: node power from %s: %.1f W now, sampled every %g s",
                  self.resource.describe(), watts, self.sample_period_s)
-        self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s)
+        self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s, first_watts=watts)
 
     def describe(self) -> str:
         if self.resource is None:
@@ -363,7 +380,12 @@ class RedfishSource(SampledPowerSource):
                               f"failures; next try in {self._retry_at - now:.1f} s")
         assert self.resource is not None
         try:
-            watts = self._read_resource(self.resource)
+            # One deadline for all the documents of one sample (one per power supply).
+            with Deadline(self.timeout_s, "redfish sample") as self._deadline:
+                try:
+                    watts = self._read_resource(self.resource)
+                finally:
+                    self._deadline = None
         except Exception as err:
             self._consecutive_failures += 1
             exponent = min(self._consecutive_failures - 1, 30)
@@ -385,7 +407,7 @@ class RedfishSource(SampledPowerSource):
     # -- discovery ----------------------------------------------------------------------------
     def _get(self, url: str) -> Any:
         assert self._client is not None
-        return self._client.get_json(url)
+        return self._client.get_json(url, self._deadline)
 
     def _resolve(self, ref: Any, base: str, what: str) -> Optional[str]:
         """Absolute URL of a Redfish reference ``{"@odata.id": path}``, None if malformed;

@@ -30,10 +30,11 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Tuple
 
+from ..redact import energy_logger
 from ..schema import Option, Positive
 from .base import EnergySource, SourceHealth
 
-log = logging.getLogger("shared.energy")
+log = energy_logger()
 
 
 class PowerSampler:
@@ -94,6 +95,10 @@ class PowerSampler:
         except Exception as err:  # a failed sample must never kill the thread
             self.health.record_failure(self.name, err)
             return None
+        self._integrate(watts)
+        return watts
+
+    def _integrate(self, watts: float) -> None:
         with self._lock:
             # Timestamp under the lock so that samples are ordered even if two threads sample.
             now = self._clock()
@@ -112,19 +117,26 @@ class PowerSampler:
                                    f"{self.max_gap_s:.2f} s); that interval is not counted")
             self._last = (now, watts)
         self.health.record_ok()
-        return watts
 
     def _run(self) -> None:
         # Event.wait rather than sleep so stop() returns within one wake-up, not one period.
         while not self._stop.wait(self.period_s):
             self.sample()
 
-    def start(self) -> None:
+    def start(self, first_watts: Optional[float] = None) -> None:
         """Take a first sample synchronously (the integration starts there), then start the
-        daemon thread. Calling start twice is an error."""
+        daemon thread. Calling start twice is an error.
+
+        ``first_watts``: a reading the source has just taken (its open() check), used as the
+        first sample instead of reading again: a second synchronous read would let a slow
+        far end delay the caller by two timeouts instead of one.
+        """
         if self._thread is not None:
             raise RuntimeError(f"{self.name}: PowerSampler already started")
-        self.sample()
+        if first_watts is not None and math.isfinite(first_watts) and first_watts >= 0:
+            self._integrate(float(first_watts))
+        else:
+            self.sample()
         self._thread = threading.Thread(target=self._run, name=f"energy-{self.name}",
                                         daemon=True)
         self._thread.start()
@@ -185,8 +197,10 @@ class SampledPowerSource(EnergySource):
     def start_sampling(self, period_s: float, *,
                        read_watts: Optional[Callable[[], float]] = None,
                        max_gap_s: Optional[float] = None,
-                       clock: Callable[[], float] = time.monotonic) -> PowerSampler:
-        """Take the first sample now (the integral starts there) and start the thread.
+                       clock: Callable[[], float] = time.monotonic,
+                       first_watts: Optional[float] = None) -> PowerSampler:
+        """Take the first sample now, or use ``first_watts`` just read by open() (the
+        integral starts there), and start the thread.
 
         Raises:
             RuntimeError: sampling was started already (a source is opened once).
@@ -195,7 +209,7 @@ class SampledPowerSource(EnergySource):
             raise RuntimeError(f"{self.name}: sampling already started (open() called twice?)")
         self._sampler = PowerSampler(period_s, read_watts or self.read_watts, self.health,
                                      self.name, max_gap_s=max_gap_s, clock=clock)
-        self._sampler.start()
+        self._sampler.start(first_watts)
         return self._sampler
 
     def sampled_energy_j(self) -> float:
