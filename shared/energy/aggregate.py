@@ -14,7 +14,6 @@ its own GPUs' energy, and, on the node's reader (local rank 0), the node-level f
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 

@@ -17,7 +17,6 @@ report). Only work *after* the allgather, on the chief, may take a different pat
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time

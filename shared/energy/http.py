@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import http.client
 import json
-import logging
 import socket
 import ssl
 import urllib.error

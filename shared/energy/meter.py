@@ -6,7 +6,6 @@ ranks and nodes is ``shared.energy.aggregate``.
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence

@@ -9,7 +9,6 @@ unknown keys in ``shared.hparams`` and the docs tables (``shared.energy.docs``).
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 

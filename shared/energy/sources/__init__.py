@@ -19,7 +19,6 @@ packager's import analysis follows these strings into the customer package.
 from __future__ import annotations
 
 import importlib
-import logging
 import re
 import threading
 from typing import Dict, Tuple, Type

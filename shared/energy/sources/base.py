@@ -14,7 +14,6 @@ and says how to add a source.
 from __future__ import annotations
 
 import abc
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Literal, Mapping, Optional, Tuple
 

@@ -12,7 +12,6 @@ bias).
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re

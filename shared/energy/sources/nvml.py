@@ -8,7 +8,6 @@ an NVML device here (``cuda_to_nvml_index``).
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import re
 import threading

@@ -53,7 +53,6 @@ be queried as ``rate(...)`` in watts.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import socket

@@ -21,7 +21,6 @@ between two reports (see ``RaplSource.poll_period_s``).
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re

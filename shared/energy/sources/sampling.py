@@ -24,7 +24,6 @@ Bias, stated once for all these sources:
 from __future__ import annotations
 
 import abc
-import logging
 import math
 import threading
 import time
