@@ -2,7 +2,6 @@
 import pathlib
 
 import pytest
-import yaml
 
 from shared import hparams as hp
 from shared import recipes

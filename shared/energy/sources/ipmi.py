@@ -18,7 +18,7 @@ import re
 import shlex
 import signal
 import subprocess
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from ..deadline import Deadline
 from ..redact import energy_logger, redact, redact_argv, register_secrets, secret_values
