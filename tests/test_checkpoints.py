@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
@@ -180,19 +179,8 @@ def rapl(tmp_path):
     """A powercap tree drawing a constant 40 W while the test runs."""
     tree = FakePowercap(tmp_path / "powercap")
     tree.add_zone("intel-rapl:0", "package-0", max_uj=10**12)
-    stop = threading.Event()
-
-    def advance():
-        last = time.monotonic()
-        while not stop.wait(0.05):
-            now = time.monotonic()
-            tree.advance("intel-rapl:0", 40.0 * (now - last))
-            last = now
-    t = threading.Thread(target=advance, daemon=True)
-    t.start()
-    yield {"ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")}
-    stop.set()
-    t.join()
+    with tree.constant_power("intel-rapl:0", 40.0):
+        yield {"ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")}
 
 
 def _killed_moment(moment: str, metrics: pathlib.Path) -> bool:

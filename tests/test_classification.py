@@ -10,7 +10,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
 import time
 from typing import Any, Dict
 
@@ -585,24 +584,10 @@ def _train(data, out, *extra, env=None, batches=20):
 def test_cli_learns_the_synthetic_set_and_records_resources_and_energy(synth, tmp_path):
     tree = FakePowercap(tmp_path / "powercap")
     tree.add_zone("intel-rapl:0", "package-0")
-    stop = threading.Event()
-
-    def advance():  # a CPU package drawing 30 W
-        last = time.monotonic()
-        while not stop.wait(0.05):
-            now = time.monotonic()
-            tree.advance("intel-rapl:0", 30.0 * (now - last))
-            last = now
-
-    thread = threading.Thread(target=advance, daemon=True)
-    thread.start()
     out = tmp_path / "run"
-    try:
+    with tree.constant_power("intel-rapl:0", 30.0):  # a CPU package drawing 30 W
         p = _train(synth, out, "target_accuracy=60",
                    env={"ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")})
-    finally:
-        stop.set()
-        thread.join()
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     by: Dict[str, list] = {}
     for r in runlog.read(out / "metrics.jsonl"):

@@ -8,9 +8,12 @@ kernel's ``max_energy_range_uj`` is 0xFFFFFFFF energy units, so the modulus is
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterator
 
 STEPS = 2**32 - 1
 
@@ -61,6 +64,27 @@ class FakePowercap:
         self._value[zone] = (self._value[zone] + joules * 1e6) % modulus
         self.truth_uj[zone] += joules * 1e6
         self._write(zone)
+
+    @contextlib.contextmanager
+    def constant_power(self, zone: str, watts: float, period_s: float = 0.05) -> Iterator[None]:
+        """While the block runs, a thread advances ``zone`` as a package drawing ``watts``
+        would (every ``period_s``, by the time that really passed)."""
+        stop = threading.Event()
+
+        def advance() -> None:
+            last = time.monotonic()
+            while not stop.wait(period_s):
+                now = time.monotonic()
+                self.advance(zone, watts * (now - last))
+                last = now
+
+        thread = threading.Thread(target=advance, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def set_raw(self, zone: str, text: str) -> None:
         """Write anything into energy_uj (garbage, for failure tests)."""
