@@ -461,3 +461,23 @@ def test_the_figure_lags_a_read_by_at_most_one_grid_step(sim):
         t_read = time.time()
         source.read()
         assert source.covered_until > t_read - source.step_s - 0.002
+
+
+def test_counters_from_env_state_their_kind_unit_and_lag(counters, caplog):
+    caplog.set_level(logging.INFO, logger="shared.energy")
+    env = {"ENERGY_PROMETHEUS_URL": counters.url, "ENERGY_NODE_NAME": "gpu-node-07",
+           "ENERGY_PROMETHEUS_QUERY": 'max by (gpu) (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION'
+                                      '{Hostname="{node}"})',
+           "ENERGY_PROMETHEUS_KIND": "energy", "ENERGY_PROMETHEUS_UNIT": "mJ",
+           "ENERGY_PROMETHEUS_STEP_S": "0.05"}
+    source = PrometheusSource.from_env(env, {})
+    source.open()
+    t0 = float(range_requests(counters)[0]["params"]["start"])
+    time.sleep(0.3)
+    joules = source.read()["node"]
+    assert joules == pytest.approx(WATTS * (source.covered_until - t0), rel=1e-6)
+    assert range_requests(counters)[0]["params"]["query"] == (
+        'max by (gpu) (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{Hostname="gpu-node-07"})')
+    assert "node energy counters, differenced (mJ)" in caplog.text
+    assert "figures lag by up to 0.1 s (lag_s: two steps)" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
