@@ -245,7 +245,9 @@ def test_failures_never_stop_training_and_ranks_stay_in_step(node, caplog):
     warnings = [r for r in caplog.records if "training continues" in r.getMessage()]
     assert len(warnings) == 1 and "master unreachable" in warnings[0].getMessage()
     [(_, m)] = energy_reports(ctx)
-    assert m["coverage"] == 0.0 and m["energy_wh"] is None  # the failed read is visible
+    # The failed read is visible in coverage (the time since the last good read is missing);
+    # the energy of that read stays a number (0 J here: the counters did not move).
+    assert 0.0 <= m["coverage"] < 1.0 and m["energy_wh"] == 0.0
 
 
 def test_worker_rank_sends_its_report_and_reports_nothing(node):
@@ -335,3 +337,57 @@ def test_projected_energy_to_target_definition():
     assert projected_energy_to_target(1.0, 0.0, 16.0, None) == pytest.approx(32.0)
     # nothing measured: no metric (never a made-up number)
     assert projected_energy_to_target(None, 8.0, 16.0, None) is None
+
+
+@pytest.mark.parametrize("failure", ["meter", "counters", "report"])
+def test_searcher_metric_survives_a_source_that_fails_for_good(node, caplog, failure):
+    """Issue 12.6: a validation without projected_energy_to_target_wh fails the trial in
+    Determined. Energy stops being measurable from the third validation on, for good: the
+    meter cannot be read ("meter"), the RAPL counters turn to garbage ("counters"), or a
+    rank's report cannot be read ("report"). Every later validation still carries the
+    searcher metric, as a number, from the energy measured so far; every energy report has
+    the same keys with the same types."""
+    from shared.energy.callback import projected_energy_to_target
+    broken = {"on": False}
+
+    class Gather(det.core.DummyDistributedContext):
+        def allgather(self, stuff):
+            if broken["on"] and failure == "report":
+                return [stuff, {"node_id": "node-b"}]  # unreadable: combining fails
+            return [stuff]
+
+    ctx, steps = FakeContext(Gather()), Steps()
+    cb = EnergyCallback(ctx, {}, steps, target=0.5, target_metric="miou")
+    cb.on_trial_startup(0, None)
+    validations = []
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        for n in range(1, 7):
+            node.advance("intel-rapl:0", 36.0)
+            if n >= 3:
+                broken["on"] = True
+                if failure == "meter":
+                    cb._meter.read = lambda: (_ for _ in ()).throw(OSError("sysfs vanished"))
+                elif failure == "counters":  # again each time: advance() rewrites the file
+                    node.set_raw("intel-rapl:0", "garbage\n")
+                    node.set_raw("intel-rapl:0:0", "garbage\n")
+            steps.n = 10 * n
+            cb.on_training_workload_end({}, {})
+            val = {"miou": 0.1 * n}
+            cb.on_validation_end(val)
+            validations.append(val)
+    for n, val in enumerate(validations, start=1):
+        assert isinstance(val["energy_wh"], float), (n, val)
+        assert isinstance(val["projected_energy_to_target_wh"], float), (n, val)
+        assert val["projected_energy_to_target_wh"] == pytest.approx(
+            projected_energy_to_target(val["energy_wh"], val["miou"], 0.5, None))
+    # After the failure: the 72 J measured by the last good read, neither more nor less.
+    assert [round(v["energy_wh"] * WH, 6) for v in validations] == [36.0] + [72.0] * 5
+    reports = [m for _, m in energy_reports(ctx)]
+    assert len(reports) == (2 if failure == "report" else 6)
+    for key in reports[0]:
+        types = {type(m[key]).__name__ for m in reports}
+        assert len(types) == 1, (key, [m[key] for m in reports])
+    assert all(set(m) == set(reports[0]) for m in reports)
+    if failure != "report":
+        assert reports[-1]["coverage"] < 1.0  # what is missing is said
+        assert reports[-1]["energy_wh"] == pytest.approx(72.0 / WH, abs=1e-9)

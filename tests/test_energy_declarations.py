@@ -107,7 +107,7 @@ def test_tables_show_declared_facts():
     options = docs.options_table_markdown()
     assert "| `energy.pue` | `null` | number >= 1 or null | facility PUE" in options
     assert "| `energy.ipmi_timeout_s` | `null` | number > 0 or null | ipmi: timeout of one " \
-           "ipmitool call, seconds (default 10) |" in options
+           "ipmitool call, seconds (default 20) |" in options
     env = docs.environment_table_markdown()
     assert "| `ENERGY_IPMI_CMD` | `ipmi` | the ipmitool command" in env
     assert "| `ENERGY_SOURCES` | core |" in env

@@ -324,3 +324,160 @@ def test_close_keeps_the_total(sim):
     source.close()
     time.sleep(0.05)
     assert source.read()["node"] == total
+
+
+# -- energy counters (ENERGY_PROMETHEUS_KIND=energy) ----------------------------------------------
+@pytest.fixture
+def counters() -> Iterator[PrometheusSimulator]:
+    # Two counters in mJ (as DCGM's DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, one per GPU), which
+    # did not start at 0 (the GPU ran before the trial).
+    with PrometheusSimulator(WATTS, series=2, kind="energy", joules_per_unit=1e-3) as server:
+        yield server
+
+
+def test_counters_are_differenced_not_integrated(counters):
+    source = PrometheusSource(counters.url, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+                              kind="energy", unit="mJ", step_s=0.02)
+    source.open()
+    t0 = float(range_requests(counters)[0]["params"]["start"])
+    time.sleep(0.5)
+    joules = source.read()["node"]
+    # The counters' difference over the covered grid, in J, summed over both series.
+    assert joules == pytest.approx(WATTS * (source.covered_until - t0), rel=1e-6)
+    assert joules > 0.4 * WATTS * 0.9
+    assert (source.resets, source.gap_s, source.health.failures) == (0, 0.0, 0)
+    assert "energy counter, differenced, mJ" in source.describe()
+    assert "lag_s 0.04" in source.describe()
+
+
+def test_counter_restart_counts_its_new_value_as_prometheus_increase_does(counters, caplog):
+    caplog.set_level(logging.WARNING, logger="shared.energy")
+    source = PrometheusSource(counters.url, "x", kind="energy", unit="mJ", step_s=0.02)
+    source.open()
+    t0_ms = round(float(range_requests(counters)[0]["params"]["start"]) * 1000)
+    restart_ms = t0_ms + 305  # between two grid points (t0 + 300 ms and t0 + 320 ms)
+    counters.resets = [(0, restart_ms / 1000)]  # GPU 0's counter restarts from 0 (a driver reload)
+    time.sleep(0.6)
+    joules = source.read()["node"]
+    time.sleep(0.1)
+    joules = source.read()["node"]
+    covered = source.covered_until - t0_ms / 1000
+    # Series 1 is complete; series 0 loses only what it counted between its last point
+    # before the restart (t0 + 300 ms) and the restart: 5 ms at WATTS / 2.
+    lost = (WATTS / 2) * 0.005
+    assert joules == pytest.approx(WATTS * covered - lost, rel=1e-6)
+    assert source.resets == 1
+    assert source.health.failures == 1 and source.health.coverage < 1.0
+    assert caplog.text.count("counted as restarted from 0, as Prometheus' increase() does") == 1
+
+
+def test_a_hole_in_a_counter_series_costs_nothing(counters):
+    source = PrometheusSource(counters.url, "x", kind="energy", unit="mJ", step_s=0.02)
+    source.open()
+    start = float(range_requests(counters)[0]["params"]["start"])
+    counters.gaps = [(start + 0.2, start + 0.5)]  # exporter down: series 0 has no points
+    time.sleep(0.8)
+    joules = source.read()["node"]
+    # The hardware counter kept counting: the first point after the hole contains it.
+    assert joules == pytest.approx(WATTS * (source.covered_until - start), rel=1e-6)
+    assert (source.gap_s, source.health.failures) == (0.0, 0)
+
+
+@pytest.mark.parametrize("points, unit, max_power_w, expected_j, lost", [
+    # rising counter, in Wh: differences scaled to J
+    ([(0.0, 10.0), (15.0, 10.5), (30.0, 11.0)], "Wh", 50_000.0, 3600.0, 0),
+    # a drop: restarted from 0, the new value (400 J in 15 s, 27 W) is the increase
+    ([(0.0, 1000.0), (15.0, 5000.0), (30.0, 400.0), (45.0, 900.0)], "J", 50_000.0,
+     4000.0 + 400.0 + 500.0, 1),
+    # a "restart" whose new value would mean 267 W from one counter capped at 100 W: no
+    # restart (a sum of counters, one of which restarted): that step counts nothing
+    ([(0.0, 1000.0), (15.0, 5000.0), (30.0, 4000.0), (45.0, 4100.0)], "J", 100.0,
+     4000.0 + 100.0, 1),
+])
+def test_counter_steps(points, unit, max_power_w, expected_j, lost):
+    source = PrometheusSource("http://prom:9090", "x", kind="energy", unit=unit,
+                              max_power_w=max_power_w)
+    source._ingest({'{"gpu": "0"}': points})
+    assert source._energy_j == pytest.approx(expected_j, rel=1e-12)
+    assert source.health.failures == lost == source.resets
+
+
+def test_gauge_units_are_scaled():
+    source = PrometheusSource("http://prom:9090", "x", unit="kW")
+    source._ingest({"{}": [(0.0, 0.3), (10.0, 0.5)]})
+    assert source._energy_j == pytest.approx(4000.0)  # 0.4 kW x 10 s
+
+
+@pytest.mark.parametrize("env, kind, unit", [
+    ({}, "power", "W"),
+    ({"ENERGY_PROMETHEUS_KIND": "energy"}, "energy", "J"),
+    ({"ENERGY_PROMETHEUS_KIND": " Energy ", "ENERGY_PROMETHEUS_UNIT": "mJ"}, "energy", "mJ"),
+    ({"ENERGY_PROMETHEUS_KIND": "power", "ENERGY_PROMETHEUS_UNIT": "kW"}, "power", "kW"),
+])
+def test_kind_and_unit_from_env(env, kind, unit):
+    source = PrometheusSource.from_env({**BASE_ENV, **env}, {})
+    assert (source.kind, source.unit) == (kind, unit)
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"ENERGY_PROMETHEUS_KIND": "counter"}, "ENERGY_PROMETHEUS_KIND='counter' must be 'power'"),
+    ({"ENERGY_PROMETHEUS_KIND": "energy", "ENERGY_PROMETHEUS_UNIT": "MJ"},
+     r"ENERGY_PROMETHEUS_UNIT='MJ' is not a unit of energy \(ENERGY_PROMETHEUS_KIND=energy\); "
+     r"one of J, mJ"),
+    ({"ENERGY_PROMETHEUS_UNIT": "mJ"}, "ENERGY_PROMETHEUS_UNIT='mJ' is not a unit of power"),
+])
+def test_bad_kind_or_unit_is_named(env, match):
+    with pytest.raises(SourceUnavailable, match=match):
+        PrometheusSource.from_env({**BASE_ENV, **env}, {})
+
+
+@pytest.mark.parametrize("kind, query, warning", [
+    ("power", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "looks like an energy counter"),
+    ("power", 'node_rapl_package_joules_total{instance="{node}"}', "looks like an energy counter"),
+    ("power", "sum(rate(node_rapl_package_joules_total[1m]))", None),
+    ("power", "ipmi_dcmi_power_consumption_watts", None),
+    ("energy", "rate(node_rapl_package_joules_total[1m])", "takes a rate"),
+    ("energy", "sum(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION)", "sums counters"),
+    ("energy", "max by (gpu) (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION)", None),
+])
+def test_a_query_of_the_other_kind_is_warned_about(sim, caplog, kind, query, warning):
+    caplog.set_level(logging.WARNING, logger="shared.energy")
+    PrometheusSource(sim.url, query, kind=kind, step_s=0.05).open()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warning in warnings[0]
+
+
+def test_the_figure_lags_a_read_by_at_most_one_grid_step(sim):
+    """After a successful query the next one is not held back: at any read the integral
+    reaches the last grid point before it (lag_s = 2 steps adds the scrape interval)."""
+    source = PrometheusSource(sim.url, "node_power_watts", step_s=0.1)
+    source.open()
+    assert source.lag_s == pytest.approx(0.2)
+    for pause in (0.13, 0.04, 0.09, 0.05, 0.12, 0.03, 0.08):
+        time.sleep(pause)
+        t_read = time.time()
+        source.read()
+        assert source.covered_until > t_read - source.step_s - 0.002
+
+
+def test_counters_from_env_state_their_kind_unit_and_lag(counters, caplog):
+    caplog.set_level(logging.INFO, logger="shared.energy")
+    env = {"ENERGY_PROMETHEUS_URL": counters.url, "ENERGY_NODE_NAME": "gpu-node-07",
+           "ENERGY_PROMETHEUS_QUERY": 'max by (gpu) (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION'
+                                      '{Hostname="{node}"})',
+           "ENERGY_PROMETHEUS_KIND": "energy", "ENERGY_PROMETHEUS_UNIT": "mJ",
+           "ENERGY_PROMETHEUS_STEP_S": "0.05"}
+    source = PrometheusSource.from_env(env, {})
+    source.open()
+    t0 = float(range_requests(counters)[0]["params"]["start"])
+    time.sleep(0.3)
+    joules = source.read()["node"]
+    assert joules == pytest.approx(WATTS * (source.covered_until - t0), rel=1e-6)
+    assert range_requests(counters)[0]["params"]["query"] == (
+        'max by (gpu) (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{Hostname="gpu-node-07"})')
+    assert "node energy counters, differenced (mJ)" in caplog.text
+    assert "figures lag by up to 0.1 s (lag_s: two steps)" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from determined import pytorch as det_pytorch
@@ -120,6 +120,11 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         self._energy_to_target_wh: Optional[float] = None
         self._failure_logged = False
         self._carried = dict(carried) if carried else None
+        #: this rank's last good meter read and the monotonic time it was taken
+        self._last_good: Optional[Tuple[EnergySnapshot, float]] = None
+        #: the energy_wh of the last validation that had one (the searcher metric's basis)
+        self._validation_energy_wh: Optional[float] = None
+        self._held_logged = False
 
     # -- helpers ----------------------------------------------------------------------------
     def _failed(self, where: str, err: BaseException) -> None:
@@ -198,13 +203,34 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             if self._meter is None:
                 raise RuntimeError("no energy meter (it failed to start)")
             snapshot = self._meter.read()
+            self._last_good = (snapshot, time.monotonic())
         except Exception as err:
             self._failed("reading the energy meter", err)
-            elapsed = time.monotonic() - (self._started_at or time.monotonic())
-            # Nothing measured here, and coverage 0 says so in the trial's figures.
-            snapshot = EnergySnapshot(duration_s=elapsed, joules={}, per_source={},
-                                      coverage={f"rank{dist.rank}": 0.0}, sources=[])
+            snapshot = self._held_snapshot(dist.rank)
         return RankEnergy.from_snapshot(snapshot, **meta).to_dict()
+
+    def _held_snapshot(self, rank: int) -> EnergySnapshot:
+        """What this rank reports when its meter cannot be read.
+
+        Before any good read: nothing measured here, and coverage 0 says so. After one: the
+        energy of the last good read, with the same components, so that no figure of the
+        trial turns from a number into null mid-run (a column that mixes them becomes a
+        string column in the WebUI, and the searcher metric would vanish); its duration is
+        the span those joules cover, and coverage is scaled by the share of the time since
+        the start that they cover: the rest is missing, and said to be.
+        """
+        now = time.monotonic()
+        if self._last_good is None:
+            elapsed = now - (self._started_at or now)
+            return EnergySnapshot(duration_s=elapsed, joules={}, per_source={},
+                                  coverage={f"rank{rank}": 0.0}, sources=[])
+        last, read_at = self._last_good
+        span = last.duration_s + (now - read_at)
+        share = last.duration_s / span if span > 0 else 0.0
+        return EnergySnapshot(duration_s=last.duration_s, joules=dict(last.joules),
+                              per_source={k: dict(v) for k, v in last.per_source.items()},
+                              coverage={k: c * share for k, c in last.coverage.items()},
+                              sources=list(last.sources))
 
     def _collect(self) -> Optional[TrialEnergy]:
         """Allgather every rank's report; on the chief, combine and add the offset."""
@@ -253,13 +279,35 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             return
         trial = self._collect()
         if trial is None:
-            return
-        self._report(trial)
+            if self._context.distributed.rank != 0:
+                return  # the chief reports the validation metrics
+            # Combining the ranks' reports failed this time: the figures of the last time it
+            # worked still carry the searcher metric (None before any: nothing to report).
+            trial = self._latest
+            if trial is None:
+                return
+        else:
+            self._report(trial)
         try:
             energy_wh = trial.energy_wh
+            if self._validation_energy_wh is not None:
+                # Once the trial has measured energy, every validation carries it: a
+                # validation without the searcher metric fails the trial in Determined, and a
+                # search must not die of a BMC hiccup. Both figures are lower bounds of what
+                # was spent (what went unmeasured is missing, coverage says how much), so the
+                # larger is the energy measured so far.
+                if energy_wh is None and not self._held_logged:
+                    self._held_logged = True
+                    log.warning("energy: no energy figure at this validation (coverage %s); "
+                                "reporting the energy measured so far, %.6g Wh, so that the "
+                                "validation metrics keep energy_wh and "
+                                "projected_energy_to_target_wh", trial.coverage,
+                                self._validation_energy_wh)
+                energy_wh = max(energy_wh or 0.0, self._validation_energy_wh)
             # The validation group refuses None values: only add what was measured.
             if energy_wh is not None:
                 metrics["energy_wh"] = energy_wh
+                self._validation_energy_wh = energy_wh
             if not self._target_reached and metrics.get("time_to_target_s") is not None:
                 self._target_reached = True
                 self._energy_to_target_wh = energy_wh

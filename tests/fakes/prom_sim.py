@@ -1,10 +1,17 @@
 """A Prometheus HTTP API simulator: a real HTTP server on 127.0.0.1 answering
 ``/api/v1/query_range`` the way Prometheus does, for a node whose power is known.
 
-It does not parse PromQL: whatever the query, it returns ``series`` series (labels
-``{"__name__": "node_power_watts", "psu": "<i>"}``) that sum to the node power, which is
-``power_fn(t)`` if given, else the constant ``watts``. Points are evaluated on Prometheus' grid
-``start + k * step`` (milliseconds, as Prometheus parses times), values as strings.
+It does not parse PromQL: whatever the query, it returns ``series`` series that sum to the
+node power, which is ``power_fn(t)`` if given, else the constant ``watts``. Points are
+evaluated on Prometheus' grid ``start + k * step`` (milliseconds, as Prometheus parses times),
+values as strings.
+
+``kind="power"`` (default): gauges ``{"__name__": "node_power_watts", "psu": "<i>"}`` in
+watts. ``kind="energy"``: energy counters ``{"__name__": "node_energy_total", "gpu": "<i>"}``,
+each the energy its share of the (constant) power delivered since ``counter_origin`` (Unix
+time; default 1000 s before the simulator was built, so counters do not start at 0), in
+units of ``joules_per_unit`` (1e-3: mJ, as DCGM). ``resets``: (series index, Unix time)
+pairs where that counter restarts from 0 (a driver reload, an exporter restart).
 
 Behaviour copied from Prometheus (``web/api/v1``): missing/unparsable parameters, ``end`` before
 ``start``, a non-positive step and more than ``max_points`` (11,000) points per series are
@@ -19,6 +26,7 @@ does), else 401. ``requests`` records each request's parameters and Authorizatio
 Command line (serves until interrupted, prints the base URL first)::
 
     python tests/fakes/prom_sim.py --port 0 --watts 300 [--series 2] [--token-file FILE]
+        [--kind energy --joules-per-unit 0.001]
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ import math
 import signal
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -41,9 +50,16 @@ class PrometheusSimulator:
     def __init__(self, watts: float = 300.0, *, series: int = 2,
                  power_fn: Optional[Callable[[float], float]] = None,
                  token: Optional[str] = None, max_points: int = 11_000, port: int = 0,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", kind: str = "power", joules_per_unit: float = 1.0,
+                 counter_origin: Optional[float] = None) -> None:
         if series < 1:
             raise ValueError("series must be >= 1")
+        if kind not in ("power", "energy"):
+            raise ValueError(f"kind must be 'power' or 'energy', got {kind!r}")
+        self.kind = kind
+        self.joules_per_unit = float(joules_per_unit)
+        self.counter_origin = time.time() - 1000.0 if counter_origin is None else counter_origin
+        self.resets: List[Tuple[int, float]] = []
         self.watts = float(watts)
         self.series = series
         self.power_fn = power_fn
@@ -98,6 +114,14 @@ class PrometheusSimulator:
     def in_gap(self, t: float) -> bool:
         return any(a <= t <= b for a, b in self.gaps)
 
+    def counter(self, i: int, t: float) -> float:
+        """Series ``i``'s energy counter at ``t``, in its units: its share of the constant
+        power since the origin or since its latest restart, whichever is later."""
+        if self.power_fn is not None:
+            raise ValueError("counters are simulated for a constant power only")
+        since = max([self.counter_origin] + [r for j, r in self.resets if j == i and r <= t])
+        return (self.watts / self.series) * (t - since) / self.joules_per_unit
+
     def matrix(self, start_ms: int, end_ms: int, step_ms: int) -> Dict[str, Any]:
         result = []
         for i in range(self.series):
@@ -106,10 +130,14 @@ class PrometheusSimulator:
                 t = ts_ms / 1000.0
                 if i == 0 and self.in_gap(t):
                     continue
-                values.append([t, repr(self.power(t) / self.series)])
+                value = (self.counter(i, t) if self.kind == "energy"
+                         else self.power(t) / self.series)
+                values.append([t, repr(value)])
             if values:
-                result.append({"metric": {"__name__": "node_power_watts", "psu": str(i)},
-                               "values": values})
+                metric = ({"__name__": "node_energy_total", "gpu": str(i)}
+                          if self.kind == "energy"
+                          else {"__name__": "node_power_watts", "psu": str(i)})
+                result.append({"metric": metric, "values": values})
         return {"status": "success", "data": {"resultType": "matrix", "result": result}}
 
 
@@ -208,6 +236,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--watts", type=float, default=300.0)
     parser.add_argument("--series", type=int, default=2)
+    parser.add_argument("--kind", choices=("power", "energy"), default="power",
+                        help="power gauges (W) or energy counters")
+    parser.add_argument("--joules-per-unit", type=float, default=1.0,
+                        help="counter unit, e.g. 0.001 for mJ (DCGM)")
     parser.add_argument("--token-file", help="require this bearer token (file content)")
     args = parser.parse_args(argv)
     token = None
@@ -215,7 +247,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.token_file, encoding="utf-8") as handle:
             token = handle.read().strip()
     sim = PrometheusSimulator(args.watts, series=args.series, token=token, port=args.port,
-                              host=args.host)
+                              host=args.host, kind=args.kind,
+                              joules_per_unit=args.joules_per_unit)
     print(sim.start(), flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -3,7 +3,8 @@
 The command comes from ``ENERGY_IPMI_CMD`` (split with shlex), default
 ``ipmitool dcmi power reading`` (in-band, through /dev/ipmi0, usually root only). For a BMC
 reached over the network put the interface options in it, with the password in a file:
-``ipmitool -I lanplus -H bmc-host -U user -f /path/passfile dcmi power reading``.
+``ipmitool -I lanplus -C 17 -H bmc-host -U user -f /path/passfile dcmi power reading``
+(``-C 3`` on a BMC without suite 17; see ``DEFAULT_TIMEOUT_S`` for why ``-C`` matters).
 A password given with ``-P`` works but is visible in ``ps``; it is never logged here.
 
 DCMI gives power only, so the source samples it on a thread (default every 5 s, about the
@@ -31,7 +32,19 @@ log = energy_logger()
 ENV_CMD = "ENERGY_IPMI_CMD"
 DEFAULT_CMD = "ipmitool dcmi power reading"
 DEFAULT_PERIOD_S = 5.0
-DEFAULT_TIMEOUT_S = 10.0
+#: A whole ipmitool call (session set-up included) must fit in this, on the BMCs users have.
+#: Over lanplus without ``-C``, ipmitool 1.8.19+ first asks the BMC for its cipher suites
+#: (``ipmi_find_best_cipher_suite``: 17 if offered, else 3); some BMCs ignore that
+#: pre-session request, and ipmitool waits out its retransmissions (``-N``/``-R`` defaults:
+#: about 10 s, ipmitool issue #199) before falling back to suite 3. LibreNMS issue #17340:
+#: polls of an HP ProLiant DL360 G7 went from ~3 s to ~13 s with that ipmitool, back to
+#: ~3 s with ``-C``. The former default of 10 s then failed every read. 20 s covers those
+#: ~13 s with room for a busy BMC; a call that takes longer is still killed whatever it
+#: prints (the total deadline in ``_reading``). The cost of a longer timeout: a BMC that
+#: never answers holds the trial's start (one open() read) and close() that much longer,
+#: never a training step (samples are taken on the sampler's thread). ``-C 17`` (or
+#: ``-C 3`` on older BMCs) in ENERGY_IPMI_CMD skips the probe.
+DEFAULT_TIMEOUT_S = 20.0
 #: How long to wait for a killed ipmitool's pipes to close before giving up on them.
 _REAP_S = 1.0
 
@@ -84,8 +97,10 @@ class IpmiSource(SampledPowerSource):
                "logs")
     env_vars = (
         EnvVar(ENV_CMD, f"the ipmitool command (default `{DEFAULT_CMD}`, in-band through "
-                        "`/dev/ipmi0`); add `-I lanplus -H <bmc> -U <user> -f <passfile>` for a "
-                        "BMC over the network"),
+                        "`/dev/ipmi0`); add `-I lanplus -C 17 -H <bmc> -U <user> -f <passfile>` "
+                        "for a BMC over the network (`-C 3` on older BMCs: without `-C`, "
+                        "ipmitool probes the cipher suites first, which takes ~10 s on BMCs that "
+                        "ignore the probe)"),
     )
     options = bmc_options("ipmi", "IPMI", DEFAULT_PERIOD_S, "ipmitool call", DEFAULT_TIMEOUT_S)
 
