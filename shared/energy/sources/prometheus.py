@@ -125,7 +125,7 @@ DEFAULT_MAX_POWER_W = 50_000.0
 # A query that looks like the other kind (warned about at open, never acted upon): a counter
 # name without a rate-like function, or a rate-like function over what is declared a counter.
 _RATE_RE = re.compile(r"\b(rate|irate|increase|deriv|delta|idelta)\s*\(")
-_COUNTER_NAME_RE = re.compile(r"(_total|_joules?|ENERGY_CONSUMPTION)\b", re.IGNORECASE)
+_COUNTER_NAME_RE = re.compile(r"(_total|_joules?|_ENERGY_CONSUMPTION)\b", re.IGNORECASE)
 _SUM_RE = re.compile(r"\bsum\b\s*(\(|by\b|without\b)")
 
 # Prometheus refuses query_range answers above 11,000 points per series; stay well below.
