@@ -266,3 +266,46 @@ def test_two_processes_two_nodes_allgather_and_combine(tmp_path):
     assert m["node_wh"] * 3600 == pytest.approx(node1)
     assert (m["nodes"], m["nodes_measured"], m["sources"]) == (2, 2, "fakepsu,nvml,rapl")
     assert m["duration_s"] == pytest.approx(seconds)
+
+
+def _split(whole: dict, fractions: dict) -> dict:
+    """A rank's phases: each measured component split by the given fractions."""
+    comps = {"gpu": whole["gpu_j"], "cpu": whole["cpu_j"], "dram": whole["dram_j"],
+             "node": whole["node_j"]}
+    return {phase: {c: j * f for c, j in comps.items() if j is not None}
+            for phase, f in fractions.items()}
+
+
+def test_phases_combine_as_the_total_does_and_sum_to_it():
+    fractions = {"setup": 0.05, "train": 0.7, "validation": 0.2, "checkpoint": 0.05}
+    reports = two_node_reports()
+    for r in reports:
+        r["phases"] = _split(r, fractions)
+    reports[0]["bridged_s"], reports[2]["bridged_s"] = 3.0, 7.5
+    trial = combine(reports)
+    m = trial.to_metrics()
+    for phase, f in fractions.items():
+        assert m[f"{phase}_wh"] == pytest.approx(f * m["energy_wh"])
+    assert sum(m[f"{p}_wh"] for p in fractions) == pytest.approx(m["energy_wh"])
+    assert m["bridged_s"] == 7.5  # the source that bridged longest
+    # a resumed trial continues the split, and bridged time adds up over the segments
+    total = trial.plus(TrialEnergy.from_dict(pickle.loads(pickle.dumps(trial.to_dict()))))
+    m2 = total.to_metrics()
+    assert m2["validation_wh"] == pytest.approx(2 * m["validation_wh"])
+    assert m2["bridged_s"] == 15.0
+    # and from an energy record, as a crashed run's last report is carried
+    carried = TrialEnergy.from_metrics(m)
+    assert carried.to_metrics()["checkpoint_wh"] == pytest.approx(m["checkpoint_wh"])
+
+
+def test_phase_keys_are_numbers_whenever_energy_is():
+    bare = combine([rank("a", 0, 0, gpu=100.0)]).to_metrics()  # a rank without a split
+    assert all(bare[f"{p}_wh"] == 0.0 for p in ("setup", "train", "validation", "checkpoint"))
+    assert bare["bridged_s"] == 0.0
+    nothing = combine([rank("a", 0, 0, sources=())]).to_metrics()
+    assert nothing["energy_wh"] is None and nothing["train_wh"] is None
+    assert nothing["bridged_s"] == 0.0
+    # a checkpoint written before the split existed still loads
+    old = {k: v for k, v in TrialEnergy.empty().to_dict().items()
+           if k not in ("bridged_s", "phase_j")}
+    assert TrialEnergy.from_dict(old).phase_j == {}

@@ -391,3 +391,51 @@ def test_searcher_metric_survives_a_source_that_fails_for_good(node, caplog, fai
     if failure != "report":
         assert reports[-1]["coverage"] < 1.0  # what is missing is said
         assert reports[-1]["energy_wh"] == pytest.approx(72.0 / WH, abs=1e-9)
+
+
+def test_phases_follow_the_hooks_and_sum_to_the_total(node):
+    """setup to on_training_start, validation between its hooks, a checkpoint from the hook
+    before it to on_checkpoint_upload_end (the only checkpoint hook every rank gets)."""
+    ctx, steps = FakeContext(), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    node.advance("intel-rapl:0", 36.0)     # setup: data loaders, checkpoint loading
+    cb.on_training_start()
+    node.advance("intel-rapl:0", 360.0)    # train
+    steps.n = 4
+    cb.on_training_workload_end({}, {})
+    cb.on_validation_start()
+    node.advance("intel-rapl:0", 72.0)     # validation
+    cb.on_validation_end({"miou": 0.1})
+    node.advance("intel-rapl:0", 18.0)     # checkpoint (write and upload)
+    cb.on_checkpoint_upload_end("uuid")
+    node.advance("intel-rapl:0", 180.0)    # train
+    steps.n = 8
+    cb.on_training_workload_end({}, {})
+    (_, first), (_, m) = energy_reports(ctx)
+    # step 4 was reported at its workload end (the validation at the same step is not a
+    # second report): every phase a number, those that had not happened 0.0
+    assert (first["checkpoint_wh"], first["validation_wh"]) == (0.0, 0.0)
+    assert first["train_wh"] == pytest.approx(360 / WH)
+    assert m["setup_wh"] == pytest.approx(36 / WH)
+    assert m["train_wh"] == pytest.approx(540 / WH)
+    assert m["validation_wh"] == pytest.approx(72 / WH)
+    assert m["checkpoint_wh"] == pytest.approx(18 / WH)
+    assert m["energy_wh"] == pytest.approx(666 / WH)
+    assert m["bridged_s"] == 0.0
+    # the split goes into the checkpoint and continues after a resume
+    state = pickle.loads(pickle.dumps(cb.state_dict()))
+    cb.on_trial_shutdown()
+    cb2 = EnergyCallback(ctx, {}, steps)
+    cb2.on_trial_startup(8, "uuid")
+    cb2.load_state_dict(state)
+    node.advance("intel-rapl:0", 36.0)
+    cb2.on_training_start()
+    steps.n = 12
+    cb2.on_training_workload_end({}, {})
+    (_, resumed) = energy_reports(ctx)[-1]
+    assert resumed["setup_wh"] == pytest.approx(72 / WH)
+    assert resumed["checkpoint_wh"] == pytest.approx(18 / WH)
+    assert sum(resumed[k] for k in ("setup_wh", "train_wh", "validation_wh", "checkpoint_wh")) \
+        == pytest.approx(resumed["energy_wh"])
+    cb2.on_trial_shutdown()

@@ -96,7 +96,8 @@ def test_partial_data_reads_not_reached_and_not_measured(built):
     assert s.energy_wh is None and s.avg_power_w is None and s.j_per_image is None
     md = (built.out_dir / "comparison.md").read_text()
     line = next(l for l in md.splitlines() if l.startswith("| segformer"))
-    assert line.count("not reached") == 2 and line.count("not measured") == 3
+    # not measured: avg power, J/img, the energy split, energy sources
+    assert line.count("not reached") == 2 and line.count("not measured") == 4
     assert "| 0.0 |" not in line and "| 0 |" not in line
     deeplab = next(l for l in md.splitlines() if l.startswith("| deeplab"))
     assert "0.80 \u26a0" in deeplab and "nvml,rapl (1/1 nodes)" in deeplab
@@ -398,3 +399,24 @@ def test_master_errors_name_the_problem(master, tmp_path, monkeypatch, capsys, c
         args = ["--master", url] + args
     assert main(args) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_energy_split_and_bridged_time_are_shown(tmp_path):
+    """Issue 12: the table shows the energy per phase, and the notes the bridged time."""
+    from shared.report.tables import SPLIT_COLUMN, display_cells, to_csv
+    records = run_records(model="unet", params=1_000_000, gbs=8, batch_s=0.5, val_s=1.0,
+                          power_w=200.0)
+    last = [r for r in records if r["group"] == "energy"][-1]["metrics"]
+    total = last["energy_wh"]
+    split = {"setup_wh": 0.1 * total, "train_wh": 0.6 * total, "validation_wh": 0.25 * total,
+             "checkpoint_wh": 0.05 * total}
+    last.update(split, bridged_s=12.5)
+    write_run(tmp_path / "unet", records, HP)
+    [row] = build_report(load_inputs([str(tmp_path / "unet")]), tmp_path / "out").rows
+    assert row.phase_wh == {k[:-3]: pytest.approx(v) for k, v in split.items()}
+    cell = display_cells(row)[SPLIT_COLUMN]
+    assert cell == "0.128 / 0.767 / 0.319 / 0.0639"  # setup / train / val / ckpt, 3 digits
+    assert any("12.5 s of energy bridged" in n for n in row.notes)
+    [csv_row] = list(csv.DictReader(io.StringIO(to_csv([row]))))
+    assert float(csv_row["validation_wh"]) == pytest.approx(split["validation_wh"])
+    assert sum(float(csv_row[k]) for k in split) == pytest.approx(total)

@@ -137,6 +137,35 @@ def test_rapl_energy_end_to_end_across_counter_wraps(data, tmp_path):
     assert v["projected_energy_to_target_wh"] == v["energy_to_target_wh"]
 
 
+PHASES = ("setup_wh", "train_wh", "validation_wh", "checkpoint_wh")
+
+
+def test_energy_per_phase_sums_to_the_total(data, tmp_path):
+    """Issue 12, item 7: train + validation + checkpoint + setup == energy_wh in every report."""
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_zone("intel-rapl:0", "package-0")
+    out = tmp_path / "run"
+    # the counter advances every 10 ms, so that a checkpoint of the tiny model (tens of ms)
+    # sees it move
+    with tree.constant_power("intel-rapl:0", 40.0, period_s=0.01):
+        train("unet", data, out, "validation_period=4", "checkpoint_period=4", "target_miou=1",
+              "stop_at_target=false", batches=12,
+              env={"ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")})
+    records = [r["metrics"] for r in groups(out)["energy"]]
+    assert len(records) >= 4
+    for m in records:
+        assert all(isinstance(m[k], float) for k in PHASES + ("bridged_s",)), m
+        assert sum(m[k] for k in PHASES) == pytest.approx(m["energy_wh"], rel=1e-9, abs=1e-12)
+        assert m["bridged_s"] == 0.0
+    last = records[-1]
+    # the checkpoint at batch 4 and 8 came after that step's reports, before the last one.
+    # Setup (loaders without workers, no checkpoint to load) takes a few ms here, less than
+    # the fake counter's 10 ms step: it may read 0 (test_energy_callback checks its bounds).
+    assert all(last[k] > 0 for k in PHASES if k != "setup_wh"), last
+    assert last["setup_wh"] >= 0.0
+    assert [m["checkpoint_wh"] for m in records] == sorted(m["checkpoint_wh"] for m in records)
+
+
 @pytest.mark.parametrize("fail_after", [None, 10])
 def test_redfish_node_energy_end_to_end(data, tmp_path, fail_after):
     """Done-when of the energy issue: node_wh within 5% of a constant-wattage BMC simulator,

@@ -21,12 +21,20 @@ ENERGY_GROUP = {
     "cpu_wh": "CPU packages (RAPL) x the trial's share of the node",
     "dram_wh": "DRAM (RAPL) x share",
     "node_wh": "node input power (Redfish, IPMI, Prometheus) x share",
+    "setup_wh": "energy_wh's part from the meter's start to the first batch (data loaders, "
+                "checkpoint loading)",
+    "train_wh": "energy_wh's part spent training (all but the other three phases)",
+    "validation_wh": "energy_wh's part spent validating",
+    "checkpoint_wh": "energy_wh's part spent writing and uploading checkpoints (the four "
+                     "phases sum to energy_wh)",
     "avg_power_w": "energy_wh / duration_s",
     "duration_s": "measured time",
     "sources": "the sources that measured",
     "nodes": "nodes of the trial",
     "nodes_measured": "nodes with a measurement",
     "coverage": "fraction of the time covered by measurements (< 1: holes, a pause)",
+    "bridged_s": "seconds a sampled source bridged over failed samples with a straight line "
+                 "(the source that bridged longest; 0.0 when none did)",
     "apportion": "the apportion rule applied",
     "estimate": "always false: every figure is measured",
     "facility_wh": "energy x PUE (energy.pue set)",

@@ -11,11 +11,15 @@ its own GPUs' energy, and, on the node's reader (local rank 0), the node-level f
 - node total = node input power x share when a PSU-level source measured it (it already
   contains the GPUs and CPUs), else GPU + cpu x share + dram x share;
 - trial total = sum of the node totals.
+
+The same rule, applied to each phase's joules (``PHASES``, from the meter's ``mark_phase``),
+gives the energy per phase; the phases tile each rank's time, so they sum to the total.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 from .redact import energy_logger
 from .meter import EnergySnapshot
@@ -24,6 +28,9 @@ log = energy_logger()
 
 APPORTION_RULES = ("gpu_share", "none")
 J_PER_WH = 3600.0
+#: The phases a trial's energy is split into (``<phase>_wh`` in the ``energy`` group); the
+#: meter's first phase (``meter.FIRST_PHASE``) is the first of them.
+PHASES = ("setup", "train", "validation", "checkpoint")
 
 
 def _add(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -61,6 +68,10 @@ class RankEnergy:
     sources: List[str] = field(default_factory=list)
     coverage: Dict[str, float] = field(default_factory=dict)
     duration_s: float = 0.0
+    #: the longest time one of its sources bridged over failed samples, seconds
+    bridged_s: float = 0.0
+    #: joules per component for each phase (they sum to the components above)
+    phases: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_snapshot(cls, snapshot: EnergySnapshot, *, node_id: str, rank: int,
@@ -72,7 +83,9 @@ class RankEnergy:
                    gpu_j=j.get("gpu"), cpu_j=j.get("cpu"), dram_j=j.get("dram"),
                    node_j=j.get("node"), slots_on_node_for_trial=slots_on_node_for_trial,
                    gpus_on_node=gpus_on_node, sources=list(snapshot.sources),
-                   coverage=dict(snapshot.coverage), duration_s=snapshot.duration_s)
+                   coverage=dict(snapshot.coverage), duration_s=snapshot.duration_s,
+                   bridged_s=max(snapshot.bridged_s.values(), default=0.0),
+                   phases={p: dict(j) for p, j in snapshot.phases.items()})
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain, picklable dict (what goes through allgather)."""
@@ -82,7 +95,8 @@ class RankEnergy:
     def from_dict(cls, data: Mapping[str, Any]) -> "RankEnergy":
         """Inverse of ``to_dict``; a missing or unknown key is a ValueError naming it."""
         names = {f.name for f in fields(cls)}
-        required = names - {"sources", "coverage", "duration_s"}  # those have defaults
+        required = names - {"sources", "coverage", "duration_s", "bridged_s",
+                            "phases"}  # those have defaults
         missing = sorted(required - set(data))
         unknown = sorted(set(data) - names)
         if missing or unknown:
@@ -109,6 +123,10 @@ class TrialEnergy:
     #: Always False: every figure is a measurement. Reserved for a future TDP-based
     #: estimate, so that a reader never mistakes one for the other.
     estimate: bool = False
+    #: seconds bridged over failed samples by the source that bridged longest
+    bridged_s: float = 0.0
+    #: joules per phase (``PHASES``); together they make ``energy_j``
+    phase_j: Dict[str, Optional[float]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, apportion: str = "gpu_share") -> "TrialEnergy":
@@ -131,6 +149,10 @@ class TrialEnergy:
             coverage=min(coverages) if coverages else None,
             apportion=self.apportion,
             estimate=self.estimate or earlier.estimate,
+            # the segments cover different times: bridged time adds up
+            bridged_s=self.bridged_s + earlier.bridged_s,
+            phase_j={p: _add(self.phase_j.get(p), earlier.phase_j.get(p))
+                     for p in set(self.phase_j) | set(earlier.phase_j)},
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -141,7 +163,9 @@ class TrialEnergy:
     def from_dict(cls, data: Mapping[str, Any]) -> "TrialEnergy":
         """Inverse of ``to_dict``; a missing key is a ValueError naming it."""
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in data and n != "estimate"]
+        # estimate, bridged_s and phase_j came later: a checkpoint written before has none
+        missing = [n for n in names if n not in data
+                   and n not in ("estimate", "bridged_s", "phase_j")]
         if missing:
             raise ValueError(f"TrialEnergy state: missing keys {missing} (got {sorted(data)})")
         return cls(**{n: data[n] for n in names if n in data})
@@ -160,7 +184,10 @@ class TrialEnergy:
                    nodes=int(metrics.get("nodes") or 0),
                    nodes_measured=int(metrics.get("nodes_measured") or 0),
                    coverage=metrics.get("coverage"), apportion=str(metrics.get("apportion") or "gpu_share"),
-                   estimate=bool(metrics.get("estimate", False)))
+                   estimate=bool(metrics.get("estimate", False)),
+                   bridged_s=float(metrics.get("bridged_s") or 0.0),
+                   phase_j={p: j(metrics.get(f"{p}_wh")) for p in PHASES
+                            if metrics.get(f"{p}_wh") is not None})
 
     @property
     def energy_wh(self) -> Optional[float]:
@@ -183,6 +210,10 @@ class TrialEnergy:
             "cpu_wh": wh(self.cpu_j),
             "dram_wh": wh(self.dram_j),
             "node_wh": wh(self.node_j),
+            # A number whenever energy_wh is one (0.0 for a phase that has not happened),
+            # so a column never mixes null and numbers within a trial.
+            **{f"{p}_wh": (None if self.energy_j is None
+                           else (self.phase_j.get(p) or 0.0) / J_PER_WH) for p in PHASES},
             "avg_power_w": (self.energy_j / self.duration_s
                             if self.energy_j is not None and self.duration_s > 0 else None),
             "duration_s": self.duration_s,
@@ -190,6 +221,7 @@ class TrialEnergy:
             "nodes": self.nodes,
             "nodes_measured": self.nodes_measured,
             "coverage": self.coverage,
+            "bridged_s": float(self.bridged_s),
             "apportion": self.apportion,
             "estimate": self.estimate,
         }
@@ -234,9 +266,9 @@ def combine(reports: Sequence[Union[RankEnergy, Mapping[str, Any]]],
     cpu: List[Optional[float]] = []
     dram: List[Optional[float]] = []
     node: List[Optional[float]] = []
+    phase_totals: Dict[str, List[Optional[float]]] = {p: [] for p in PHASES}
     for node_id, group in sorted(by_node.items()):
         group.sort(key=lambda r: r.local_rank)
-        node_gpu = _sum(r.gpu_j for r in group)
         readers = [r for r in group if (r.cpu_j, r.dram_j, r.node_j) != (None, None, None)]
         if len(readers) > 1:
             log.warning("energy: %d ranks on node %s report node-level energy (local ranks "
@@ -244,19 +276,15 @@ def combine(reports: Sequence[Union[RankEnergy, Mapping[str, Any]]],
                         node_id, [r.local_rank for r in readers], readers[0].local_rank)
         reader = readers[0] if readers else group[0]
         share = _share(reader, apportion)
-        n_cpu = _scale(reader.cpu_j, share)
-        n_dram = _scale(reader.dram_j, share)
-        n_node = _scale(reader.node_j, share)
-        if n_node is not None:
-            # The PSU input already contains GPUs, CPUs and DRAM: it IS the node total.
-            total = n_node
-        else:
-            total = _sum((node_gpu, n_cpu, n_dram))
+        node_gpu, n_cpu, n_dram, n_node, total = _node_figures(group, reader, share, _whole)
         node_totals.append(total)
         gpu.append(node_gpu)
         cpu.append(n_cpu)
         dram.append(n_dram)
         node.append(n_node)
+        for phase in PHASES:
+            phase_totals[phase].append(
+                _node_figures(group, reader, share, _in_phase(phase))[4])
 
     coverages = [c for r in ranks for c in r.coverage.values()]
     return TrialEnergy(
@@ -271,4 +299,42 @@ def combine(reports: Sequence[Union[RankEnergy, Mapping[str, Any]]],
         nodes_measured=sum(t is not None for t in node_totals),
         coverage=min(coverages) if coverages else None,
         apportion=apportion,
+        bridged_s=max((r.bridged_s for r in ranks), default=0.0),
+        phase_j={p: _sum(t) for p, t in phase_totals.items()},
     )
+
+
+_Parts = Tuple[Optional[float], Optional[float], Optional[float], Optional[float]]
+
+
+def _whole(r: RankEnergy) -> _Parts:
+    return r.gpu_j, r.cpu_j, r.dram_j, r.node_j
+
+
+def _in_phase(phase: str) -> Callable[[RankEnergy], _Parts]:
+    def parts(r: RankEnergy) -> _Parts:
+        # A component the rank measured is a number in every phase (0.0 where the phase
+        # did not happen), so the phases are combined exactly as the whole is.
+        joules = r.phases.get(phase, {})
+        return tuple(None if whole is None else joules.get(comp, 0.0)  # type: ignore[return-value]
+                     for comp, whole in zip(("gpu", "cpu", "dram", "node"), _whole(r)))
+    return parts
+
+
+def _node_figures(group: Sequence[RankEnergy], reader: RankEnergy, share: float,
+                  parts: Callable[[RankEnergy], _Parts]
+                  ) -> Tuple[Optional[float], Optional[float], Optional[float],
+                             Optional[float], Optional[float]]:
+    """One node's gpu, cpu, dram, node and total joules (the module docstring's rule), of
+    the whole run or of one phase (``parts``)."""
+    node_gpu = _sum(parts(r)[0] for r in group)
+    _, cpu_j, dram_j, node_j = parts(reader)
+    n_cpu = _scale(cpu_j, share)
+    n_dram = _scale(dram_j, share)
+    n_node = _scale(node_j, share)
+    if n_node is not None:
+        # The PSU input already contains GPUs, CPUs and DRAM: it IS the node total.
+        total = n_node
+    else:
+        total = _sum((node_gpu, n_cpu, n_dram))
+    return node_gpu, n_cpu, n_dram, n_node, total

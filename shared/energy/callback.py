@@ -8,6 +8,14 @@ Facts this relies on (Determined 0.38.1, determined/pytorch/_pytorch_trial.py):
   ``on_validation_end(metrics)`` runs on every rank *before* the chief reports ``metrics``
   as the validation metrics, so keys added to it in place are reported with them.
 - ``state_dict()`` is called on the chief only, when it writes a checkpoint.
+- Phases (``train_wh``, ``validation_wh``, ``checkpoint_wh``, ``setup_wh``), marked on
+  every rank: setup runs from ``on_trial_startup`` (the meter's start) to
+  ``on_training_start`` (data loaders built, checkpoint loaded; the first batch follows);
+  validation from ``on_validation_start`` to ``on_validation_end``; a checkpoint from the
+  hook before it (``on_training_workload_end`` or ``on_validation_end``: Determined
+  checkpoints right after those) to ``on_checkpoint_upload_end``, the one checkpoint hook
+  every rank gets (``on_checkpoint_save_start`` and ``on_checkpoint_write_end`` run on the
+  chief only, while the other ranks wait in the checkpoint's broadcast); the rest is train.
 - Reporting the same custom group twice at one step with overlapping keys is refused, so
   the "energy" group is reported at most once per ``steps_completed`` value.
 
@@ -189,6 +197,28 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                     "above); set ENERGY_SOURCES and the source's variables (README: Energy "
                     "measurement) or use a searcher metric that is not an energy figure")
 
+    def _mark(self, following: str, ended: Optional[str] = None) -> None:
+        """A phase boundary on this rank (see the module docstring); never a collective."""
+        if self._meter is None:
+            return
+        try:
+            self._meter.mark_phase(following, ended=ended)
+        except Exception as err:
+            self._failed("marking an energy phase", err)
+
+    def on_training_start(self) -> None:
+        if self._enabled:
+            self._mark("train")  # the end of setup
+
+    def on_validation_start(self) -> None:
+        if self._enabled:
+            self._mark("validation")
+
+    def on_checkpoint_upload_end(self, uuid: str) -> None:
+        if self._enabled:
+            # The segment since the last workload or validation end was the checkpoint.
+            self._mark("train", ended="checkpoint")
+
     def on_trial_shutdown(self) -> None:
         if self._meter is not None:
             self._meter.close()
@@ -266,6 +296,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                                  batch_metrics: Dict[str, Any]) -> None:
         if not self._enabled:
             return
+        # Training until here; a checkpoint that follows claims the time from here.
+        self._mark("train")
         # The same answer on every rank (a function of the step), so the collective is skipped
         # by all ranks or by none.
         if self._validation_follows is not None and self._validation_follows(int(self._steps_completed())):
@@ -277,6 +309,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
     def on_validation_end(self, metrics: Dict[str, Any]) -> None:
         if not self._enabled:
             return
+        self._mark("train")  # the end of the validation
         trial = self._collect()
         if trial is None:
             if self._context.distributed.rank != 0:

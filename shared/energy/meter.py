@@ -1,8 +1,18 @@
-"""The energy meter: a set of sources, read together, with named windows (Zeus style).
+"""The energy meter: a set of sources, read together, with named windows (Zeus style) and
+phases that tile the run.
 
 The meter knows nothing of Determined or of ranks: it measures what *this process* was
 given (its own GPUs, and node-level sources when it is the node's reader). Aggregation over
 ranks and nodes is ``shared.energy.aggregate``.
+
+One window for every source: sources open one after another, and one may take seconds to
+(a BMC's first answer); a sampling source that opened first would otherwise count the
+time the others took to open, while ``duration_s`` did not (+61% measured with a 10 s
+IPMI open). So ``start()`` opens them all, then takes one instant as the start and reads
+every source there; each source's energy is counted from that reading, and ``duration_s``
+from that instant. The readings follow each other within microseconds for counters and
+integrals; a source that asks a far end at read time (Prometheus) adds that query's
+latency.
 """
 from __future__ import annotations
 
@@ -47,6 +57,10 @@ class EnergySnapshot:
         coverage: fraction of good reads/samples per active source (0-1); a source that
             came up late (retried) also counts the time before it came up as missed.
         sources: names of the active sources.
+        bridged_s: per active source, seconds of its energy bridged over failed samples
+            with a straight line (``SampledPowerSource``) rather than measured.
+        phases: joules per component for each phase (``mark_phase``) up to this reading,
+            the running phase included: per component, the phases sum to ``joules``.
     """
 
     duration_s: float
@@ -54,6 +68,8 @@ class EnergySnapshot:
     per_source: Dict[str, Dict[str, float]]
     coverage: Dict[str, float]
     sources: List[str]
+    bridged_s: Dict[str, float] = field(default_factory=dict)
+    phases: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,10 @@ class Window:
         """Sum of the components. Only meaningful when they do not overlap (no "node"
         component next to parts); ``aggregate.combine`` applies the full rule."""
         return sum(self.joules.values())
+
+
+#: The phase from ``start()`` to the first ``mark_phase``.
+FIRST_PHASE = "setup"
 
 
 class EnergyMeter:
@@ -98,6 +118,15 @@ class EnergyMeter:
         self._claimed: Dict[str, str] = {}  # component -> source measuring it
         self._pending: List[_Pending] = []  # explicit sources that failed at start
         self._since: Dict[str, float] = {}  # late sources: clock time they came up
+        # Each source's reading at the common start (or when it came up late): its energy
+        # is counted from there.
+        self._base: Dict[str, Dict[str, float]] = {}
+        self._base_bridged: Dict[str, float] = {}
+        # Phases: closed segments' joules per phase, the running phase, and the joules at
+        # the reading that opened it.
+        self._phase = FIRST_PHASE
+        self._phase_j: Dict[str, Dict[str, float]] = {}
+        self._phase_from: Dict[str, float] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "EnergyMeter":
@@ -108,14 +137,13 @@ class EnergyMeter:
         ``RETRY_MAX_S``)."""
         if self._start is not None:
             raise RuntimeError("EnergyMeter.start() called twice")
-        self._start = self._clock()
         for source in self._candidates:
             try:
                 source.open()
             except SourceUnavailable as err:
                 if self._configured(source):
-                    self._pending.append(_Pending(source, self._start + RETRY_FIRST_S,
-                                                  RETRY_FIRST_S))
+                    # next_at is set below, from the common start
+                    self._pending.append(_Pending(source, 0.0, RETRY_FIRST_S))
                     log.warning("energy source %s unavailable: %s. It was configured for "
                                 "this run: fix that and it is picked up, it is retried at "
                                 "report time (first in %g s, then doubling to every %g s); "
@@ -130,6 +158,13 @@ class EnergyMeter:
                 _close_quietly(source)
                 continue
             self._activate(source)
+        # The common start: after the last source opened, every source read here (see the
+        # module docstring).
+        self._start = self._clock()
+        for item in self._pending:
+            item.next_at = self._start + RETRY_FIRST_S
+        for source in self._active:
+            self._set_base(source)
         if self._active:
             log.info("energy sources active: %s",
                      " | ".join(s.describe() for s in self._active))
@@ -165,7 +200,14 @@ class EnergyMeter:
             self._claimed[comp] = source.name
         self._owned[source.name] = mine
         self._active.append(source)
+        # Counted from here if it came up late; start() reads it again at the common start.
+        self._base[source.name] = first
+        self._base_bridged[source.name] = _bridged(source)
         return True
+
+    def _set_base(self, source: EnergySource) -> None:
+        self._base[source.name] = self._safe_read(source) or {}
+        self._base_bridged[source.name] = _bridged(source)
 
     def _retry_pending(self) -> None:
         """Try again the configured sources that failed at start, when their time has come."""
@@ -241,17 +283,25 @@ class EnergyMeter:
         per_source: Dict[str, Dict[str, float]] = {}
         for source in self._active:
             values = self._safe_read(source) or {}
-            own = {c: values.get(c, 0.0) for c in self._owned[source.name]}
+            base = self._base.get(source.name, {})
+            own = {c: values.get(c, 0.0) - base.get(c, 0.0) for c in self._owned[source.name]}
             per_source[source.name] = own
             for comp, j in own.items():
                 joules[comp] = joules.get(comp, 0.0) + j
         now = self._clock()
+        phases = {name: dict(j) for name, j in self._phase_j.items()}
+        running = phases.setdefault(self._phase, {})
+        for comp, j in joules.items():
+            running[comp] = running.get(comp, 0.0) + j - self._phase_from.get(comp, 0.0)
         return EnergySnapshot(
             duration_s=now - self._start,
             joules=joules,
             per_source=per_source,
             coverage={s.name: self._coverage(s, now) for s in self._active},
             sources=[s.name for s in self._active],
+            bridged_s={s.name: max(0.0, _bridged(s) - self._base_bridged.get(s.name, 0.0))
+                       for s in self._active},
+            phases=phases,
         )
 
     def _coverage(self, source: EnergySource, now: float) -> float:
@@ -260,6 +310,29 @@ class EnergyMeter:
             return source.health.coverage
         # Came up late: the time before it did is as missed as a failed sample.
         return source.health.coverage * max(0.0, now - since) / (now - self._start)
+
+    # -- phases -----------------------------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        """The running phase (``FIRST_PHASE`` until the first ``mark_phase``)."""
+        return self._phase
+
+    def mark_phase(self, following: str, *, ended: Optional[str] = None) -> None:
+        """Close the running phase at one reading and start ``following`` there.
+
+        Phases tile the time from ``start()``: every joule is in exactly one, so per
+        component they sum to the total (named windows may overlap or leave gaps, and would
+        not). ``ended`` charges the segment that ends here to another phase than the one it
+        was opened as: for a phase whose start is only known at its end (Determined tells
+        the ranks other than the chief of a checkpoint only once it is over).
+        """
+        snap = self.read()
+        closing = ended if ended is not None else self._phase
+        totals = self._phase_j.setdefault(closing, {})
+        for comp, j in snap.joules.items():
+            totals[comp] = totals.get(comp, 0.0) + j - self._phase_from.get(comp, 0.0)
+        self._phase_from = dict(snap.joules)
+        self._phase = following
 
     # -- windows ----------------------------------------------------------------------------
     def begin_window(self, name: str) -> None:
@@ -278,6 +351,14 @@ class EnergyMeter:
         end = self.read()
         joules = {c: end.joules[c] - begin.joules.get(c, 0.0) for c in end.joules}
         return Window(name=name, duration_s=end.duration_s - begin.duration_s, joules=joules)
+
+
+def _bridged(source: EnergySource) -> float:
+    try:
+        return float(source.bridged_s())
+    except Exception as err:  # a bug in a source must not stop training
+        log.debug("energy source %s: bridged_s() failed: %s", source.name, err)
+        return 0.0
 
 
 def _close_quietly(source: EnergySource) -> None:

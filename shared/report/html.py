@@ -8,8 +8,8 @@ from html import escape
 from typing import List, Optional, Sequence
 
 from .plots import Chart
-from .tables import (DISPLAY_HEADER, NOT_MEASURED, NOT_REACHED, SCALING_HEADER, Row,
-                     ScalingPoint, display_cells, scaling_cells, target_sentence)
+from .tables import (DISPLAY_HEADER, NOT_MEASURED, NOT_REACHED, SCALING_HEADER, SPLIT_COLUMN,
+                     Row, ScalingPoint, display_cells, scaling_cells, target_sentence)
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }
@@ -23,7 +23,7 @@ figcaption { font-size: 12.5px; color: #444; max-width: 80em; }
 .small { font-size: 12px; color: #555; }
 """
 
-_TEXT_COLUMNS = {"run", "model", "target reached", "energy sources", "notes"}
+_TEXT_COLUMNS = {"run", "model", "target reached", SPLIT_COLUMN, "energy sources", "notes"}
 
 
 def _cell(column: str, value: str) -> str:

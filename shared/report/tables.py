@@ -13,6 +13,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from shared.energy.aggregate import PHASES
+
 from .load import ReportError, Run
 from .series import J_PER_WH, Point, _num, timeline
 
@@ -53,6 +55,8 @@ class Row:
     coverage: Optional[float]
     estimate: bool
     notes: List[str] = field(default_factory=list)
+    #: the whole run's energy per phase (``<phase>_wh`` of the last energy report), Wh
+    phase_wh: Dict[str, Optional[float]] = field(default_factory=dict)
 
     @property
     def energy_measured(self) -> bool:
@@ -135,6 +139,9 @@ def compare_run(run: Run, target: Optional[float]) -> Row:
     coverage = _num(em.get("coverage"))
     if coverage is not None and coverage < 1.0:
         notes.append(f"coverage {coverage:.2f} < 1: part of the run was not measured")
+    bridged = _num(em.get("bridged_s"))
+    if bridged:
+        notes.append(f"{bridged:.1f} s of energy bridged over failed samples (straight line)")
     nodes, nodes_measured = em.get("nodes"), em.get("nodes_measured")
     if isinstance(nodes, int) and isinstance(nodes_measured, int) and nodes_measured < nodes:
         notes.append(f"energy measured on {nodes_measured} of {nodes} nodes")
@@ -162,7 +169,8 @@ def compare_run(run: Run, target: Optional[float]) -> Row:
         energy_sources=sources if sources and sources != "none" else None,
         nodes=nodes if isinstance(nodes, int) else None,
         nodes_measured=nodes_measured if isinstance(nodes_measured, int) else None,
-        coverage=coverage, estimate=estimate, notes=notes)
+        coverage=coverage, estimate=estimate, notes=notes,
+        phase_wh={p: _num(em.get(f"{p}_wh")) for p in PHASES} if energy_wh is not None else {})
 
 
 def compare(runs: Sequence[Run], target: Optional[float]) -> List[Row]:
@@ -270,15 +278,31 @@ def display_cells(r: Row) -> Dict[str, str]:
         "best mIoU": fmt(r.best_miou, ".2f"),
         "facility (Wh)": fmt(r.facility_wh, "4s"),
         "CO2e (g)": fmt(r.co2e_g, "3s"),
+        SPLIT_COLUMN: split_cell(r),
         "energy sources": src,
         "coverage": cov,
         "notes": "; ".join(r.notes),
     }
 
 
+#: The energy per phase in one cell, in the order of ``PHASES``.
+SPLIT_COLUMN = "setup / train / val / ckpt (Wh)"
+
+
+def split_cell(r: Row) -> str:
+    """``setup / train / validation / checkpoint`` Wh; "-" for a run whose reports have no
+    split (older runs), NOT_MEASURED without energy."""
+    if not r.energy_measured:
+        return NOT_MEASURED
+    if all(r.phase_wh.get(p) is None for p in PHASES):
+        return "-"
+    return " / ".join(fmt(r.phase_wh.get(p), "3s") for p in PHASES)
+
+
 DISPLAY_HEADER = ["run", "model", "params (M)", "slots", "target reached", "time to target (s)",
                   "energy to target (Wh)", "avg power (W)", "J/img", "final mIoU", "best mIoU",
-                  "facility (Wh)", "CO2e (g)", "energy sources", "coverage", "notes"]
+                  "facility (Wh)", "CO2e (g)", SPLIT_COLUMN, "energy sources", "coverage",
+                  "notes"]
 
 
 def _md_escape(s: str) -> str:
@@ -337,7 +361,8 @@ def to_markdown(rows: Sequence[Row], points: Sequence[ScalingPoint], target: Opt
 
 CSV_FIELDS = ["run", "source", "model", "params", "slots", "global_batch_size", "target_miou",
               "reached_target", "target_basis", "batches_to_target", "miou_at_target",
-              "time_to_target_s", "energy_to_target_wh", "energy_wh", "avg_power_w", "images",
+              "time_to_target_s", "energy_to_target_wh", "energy_wh",
+              *(f"{p}_wh" for p in PHASES), "avg_power_w", "images",
               "j_per_image", "final_miou", "best_miou", "facility_wh", "co2e_g",
               "energy_sources", "nodes_measured", "nodes", "coverage", "estimate", "notes"]
 
@@ -357,6 +382,7 @@ def to_csv(rows: Sequence[Row]) -> str:
             "target_basis": r.target_basis, "batches_to_target": r.batches_to_target,
             "miou_at_target": r.miou_at_target, "time_to_target_s": r.time_to_target_s,
             "energy_to_target_wh": r.energy_to_target_wh, "energy_wh": r.energy_wh,
+            **{f"{p}_wh": r.phase_wh.get(p) for p in PHASES},
             "avg_power_w": r.avg_power_w, "images": r.images, "j_per_image": r.j_per_image,
             "final_miou": r.final_miou, "best_miou": r.best_miou, "facility_wh": r.facility_wh,
             "co2e_g": r.co2e_g,

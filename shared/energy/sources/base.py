@@ -136,6 +136,12 @@ class EnergySource(abc.ABC):
         """Cumulative joules per component since ``open()``. Never raises for a transient
         failure: it records it in ``self.health`` and returns the last good totals."""
 
+    def bridged_s(self) -> float:
+        """Seconds of the energy so far that were bridged over failed samples with a straight
+        line rather than measured (``sampling.PowerSampler``); 0.0 for a source that reads a
+        counter or a stored series and therefore bridges nothing."""
+        return 0.0
+
     def close(self) -> None:
         """Stop threads, release handles. Safe to call twice."""
 

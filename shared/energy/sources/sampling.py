@@ -17,9 +17,13 @@ Bias, stated once for all these sources:
 - A BMC refreshes its reading every few seconds: sampling faster than that only repeats
   the same value (harmless, the integral is unchanged).
 - A failed sample is skipped and counted. The next good sample bridges the hole with a
-  straight line only if the two good samples are at most ``max_gap_s`` apart; a longer
-  hole is *not* counted (an unknown quantity is not replaced by a guess) and shows up as
-  lower coverage.
+  straight line (the trapezoid, as for any interval), however long it is: a node that was
+  running drew power all along, and zero is the one value known to be wrong. The time so
+  bridged is reported (``bridged_s()``, the ``energy`` group's ``bridged_s``) and the
+  failed samples lower coverage, which says what fraction was *measured*; a hole longer
+  than ``max_gap_s`` also counts as one more failure and is logged once.
+- A run that ends inside a hole is integrated up to its last good sample (nothing is
+  extrapolated past it), and ``stop()`` logs how long the end was without a good sample.
 """
 from __future__ import annotations
 
@@ -44,7 +48,8 @@ class PowerSampler:
         read_watts_fn: returns the instantaneous power in watts; may raise on failure.
         health: the owning source's ``SourceHealth``; every sample is counted in it.
         name: the owning source's name (for the one log line a failure produces).
-        max_gap_s: longest interval between two good samples that is still integrated;
+        max_gap_s: an interval between two good samples longer than this is still bridged,
+            and also counted as a failure (it hides more than the odd missed sample);
             default 3 periods.
         clock: monotonic clock in seconds; injectable so tests can drive time.
     """
@@ -79,7 +84,10 @@ class PowerSampler:
         self._energy_j = 0.0
         self._last: Optional[tuple[float, float]] = None  # (time, watts) of the last good sample
         self._first_time: Optional[float] = None
-        self._dropped_s = 0.0
+        self._bridged_s = 0.0
+        # a sample failed since the last good one: the next interval is bridged, not measured
+        self._missed = False
+        self._end_logged = False
 
     # -- sampling ---------------------------------------------------------------------------
     def sample(self) -> Optional[float]:
@@ -93,6 +101,8 @@ class PowerSampler:
                 raise ValueError(f"implausible power reading {watts!r} W")
         except Exception as err:  # a failed sample must never kill the thread
             self.health.record_failure(self.name, err)
+            with self._lock:
+                self._missed = True
             return None
         self._integrate(watts)
         return watts
@@ -106,14 +116,18 @@ class PowerSampler:
             else:
                 t0, w0 = self._last
                 dt = now - t0
-                if dt <= self.max_gap_s:
-                    self._energy_j += 0.5 * (w0 + watts) * dt
-                else:
-                    # Not bridged: we do not know what happened in the hole.
-                    self._dropped_s += dt
+                # Bridged like any interval: leaving a hole out would count the node's
+                # power there as zero, the one value known to be wrong (-33% on a 68 s
+                # run with 20 s of BMC errors). The straight line is a guess, so its
+                # length is reported, and coverage keeps counting it as not measured.
+                self._energy_j += 0.5 * (w0 + watts) * dt
+                if self._missed or dt > self.max_gap_s:
+                    self._bridged_s += dt
+                if dt > self.max_gap_s:
                     self.health.record_failure(
                         self.name, f"{dt:.2f} s without a good sample (> max_gap_s "
-                                   f"{self.max_gap_s:.2f} s); that interval is not counted")
+                                   f"{self.max_gap_s:.2f} s); bridged with a straight line")
+            self._missed = False
             self._last = (now, watts)
         self.health.record_ok()
 
@@ -146,6 +160,18 @@ class PowerSampler:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
+        with self._lock:
+            missed, last, logged = self._missed, self._last, self._end_logged
+            self._end_logged = True
+        # A sample still hanging when the thread was told to stop has not failed yet: a last
+        # good sample older than max_gap_s says the same.
+        if not logged and last is not None and (missed or
+                                                self._clock() - last[0] > self.max_gap_s):
+            # No good sample closes the hole, so there is nothing to bridge to: the integral
+            # ends at the last good sample, and the time after it is not in the figures.
+            log.warning("energy source %s: the run ended %.1f s after its last good sample "
+                        "(samples failing since); its energy is integrated up to that sample",
+                        self.name, self._clock() - last[0])
 
     # -- results ----------------------------------------------------------------------------
     def energy_j(self) -> float:
@@ -163,10 +189,11 @@ class PowerSampler:
         with self._lock:
             return self._first_time
 
-    def dropped_s(self) -> float:
-        """Seconds of gaps longer than ``max_gap_s`` that were left out of the integral."""
+    def bridged_s(self) -> float:
+        """Seconds between good samples that were bridged with a straight line because
+        samples failed in between (or because they were more than ``max_gap_s`` apart)."""
         with self._lock:
-            return self._dropped_s
+            return self._bridged_s
 
 
 class SampledPowerSource(EnergySource):
@@ -210,6 +237,10 @@ class SampledPowerSource(EnergySource):
                                      self.name, max_gap_s=max_gap_s, clock=clock)
         self._sampler.start(first_watts)
         return self._sampler
+
+    def bridged_s(self) -> float:
+        """Seconds of this source's integral bridged over failed samples (0 before sampling)."""
+        return self._sampler.bridged_s() if self._sampler is not None else 0.0
 
     def sampled_energy_j(self) -> float:
         """Joules integrated up to the latest good sample (0 before sampling starts)."""
