@@ -52,8 +52,9 @@ How the energy is formed, and its bias:
   consecutive grid points; Prometheus holds a gauge's last scrape until the next, so a gauge
   scraped every 15 s is read as a step function of its scrapes, smoothed by the trapezoid.
   Two consecutive points of a series more than ``max_gap_steps`` steps apart (exporter
-  down, series stale) are not bridged: the hole is not counted, is logged once and lowers
-  ``health.coverage``. Non-finite values (NaN, Inf) are treated as holes.
+  down, series stale) are bridged with a straight line, as every power source bridges its
+  gaps: the hole is logged once, lowers ``health.coverage`` and is reported as
+  ``bridged_s``. Non-finite values (NaN, Inf) are treated as holes.
 - All returned series are summed: make sure they do not overlap (node power plus DCGM GPU
   power would count the GPUs twice).
 - Lag (``lag_s``, stated in ``describe()`` and the log line at open): the figure ends at the
@@ -286,7 +287,7 @@ class PrometheusSource(EnergySource):
         self._client: Optional[JsonHttpClient] = None
         self._energy_j = 0.0
         self._covered_ms: Optional[int] = None
-        #: seconds of holes left out of the integral (summed over series; gauges only: a
+        #: seconds of holes bridged in the integral (summed over series; gauges only: a
         #: counter's next point contains what happened in a hole)
         self.gap_s = 0.0
         #: counter restarts seen (a series that went down), counted or refused
@@ -493,16 +494,23 @@ class PrometheusSource(EnergySource):
                         continue  # the chunk's first point repeats the last one used
                     if self.kind == "energy":
                         self._energy_j += self._increase_j(key, previous, ts, value)
-                    elif dt <= self.max_gap_s:
-                        self._energy_j += 0.5 * (previous[1] + value) * self._scale * dt
                     else:
-                        self.gap_s += dt
-                        self.health.record_failure(
-                            self.name, f"series {key} has no data for {dt:.3g} s before "
-                                       f"t={ts:.3f}; that interval is not counted")
+                        # A hole in a power series is bridged with a straight line, as the
+                        # sampled sources bridge theirs (zero is the one value known to be
+                        # wrong for a running node); it is said in bridged_s and coverage.
+                        self._energy_j += 0.5 * (previous[1] + value) * self._scale * dt
+                        if dt > self.max_gap_s:
+                            self.gap_s += dt
+                            self.health.record_failure(
+                                self.name, f"series {key} has no data for {dt:.3g} s before "
+                                           f"t={ts:.3f}; that interval is bridged")
                 previous = (ts, value)
             if previous is not None:
                 self._last_point[key] = previous
+
+    def bridged_s(self) -> float:
+        """Seconds of power series holes bridged with a straight line (``gap_s``)."""
+        return self.gap_s
 
     def _increase_j(self, key: SeriesKey, previous: Point, ts: float, value: float) -> float:
         """Joules between two points of one counter series; a drop is a restart from 0."""
