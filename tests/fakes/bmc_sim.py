@@ -28,6 +28,9 @@ without the power reading), ``"timeout"`` (the handler hangs ``hang_s`` seconds 
 a BMC on a bad link, which a per-read socket timeout never catches).
 A failing BMC fails every request, as a sick BMC does.
 
+Collections answer ``$expand=.($levels=1)`` with their members' documents (``expand``
+attribute; False ignores the query, as many BMCs do).
+
 With ``user``/``password`` every resource except the service root requires HTTP Basic auth
 (the service root is public in Redfish); a wrong or missing header gets 401. With
 ``redirect_to`` set, every request is answered ``301 Moved Permanently`` to that URL.
@@ -108,6 +111,8 @@ class BmcSimulator:
         self.failure_after = failure_after
         self.failure: Optional[str] = None
         self.redirect_to: Optional[str] = None
+        #: answer ``$expand`` on collections (False: ignore it, as many BMCs do)
+        self.expand = True
         self.hang_s = hang_s
         self.trickle_s = trickle_s
         self._certfile = certfile
@@ -400,6 +405,10 @@ class _Handler(BaseHTTPRequestHandler):
                        extra={"WWW-Authenticate": 'Basic realm="bmc-sim"'})
             return
         doc, is_power = sim.resource(path)
+        if doc is not None and sim.expand and "$expand" in self.path and "Members" in doc:
+            # $expand=.($levels=1): each member's document in place of its link
+            doc = dict(doc, Members=[sim.resource(m["@odata.id"].rstrip("/"))[0] or m
+                                     for m in doc["Members"]])
         if doc is None:
             self._send(404, {"error": {"code": "Base.1.8.ResourceMissingAtURI",
                                        "message": f"no resource at {path}"}}, path, auth)

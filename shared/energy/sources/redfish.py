@@ -1,4 +1,5 @@
-"""Whole-node input power from the BMC over Redfish, integrated on a sampling thread.
+"""Whole-node energy from the BMC over Redfish: an energy counter read at each report, or
+power integrated on a sampling thread.
 
 What is measured: the power supplies' input, i.e. everything the node draws (GPUs, CPUs,
 DRAM, fans, PSU losses). It is a *node* figure: read by one process per node, and it already
@@ -16,11 +17,37 @@ Where the reading comes from (``ENERGY_REDFISH_URL`` may name any of these):
   supply without a reading makes the sample fail rather than silently under-count. The
   supplies are listed once at ``open()`` (a supply hot-plugged later is not seen).
 - ``.../redfish/v1/Chassis/{id}`` or the chassis collection: that chassis' power resource.
-- the service root ``.../redfish/v1`` (or just ``https://bmc``): discovery. Chassis that are
-  not contained in another (no ``Links.ContainedBy``; a GPU baseboard or a drive enclosure is)
-  come first, in collection order; in each, EnvironmentMetrics, then Power, then
-  PowerSubsystem is tried, and the first that gives a reading wins. The chosen URL is logged
-  once. On a BMC with several top-level chassis, name the resource directly.
+- ``.../redfish/v1/Chassis/{id}/Sensors/{sensor}``: a Sensor with ``ReadingType`` Power
+  (watts, sampled) or EnergyJoules / EnergykWh (a counter, read at each report).
+- the service root ``.../redfish/v1`` (or just ``https://bmc``): discovery, in two steps.
+
+  *Which chassis is the node.* Candidates are the chassis with a power link that are
+  top-level (no ``Links.ContainedBy``) or themselves a node type (Blade, Sled, RackMount,
+  StandAlone: the nodes of an HPE Cray EX blade or of a sled enclosure), minus any chassis
+  that contains another candidate (an enclosure's total covers several nodes). A GPU
+  baseboard or a drive enclosure is a part, tried only if every candidate fails. With
+  several candidates, ``ENERGY_REDFISH_CHASSIS`` (an id or a path) names this node's; unset,
+  a warning lists them all and the first that gives a reading is taken.
+
+  *Which reading of that chassis* (``_from_one_chassis`` holds the order and its reasons): a
+  joule energy counter (EnvironmentMetrics.EnergyJoules, or the node's EnergyJoules sensor),
+  the node's power sensor, EnvironmentMetrics.PowerWatts, the PowerSubsystem sum, the
+  deprecated Power.PowerControl, and last an EnergykWh counter (0.001 kWh = 3600 J steps: too
+  coarse for a short run, so any power reading is preferred to it). Among a chassis' dozens of
+  sensors (per CPU, memory, GPU, voltage regulator, supply) the node's is the one that
+  EnvironmentMetrics names as its DataSourceUri, else the one with PhysicalContext
+  "Chassis", else the one named "Node..." / "Total..."; two such sensors and none is taken:
+  sensors that contain each other are never summed. Of several PowerControl entries the
+  first with a reading is used, with a warning (they may overlap: never summed).
+
+  The choice and its reason are logged once and shown by ``describe()``
+  (``redfish:Chassis/Node0/Sensors/NodeEnergy:energy-counter: ...``). The source's name in
+  the ``energy.sources`` list stays ``redfish``: other code keys on it.
+
+An energy counter is differenced against its value at open (``counters.counter_step``): a
+counter that goes back (BMC reboot, ResetMetrics) is a reset, that interval is not counted
+and shows in coverage. It is read at each report (one request, bounded by the timeout; a
+failure keeps the last total and is counted) and once more at ``close()``, then frozen.
 
 Secrets: credentials only from the file named by ``ENERGY_REDFISH_CREDENTIALS_FILE``, either a
 first line ``user:password`` (the password may contain ``:``) or a JSON object
@@ -283,15 +310,18 @@ class RedfishSource(SampledPowerSource):
     # Before IPMI: the same BMC figure, without a fork per sample.
     priority = 30
     auto_env = ENV_URL
-    summary = ("the node at its power supplies, what the study measured: BMC power sampled "
-               f"on its own thread (default every {DEFAULT_PERIOD_S:g} s) and integrated; HPE "
-               "iLO `Chassis/1/Power` (`PowerControl[0].PowerConsumedWatts`), "
-               "`EnvironmentMetrics` (`PowerWatts.Reading`), `PowerSubsystem`; the chassis is "
-               "discovered from the service root")
+    summary = ("the node at its power supplies, what the study measured: the BMC's energy "
+               "counter in joules (`EnvironmentMetrics.EnergyJoules`, an `EnergyJoules` "
+               "sensor) read at each report, else its power sampled on its own thread "
+               f"(default every {DEFAULT_PERIOD_S:g} s) and integrated: the node's power "
+               "sensor, `EnvironmentMetrics.PowerWatts`, the `PowerSubsystem` supplies' sum, "
+               "HPE iLO's `Power` (`PowerControl`), and a kWh counter last (too coarse); the "
+               "node's chassis is discovered from the service root "
+               "(`ENERGY_REDFISH_CHASSIS` when there are several)")
     env_vars = (
-        EnvVar(ENV_URL, "the BMC's Redfish service root or its `Chassis/<id>/Power`, "
-                        "`EnvironmentMetrics` or `PowerSubsystem` resource; no credentials "
-                        "in it"),
+        EnvVar(ENV_URL, "the BMC's Redfish service root, a chassis, a `Sensors/<id>` sensor, "
+                        "or a chassis' `Power`, `EnvironmentMetrics` or `PowerSubsystem` "
+                        "resource; no credentials in it"),
         EnvVar(ENV_CREDENTIALS, "file holding `user:password` (first line) or "
                                 "`{\"username\": ..., \"password\": ...}`; mode 600"),
         EnvVar(ENV_CA_BUNDLE, "PEM file of the CA that signed the BMC's certificate"),
@@ -339,6 +369,7 @@ class RedfishSource(SampledPowerSource):
         # read, and the joules counted since open.
         self._counter_last: Optional[Tuple[float, float]] = None
         self._counter_joules = 0.0
+        self._counter_closed = False
         self._client: Optional[JsonHttpClient] = None
         self._consecutive_failures = 0
         self._retry_at = 0.0
@@ -413,8 +444,8 @@ class RedfishSource(SampledPowerSource):
         if self.resource.counter_j is not None:
             # A counter: read at report time and differenced, nothing to sample.
             self._counter_last = (watts, time.monotonic())
-            log.info("redfish: node energy from %s: counter at %g now, read at each report",
-                     self.resource.describe(), watts)
+            log.info("redfish: node energy from %s: counter reads %g now (%g J a unit), read "
+                     "at each report", self.resource.describe(), watts, self.resource.counter_j)
             return
         log.info("redfish: node power from %s: %.1f W now, sampled every %g s",
                  self.resource.describe(), watts, self.sample_period_s)
@@ -434,6 +465,8 @@ class RedfishSource(SampledPowerSource):
         if self.resource is None or self.resource.counter_j is None:
             return super().read()
         assert self._counter_last is not None
+        if self._counter_closed:
+            return {"node": self._counter_joules}
         try:
             with Deadline(self.timeout_s, "redfish energy counter") as self._deadline:
                 try:
@@ -460,6 +493,14 @@ class RedfishSource(SampledPowerSource):
             self.health.record_ok()
             self._counter_joules += step.delta * self.resource.counter_j
         return {"node": self._counter_joules}
+
+    def close(self) -> None:
+        """Stop sampling; a counter is read a last time and frozen (the window ends here)."""
+        if (self.resource is not None and self.resource.counter_j is not None
+                and not self._counter_closed):
+            self.read()
+            self._counter_closed = True
+        super().close()
 
     # -- sampling -----------------------------------------------------------------------------
     def read_watts(self) -> float:
@@ -755,14 +796,7 @@ class RedfishSource(SampledPowerSource):
                 if isinstance(uri, str):
                     referenced.add(_path(urllib.parse.urljoin(base, uri)))
         groups: Dict[str, List[Tuple[str, Any]]] = {}
-        for member in self._members(self._get(sensors_url), sensors_url):
-            try:
-                doc = self._get(member)
-            except HttpFailure as err:
-                if err.status in (401, 403):
-                    raise
-                tried.append(str(err))
-                continue
+        for member, doc in self._sensor_docs(sensors_url, tried):
             if not isinstance(doc, dict):
                 continue
             reading_type = doc.get("ReadingType")
@@ -791,6 +825,34 @@ class RedfishSource(SampledPowerSource):
                              "none is the node's (DataSourceUri, PhysicalContext Chassis, "
                              "or named Node/Total)")
         return chosen
+
+    def _sensor_docs(self, sensors_url: str, tried: List[str]) -> List[Tuple[str, Any]]:
+        """Every sensor of a collection: in one request where the BMC supports ``$expand``
+        (an HPE Cray EX node has about a hundred sensors; one request each, at the 50-100 ms
+        a BMC takes to answer, would not fit in the discovery deadline), else one a member.
+        A BMC without ``$expand`` ignores it (links only) or refuses it (HTTP 4xx/5xx)."""
+        collection: Any = None
+        try:
+            collection = self._get(sensors_url + "?$expand=.($levels=1)")
+        except HttpFailure as err:
+            if err.status in (401, 403):
+                raise
+        members = collection.get("Members") if isinstance(collection, dict) else None
+        if (isinstance(members, list) and members
+                and all(isinstance(m, dict) and len(m) > 1 for m in members)):
+            docs = [(self._resolve(m, sensors_url, "Members"), m) for m in members]
+            return [(url, doc) for url, doc in docs if url is not None]
+        if not isinstance(members, list):
+            collection = self._get(sensors_url)
+        out: List[Tuple[str, Any]] = []
+        for member in self._members(collection, sensors_url):
+            try:
+                out.append((member, self._get(member)))
+            except HttpFailure as err:
+                if err.status in (401, 403):
+                    raise
+                tried.append(str(err))
+        return out
 
     def _sensor(self, url: str, doc: Any, why: str) -> Tuple[PowerResource, float]:
         reading_type = doc.get("ReadingType") if isinstance(doc, dict) else None
