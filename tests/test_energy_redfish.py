@@ -902,3 +902,36 @@ def test_sensors_read_in_one_request_where_the_bmc_expands(expand, sources):
     assert source.resource.url.endswith("/Chassis/Node1/Sensors/NodeEnergy")
     # 27 sensors in the node: one request for all of them, or one each
     assert len(sensor_gets) == (0 if expand else 27)
+
+
+def test_counter_is_read_at_close_and_then_frozen(sources):
+    with BmcSimulator(WATTS, fixture="cray_ex_blade") as sim:
+        source = make(sources, sim.url, chassis="Node0")
+        e_before_open = sim.energy_j()
+        source.open()
+        e_opened = sim.energy_j()
+        time.sleep(0.3)
+        e_before_close = sim.energy_j()
+        source.close()
+        e_closed = sim.energy_j()
+        time.sleep(0.1)
+        frozen = source.read()["node"]  # the window ended at close: no more requests
+        requests = len(sim.requests)
+        assert source.read()["node"] == frozen and len(sim.requests) == requests
+    assert (e_before_close - e_opened) - 2 <= frozen <= (e_closed - e_before_open) + 2
+
+
+def test_bmc_simulator_command_line_serves_a_fixture(sources):
+    proc = subprocess.Popen([sys.executable, str(FAKES / "bmc_sim.py"), "--port", "0",
+                             "--watts", "450", "--fixture", "openbmc"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        assert ready, "the simulator did not print its URL"
+        source = make(sources, proc.stdout.readline().strip())
+        source.open()
+        assert source.resource.url.endswith("/Sensors/power_total_power")
+        assert source._read_resource(source.resource) == pytest.approx(450.0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
