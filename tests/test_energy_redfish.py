@@ -710,3 +710,229 @@ def test_bmc_that_comes_up_late_is_retried_and_measured_from_then_on(sources, ca
             assert snap.coverage["redfish"] == pytest.approx(0.5, abs=0.05)
             meter.close()
     assert meter_mod.RETRY_FIRST_S == 30.0 and meter_mod.RETRY_MAX_S == 600.0
+
+
+# -- vendor-shaped trees (tests/fixtures/redfish), served by the simulator ---------------------------
+def _window(sim: BmcSimulator, source: RedfishSource, seconds: float, change_to: float = None
+            ) -> Tuple[float, float, float]:
+    """Open, wait (changing the power halfway when asked), read: (joules, least and most
+    true energy of the window: the truth just after open to just before the read, and
+    just before open to just after the read)."""
+    e_before_open = sim.energy_j()
+    source.open()
+    e_opened = sim.energy_j()
+    time.sleep(seconds / 2)
+    if change_to is not None:
+        sim.watts = change_to
+    time.sleep(seconds / 2)
+    e_before_read = sim.energy_j()
+    joules = source.read()["node"]
+    e_read = sim.energy_j()
+    return joules, e_before_read - e_opened, e_read - e_before_open
+
+
+def _warnings(caplog, text: str) -> List[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+@pytest.mark.parametrize("chassis, node, share", [
+    (None, "Node0", 1.0),  # unset: the first node, with a warning naming both
+    ("Node1", "Node1", 0.75),
+    ("/redfish/v1/Chassis/Node1", "Node1", 0.75),
+])
+def test_cray_ex_blade_reads_the_node_energy_counter(chassis, node, share, sources, caplog):
+    caplog.set_level(logging.INFO)
+    with BmcSimulator(400.0, fixture="cray_ex_blade") as sim:
+        source = make(sources, sim.url, chassis=chassis)
+        joules, least, most = _window(sim, source, 0.6, change_to=900.0)
+    # The counter is read at report time: no thread, no lag; whole joules at both ends.
+    assert source.sampler is None
+    assert share * least - 2 <= joules <= share * most + 2
+    # One sensor of the node, never the sum of the dozens of sensors it contains
+    assert source.resource.url.endswith(f"/Chassis/{node}/Sensors/NodeEnergy")
+    assert f"redfish:Chassis/{node}/Sensors/NodeEnergy:energy-counter" in source.describe()
+    chosen = [r.getMessage() for r in caplog.records if "node energy from" in r.getMessage()]
+    assert len(chosen) == 1 and "energy counter in joules" in chosen[0]
+    ambiguous = _warnings(caplog, "could be this node")
+    if chassis is None:
+        assert len(ambiguous) == 1 and "Node0" in ambiguous[0] and "Node1" in ambiguous[0]
+        assert "ENERGY_REDFISH_CHASSIS" in ambiguous[0]
+        assert "Enclosure" not in ambiguous[0]  # it holds both nodes: never a candidate
+    else:
+        assert not ambiguous
+
+
+def test_energy_counter_reset_loses_that_interval_only(sources, caplog):
+    with BmcSimulator(500.0, fixture="cray_ex_blade") as sim:
+        source = make(sources, sim.url, chassis="Node0")
+        source.open()
+        time.sleep(0.2)
+        first = source.read()["node"]
+        sim.reset_counters()  # a BMC reboot: the counter starts again from 0
+        time.sleep(0.2)
+        e_before = sim.energy_j()
+        assert source.read()["node"] == first  # the reset interval is not counted ...
+        e0 = sim.energy_j()
+        time.sleep(0.3)
+        e1 = sim.energy_j()
+        after = source.read()["node"]
+        e2 = sim.energy_j()
+    # ... and counting goes on from the new value
+    assert (e1 - e0) - 2 <= after - first <= (e2 - e_before) + 2
+    assert source.health.failures == 1
+    assert "went back" in source.health.first_error
+    assert len(_warnings(caplog, "went back")) == 1
+
+
+def test_two_power_supplies_are_summed_not_one_sensor_taken(sources, caplog):
+    caplog.set_level(logging.INFO)
+    with BmcSimulator(WATTS, fixture="psu_pair") as sim:
+        source = make(sources, sim.url)
+        source.open()
+        assert source.resource.kind == "PowerSubsystem" and len(source.resource.read_urls) == 2
+        # 0.47 + 0.53 of the node: a reader that took one supply's sensor would read half
+        assert source._read_resource(source.resource) == pytest.approx(WATTS)
+        joules, least, most = _window(sim, make(sources, sim.url), 0.6, change_to=800.0)
+    # power integrated from samples: at most a period and a request behind the truth
+    assert least - 800.0 * (2 * PERIOD + 0.05) <= joules <= most
+
+
+def test_kwh_counter_is_too_coarse_when_power_is_there(sources, caplog):
+    caplog.set_level(logging.INFO)
+    with BmcSimulator(WATTS, fixture="kwh_counter") as sim:
+        source = make(sources, sim.url)
+        source.open()
+        assert source.resource.url.endswith("/Chassis/1U/Sensors/TotalPower")
+        assert source.resource.counter_j is None and source.sampler is not None
+        assert source._read_resource(source.resource) == pytest.approx(WATTS)  # the total, not the CPU sensor
+    assert "too coarse" in source.describe() and "EnergykWh" in source.describe()
+
+
+def test_kwh_counter_alone_is_read_as_a_counter(sources, caplog):
+    with BmcSimulator(2.0e6, fixture="kwh_counter") as sim:
+        # A BMC with the kWh counter only: no power sensor, no PowerWatts.
+        sensors = "/redfish/v1/Chassis/1U/Sensors"
+        for name in ("TotalPower", "CPU1Power"):
+            del sim.tree[f"{sensors}/{name}"]
+        sim.tree[sensors]["Members"] = [{"@odata.id": f"{sensors}/TotalEnergy"}]
+        del sim.tree["/redfish/v1/Chassis/1U/EnvironmentMetrics"]["PowerWatts"]
+        source = make(sources, sim.url)
+        joules, least, most = _window(sim, source, 0.6, change_to=4.0e6)
+    assert source.resource.counter_j == 3.6e6 and source.sampler is None
+    assert "coarse" in source.describe()
+    # 0.001 kWh steps: each end of the window is known to 3600 J
+    assert least - 3600 <= joules <= most + 3600
+
+
+def test_openbmc_power_sensor_when_power_control_has_no_reading(sources):
+    with BmcSimulator(WATTS, fixture="openbmc") as sim:
+        source = make(sources, sim.url)
+        joules, least, most = _window(sim, source, 0.6, change_to=200.0)
+        assert source.resource.url.endswith("/Sensors/power_total_power")
+        # the node's sensor, not the supplies' (0.5 each) nor their sum with the CPU's
+        assert source._read_resource(source.resource) == pytest.approx(200.0)
+        legacy = make(sources, sim.base_url + "/redfish/v1/Chassis/chassis/Power")
+        with pytest.raises(SourceUnavailable, match=r"PowerControl\[0\]\.PowerConsumedWatts "
+                                                    "missing"):
+            legacy.open()
+    # power integrated from samples: at most a period and a request behind the truth
+    assert least - 900.0 * (2 * PERIOD + 0.05) <= joules <= most
+
+
+@pytest.mark.parametrize("chassis, share", [("Sled2", 0.31), ("Chassis/Sled3", 0.27)])
+def test_enclosure_chassis_selected_by_env(chassis, share, sources, caplog):
+    caplog.set_level(logging.INFO)
+    with BmcSimulator(WATTS, fixture="multi_sled_enclosure") as sim:
+        env = {"ENERGY_REDFISH_URL": sim.url, "ENERGY_REDFISH_CHASSIS": chassis}
+        source = RedfishSource.from_env(env, {"redfish_sample_period_s": PERIOD})
+        sources.append(source)
+        source.open()
+        assert source._read_resource(source.resource) == pytest.approx(WATTS * share)
+    assert f"Chassis/{chassis.split('/')[-1]}/EnvironmentMetrics" in source.describe()
+    assert not _warnings(caplog, "could be this node")
+
+
+def test_enclosure_without_selection_warns_and_never_takes_the_shelf(sources, caplog):
+    with BmcSimulator(WATTS, fixture="multi_sled_enclosure") as sim:
+        source = make(sources, sim.url)
+        source.open()
+        # the first sled, not the shelf's supply that feeds all four
+        assert source._read_resource(source.resource) == pytest.approx(WATTS * 0.22)
+    warned = _warnings(caplog, "could be this node")
+    assert len(warned) == 1
+    assert all(sled in warned[0] for sled in ("Sled1", "Sled2", "Sled3", "Sled4"))
+
+
+def test_several_power_control_entries_one_is_used(sources, caplog):
+    with BmcSimulator(WATTS, fixture="multi_sled_enclosure") as sim:
+        source = make(sources, sim.url, chassis="Sled4")
+        source.open()
+        assert source.resource.path == ("PowerControl", 0, "PowerConsumedWatts")
+        assert source._read_resource(source.resource) == pytest.approx(WATTS * 0.2)  # not 0.2 + 0.08
+    warned = _warnings(caplog, "PowerControl entries")
+    assert len(warned) == 1 and "Sled Power Control" in warned[0] and "[0] only" in warned[0]
+    assert "never their sum" in source.describe()
+
+
+def test_unknown_chassis_selection_lists_the_chassis(sources):
+    with BmcSimulator(WATTS, fixture="multi_sled_enclosure") as sim:
+        source = make(sources, sim.url, chassis="Sled9")
+        with pytest.raises(SourceUnavailable, match=r"ENERGY_REDFISH_CHASSIS=Sled9 names none of "
+                                                    r"the chassis .*Sled1 .*Sled4"):
+            source.open()
+
+
+def test_ambiguous_node_sensors_are_never_summed(sources):
+    with BmcSimulator(WATTS, fixture="openbmc") as sim:
+        # two sensors that could each be the node's total: none is taken, nor their sum
+        sensors = "/redfish/v1/Chassis/chassis/Sensors"
+        sim.tree[f"{sensors}/power_ps0_input_power"]["Name"] = "Total Power"
+        source = make(sources, sim.url)
+        with pytest.raises(SourceUnavailable, match="2 Power sensors could be the node's"):
+            source.open()
+
+
+@pytest.mark.parametrize("expand", [True, False])
+def test_sensors_read_in_one_request_where_the_bmc_expands(expand, sources):
+    with BmcSimulator(WATTS, fixture="cray_ex_blade") as sim:
+        sim.expand = expand  # False: the BMC ignores $expand, each sensor is fetched
+        source = make(sources, sim.url, chassis="Node1")
+        source.open()
+        sensor_gets = [path for path, _, _ in sim.requests if "/Node1/Sensors/" in path]
+    assert source.resource.url.endswith("/Chassis/Node1/Sensors/NodeEnergy")
+    # 27 sensors in the node: one request for all of them, or one each
+    assert len(sensor_gets) == (0 if expand else 27)
+
+
+def test_counter_is_read_at_close_and_then_frozen(sources):
+    with BmcSimulator(WATTS, fixture="cray_ex_blade") as sim:
+        source = make(sources, sim.url, chassis="Node0")
+        e_before_open = sim.energy_j()
+        source.open()
+        e_opened = sim.energy_j()
+        time.sleep(0.3)
+        e_before_close = sim.energy_j()
+        source.close()
+        e_closed = sim.energy_j()
+        time.sleep(0.1)
+        frozen = source.read()["node"]  # the window ended at close: no more requests
+        requests = len(sim.requests)
+        assert source.read()["node"] == frozen and len(sim.requests) == requests
+    assert (e_before_close - e_opened) - 2 <= frozen <= (e_closed - e_before_open) + 2
+
+
+def test_bmc_simulator_command_line_serves_a_fixture(sources):
+    proc = subprocess.Popen([sys.executable, str(FAKES / "bmc_sim.py"), "--port", "0",
+                             "--watts", "450", "--fixture", "openbmc"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        assert ready, "the simulator did not print its URL"
+        source = make(sources, proc.stdout.readline().strip())
+        source.open()
+        assert source.resource.url.endswith("/Sensors/power_total_power")
+        assert source._read_resource(source.resource) == pytest.approx(450.0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -14,12 +14,22 @@ Modes (the resource trees are modelled on what the BMCs publish; values are the 
   third, absent PSU slot without metrics. A storage enclosure without power resources comes
   first in the chassis collection.
 
+- ``fixture``: a vendor-shaped tree from ``tests/fixtures/redfish/<name>.json`` (``fixture=``),
+  served as it is written, except the readings its ``live`` table names: those follow the
+  simulator's power over time (``watts`` x the entry's share), and energy counters
+  (``joules``, ``kwh`` rounded down to 0.001 kWh as BMCs publish it) follow the energy the
+  simulator has integrated since it started (``energy_j()``, the truth a test compares
+  with), plus the entry's offset; ``reset_counters()`` sends every counter back to 0.
+
 Failure injection (``failure`` attribute, switchable while serving, or ``fail_after``): ``"500"``
 (HTTP 500), ``"garbage"`` (200 with a body that is not JSON), ``"missing"`` (200, valid JSON
 without the power reading), ``"timeout"`` (the handler hangs ``hang_s`` seconds before answering),
 ``"trickle"`` (a correct answer, status line included, sent one byte every ``trickle_s`` seconds:
 a BMC on a bad link, which a per-read socket timeout never catches).
 A failing BMC fails every request, as a sick BMC does.
+
+Collections answer ``$expand=.($levels=1)`` with their members' documents (``expand``
+attribute; False ignores the query, as many BMCs do).
 
 With ``user``/``password`` every resource except the service root requires HTTP Basic auth
 (the service root is public in Redfish); a wrong or missing header gets 401. With
@@ -33,15 +43,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import json
+import math
 import signal
 import ssl
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-MODES = ("ilo", "envmetrics", "powersubsystem")
+MODES = ("ilo", "envmetrics", "powersubsystem", "fixture")
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "redfish"
 FAILURES = ("500", "garbage", "missing", "timeout", "trickle")
 
 # Fractions of the total drawn by each PSU in powersubsystem mode; uneven so that a reader that
@@ -64,22 +79,40 @@ class BmcSimulator:
                  password: Optional[str] = None, fail_after: Optional[int] = None,
                  failure_after: str = "500", certfile: Optional[str] = None,
                  keyfile: Optional[str] = None, hang_s: float = 5.0, trickle_s: float = 0.5,
-                 port: int = 0,
-                 host: str = "127.0.0.1") -> None:
+                 port: int = 0, host: str = "127.0.0.1",
+                 fixture: Optional[str] = None) -> None:
+        if fixture is not None:
+            mode = "fixture"
+        if mode == "fixture" and fixture is None:
+            raise ValueError("mode 'fixture' needs fixture=<name under tests/fixtures/redfish>")
         if mode not in MODES:
             raise ValueError(f"unknown BMC simulator mode {mode!r}; choose one of {MODES}")
         if failure_after not in FAILURES:
             raise ValueError(f"unknown failure {failure_after!r}; choose one of {FAILURES}")
         if (user is None) != (password is None):
             raise ValueError("give both user and password, or neither")
-        self.watts = float(watts)
+        # The truth: energy integrated exactly over every change of ``watts`` (the setter).
+        self._energy_lock = threading.Lock()
+        self._energy = 0.0
+        self._since = time.monotonic()
+        self._watts = float(watts)
+        self._counter_base = 0.0
+        self._counter_offsets = True
         self.mode = mode
+        self.tree: Dict[str, Any] = {}
+        self.live: Dict[str, Dict[str, List[Any]]] = {}
+        if fixture is not None:
+            path = Path(fixture) if fixture.endswith(".json") else FIXTURES / f"{fixture}.json"
+            loaded = json.loads(path.read_text())
+            self.tree, self.live = loaded["resources"], loaded.get("live", {})
         self.user = user
         self.password = password
         self.fail_after = fail_after
         self.failure_after = failure_after
         self.failure: Optional[str] = None
         self.redirect_to: Optional[str] = None
+        #: answer ``$expand`` on collections (False: ignore it, as many BMCs do)
+        self.expand = True
         self.hang_s = hang_s
         self.trickle_s = trickle_s
         self._certfile = certfile
@@ -142,6 +175,58 @@ class BmcSimulator:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    # -- the truth -------------------------------------------------------------------------------
+    @property
+    def watts(self) -> float:
+        return self._watts
+
+    @watts.setter
+    def watts(self, value: float) -> None:
+        with self._energy_lock:
+            now = time.monotonic()
+            self._energy += self._watts * (now - self._since)
+            self._watts, self._since = float(value), now
+
+    def energy_j(self) -> float:
+        """Joules drawn since the simulator was made: what a perfect meter would read."""
+        with self._energy_lock:
+            return self._energy + self._watts * (time.monotonic() - self._since)
+
+    def reset_counters(self) -> None:
+        """Every energy counter of the fixture goes back to 0 (a BMC reboot, ResetMetrics)."""
+        energy = self.energy_j()
+        with self._energy_lock:
+            self._counter_base, self._counter_offsets = energy, False
+
+    def _live_value(self, kind: str, share: float, offset: float) -> float:
+        if kind == "power":
+            return self.watts * share
+        energy = self.energy_j()
+        with self._energy_lock:
+            since = (energy - self._counter_base) * share
+            base = offset if self._counter_offsets else 0.0
+        if kind == "joules":
+            return float(math.floor(base + since))  # whole joules, as BMCs publish them
+        if kind == "kwh":
+            return math.floor((base + since / 3.6e6) * 1000.0) / 1000.0  # 0.001 kWh steps
+        raise ValueError(f"unknown live kind {kind!r}")
+
+    def _fixture_resource(self, path: str) -> Tuple[Optional[Dict[str, Any]], bool]:
+        doc = self.tree.get(path)
+        if doc is None:
+            return None, False
+        live = self.live.get(path)
+        if not live:
+            return doc, False
+        doc = copy.deepcopy(doc)
+        for dotted, (kind, share, *rest) in live.items():
+            node: Any = doc
+            keys = [int(k) if k.isdigit() else k for k in dotted.split(".")]
+            for key in keys[:-1]:
+                node = node[key]
+            node[keys[-1]] = self._live_value(kind, float(share), float(rest[0]) if rest else 0.0)
+        return doc, True
+
     # -- state used by the handler ------------------------------------------------------------
     def _record(self, path: str, had_auth: bool, status: int) -> None:
         with self._lock:
@@ -164,6 +249,8 @@ class BmcSimulator:
     # -- the resource tree ----------------------------------------------------------------------
     def resource(self, path: str) -> Tuple[Optional[Dict[str, Any]], bool]:
         """(JSON document or None for 404, is it a power resource)."""
+        if self.mode == "fixture":
+            return self._fixture_resource(path)
         w = self.watts
         root = "/redfish/v1"
         if path == root:
@@ -280,6 +367,8 @@ class BmcSimulator:
 def _strip_missing(doc: Dict[str, Any]) -> Dict[str, Any]:
     """The same document without its power reading: a BMC that is up but has no value yet."""
     doc = dict(doc)
+    if "ReadingType" in doc:  # a Sensor
+        doc["Reading"] = None
     for key in ("PowerControl", "PowerWatts", "InputPowerWatts"):
         if key in doc:
             doc[key] = [] if key == "PowerControl" else {"Reading": None}
@@ -316,6 +405,10 @@ class _Handler(BaseHTTPRequestHandler):
                        extra={"WWW-Authenticate": 'Basic realm="bmc-sim"'})
             return
         doc, is_power = sim.resource(path)
+        if doc is not None and sim.expand and "$expand" in self.path and "Members" in doc:
+            # $expand=.($levels=1): each member's document in place of its link
+            doc = dict(doc, Members=[sim.resource(m["@odata.id"].rstrip("/"))[0] or m
+                                     for m in doc["Members"]])
         if doc is None:
             self._send(404, {"error": {"code": "Base.1.8.ResourceMissingAtURI",
                                        "message": f"no resource at {path}"}}, path, auth)
@@ -374,6 +467,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--watts", type=float, default=500.0)
     parser.add_argument("--mode", choices=MODES, default="ilo")
+    parser.add_argument("--fixture", help="serve tests/fixtures/redfish/<FIXTURE>.json (or a "
+                                          "path to such a file); implies --mode fixture")
     parser.add_argument("--fail-after", type=int, default=None,
                         help="fail every request after this many successful power reads")
     parser.add_argument("--failure", choices=FAILURES, default="500",
@@ -388,7 +483,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sim = BmcSimulator(args.watts, args.mode, user=args.user, password=args.password,
                        fail_after=args.fail_after, failure_after=args.failure,
                        certfile=args.certfile, keyfile=args.keyfile, port=args.port,
-                       host=args.host)
+                       host=args.host, fixture=args.fixture)
     url = sim.start()
     print(url, flush=True)
     done = threading.Event()

@@ -1,4 +1,5 @@
-"""Whole-node input power from the BMC over Redfish, integrated on a sampling thread.
+"""Whole-node energy from the BMC over Redfish: an energy counter read at each report, or
+power integrated on a sampling thread.
 
 What is measured: the power supplies' input, i.e. everything the node draws (GPUs, CPUs,
 DRAM, fans, PSU losses). It is a *node* figure: read by one process per node, and it already
@@ -16,11 +17,37 @@ Where the reading comes from (``ENERGY_REDFISH_URL`` may name any of these):
   supply without a reading makes the sample fail rather than silently under-count. The
   supplies are listed once at ``open()`` (a supply hot-plugged later is not seen).
 - ``.../redfish/v1/Chassis/{id}`` or the chassis collection: that chassis' power resource.
-- the service root ``.../redfish/v1`` (or just ``https://bmc``): discovery. Chassis that are
-  not contained in another (no ``Links.ContainedBy``; a GPU baseboard or a drive enclosure is)
-  come first, in collection order; in each, EnvironmentMetrics, then Power, then
-  PowerSubsystem is tried, and the first that gives a reading wins. The chosen URL is logged
-  once. On a BMC with several top-level chassis, name the resource directly.
+- ``.../redfish/v1/Chassis/{id}/Sensors/{sensor}``: a Sensor with ``ReadingType`` Power
+  (watts, sampled) or EnergyJoules / EnergykWh (a counter, read at each report).
+- the service root ``.../redfish/v1`` (or just ``https://bmc``): discovery, in two steps.
+
+  *Which chassis is the node.* Candidates are the chassis with a power link that are
+  top-level (no ``Links.ContainedBy``) or themselves a node type (Blade, Sled, RackMount,
+  StandAlone: the nodes of an HPE Cray EX blade or of a sled enclosure), minus any chassis
+  that contains another candidate (an enclosure's total covers several nodes). A GPU
+  baseboard or a drive enclosure is a part, tried only if every candidate fails. With
+  several candidates, ``ENERGY_REDFISH_CHASSIS`` (an id or a path) names this node's; unset,
+  a warning lists them all and the first that gives a reading is taken.
+
+  *Which reading of that chassis* (``_from_one_chassis`` holds the order and its reasons): a
+  joule energy counter (EnvironmentMetrics.EnergyJoules, or the node's EnergyJoules sensor),
+  the node's power sensor, EnvironmentMetrics.PowerWatts, the PowerSubsystem sum, the
+  deprecated Power.PowerControl, and last an EnergykWh counter (0.001 kWh = 3600 J steps: too
+  coarse for a short run, so any power reading is preferred to it). Among a chassis' dozens of
+  sensors (per CPU, memory, GPU, voltage regulator, supply) the node's is the one that
+  EnvironmentMetrics names as its DataSourceUri, else the one with PhysicalContext
+  "Chassis", else the one named "Node..." / "Total..."; two such sensors and none is taken:
+  sensors that contain each other are never summed. Of several PowerControl entries the
+  first with a reading is used, with a warning (they may overlap: never summed).
+
+  The choice and its reason are logged once and shown by ``describe()``
+  (``redfish:Chassis/Node0/Sensors/NodeEnergy:energy-counter: ...``). The source's name in
+  the ``energy.sources`` list stays ``redfish``: other code keys on it.
+
+An energy counter is differenced against its value at open (``counters.counter_step``): a
+counter that goes back (BMC reboot, ResetMetrics) is a reset, that interval is not counted
+and shows in coverage. It is read at each report (one request, bounded by the timeout; a
+failure keeps the last total and is counted) and once more at ``close()``, then frozen.
 
 Secrets: credentials only from the file named by ``ENERGY_REDFISH_CREDENTIALS_FILE``, either a
 first line ``user:password`` (the password may contain ``:``) or a JSON object
@@ -55,11 +82,12 @@ import base64
 import json
 import math
 import os
+import re
 import stat
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..redact import energy_logger, register_secrets
 from ..deadline import Deadline
@@ -67,6 +95,7 @@ from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_contex
                     redact_url)
 from ..schema import EnvVar, env_flag, positive_option, refuse_secret_options
 from .base import SourceUnavailable
+from .counters import counter_step
 from .sampling import SampledPowerSource, bmc_options
 
 log = energy_logger(__name__)
@@ -76,15 +105,16 @@ ENV_CREDENTIALS = "ENERGY_REDFISH_CREDENTIALS_FILE"
 ENV_CA_BUNDLE = "ENERGY_REDFISH_CA_BUNDLE"
 ENV_INSECURE = "ENERGY_REDFISH_INSECURE"
 ENV_ALLOW_HTTP_CREDENTIALS = "ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS"
+ENV_CHASSIS = "ENERGY_REDFISH_CHASSIS"
 
 #: About the BMC's refresh period: sampling faster only reads the same value again.
 DEFAULT_PERIOD_S = 5.0
 DEFAULT_TIMEOUT_S = 3.0
 
-# Order of preference inside one chassis: EnvironmentMetrics is the current schema and gives
-# one total; Power is deprecated but what iLO and many BMCs still serve; PowerSubsystem needs
-# one request per power supply.
+# The resources a URL may name directly, and the chassis links that lead to a power or
+# energy reading (the order of preference is in ``RedfishSource._from_one_chassis``).
 POWER_KINDS = ("EnvironmentMetrics", "Power", "PowerSubsystem")
+CHASSIS_LINKS = ("EnvironmentMetrics", "Sensors", "PowerSubsystem", "Power")
 
 
 # ------------------------------------------------------------------------------------------
@@ -202,25 +232,61 @@ def resource_kind(doc: Any, url: str) -> str:
     return ""
 
 
+#: Joules per unit of the energy counters Redfish defines (Sensor.ReadingType and the
+#: EnvironmentMetrics property of the same name).
+COUNTER_UNITS: Dict[str, float] = {"EnergyJoules": 1.0, "EnergykWh": 3.6e6}
+#: Chassis types that are a whole node (a server, a blade, a sled). A chassis contained in
+#: another one is a candidate for "the node" only with one of these types: a GPU baseboard
+#: ("Module") or a drive enclosure is a part of a node, never the node.
+NODE_CHASSIS_TYPES = frozenset({"Blade", "Sled", "RackMount", "StandAlone"})
+#: Names of the one sensor that is the node's input when the sensor says no PhysicalContext
+#: "Chassis": HPE Cray EX nodes call it "Node" (beside dozens of CPU, memory, GPU and voltage
+#: regulator sensors contained in it); others "Total Power" / "TotalEnergy".
+_NODE_SENSOR_NAME = re.compile(r"^(node|total|chassis|system)[ _-]?(input[ _-]?)?"
+                               r"(power|energy)?$", re.IGNORECASE)
+
+
 @dataclass
 class PowerResource:
-    """What one sample reads: the documents to GET and where the watts are in each."""
+    """What one reading reads: the documents to GET and where the number is in each.
+
+    ``counter_j`` is None for a power reading (watts, sampled and integrated), else the
+    joules per unit of an energy counter (read at report time and differenced). ``tag`` is
+    the short name of the choice (``energy-counter``, ``power-sensor``...), ``why`` the
+    reason it was chosen, both logged once and shown by ``describe()``.
+    """
 
     kind: str
     url: str
     read_urls: Tuple[str, ...]
     path: Tuple[Any, ...]
+    counter_j: Optional[float] = None
+    tag: str = ""
+    why: str = ""
 
     def describe(self) -> str:
         detail = f"{len(self.read_urls)} power supplies, " if self.kind == "PowerSubsystem" else ""
-        return f"{self.kind} at {redact_url(self.url)} ({detail}{_dotted(self.path)})"
+        text = f"{self.kind} at {redact_url(self.url)} ({detail}{_dotted(self.path)})"
+        if self.tag:
+            text = f"redfish:{_short(self.url)}:{self.tag}: {text}"
+        return f"{text}; {self.why}" if self.why else text
+
+
+def _short(url: str) -> str:
+    """``Chassis/Node0/Sensors/NodePower`` from a full resource URL (for log lines)."""
+    path = urllib.parse.urlsplit(url).path.rstrip("/")
+    marker = "/redfish/v1/"
+    return path.split(marker, 1)[1] if marker in path else path
 
 
 _PATHS: Dict[str, Tuple[Any, ...]] = {
     "Power": ("PowerControl", 0, "PowerConsumedWatts"),
     "EnvironmentMetrics": ("PowerWatts", "Reading"),
     "PowerSubsystem": ("InputPowerWatts", "Reading"),  # in each PowerSupplyMetrics document
+    "Sensor": ("Reading",),
 }
+_TAGS = {"Power": "power-control", "EnvironmentMetrics": "power-watts",
+         "PowerSubsystem": "psu-input-sum", "Sensor": "power-sensor"}
 
 
 class RedfishSource(SampledPowerSource):
@@ -244,15 +310,18 @@ class RedfishSource(SampledPowerSource):
     # Before IPMI: the same BMC figure, without a fork per sample.
     priority = 30
     auto_env = ENV_URL
-    summary = ("the node at its power supplies, what the study measured: BMC power sampled "
-               f"on its own thread (default every {DEFAULT_PERIOD_S:g} s) and integrated; HPE "
-               "iLO `Chassis/1/Power` (`PowerControl[0].PowerConsumedWatts`), "
-               "`EnvironmentMetrics` (`PowerWatts.Reading`), `PowerSubsystem`; the chassis is "
-               "discovered from the service root")
+    summary = ("the node at its power supplies, what the study measured: the BMC's energy "
+               "counter in joules (`EnvironmentMetrics.EnergyJoules`, an `EnergyJoules` "
+               "sensor) read at each report, else its power sampled on its own thread "
+               f"(default every {DEFAULT_PERIOD_S:g} s) and integrated: the node's power "
+               "sensor, `EnvironmentMetrics.PowerWatts`, the `PowerSubsystem` supplies' sum, "
+               "HPE iLO's `Power` (`PowerControl`), and a kWh counter last (too coarse); the "
+               "node's chassis is discovered from the service root "
+               "(`ENERGY_REDFISH_CHASSIS` when there are several)")
     env_vars = (
-        EnvVar(ENV_URL, "the BMC's Redfish service root or its `Chassis/<id>/Power`, "
-                        "`EnvironmentMetrics` or `PowerSubsystem` resource; no credentials "
-                        "in it"),
+        EnvVar(ENV_URL, "the BMC's Redfish service root, a chassis, a `Sensors/<id>` sensor, "
+                        "or a chassis' `Power`, `EnvironmentMetrics` or `PowerSubsystem` "
+                        "resource; no credentials in it"),
         EnvVar(ENV_CREDENTIALS, "file holding `user:password` (first line) or "
                                 "`{\"username\": ..., \"password\": ...}`; mode 600"),
         EnvVar(ENV_CA_BUNDLE, "PEM file of the CA that signed the BMC's certificate"),
@@ -260,6 +329,10 @@ class RedfishSource(SampledPowerSource):
         EnvVar(ENV_ALLOW_HTTP_CREDENTIALS, "1: send the credentials over plain http (else "
                                            "plain http works, with a warning, only without "
                                            "credentials)"),
+        EnvVar(ENV_CHASSIS, "the chassis that is this node, by id (`Node1`) or path "
+                            "(`/redfish/v1/Chassis/Node1`), when the BMC serves several "
+                            "(a blade with two nodes, an enclosure); unset: the first, with a "
+                            "warning listing them"),
     )
     options = bmc_options("redfish", "Redfish", DEFAULT_PERIOD_S, "Redfish request",
                           DEFAULT_TIMEOUT_S)
@@ -269,7 +342,7 @@ class RedfishSource(SampledPowerSource):
                  allow_http_credentials: bool = False,
                  sample_period_s: float = DEFAULT_PERIOD_S,
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_backoff_s: float = 60.0,
-                 max_gap_s: Optional[float] = None) -> None:
+                 max_gap_s: Optional[float] = None, chassis: Optional[str] = None) -> None:
         super().__init__()
         for label, value in (("sample_period_s", sample_period_s), ("timeout_s", timeout_s),
                              ("max_backoff_s", max_backoff_s)):
@@ -289,7 +362,14 @@ class RedfishSource(SampledPowerSource):
         self.timeout_s = float(timeout_s)
         self.max_backoff_s = float(max_backoff_s)
         self.max_gap_s = max_gap_s
+        #: ENERGY_REDFISH_CHASSIS: which chassis is this node when the BMC serves several
+        self.chassis = (chassis or "").strip() or None
         self.resource: Optional[PowerResource] = None
+        # Energy counter (resource.counter_j set): the last good raw value and when it was
+        # read, and the joules counted since open.
+        self._counter_last: Optional[Tuple[float, float]] = None
+        self._counter_joules = 0.0
+        self._counter_closed = False
         self._client: Optional[JsonHttpClient] = None
         self._consecutive_failures = 0
         self._retry_at = 0.0
@@ -324,7 +404,8 @@ class RedfishSource(SampledPowerSource):
         return cls(url, credentials=credentials, ca_bundle=ca_bundle,
                    insecure=env_flag(env, ENV_INSECURE),
                    allow_http_credentials=env_flag(env, ENV_ALLOW_HTTP_CREDENTIALS),
-                   sample_period_s=period, timeout_s=timeout)
+                   sample_period_s=period, timeout_s=timeout,
+                   chassis=env.get(ENV_CHASSIS, "").strip() or None)
 
     # -- EnergySource -------------------------------------------------------------------------
     def open(self) -> None:
@@ -360,6 +441,12 @@ class RedfishSource(SampledPowerSource):
                 self.resource, watts = self._discover()
             finally:
                 self._deadline = None
+        if self.resource.counter_j is not None:
+            # A counter: read at report time and differenced, nothing to sample.
+            self._counter_last = (watts, time.monotonic())
+            log.info("redfish: node energy from %s: counter reads %g now (%g J a unit), read "
+                     "at each report", self.resource.describe(), watts, self.resource.counter_j)
+            return
         log.info("redfish: node power from %s: %.1f W now, sampled every %g s",
                  self.resource.describe(), watts, self.sample_period_s)
         self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s, first_watts=watts)
@@ -367,8 +454,53 @@ class RedfishSource(SampledPowerSource):
     def describe(self) -> str:
         if self.resource is None:
             return f"redfish: {redact_url(self.url)} (not opened)"
+        if self.resource.counter_j is not None:
+            return f"redfish: node energy counter, {self.resource.describe()}, read at each report"
         return (f"redfish: node input power, {self.resource.describe()}, sampled every "
                 f"{self.sample_period_s:g} s")
+
+    # -- energy counter -----------------------------------------------------------------------
+    def read(self) -> Dict[str, float]:
+        """Joules since open(): the counter's difference, or the sampled integral."""
+        if self.resource is None or self.resource.counter_j is None:
+            return super().read()
+        assert self._counter_last is not None
+        if self._counter_closed:
+            return {"node": self._counter_joules}
+        try:
+            with Deadline(self.timeout_s, "redfish energy counter") as self._deadline:
+                try:
+                    raw = self._read_resource(self.resource)
+                finally:
+                    self._deadline = None
+        except Exception as err:  # never fatal: counted, the last total stands
+            self.health.record_failure(self.name, err)
+            return {"node": self._counter_joules}
+        now = time.monotonic()
+        prev, prev_t = self._counter_last
+        # No modulus: a BMC energy counter is a number that does not wrap; a decrease is a
+        # reset (BMC reboot, Sensor.ResetMetrics) and that interval is not counted.
+        step = counter_step(prev, raw, elapsed_s=now - prev_t,
+                            joules_per_unit=self.resource.counter_j, max_power_w=None)
+        self._counter_last = (raw, now)
+        if step.kind == "reset":
+            self.health.record_lost(self.name, self.resource.url,
+                                    f"energy counter {_short(self.resource.url)} went back "
+                                    f"from {prev:g} to {raw:g} (reset); the "
+                                    f"{now - prev_t:.1f} s since the previous read are not "
+                                    "counted")
+        else:
+            self.health.record_ok()
+            self._counter_joules += step.delta * self.resource.counter_j
+        return {"node": self._counter_joules}
+
+    def close(self) -> None:
+        """Stop sampling; a counter is read a last time and frozen (the window ends here)."""
+        if (self.resource is not None and self.resource.counter_j is not None
+                and not self._counter_closed):
+            self.read()
+            self._counter_closed = True
+        super().close()
 
     # -- sampling -----------------------------------------------------------------------------
     def read_watts(self) -> float:
@@ -445,17 +577,17 @@ class RedfishSource(SampledPowerSource):
         return SourceUnavailable(message)
 
     def _discover(self) -> Tuple[PowerResource, float]:
-        """Resolve ``self.url`` to a power resource and read it once."""
+        """Resolve ``self.url`` to a power or energy resource and read it once."""
         try:
             doc = self._get(self.url)
         except HttpFailure as err:
             raise self._unavailable(err) from None
         kind = resource_kind(doc, self.url)
         try:
-            if kind in POWER_KINDS:
-                return self._checked(kind, self.url, doc)
+            if kind in POWER_KINDS or kind == "Sensor":
+                return self._direct(kind, self.url, doc)
             if kind == "Chassis":
-                return self._from_chassis([(self.url, doc)])
+                return self._from_chassis([(self.url, doc)], select=False)
             if kind == "ChassisCollection":
                 return self._from_collection(self.url, doc)
             if kind == "ServiceRoot":
@@ -467,8 +599,27 @@ class RedfishSource(SampledPowerSource):
             raise self._unavailable(err) from None
         raise SourceUnavailable(
             f"redfish: {redact_url(self.url)} is a {kind or 'unrecognised'} resource; "
-            f"{ENV_URL} must name the service root (.../redfish/v1), a chassis, or a chassis' "
-            "Power, EnvironmentMetrics or PowerSubsystem resource")
+            f"{ENV_URL} must name the service root (.../redfish/v1), a chassis, a Sensor, or "
+            "a chassis' Power, EnvironmentMetrics or PowerSubsystem resource")
+
+    def _direct(self, kind: str, url: str, doc: Any) -> Tuple[PowerResource, float]:
+        """The reading of a resource named by the URL itself."""
+        why = f"named by {ENV_URL}"
+        if kind == "Sensor":
+            return self._sensor(url, doc, why)
+        if kind == "EnvironmentMetrics":
+            errors: List[BadReading] = []
+            for prop in ("EnergyJoules", "PowerWatts", "EnergykWh"):
+                if prop == "PowerWatts" or prop in doc:
+                    try:
+                        return self._env_reading(url, doc, prop, why)
+                    except BadReading as err:
+                        errors.append(err)
+            raise errors[0]
+        if kind == "Power":
+            return self._power_control(url, doc, why)
+        resource = self._psu_sum(url, doc, why)
+        return resource, self._read_resource(resource)
 
     def _from_collection(self, url: str, collection: Any) -> Tuple[PowerResource, float]:
         docs: List[Tuple[str, Any]] = []
@@ -479,42 +630,282 @@ class RedfishSource(SampledPowerSource):
                 if err.status in (401, 403):
                     raise
                 log.info("redfish: skipping chassis %s (%s)", redact_url(member), err)
-        return self._from_chassis(docs)
+        return self._from_chassis(docs, select=True)
 
-    def _from_chassis(self, chassis: List[Tuple[str, Any]]) -> Tuple[PowerResource, float]:
-        def contained(doc: Any) -> bool:
+    def _is_selected(self, url: str, doc: Any) -> bool:
+        """Does ENERGY_REDFISH_CHASSIS (an id, or a path or its tail) name this chassis?"""
+        wanted = (self.chassis or "").rstrip("/")
+        path = _path(url)
+        return ((isinstance(doc, dict) and doc.get("Id") == wanted) or path == wanted
+                or path.endswith("/" + wanted.lstrip("/")))
+
+    def _from_chassis(self, chassis: List[Tuple[str, Any]], *, select: bool
+                      ) -> Tuple[PowerResource, float]:
+        """The node's reading among ``chassis`` (the collection's members, in its order).
+
+        "The node" candidates: chassis with a power link that are top-level (no
+        ``Links.ContainedBy``) or themselves a node type (a blade in an enclosure), minus
+        any that contains another candidate (an enclosure's total covers several nodes, the
+        blade's total both of its nodes). Several candidates: ENERGY_REDFISH_CHASSIS picks
+        one; unset, a warning lists them and the first that gives a reading is taken.
+        Contained parts (a GPU baseboard) are tried only after every candidate failed.
+        """
+        parent: Dict[str, Optional[str]] = {}
+        for url, doc in chassis:
             links = doc.get("Links") if isinstance(doc, dict) else None
-            return isinstance(links, dict) and bool(links.get("ContainedBy"))
+            up = links.get("ContainedBy") if isinstance(links, dict) else None
+            target = up.get("@odata.id") if isinstance(up, dict) else None
+            parent[url] = (_path(urllib.parse.urljoin(url, target)) if isinstance(target, str)
+                           else ("?" if up else None))
 
-        # sorted() is stable: top-level chassis first, each group in collection order.
-        ordered = sorted(chassis, key=lambda item: contained(item[1]))
+        def powered(doc: Any) -> bool:
+            return isinstance(doc, dict) and any(isinstance(doc.get(k), dict)
+                                                 for k in CHASSIS_LINKS)
+
+        candidates = [(u, d) for u, d in chassis if powered(d) and (
+            parent[u] is None or d.get("ChassisType") in NODE_CHASSIS_TYPES)]
+        holders = {parent[u] for u, _ in candidates if parent[u]}
+        candidates = [(u, d) for u, d in candidates if _path(u) not in holders]
+        if select and self.chassis:
+            picked = [(u, d) for u, d in chassis if self._is_selected(u, d)]
+            if not picked:
+                raise SourceUnavailable(
+                    f"redfish: {ENV_CHASSIS}={self.chassis} names none of the chassis this BMC "
+                    f"serves: {', '.join(_chassis_id(u, d) for u, d in chassis) or 'none'}")
+            log.info("redfish: chassis %s selected by %s", _short(picked[0][0]), ENV_CHASSIS)
+            ordered = picked[:1]
+        else:
+            if select and len(candidates) > 1:
+                log.warning("redfish: %d chassis could be this node: %s; taking the first that "
+                            "gives a reading. Set %s to the id of this node's chassis",
+                            len(candidates),
+                            ", ".join(_chassis_id(u, d) for u, d in candidates), ENV_CHASSIS)
+            # sorted() is stable: candidates and top-level chassis first, each group in
+            # collection order; a holder of candidates never (it would count other nodes).
+            first = {u for u, _ in candidates}
+            ordered = sorted([(u, d) for u, d in chassis if _path(u) not in holders],
+                             key=lambda item: not (item[0] in first
+                                                   or parent[item[0]] is None))
         tried: List[str] = []
         for url, doc in ordered:
-            links = [(kind, self._link(doc, kind, url)) for kind in POWER_KINDS]
-            links = [(kind, link) for kind, link in links if link is not None]
-            if not links:
-                tried.append(f"{redact_url(url)}: no power resource")
-                continue
-            for kind, link in links:
-                try:
-                    return self._checked(kind, link, self._get(link))
-                except (HttpFailure, BadReading) as err:
-                    if isinstance(err, HttpFailure) and err.status in (401, 403):
-                        raise
-                    tried.append(str(err))
+            found = self._from_one_chassis(url, doc, tried)
+            if found is not None:
+                return found
         raise BadReading("no chassis gave a node power reading; tried: "
                          + ("; ".join(tried) if tried else "no chassis listed"))
 
-    def _checked(self, kind: str, url: str, doc: Any) -> Tuple[PowerResource, float]:
-        """The power resource at ``url`` (document ``doc``) and its current reading."""
-        resource = self._power_resource(kind, url, doc)
-        if resource.read_urls == (url,):  # the reading is in the document already fetched
-            return resource, reading_at(doc, resource.path, redact_url(url))
-        return resource, self._read_resource(resource)
+    def _attempt(self, tried: List[str], step: Callable[[], Tuple[PowerResource, float]]
+                 ) -> Optional[Tuple[PowerResource, float]]:
+        """Run one way of reading; None (and the reason in ``tried``) if it does not work."""
+        try:
+            return step()
+        except (HttpFailure, BadReading) as err:
+            if isinstance(err, HttpFailure) and err.status in (401, 403):
+                raise
+            tried.append(str(err))
+            return None
 
-    def _power_resource(self, kind: str, url: str, doc: Any) -> PowerResource:
-        if kind != "PowerSubsystem":
-            return PowerResource(kind, url, (url,), _PATHS[kind])
+    def _from_one_chassis(self, url: str, doc: Any, tried: List[str]
+                          ) -> Optional[Tuple[PowerResource, float]]:
+        """The best reading of one chassis, in this order of preference:
+
+        1. an energy counter in joules (EnvironmentMetrics.EnergyJoules, or the node's
+           Sensor with ReadingType EnergyJoules): exact, nothing lost between samples;
+        2. the node's power Sensor (ReadingType Power), one sensor, never a sum of sensors
+           that may contain each other;
+        3. EnvironmentMetrics.PowerWatts (one request; usually that same sensor);
+        4. PowerSubsystem: the sum of the present supplies' InputPowerWatts;
+        5. the deprecated Power.PowerControl;
+        6. an EnergykWh counter, only when there is no power reading at all: Redfish gives kWh
+           to 0.001 at best, 3600 J a step, +-1.2% of a 10-minute run at 500 W, worse for a
+           shorter one, while the power integral holds to about 1%.
+        """
+        links = {kind: self._link(doc, kind, url) for kind in CHASSIS_LINKS}
+        if not any(links.values()):
+            tried.append(f"{redact_url(url)}: no power resource")
+            return None
+        env_url = links["EnvironmentMetrics"]
+        env: Any = None
+        if env_url is not None:
+            try:
+                env = self._get(env_url)
+            except HttpFailure as err:
+                if err.status in (401, 403):
+                    raise
+                tried.append(str(err))
+        sensors: Dict[str, Tuple[str, Any]] = {}
+        if links["Sensors"] is not None:
+            sensors = self._node_sensors(links["Sensors"], env, env_url or url, tried)
+
+        def env_has(prop: str) -> bool:
+            return isinstance(env, dict) and isinstance(env.get(prop), dict)
+
+        kwh = ([f"{_short(env_url)}.EnergykWh"] if env_url and env_has("EnergykWh") else []) + \
+              ([_short(sensors["EnergykWh"][0])] if "EnergykWh" in sensors else [])
+        power_why = ("" if not kwh else f"preferred to the EnergykWh counter {kwh[0]}, too "
+                     "coarse (3600 J per 0.001 kWh step)")
+        steps: List[Callable[[], Tuple[PowerResource, float]]] = []
+        if env_url and env_has("EnergyJoules"):
+            steps.append(lambda: self._env_reading(env_url, env, "EnergyJoules",
+                                                   "energy counter in joules"))
+        if "EnergyJoules" in sensors:
+            steps.append(lambda: self._sensor(*sensors["EnergyJoules"],
+                                              "the node's energy counter in joules"))
+        if "Power" in sensors:
+            steps.append(lambda: self._sensor(*sensors["Power"], power_why or
+                                              "the node's power sensor, no joule counter"))
+        if env_url and env is not None:
+            steps.append(lambda: self._env_reading(env_url, env, "PowerWatts", power_why))
+        if links["PowerSubsystem"] is not None:
+            ps_url = links["PowerSubsystem"]
+
+            def psu() -> Tuple[PowerResource, float]:
+                resource = self._psu_sum(ps_url, self._get(ps_url), power_why)
+                return resource, self._read_resource(resource)
+            steps.append(psu)
+        if links["Power"] is not None:
+            power_url = links["Power"]
+            steps.append(lambda: self._power_control(power_url, self._get(power_url),
+                                                     power_why))
+        coarse = "only an EnergykWh counter: coarse (3600 J per 0.001 kWh step), no power reading"
+        if env_url and env_has("EnergykWh"):
+            steps.append(lambda: self._env_reading(env_url, env, "EnergykWh", coarse))
+        if "EnergykWh" in sensors:
+            steps.append(lambda: self._sensor(*sensors["EnergykWh"], coarse))
+        for step in steps:
+            found = self._attempt(tried, step)
+            if found is not None:
+                return found
+        return None
+
+    def _node_sensors(self, sensors_url: str, env: Any, base: str, tried: List[str]
+                      ) -> Dict[str, Tuple[str, Any]]:
+        """The node's own sensor for each of Power, EnergyJoules, EnergykWh, when it is known.
+
+        A node publishes dozens of power sensors (per CPU, memory, GPU, voltage regulator,
+        supply) that contain each other: never summed. The node's one is the sensor that
+        EnvironmentMetrics names as the source of its PowerWatts/Energy* (DataSourceUri),
+        else the one with PhysicalContext "Chassis", else the one named "Node" or "Total"
+        (HPE Cray EX: "Node Power"/"Node Energy"). Two such sensors: none is taken.
+        """
+        referenced = set()
+        if isinstance(env, dict):
+            for prop in ("PowerWatts", "EnergyJoules", "EnergykWh"):
+                item = env.get(prop)
+                uri = item.get("DataSourceUri") if isinstance(item, dict) else None
+                if isinstance(uri, str):
+                    referenced.add(_path(urllib.parse.urljoin(base, uri)))
+        groups: Dict[str, List[Tuple[str, Any]]] = {}
+        for member, doc in self._sensor_docs(sensors_url, tried):
+            if not isinstance(doc, dict):
+                continue
+            reading_type = doc.get("ReadingType")
+            status = doc.get("Status")
+            state = status.get("State") if isinstance(status, dict) else None
+            if reading_type in ("Power", *COUNTER_UNITS) and state not in ("Absent", "Disabled"):
+                groups.setdefault(reading_type, []).append((member, doc))
+        chosen: Dict[str, Tuple[str, Any]] = {}
+        for reading_type, group in groups.items():
+            for rule in (lambda u, d: _path(u) in referenced,
+                         lambda u, d: d.get("PhysicalContext") == "Chassis",
+                         lambda u, d: any(isinstance(d.get(k), str) and
+                                          _NODE_SENSOR_NAME.match(d[k].strip())
+                                          for k in ("Name", "Id"))):
+                hits = [(u, d) for u, d in group if rule(u, d)]
+                if len(hits) == 1:
+                    chosen[reading_type] = hits[0]
+                    break
+                if len(hits) > 1:
+                    tried.append(f"{len(hits)} {reading_type} sensors could be the node's "
+                                 f"({', '.join(_short(u) for u, _ in hits)}); none taken, "
+                                 "they may contain each other")
+                    break
+            else:
+                tried.append(f"{len(group)} {reading_type} sensors in {_short(sensors_url)}, "
+                             "none is the node's (DataSourceUri, PhysicalContext Chassis, "
+                             "or named Node/Total)")
+        return chosen
+
+    def _sensor_docs(self, sensors_url: str, tried: List[str]) -> List[Tuple[str, Any]]:
+        """Every sensor of a collection: in one request where the BMC supports ``$expand``
+        (an HPE Cray EX node has about a hundred sensors; one request each, at the 50-100 ms
+        a BMC takes to answer, would not fit in the discovery deadline), else one a member.
+        A BMC without ``$expand`` ignores it (links only) or refuses it (HTTP 4xx/5xx)."""
+        collection: Any = None
+        try:
+            collection = self._get(sensors_url + "?$expand=.($levels=1)")
+        except HttpFailure as err:
+            if err.status in (401, 403):
+                raise
+        members = collection.get("Members") if isinstance(collection, dict) else None
+        if (isinstance(members, list) and members
+                and all(isinstance(m, dict) and len(m) > 1 for m in members)):
+            docs = [(self._resolve(m, sensors_url, "Members"), m) for m in members]
+            return [(url, doc) for url, doc in docs if url is not None]
+        if not isinstance(members, list):
+            collection = self._get(sensors_url)
+        out: List[Tuple[str, Any]] = []
+        for member in self._members(collection, sensors_url):
+            try:
+                out.append((member, self._get(member)))
+            except HttpFailure as err:
+                if err.status in (401, 403):
+                    raise
+                tried.append(str(err))
+        return out
+
+    def _sensor(self, url: str, doc: Any, why: str) -> Tuple[PowerResource, float]:
+        reading_type = doc.get("ReadingType") if isinstance(doc, dict) else None
+        if reading_type == "Power":
+            resource = PowerResource("Sensor", url, (url,), _PATHS["Sensor"],
+                                     tag=_TAGS["Sensor"], why=why)
+        elif reading_type in COUNTER_UNITS:
+            resource = PowerResource("Sensor", url, (url,), ("Reading",),
+                                     counter_j=COUNTER_UNITS[reading_type],
+                                     tag="energy-counter", why=why)
+        else:
+            raise BadReading(f"{redact_url(url)} is a {reading_type or 'untyped'} sensor, not "
+                             "power or energy")
+        return resource, reading_at(doc, resource.path, redact_url(url))
+
+    def _env_reading(self, url: str, doc: Any, prop: str, why: str
+                     ) -> Tuple[PowerResource, float]:
+        counter = COUNTER_UNITS.get(prop)
+        resource = PowerResource("EnvironmentMetrics", url, (url,), (prop, "Reading"),
+                                 counter_j=counter,
+                                 tag="energy-counter" if counter else _TAGS["EnvironmentMetrics"],
+                                 why=why)
+        return resource, reading_at(doc, resource.path, redact_url(url))
+
+    def _power_control(self, url: str, doc: Any, why: str) -> Tuple[PowerResource, float]:
+        """The first PowerControl entry with a PowerConsumedWatts reading. Several entries may
+        overlap (a whole-chassis one and a per-CPU one): one is used, never their sum."""
+        where = redact_url(url)
+        entries = doc.get("PowerControl") if isinstance(doc, dict) else None
+        count = len(entries) if isinstance(entries, list) else 0
+        readable: List[Tuple[int, float]] = []
+        errors: List[BadReading] = []
+        for index in range(max(count, 1)):  # [0] at least, for the error when there is none
+            try:
+                readable.append((index, reading_at(doc, ("PowerControl", index,
+                                                         "PowerConsumedWatts"), where)))
+            except BadReading as err:
+                errors.append(err)
+        if not readable:
+            raise errors[0]
+        index, watts = readable[0]
+        if count > 1:
+            names = ", ".join(f"[{i}] {_entry_name(entries[i])}" for i in range(count))
+            note = f"PowerControl[{index}] of {count} ({names}), never their sum"
+            if len(readable) > 1:
+                log.warning("redfish: %s has %d PowerControl entries with a reading (%s); "
+                            "using [%d] only: they may overlap", where, len(readable), names,
+                            index)
+            why = f"{why}; {note}" if why else note
+        path = ("PowerControl", index, "PowerConsumedWatts")
+        return PowerResource("Power", url, (url,), path, tag=_TAGS["Power"], why=why), watts
+
+    def _psu_sum(self, url: str, doc: Any, why: str) -> PowerResource:
         supplies_url = self._link(doc, "PowerSupplies", url)
         if supplies_url is None:
             raise BadReading(f"PowerSupplies link missing in {redact_url(url)}")
@@ -533,4 +924,23 @@ class RedfishSource(SampledPowerSource):
             metrics.append(link)
         if not metrics:
             raise BadReading(f"no power supply present under {redact_url(supplies_url)}")
-        return PowerResource(kind, url, tuple(metrics), _PATHS[kind])
+        return PowerResource("PowerSubsystem", url, tuple(metrics), _PATHS["PowerSubsystem"],
+                             tag=_TAGS["PowerSubsystem"], why=why)
+
+
+def _path(url: str) -> str:
+    """The path of a URL without its trailing slash (iLO writes links with one)."""
+    return urllib.parse.urlsplit(url).path.rstrip("/")
+
+
+def _chassis_id(url: str, doc: Any) -> str:
+    ident = doc.get("Id") if isinstance(doc, dict) else None
+    return f"{ident} ({_short(url)})" if isinstance(ident, str) else _short(url)
+
+
+def _entry_name(entry: Any) -> str:
+    if isinstance(entry, dict):
+        for key in ("Name", "MemberId"):
+            if isinstance(entry.get(key), str):
+                return entry[key]
+    return "unnamed"
