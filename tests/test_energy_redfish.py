@@ -73,8 +73,9 @@ def run(source: RedfishSource, seconds: float) -> Tuple[float, float, float, flo
 def assert_energy(joules: float, watts: float, t_before: float, t_opened: float,
                   t_read: float, period: float = PERIOD) -> None:
     """The documented bias: the integral stops at the latest sample, so it lags the truth by
-    at most about one period plus one request, and never runs ahead of it."""
-    assert watts * (t_read - t_opened - 2 * period - 0.05) <= joules
+    about one period plus one request, and never runs ahead of it. (The slack allows for a
+    request slowed by a loaded 2-core machine: 0.3 s, against 0.05 s on an idle one.)"""
+    assert watts * (t_read - t_opened - 2 * period - 0.3) <= joules
     assert joules <= watts * (t_read - t_before)
 
 

@@ -68,8 +68,9 @@ unless ``ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS=1``.
 Failures never stop training: a sample that fails (timeout, HTTP error, 401/403, garbage
 JSON, missing key, null reading) is counted in ``health``; after consecutive failures the
 next tries back off exponentially (period x 2^(n-1), capped by ``max_backoff_s``), those
-skipped slots count as failed samples; holes longer than ``max_gap_s`` are not bridged
-(a ``SampledPowerSource``: see ``sampling.py`` for the integration and its bias).
+skipped slots count as failed samples; every hole between two good samples is bridged with a
+straight line and reported as ``bridged_s`` (a ``SampledPowerSource``: see ``sampling.py`` for
+the integration and its bias).
 
 Options (the ``energy`` hyperparameters): ``redfish_sample_period_s`` (or the shared
 ``sample_period_s``; default 5 s, about the BMC's refresh period: sampling faster only reads the
@@ -301,7 +302,8 @@ class RedfishSource(SampledPowerSource):
         sample_period_s: time between samples (the BMC refreshes every few seconds).
         timeout_s: per-request timeout.
         max_backoff_s: longest pause between tries once the BMC keeps failing.
-        max_gap_s: longest hole between good samples that is still bridged (default 3 periods).
+        max_gap_s: longest hole between good samples that counts as measured; a longer one is
+            bridged too, and counted in ``bridged_s`` (default 3 periods).
     """
 
     name = "redfish"
