@@ -1,6 +1,10 @@
 """Whole-node energy from the BMC over Redfish: an energy counter read at each report, or
 power integrated on a sampling thread.
 
+(One job, in one file: the Redfish source. Its length is the discovery of the node's
+resource across the tree shapes BMCs publish: legacy Power, EnvironmentMetrics,
+PowerSubsystem, Sensors, energy counters, several chassis.)
+
 What is measured: the power supplies' input, i.e. everything the node draws (GPUs, CPUs,
 DRAM, fans, PSU losses). It is a *node* figure: read by one process per node, and it already
 contains the GPUs (never add NVML on top of it).
