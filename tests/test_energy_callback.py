@@ -95,6 +95,7 @@ def test_reports_validation_target_and_resume(node):
     assert m["dram_wh"] == pytest.approx(10.0 / WH, abs=1e-9)
     assert m["gpu_wh"] is None and m["node_wh"] is None
     assert (m["sources"], m["nodes"], m["nodes_measured"]) == ("rapl", 1, 1)
+    assert m["lag_s"] == 0.0  # RAPL is a counter read at report time: nothing trails
     assert (m["apportion"], m["coverage"], m["estimate"]) == ("gpu_share", 1.0, False)
     assert m["facility_wh"] == pytest.approx(1.2 * 110.0 / WH, abs=1e-9)
     assert m["co2e_g"] == pytest.approx(1.2 * 110.0 / WH / 1000 * 400.0, abs=1e-9)
