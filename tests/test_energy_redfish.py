@@ -739,6 +739,16 @@ def _warnings(caplog, text: str) -> List[str]:
             if r.levelno == logging.WARNING and text in r.getMessage()]
 
 
+# Where the vendor fixtures (tests/fixtures/redfish) were checked against public sources:
+# - openbmc.json: bmcweb names a sensor resource <type>_<D-Bus leaf>, and the node's power is
+#   /redfish/v1/Chassis/<id>/Sensors/power_total_power (D-Bus /xyz/openbmc_project/sensors/
+#   power/total_power): openbmc/openbmc-test-automation reads that path and compares it with
+#   the DCMI power reading; some bmcweb forks also link it from EnvironmentMetrics.PowerWatts
+#   (DataSourceUri), upstream openbmc/bmcweb (redfish-core/lib/environment_metrics.hpp) does not.
+# - cray_ex_blade.json: HPE's CSM documentation (https://cray-hpe.github.io/docs-csm/,
+#   operations/power_management) describes node energy counters (/sys/cray/pm_counters in band,
+#   the node controller's Redfish out of band) but names no Redfish sensor paths; the
+#   Chassis/NodeN/Sensors/NodeEnergy layout is not confirmed by a public vendor document.
 @pytest.mark.parametrize("chassis, node, share", [
     (None, "Node0", 1.0),  # unset: the first node, with a warning naming both
     ("Node1", "Node1", 0.75),
