@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from shared.energy.callback import EnergyCallback, validate_options
+from shared.energy.meter import EnergySnapshot
 
 _spec = importlib.util.spec_from_file_location(
     "energy_fakes_loader", Path(__file__).resolve().parent / "fakes" / "loader.py")
@@ -440,3 +441,25 @@ def test_phases_follow_the_hooks_and_sum_to_the_total(node):
     assert sum(resumed[k] for k in ("setup_wh", "train_wh", "validation_wh", "checkpoint_wh")) \
         == pytest.approx(resumed["energy_wh"])
     cb2.on_trial_shutdown()
+
+
+def test_a_failed_read_repeats_the_last_figures_with_their_lag_and_bridging(node):
+    """After a failed read the report repeats the last good figures: what they bridged and
+    how far they trail are theirs, and must not drop to 0.0 for that one report."""
+    ctx, steps = FakeContext(), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    good = EnergySnapshot(duration_s=10.0, joules={"node": 3600.0},
+                          per_source={"redfish": {"node": 3600.0}},
+                          coverage={"redfish": 1.0}, sources=["redfish:Chassis/1/Power:x"],
+                          bridged_s={"redfish": 2.0}, lag_s={"redfish": 5.0})
+    cb._meter.read = lambda: good
+    steps.n = 1
+    cb.on_training_workload_end({}, {})
+    cb._meter.read = lambda: (_ for _ in ()).throw(OSError("BMC gone"))
+    steps.n = 2
+    cb.on_training_workload_end({}, {})
+    first, second = [m for _, m in energy_reports(ctx)]
+    assert first["lag_s"] == second["lag_s"] == 5.0
+    assert first["bridged_s"] == second["bridged_s"] == 2.0
+    assert second["sources"] == "redfish:Chassis/1/Power:x" and second["coverage"] < 1.0
