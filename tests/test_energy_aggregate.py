@@ -309,3 +309,27 @@ def test_phase_keys_are_numbers_whenever_energy_is():
     old = {k: v for k, v in TrialEnergy.empty().to_dict().items()
            if k not in ("bridged_s", "phase_j")}
     assert TrialEnergy.from_dict(old).phase_j == {}
+
+
+def test_lag_s_is_the_worst_lag_and_a_number_in_every_report():
+    """Issue 12 item 5: how far the figures may trail the report's end is said in the figure."""
+    reports = two_node_reports()
+    reports[0]["lag_s"], reports[2]["lag_s"] = 10.0, 30.0  # e.g. Prometheus at 5 s and 15 s
+    trial = combine(reports)
+    m = trial.to_metrics()
+    assert m["lag_s"] == 30.0  # the source that lags most, not a sum
+    # a lag is at the end of each segment: a resumed trial keeps the worst, it does not add
+    resumed = trial.plus(TrialEnergy.from_dict(pickle.loads(pickle.dumps(trial.to_dict()))))
+    assert resumed.to_metrics()["lag_s"] == 30.0
+    assert TrialEnergy.from_metrics(m).lag_s == 30.0
+    # a float whenever a report is made, measured or not (a column never mixes types)
+    bare = combine([rank("a", 0, 0, gpu=100.0)]).to_metrics()
+    nothing = combine([rank("a", 0, 0, sources=())]).to_metrics()
+    for metrics in (m, bare, nothing, TrialEnergy.empty().to_metrics()):
+        assert type(metrics["lag_s"]) is float
+    assert bare["lag_s"] == nothing["lag_s"] == 0.0
+    # checkpoints and rank reports written before lag_s existed still load
+    old = {k: v for k, v in trial.to_dict().items() if k != "lag_s"}
+    assert TrialEnergy.from_dict(old).lag_s == 0.0
+    old_rank = {k: v for k, v in two_node_reports()[0].items() if k != "lag_s"}
+    assert RankEnergy.from_dict(old_rank).lag_s == 0.0

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from shared.energy.callback import EnergyCallback, validate_options
+from shared.energy.meter import EnergySnapshot
 
 _spec = importlib.util.spec_from_file_location(
     "energy_fakes_loader", Path(__file__).resolve().parent / "fakes" / "loader.py")
@@ -95,6 +96,7 @@ def test_reports_validation_target_and_resume(node):
     assert m["dram_wh"] == pytest.approx(10.0 / WH, abs=1e-9)
     assert m["gpu_wh"] is None and m["node_wh"] is None
     assert (m["sources"], m["nodes"], m["nodes_measured"]) == ("rapl", 1, 1)
+    assert m["lag_s"] == 0.0  # RAPL is a counter read at report time: nothing trails
     assert (m["apportion"], m["coverage"], m["estimate"]) == ("gpu_share", 1.0, False)
     assert m["facility_wh"] == pytest.approx(1.2 * 110.0 / WH, abs=1e-9)
     assert m["co2e_g"] == pytest.approx(1.2 * 110.0 / WH / 1000 * 400.0, abs=1e-9)
@@ -439,3 +441,25 @@ def test_phases_follow_the_hooks_and_sum_to_the_total(node):
     assert sum(resumed[k] for k in ("setup_wh", "train_wh", "validation_wh", "checkpoint_wh")) \
         == pytest.approx(resumed["energy_wh"])
     cb2.on_trial_shutdown()
+
+
+def test_a_failed_read_repeats_the_last_figures_with_their_lag_and_bridging(node):
+    """After a failed read the report repeats the last good figures: what they bridged and
+    how far they trail are theirs, and must not drop to 0.0 for that one report."""
+    ctx, steps = FakeContext(), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    good = EnergySnapshot(duration_s=10.0, joules={"node": 3600.0},
+                          per_source={"redfish": {"node": 3600.0}},
+                          coverage={"redfish": 1.0}, sources=["redfish:Chassis/1/Power:x"],
+                          bridged_s={"redfish": 2.0}, lag_s={"redfish": 5.0})
+    cb._meter.read = lambda: good
+    steps.n = 1
+    cb.on_training_workload_end({}, {})
+    cb._meter.read = lambda: (_ for _ in ()).throw(OSError("BMC gone"))
+    steps.n = 2
+    cb.on_training_workload_end({}, {})
+    first, second = [m for _, m in energy_reports(ctx)]
+    assert first["lag_s"] == second["lag_s"] == 5.0
+    assert first["bridged_s"] == second["bridged_s"] == 2.0
+    assert second["sources"] == "redfish:Chassis/1/Power:x" and second["coverage"] < 1.0

@@ -11,6 +11,8 @@ from typing import Iterator, List
 
 import pytest
 
+from shared.energy.aggregate import RankEnergy, combine
+from shared.energy.meter import EnergyMeter
 from shared.energy.sources.base import SourceUnavailable
 from shared.energy.sources.prometheus import PrometheusError, PrometheusSource, parse_matrix
 
@@ -481,3 +483,21 @@ def test_counters_from_env_state_their_kind_unit_and_lag(counters, caplog):
     assert "node energy counters, differenced (mJ)" in caplog.text
     assert "figures lag by up to 0.1 s (lag_s: two steps)" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_report_says_the_two_step_lag(sim):
+    """Issue 12 item 5: a Prometheus figure may trail its read by two steps, and the energy
+    report says so in ``lag_s`` (the rest of the pipeline carries the worst source's lag)."""
+    source = PrometheusSource(sim.url, "node_power_watts", step_s=0.05)
+    meter = EnergyMeter([source]).start()
+    try:
+        time.sleep(0.2)
+        snap = meter.read()
+    finally:
+        meter.close()
+    assert snap.lag_s == {"prometheus": pytest.approx(0.1)}
+    report = RankEnergy.from_snapshot(snap, node_id="n", rank=0, local_rank=0,
+                                      slots_on_node_for_trial=1, gpus_on_node=0)
+    metrics = combine([report.to_dict()]).to_metrics()
+    assert metrics["sources"] == "prometheus"
+    assert metrics["lag_s"] == pytest.approx(2 * source.step_s)

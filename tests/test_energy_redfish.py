@@ -16,7 +16,9 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
+from shared.energy.aggregate import RankEnergy, TrialEnergy, combine
 from shared.energy.http import HttpFailure, redact_url
+from shared.energy.meter import EnergyMeter
 from shared.energy.sources.base import SourceUnavailable
 from shared.energy.sources.redfish import (BadReading, BasicCredentials, RedfishSource,
                                            load_credentials, reading_at)
@@ -737,6 +739,16 @@ def _warnings(caplog, text: str) -> List[str]:
             if r.levelno == logging.WARNING and text in r.getMessage()]
 
 
+# Where the vendor fixtures (tests/fixtures/redfish) were checked against public sources:
+# - openbmc.json: bmcweb names a sensor resource <type>_<D-Bus leaf>, and the node's power is
+#   /redfish/v1/Chassis/<id>/Sensors/power_total_power (D-Bus /xyz/openbmc_project/sensors/
+#   power/total_power): openbmc/openbmc-test-automation reads that path and compares it with
+#   the DCMI power reading; some bmcweb forks also link it from EnvironmentMetrics.PowerWatts
+#   (DataSourceUri), upstream openbmc/bmcweb (redfish-core/lib/environment_metrics.hpp) does not.
+# - cray_ex_blade.json: HPE's CSM documentation (https://cray-hpe.github.io/docs-csm/,
+#   operations/power_management) describes node energy counters (/sys/cray/pm_counters in band,
+#   the node controller's Redfish out of band) but names no Redfish sensor paths; the
+#   Chassis/NodeN/Sensors/NodeEnergy layout is not confirmed by a public vendor document.
 @pytest.mark.parametrize("chassis, node, share", [
     (None, "Node0", 1.0),  # unset: the first node, with a warning naming both
     ("Node1", "Node1", 0.75),
@@ -753,6 +765,9 @@ def test_cray_ex_blade_reads_the_node_energy_counter(chassis, node, share, sourc
     # One sensor of the node, never the sum of the dozens of sensors it contains
     assert source.resource.url.endswith(f"/Chassis/{node}/Sensors/NodeEnergy")
     assert f"redfish:Chassis/{node}/Sensors/NodeEnergy:energy-counter" in source.describe()
+    # the report's sources say which resource measured; a counter read at report time lags 0
+    assert source.label == f"redfish:Chassis/{node}/Sensors/NodeEnergy:energy-counter"
+    assert source.lag_s == 0.0
     chosen = [r.getMessage() for r in caplog.records if "node energy from" in r.getMessage()]
     assert len(chosen) == 1 and "energy counter in joules" in chosen[0]
     ambiguous = _warnings(caplog, "could be this node")
@@ -831,6 +846,8 @@ def test_openbmc_power_sensor_when_power_control_has_no_reading(sources):
         source = make(sources, sim.url)
         joules, least, most = _window(sim, source, 0.6, change_to=200.0)
         assert source.resource.url.endswith("/Sensors/power_total_power")
+        assert source.label == "redfish:Chassis/chassis/Sensors/power_total_power:power-sensor"
+        assert source.lag_s == PERIOD  # sampled: the integral ends at the latest sample
         # the node's sensor, not the supplies' (0.5 each) nor their sum with the CPU's
         assert source._read_resource(source.resource) == pytest.approx(200.0)
         legacy = make(sources, sim.base_url + "/redfish/v1/Chassis/chassis/Power")
@@ -933,7 +950,32 @@ def test_bmc_simulator_command_line_serves_a_fixture(sources):
         source = make(sources, proc.stdout.readline().strip())
         source.open()
         assert source.resource.url.endswith("/Sensors/power_total_power")
+        assert source.label == "redfish:Chassis/chassis/Sensors/power_total_power:power-sensor"
+        assert source.lag_s == PERIOD  # sampled: the integral ends at the latest sample
         assert source._read_resource(source.resource) == pytest.approx(450.0)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_report_sources_show_the_chosen_resource_and_keys_stay_the_name(sources):
+    """Issue 12: the chosen resource appears in ``sources``; the meter's own maps stay keyed
+    by the name, so nothing that looks a source up by name loses it."""
+    with BmcSimulator(400.0, fixture="cray_ex_blade") as sim:
+        source = make(sources, sim.url, chassis="Node1")
+        assert source.label == "redfish"  # not open: nothing chosen yet
+        meter = EnergyMeter([source]).start()
+        try:
+            time.sleep(0.2)
+            snap = meter.read()
+        finally:
+            meter.close()
+    label = "redfish:Chassis/Node1/Sensors/NodeEnergy:energy-counter"
+    assert snap.sources == [label]
+    assert set(snap.per_source) == set(snap.coverage) == set(snap.lag_s) == {"redfish"}
+    report = RankEnergy.from_snapshot(snap, node_id="n", rank=0, local_rank=0,
+                                      slots_on_node_for_trial=1, gpus_on_node=0)
+    metrics = combine([report.to_dict()]).to_metrics()
+    assert metrics["sources"] == label and metrics["lag_s"] == 0.0
+    # a crashed run's last report carries the label through from_metrics unchanged
+    assert TrialEnergy.from_metrics(metrics).sources == [label]

@@ -182,7 +182,10 @@ def test_redfish_node_energy_end_to_end(data, tmp_path, fail_after):
     by = groups(out)
     last = by["energy"][-1]["metrics"]
     assert by["validation"][-1]["steps_completed"] == (150 if fail_after is None else 60)
-    assert last["sources"] == "redfish" and last["node_wh"] > 0 and last["gpu_wh"] is None
+    # the resource the source chose is in the report (issue 12), as is its lag: one period
+    assert last["sources"] == "redfish:Chassis/1/Power:power-control"
+    assert last["lag_s"] == pytest.approx(0.1)
+    assert last["node_wh"] > 0 and last["gpu_wh"] is None
     assert last["energy_wh"] == pytest.approx(last["node_wh"])      # the PSU figure is the total
     truth_wh = 300.0 * last["duration_s"] / 3600
     if fail_after is None:

@@ -35,6 +35,9 @@ ENERGY_GROUP = {
     "coverage": "fraction of the time covered by measurements (< 1: holes, a pause)",
     "bridged_s": "seconds a sampled source bridged over failed samples with a straight line "
                  "(the source that bridged longest; 0.0 when none did)",
+    "lag_s": "seconds the measured figures may trail the report's end (the source that lags "
+             "most: Prometheus two steps, a sampled source one period, a counter read at "
+             "report time 0.0)",
     "apportion": "the apportion rule applied",
     "estimate": "always false: every figure is measured",
     "facility_wh": "energy x PUE (energy.pue set)",

@@ -70,6 +70,8 @@ class RankEnergy:
     duration_s: float = 0.0
     #: the longest time one of its sources bridged over failed samples, seconds
     bridged_s: float = 0.0
+    #: most its figures may trail the reading, seconds (the source that lags most)
+    lag_s: float = 0.0
     #: joules per component for each phase (they sum to the components above)
     phases: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
@@ -85,6 +87,7 @@ class RankEnergy:
                    gpus_on_node=gpus_on_node, sources=list(snapshot.sources),
                    coverage=dict(snapshot.coverage), duration_s=snapshot.duration_s,
                    bridged_s=max(snapshot.bridged_s.values(), default=0.0),
+                   lag_s=max(snapshot.lag_s.values(), default=0.0),
                    phases={p: dict(j) for p, j in snapshot.phases.items()})
 
     def to_dict(self) -> Dict[str, Any]:
@@ -95,7 +98,7 @@ class RankEnergy:
     def from_dict(cls, data: Mapping[str, Any]) -> "RankEnergy":
         """Inverse of ``to_dict``; a missing or unknown key is a ValueError naming it."""
         names = {f.name for f in fields(cls)}
-        required = names - {"sources", "coverage", "duration_s", "bridged_s",
+        required = names - {"sources", "coverage", "duration_s", "bridged_s", "lag_s",
                             "phases"}  # those have defaults
         missing = sorted(required - set(data))
         unknown = sorted(set(data) - names)
@@ -125,6 +128,8 @@ class TrialEnergy:
     estimate: bool = False
     #: seconds bridged over failed samples by the source that bridged longest
     bridged_s: float = 0.0
+    #: most the figures may trail the report's end, seconds (the source that lags most)
+    lag_s: float = 0.0
     #: joules per phase (``PHASES``); together they make ``energy_j``
     phase_j: Dict[str, Optional[float]] = field(default_factory=dict)
 
@@ -151,6 +156,8 @@ class TrialEnergy:
             estimate=self.estimate or earlier.estimate,
             # the segments cover different times: bridged time adds up
             bridged_s=self.bridged_s + earlier.bridged_s,
+            # a lag is at the end of each segment, not a quantity: the worst one stands
+            lag_s=max(self.lag_s, earlier.lag_s),
             phase_j={p: _add(self.phase_j.get(p), earlier.phase_j.get(p))
                      for p in set(self.phase_j) | set(earlier.phase_j)},
         )
@@ -163,9 +170,9 @@ class TrialEnergy:
     def from_dict(cls, data: Mapping[str, Any]) -> "TrialEnergy":
         """Inverse of ``to_dict``; a missing key is a ValueError naming it."""
         names = [f.name for f in fields(cls)]
-        # estimate, bridged_s and phase_j came later: a checkpoint written before has none
+        # estimate, bridged_s, lag_s and phase_j came later: a checkpoint written before has none
         missing = [n for n in names if n not in data
-                   and n not in ("estimate", "bridged_s", "phase_j")]
+                   and n not in ("estimate", "bridged_s", "lag_s", "phase_j")]
         if missing:
             raise ValueError(f"TrialEnergy state: missing keys {missing} (got {sorted(data)})")
         return cls(**{n: data[n] for n in names if n in data})
@@ -186,6 +193,7 @@ class TrialEnergy:
                    coverage=metrics.get("coverage"), apportion=str(metrics.get("apportion") or "gpu_share"),
                    estimate=bool(metrics.get("estimate", False)),
                    bridged_s=float(metrics.get("bridged_s") or 0.0),
+                   lag_s=float(metrics.get("lag_s") or 0.0),
                    phase_j={p: j(metrics.get(f"{p}_wh")) for p in PHASES
                             if metrics.get(f"{p}_wh") is not None})
 
@@ -222,6 +230,7 @@ class TrialEnergy:
             "nodes_measured": self.nodes_measured,
             "coverage": self.coverage,
             "bridged_s": float(self.bridged_s),
+            "lag_s": float(self.lag_s),
             "apportion": self.apportion,
             "estimate": self.estimate,
         }
@@ -300,6 +309,7 @@ def combine(reports: Sequence[Union[RankEnergy, Mapping[str, Any]]],
         coverage=min(coverages) if coverages else None,
         apportion=apportion,
         bridged_s=max((r.bridged_s for r in ranks), default=0.0),
+        lag_s=max((r.lag_s for r in ranks), default=0.0),
         phase_j={p: _sum(t) for p, t in phase_totals.items()},
     )
 

@@ -260,7 +260,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         return EnergySnapshot(duration_s=last.duration_s, joules=dict(last.joules),
                               per_source={k: dict(v) for k, v in last.per_source.items()},
                               coverage={k: c * share for k, c in last.coverage.items()},
-                              sources=list(last.sources))
+                              sources=list(last.sources),
+                              # the figures are those of the last good read: what they
+                              # bridged and how far they may trail stay theirs
+                              bridged_s=dict(last.bridged_s), lag_s=dict(last.lag_s))
 
     def _collect(self) -> Optional[TrialEnergy]:
         """Allgather every rank's report; on the chief, combine and add the offset."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .redact import energy_logger
 from .sources.base import COMPONENTS, EnergySource, SourceUnavailable
@@ -56,9 +56,11 @@ class EnergySnapshot:
         per_source: joules per component for each active source.
         coverage: fraction of good reads/samples per active source (0-1); a source that
             came up late (retried) also counts the time before it came up as missed.
-        sources: names of the active sources.
+        sources: the active sources as a report shows them (their ``label``: the name, or
+            for Redfish the resource it chose); every dict here is keyed by ``name``.
         bridged_s: per active source, seconds of its energy bridged over failed samples
             with a straight line (``SampledPowerSource``) rather than measured.
+        lag_s: per active source, most its figure may trail this reading (its ``lag_s``).
         phases: joules per component for each phase (``mark_phase``) up to this reading,
             the running phase included: per component, the phases sum to ``joules``.
     """
@@ -69,6 +71,7 @@ class EnergySnapshot:
     coverage: Dict[str, float]
     sources: List[str]
     bridged_s: Dict[str, float] = field(default_factory=dict)
+    lag_s: Dict[str, float] = field(default_factory=dict)
     phases: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
@@ -298,9 +301,10 @@ class EnergyMeter:
             joules=joules,
             per_source=per_source,
             coverage={s.name: self._coverage(s, now) for s in self._active},
-            sources=[s.name for s in self._active],
+            sources=[_attr(s, "label", s.name) for s in self._active],
             bridged_s={s.name: max(0.0, _bridged(s) - self._base_bridged.get(s.name, 0.0))
                        for s in self._active},
+            lag_s={s.name: float(_attr(s, "lag_s", 0.0)) for s in self._active},
             phases=phases,
         )
 
@@ -359,6 +363,16 @@ def _bridged(source: EnergySource) -> float:
     except Exception as err:  # a bug in a source must not stop training
         log.debug("energy source %s: bridged_s() failed: %s", source.name, err)
         return 0.0
+
+
+def _attr(source: EnergySource, attr: str, default: Any) -> Any:
+    """A display property of a source (``label``, ``lag_s``), its default when it fails: a
+    bug in one must not stop training."""
+    try:
+        return getattr(source, attr)
+    except Exception as err:
+        log.debug("energy source %s: %s failed: %s", source.name, attr, err)
+        return default
 
 
 def _close_quietly(source: EnergySource) -> None:

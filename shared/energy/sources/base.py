@@ -142,6 +142,21 @@ class EnergySource(abc.ABC):
         counter or a stored series and therefore bridges nothing."""
         return 0.0
 
+    @property
+    def label(self) -> str:
+        """What the ``sources`` list of a report shows for it: ``name`` unless the source
+        chose among several things to read and the reader must know which (Redfish: the
+        resource, ``redfish:Chassis/Node0/Sensors/NodeEnergy:energy-counter``). Display only:
+        every key inside the library stays ``name``."""
+        return self.name
+
+    @property
+    def lag_s(self) -> float:
+        """Most, in seconds, that the figure ``read()`` returns may trail the moment of the
+        read: 0.0 for a counter read then (RAPL, NVML energy counters, a Redfish energy
+        counter); one period for a sampled source; two steps for Prometheus."""
+        return 0.0
+
     def close(self) -> None:
         """Stop threads, release handles. Safe to call twice."""
 

@@ -45,8 +45,9 @@ Where the reading comes from (``ENERGY_REDFISH_URL`` may name any of these):
   first with a reading is used, with a warning (they may overlap: never summed).
 
   The choice and its reason are logged once and shown by ``describe()``
-  (``redfish:Chassis/Node0/Sensors/NodeEnergy:energy-counter: ...``). The source's name in
-  the ``energy.sources`` list stays ``redfish``: other code keys on it.
+  (``redfish:Chassis/Node0/Sensors/NodeEnergy:energy-counter: ...``), and the report's
+  ``sources`` shows it as the source's ``label`` (``redfish:Chassis/Node0/Sensors/NodeEnergy:
+  energy-counter``). Its ``name``, the key everywhere else, stays ``redfish``.
 
 An energy counter is differenced against its value at open (``counters.counter_step``): a
 counter that goes back (BMC reboot, ResetMetrics) is a reset, that interval is not counted
@@ -464,6 +465,15 @@ class RedfishSource(SampledPowerSource):
             return f"redfish: node energy counter, {self.resource.describe()}, read at each report"
         return (f"redfish: node input power, {self.resource.describe()}, sampled every "
                 f"{self.sample_period_s:g} s")
+
+    @property
+    def label(self) -> str:
+        """``redfish:<resource>:<tag>`` once open (``redfish:Chassis/Node0/Sensors/NodeEnergy:
+        energy-counter``): a BMC offers several figures of the node, and which one measured
+        says what the number includes. The path only, never the host (it may hold a secret)."""
+        if self.resource is None or not self.resource.tag:
+            return self.name
+        return f"{self.name}:{_short(self.resource.url)}:{self.resource.tag}"
 
     # -- energy counter -----------------------------------------------------------------------
     def read(self) -> Dict[str, float]:

@@ -242,6 +242,12 @@ class SampledPowerSource(EnergySource):
         """Seconds of this source's integral bridged over failed samples (0 before sampling)."""
         return self._sampler.bridged_s() if self._sampler is not None else 0.0
 
+    @property
+    def lag_s(self) -> float:
+        """One period: the integral ends at the latest sample (0.0 before sampling, and for
+        a source that does not sample, e.g. NVML with energy counters on every GPU)."""
+        return self._sampler.period_s if self._sampler is not None else 0.0
+
     def sampled_energy_j(self) -> float:
         """Joules integrated up to the latest good sample (0 before sampling starts)."""
         return self._sampler.energy_j() if self._sampler is not None else 0.0
