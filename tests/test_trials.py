@@ -6,6 +6,7 @@ import math
 import os
 import pathlib
 import subprocess
+import time
 import sys
 
 import pytest
@@ -235,6 +236,43 @@ def test_energy_ranked_search_without_any_source_fails_at_start(data, tmp_path):
     assert p.returncode != 0
     assert "the searcher ranks trials by energy, but no energy source can measure" in p.stderr
     assert not list((tmp_path / "run").glob("checkpoints/*/state_dict.pth"))
+
+
+def test_energy_ranked_search_survives_a_source_that_fails_for_good(data, tmp_path):
+    """Issue 12.6 end to end: an asha_energy trial whose only energy source (RAPL) turns to
+    garbage mid-run still reports its searcher metric, a number, at every validation (without
+    it Determined fails the trial), and says what is missing through coverage."""
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_zone("intel-rapl:0", "package-0")
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "trials/unet/train.py"),
+           "--config", str(ROOT / "experiment_configs/unet/asha_energy.yaml"),
+           "--data-dir", str(data), "--output-dir", str(out), "--batches", "40",
+           "--set", *TINY, *MODEL_TINY["unet"], "validation_period=4", "checkpoint_period=100"]
+    env = {**os.environ, "ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        with tree.constant_power("intel-rapl:0", 30.0):
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 120 and not (
+                    metrics.exists() and '"group": "validation"' in metrics.read_text()):
+                time.sleep(0.05)
+        # from the first validation on, the counter is unreadable for good
+        tree.set_raw("intel-rapl:0", "garbage\n")
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    by = groups(out)
+    validations = [r["metrics"] for r in by["validation"]]
+    assert len(validations) == 10
+    for v in validations:
+        assert isinstance(v["projected_energy_to_target_wh"], float), v
+        assert isinstance(v["energy_wh"], float) and v["energy_wh"] > 0, v
+    assert by["energy"][-1]["metrics"]["coverage"] < 1.0
 
 
 def test_diverged_loss_stops_training_with_a_message(data, tmp_path):
