@@ -49,11 +49,15 @@ class TrialStep:
         self.engine = Engine(model, hp, self.runtime, SegmentationTask(hp["num_classes"]),
                              device=device, max_batches=hpmod.training_length(hp, None),
                              compile=compile)
-        e = self.engine
-        self.model, self.optimizer, self.scheduler, self.scaler = (e.model, e.optimizer,
-                                                                   e.scheduler, e.scaler)
-        self.precision, self.channels_last, self.autocast_dtype = (e.precision, e.channels_last,
-                                                                   e.autocast_dtype)
+
+    # The engine's state, under the names the measurements and PlainStep use.
+    model = property(lambda self: self.engine.model)
+    optimizer = property(lambda self: self.engine.optimizer)
+    scheduler = property(lambda self: self.engine.scheduler)
+    scaler = property(lambda self: self.engine.scaler)
+    precision = property(lambda self: self.engine.precision)
+    channels_last = property(lambda self: self.engine.channels_last)
+    autocast_dtype = property(lambda self: self.engine.autocast_dtype)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, aug: torch.Tensor,
                  skipped: torch.Tensor) -> torch.Tensor:

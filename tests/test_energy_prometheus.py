@@ -489,12 +489,9 @@ def test_report_says_the_two_step_lag(sim):
     """Issue 12 item 5: a Prometheus figure may trail its read by two steps, and the energy
     report says so in ``lag_s`` (the rest of the pipeline carries the worst source's lag)."""
     source = PrometheusSource(sim.url, "node_power_watts", step_s=0.05)
-    meter = EnergyMeter([source]).start()
-    try:
+    with EnergyMeter([source]) as meter:  # started on entry, closed on exit
         time.sleep(0.2)
         snap = meter.read()
-    finally:
-        meter.close()
     assert snap.lag_s == {"prometheus": pytest.approx(0.1)}
     report = RankEnergy.from_snapshot(snap, node_id="n", rank=0, local_rank=0,
                                       slots_on_node_for_trial=1, gpus_on_node=0)

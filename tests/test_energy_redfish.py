@@ -697,7 +697,7 @@ def test_bmc_that_comes_up_late_is_retried_and_measured_from_then_on(sources, ca
         assert "node" not in meter.read().joules
         assert any("still unavailable after 2 tries" in r.getMessage() and "next try in 60 s"
                    in r.getMessage() for r in caplog.records)
-        with BmcSimulator(WATTS, "ilo", port=port) as sim:
+        with BmcSimulator(WATTS, "ilo", port=port):  # the BMC comes up now
             clock_t[0] += 30.0  # 30 s of the 60: not yet
             meter.read()
             assert meter.pending_sources == [source]
@@ -964,12 +964,9 @@ def test_report_sources_show_the_chosen_resource_and_keys_stay_the_name(sources)
     with BmcSimulator(400.0, fixture="cray_ex_blade") as sim:
         source = make(sources, sim.url, chassis="Node1")
         assert source.label == "redfish"  # not open: nothing chosen yet
-        meter = EnergyMeter([source]).start()
-        try:
+        with EnergyMeter([source]) as meter:  # started on entry, closed on exit
             time.sleep(0.2)
             snap = meter.read()
-        finally:
-            meter.close()
     label = "redfish:Chassis/Node1/Sensors/NodeEnergy:energy-counter"
     assert snap.sources == [label]
     assert set(snap.per_source) == set(snap.coverage) == set(snap.lag_s) == {"redfish"}

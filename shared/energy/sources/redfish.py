@@ -580,6 +580,21 @@ class RedfishSource(SampledPowerSource):
         links = (self._resolve(member, url, "Members") for member in members)
         return [link for link in links if link is not None]
 
+    def _get_members(self, collection: Any, url: str,
+                     skipped: Callable[[str, HttpFailure], None]) -> List[Tuple[str, Any]]:
+        """(link, document) of each member of ``collection``; a member that fails is passed to
+        ``skipped`` and left out, except a refusal (401/403), which no other member would
+        escape either."""
+        out: List[Tuple[str, Any]] = []
+        for member in self._members(collection, url):
+            try:
+                out.append((member, self._get(member)))
+            except HttpFailure as err:
+                if err.status in (401, 403):
+                    raise
+                skipped(member, err)
+        return out
+
     def _auth_advice(self) -> str:
         if self.credentials is None:
             return f"the BMC wants credentials: put them in a file named by {ENV_CREDENTIALS}"
@@ -638,14 +653,9 @@ class RedfishSource(SampledPowerSource):
         return resource, self._read_resource(resource)
 
     def _from_collection(self, url: str, collection: Any) -> Tuple[PowerResource, float]:
-        docs: List[Tuple[str, Any]] = []
-        for member in self._members(collection, url):
-            try:
-                docs.append((member, self._get(member)))
-            except HttpFailure as err:
-                if err.status in (401, 403):
-                    raise
-                log.info("redfish: skipping chassis %s (%s)", redact_url(member), err)
+        docs = self._get_members(
+            collection, url,
+            lambda member, err: log.info("redfish: skipping chassis %s (%s)", redact_url(member), err))
         return self._from_chassis(docs, select=True)
 
     def _is_selected(self, url: str, doc: Any) -> bool:
@@ -860,15 +870,7 @@ class RedfishSource(SampledPowerSource):
             return [(url, doc) for url, doc in docs if url is not None]
         if not isinstance(members, list):
             collection = self._get(sensors_url)
-        out: List[Tuple[str, Any]] = []
-        for member in self._members(collection, sensors_url):
-            try:
-                out.append((member, self._get(member)))
-            except HttpFailure as err:
-                if err.status in (401, 403):
-                    raise
-                tried.append(str(err))
-        return out
+        return self._get_members(collection, sensors_url, lambda member, err: tried.append(str(err)))
 
     def _sensor(self, url: str, doc: Any, why: str) -> Tuple[PowerResource, float]:
         reading_type = doc.get("ReadingType") if isinstance(doc, dict) else None
