@@ -484,11 +484,7 @@ class RedfishSource(SampledPowerSource):
         if self._counter_closed:
             return {"node": self._counter_joules}
         try:
-            with Deadline(self.timeout_s, "redfish energy counter") as self._deadline:
-                try:
-                    raw = self._read_resource(self.resource)
-                finally:
-                    self._deadline = None
+            raw = self._read_within_deadline("redfish energy counter")
         except Exception as err:  # never fatal: counted, the last total stands
             self.health.record_failure(self.name, err)
             return {"node": self._counter_joules}
@@ -527,12 +523,7 @@ class RedfishSource(SampledPowerSource):
                               f"failures; next try in {self._retry_at - now:.1f} s")
         assert self.resource is not None
         try:
-            # One deadline for all the documents of one sample (one per power supply).
-            with Deadline(self.timeout_s, "redfish sample") as self._deadline:
-                try:
-                    watts = self._read_resource(self.resource)
-                finally:
-                    self._deadline = None
+            watts = self._read_within_deadline("redfish sample")
         except Exception as err:
             self._consecutive_failures += 1
             exponent = min(self._consecutive_failures - 1, 30)
@@ -579,6 +570,16 @@ class RedfishSource(SampledPowerSource):
             raise BadReading(f"Members missing in {redact_url(url)}")
         links = (self._resolve(member, url, "Members") for member in members)
         return [link for link in links if link is not None]
+
+    def _read_within_deadline(self, what: str) -> float:
+        """One reading of the chosen resource, all its documents (one per power supply)
+        within one ``timeout_s`` deadline, however slowly the BMC answers."""
+        assert self.resource is not None
+        with Deadline(self.timeout_s, what) as self._deadline:
+            try:
+                return self._read_resource(self.resource)
+            finally:
+                self._deadline = None
 
     def _get_members(self, collection: Any, url: str,
                      skipped: Callable[[str, HttpFailure], None]) -> List[Tuple[str, Any]]:
