@@ -261,8 +261,8 @@ def load_pretrained(model: Segmenter, path: str) -> Mapping[str, Any]:
     """Load a local weights file into the whole ``model``, or into its encoder alone (an
     ImageNet ViT checkpoint in timm's key names): ``shared.pretrained.load_model_or_backbone``.
 
-    Position embeddings learned on another grid (a 224 px ImageNet ViT's 14x14, or a model
-    trained at another crop) are resampled bicubically to the model's grid and loaded, as the
+    Position embeddings learned on another square grid (a 224 px ImageNet ViT's 14x14, or a
+    model trained at another square crop) are resampled bicubically to the model's grid and loaded, as the
     official code's ``checkpoint_filter_fn`` does (bilinearly there); the summary lists them
     under ``resampled`` instead of ``shape_mismatch``.
     """
