@@ -22,14 +22,14 @@ goes through a *runtime*: ``shared.determined_compat.DeterminedRuntime`` in a tr
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
-from shared.hparams import ConfigError
+from shared.hparams import VAL_MODES, ConfigError
 from shared.metrics import ConfusionMatrix, DeviceMean
 from shared.schedule import WarmupPoly, scaled_lr
 
@@ -114,6 +114,44 @@ def resize_logits(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _pair_of(v: Any) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def window_starts(size: int, crop: int, stride: int) -> List[int]:
+    """Where the sliding windows along one side begin (MMSegmentation's ``slide_inference``):
+    every ``stride`` pixels, as many as needed to cover ``size``, the last one moved back so
+    that it ends at the border; one window (of the whole side) when ``size <= crop``."""
+    if size <= crop:
+        return [0]
+    count = (size - crop + stride - 1) // stride + 1
+    return [min(i * stride, size - crop) for i in range(count)]
+
+
+def slide_logits(forward: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                 num_classes: int, crop: Any, stride: Any) -> torch.Tensor:
+    """Sliding-window logits (1, num_classes, h, w), float32, for one image (1, C, h, w).
+
+    MMSegmentation's ``slide_inference``: windows of ``crop`` ([h, w] or an int) every
+    ``stride`` pixels, the last row and column of windows aligned to the border, a side
+    shorter than the crop taken whole; each window's logits resized bilinearly to the window,
+    summed into the image and divided by the number of windows covering each pixel. The
+    windows of one image go through ``forward`` as one batch.
+    """
+    (ch, cw), (sh, sw) = _pair_of(crop), _pair_of(stride)
+    h, w = image.shape[-2:]
+    ch, cw = min(ch, h), min(cw, w)
+    corners = [(y, x) for y in window_starts(h, ch, sh) for x in window_starts(w, cw, sw)]
+    crops = torch.cat([image[..., y:y + ch, x:x + cw] for y, x in corners])
+    windows = resize_logits(forward(crops).float(), (ch, cw))
+    total = image.new_zeros((1, num_classes, h, w), dtype=torch.float32)
+    count = image.new_zeros((1, 1, h, w), dtype=torch.float32)
+    for (y, x), win in zip(corners, windows):
+        total[..., y:y + ch, x:x + cw] += win
+        count[..., y:y + ch, x:x + cw] += 1
+    return total / count
+
+
 # ============================================================================ runtimes
 class Runtime(Protocol):
     """What the engine needs from whoever runs it (Determined's trial context has each)."""
@@ -189,10 +227,24 @@ class SegmentationTask:
     """Semantic segmentation: uint8 crops with per-sample colour augmentation prepared on the
     device, cross-entropy at label resolution; validation on whole images at their own size
     into one confusion matrix (mIoU as MMSegmentation computes it) and the mean per-image loss.
+
+    ``val_mode``: ``"whole"`` runs the model on each whole (resized) image; ``"slide"`` on
+    ``val_crop_size`` windows every ``val_stride`` pixels (``slide_logits``; stride None = the
+    crop: windows that touch but do not overlap), MMSegmentation's two ``test_cfg`` modes.
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, val_mode: str = "whole", val_crop_size: Any = None,
+                 val_stride: Any = None) -> None:
+        if val_mode not in VAL_MODES:
+            raise ConfigError(f"hyperparameter 'val_mode' = {val_mode!r} is not one of "
+                              f"{', '.join(VAL_MODES)}")
+        if val_mode == "slide" and val_crop_size is None:
+            raise ConfigError("hyperparameter 'val_mode' = 'slide' needs 'val_crop_size' "
+                              "(the window size)")
         self.num_classes = num_classes
+        self.val_mode = val_mode
+        self.val_crop_size = val_crop_size
+        self.val_stride = val_crop_size if val_stride is None else val_stride
         self.confusion: Optional[ConfusionMatrix] = None
         self.val_loss: Optional[DeviceMean] = None
 
@@ -216,16 +268,24 @@ class SegmentationTask:
         images, masks, sizes, skipped = batch
         images, masks, skipped = engine.to_device(images, masks, skipped)
         engine.count_skipped(skipped)
-        with engine.autocast():
-            logits = engine.forward(engine.prepare(images))
-        # Whole-image inference: logits to the padded input size, crop the padding, then to the
-        # original annotation size, where the metric is taken (MMSegmentation's protocol).
-        logits = resize_logits(logits.float(), images.shape[-2:])
-        total_loss = counted = logits.new_zeros(())
+        if self.val_mode == "whole":
+            # Whole-image inference: logits to the padded input size, crop the padding below.
+            with engine.autocast():
+                logits = engine.forward(engine.prepare(images))
+            logits = resize_logits(logits.float(), images.shape[-2:])
+        total_loss = counted = images.new_zeros((), dtype=torch.float32)
         # sizes stay on the host (not moved above): reading them costs no wait for the GPU,
         # and nothing below reads a GPU value either.
         for i, (h, w, H, W) in enumerate(sizes.tolist()):
-            li = resize_logits(logits[i:i + 1, :, :h, :w], (H, W))
+            if self.val_mode == "whole":
+                li = logits[i:i + 1, :, :h, :w]
+            else:  # windows over the image without its batch padding
+                with engine.autocast():
+                    li = slide_logits(lambda x: engine.forward(engine.prepare(x)),
+                                      images[i:i + 1, :, :h, :w], self.num_classes,
+                                      self.val_crop_size, self.val_stride)
+            # to the original annotation size, where the metric is taken (MMSegmentation's)
+            li = resize_logits(li, (H, W))
             mi = masks[i:i + 1, :H, :W]
             # the mean over the image's labelled pixels, and images without any left out
             pixels = (mi != IGNORE_INDEX).sum()

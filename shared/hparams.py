@@ -64,6 +64,9 @@ NUM = (int, float)
 STR = (str,)
 BOOL = (bool,)
 
+#: validation inference modes (``val_mode``; shared.engine.SegmentationTask)
+VAL_MODES = ("whole", "slide")
+
 #: Keys every segmentation trial understands. Model-specific keys are declared by each trial.
 COMMON: Dict[str, Param] = {
     # data
@@ -87,6 +90,12 @@ COMMON: Dict[str, Param] = {
                  help="data-loader worker processes per GPU"),
     "val_batch_size_per_slot": Param(1, INT, check=_positive,
                  help="validation images per GPU per batch"),
+    "val_mode": Param("whole", STR, choices=VAL_MODES,
+                 help="validation inference, MMSegmentation's test_cfg mode: whole = each resized image at once; slide = val_crop_size windows every val_stride pixels, logits averaged where they overlap"),
+    "val_crop_size": Param(None, (int, list), check=_size, nullable=True,
+                 help="slide mode's window, pixels (int or [h, w]); null = crop_size"),
+    "val_stride": Param(None, (int, list), check=_size, nullable=True,
+                 help="slide mode's step between windows, pixels (int or [h, w]); null = the window (no overlap)"),
     # optimisation
     "global_batch_size": Param(16, INT, check=_positive,
                  help="images per optimizer step, all GPUs together"),

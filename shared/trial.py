@@ -288,7 +288,8 @@ class SegmentationTrial(RecipeTrial):
         return len(pairs)
 
     def build_task(self, hp: Mapping[str, Any]) -> SegmentationTask:
-        return SegmentationTask(hp["num_classes"])
+        return SegmentationTask(hp["num_classes"], hp["val_mode"],
+                                hp["val_crop_size"] or hp["crop_size"], hp["val_stride"])
 
     confusion = property(lambda self: self.engine.task.confusion)
     val_loss = property(lambda self: self.engine.task.val_loss)

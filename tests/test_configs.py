@@ -254,9 +254,11 @@ def test_broken_copies_fail_naming_file_and_key(tmp_path, case, model, kind, edi
 def test_duplicate_keys_are_refused(tmp_path):
     path = tmp_path / "unet" / "asha.yaml"
     path.parent.mkdir()
-    path.write_text(config_path("unet", "asha").read_text() + "hyperparameters: {}\n")
+    text = config_path("unet", "asha").read_text()
+    path.write_text(text + "hyperparameters: {}\n")
     (problem,) = expconf.check_config(path)
-    assert problem == f"{path}: line 73: duplicate key 'hyperparameters' (first at line 37)"
+    last = len(text.splitlines()) + 1
+    assert problem == f"{path}: line {last}: duplicate key 'hyperparameters' (first at line 37)"
 
 
 def test_a_duplicated_hyperparameter_is_refused_by_the_checker(tmp_path):

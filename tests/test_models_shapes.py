@@ -119,11 +119,23 @@ def test_deeplab_image_pooling_is_global_and_trains_at_batch_one(r50):
 
 @pytest.mark.parametrize("decoder", ["linear", "mask"])
 @pytest.mark.parametrize("hw", [(65, 97), (32, 48), (5, 200), (1, 1)])
-def test_segmenter_sixteenth_resolution_for_any_size(decoder, hw):
-    model = small_segmenter(7, decoder=decoder).eval()
+def test_segmenter_pads_and_crops_as_the_official_code(decoder, hw):
+    # Sides that are multiples of 16: logits at 1/16. Otherwise, as segm/model/segmenter.py:
+    # zero-pad right/bottom to a multiple of 16, upsample the logits bilinearly to the padded
+    # size, crop the padding: full resolution, not the 1/16 grid stretched over the image.
+    model = small_segmenter(7, decoder=decoder, img_size=64).eval()
+    x = torch.randn(2, 3, *hw)
     with torch.no_grad():
-        y = model(torch.randn(2, 3, *hw))
-    assert tuple(y.shape) == (2, 7, math.ceil(hw[0] / 16), math.ceil(hw[1] / 16))
+        y = model(x)
+        if hw[0] % 16 or hw[1] % 16:
+            assert tuple(y.shape) == (2, 7, *hw)
+            padded = F.pad(x, (0, -hw[1] % 16, 0, -hw[0] % 16))
+            grid = model(padded)  # a multiple of 16: the 1/16 logits
+            assert grid.shape[-2:] == (math.ceil(hw[0] / 16), math.ceil(hw[1] / 16))
+            want = F.interpolate(grid, size=padded.shape[-2:], mode="bilinear")[..., :hw[0], :hw[1]]
+            torch.testing.assert_close(y, want)
+        else:
+            assert tuple(y.shape) == (2, 7, hw[0] // 16, hw[1] // 16)
     assert torch.isfinite(y).all()
 
 

@@ -49,7 +49,7 @@ def test_trial_trains_and_validates_from_the_command_line(model, data, tmp_path)
     run = by["run"][0]["metrics"]
     assert run["model"] == model
     with torch.device("meta"):
-        expected = (segmenter.Segmenter(4, drop_path_rate=0.0, decoder_layers=1)
+        expected = (segmenter.Segmenter(4, drop_path_rate=0.0, decoder_layers=1, img_size=32)
                     if model == "segmenter" else deeplab.DeepLabV3Plus(4))
     assert run["params"] == n_params(expected)
     shutil.rmtree(out / "checkpoints")  # ~300 MB for DeepLab (weights + AdamW state)

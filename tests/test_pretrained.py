@@ -208,12 +208,28 @@ def test_segmenter_loads_imagenet_vit_into_encoder(tmp_path):
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
     path = tmp_path / "vit_tiny.pt"
     torch.save(vit.state_dict(), path)
-    model = small_segmenter(5)
+    model = small_segmenter(5, img_size=224)  # the checkpoint's own 14x14 grid
     summary = segmenter.load_pretrained(model, str(path))
     assert summary["unexpected"] == ["head.weight", "head.bias"]
     assert summary["missing"] == [] and summary["shape_mismatch"] == []
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, vit.state_dict()[k]), k
+
+
+def test_segmenter_resamples_imagenet_position_embeddings_to_its_crop_grid(tmp_path):
+    # The model is built at the 512 px crop (a 32x32 grid); a 224 px ImageNet ViT has 14x14
+    # embeddings. They are resampled (bicubic, timm's), not skipped as a shape mismatch.
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    path = tmp_path / "vit_tiny.pt"
+    torch.save(vit.state_dict(), path)
+    model = small_segmenter(5, img_size=512)
+    summary = segmenter.load_pretrained(model, str(path))
+    assert summary["shape_mismatch"] == [] and summary["resampled"] == ["pos_embed"]
+    pos = model.encoder.pos_embed
+    assert pos.shape == (1, 1 + 32 * 32, 192)
+    assert torch.equal(pos[:, :1], vit.pos_embed[:, :1])  # the class token's, unchanged
+    want = timm.layers.resample_abs_pos_embed(vit.pos_embed, new_size=[32, 32], old_size=[14, 14])
+    torch.testing.assert_close(pos, want)
 
 
 def test_deeplab_loads_imagenet_resnet_into_backbone(tmp_path, r50):

@@ -18,15 +18,26 @@ the trainer upsamples them to the label size.
 Every conv except the classifier and the pooling branch is followed by BatchNorm and ReLU.
 
 Separable convolutions (``separable=True``, the default): as in the paper's best model, the
-3x3 convs of ASPP and of the decoder are depthwise separable (3x3 depthwise -> BN -> ReLU ->
-1x1 pointwise -> BN -> ReLU, the layout of the authors' TensorFlow code). This is also what
-segmentation_models_pytorch's ``DeepLabV3Plus`` and MMSegmentation's
-``DepthwiseSeparableASPPHead`` do, and it is what keeps the head small: with 150 classes the
-whole model is 26.73M parameters (23.51M of them the ResNet-50 features, 3.22M the head),
-the 26.72M that ``segmentation_models_pytorch.DeepLabV3Plus("resnet50")`` has
-(../shared/design/anchors.md, the reference throughput benchmark); 45.72M with ResNet-101
-(42.50M features, the same head). ``separable=False`` uses dense 3x3 convs: 40.39M with
-ResNet-50, the head alone 16.88M, of which the three 2048->256 atrous convs are 14.16M.
+3x3 convs of ASPP and of the decoder are depthwise separable, each 3x3 depthwise -> BN -> ReLU
+-> 1x1 pointwise -> BN -> ReLU (the authors' TensorFlow layout, and MMSegmentation's
+``DepthwiseSeparableConvModule``). With 150 classes the model is 26.73M parameters (23.51M
+of them the ResNet-50 features, 3.22M the head); 45.72M with ResNet-101 (42.50M features,
+the same head). ``separable=False`` uses dense 3x3 convs: 40.39M with ResNet-50, the head
+alone 16.88M, of which the three 2048->256 atrous convs are 14.16M.
+
+What this follows, and what it is not (docs/models.md has the numbers):
+- the paper (output stride 16, rates 6/12/18, 256-channel ASPP, 48-channel low-level
+  projection, two 3x3 decoder convs) with MMSegmentation's separable-conv layout;
+- not segmentation_models_pytorch's ``DeepLabV3Plus``, although its parameter count with
+  ResNet-50 is within 0.05% (26.716M): smp uses rates 12/24/36 at output stride 16, separable
+  convs without BN/ReLU between depthwise and pointwise, BatchNorm in the pooling branch, an
+  extra separable conv after ASPP, one decoder conv, dropout 0.5, ``align_corners=True``;
+- not MMSegmentation's ``deeplabv3plus_r50-d8`` either (43.69M with 150 classes: ResNetV1c
+  deep-stem backbone at output stride 8, 512-channel ASPP with rates 12/24/36 and BatchNorm
+  in the pooling branch, a dense 3x3 bottleneck after the concatenation (11.8M), 512-channel
+  decoder, an auxiliary FCN head on layer 3 (2.40M, training only)).
+Init: the head's convs He-normal on the fan-in, the classifier N(0, 0.01) with zero bias (as
+MMSegmentation's ``conv_seg``); the backbone keeps timm's ResNet init.
 """
 from __future__ import annotations
 

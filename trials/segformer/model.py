@@ -231,6 +231,10 @@ class SegFormer(nn.Module):
         self.encoder = MixTransformer(cfg.widths, cfg.depths, in_channels, drop_path_rate)
         self.decoder = AllMLPDecoder(cfg.widths, cfg.decoder_dim, num_classes)
         self.apply(_init_weights)
+        # The classifier as MMSegmentation's decode heads (BaseDecodeHead: conv_seg normal(0,
+        # 0.01), bias 0), not the fan-out init above, whose std sqrt(2 / num_classes) made
+        # the first logits large (a first loss of 10.5 for 6 classes, ln 6 = 1.8).
+        _init_classifier(self.decoder.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
@@ -250,6 +254,11 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+def _init_classifier(conv: nn.Conv2d) -> None:
+    nn.init.normal_(conv.weight, 0.0, 0.01)
+    nn.init.zeros_(conv.bias)
 
 
 def _variant_key(variant: Any) -> Any:

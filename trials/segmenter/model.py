@@ -1,12 +1,15 @@
 """Segmenter (Strudel et al., ICCV 2021): a plain ViT encoder and a linear or mask-transformer
 decoder, in plain PyTorch on a timm ViT.
 
-Encoder: timm's ViT-T/S/B with 16 px patches, built with ``dynamic_img_size=True`` and
-``dynamic_img_pad=True``: any input size works, the image is zero-padded on the right and
-bottom to a multiple of 16, and the learned 14x14 position embeddings (those of a 224 px
-model, so that ImageNet ViT checkpoints load unchanged) are resampled bicubically to the
-token grid at each forward whose grid is not 14x14. The final LayerNorm is kept; the class
-token is dropped before the decoder, as in the paper.
+Encoder: timm's ViT-T/S/B with 16 px patches, built at the training crop size (``img_size``,
+the trial's ``crop_size``), as the official code and MMSegmentation build it: the learned
+position embeddings cover the crop's token grid (32x32 for 512 px crops), so that ViT-S/16 with
+the mask decoder has the official model's 26.03M parameters. An input of another size (whole
+image validation) gets the embeddings resampled bicubically to its grid (timm's
+``dynamic_img_size``; MMSegmentation's ViT resamples bicubically too, the official code
+bilinearly). An ImageNet checkpoint (224 px, a 14x14 grid) loads with its embeddings resampled
+to the crop grid (``load_pretrained``). The final LayerNorm is kept; the class token is dropped
+before the decoder, as in the paper.
 
 Decoders:
 - ``linear``: one Linear from each patch token to the classes.
@@ -17,37 +20,46 @@ Decoders:
   L2-normalised, the masks are their scalar products (patches x classes, cosines in [-1, 1])
   and a LayerNorm over the classes turns them into logits.
 
-Output: logits at 1/16 of the input, (B, num_classes, ceil(H/16), ceil(W/16)); the trainer
-upsamples them to the label size. When H or W is not a multiple of 16, the last token row or
-column also covers up to 15 padded pixels, so the upsampled logits are stretched by at most
-15 px over the image; the 512 px training crops are exact.
+Output, as the official code (segm/model/segmenter.py, ``padding``/``unpadding``): an input
+whose sides are not multiples of 16 is zero-padded on the right and bottom to the next
+multiple, the logits on the padded token grid are upsampled bilinearly to the padded size and
+the padding is cropped off: (B, num_classes, H, W). When both sides are multiples of 16 (the
+training crops) the logits stay at 1/16, (B, num_classes, H/16, W/16), and the trainer's
+bilinear upsampling to the label size is the official one; the full-resolution tensor is then
+made once, in float32, by the loss.
 
 Attention is ``torch.nn.functional.scaled_dot_product_attention`` everywhere (flash or
 memory-efficient kernels on GPUs): written out in the decoder, and forced on in timm's
 encoder, whose attention would otherwise fall back to an explicit softmax(QK^T)V (quadratic
 memory) when the environment sets ``TIMM_FUSED_ATTN=0``.
 
-Parameter counts with 150 classes (no classification head in the encoder): ViT-T/16 encoder
-5.524M (timm's 5.717M ``vit_tiny_patch16_224`` less its 0.193M ImageNet head); + linear
-decoder 0.029M = 5.553M; + mask decoder (2 layers) 1.030M = 6.554M. ViT-S/16 encoder 21.666M;
-+ mask decoder 4.050M = 25.716M. ViT-B/16 encoder 85.799M; + mask decoder 16.063M = 101.862M.
+Parameter counts with 150 classes at the default 512 px crop (no classification head in the
+encoder; docs/models.md compares them with the official ones): ViT-T/16 encoder 5.683M
+(timm's 5.717M ``vit_tiny_patch16_224`` less its 0.193M ImageNet head, plus 828 x 192 for the
+32x32 grid's extra position embeddings); + linear decoder 0.029M = 5.712M; + mask decoder
+(2 layers) 1.030M = 6.713M. ViT-S/16 encoder 21.984M; + mask decoder 4.050M = 26.034M.
+ViT-B/16 encoder 86.435M; + mask decoder 16.063M = 102.498M.
 A mask decoder of width d with L layers and n classes has d^2 (L*12 + 3) + d (L*13 + n + 3)
 + 2n parameters: proj_dec d^2+d, per layer 12d^2+13d, class embeddings nd, the two
 projections 2d^2, the final LayerNorm 2d, the mask LayerNorm 2n.
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any, Mapping
+import pathlib
+from typing import Any, Mapping, Optional, Tuple
 
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, resample_abs_pos_embed
 from torch import nn
 
 from shared.modelargs import fraction, integer, one_of, require
-from shared.pretrained import load_model_or_backbone
+from shared.pretrained import _extract_state_dict, _read, load_model_or_backbone
+
+log = logging.getLogger("segmenter.model")
 
 BACKBONES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
 DECODERS = ("linear", "mask")
@@ -57,6 +69,22 @@ HEAD_DIM = 64  # the paper's decoder uses width // 64 heads
 MLP_RATIO = 4
 DECODER_DROPOUT = 0.1
 PATCH_SIZE = 16
+DEFAULT_IMG_SIZE = 512  # MMSegmentation's and the official ADE20K crop
+
+
+def _img_size(v: Any) -> Optional[str]:
+    """An int or an [h, w] pair of ints >= 1: the crop the position embeddings are learned on."""
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(integer(1)(x) is None for x in v):
+        return None
+    if integer(1)(v) is None:
+        return None
+    return "must be an integer >= 1 or a pair [height, width] of them"
+
+
+def _grid(img_size: Any) -> Tuple[int, int]:
+    """The token grid of an ``img_size`` crop once padded to a multiple of the patch size."""
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    return math.ceil(h / PATCH_SIZE), math.ceil(w / PATCH_SIZE)
 
 
 def _to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -150,13 +178,15 @@ class Segmenter(nn.Module):
     Arguments: ``num_classes`` (>= 1), ``backbone`` (one of BACKBONES), ``decoder`` ("linear"
     or "mask"), ``decoder_layers`` (the mask decoder's, 1..MAX_DECODER_LAYERS; checked for
     the linear decoder too, where it is unused), ``drop_path_rate`` (the encoder's
-    stochastic depth, in [0, 1)), ``in_channels``. A bad value raises
+    stochastic depth, in [0, 1)), ``in_channels``, ``img_size`` (the training crop, an int or
+    [h, w]: the position embeddings are learned on its token grid). A bad value raises
     ``shared.modelargs.ArgumentError``, a ValueError naming the argument.
     """
 
     def __init__(self, num_classes: int, backbone: str = "vit_tiny_patch16_224",
                  decoder: str = "mask", decoder_layers: int = DEFAULT_DECODER_LAYERS,
-                 drop_path_rate: float = 0.1, in_channels: int = 3) -> None:
+                 drop_path_rate: float = 0.1, in_channels: int = 3,
+                 img_size: Any = DEFAULT_IMG_SIZE) -> None:
         super().__init__()
         require("Segmenter", "num_classes", num_classes, integer(1))
         require("Segmenter", "backbone", backbone, one_of(BACKBONES))
@@ -164,13 +194,16 @@ class Segmenter(nn.Module):
         require("Segmenter", "decoder_layers", decoder_layers, integer(1, MAX_DECODER_LAYERS))
         require("Segmenter", "drop_path_rate", drop_path_rate, fraction)
         require("Segmenter", "in_channels", in_channels, integer(1))
+        require("Segmenter", "img_size", img_size, _img_size)
         self.num_classes = num_classes
         # pretrained=False always: weights come only from a local file (load_pretrained,
         # the trial's pretrained_path); a training task must never reach for the internet. No class head
-        # (num_classes=0) and no pooling: the decoder takes every token.
+        # (num_classes=0) and no pooling: the decoder takes every token. Built at the crop's
+        # padded size, so its position embeddings are the crop grid's; forward pads inputs.
         self.encoder = timm.create_model(backbone, pretrained=False, num_classes=0,
                                          global_pool="", in_chans=in_channels,
-                                         dynamic_img_size=True, dynamic_img_pad=True,
+                                         img_size=tuple(g * PATCH_SIZE for g in _grid(img_size)),
+                                         dynamic_img_size=True,
                                          drop_path_rate=drop_path_rate)
         for m in self.encoder.modules():
             if hasattr(m, "fused_attn"):
@@ -181,18 +214,36 @@ class Segmenter(nn.Module):
         else:
             self.decoder = MaskTransformer(dim, num_classes, decoder_layers)
         self.decoder.apply(_init_decoder)
-        if isinstance(self.decoder, MaskTransformer):
+        if isinstance(self.decoder, LinearDecoder):
+            # MMSegmentation's linear Segmenter is an FCNHead without convs: its conv_seg,
+            # normal(0, 0.01) and bias 0 (the official code: trunc-normal 0.02; both start
+            # near ln(num_classes)).
+            nn.init.normal_(self.decoder.head.weight, 0.0, 0.01)
+            nn.init.zeros_(self.decoder.head.bias)
+        else:
             nn.init.trunc_normal_(self.decoder.cls_emb, std=0.02)
-            # Unit-variance projections (std dim^-1/2), the paper's init: the cosines start
-            # spread out rather than all near 0, which a trunc-normal(0.02) init would give.
+            # std dim^-1/2, the official code's init (MMSegmentation: trunc-normal 0.02). The
+            # L2 normalisation that follows removes their scale, so the two give the same
+            # cosines; and mask_norm (a LayerNorm over the classes, weight 1) makes the first
+            # logits unit-variance whatever the init: a first loss near ln(num_classes) + 0.4.
             for proj in (self.decoder.proj_patch, self.decoder.proj_classes):
                 nn.init.normal_(proj.weight, std=dim ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, ceil(H/16), ceil(W/16)) for images (B, C, H, W)."""
-        h, w = (math.ceil(s / PATCH_SIZE) for s in x.shape[-2:])
+        """Logits for images (B, C, H, W): (B, num_classes, H/16, W/16) when H and W are
+        multiples of 16, else (B, num_classes, H, W) (padded, upsampled, cropped)."""
+        H, W = x.shape[-2:]
+        pad_h, pad_w = (-H) % PATCH_SIZE, (-W) % PATCH_SIZE
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros right and bottom, as the official code
+        h, w = (H + pad_h) // PATCH_SIZE, (W + pad_w) // PATCH_SIZE
         tokens = self.encoder.forward_features(x)
-        return self.decoder(tokens[:, self.encoder.num_prefix_tokens:], h, w)
+        logits = self.decoder(tokens[:, self.encoder.num_prefix_tokens:], h, w)
+        if pad_h or pad_w:
+            # float32, as the loss would upsample (shared.engine.segmentation_loss)
+            logits = F.interpolate(logits.float(), size=(H + pad_h, W + pad_w), mode="bilinear",
+                                   align_corners=False)[..., :H, :W]
+        return logits
 
 
 def _init_decoder(m: nn.Module) -> None:
@@ -208,5 +259,27 @@ def _init_decoder(m: nn.Module) -> None:
 
 def load_pretrained(model: Segmenter, path: str) -> Mapping[str, Any]:
     """Load a local weights file into the whole ``model``, or into its encoder alone (an
-    ImageNet ViT checkpoint in timm's key names): ``shared.pretrained.load_model_or_backbone``."""
-    return load_model_or_backbone(model, model.encoder, path)
+    ImageNet ViT checkpoint in timm's key names): ``shared.pretrained.load_model_or_backbone``.
+
+    Position embeddings learned on another square grid (a 224 px ImageNet ViT's 14x14, or a
+    model trained at another square crop) are resampled bicubically to the model's grid and loaded, as the
+    official code's ``checkpoint_filter_fn`` does (bilinearly there); the summary lists them
+    under ``resampled`` instead of ``shape_mismatch``.
+    """
+    summary = dict(load_model_or_backbone(model, model.encoder, path))
+    stale = [k for k in summary["shape_mismatch"] if k.split(".")[-1] == "pos_embed"]
+    if stale:
+        state = _extract_state_dict(_read(pathlib.Path(path)), pathlib.Path(path))
+        source = next(v for k, v in state.items() if k.split(".")[-1] == "pos_embed")
+        prefix = model.encoder.num_prefix_tokens
+        old = math.isqrt(source.shape[1] - prefix)
+        if old * old == source.shape[1] - prefix and source.shape[-1] == model.encoder.embed_dim:
+            with torch.no_grad():
+                model.encoder.pos_embed.copy_(resample_abs_pos_embed(
+                    source.float(), new_size=list(model.encoder.patch_embed.grid_size),
+                    old_size=[old, old], num_prefix_tokens=prefix))
+            summary["shape_mismatch"] = [k for k in summary["shape_mismatch"] if k not in stale]
+            summary["resampled"] = stale
+            log.info("resampled %s from a %dx%d grid to %s", stale[0], old, old,
+                     "x".join(map(str, model.encoder.patch_embed.grid_size)))
+    return summary

@@ -26,10 +26,11 @@ from shared.trial import SegmentationTrial  # noqa: E402
 class SegmenterTrial(SegmentationTrial):
     MODEL_NAME = "segmenter"
     #: hyperparameter -> Segmenter argument. The defaults are Segmenter's (shared.modelargs:
-    #: the schema reads them from its signature).
+    #: the schema reads them from its signature). The training crop sizes the encoder's
+    #: position embeddings, as in the official code.
     MODEL_ARGS = {"num_classes": "num_classes", "segmenter_backbone": "backbone",
                   "segmenter_decoder": "decoder", "segmenter_decoder_layers": "decoder_layers",
-                  "drop_path_rate": "drop_path_rate"}
+                  "drop_path_rate": "drop_path_rate", "crop_size": "img_size"}
     MODEL_PARAMS = {
         "segmenter_backbone": Param(default_of(Segmenter, "backbone"), STR, choices=BACKBONES,
                                     help="timm ViT encoder (patch 16)"),

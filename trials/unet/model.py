@@ -98,6 +98,11 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(Up(widths[i + 1], widths[i], upsampling)
                                 for i in reversed(range(depth)))
         self.head = nn.Conv2d(base_channels, num_classes, 1)
+        # Every other layer keeps PyTorch's default init (as the common PyTorch U-Net); the
+        # classifier is initialised as MMSegmentation's decode heads (conv_seg: normal(0, 0.01),
+        # bias 0), so the first logits are near uniform and the first loss near ln(num_classes).
+        nn.init.normal_(self.head.weight, 0.0, 0.01)
+        nn.init.zeros_(self.head.bias)
 
     def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Skip features, shallowest first, then the bottleneck output.
