@@ -61,6 +61,13 @@ def _read(p: pathlib.Path) -> Any:
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
+def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """The state dict in the local weights file ``path`` (a checkpoint's nested one included),
+    on the CPU; the errors of ``load_local_weights``."""
+    p = _check_local(path)
+    return _extract_state_dict(_read(p), p)
+
+
 def _extract_state_dict(obj: Any, p: pathlib.Path) -> Dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in _NESTED_KEYS:
@@ -125,7 +132,7 @@ def load_local_weights(module: nn.Module, path: str | os.PathLike, *,
         ImportError: a ``.safetensors`` file without the safetensors package.
     """
     p = _check_local(path)
-    state = _extract_state_dict(_read(p), p)
+    state = read_state_dict(p)
     target = module.state_dict()
 
     matched: Dict[str, torch.Tensor] = {}

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pathlib
 from typing import Any, Mapping, Optional, Tuple
 
 import timm
@@ -57,7 +56,7 @@ from timm.layers import DropPath, resample_abs_pos_embed
 from torch import nn
 
 from shared.modelargs import fraction, integer, one_of, require
-from shared.pretrained import _extract_state_dict, _read, load_model_or_backbone
+from shared.pretrained import load_model_or_backbone, read_state_dict
 
 log = logging.getLogger("segmenter.model")
 
@@ -269,7 +268,7 @@ def load_pretrained(model: Segmenter, path: str) -> Mapping[str, Any]:
     summary = dict(load_model_or_backbone(model, model.encoder, path))
     stale = [k for k in summary["shape_mismatch"] if k.split(".")[-1] == "pos_embed"]
     if stale:
-        state = _extract_state_dict(_read(pathlib.Path(path)), pathlib.Path(path))
+        state = read_state_dict(path)
         source = next(v for k, v in state.items() if k.split(".")[-1] == "pos_embed")
         prefix = model.encoder.num_prefix_tokens
         old = math.isqrt(source.shape[1] - prefix)
