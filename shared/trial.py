@@ -365,6 +365,8 @@ RUN_GROUP = {
     "precision": "precision in use", "global_batch_size": "images per step",
     "lr": "the scaled peak learning rate", "device": "device name",
     "early_stop_patience": "the early_stop_patience hyperparameter (0: early stopping off)",
+    "reported_at": "'start' (the trial (re)started: readers start a new segment of the run's "
+                   "time axis there) or 'validation' (the update after a validation)",
     "peak_memory_mb": "peak memory of the largest rank so far, MB (2^20 bytes): on CUDA the peak "
                       "of tensor memory (torch.cuda.max_memory_allocated; the caching allocator's "
                       "reserve is more), on CPU the training process's peak resident set "
@@ -411,9 +413,9 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
     def on_trial_startup(self, first_batch_idx: int, checkpoint_uuid: Optional[str]) -> None:
         self.started_at = first_batch_idx
         # No collective here (ranks may start at different moments): the chief's own figure.
-        self._report(first_batch_idx, self._peak())
+        self._report(first_batch_idx, self._peak(), "start")
 
-    def _report(self, step: int, peak_mb: float) -> None:
+    def _report(self, step: int, peak_mb: float, at: str) -> None:
         t = self.trial
         if t.context.distributed.rank == 0:
             compat.report_group(
@@ -425,7 +427,7 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
                  "global_batch_size": t.context.get_global_batch_size(), "lr": t.lr,
                  "device": torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu",
                  "early_stop_patience": t.hp["early_stop_patience"] or 0,
-                 "peak_memory_mb": round(peak_mb, 2)})
+                 "peak_memory_mb": round(peak_mb, 2), "reported_at": at})
 
     def on_training_workload_end(self, avg_metrics: Dict[str, Any], batch_metrics: Any) -> None:
         self._peak()
@@ -442,7 +444,7 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
         # One report of a group per step: not at the step the startup report used (a
         # validation right after a resume); the next validation carries the peak.
         if self.trial.batches_trained != self.started_at:
-            self._report(self.trial.batches_trained, peak)
+            self._report(self.trial.batches_trained, peak, "validation")
         # Skipped-sample counts live on each rank (they come with the batches); sum them.
         total = sum(self.trial.context.distributed.allgather(self.trial.skipped_samples))
         if total:

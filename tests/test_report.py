@@ -227,6 +227,19 @@ def test_timeline_restart_removes_pause_and_replaces_redone_reports():
     assert [p.elapsed_s for p in tr] == pytest.approx([10, 20, 40, 50])
 
 
+def test_timeline_the_run_update_after_a_validation_is_no_restart():
+    def rec(group, steps, t, **m):
+        return {"group": group, "steps_completed": steps, "time": T0 + t, "metrics": m}
+    # the run group again after the validation at batch 10 (peak memory): time runs on
+    recs = [rec("run", 0, 0, reported_at="start"), rec("training", 10, 10, loss=1.0),
+            rec("run", 10, 15, reported_at="validation", peak_memory_mb=9.0),
+            rec("validation", 10, 15, miou=3.0), rec("training", 20, 25, loss=0.9)]
+    tl = timeline(Run("r", "x", recs))
+    assert [p.elapsed_s for p in tl["training"]] == pytest.approx([10, 25])
+    assert tl["validation"][0].elapsed_s == pytest.approx(15)
+    assert Run("r", "x", recs).info()["peak_memory_mb"] == 9.0
+
+
 # ----------------------------------------------------------------------------- scaling
 def test_scaling_speedup_and_efficiency_hand_values(tmp_path):
     # same curve at 1, 2, 4 slots; target at batch 30: T = 30 x (1.0, 0.6, 0.4) = 30, 18, 12 s
