@@ -183,13 +183,15 @@ def test_resize_equals_opencv(size):
 
 
 def test_downscale_by_half_is_not_antialiased():
-    """At 0.5x OpenCV's bilinear samples between two pixels; an antialiased resize averages
-    over four: a one-pixel checkerboard stays a checkerboard's mean only with antialiasing."""
-    image = np.indices((64, 64)).sum(0) % 2 * 255
-    image = np.repeat(image[..., None], 3, -1).astype(np.uint8)
+    """At 0.5x OpenCV's bilinear reads two source pixels per output pixel (the half-pixel
+    centres fall between them); an antialiased resize averages over four. Vertical stripes two
+    pixels wide stay black and white with the first and turn grey with the second."""
+    stripes = (np.arange(64) // 2 % 2 * 255).astype(np.uint8)
+    image = np.ascontiguousarray(np.repeat(np.tile(stripes, (64, 1))[..., None], 3, -1))
     out, _ = Rescale(scale=(32, 32))(torch.from_numpy(image).permute(2, 0, 1),
                                      torch.zeros(64, 64, dtype=torch.uint8))
     expected = cv2.resize(image, (32, 32), interpolation=cv2.INTER_LINEAR)
+    assert set(np.unique(expected).tolist()) == {0, 255}
     assert np.abs(out.permute(1, 2, 0).numpy().astype(int) - expected).max() <= 1
 
 

@@ -78,7 +78,8 @@ def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     As OpenCV's vectorised path on x86 (the one nearly every pixel takes): float32 sector
     arithmetic, the result truncated to uint8. ``1 - s * f`` is taken in float64 and rounded
     once to float32, as the fused multiply-add the compiler emits there does; with it the
-    result equals OpenCV's on every (h, s, v) (without it, 1 in 7000 values is 1 lower).
+    result equals OpenCV's on all 180 x 256 x 256 (h, s, v) (without it, about 1 triple in
+    7000 has a channel 1 lower).
     """
     h = h * (6.0 / 180.0)
     s = s * (1.0 / 255.0)

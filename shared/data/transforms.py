@@ -85,8 +85,8 @@ def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     OpenCV's ``cv2.resize(INTER_LINEAR)``: bilinear with half-pixel centres, no antialiasing
     (a downscale samples the four nearest pixels, it does not average over the footprint),
     rounded back to uint8. torchvision's uint8 kernel differs from OpenCV's 11-bit fixed point
-    by at most 1 of 255 (``tests/test_fidelity_data.py``) and is 10x faster on a CPU than
-    interpolating in float32 and rounding."""
+    by at most 1 of 255 (``tests/test_fidelity_data.py``) and is 3-12x faster on a CPU than
+    interpolating in float32 and rounding (512x683 to 300x400 and to 1024x1366)."""
     return F.resize_image(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False)
 
 
