@@ -240,6 +240,8 @@ def test_metrics_equal_torchmetrics():
     assert got["miou"] == pytest.approx(100 * float(miou), abs=1e-4)
     assert got["pixel_accuracy"] == pytest.approx(100 * float(aacc), abs=1e-4)
     assert got["mean_accuracy"] == pytest.approx(100 * float(recall[present].mean()), abs=1e-4)
+    macro = MulticlassAccuracy(k, average="macro", ignore_index=255)(pred, target)
+    assert 100 * float(macro) < got["mean_accuracy"] - 1  # its macro counts class 4's recall as 0
     assert ours.last["per_class_iou"][6] is None and float(iou[6]) == 0.0
     assert ours.last["per_class_iou"][4] == 0.0
     # without a predicted-but-absent class the macro accuracies agree as they stand
