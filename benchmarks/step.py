@@ -26,7 +26,7 @@ from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
 from shared.engine import (AUTOCAST_DTYPES, Engine, autocast, LocalRuntime, SegmentationTask,
                            pick_precision, segmentation_loss)
-from shared.schedule import scaled_lr
+from shared.schedule import lr_scaling_rule, scaled_lr
 
 log = logging.getLogger("benchmarks.bench")
 
@@ -80,7 +80,8 @@ class PlainStep:
         self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         self.model = model.to(device)
         self.forward = self.model
-        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], hp["global_batch_size"])
+        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], hp["global_batch_size"],
+                            lr_scaling_rule(hp["lr_scaling"], "adamw"))  # AdamW, as below
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr,
                                            weight_decay=hp["weight_decay"])
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None

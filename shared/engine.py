@@ -8,8 +8,9 @@ framework whose loop it could not see. What it holds:
 - precision (bf16 on GPUs that have it, fp16 with a grad scaler on older ones, fp32 on CPU),
   autocast, channels_last;
 - the optimiser (AdamW or SGD, no weight decay on norms and biases, fused on CUDA), the lr
-  scaled linearly from ``base_batch_size`` to the global batch, warm-up then poly decay
-  stepped every batch, gradient clipping;
+  scaled from ``base_batch_size`` to the global batch by ``lr_scaling`` (linear for SGD,
+  square root for AdamW by default; ``shared.schedule``), warm-up then poly decay stepped
+  every batch, gradient clipping;
 - device-side reducers for the losses, so that no batch waits for the GPU (``DeviceMean``);
 - the task: what a batch is and how its loss and validation metrics are taken
   (``SegmentationTask``, ``ClassificationTask``).
@@ -31,7 +32,7 @@ from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
 from shared.hparams import VAL_MODES, ConfigError
 from shared.metrics import ConfusionMatrix, DeviceMean
-from shared.schedule import WarmupPoly, scaled_lr
+from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
 __all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask", "ClassificationTask",
            "autocast", "pick_precision", "resolve_channels_last", "build_optimizer", "segmentation_loss",
@@ -332,7 +333,7 @@ class Engine:
     Args:
         model: the network, on the CPU or already on its device.
         hp: resolved hyperparameters (``shared.hparams.resolve``): precision, channels_last,
-            optimizer, lr, base_batch_size, weight_decay, momentum, warmup_batches,
+            optimizer, lr, base_batch_size, lr_scaling, weight_decay, momentum, warmup_batches,
             warmup_ratio, poly_power, min_lr_ratio, grad_clip_norm.
         runtime: ``LocalRuntime`` or ``shared.determined_compat.DeterminedRuntime``.
         task: ``SegmentationTask`` or ``ClassificationTask``.
@@ -355,7 +356,10 @@ class Engine:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = runtime.wrap_model(model)
-        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], runtime.get_global_batch_size())
+        #: the rule "auto" resolved for the optimiser, and the peak lr it gives at this batch
+        self.lr_scaling = lr_scaling_rule(hp["lr_scaling"], hp["optimizer"])
+        self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], runtime.get_global_batch_size(),
+                            self.lr_scaling)
         self.optimizer = runtime.wrap_optimizer(build_optimizer(self.model, hp, self.lr))
         schedule = WarmupPoly(hp["warmup_batches"], max_batches, hp["poly_power"],
                               hp["warmup_ratio"], hp["min_lr_ratio"])

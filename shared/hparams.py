@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, T
 
 import yaml
 
+from shared.schedule import LR_SCALING_RULES
+
 
 class ConfigError(ValueError):
     """A bad experiment config, hyperparameter or command-line override."""
@@ -100,11 +102,15 @@ COMMON: Dict[str, Param] = {
     "global_batch_size": Param(16, INT, check=_positive,
                  help="images per optimizer step, all GPUs together"),
     "base_batch_size": Param(16, INT, check=_positive,
-                 help="the batch size lr is given for: the trial uses lr x global_batch_size / base_batch_size"),
+                 help="the batch size lr is given for: the trial scales lr from it to global_batch_size by lr_scaling"),
     "optimizer": Param("adamw", STR, choices=("adamw", "sgd"),
                  help="AdamW or SGD (no weight decay on norms and biases)"),
     "lr": Param(1e-3, NUM, check=_positive,
-                 help="peak learning rate at base_batch_size (linear scaling rule)"),
+                 help="peak learning rate at base_batch_size (scaled to global_batch_size by lr_scaling)"),
+    "lr_scaling": Param("auto", STR, choices=("auto", *LR_SCALING_RULES),
+                 help="how lr follows the global batch: linear = lr x global/base (Goyal et al. 2017, SGD with warm-up), "
+                      "sqrt = lr x sqrt(global/base) (Malladi et al. 2022, Adam-type), none = lr as given; "
+                      "auto = linear for sgd, sqrt for adamw"),
     "weight_decay": Param(0.01, NUM, check=_non_negative,
                  help="decoupled weight decay (AdamW) or L2 (SGD)"),
     "momentum": Param(0.9, NUM, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)",

@@ -1,19 +1,53 @@
-"""Learning-rate rules: the linear scaling rule and linear warm-up followed by poly decay.
+"""Learning-rate rules: scaling with the global batch, and linear warm-up followed by poly decay.
 
-The linear scaling rule (Goyal et al. 2017; slides 002 of the source documents): a learning
-rate tuned for ``base_batch_size`` is multiplied by ``global_batch_size / base_batch_size``, so
-a config keeps its per-slot batch from 1 to 32 GPUs and the step size follows. The warm-up
-keeps the first large steps from diverging; poly decay is MMSegmentation's ADE20K schedule.
+A learning rate is tuned for ``base_batch_size``; a config keeps its per-slot batch from 1 to
+32 GPUs, and the rule ``lr_scaling`` sets the step size at the global batch ``k`` times larger:
+
+- ``linear``: ``lr x k`` (Goyal et al. 2017; slides 002 of the source documents), established
+  for SGD with momentum and a warm-up;
+- ``sqrt``: ``lr x sqrt(k)``, the rule with theoretical and empirical support for Adam-type
+  optimisers (Malladi et al. 2022, "On the SDEs and scaling rules for adaptive gradient
+  algorithms");
+- ``none``: ``lr`` as given;
+- ``auto`` (the default): linear for SGD, sqrt for AdamW.
+
+The warm-up keeps the first large steps from diverging; poly decay is MMSegmentation's ADE20K
+schedule.
 """
 from __future__ import annotations
 
+import math
 
-def scaled_lr(base_lr: float, base_batch_size: int, global_batch_size: int) -> float:
-    """``base_lr`` tuned for ``base_batch_size``, scaled linearly to ``global_batch_size``."""
+#: the rules ``lr_scaling`` names besides "auto"
+LR_SCALING_RULES = ("linear", "sqrt", "none")
+#: what "auto" means, per optimiser
+AUTO_LR_SCALING = {"sgd": "linear", "adamw": "sqrt"}
+
+
+def lr_scaling_rule(requested: str, optimizer: str) -> str:
+    """The rule ``lr_scaling = requested`` means for ``optimizer``: "auto" -> linear for SGD,
+    sqrt for AdamW; any other rule as it is."""
+    if requested == "auto":
+        if optimizer not in AUTO_LR_SCALING:
+            raise ValueError(f"lr_scaling 'auto' has no rule for optimizer {optimizer!r}; "
+                             f"set lr_scaling to one of {', '.join(LR_SCALING_RULES)}")
+        return AUTO_LR_SCALING[optimizer]
+    if requested not in LR_SCALING_RULES:
+        raise ValueError(f"lr_scaling must be 'auto' or one of {', '.join(LR_SCALING_RULES)}, got {requested!r}")
+    return requested
+
+
+def scaled_lr(base_lr: float, base_batch_size: int, global_batch_size: int, rule: str) -> float:
+    """``base_lr`` tuned for ``base_batch_size``, scaled to ``global_batch_size`` by ``rule``
+    (linear, sqrt or none; see the module docstring)."""
     if base_batch_size <= 0 or global_batch_size <= 0:
         raise ValueError(f"batch sizes must be positive (base_batch_size={base_batch_size}, "
                          f"global_batch_size={global_batch_size})")
-    return base_lr * global_batch_size / base_batch_size
+    ratio = global_batch_size / base_batch_size
+    factors = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}
+    if rule not in factors:
+        raise ValueError(f"lr scaling rule must be one of {', '.join(factors)}, got {rule!r}")
+    return base_lr * factors[rule]
 
 
 class WarmupPoly:

@@ -212,10 +212,12 @@ class RecipeTrial(det_torch.PyTorchTrial):
                              device=self.device, max_batches=self.max_batches)
         self.target_callback = TargetCallback(self)
         e = self.engine
-        log.info("%s: %.2fM parameters%s, precision %s, channels_last %s, lr %.3g (base %.3g x %d/%d)",
+        rule = e.lr_scaling if hp["lr_scaling"] != "auto" else f"auto = {e.lr_scaling} for {hp['optimizer']}"
+        log.info("%s: %.2fM parameters%s, precision %s, channels_last %s, lr %.3g (%.3g at base batch "
+                 "%d, scaled to %d by lr_scaling %s)",
                  self.MODEL_NAME, e.num_parameters / 1e6, self.describe(), e.precision,
-                 e.channels_last, e.lr, hp["lr"], context.get_global_batch_size(),
-                 hp["base_batch_size"])
+                 e.channels_last, e.lr, hp["lr"], hp["base_batch_size"],
+                 context.get_global_batch_size(), rule)
 
     @staticmethod
     def _seed(hp: Mapping[str, Any]) -> None:

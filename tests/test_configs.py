@@ -21,7 +21,7 @@ from shared import expconf
 from shared import hparams as hpmod
 from shared.engine import build_optimizer
 from shared.hparams import ConfigError
-from shared.schedule import WarmupPoly, scaled_lr
+from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ("unet", "segformer", "deeplabv3plus", "segmenter")
@@ -374,7 +374,8 @@ def test_config_point_builds_and_trains_one_step(model, kind):
     torch.manual_seed(0)
     net = trial_cls.model_from_hparams(hp)
     net.train()
-    lr = scaled_lr(hp["lr"], hp["base_batch_size"], hp["global_batch_size"])
+    lr = scaled_lr(hp["lr"], hp["base_batch_size"], hp["global_batch_size"],
+                   lr_scaling_rule(hp["lr_scaling"], hp["optimizer"]))
     optimizer = build_optimizer(net, hp, lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupPoly(hp["warmup_batches"], hp["max_batches"], hp["poly_power"], hp["warmup_ratio"]))

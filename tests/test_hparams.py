@@ -23,6 +23,7 @@ def test_defaults_and_types():
     ({"lr": -1.0}, r"x\.yaml: hyperparameter 'lr' = -1\.0 must be > 0"),
     ({"lr": "fast"}, r"x\.yaml: hyperparameter 'lr' = 'fast' has type str"),
     ({"optimizer": "adam"}, r"hyperparameter 'optimizer' = 'adam' is not one of 'adamw', 'sgd'"),
+    ({"lr_scaling": "cubic"}, r"hyperparameter 'lr_scaling' = 'cubic' is not one of 'auto', 'linear', 'sqrt', 'none'"),
     ({"num_classes": True}, r"'num_classes' = True must be int, not a boolean"),
     ({"num_classes": 300}, r"'num_classes' = 300 must be in 1\.\.254"),
     ({"crop_size": [64]}, r"'crop_size' = \[64\] must be an int or a list"),

@@ -1,29 +1,16 @@
-"""The batch-level end of the training pipeline (shared/data/on_device.py) against torchvision's
-own colour functions applied image by image, and the worker-side draws it consumes."""
+"""The batch-level end of the training pipeline (shared/data/on_device.py): each sample with its
+own parameters, normalisation and padding, and the worker-side draws it consumes. Its colour
+ops against MMSegmentation's, computed with OpenCV, are in tests/test_fidelity_data.py."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from shared.data.on_device import photometric, training_batch, valid_region
+from shared.data.on_device import photometric, training_batch
 from shared.data.transforms import (
     AUG_SIZE, IMAGENET_MEAN, IMAGENET_STD, NO_PHOTOMETRIC, PhotometricDistortion,
     build_train_transform)
-
-
-def reference(image: torch.Tensor, params: list[float]) -> torch.Tensor:
-    """One float image in [0, 1] through torchvision's functions in MMSeg's order."""
-    brightness, contrast, contrast_first, saturation, hue = params
-    x = TF.adjust_brightness(image, brightness)
-    if contrast_first:
-        x = TF.adjust_contrast(x, contrast)
-    x = TF.adjust_saturation(x, saturation)
-    if hue:
-        x = TF.adjust_hue(x, hue)
-    if not contrast_first:
-        x = TF.adjust_contrast(x, contrast)
-    return x
 
 
 def make(params: list[list[float]], sizes: list[tuple[int, int]], size=(12, 16), seed=0):
@@ -37,26 +24,26 @@ def make(params: list[list[float]], sizes: list[tuple[int, int]], size=(12, 16),
     return images, masks, aug
 
 
-PARAMS = [
-    [1.1, 1.4, 1.0, 0.6, 0.07],      # everything, contrast first
-    [0.9, 0.7, 0.0, 1.3, -0.1],      # everything, contrast last
-    [1.0, 1.0, 0.0, 1.0, 0.0],       # nothing
-    [1.0, 1.0, 1.0, 1.0, 0.05],      # hue only
-    [1.12, 0.5, 1.0, 1.0, 0.0],      # brightness and contrast, on a padded crop
+PARAMS = [  # brightness, contrast, contrast_first, saturation_on, saturation, hue_on, hue
+    [20.0, 1.4, 1.0, 1.0, 0.6, 1.0, 7.0],     # everything, contrast first
+    [-9.0, 0.7, 0.0, 1.0, 1.3, 1.0, -18.0],   # everything, contrast last
+    NO_PHOTOMETRIC,                           # nothing
+    [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 5.0],      # hue only
+    [31.0, 0.5, 1.0, 0.0, 1.0, 0.0, 0.0],     # brightness and contrast, on a padded crop
 ]
 SIZES = [(12, 16), (12, 16), (12, 16), (12, 16), (7, 9)]
 
 
-def test_batch_equals_torchvision_image_by_image():
+def test_each_sample_gets_its_own_parameters_then_normalisation_and_zero_padding():
     images, masks, aug = make(PARAMS, SIZES)
     x, y = training_batch(images, masks, aug)
     assert x.dtype == torch.float32 and y.dtype == torch.int64 and torch.equal(y, masks.long())
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
-    for i, (p, (h, w)) in enumerate(zip(PARAMS, SIZES)):
-        crop = images[i, :, :h, :w].float() / 255
-        expected = (reference(crop, p) - mean) / std
-        torch.testing.assert_close(x[i, :, :h, :w], expected, atol=2e-5, rtol=0)
+    for i, (h, w) in enumerate(SIZES):
+        alone = photometric(images[i:i + 1, :, :h, :w].float(), aug[i:i + 1])[0]  # the crop alone
+        assert torch.equal(alone, alone.round()) and 0 <= alone.min() and alone.max() <= 255
+        torch.testing.assert_close(x[i, :, :h, :w], (alone / 255 - mean) / std, atol=1e-6, rtol=0)
         assert (x[i, :, h:] == 0).all() and (x[i, :, :, w:] == 0).all()  # padding stays 0
 
 
@@ -68,17 +55,16 @@ def test_samples_whose_ops_were_skipped_are_only_normalised_exactly():
 
 
 def test_each_op_changes_the_image():
-    images, masks, _ = make([NO_PHOTOMETRIC], [(12, 16)], seed=2)
-    base = photometric(images.float() / 255, torch.tensor([[*NO_PHOTOMETRIC, 12, 16]]),
-                       valid_region(torch.tensor([[*NO_PHOTOMETRIC, 12, 16]]), 12, 16))
-    for k, value in enumerate([1.1, 1.4, None, 0.6, 0.1]):
-        if value is None:
-            continue
+    images, _, _ = make([NO_PHOTOMETRIC], [(12, 16)], seed=2)
+    x = images.float()
+    base = photometric(x, torch.tensor([NO_PHOTOMETRIC]))
+    assert torch.equal(base, x)
+    for changes in ({0: 20.0}, {1: 1.4}, {1: 0.6, 2: 1.0}, {3: 1.0, 4: 0.6}, {5: 1.0, 6: 9.0}):
         p = list(NO_PHOTOMETRIC)
-        p[k] = value
-        aug = torch.tensor([[*p, 12, 16]])
-        out = photometric(images.float() / 255, aug, valid_region(aug, 12, 16))
-        assert not torch.allclose(out, base, atol=1e-3), f"parameter {k} had no effect"
+        for k, value in changes.items():
+            p[k] = value
+        out = photometric(x, torch.tensor([p]))
+        assert (out - base).abs().max() >= 2, f"parameters {changes} had no effect"
 
 
 def test_channels_last_output_and_values():
@@ -102,20 +88,23 @@ def test_train_transform_hands_over_uint8_and_the_draws():
     assert (out_mask[h:] == 255).all() and (out_mask[:, w:] == 255).all()
     assert (out_image[:, h:] == 0).all() and (out_mask[:h, :w] != 255).all()
     _, _, plain = build_train_transform(crop_size=16, photometric=False)(image, mask)
-    assert plain[:5].tolist() == NO_PHOTOMETRIC
+    assert plain[:len(NO_PHOTOMETRIC)].tolist() == NO_PHOTOMETRIC and len(plain) == AUG_SIZE
 
 
 def test_draws_follow_mmseg_probabilities_and_ranges():
     torch.manual_seed(0)
     d = PhotometricDistortion()
     draws = torch.tensor([d.draw() for _ in range(4000)])
-    applied = torch.stack([draws[:, 0] != 1, draws[:, 1] != 1, draws[:, 3] != 1, draws[:, 4] != 0], 1)
+    applied = torch.stack([draws[:, 0] != 0, draws[:, 1] != 1, draws[:, 3] == 1, draws[:, 5] == 1], 1)
     torch.testing.assert_close(applied.float().mean(0), torch.full((4,), 0.5), atol=0.03, rtol=0)
     assert abs(draws[:, 2].mean().item() - 0.5) < 0.03
-    b, c, s, h = draws[applied[:, 0], 0], draws[applied[:, 1], 1], draws[applied[:, 2], 3], draws[applied[:, 3], 4]
-    assert 0.875 <= b.min() and b.max() <= 1.125
+    b, c, s = draws[applied[:, 0], 0], draws[applied[:, 1], 1], draws[applied[:, 2], 4]
+    assert -32 <= b.min() and b.max() <= 32 and (b < -30).any() and (b > 30).any()
     assert 0.5 <= c.min() and c.max() <= 1.5 and 0.5 <= s.min() and s.max() <= 1.5
-    assert -0.1 <= h.min() and h.max() <= 0.1 and (h < 0).any() and (h > 0).any()
+    h = draws[applied[:, 3], 6]
+    assert torch.equal(h, h.round()) and h.min() == -18 and h.max() == 17
+    skipped = ~applied
+    assert (draws[skipped[:, 2], 4] == 1).all() and (draws[skipped[:, 3], 6] == 0).all()
 
 
 def test_draws_are_reproducible_with_the_torch_seed():
@@ -126,6 +115,14 @@ def test_draws_are_reproducible_with_the_torch_seed():
     assert [d.draw() for _ in range(3)] == first
 
 
-def test_bad_hue_delta_is_named():
-    with pytest.raises(ValueError, match=r"hue_delta .* got 0.7"):
-        PhotometricDistortion(hue_delta=0.7)
+@pytest.mark.parametrize("kwargs, message", [
+    ({"hue_delta": 0.1}, r"hue_delta is an int in OpenCV hue units .* got 0.1"),
+    ({"hue_delta": 200}, r"hue_delta is an int .* got 200"),
+    ({"brightness_delta": -1}, r"brightness_delta is in uint8 levels, 0..255, got -1"),
+    ({"contrast_range": (1.5, 0.5)}, r"contrast_range must be a \(low, high\) pair .* got \(1.5, 0.5\)"),
+    ({"saturation_range": (-1, 1)}, r"saturation_range must be .* got \(-1, 1\)"),
+    ({"p": 2}, r"p must be in \[0, 1\], got 2"),
+])
+def test_bad_photometric_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PhotometricDistortion(**kwargs)

@@ -1,16 +1,51 @@
 import pytest
 import torch
 
-from shared.schedule import WarmupPoly, scaled_lr
+from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
 
 def test_linear_scaling_rule():
-    assert scaled_lr(1e-3, 16, 16) == pytest.approx(1e-3)
-    assert scaled_lr(1e-3, 16, 128) == pytest.approx(8e-3)      # 8 GPUs x 16
-    assert scaled_lr(1e-3, 16, 512) == pytest.approx(32e-3)     # 32 GPUs x 16
-    assert scaled_lr(6e-5, 16, 8) == pytest.approx(3e-5)
+    assert scaled_lr(1e-3, 16, 16, "linear") == pytest.approx(1e-3)
+    assert scaled_lr(1e-3, 16, 128, "linear") == pytest.approx(8e-3)      # 8 GPUs x 16
+    assert scaled_lr(1e-3, 16, 512, "linear") == pytest.approx(32e-3)     # 32 GPUs x 16
+    assert scaled_lr(6e-5, 16, 8, "linear") == pytest.approx(3e-5)
     with pytest.raises(ValueError, match="batch sizes must be positive"):
-        scaled_lr(1e-3, 0, 16)
+        scaled_lr(1e-3, 0, 16, "linear")
+
+
+def test_square_root_and_no_scaling():
+    assert scaled_lr(6e-4, 16, 512, "sqrt") == pytest.approx(6e-4 * 32 ** 0.5)   # 0.00339
+    assert scaled_lr(1e-3, 16, 64, "sqrt") == pytest.approx(2e-3)
+    assert scaled_lr(1e-3, 16, 4, "sqrt") == pytest.approx(5e-4)
+    assert scaled_lr(1e-3, 16, 512, "none") == 1e-3
+    with pytest.raises(ValueError, match=r"lr scaling rule must be one of linear, sqrt, none, got 'auto'"):
+        scaled_lr(1e-3, 16, 32, "auto")
+
+
+def test_auto_rule_follows_the_optimiser():
+    assert lr_scaling_rule("auto", "sgd") == "linear"
+    assert lr_scaling_rule("auto", "adamw") == "sqrt"
+    assert lr_scaling_rule("linear", "adamw") == "linear"
+    assert lr_scaling_rule("none", "sgd") == "none"
+    with pytest.raises(ValueError, match=r"lr_scaling 'auto' has no rule for optimizer 'lamb'"):
+        lr_scaling_rule("auto", "lamb")
+    with pytest.raises(ValueError, match=r"lr_scaling must be 'auto' or one of linear, sqrt, none, got 'cubic'"):
+        lr_scaling_rule("cubic", "sgd")
+
+
+@pytest.mark.parametrize("optimizer, lr_scaling, expected", [
+    ("adamw", "auto", 2e-3), ("sgd", "auto", 4e-3), ("adamw", "linear", 4e-3), ("sgd", "none", 1e-3)])
+def test_engine_takes_the_rule(optimizer, lr_scaling, expected):
+    """The trial's engine at a global batch 4x the base: the optimiser's lr is the rule's."""
+    from shared.engine import Engine, LocalRuntime, SegmentationTask
+    from shared.hparams import resolve
+    hp = resolve({"optimizer": optimizer, "lr_scaling": lr_scaling, "lr": 1e-3, "base_batch_size": 4,
+                  "global_batch_size": 16, "warmup_batches": 0}, {})
+    engine = Engine(torch.nn.Conv2d(3, 2, 1), hp, LocalRuntime(torch.device("cpu"), 16),
+                    SegmentationTask(2), device=torch.device("cpu"), max_batches=10)
+    assert engine.lr == pytest.approx(expected)
+    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert engine.lr_scaling == lr_scaling_rule(lr_scaling, optimizer)
 
 
 def test_warmup_then_poly_values():

@@ -30,7 +30,7 @@ log = logging.getLogger("shared.classification")
 
 #: the shared keys this family reads, the very Param objects of shared.hparams.COMMON
 _SHARED_KEYS = (
-    "data_dir", "global_batch_size", "base_batch_size", "optimizer", "lr", "weight_decay",
+    "data_dir", "global_batch_size", "base_batch_size", "optimizer", "lr", "lr_scaling", "weight_decay",
     "momentum", "warmup_batches", "warmup_ratio", "poly_power", "min_lr_ratio", "grad_clip_norm",
     "precision", "channels_last", "seed", "pretrained_path", "max_batches", "validation_period",
     "checkpoint_period", "report_period", "stop_at_target", "skip_bad_samples", "workers_per_slot",

@@ -40,6 +40,7 @@ __all__ = [
     "build_train_transform",
     "build_val_transform",
     "keep_ratio_size",
+    "resize_image",
     "val_collate",
 ]
 
@@ -79,10 +80,22 @@ def keep_ratio_size(height: int, width: int, scale: tuple[float, float]) -> tupl
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
+def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """uint8 image (3, H, W) -> uint8 (3, h, w) as mmcv's ``imresize(..., 'bilinear')``, i.e.
+    OpenCV's ``cv2.resize(INTER_LINEAR)``: bilinear with half-pixel centres, no antialiasing
+    (a downscale samples the four nearest pixels, it does not average over the footprint),
+    rounded back to uint8. torchvision's uint8 kernel differs from OpenCV's 11-bit fixed point
+    by at most 1 of 255 (``tests/test_fidelity_data.py``) and is 3-12x faster on a CPU than
+    interpolating in float32 and rounding (512x683 to 300x400 and to 1024x1366)."""
+    return F.resize_image(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False)
+
+
 def _resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> Pair:
-    image = F.resize_image(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-    # resize_mask is nearest-neighbour on every torchvision: 0.26 (the lent GPU's image) has no
-    # ``interpolation`` argument, 0.27+ takes one and coerces it to nearest.
+    image = resize_image(image, size)
+    # Labels: nearest as OpenCV's INTER_NEAREST picks it (source pixel floor(dst * in / out),
+    # torch's legacy "nearest", not "nearest-exact"). resize_mask is that nearest on every
+    # torchvision: 0.26 (the lent GPU's image) has no ``interpolation`` argument, 0.27+ takes
+    # one and coerces it to nearest.
     mask = F.resize_mask(mask, list(size))
     return image, mask
 
@@ -213,72 +226,95 @@ class RandomHorizontalFlip:
 
 
 #: layout of the per-sample augmentation vector a training item carries (``TrainTransform``):
-#: the photometric parameters, then the crop's size before padding. Identity values mean
-#: "not applied": factors 1, hue shift 0.
-AUG_BRIGHTNESS, AUG_CONTRAST, AUG_CONTRAST_FIRST, AUG_SATURATION, AUG_HUE, AUG_HEIGHT, AUG_WIDTH = range(7)
-AUG_SIZE = 7
+#: the photometric parameters (``PhotometricDistortion.draw``), then the crop's size before
+#: padding. Brightness 0 and contrast 1 leave an image unchanged exactly; saturation and hue
+#: carry an "applied" flag besides their value, because MMSeg converts to HSV and back only
+#: when the op is applied, and that round trip alone moves some pixels by one level (and a hue
+#: shift of 0 can be drawn).
+(AUG_BRIGHTNESS, AUG_CONTRAST, AUG_CONTRAST_FIRST, AUG_SATURATION_ON, AUG_SATURATION, AUG_HUE_ON,
+ AUG_HUE, AUG_HEIGHT, AUG_WIDTH) = range(9)
+AUG_SIZE = 9
+
+
+def _range(value: Sequence[float], name: str) -> tuple[float, float]:
+    low, high = (float(v) for v in value)
+    if not 0 <= low <= high:
+        raise ValueError(f"{name} must be a (low, high) pair with 0 <= low <= high, got {tuple(value)!r}")
+    return low, high
 
 
 class PhotometricDistortion:
-    """MMSeg ``PhotometricDistortion``'s random draws; the colour ops run on the device.
+    """MMSegmentation's ``PhotoMetricDistortion``: the random draws; the colour ops run on the
+    device (``shared.data.on_device.photometric``).
 
     Drawing happens in the DataLoader worker (torch's RNG, seeded per worker like every other
-    augmentation); applying happens to the whole batch on the GPU in
-    ``shared.data.on_device.photometric``, because on a CPU the colour ops cost more than the
-    rest of the sample path together (``python -m benchmarks.data_path``; BENCHMARKS.md).
+    augmentation); applying happens to the whole batch on the GPU, because on a CPU the colour
+    ops cost more than the rest of the sample path together (``python -m
+    benchmarks.data_path``; BENCHMARKS.md).
 
-    Order and probabilities follow MMSeg: brightness; contrast either here or last (a coin
-    decides); saturation; hue; each applied with probability 0.5, in float32 without rounding
-    between steps (as MMSeg, which works in float32 too). The ops are torchvision's
-    definitions, which differ slightly from MMSeg's OpenCV code:
+    MMSeg's semantics, on the uint8 image, each op with probability ``p`` (0.5):
 
-    - brightness: torchvision multiplies by a factor; MMSeg adds +-32 (of 255). The default
-      0.875..1.125 is the multiplicative range of the same size at mid-grey (32/256 = 0.125).
-    - contrast: torchvision blends with the image's mean grey; MMSeg multiplies pixel values.
-    - saturation: torchvision blends with the grey image; MMSeg scales the HSV S channel.
-    - hue: MMSeg shifts OpenCV's uint8 hue (0..180, i.e. 2 degrees per unit) by up to +-18
-      units = +-36 degrees; torchvision's factor is a fraction of the full turn, so the
-      matching default is 18 / 180 = 0.1.
+    1. brightness: add ``delta ~ U(-brightness_delta, brightness_delta)`` (32 of 255);
+    2. contrast, if a fair coin puts it first: multiply by ``alpha ~ U(contrast_range)``;
+    3. saturation: multiply OpenCV's uint8 HSV saturation by ``U(saturation_range)``;
+    4. hue: add an integer ``~ U{-hue_delta, ..., hue_delta - 1}`` to OpenCV's hue (0..179,
+       2 degrees a unit), modulo 180;
+    5. contrast, if the coin put it last.
+
+    Each op clips to 0..255 and truncates to uint8 (mmseg's ``convert``: ``astype(np.uint8)``
+    after ``np.clip``), so the next op sees integers, as in MMSeg.
     """
 
     def __init__(
         self,
-        brightness: tuple[float, float] = (0.875, 1.125),
-        contrast: tuple[float, float] = (0.5, 1.5),
-        saturation: tuple[float, float] = (0.5, 1.5),
-        hue_delta: float = 18 / 180,
+        brightness_delta: float = 32,
+        contrast_range: Sequence[float] = (0.5, 1.5),
+        saturation_range: Sequence[float] = (0.5, 1.5),
+        hue_delta: int = 18,
         p: float = 0.5,
     ) -> None:
-        if not 0 <= hue_delta <= 0.5:
-            raise ValueError(f"hue_delta is a fraction of the hue circle in [0, 0.5], got {hue_delta}")
-        self.brightness = brightness
-        self.contrast = contrast
-        self.saturation = saturation
+        if not 0 <= brightness_delta <= 255:
+            raise ValueError(f"brightness_delta is in uint8 levels, 0..255, got {brightness_delta!r}")
+        if isinstance(hue_delta, bool) or not isinstance(hue_delta, int) or not 0 <= hue_delta <= 180:
+            raise ValueError(f"hue_delta is an int in OpenCV hue units (0..180, 2 degrees each), got {hue_delta!r}")
+        if not 0 <= p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {p!r}")
+        self.brightness_delta = float(brightness_delta)
+        self.contrast_range = _range(contrast_range, "contrast_range")
+        self.saturation_range = _range(saturation_range, "saturation_range")
         self.hue_delta = hue_delta
         self.p = p
 
     def draw(self) -> list[float]:
-        """One sample's [brightness, contrast, contrast_first, saturation, hue] (AUG_* order),
-        identity values for the ops the coins skipped."""
-        brightness = _uniform(*self.brightness) if _coin(self.p) else 1.0
+        """One sample's photometric parameters in AUG_* order (brightness .. hue), identity
+        values (brightness 0, factors 1, flags 0) for the ops the coins skipped. The draws
+        come in MMSeg's order."""
+        brightness = _uniform(-self.brightness_delta, self.brightness_delta) if _coin(self.p) else 0.0
         contrast_first = _coin(0.5)
         contrast = 1.0
         if contrast_first and _coin(self.p):
-            contrast = _uniform(*self.contrast)
-        saturation = _uniform(*self.saturation) if _coin(self.p) else 1.0
-        hue = _uniform(-self.hue_delta, self.hue_delta) if _coin(self.p) else 0.0
+            contrast = _uniform(*self.contrast_range)
+        saturation_on = _coin(self.p)
+        saturation = _uniform(*self.saturation_range) if saturation_on else 1.0
+        hue_on = _coin(self.p)
+        hue = 0.0
+        if hue_on and self.hue_delta:  # numpy's randint(-d, d), as MMSeg: -d .. d-1
+            hue = float(torch.randint(-self.hue_delta, self.hue_delta, ()).item())
         if not contrast_first and _coin(self.p):
-            contrast = _uniform(*self.contrast)
-        return [brightness, contrast, float(contrast_first), saturation, hue]
+            contrast = _uniform(*self.contrast_range)
+        return [brightness, contrast, float(contrast_first), float(saturation_on), saturation,
+                float(hue_on), hue]
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(brightness={self.brightness}, contrast={self.contrast}, "
-            f"saturation={self.saturation}, hue_delta={self.hue_delta}, p={self.p})"
+            f"{type(self).__name__}(brightness_delta={self.brightness_delta}, "
+            f"contrast_range={self.contrast_range}, saturation_range={self.saturation_range}, "
+            f"hue_delta={self.hue_delta}, p={self.p})"
         )
 
 
-NO_PHOTOMETRIC = [1.0, 1.0, 0.0, 1.0, 0.0]
+#: the photometric part of ``aug`` when no op is applied
+NO_PHOTOMETRIC = [0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
 
 
 class Normalize:
@@ -384,8 +420,7 @@ class _ValTransform:
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> Pair:
         size = keep_ratio_size(image.shape[-2], image.shape[-1], self.scale)
-        image = F.resize_image(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-        image, _ = self.normalize(image, mask)
+        image, _ = self.normalize(resize_image(image, size), mask)
         return image, mask
 
     def __repr__(self) -> str:
