@@ -114,6 +114,13 @@ COMMON: Dict[str, Param] = {
                  help="auto = bf16 autocast where the GPU has it, else fp16 with a gradient scaler; fp32 on CPU"),
     "channels_last": Param("auto", (str, bool), choices=("auto", True, False),
                  help="NHWC memory layout; auto = on for CUDA"),
+    # implementation switches (the implementation ablation: experiment_configs/*/ablation.yaml)
+    "compile": Param(False, BOOL,
+                 help="torch.compile the model; its first training batches (shared.engine.COMPILE_WARMUP_BATCHES) are the energy phase 'compile' (compile_wh, compile_s), not 'train'"),
+    "fused_optimizer": Param(True, BOOL,
+                 help="AdamW/SGD fused=True (one kernel for all parameters, on CUDA and CPU); false: the per-parameter loop (foreach=False)"),
+    "cudnn_benchmark": Param(False, BOOL,
+                 help="torch.backends.cudnn.benchmark: time the cuDNN algorithms at each new input shape and keep the fastest; off by default because whole-image validation meets a new shape at almost every image; no effect on CPU"),
     "seed": Param(0, INT,
                  help="seed of local runs (on a cluster Determined seeds each trial)"),
     "pretrained_path": Param(None, STR, nullable=True,

@@ -214,6 +214,8 @@ class RecipeTrial(det_torch.PyTorchTrial):
     # ------------------------------------------------------------------ steps
     #: set by the local launcher when SIGTERM or SIGINT arrives (shared.launch._StopOnSignal)
     stop_signal: Optional[str] = None
+    #: the energy hook, once build_callbacks made it
+    _energy: Any = None
     #: set by the local launcher on a resume after a crash: the interrupted run's last
     #: ``energy`` record past the checkpoint (EnergyCallback's ``carried``)
     energy_carried: Optional[Mapping[str, Any]] = None
@@ -222,6 +224,8 @@ class RecipeTrial(det_torch.PyTorchTrial):
         if self.stop_signal is not None:
             # Every batch before this one is trained: checkpoint them and return from fit.
             compat.exit_after_checkpoint()
+        if self.engine.compiled and self._energy is not None:
+            self._energy.compile_phase(self.engine.compiling)  # torch.compile's warm-up
         return self.engine.train_batch(batch)
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
@@ -250,6 +254,7 @@ class RecipeTrial(det_torch.PyTorchTrial):
                                                  validation_follows=self.validation_follows,
                                                  required=self.energy_required,
                                                  carried=self.energy_carried)
+            self._energy = callbacks["energy"]
         return callbacks
 
 
