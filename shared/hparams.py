@@ -121,6 +121,8 @@ COMMON: Dict[str, Param] = {
                  help="AdamW/SGD fused=True (one kernel for all parameters, on CUDA and CPU); false: the per-parameter loop (foreach=False)"),
     "cudnn_benchmark": Param(False, BOOL,
                  help="torch.backends.cudnn.benchmark: time the cuDNN algorithms at each new input shape and keep the fastest; off by default because whole-image validation meets a new shape at almost every image; no effect on CPU"),
+    "implementation": Param(None, (dict,), nullable=True,
+                 help="a set of implementation switches ({precision: fp32, compile: true, ...}; keys among IMPLEMENTATION_SWITCHES) that overrides those keys: one categorical value per variant (ablation_to_target.yaml)"),
     "seed": Param(0, INT,
                  help="seed of local runs (on a cluster Determined seeds each trial)"),
     "pretrained_path": Param(None, STR, nullable=True,
@@ -144,6 +146,13 @@ COMMON: Dict[str, Param] = {
                  help="the energy hook: see the energy.* rows and the Energy section"),
 }
 
+
+
+#: the implementation switches of the ablation (experiment_configs/*/ablation.yaml), which the
+#: hyperparameter ``implementation`` may set together; ``attention_impl`` is the attention
+#: models' own (their MODEL_PARAMS)
+IMPLEMENTATION_SWITCHES = ("precision", "channels_last", "compile", "fused_optimizer",
+                           "cudnn_benchmark", "attention_impl")
 
 
 def _closest(key: str, known: Iterable[str]) -> str:
@@ -193,6 +202,13 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
                               f"known: {', '.join(sorted(schema))}")
     for key, p in schema.items():
         out[key] = _check(key, hp.get(key, p.default), p, where)
+    for key, value in (out.get("implementation") or {}).items():
+        if key not in IMPLEMENTATION_SWITCHES or key not in schema:
+            switches = [k for k in IMPLEMENTATION_SWITCHES if k in schema]
+            raise ConfigError(f"{where}: hyperparameter 'implementation.{key}' is not an "
+                              f"implementation switch of this model{_closest(key, switches)}; "
+                              f"known: {', '.join(switches)}")
+        out[key] = _check(f"implementation.{key}", value, schema[key], where)
     # The energy section's options belong to the energy hook, which checks their values;
     # only the refusal of unknown keys (with the file named) is added here.
     from shared.energy.callback import DEFAULT_OPTIONS, validate_options
