@@ -29,16 +29,13 @@ import torch.nn.functional as F
 
 from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
-from shared.hparams import COMMON, ConfigError
+from shared.hparams import COMMON, COMPILE_WARMUP_BATCHES, ConfigError
 from shared.metrics import ConfusionMatrix, DeviceMean
 from shared.schedule import WarmupPoly, scaled_lr
 
 __all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask", "ClassificationTask",
            "autocast", "pick_precision", "resolve_channels_last", "build_optimizer", "segmentation_loss",
            "count_parameters", "AUTOCAST_DTYPES", "COMPILE_WARMUP_BATCHES"]
-
-#: training batches under torch.compile charged to the energy phase "compile" (its warm-up)
-COMPILE_WARMUP_BATCHES = 2
 
 #: torch dtype autocast runs in, per precision; fp32 runs without autocast
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -64,6 +64,11 @@ NUM = (int, float)
 STR = (str,)
 BOOL = (bool,)
 
+#: training batches under torch.compile charged to the energy phase "compile" (its warm-up:
+#: the engine compiles the forward and backward graphs at the first, the margin takes a
+#: recompilation after the first optimiser step); the report leaves them out of images/s
+COMPILE_WARMUP_BATCHES = 2
+
 #: Keys every segmentation trial understands. Model-specific keys are declared by each trial.
 COMMON: Dict[str, Param] = {
     # data
@@ -116,7 +121,7 @@ COMMON: Dict[str, Param] = {
                  help="NHWC memory layout; auto = on for CUDA"),
     # implementation switches (the implementation ablation: experiment_configs/*/ablation.yaml)
     "compile": Param(False, BOOL,
-                 help="torch.compile the model; its first training batches (shared.engine.COMPILE_WARMUP_BATCHES) are the energy phase 'compile' (compile_wh, compile_s), not 'train'"),
+                 help=f"torch.compile the model; its first {COMPILE_WARMUP_BATCHES} training batches are the energy phase 'compile' (compile_wh, compile_s), not 'train'"),
     "fused_optimizer": Param(True, BOOL,
                  help="AdamW/SGD fused=True (one kernel for all parameters, on CUDA and CPU); false: the per-parameter loop (foreach=False)"),
     "cudnn_benchmark": Param(False, BOOL,
