@@ -158,6 +158,13 @@ COMMON: Dict[str, Param] = {
 #: models' own (their MODEL_PARAMS)
 IMPLEMENTATION_SWITCHES = ("precision", "channels_last", "compile", "fused_optimizer",
                            "cudnn_benchmark", "attention_impl")
+#: the ablation's reference variant: the implementation MMCV-era code ran (what the report
+#: divides by, and the benchmark's ``--ablation`` starts from)
+ABLATION_BASELINE = {"precision": "fp32", "channels_last": False, "compile": False,
+                     "fused_optimizer": False, "cudnn_benchmark": False, "attention_impl": "eager"}
+#: every switch at its fast value (bf16 needs an Ampere or later GPU)
+ABLATION_FASTEST = {"precision": "bf16", "channels_last": True, "compile": True,
+                    "fused_optimizer": True, "cudnn_benchmark": True, "attention_impl": "sdpa"}
 
 
 def _closest(key: str, known: Iterable[str]) -> str:

@@ -27,15 +27,15 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from shared.hparams import COMMON, COMPILE_WARMUP_BATCHES, IMPLEMENTATION_SWITCHES
+from shared.hparams import (ABLATION_BASELINE, COMMON, COMPILE_WARMUP_BATCHES,
+                            IMPLEMENTATION_SWITCHES)
 
 from .load import Run
 from .series import J_PER_WH, _num
 from .tables import Row, fmt, markdown_table
 
 #: the variant every other is compared with: the implementation MMCV-era code ran
-BASELINE: Dict[str, Any] = {"precision": "fp32", "attention_impl": "eager", "channels_last": False,
-                            "compile": False, "fused_optimizer": False, "cudnn_benchmark": False}
+BASELINE: Dict[str, Any] = ABLATION_BASELINE
 FILES = ("implementation.md", "implementation.csv", "implementation.png")
 
 
