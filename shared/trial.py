@@ -219,6 +219,11 @@ class RecipeTrial(det_torch.PyTorchTrial):
     #: set by the local launcher on a resume after a crash: the interrupted run's last
     #: ``energy`` record past the checkpoint (EnergyCallback's ``carried``)
     energy_carried: Optional[Mapping[str, Any]] = None
+    #: its batch (``steps_completed``)
+    energy_carried_step: Optional[int] = None
+    #: set by the local launcher: where each rank keeps its absolute energy counters for a
+    #: run that resumes this one after a kill (``shared.energy.handover``); None on a cluster
+    energy_counters_dir: Optional[Any] = None
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
         if self.stop_signal is not None:
@@ -253,7 +258,9 @@ class RecipeTrial(det_torch.PyTorchTrial):
                                                  target_metric=self.TARGET_METRIC,
                                                  validation_follows=self.validation_follows,
                                                  required=self.energy_required,
-                                                 carried=self.energy_carried)
+                                                 carried=self.energy_carried,
+                                                 carried_step=self.energy_carried_step,
+                                                 counters_dir=self.energy_counters_dir)
             self._energy = callbacks["energy"]
         return callbacks
 
