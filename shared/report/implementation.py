@@ -305,11 +305,13 @@ def chart(vs: Sequence[Variant], path: pathlib.Path):
                    [v.relative["j_per_image"] for v in pts], color=colors[model], s=28,
                    label=model, alpha=0.85)
         for v in {id(x): x for x in extremes(pts) if x is not None}.values():
-            ax.annotate(v.name, (v.relative["images_per_s"], v.relative["j_per_image"]),
-                        fontsize=7, xytext=(4, 4), textcoords="offset points")
+            if v is not baseline(pts):  # every model's baseline is at (1, 1): named once below
+                ax.annotate(v.name, (v.relative["images_per_s"], v.relative["j_per_image"]),
+                            fontsize=7, xytext=(4, 4), textcoords="offset points")
     if chart_.plotted:
         ax.axvline(1.0, ls="--", color="0.5", lw=0.8)
         ax.axhline(1.0, ls="--", color="0.5", lw=0.8)
+        ax.annotate("baselines", (1.0, 1.0), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xlabel("images/s / baseline")
         ax.set_ylabel("J/image / baseline")
         ax.grid(alpha=0.3)
