@@ -15,6 +15,10 @@ Segmenter) as its ``experiment_configs/<model>/single_gpu.yaml`` builds it (150 
   torchvision, timm), and the ratios ours/reference against the project's targets;
 * optionally each model under ``torch.compile`` (``--compile``), to show per model whether it
   helps;
+* optionally the implementation ablation (``--ablation``): each model's step from the
+  MMCV-era implementation (fp32, eager attention, NCHW, per-parameter optimiser loop, no cuDNN
+  benchmark, not compiled) with each switch flipped alone, all of them, and compiled: which
+  variant is fastest, by how much, and its J/img (``specs.ablation_specs``);
 * the whole local training loop through the real command line (``trials/<m>/train.py``) on a
   synthetic JPEG data set: img/s from ``metrics.jsonl`` and the fraction of wall time the GPU
   is busy.
@@ -57,7 +61,7 @@ from benchmarks.gpu_monitor import open_monitor  # noqa: E402
 from benchmarks.render import (DEFAULT_MARKDOWN, _fmt, _status, append_markdown,  # noqa: E402
                                compile_effects, evaluate_targets, markdown_section)
 from benchmarks.specs import (OURS, REFERENCES, BenchConfig, BenchError, ModelSpec,  # noqa: E402
-                              ReferenceSpec, error_text)
+                              ReferenceSpec, ablation_specs, error_text)
 from benchmarks.step import (Context, bench_ours, bench_reference, measure_device_prep,  # noqa: E402
                              measure_matmul_peak)
 
@@ -161,7 +165,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                     help="also time our models under torch.compile: all of them, or those "
                          "named (e.g. --compile unet segformer)")
     ap.add_argument("--cudnn-benchmark", action="store_true",
-                    help="set torch.backends.cudnn.benchmark (the segmentation trials leave it off)")
+                    help="set torch.backends.cudnn.benchmark (the segmentation trials leave it off: "
+                         "hyperparameter cudnn_benchmark)")
+    ap.add_argument("--ablation", nargs="*", metavar="MODEL",
+                    help="also time the implementation ablation of our models: all of them, or "
+                         "those named (e.g. --ablation segformer unet); see BENCHMARKS.md")
     ap.add_argument("--e2e-batches", type=_positive_int("--e2e-batches", 4), default=120,
                     help="batches of each end-to-end run (default 120)")
     ap.add_argument("--e2e-images", type=_positive_int("--e2e-images"), default=256,
@@ -201,10 +209,11 @@ def validate_args(args: argparse.Namespace) -> None:
     for item in args.e2e_set:
         if "=" not in item:
             raise BenchError(f"--e2e-set {item!r}: expected KEY=VALUE")
-    unknown = [n for n in (args.compile or []) if n not in {s.name for s in OURS}]
-    if unknown:
-        raise BenchError(f"--compile {' '.join(unknown)}: no such model; names: "
-                         f"{', '.join(s.name for s in OURS)}")
+    for opt, names in (("--compile", args.compile), ("--ablation", args.ablation)):
+        unknown = [n for n in (names or []) if n not in {s.name for s in OURS}]
+        if unknown:
+            raise BenchError(f"{opt} {' '.join(unknown)}: no such model; names: "
+                             f"{', '.join(s.name for s in OURS)}")
     if args.only is not None and select(args.only) == ([], []):
         names = [s.name for s in OURS] + [r.name for r in REFERENCES]
         raise BenchError(f"--only {' '.join(map(repr, args.only))} matches no model; names: "
@@ -277,7 +286,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = BenchConfig(res=args.res, batch=args.batch, steps=args.steps, warmup=args.warmup,
                       device=device, e2e_batches=args.e2e_batches, e2e_images=args.e2e_images,
-                      e2e_set=tuple(args.e2e_set), e2e_timeout_s=args.e2e_timeout)
+                      e2e_set=tuple(args.e2e_set), e2e_timeout_s=args.e2e_timeout,
+                      overrides=(("cudnn_benchmark", True),) if args.cudnn_benchmark else ())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     start = time.monotonic()
@@ -355,6 +365,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
                 results.add("steps", bench_ours(spec, ctx, compile=True) if why is None else
                             {"name": spec.name + "+compile", "kind": "ours", "base": spec.name,
                              "compile": True, "status": "skipped", "error": why})
+        if args.ablation is not None:
+            names = args.ablation or [s.name for s in ours if s.e2e]  # the four configs' models
+            for name in names:
+                for spec, compiled in ablation_specs(name):
+                    label = spec.name + ("+compile" if compiled else "")
+                    why = budget_left(label)
+                    results.add("steps", bench_ours(spec, ctx, compile=compiled) if why is None
+                                else {"name": label, "kind": "ours", "base": spec.name,
+                                      "compile": compiled, "status": "skipped", "error": why})
     finally:
         if isinstance(e2e_data, E2EData):
             e2e_data.cancel()

@@ -114,6 +114,33 @@ def compile_effects(step_rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, An
     return out
 
 
+def ablation_effects(step_rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The implementation ablation's rows (``<model>@<variant>[+compile]``, ``--ablation``)
+    relative to their model's ``@baseline``: img/s and J/img ratios, and which variant of
+    each model is fastest."""
+    rows = [r for r in step_rows if "@" in r.get("name", "")]
+    ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
+    out = []
+    for r in rows:
+        model = r["name"].split("@", 1)[0]
+        base = ok.get(f"{model}@baseline", {})
+        entry: Dict[str, Any] = {"model": model, "variant": r["name"].split("@", 1)[1],
+                                 "img_s": r.get("img_s"), "j_per_img": r.get("j_per_img"),
+                                 "gpu_util_pct": r.get("gpu_util_pct"),
+                                 "peak_mem_gib": r.get("peak_mem_gib"), "status": _status(r),
+                                 "speedup": None, "energy_ratio": None, "fastest": False}
+        if r["name"] in ok and base:
+            entry["speedup"] = r["img_s"] / base["img_s"]
+            if all(isinstance(x.get("j_per_img"), (int, float)) for x in (r, base)):
+                entry["energy_ratio"] = r["j_per_img"] / base["j_per_img"]
+        out.append(entry)
+    for model in {e["model"] for e in out}:
+        mine = [e for e in out if e["model"] == model and e["speedup"] is not None]
+        if mine:
+            max(mine, key=lambda e: e["speedup"])["fastest"] = True
+    return out
+
+
 # ============================================================================ output
 def _fmt(v: Any, digits: int = 1) -> str:
     if v is None:
@@ -212,6 +239,17 @@ def markdown_section(results: Mapping[str, Any]) -> str:
             [c["name"], _fmt(c["eager_img_s"]), _fmt(c["compiled_img_s"]),
              f"{c['speedup']:.2f}x" if c.get("speedup") else "-", _fmt(c.get("compile_warmup_s")),
              c["helped"]] for c in comp]))
+        lines.append("")
+    abl = ablation_effects(steps)
+    if abl:
+        lines += ["#### Implementation ablation (relative to each model's MMCV-era baseline: "
+                  "fp32, eager attention, NCHW, optimiser loop, no cuDNN benchmark)", ""]
+        lines.append(_table(("model", "variant", "img/s", "speed-up", "J/img", "J/img ratio",
+                             "GPU util %", "peak GiB", "status"), [
+            [e["model"], e["variant"] + (" (fastest)" if e["fastest"] else ""), _fmt(e["img_s"]),
+             f"{e['speedup']:.2f}x" if e["speedup"] else "-", _fmt(e["j_per_img"], 3),
+             f"{e['energy_ratio']:.2f}" if e["energy_ratio"] else "-", _fmt(e["gpu_util_pct"]),
+             _fmt(e["peak_mem_gib"], 2), e["status"]] for e in abl]))
         lines.append("")
     e2e = results.get("e2e", [])
     if e2e:

@@ -155,6 +155,33 @@ REFERENCES: Tuple[ReferenceSpec, ...] = (
 )
 
 
+def ablation_specs(name: str) -> Tuple[Tuple[ModelSpec, bool], ...]:
+    """The implementation ablation of our model ``name`` (``--ablation``), as (spec, compile)
+    pairs: the baseline (``shared.hparams.ABLATION_BASELINE``, the MMCV-era implementation),
+    the baseline with each switch alone at its fast value (``ABLATION_FASTEST``), every fast
+    switch but compile ("fastest"), and the baseline and "fastest" compiled. Only the switches
+    the model has (``attention_impl``: SegFormer and Segmenter). Spec names are
+    ``<model>@<variant>``; a compiled row adds ``+compile``."""
+    base = next((s for s in OURS if s.name == name), None)
+    if base is None:
+        raise BenchError(f"--ablation {name}: no such model; names: {', '.join(s.name for s in OURS)}")
+    trial_cls = recipes.get(base.trial, ROOT).trial_class()
+    schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
+    switches = [k for k in hpmod.IMPLEMENTATION_SWITCHES if k in schema and k != "compile"]
+
+    def spec(variant: str, values: Mapping[str, Any]) -> ModelSpec:
+        return ModelSpec(f"{name}@{variant}", base.trial,
+                         base.overrides + tuple((k, values[k]) for k in switches), e2e=False,
+                         note=f"implementation ablation: {variant}")
+
+    slow, fast = hpmod.ABLATION_BASELINE, hpmod.ABLATION_FASTEST
+    out = [(spec("baseline", slow), False)]
+    out += [(spec(f"+{k}={fast[k]}", {**slow, k: fast[k]}), False) for k in switches]
+    out += [(spec("fastest", fast), False), (spec("baseline", slow), True),
+            (spec("fastest", fast), True)]
+    return tuple(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """``ours``'s ``metric`` divided by ``reference``'s must satisfy ``op threshold``; a target
@@ -194,6 +221,8 @@ class BenchConfig:
     e2e_images: int = 256
     e2e_set: Tuple[str, ...] = ()
     e2e_timeout_s: float = 300.0
+    #: hyperparameters set on every model before its spec's overrides (--cudnn-benchmark)
+    overrides: Tuple[Tuple[str, Any], ...] = ()
 
 
 # ============================================================================ loading a trial
@@ -238,7 +267,7 @@ def load_trial(spec: ModelSpec, cfg: BenchConfig, extra: Optional[Mapping[str, A
     conf = hpmod.load_experiment_config(path)
     hp = hpmod.point_from_space(conf["hyperparameters"], str(path))
     hp.update({"num_classes": cfg.num_classes, "global_batch_size": cfg.batch,
-               **dict(spec.overrides), **dict(extra or {})})
+               **dict(cfg.overrides), **dict(spec.overrides), **dict(extra or {})})
     resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=str(path),
                              common=trial_cls.COMMON_PARAMS)
     return LoadedTrial(spec, trial_cls, resolved)

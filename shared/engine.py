@@ -7,7 +7,7 @@ framework whose loop it could not see. What it holds:
 
 - precision (bf16 on GPUs that have it, fp16 with a grad scaler on older ones, fp32 on CPU),
   autocast, channels_last;
-- the optimiser (AdamW or SGD, no weight decay on norms and biases, fused on CUDA), the lr
+- the optimiser (AdamW or SGD, no weight decay on norms and biases, fused or not), the lr
   scaled from ``base_batch_size`` to the global batch by ``lr_scaling`` (linear for SGD,
   square root for AdamW by default; ``shared.schedule``), warm-up then poly decay stepped
   every batch, gradient clipping;
@@ -30,13 +30,13 @@ import torch.nn.functional as F
 
 from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
-from shared.hparams import VAL_MODES, ConfigError
+from shared.hparams import COMMON, COMPILE_WARMUP_BATCHES, VAL_MODES, ConfigError
 from shared.metrics import ConfusionMatrix, DeviceMean
 from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
 __all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask", "ClassificationTask",
            "autocast", "pick_precision", "resolve_channels_last", "build_optimizer", "segmentation_loss",
-           "count_parameters", "AUTOCAST_DTYPES"]
+           "count_parameters", "AUTOCAST_DTYPES", "COMPILE_WARMUP_BATCHES"]
 
 #: torch dtype autocast runs in, per precision; fp32 runs without autocast
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,7 +75,14 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def build_optimizer(model: torch.nn.Module, hp: Mapping[str, Any], lr: float) -> torch.optim.Optimizer:
-    """AdamW or SGD (hyperparameter ``optimizer``), fused on CUDA.
+    """AdamW or SGD (hyperparameter ``optimizer``); fused or the per-parameter loop
+    (``fused_optimizer``).
+
+    ``fused_optimizer: true`` passes ``fused=True``: one kernel updates every parameter, on
+    CUDA and on CPU (PyTorch has fused AdamW/SGD kernels for both). ``false`` passes
+    ``foreach=False``: a Python loop over the parameters, a few small kernels each, the
+    implementation of older framework code, on either device. (PyTorch's own default, the
+    multi-tensor ``foreach`` path on CUDA, is neither, so both settings are explicit.)
 
     No weight decay on norms and biases (1-D tensors): decaying them only fights the
     normalisation and is the usual practice for both AdamW and SGD recipes.
@@ -86,7 +93,8 @@ def build_optimizer(model: torch.nn.Module, hp: Mapping[str, Any], lr: float) ->
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": hp["weight_decay"]},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = {"fused": True} if torch.cuda.is_available() and next(model.parameters()).is_cuda else {}
+    fused = ({"fused": True} if hp.get("fused_optimizer", COMMON["fused_optimizer"].default)
+             else {"foreach": False})
     if hp["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=lr, **fused)
     return torch.optim.SGD(groups, lr=lr, momentum=hp["momentum"], **fused)
@@ -339,12 +347,15 @@ class Engine:
         task: ``SegmentationTask`` or ``ClassificationTask``.
         device: where the model runs.
         max_batches: the schedule's length.
-        compile: run the forward through ``torch.compile(model)``.
+        compile: run the forward through ``torch.compile(model)``; None: the hyperparameter
+            ``compile``. The first ``COMPILE_WARMUP_BATCHES`` training batches then compile
+            (``compiling`` is true during them): the trial charges them to the energy phase
+            ``compile``, so that the per-image figures of the ``train`` phase exclude them.
     """
 
     def __init__(self, model: torch.nn.Module, hp: Mapping[str, Any], runtime: Runtime,
                  task: Any, *, device: torch.device, max_batches: int,
-                 compile: bool = False) -> None:
+                 compile: Optional[bool] = None) -> None:
         self.hp = hp
         self.runtime = runtime
         self.task = task
@@ -371,13 +382,29 @@ class Engine:
         self.train_loss = runtime.wrap_reducer(DeviceMean(), name="loss", for_training=True,
                                                for_validation=False)
         task.attach(runtime)
+        if compile is None:
+            compile = bool(hp.get("compile", COMMON["compile"].default))
+        self.compiled = compile
         self.forward = torch.compile(self.model) if compile else self.model
+        if self.device.type == "cuda":
+            # process-wide, as cuDNN has it; set by every engine, so the last one built wins
+            torch.backends.cudnn.benchmark = bool(
+                hp.get("cudnn_benchmark", COMMON["cudnn_benchmark"].default))
         #: counted here, not taken from Determined's batch_idx: its local mode restarts
         #: batch_idx at 0 after a resume while its own batch count goes on
         self.batches_trained = 0
+        self._batches_this_process = 0
         #: the last training loss, on the device (never read here: reading it would sync)
         self.last_loss: Optional[torch.Tensor] = None
         self._skipped: Optional[torch.Tensor] = None
+
+    @property
+    def compiling(self) -> bool:
+        """Whether the next training batch is one of torch.compile's warm-up batches (the
+        forward and backward graphs are compiled at the first one; the margin takes a
+        recompilation after the first optimiser step). Counted from this process's start: a
+        resumed trial compiles again."""
+        return self.compiled and self._batches_this_process < COMPILE_WARMUP_BATCHES
 
     # ------------------------------------------------------------------ pieces
     def autocast(self):
@@ -428,6 +455,7 @@ class Engine:
         if self.scaler:
             self.scaler.update()
         self.batches_trained += 1
+        self._batches_this_process += 1
         self.last_loss = loss.detach()
         self.train_loss.update(self.last_loss)
         return {"lr": self.scheduler.get_last_lr()[0]}

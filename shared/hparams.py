@@ -68,6 +68,10 @@ BOOL = (bool,)
 
 #: validation inference modes (``val_mode``; shared.engine.SegmentationTask)
 VAL_MODES = ("whole", "slide")
+#: training batches under torch.compile charged to the energy phase "compile" (its warm-up:
+#: the engine compiles the forward and backward graphs at the first, the margin takes a
+#: recompilation after the first optimiser step); the report leaves them out of images/s
+COMPILE_WARMUP_BATCHES = 2
 
 #: Keys every segmentation trial understands. Model-specific keys are declared by each trial.
 COMMON: Dict[str, Param] = {
@@ -129,6 +133,15 @@ COMMON: Dict[str, Param] = {
                  help="auto = bf16 autocast where the GPU has it, else fp16 with a gradient scaler; fp32 on CPU"),
     "channels_last": Param("auto", (str, bool), choices=("auto", True, False),
                  help="NHWC memory layout; auto = on for CUDA"),
+    # implementation switches (the implementation ablation: experiment_configs/*/ablation.yaml)
+    "compile": Param(False, BOOL,
+                 help=f"torch.compile the model; its first {COMPILE_WARMUP_BATCHES} training batches are the energy phase 'compile' (compile_wh, compile_s), not 'train'"),
+    "fused_optimizer": Param(True, BOOL,
+                 help="AdamW/SGD fused=True (one kernel for all parameters, on CUDA and CPU); false: the per-parameter loop (foreach=False)"),
+    "cudnn_benchmark": Param(False, BOOL,
+                 help="torch.backends.cudnn.benchmark: time the cuDNN algorithms at each new input shape and keep the fastest; off by default because whole-image validation meets a new shape at almost every image; no effect on CPU"),
+    "implementation": Param(None, (dict,), nullable=True,
+                 help="a set of implementation switches ({precision: fp32, compile: true, ...}; keys among IMPLEMENTATION_SWITCHES) that overrides those keys: one categorical value per variant (ablation_to_target.yaml)"),
     "seed": Param(0, INT,
                  help="seed of local runs (on a cluster Determined seeds each trial)"),
     "pretrained_path": Param(None, STR, nullable=True,
@@ -167,6 +180,20 @@ COMMON: Dict[str, Param] = {
                  help="the energy hook: see the energy.* rows and the Energy section"),
 }
 
+
+
+#: the implementation switches of the ablation (experiment_configs/*/ablation.yaml), which the
+#: hyperparameter ``implementation`` may set together; ``attention_impl`` is the attention
+#: models' own (their MODEL_PARAMS)
+IMPLEMENTATION_SWITCHES = ("precision", "channels_last", "compile", "fused_optimizer",
+                           "cudnn_benchmark", "attention_impl")
+#: the ablation's reference variant: the implementation MMCV-era code ran (what the report
+#: divides by, and the benchmark's ``--ablation`` starts from)
+ABLATION_BASELINE = {"precision": "fp32", "channels_last": False, "compile": False,
+                     "fused_optimizer": False, "cudnn_benchmark": False, "attention_impl": "eager"}
+#: every switch at its fast value (bf16 needs an Ampere or later GPU)
+ABLATION_FASTEST = {"precision": "bf16", "channels_last": True, "compile": True,
+                    "fused_optimizer": True, "cudnn_benchmark": True, "attention_impl": "sdpa"}
 
 
 def _closest(key: str, known: Iterable[str]) -> str:
@@ -216,6 +243,13 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
                               f"known: {', '.join(sorted(schema))}")
     for key, p in schema.items():
         out[key] = _check(key, hp.get(key, p.default), p, where)
+    for key, value in (out.get("implementation") or {}).items():
+        if key not in IMPLEMENTATION_SWITCHES or key not in schema:
+            switches = [k for k in IMPLEMENTATION_SWITCHES if k in schema]
+            raise ConfigError(f"{where}: hyperparameter 'implementation.{key}' is not an "
+                              f"implementation switch of this model{_closest(key, switches)}; "
+                              f"known: {', '.join(switches)}")
+        out[key] = _check(f"implementation.{key}", value, schema[key], where)
     # The energy section's options belong to the energy hook, which checks their values;
     # only the refusal of unknown keys (with the file named) is added here.
     from shared.energy.callback import DEFAULT_OPTIONS, validate_options

@@ -264,6 +264,8 @@ class RecipeTrial(det_torch.PyTorchTrial):
     # ------------------------------------------------------------------ steps
     #: set by the local launcher when SIGTERM or SIGINT arrives (shared.launch._StopOnSignal)
     stop_signal: Optional[str] = None
+    #: the energy hook, once build_callbacks made it
+    _energy: Any = None
     #: set by the local launcher on a resume after a crash: the interrupted run's last
     #: ``energy`` record past the checkpoint (EnergyCallback's ``carried``)
     energy_carried: Optional[Mapping[str, Any]] = None
@@ -277,6 +279,8 @@ class RecipeTrial(det_torch.PyTorchTrial):
         if self.stop_signal is not None:
             # Every batch before this one is trained: checkpoint them and return from fit.
             compat.exit_after_checkpoint()
+        if self.engine.compiled and self._energy is not None:
+            self._energy.compile_phase(self.engine.compiling)  # torch.compile's warm-up
         return self.engine.train_batch(batch)
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> Dict[str, Any]:
@@ -308,6 +312,7 @@ class RecipeTrial(det_torch.PyTorchTrial):
                                                  carried=self.energy_carried,
                                                  carried_step=self.energy_carried_step,
                                                  counters_dir=self.energy_counters_dir)
+            self._energy = callbacks["energy"]
         return callbacks
 
 

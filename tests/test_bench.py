@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import bench, specs
+from benchmarks import bench, render, specs
 from benchmarks.e2e import E2EData, analyse_e2e, e2e_periods, prepare_e2e_data, run_e2e
 from benchmarks.gpu_monitor import NA_NO_NVML, NvmlMonitor, Sample, open_monitor
 from benchmarks.render import (CPU_VERDICT, STEP_COLUMNS, append_markdown, compile_effects,
@@ -256,10 +256,41 @@ def test_compile_effects():
     assert out["deeplabv3plus"]["helped"] == "n/a (compiled: boom)"
 
 
+def test_ablation_variants_and_their_effects():
+    """--ablation: the baseline, each switch alone, all fast, the two compiled; every variant
+    a valid configuration of its model (attention_impl only where the model has it)."""
+    seg = specs.ablation_specs("segformer")
+    names = [s.name + ("+compile" if c else "") for s, c in seg]
+    assert names == ["segformer@baseline", "segformer@+precision=bf16",
+                     "segformer@+channels_last=True", "segformer@+fused_optimizer=True",
+                     "segformer@+cudnn_benchmark=True", "segformer@+attention_impl=sdpa",
+                     "segformer@fastest", "segformer@baseline+compile", "segformer@fastest+compile"]
+    unet = specs.ablation_specs("unet")
+    assert len(unet) == 8 and not any("attention_impl" in dict(s.overrides) for s, _ in unet)
+    for spec, _ in seg + unet:
+        hp = load_trial(spec, BenchConfig()).hp
+        assert {k: hp[k] for k in dict(spec.overrides)} == dict(spec.overrides)
+    with pytest.raises(BenchError, match=r"^--ablation vgg: no such model; names: unet, "):
+        specs.ablation_specs("vgg")
+    rows = [_row("unet@baseline", 100.0), _row("unet@fastest", 250.0),
+            _row("unet@+precision=bf16", 180.0),
+            _row("unet@fastest+compile", 300.0, compile_=True, base="unet@fastest")]
+    rows[0]["j_per_img"], rows[1]["j_per_img"] = 2.0, 1.0
+    out = {e["variant"]: e for e in render.ablation_effects(rows)}
+    assert out["fastest"]["speedup"] == 2.5 and out["fastest"]["energy_ratio"] == 0.5
+    assert out["fastest+compile"]["fastest"] and not out["fastest"]["fastest"]
+    assert out["+precision=bf16"]["energy_ratio"] is None  # no J/img measured: not a ratio
+    assert "#### Implementation ablation" in render.markdown_section(
+        {"meta": {"date": "d", "device_name": "x", "device_type": "cuda", "command": "c",
+                  "torch": "t", "python": "p", "settings": {"res": 1, "batch": 1, "steps": 1,
+                                                           "warmup": 1, "num_classes": 1}},
+         "steps": rows})
+
+
 # ------------------------------------------------------------------ NVML
 def _fake_nvml(monkeypatch, **gpu):
     monkeypatch.setitem(sys.modules, "pynvml", pynvml_fake)
-    # the fake has no utilisation query; the real one returns a struct with .gpu and .memory
+    # the fake's utilisation is a constant; this test wants a value of its own
     monkeypatch.setattr(pynvml_fake, "nvmlDeviceGetUtilizationRates",
                         lambda h: types.SimpleNamespace(gpu=87, memory=20), raising=False)
     pynvml_fake.reset([pynvml_fake.FakeGpu(**gpu)])

@@ -333,3 +333,27 @@ def test_lag_s_is_the_worst_lag_and_a_number_in_every_report():
     assert TrialEnergy.from_dict(old).lag_s == 0.0
     old_rank = {k: v for k, v in two_node_reports()[0].items() if k != "lag_s"}
     assert RankEnergy.from_dict(old_rank).lag_s == 0.0
+
+
+def test_gpu_util_is_averaged_over_ranks_and_weighted_by_time_across_a_resume():
+    from shared.energy.aggregate import RankEnergy, TrialEnergy, combine
+
+    def rank(i: int, util, secs):
+        return RankEnergy(node_id="n", rank=i, local_rank=i, gpu_j=3600.0, cpu_j=None,
+                          dram_j=None, node_j=None, slots_on_node_for_trial=3, gpus_on_node=4,
+                          duration_s=100.0, phase_s=secs, gpu_util_pct=util)
+
+    trial = combine([rank(0, 90.0, {"train": 60.0, "compile": 40.0}),
+                     rank(1, 70.0, {"train": 70.0, "compile": 30.0}),
+                     rank(2, None, {})])  # a rank without NVML utilisation: left out
+    assert trial.gpu_util_pct == pytest.approx(80.0)
+    assert trial.phase_s["train"] == 70.0 and trial.phase_s["compile"] == 40.0  # longest rank
+    m = trial.to_metrics()
+    assert m["gpu_util_pct"] == pytest.approx(80.0) and m["compile_s"] == 40.0
+    earlier = TrialEnergy.from_metrics({**m, "duration_s": 300.0, "gpu_util_pct": 40.0})
+    resumed = trial.plus(earlier)  # 100 s at 80% after 300 s at 40%
+    assert resumed.gpu_util_pct == pytest.approx(50.0)
+    assert resumed.phase_s["compile"] == 80.0
+    assert TrialEnergy.from_dict(resumed.to_dict()) == resumed
+    none = combine([rank(0, None, {})])
+    assert "gpu_util_pct" not in none.to_metrics()  # without NVML: the key is absent

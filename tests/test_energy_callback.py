@@ -463,3 +463,30 @@ def test_a_failed_read_repeats_the_last_figures_with_their_lag_and_bridging(node
     assert first["lag_s"] == second["lag_s"] == 5.0
     assert first["bridged_s"] == second["bridged_s"] == 2.0
     assert second["sources"] == "redfish:Chassis/1/Power:x" and second["coverage"] < 1.0
+
+
+def test_compile_warmup_is_its_own_phase(node):
+    """torch.compile's warm-up batches (the trial calls compile_phase before each batch) are
+    the phase compile: compile_wh and compile_s, out of train_wh and train_s."""
+    ctx, steps = FakeContext(), Steps()
+    cb = EnergyCallback(ctx, {}, steps)
+    cb.on_trial_startup(0, None)
+    cb.on_training_start()
+    cb.compile_phase(True)                 # batch 1: compiles
+    node.advance("intel-rapl:0", 90.0)
+    cb.compile_phase(True)                 # batch 2: still the warm-up, one segment
+    node.advance("intel-rapl:0", 18.0)
+    cb.compile_phase(False)                # batch 3: trains
+    node.advance("intel-rapl:0", 36.0)
+    cb.compile_phase(False)
+    steps.n = 4
+    cb.on_training_workload_end({}, {})
+    (_, m), = energy_reports(ctx)
+    assert m["compile_wh"] == pytest.approx(108 / WH)
+    assert m["train_wh"] == pytest.approx(36 / WH)
+    assert m["compile_s"] > 0 and m["train_s"] > 0
+    phases = ("setup", "train", "validation", "checkpoint", "compile")
+    assert sum(m[f"{p}_wh"] for p in phases) == pytest.approx(m["energy_wh"])
+    assert sum(m[f"{p}_s"] for p in phases) == pytest.approx(m["duration_s"], rel=0.05)
+    assert "gpu_util_pct" not in m  # RAPL only: no utilisation, the key is left out
+    cb.on_trial_shutdown()

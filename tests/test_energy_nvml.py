@@ -220,3 +220,39 @@ def test_mixed_gpu_models_warn_about_cuda_order(nvml, caplog):
         src.open()
     assert not caplog.records
     src.close()
+
+
+# --------------------------------------------------------------------------- utilisation
+def test_utilisation_is_the_time_mean_of_nvml_samples(nvml):
+    """gpu_util_pct: nvmlDeviceGetUtilizationRates sampled on a thread, integrated over time
+    by the power integrator and divided by the span: 100% for 2 s then 40% for 2 s gives
+    the trapezoid's mean."""
+    real = importlib.import_module("pynvml")
+    assert hasattr(real, "nvmlDeviceGetUtilizationRates")  # the fake mimics a real name
+    clock = FakeClock()
+    fake.reset([fake.FakeGpu(util_pct=100)], clock=clock)
+    src = NvmlSource([0], env={}, clock=clock)
+    src.open()
+    try:
+        src._util.stop()  # drive the samples by hand with the fake clock
+        assert src.utilisation_pct() == 100.0  # one sample: its value
+        for util in (100, 100, 40, 40):
+            fake.STATE.gpus[0].util_pct = util
+            clock.advance(1.0)
+            src._util.sample()
+        # trapezoids: 100, 100, then (100+40)/2, 40 over 1 s each -> 310 / 4
+        assert src.utilisation_pct() == pytest.approx(77.5)
+    finally:
+        src.close()
+
+
+def test_no_utilisation_counter_leaves_gpu_util_out(nvml):
+    clock = FakeClock()
+    fake.reset([fake.FakeGpu(has_util=False)], clock=clock)
+    src = NvmlSource([0], env={}, clock=clock)
+    src.open()
+    try:
+        assert src.read()["gpu"] >= 0.0  # energy is measured all the same
+        assert src.utilisation_pct() is None
+    finally:
+        src.close()

@@ -30,7 +30,7 @@ APPORTION_RULES = ("gpu_share", "none")
 J_PER_WH = 3600.0
 #: The phases a trial's energy is split into (``<phase>_wh`` in the ``energy`` group); the
 #: meter's first phase (``meter.FIRST_PHASE``) is the first of them.
-PHASES = ("setup", "train", "validation", "checkpoint")
+PHASES = ("setup", "train", "validation", "checkpoint", "compile")
 
 
 def _add(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -46,6 +46,18 @@ def _sum(values: Iterable[Optional[float]]) -> Optional[float]:
     for v in values:
         total = _add(total, v)
     return total
+
+
+def _weighted_mean(pairs: Iterable[Tuple[Optional[float], float]]) -> Optional[float]:
+    """Mean of the (value, weight) pairs whose value is known (None when none is); equal
+    weights when all are zero."""
+    known = [(v, w) for v, w in pairs if v is not None]
+    if not known:
+        return None
+    total = sum(w for _, w in known)
+    if total <= 0:
+        return sum(v for v, _ in known) / len(known)
+    return sum(v * w for v, w in known) / total
 
 
 def _scale(value: Optional[float], factor: float) -> Optional[float]:
@@ -74,6 +86,10 @@ class RankEnergy:
     lag_s: float = 0.0
     #: joules per component for each phase (they sum to the components above)
     phases: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    #: seconds of each phase (they sum to duration_s)
+    phase_s: Dict[str, float] = field(default_factory=dict)
+    #: mean utilisation of its GPUs since its meter started, % (None: not sampled)
+    gpu_util_pct: Optional[float] = None
 
     @classmethod
     def from_snapshot(cls, snapshot: EnergySnapshot, *, node_id: str, rank: int,
@@ -88,7 +104,8 @@ class RankEnergy:
                    coverage=dict(snapshot.coverage), duration_s=snapshot.duration_s,
                    bridged_s=max(snapshot.bridged_s.values(), default=0.0),
                    lag_s=max(snapshot.lag_s.values(), default=0.0),
-                   phases={p: dict(j) for p, j in snapshot.phases.items()})
+                   phases={p: dict(j) for p, j in snapshot.phases.items()},
+                   phase_s=dict(snapshot.phase_s), gpu_util_pct=snapshot.gpu_util_pct)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain, picklable dict (what goes through allgather)."""
@@ -99,7 +116,7 @@ class RankEnergy:
         """Inverse of ``to_dict``; a missing or unknown key is a ValueError naming it."""
         names = {f.name for f in fields(cls)}
         required = names - {"sources", "coverage", "duration_s", "bridged_s", "lag_s",
-                            "phases"}  # those have defaults
+                            "phases", "phase_s", "gpu_util_pct"}  # those have defaults
         missing = sorted(required - set(data))
         unknown = sorted(set(data) - names)
         if missing or unknown:
@@ -132,6 +149,11 @@ class TrialEnergy:
     lag_s: float = 0.0
     #: joules per phase (``PHASES``); together they make ``energy_j``
     phase_j: Dict[str, Optional[float]] = field(default_factory=dict)
+    #: seconds per phase (the longest rank's); together about ``duration_s``
+    phase_s: Dict[str, float] = field(default_factory=dict)
+    #: mean GPU utilisation, % (each rank's mean over its time, averaged over the ranks that
+    #: sampled it; segments of a resumed trial weighted by their duration); None: not sampled
+    gpu_util_pct: Optional[float] = None
 
     @classmethod
     def empty(cls, apportion: str = "gpu_share") -> "TrialEnergy":
@@ -160,6 +182,10 @@ class TrialEnergy:
             lag_s=max(self.lag_s, earlier.lag_s),
             phase_j={p: _add(self.phase_j.get(p), earlier.phase_j.get(p))
                      for p in set(self.phase_j) | set(earlier.phase_j)},
+            phase_s={p: self.phase_s.get(p, 0.0) + earlier.phase_s.get(p, 0.0)
+                     for p in set(self.phase_s) | set(earlier.phase_s)},
+            gpu_util_pct=_weighted_mean(((self.gpu_util_pct, self.duration_s),
+                                         (earlier.gpu_util_pct, earlier.duration_s))),
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -170,9 +196,11 @@ class TrialEnergy:
     def from_dict(cls, data: Mapping[str, Any]) -> "TrialEnergy":
         """Inverse of ``to_dict``; a missing key is a ValueError naming it."""
         names = [f.name for f in fields(cls)]
-        # estimate, bridged_s, lag_s and phase_j came later: a checkpoint written before has none
+        # estimate, bridged_s, lag_s, phase_j, phase_s and gpu_util_pct came later: a
+        # checkpoint written before has none
         missing = [n for n in names if n not in data
-                   and n not in ("estimate", "bridged_s", "lag_s", "phase_j")]
+                   and n not in ("estimate", "bridged_s", "lag_s", "phase_j", "phase_s",
+                                 "gpu_util_pct")]
         if missing:
             raise ValueError(f"TrialEnergy state: missing keys {missing} (got {sorted(data)})")
         return cls(**{n: data[n] for n in names if n in data})
@@ -195,7 +223,10 @@ class TrialEnergy:
                    bridged_s=float(metrics.get("bridged_s") or 0.0),
                    lag_s=float(metrics.get("lag_s") or 0.0),
                    phase_j={p: j(metrics.get(f"{p}_wh")) for p in PHASES
-                            if metrics.get(f"{p}_wh") is not None})
+                            if metrics.get(f"{p}_wh") is not None},
+                   phase_s={p: float(metrics[f"{p}_s"]) for p in PHASES
+                            if metrics.get(f"{p}_s") is not None},
+                   gpu_util_pct=metrics.get("gpu_util_pct"))
 
     @property
     def energy_wh(self) -> Optional[float]:
@@ -222,6 +253,8 @@ class TrialEnergy:
             # so a column never mixes null and numbers within a trial.
             **{f"{p}_wh": (None if self.energy_j is None
                            else (self.phase_j.get(p) or 0.0) / J_PER_WH) for p in PHASES},
+            # seconds are known whether or not energy was measured: always numbers
+            **{f"{p}_s": float(self.phase_s.get(p, 0.0)) for p in PHASES},
             "avg_power_w": (self.energy_j / self.duration_s
                             if self.energy_j is not None and self.duration_s > 0 else None),
             "duration_s": self.duration_s,
@@ -234,6 +267,10 @@ class TrialEnergy:
             "apportion": self.apportion,
             "estimate": self.estimate,
         }
+        # Only where NVML sampled it (as facility_wh only with a PUE): a trial either has it
+        # in every report or in none, so the column never mixes null and numbers.
+        if self.gpu_util_pct is not None:
+            metrics["gpu_util_pct"] = float(self.gpu_util_pct)
         facility_wh = None
         if pue is not None:
             facility_wh = None if energy_wh is None else energy_wh * pue
@@ -311,6 +348,9 @@ def combine(reports: Sequence[Union[RankEnergy, Mapping[str, Any]]],
         bridged_s=max((r.bridged_s for r in ranks), default=0.0),
         lag_s=max((r.lag_s for r in ranks), default=0.0),
         phase_j={p: _sum(t) for p, t in phase_totals.items()},
+        phase_s={p: max((r.phase_s.get(p, 0.0) for r in ranks), default=0.0)
+                 for p in PHASES},
+        gpu_util_pct=_weighted_mean((r.gpu_util_pct, 1.0) for r in ranks),
     )
 
 

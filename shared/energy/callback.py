@@ -8,14 +8,17 @@ Facts this relies on (Determined 0.38.1, determined/pytorch/_pytorch_trial.py):
   ``on_validation_end(metrics)`` runs on every rank *before* the chief reports ``metrics``
   as the validation metrics, so keys added to it in place are reported with them.
 - ``state_dict()`` is called on the chief only, when it writes a checkpoint.
-- Phases (``train_wh``, ``validation_wh``, ``checkpoint_wh``, ``setup_wh``), marked on
+- Phases (``train_wh``, ``validation_wh``, ``checkpoint_wh``, ``setup_wh``, ``compile_wh``;
+  their seconds ``<phase>_s``), marked on
   every rank: setup runs from ``on_trial_startup`` (the meter's start) to
   ``on_training_start`` (data loaders built, checkpoint loaded; the first batch follows);
   validation from ``on_validation_start`` to ``on_validation_end``; a checkpoint from the
   hook before it (``on_training_workload_end`` or ``on_validation_end``: Determined
   checkpoints right after those) to ``on_checkpoint_upload_end``, the one checkpoint hook
   every rank gets (``on_checkpoint_save_start`` and ``on_checkpoint_write_end`` run on the
-  chief only, while the other ranks wait in the checkpoint's broadcast); the rest is train.
+  chief only, while the other ranks wait in the checkpoint's broadcast); compile: the
+  torch.compile warm-up batches, which Determined has no hook for, so the trial calls
+  ``compile_phase`` from ``train_batch``; the rest is train.
 - Reporting the same custom group twice at one step with overlapping keys is refused, so
   the "energy" group is reported at most once per ``steps_completed`` value.
 
@@ -241,6 +244,18 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         if self._enabled:
             self._mark("validation")
 
+    def compile_phase(self, compiling: bool) -> None:
+        """Called by the trial before each training batch: ``compiling`` while the batch is
+        one of torch.compile's warm-up batches (``Engine.compiling``), which are then the
+        phase ``compile`` (``compile_wh``, ``compile_s``) instead of ``train``. No collective
+        (every rank compiles its own copy)."""
+        if not self._enabled or self._meter is None:
+            return
+        if compiling and self._meter.phase == "train":
+            self._mark("compile")
+        elif not compiling and self._meter.phase == "compile":
+            self._mark("train")
+
     def on_checkpoint_upload_end(self, uuid: str) -> None:
         if self._enabled:
             # The segment since the last workload or validation end was the checkpoint.
@@ -297,7 +312,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                               sources=list(last.sources),
                               # the figures are those of the last good read: what they
                               # bridged and how far they may trail stay theirs
-                              bridged_s=dict(last.bridged_s), lag_s=dict(last.lag_s))
+                              bridged_s=dict(last.bridged_s), lag_s=dict(last.lag_s),
+                              phase_s=dict(last.phase_s), gpu_util_pct=last.gpu_util_pct)
 
     def _hand_over(self, rank: int) -> None:
         """Keep this reading's absolute counters for a run that resumes this one."""

@@ -64,6 +64,9 @@ class EnergySnapshot:
         lag_s: per active source, most its figure may trail this reading (its ``lag_s``).
         phases: joules per component for each phase (``mark_phase``) up to this reading,
             the running phase included: per component, the phases sum to ``joules``.
+        phase_s: seconds of each phase up to this reading (they sum to ``duration_s``).
+        gpu_util_pct: mean GPU utilisation since the start, %, over the sources that sample
+            it (``utilisation_pct()``: NVML); None when none does.
     """
 
     duration_s: float
@@ -74,6 +77,8 @@ class EnergySnapshot:
     bridged_s: Dict[str, float] = field(default_factory=dict)
     lag_s: Dict[str, float] = field(default_factory=dict)
     phases: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    phase_s: Dict[str, float] = field(default_factory=dict)
+    gpu_util_pct: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,8 @@ class EnergyMeter:
         self._phase = FIRST_PHASE
         self._phase_j: Dict[str, Dict[str, float]] = {}
         self._phase_from: Dict[str, float] = {}
+        self._phase_secs: Dict[str, float] = {}  # closed segments' seconds per phase
+        self._phase_t0: Optional[float] = None    # clock time the running phase began
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "EnergyMeter":
@@ -398,6 +405,10 @@ class EnergyMeter:
         running = phases.setdefault(self._phase, {})
         for comp, j in joules.items():
             running[comp] = running.get(comp, 0.0) + j - self._phase_from.get(comp, 0.0)
+        phase_s = dict(self._phase_secs)
+        began = self._start if self._phase_t0 is None else self._phase_t0
+        phase_s[self._phase] = phase_s.get(self._phase, 0.0) + max(0.0, now - began)
+        utils = [u for u in (_utilisation(s) for s in self._active) if u is not None]
         return EnergySnapshot(
             duration_s=now - self._start,
             joules=joules,
@@ -408,6 +419,8 @@ class EnergyMeter:
                        for s in self._active},
             lag_s={s.name: float(_attr(s, "lag_s", 0.0)) for s in self._active},
             phases=phases,
+            phase_s=phase_s,
+            gpu_util_pct=sum(utils) / len(utils) if utils else None,
         )
 
     def _coverage(self, source: EnergySource, now: float) -> float:
@@ -438,6 +451,10 @@ class EnergyMeter:
         for comp, j in snap.joules.items():
             totals[comp] = totals.get(comp, 0.0) + j - self._phase_from.get(comp, 0.0)
         self._phase_from = dict(snap.joules)
+        at = self._start + snap.duration_s  # the clock time of that reading
+        began = self._start if self._phase_t0 is None else self._phase_t0
+        self._phase_secs[closing] = self._phase_secs.get(closing, 0.0) + max(0.0, at - began)
+        self._phase_t0 = at
         self._phase = following
 
     # -- windows ----------------------------------------------------------------------------
@@ -475,6 +492,19 @@ def _attr(source: EnergySource, attr: str, default: Any) -> Any:
     except Exception as err:
         log.debug("energy source %s: %s failed: %s", source.name, attr, err)
         return default
+
+
+def _utilisation(source: EnergySource) -> Optional[float]:
+    """A source's mean GPU utilisation since it opened, % (None: it does not sample one, or
+    has no sample yet); a bug in one must not stop training."""
+    fn = getattr(source, "utilisation_pct", None)
+    if fn is None:
+        return None
+    try:
+        return fn()
+    except Exception as err:
+        log.debug("energy source %s: utilisation_pct() failed: %s", source.name, err)
+        return None
 
 
 def _close_quietly(source: EnergySource) -> None:

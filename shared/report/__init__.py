@@ -12,8 +12,8 @@ self-contained ``index.html``. See docs/reports.md.
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
 
 from .load import MasterReader, ReportError, Run, Target, load_inputs, load_local
 from .plots import Chart, make_charts
@@ -35,6 +35,9 @@ class Report:
     scaling: List[ScalingPoint]
     charts: List[Chart]
     files: List[pathlib.Path]
+    #: the implementation ablation's variants (``implementation.Variant``), when any run has
+    #: implementation switches
+    implementation: List[Any] = field(default_factory=list)
 
     @property
     def target_miou(self) -> Optional[float]:
@@ -55,7 +58,7 @@ def build_report(runs: Sequence[Run], out_dir: str | pathlib.Path,
         ReportError: no runs, a bad target, both ``target_miou`` and ``target_value``, or runs
             trained to different targets with no target given.
     """
-    from . import html, tables
+    from . import html, implementation, tables
 
     if not runs:
         raise ReportError("nothing to report on: no runs")
@@ -94,7 +97,9 @@ def build_report(runs: Sequence[Run], out_dir: str | pathlib.Path,
         stale.unlink()
     charts = make_charts(runs, tls, rows, points, target, out)
     files += [c.path for c in charts]
+    variants, impl_files, impl_html = implementation.write(runs, rows, out)
+    files += impl_files
     index = out / "index.html"
-    index.write_text(html.render(rows, points, charts, target, title))
+    index.write_text(html.render(rows, points, charts, target, title, extra=impl_html))
     files.append(index)
-    return Report(out, target, rows, points, charts, files)
+    return Report(out, target, rows, points, charts, files, variants)

@@ -52,8 +52,9 @@ def data_uri(png: bytes) -> str:
 
 def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence[Chart],
            target: Optional[Target], title: str = "Time and energy to target",
-           generated: Optional[datetime.datetime] = None) -> str:
-    """The whole page as a string; reads the charts' PNG files to embed them."""
+           generated: Optional[datetime.datetime] = None, extra: str = "") -> str:
+    """The whole page as a string; reads the charts' PNG files to embed them. ``extra``: a
+    further section (HTML) placed before the list of runs."""
     generated = generated or datetime.datetime.now().astimezone()
     parts: List[str] = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -87,6 +88,8 @@ def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence
                      "a slot count that reached it).</p>")
         parts.append(_table(SCALING_HEADER, [scaling_cells(p) for p in points]))
         parts += [_figure(c) for c in scaling]
+    if extra:
+        parts.append(extra)
     parts.append("<h2>Runs</h2><ul>")
     parts += [f"<li><b>{escape(r.label)}</b>: {escape(r.source)}</li>" for r in rows]
     parts.append("</ul></body></html>")

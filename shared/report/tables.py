@@ -206,7 +206,9 @@ def compare_run(run: Run, target: Optional[Target]) -> Row:
         nodes=nodes if isinstance(nodes, int) else None,
         nodes_measured=nodes_measured if isinstance(nodes_measured, int) else None,
         coverage=coverage, estimate=estimate, notes=notes,
-        phase_wh={p: _num(em.get(f"{p}_wh")) for p in PHASES} if energy_wh is not None else {},
+        # the phases the reports carry (compile_wh came later than the others)
+        phase_wh=({p: _num(em.get(f"{p}_wh")) for p in PHASES if f"{p}_wh" in em or p != "compile"}
+                  if energy_wh is not None else {}),
         target_metric=metric, target_value=goal.value if goal is not None else None,
         target_smaller_is_better=smaller,
         value_at_target=_num(crossing.metrics.get(metric)) if crossing else None,
@@ -337,7 +339,10 @@ def split_cell(r: Row) -> str:
         return NOT_MEASURED
     if all(r.phase_wh.get(p) is None for p in PHASES):
         return "-"
-    return " / ".join(fmt(r.phase_wh.get(p), "3s") for p in PHASES)
+    cell = " / ".join(fmt(r.phase_wh.get(p), "3s") for p in PHASES if p != "compile")
+    # torch.compile's warm-up (compile: true) is a fifth phase, shown only where it happened
+    return cell + (f" + compile {fmt(r.phase_wh['compile'], '3s')}"
+                   if r.phase_wh.get("compile") else "")
 
 
 DISPLAY_HEADER = ["run", "model", "params (M)", "slots", "target reached", "time to target (s)",

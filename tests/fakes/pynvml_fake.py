@@ -5,7 +5,9 @@ Same names as the real module (checked against nvidia-ml-py 13.615:
 ``nvmlShutdown``, ``nvmlDeviceGetCount``, ``nvmlDeviceGetHandleByIndex``,
 ``nvmlDeviceGetHandleByUUID``, ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since driver
 load, refreshed only every ``COUNTER_REFRESH_S`` like the hardware), ``nvmlDeviceGetPowerUsage``
-(mW), ``nvmlDeviceGetName``, ``nvmlDeviceGetUUID`` (both return str, as the real one does).
+(mW), ``nvmlDeviceGetName``, ``nvmlDeviceGetUUID`` (both return str, as the real one does),
+``nvmlDeviceGetUtilizationRates`` (a ``c_nvmlUtilization_t`` with integer ``gpu`` and
+``memory`` percentages; NotSupported where the GPU has none).
 
 Use::
 
@@ -84,6 +86,8 @@ class FakeGpu:
     has_counter: bool = True
     start_mj: int = 5_000_000_000   # the counter is large: it counts since driver load
     fail_reads: int = 0             # the next N energy/power reads raise NVMLError_Unknown
+    util_pct: int = 100             # the utilisation counter (change it any time)
+    has_util: bool = True
     energy_j: float = field(default=0.0, repr=False)  # model energy since reset()
     _t: Optional[float] = field(default=None, repr=False)
     _offset_mj: int = field(default=0, repr=False)
@@ -210,3 +214,18 @@ def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
     _maybe_fail(gpu)
     gpu.advance(STATE.clock())
     return int(round(gpu.power_w * 1000.0))
+
+
+class c_nvmlUtilization_t:
+    """Like pynvml's ctypes structure: ``gpu`` and ``memory``, unsigned ints (percent)."""
+
+    def __init__(self, gpu: int, memory: int) -> None:
+        self.gpu = gpu
+        self.memory = memory
+
+
+def nvmlDeviceGetUtilizationRates(handle: _Handle) -> c_nvmlUtilization_t:
+    gpu = _gpu(handle)
+    if not gpu.has_util:
+        raise NVMLError_NotSupported()
+    return c_nvmlUtilization_t(int(gpu.util_pct), int(gpu.util_pct) // 2)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
+from shared.attention import attention
 from shared.modelargs import fraction, integer, one_of, require
 
 
@@ -73,6 +74,9 @@ class OverlapPatchEmbed(nn.Module):
 class EfficientSelfAttention(nn.Module):
     """Multi-head attention whose keys/values come from a map shrunk R times per side."""
 
+    #: sdpa (True) or the explicit eager product: ``shared.attention.set_attention_impl``
+    fused_attn: bool = True
+
     def __init__(self, dim: int, heads: int, sr_ratio: int) -> None:
         super().__init__()
         if dim % heads:
@@ -100,7 +104,7 @@ class EfficientSelfAttention(nn.Module):
                 m = F.pad(m, (0, max(r - w, 0), 0, max(r - h, 0)))
             kv_in = self.norm(_to_tokens(self.sr(m)))
         k, v = self.kv(kv_in).unflatten(-1, (2, self.heads, d)).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        out = attention(q, k, v, fused=self.fused_attn)  # (B, heads, N, d)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 

@@ -16,6 +16,7 @@ except ImportError:  # a plain repository checkout
 
 from model import VARIANTS, SegFormer  # noqa: E402  (trials/segformer/model.py, next to this file)
 
+from shared.attention import ATTENTION_IMPLS, set_attention_impl  # noqa: E402
 from shared.hparams import NUM, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
 from shared.modelargs import construct, default_of, fraction, load_weights  # noqa: E402
@@ -30,6 +31,8 @@ class SegFormerTrial(SegmentationTrial):
     MODEL_ARGS = {"num_classes": "num_classes", "segformer_variant": "variant",
                   "drop_path_rate": "drop_path_rate"}
     MODEL_PARAMS = {
+        "attention_impl": Param(ATTENTION_IMPLS[0], STR, choices=ATTENTION_IMPLS,
+                                help="sdpa: scaled_dot_product_attention (flash/memory-efficient kernels); eager: the explicit softmax(QK^T/sqrt(d))V (shared/attention.py)"),
         "segformer_variant": Param(default_of(SegFormer, "variant"), STR, choices=tuple(VARIANTS),
                                    help="MiT encoder size, b0 (3.7M parameters) to b5"),
         "drop_path_rate": Param(default_of(SegFormer, "drop_path_rate"), NUM, check=fraction,
@@ -41,6 +44,8 @@ class SegFormerTrial(SegmentationTrial):
         """The SegFormer of hyperparameters ``hp`` (no Determined context needed), with the
         weights of ``pretrained_path`` (this model's own key names) when set."""
         model = construct(SegFormer, hp, cls.MODEL_ARGS)
+        # applied to the built model, not a constructor argument (shared/attention.py)
+        set_attention_impl(model, hp.get("attention_impl", ATTENTION_IMPLS[0]))
         load_weights(hp, lambda path: load_local_weights(model, path))
         return model
 

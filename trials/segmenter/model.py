@@ -31,7 +31,9 @@ made once, in float32, by the loss.
 Attention is ``torch.nn.functional.scaled_dot_product_attention`` everywhere (flash or
 memory-efficient kernels on GPUs): written out in the decoder, and forced on in timm's
 encoder, whose attention would otherwise fall back to an explicit softmax(QK^T)V (quadratic
-memory) when the environment sets ``TIMM_FUSED_ATTN=0``.
+memory) when the environment sets ``TIMM_FUSED_ATTN=0``. The hyperparameter
+``attention_impl: eager`` switches both to that explicit product on purpose, after
+construction (``shared.attention.set_attention_impl``), for the implementation ablation.
 
 Parameter counts with 150 classes at the default 512 px crop (no classification head in the
 encoder; docs/models.md compares them with the official ones): ViT-T/16 encoder 5.683M
@@ -55,6 +57,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, resample_abs_pos_embed
 from torch import nn
 
+from shared.attention import attention
 from shared.modelargs import fraction, integer, one_of, require
 from shared.pretrained import load_model_or_backbone, read_state_dict
 
@@ -94,6 +97,9 @@ def _to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention on ``scaled_dot_product_attention``."""
 
+    #: sdpa (True) or the explicit eager product: ``shared.attention.set_attention_impl``
+    fused_attn: bool = True
+
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
@@ -106,8 +112,8 @@ class Attention(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, c // self.heads)).permute(2, 0, 3, 1, 4)
         # Dropout on the attention weights as the paper's decoder, inside the fused kernel.
-        out = F.scaled_dot_product_attention(q, k, v,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, fused=self.fused_attn,
+                        dropout_p=self.dropout if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 

@@ -17,6 +17,7 @@ except ImportError:  # a plain repository checkout
 from model import (  # noqa: E402  (trials/segmenter/model.py, next to this file)
     BACKBONES, DECODERS, MAX_DECODER_LAYERS, Segmenter, load_pretrained)
 
+from shared.attention import ATTENTION_IMPLS, set_attention_impl  # noqa: E402
 from shared.hparams import INT, NUM, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
 from shared.modelargs import construct, default_of, fraction, integer, load_weights  # noqa: E402
@@ -32,6 +33,8 @@ class SegmenterTrial(SegmentationTrial):
                   "segmenter_decoder": "decoder", "segmenter_decoder_layers": "decoder_layers",
                   "drop_path_rate": "drop_path_rate", "crop_size": "img_size"}
     MODEL_PARAMS = {
+        "attention_impl": Param(ATTENTION_IMPLS[0], STR, choices=ATTENTION_IMPLS,
+                                help="sdpa: scaled_dot_product_attention (flash/memory-efficient kernels); eager: the explicit softmax(QK^T/sqrt(d))V (shared/attention.py)"),
         "segmenter_backbone": Param(default_of(Segmenter, "backbone"), STR, choices=BACKBONES,
                                     help="timm ViT encoder (patch 16)"),
         "segmenter_decoder": Param(default_of(Segmenter, "decoder"), STR, choices=DECODERS,
@@ -48,6 +51,8 @@ class SegmenterTrial(SegmentationTrial):
         weights of ``pretrained_path`` when set: this model's, or an ImageNet ViT's for the
         encoder alone."""
         model = construct(Segmenter, hp, cls.MODEL_ARGS)
+        # applied to the built model, not a constructor argument (shared/attention.py)
+        set_attention_impl(model, hp.get("attention_impl", ATTENTION_IMPLS[0]))
         load_weights(hp, lambda path: load_pretrained(model, path))
         return model
 

@@ -17,15 +17,19 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..redact import energy_logger
 from ..schema import Option, Positive
-from .base import RawCounter, SourceUnavailable
+from .base import RawCounter, SourceHealth, SourceUnavailable
 from .counters import counter_step
-from .sampling import SampledPowerSource
+from .sampling import PowerSampler, SampledPowerSource
 
 log = energy_logger()
 
 #: Default period of the power-sampling fallback. NVML's power figure is refreshed every
 #: 20-100 ms depending on the GPU; sampling slower than 100 ms misses load changes.
 DEFAULT_POWER_PERIOD_S = 0.1
+#: Period of the utilisation samples (``gpu_util_pct``). NVML's utilisation is itself the
+#: share of the last 1/6 s to 1 s (by GPU) in which a kernel ran, so sampling every 0.5 s
+#: sees every part of the run without re-reading the same window many times.
+UTIL_PERIOD_S = 0.5
 
 _INT_RE = re.compile(r"^\d+$")
 
@@ -134,7 +138,9 @@ class NvmlSource(SampledPowerSource):
                "rank trains on, read at report time; power sampled every "
                f"{DEFAULT_POWER_PERIOD_S * 1000:g} ms and integrated where the counter is "
                "unsupported. CUDA indices are mapped through `CUDA_VISIBLE_DEVICES` (indices "
-               "or UUIDs); MIG instances are refused (energy is per physical GPU)")
+               "or UUIDs); MIG instances are refused (energy is per physical GPU). Also "
+               "samples `nvmlDeviceGetUtilizationRates` every "
+               f"{UTIL_PERIOD_S:g} s for `gpu_util_pct`")
     options = (
         Option("nvml_power_period_s", None,
                "NVML power sampling period on GPUs without an energy counter, seconds "
@@ -158,6 +164,11 @@ class NvmlSource(SampledPowerSource):
         self._gpus: List[_Gpu] = []
         self._lock = threading.Lock()
         self._resets = 0
+        #: utilisation samples (mean % of this process's GPUs), integrated over time by the
+        #: same integrator as power; its own health, so that a GPU without a utilisation
+        #: counter does not lower the energy's coverage
+        self._util: Optional[PowerSampler] = None
+        self._util_first = 0.0
         self.device_count = 0  # GPUs NVML sees on the node (it ignores CUDA_VISIBLE_DEVICES)
 
     @classmethod
@@ -227,6 +238,38 @@ class NvmlSource(SampledPowerSource):
                 raise SourceUnavailable(f"nvml: GPU {g.nvml_index} ({g.name}) has neither an "
                                         f"energy counter nor a readable power figure: {err}")
             self.start_sampling(self._power_period_s, clock=self._clock)
+        self._start_utilisation(nvml)
+
+    def _start_utilisation(self, nvml: Any) -> None:
+        """Sample ``nvmlDeviceGetUtilizationRates`` every UTIL_PERIOD_S when every GPU has
+        it; a GPU without it (some vGPU and MIG set-ups) leaves ``gpu_util_pct`` out, and
+        the energy is measured all the same."""
+        try:
+            self._util_first = self._read_utilisation()
+        except Exception as err:
+            log.info("nvml: no GPU utilisation counter (%s); gpu_util_pct is not reported", err)
+            return
+        self._util = PowerSampler(UTIL_PERIOD_S, self._read_utilisation, SourceHealth(),
+                                  "nvml-utilisation", clock=self._clock)
+        self._util.start(first_watts=self._util_first)
+
+    def _read_utilisation(self) -> float:
+        gpus = self._gpus
+        return sum(float(self._nvml.nvmlDeviceGetUtilizationRates(g.handle).gpu)
+                   for g in gpus) / len(gpus)
+
+    def utilisation_pct(self) -> Optional[float]:
+        """Mean GPU utilisation since open(), %: the time integral of the samples over their
+        span (the one sample when there is only one); None when not sampled."""
+        u = self._util
+        if u is None:
+            return None
+        first, last = u.first_sample_time(), u.last_sample_time()
+        if first is None or last is None:
+            return None
+        if last <= first:
+            return self._util_first
+        return u.energy_j() / (last - first)
 
     def read_watts(self) -> float:
         # One sample covers every power-only GPU: a failure on any skips the whole sample.
@@ -234,6 +277,8 @@ class NvmlSource(SampledPowerSource):
                    for g in self._gpus if not g.has_counter) / 1000.0
 
     def _shutdown(self) -> None:
+        if self._util is not None:
+            self._util.stop()  # its mean stays readable
         if self._sampler is not None:
             self.stop_sampling()
             self._sampler = None  # NVML is shut down: nothing of it is read after close()
