@@ -692,6 +692,8 @@ def _check_points(space: Dict[str, Any], trial_cls: type, seed: int, out: _Probl
     for label, point in points_to_check(space, seed):
         try:
             hp = hpmod.resolve(point, trial_cls.MODEL_PARAMS, where=out.where, common=common)
+            if hasattr(trial_cls, "check_target"):
+                trial_cls.check_target(hp, out.where)
         except ConfigError as e:
             message = str(e)
             prefix = f"{out.where}: "

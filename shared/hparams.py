@@ -127,9 +127,24 @@ COMMON: Dict[str, Param] = {
                  help="checkpoint every this many batches"),
     "report_period": Param(50, INT, check=_positive,
                  help="report training metrics every this many batches"),
-    # target
-    "target_miou": Param(16.0, NUM, check=lambda v: None if 0 < v <= 100 else "must be in (0, 100]",
-                 help="the mIoU (%) that defines time and energy to target"),
+    # target (see resolve_target: the legacy keys, the direction's default, conflicts)
+    "target_metric": Param("miou", STR,
+                 help="the validation metric that defines time and energy to target (a metric "
+                      "of the recipe's validation group; classification: accuracy)"),
+    "target_value": Param(16.0, NUM, check=_positive,
+                 help="the value of target_metric that is the target (classification: 90); "
+                      "> 0, which the energy projection needs"),
+    "target_smaller_is_better": Param(None, BOOL, nullable=True,
+                 help="direction: true = reached at target_metric <= target_value; null = true "
+                      "when target_metric's name contains 'loss', else false"),
+    "target_miou": Param(None, NUM, nullable=True,
+                 check=lambda v: None if 0 < v <= 100 else "must be in (0, 100]",
+                 help="legacy form of target_metric: miou + target_value (kept for existing "
+                      "configs; after resolution it equals target_value when the metric is miou, "
+                      "else null)"),
+    "early_stop_patience": Param(None, INT, nullable=True, check=_positive,
+                 help="stop after this many validations in a row without improvement of "
+                      "target_metric in its direction (null: off)"),
     "stop_at_target": Param(False, BOOL,
                  help="stop the trial at the first validation that reaches the target"),
     # energy (nested; see shared/energy)
@@ -198,7 +213,66 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
         out["energy"] = validate_options(energy)
     except ValueError as e:
         raise ConfigError(f"{where}: hyperparameter {e}") from None
+    resolve_target(hp, out, schema, where)
     return out
+
+
+#: the keys that said the target before target_metric/target_value existed, and the metric
+#: each one means; still read, so that existing configs and customers' copies keep working
+LEGACY_TARGETS: Dict[str, str] = {"target_miou": "miou", "target_accuracy": "accuracy"}
+
+
+def smaller_is_better(metric: str) -> bool:
+    """The direction of ``metric`` when ``target_smaller_is_better`` is null: a name containing
+    ``loss`` gets smaller as the model improves, every other metric (miou, accuracy, f1, ...)
+    larger. A metric outside that rule (``false_positives_per_image``) says it in the config."""
+    return "loss" in metric
+
+
+def resolve_target(given: Mapping[str, Any], out: Dict[str, Any], schema: Mapping[str, Param],
+                   where: str) -> None:
+    """Settle ``target_metric``, ``target_value`` and ``target_smaller_is_better`` in ``out``
+    (the resolved hyperparameters) from what the config ``given`` set.
+
+    A legacy key (``target_miou: X``, ``target_accuracy: X``) means ``target_metric`` = its
+    metric and ``target_value`` = X, larger is better; given together with a new key that says
+    otherwise it is an error naming both. A ``target_metric`` other than the family's default
+    needs its ``target_value`` (the default value belongs to the default metric). Afterwards the
+    legacy key of the schema holds ``target_value`` when it names the target metric, else null,
+    so that the resolved hyperparameters resolve to themselves.
+    """
+    if "target_metric" not in schema:
+        return
+    has = lambda k: given.get(k) is not None  # noqa: E731
+    legacy = [k for k in LEGACY_TARGETS if k in schema and has(k)]
+    metric, value = out["target_metric"], out["target_value"]
+    if len(legacy) > 1:
+        raise ConfigError(f"{where}: hyperparameters {' and '.join(repr(k) for k in legacy)} both "
+                          f"set the target; keep one (or use target_metric and target_value)")
+    if legacy:
+        key = legacy[0]
+        old_metric, old_value = LEGACY_TARGETS[key], out[key]
+        means = f"'{key}' = {old_value:g} means target_metric: {old_metric}, target_value: {old_value:g}"
+        if has("target_metric") and metric != old_metric:
+            raise ConfigError(f"{where}: hyperparameters '{key}' and 'target_metric' disagree: "
+                              f"{means}, but target_metric is {metric!r}; keep one of the two")
+        if has("target_value") and value != old_value:
+            raise ConfigError(f"{where}: hyperparameters '{key}' and 'target_value' disagree: "
+                              f"{means}, but target_value is {value:g}; keep one of the two")
+        if out["target_smaller_is_better"]:
+            raise ConfigError(f"{where}: hyperparameters '{key}' and 'target_smaller_is_better' "
+                              f"disagree: {means}, larger is better; keep one of the two")
+        metric, value = old_metric, old_value
+    elif has("target_metric") and metric != schema["target_metric"].default and not has("target_value"):
+        raise ConfigError(f"{where}: hyperparameter 'target_metric' = {metric!r} needs a "
+                          f"'target_value' (the default {schema['target_value'].default:g} is the "
+                          f"target of {schema['target_metric'].default})")
+    smaller = out["target_smaller_is_better"]
+    out["target_metric"], out["target_value"] = metric, float(value)
+    out["target_smaller_is_better"] = smaller_is_better(metric) if smaller is None else smaller
+    for key, name in LEGACY_TARGETS.items():
+        if key in schema:
+            out[key] = out["target_value"] if name == metric else None
 
 
 # --------------------------------------------------------------------------- YAML

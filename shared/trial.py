@@ -33,9 +33,18 @@ log = logging.getLogger("shared.trial")
 MetricDoc = Tuple[str, str, str]
 
 
+def target_reached(value: Any, target: float, smaller_is_better: bool) -> bool:
+    """Whether a validation's ``value`` of the target metric reaches ``target`` in the metric's
+    direction (a missing or non-finite value never does)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return value <= target if smaller_is_better else value >= target
+
+
 class TargetCallback(det_torch.PyTorchCallback):
-    """Time and batches to the first validation whose target metric (``trial.TARGET_METRIC``,
-    ``miou`` for segmentation) reaches its target (hyperparameter ``trial.TARGET_PARAM``).
+    """Time and batches to the first validation whose ``target_metric`` reaches
+    ``target_value`` in its direction (``target_smaller_is_better``; see
+    ``shared.hparams.resolve_target``).
 
     Wall time counts from the trial's start and carries over pause/resume through the
     checkpoint (state_dict), so a resumed trial does not restart its clock. It adds
@@ -46,8 +55,9 @@ class TargetCallback(det_torch.PyTorchCallback):
 
     def __init__(self, trial: "RecipeTrial") -> None:
         self.trial = trial
-        self.metric = trial.TARGET_METRIC
-        self.target = float(trial.hp[trial.TARGET_PARAM])
+        self.metric = trial.hp["target_metric"]
+        self.target = float(trial.hp["target_value"])
+        self.smaller_is_better = bool(trial.hp["target_smaller_is_better"])
         self.elapsed_before = 0.0
         self.t0 = time.monotonic()
         self.reached: Optional[Dict[str, float]] = None
@@ -62,7 +72,8 @@ class TargetCallback(det_torch.PyTorchCallback):
         self.trial.batches_trained = first_batch_idx
 
     def on_validation_end(self, metrics: Dict[str, Any]) -> None:
-        if self.reached is None and metrics.get(self.metric, -1.0) >= self.target:
+        if self.reached is None and target_reached(metrics.get(self.metric), self.target,
+                                                   self.smaller_is_better):
             self.reached = {"time_to_target_s": round(self.elapsed(), 3),
                             "batches_to_target": int(self.trial.batches_trained)}
             log.info("target %s %.2f reached: %.2f at batch %d after %.1f s", self.metric, self.target,
@@ -94,9 +105,6 @@ class RecipeTrial(det_torch.PyTorchTrial):
     MODEL_PARAMS: Mapping[str, hpmod.Param] = {}
     #: the hyperparameters every trial of this family shares
     COMMON_PARAMS: Mapping[str, hpmod.Param] = hpmod.COMMON
-    #: the validation metric compared with the target, and the hyperparameter holding it
-    TARGET_METRIC = "miou"
-    TARGET_PARAM = "target_miou"
     #: validation metrics shown in local progress lines
     SHOWN_METRICS: tuple = ()
     #: validation metrics reported at every validation, and whether larger is better: what a
@@ -116,8 +124,8 @@ class RecipeTrial(det_torch.PyTorchTrial):
         Metrics table, the customer package's README and the tests check names against."""
         validation = {
             **cls.VALIDATION_METRICS,
-            "time_to_target_s": f"wall time from the trial's start to the first validation at "
-                                f"{cls.TARGET_PARAM} (carried over pause/resume)",
+            "time_to_target_s": "wall time from the trial's start to the first validation whose "
+                                "target_metric reaches target_value (carried over pause/resume)",
             "batches_to_target": "batches trained at that validation",
             **energy.VALIDATION_METRICS,
             "skipped_samples": "samples skipped as bad (skip_bad_samples)",
@@ -125,6 +133,16 @@ class RecipeTrial(det_torch.PyTorchTrial):
         groups = {"training": cls.TRAINING_METRICS, "validation": validation,
                   "energy": energy.ENERGY_GROUP, "run": RUN_GROUP, **cls.EXTRA_GROUPS}
         return [(g, name, meaning) for g, names in groups.items() for name, meaning in names.items()]
+
+    @classmethod
+    def check_target(cls, hp: Mapping[str, Any], where: str = "hyperparameters") -> None:
+        """Refuse a ``target_metric`` this trial never reports: its target could never be
+        reached, and the energy projection would have nothing to project from."""
+        known = cls.VALIDATION_METRICS
+        if known and hp["target_metric"] not in known:
+            raise hpmod.ConfigError(f"{where}: hyperparameter 'target_metric' = {hp['target_metric']!r} "
+                                    f"is not a validation metric of {cls.MODEL_NAME}; known: "
+                                    f"{', '.join(sorted(known))}")
 
     def build_model(self, hp: Mapping[str, Any]) -> torch.nn.Module:
         raise NotImplementedError
@@ -148,6 +166,7 @@ class RecipeTrial(det_torch.PyTorchTrial):
         self.context = context
         self.hp = hp = hpmod.resolve(context.get_hparams(), self.MODEL_PARAMS,
                                      where="hyperparameters", common=self.COMMON_PARAMS)
+        self.check_target(hp)
         exp_conf = _experiment_config(context)
         self.max_batches = hpmod.training_length(hp, exp_conf)
         metric = (exp_conf.get("searcher") or {}).get("metric")
@@ -245,8 +264,9 @@ class RecipeTrial(det_torch.PyTorchTrial):
             from shared.energy.callback import EnergyCallback
             callbacks["energy"] = EnergyCallback(self.context, self.hp["energy"],
                                                  steps_completed=lambda: self.batches_trained,
-                                                 target=self.hp[self.TARGET_PARAM],
-                                                 target_metric=self.TARGET_METRIC,
+                                                 target=self.hp["target_value"],
+                                                 target_metric=self.hp["target_metric"],
+                                                 target_smaller_is_better=self.hp["target_smaller_is_better"],
                                                  validation_follows=self.validation_follows,
                                                  required=self.energy_required,
                                                  carried=self.energy_carried)
@@ -257,8 +277,6 @@ class SegmentationTrial(RecipeTrial):
     """Subclasses set ``MODEL_NAME``, ``MODEL_PARAMS`` (their own hyperparameter schema) and
     implement ``build_model``."""
 
-    TARGET_METRIC = "miou"
-    TARGET_PARAM = "target_miou"
     SHOWN_METRICS = ("miou", "pixel_accuracy")
     TRAINING_METRICS = {"loss": "training loss (cross-entropy, label 0 ignored)",
                         "lr": "learning rate"}
@@ -311,7 +329,10 @@ class SegmentationTrial(RecipeTrial):
 #: the custom group ``run``, reported once per trial start by _RunInfoCallback
 RUN_GROUP = {
     "model": "model name", "params": "parameter count", "target_metric": "the metric compared "
-    "with the target", "target": "the target value", "slots": "GPUs (or processes) of the trial",
+    "with the target (hyperparameter target_metric)", "target": "the target value (target_value)",
+    "target_smaller_is_better": "the target's direction: true = reached at target_metric <= "
+                                "target, false = at >= target",
+    "slots": "GPUs (or processes) of the trial",
     "precision": "precision in use", "global_batch_size": "images per step",
     "lr": "the scaled peak learning rate", "device": "device name",
     "search_point": "local runs of a config with a search space: the point trained in the "
@@ -333,7 +354,8 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
             compat.report_group(
                 t.context, "run", first_batch_idx,
                 {"model": t.MODEL_NAME, "params": t.num_parameters,
-                 "target_metric": t.TARGET_METRIC, "target": t.hp[t.TARGET_PARAM],
+                 "target_metric": t.hp["target_metric"], "target": t.hp["target_value"],
+                 "target_smaller_is_better": bool(t.hp["target_smaller_is_better"]),
                  "slots": t.context.distributed.size, "precision": t.precision,
                  "global_batch_size": t.context.get_global_batch_size(), "lr": t.lr,
                  "device": torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu"})

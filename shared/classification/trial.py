@@ -34,13 +34,14 @@ _SHARED_KEYS = (
     "momentum", "warmup_batches", "warmup_ratio", "poly_power", "min_lr_ratio", "grad_clip_norm",
     "precision", "channels_last", "seed", "pretrained_path", "max_batches", "validation_period",
     "checkpoint_period", "report_period", "stop_at_target", "skip_bad_samples", "workers_per_slot",
-    "energy",
+    "energy", "target_metric", "target_value", "target_smaller_is_better", "early_stop_patience",
 )
 #: defaults that differ from segmentation's (same type and checks): 001's optimiser, SGD with
 #: momentum, needs an L2 weight decay of the SGD kind (1e-4, torchvision's ImageNet recipe),
 #: not AdamW's decoupled 0.01; and classification runs are shorter than ADE20K's 160k batches.
 _DEFAULTS = {"optimizer": "sgd", "weight_decay": 1e-4, "warmup_batches": 500, "max_batches": 20000,
-             "validation_period": 500, "checkpoint_period": 2000}
+             "validation_period": 500, "checkpoint_period": 2000,
+             "target_metric": "accuracy", "target_value": 90.0}
 #: what else differs from segmentation's Params: the meaning of the data keys
 _CHANGES = {
     **{k: {"default": v} for k, v in _DEFAULTS.items()},
@@ -71,8 +72,10 @@ CLASSIFICATION_PARAMS: Dict[str, Param] = {
     "label_smoothing": Param(0.0, NUM, check=_fraction,
                              help="label smoothing of the training loss (validation_loss is plain "
                                   "cross-entropy)"),
-    "target_accuracy": Param(90.0, NUM, check=lambda v: None if 0 < v <= 100 else "must be in (0, 100]",
-                             help="validation top-1 accuracy (percent) that ends the clock"),
+    "target_accuracy": Param(None, NUM, nullable=True,
+                             check=lambda v: None if 0 < v <= 100 else "must be in (0, 100]",
+                             help="legacy form of target_metric: accuracy + target_value (kept for "
+                                  "existing configs)"),
 }
 
 
@@ -156,8 +159,6 @@ class ClassificationTrial(RecipeTrial):
 
     MODEL_PARAMS: Mapping[str, Param] = {}
     COMMON_PARAMS: Mapping[str, Param] = CLASSIFICATION_PARAMS
-    TARGET_METRIC = "accuracy"
-    TARGET_PARAM = "target_accuracy"
     SHOWN_METRICS = ("accuracy", "top5_accuracy")
     MODEL_NAME = "image_classification"
     TRAINING_METRICS = {"loss": "training loss (cross-entropy, with label_smoothing)",

@@ -25,6 +25,7 @@ report). Only work *after* the allgather, on the chief, may take a different pat
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -60,7 +61,8 @@ PROJECTION_FLOOR = 0.5
 
 def projected_energy_to_target(energy_wh: Optional[float], value: Optional[float],
                                target: Optional[float],
-                               energy_to_target_wh: Optional[float]) -> Optional[float]:
+                               energy_to_target_wh: Optional[float],
+                               smaller_is_better: bool = False) -> Optional[float]:
     """The energy-aware search metric, defined at every validation (smaller is better).
 
     Once the target was reached it is the measured ``energy_to_target_wh``. Before, it is the
@@ -71,11 +73,23 @@ def projected_energy_to_target(energy_wh: Optional[float], value: Optional[float
     Limits: learning curves are concave, so the projection is optimistic for a trial that
     is plateauing below the target, and the 0.5 floor caps the penalty of a trial that has
     learned nothing yet. None when no energy was measured (then there is nothing to minimise).
+
+    A decreasing metric (``smaller_is_better``, e.g. ``validation_loss`` down to a target) has
+    its own rule, the same projection applied to the metric's reciprocal (which increases):
+    ``energy_wh * value / target``, i.e. the metric is taken to fall in inverse proportion to
+    the energy spent. Before the target is reached ``value > target``, so the projection is
+    larger than the energy spent, and the further the loss is above the target the larger; no
+    floor is needed (a loss does not start near zero), a non-finite value (a diverged run)
+    gives None.
     """
     if energy_to_target_wh is not None:
         return float(energy_to_target_wh)
     if energy_wh is None or value is None or not target:
         return None
+    if smaller_is_better:
+        if not math.isfinite(float(value)):
+            return None
+        return float(energy_wh) * float(value) / float(target)
     return float(energy_wh) * float(target) / max(float(value), PROJECTION_FLOOR)
 
 
@@ -87,8 +101,9 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         context: the ``PyTorchTrialContext`` (uses ``.distributed`` and ``.device``).
         options: the ``energy`` hyperparameter dict (see ``DEFAULT_OPTIONS``).
         steps_completed: returns the number of batches trained so far.
-        target, target_metric: the trial's target value and the validation metric compared
-            with it (``miou`` for segmentation), for ``projected_energy_to_target_wh``.
+        target, target_metric, target_smaller_is_better: the trial's target value, the
+            validation metric compared with it (``miou`` for segmentation) and its direction,
+            for ``projected_energy_to_target_wh``.
         validation_follows: step -> whether a validation comes right after this training
             report; then the energy group is reported once, after the validation, so the
             last figure of the run includes it (one group cannot be reported twice at one step).
@@ -105,7 +120,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
 
     def __init__(self, context: Any, options: Optional[Mapping[str, Any]],
                  steps_completed: Callable[[], int], target: Optional[float] = None,
-                 target_metric: str = "miou",
+                 target_metric: str = "miou", target_smaller_is_better: bool = False,
                  validation_follows: Optional[Callable[[int], bool]] = None,
                  required: bool = False,
                  carried: Optional[Mapping[str, Any]] = None) -> None:
@@ -115,6 +130,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         self._steps_completed = steps_completed
         self._target = target
         self._target_metric = target_metric
+        self._target_smaller_is_better = target_smaller_is_better
         self._validation_follows = validation_follows
         self._required = required
         self._meter: Optional[EnergyMeter] = None
@@ -353,7 +369,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             if self._energy_to_target_wh is not None:
                 metrics["energy_to_target_wh"] = self._energy_to_target_wh
             projected = projected_energy_to_target(
-                energy_wh, metrics.get(self._target_metric), self._target, self._energy_to_target_wh)
+                energy_wh, metrics.get(self._target_metric), self._target, self._energy_to_target_wh,
+                self._target_smaller_is_better)
             if projected is not None:
                 metrics["projected_energy_to_target_wh"] = projected
         except Exception as err:
