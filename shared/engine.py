@@ -373,7 +373,7 @@ class BinarySegmentationTask:
                 engine.count_skipped(torch.ones(1, dtype=torch.int64))
                 continue
             logits = self.predict(engine, image)
-            mask = torch.from_numpy(np.ascontiguousarray(image.mask()))
+            mask = torch.from_numpy(np.array(image.mask()))
             parts = logits.new_zeros(5, dtype=torch.float64)
             for r in range(0, logits.shape[0], 1024):  # bands: bounded temporaries
                 parts += self.loss.parts(logits[r:r + 1024], mask[r:r + 1024])

@@ -31,7 +31,7 @@ EMPTY_SHARE = 0.25
 CORE_RADIUS = (2.5, 5.0)   # px, objects and look-alikes alike: size says nothing
 HALO_WIDTH = 2.0           # px outside the core
 CORE_DEPTH = 70.0          # grey levels below the ground
-HALO_GAIN = 55.0           # grey levels above the ground
+HALO_GAIN = 30.0           # grey levels above the ground
 
 
 def _ground(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -312,7 +312,10 @@ class BalancedTileSampler:
     box lies at a uniformly random position inside it), the rest tiles without any object:
     ``round(negatives x hard_negative_fraction)`` drawn from the hard-negative pool once
     mining has put something there, the others at random positions (images drawn by area,
-    redrawn while the tile holds an object). Every tile is flipped at random. Seeded: the
+    redrawn while the tile holds an object). ``positive_fraction`` 0 turns balancing off:
+    the plain random-crop pipeline, random tiles holding objects only as often as chance
+    has it (the study's starting point, which learned to predict nothing). Every tile is
+    flipped at random. Seeded: the
     same seed gives the same batches on every rank (Determined then deals them out).
 
     Mining (``mining_candidates``, ``add_hard_negatives``): the negative cells of a
@@ -378,12 +381,19 @@ class BalancedTileSampler:
         lo, hi = max(lo, 0), min(hi, max(length - self.tile, 0))
         return int(self.rng.integers(lo, hi + 1)) if hi >= lo else max(min(lo, length - self.tile), 0)
 
+    def _random_tile(self) -> Tuple[int, int, int]:
+        i = int(self.rng.choice(len(self.images), p=self.image_weights))
+        im = self.images[i]
+        return (i, int(self.rng.integers(max(im.height - self.tile, 0) + 1)),
+                int(self.rng.integers(max(im.width - self.tile, 0) + 1)))
+
     def _random_negative(self) -> Tuple[int, int, int]:
+        if self.positive_fraction == 0:
+            # no balancing: the plain random-crop pipeline, objects as often as they fall
+            return self._random_tile()
         for _ in range(NEGATIVE_TRIES):
-            i = int(self.rng.choice(len(self.images), p=self.image_weights))
+            i, y, x = self._random_tile()
             im = self.images[i]
-            y = int(self.rng.integers(max(im.height - self.tile, 0) + 1))
-            x = int(self.rng.integers(max(im.width - self.tile, 0) + 1))
             boxes = im.boxes
             if not len(boxes) or not np.any((boxes[:, 0] < y + self.tile) & (boxes[:, 2] > y) &
                                             (boxes[:, 1] < x + self.tile) & (boxes[:, 3] > x)):

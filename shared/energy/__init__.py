@@ -23,10 +23,11 @@ ENERGY_GROUP = {
     "node_wh": "node input power (Redfish, IPMI, Prometheus) x share",
     "setup_wh": "energy_wh's part from the meter's start to the first batch (data loaders, "
                 "checkpoint loading)",
-    "train_wh": "energy_wh's part spent training (all but the other three phases)",
+    "train_wh": "energy_wh's part spent training (all but the other phases)",
     "validation_wh": "energy_wh's part spent validating",
-    "checkpoint_wh": "energy_wh's part spent writing and uploading checkpoints (the four "
-                     "phases sum to energy_wh)",
+    "checkpoint_wh": "energy_wh's part spent writing and uploading checkpoints",
+    "mining_wh": "energy_wh's part spent mining hard negatives (rare_objects; 0.0 elsewhere; "
+                 "the five phases sum to energy_wh)",
     "avg_power_w": "energy_wh / duration_s",
     "duration_s": "measured time",
     "sources": "the sources that measured",
