@@ -483,3 +483,33 @@ def test_allreduce_bench_formulas_and_a_one_rank_run(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert result["world_size"] == 1 and [r["bytes"] for r in result["results"]] == [1024, 2048, 4096]
     assert all(r["time_us"] > 0 and r["busbw_gbps"] == 0.0 for r in result["results"])
+
+
+# --------------------------------------------------------------------------- rare objects
+def test_rare_objects_package_carries_the_borrowed_unet_and_trains_by_its_readme(tmp_path):
+    """Issue 15: the recipe's model is trials/unet's U-Net through the registry; the package
+    ships trials/unet/model.py at that path and trains outside the repository."""
+    result = pkg.build_package("rare_objects", tmp_path / "dist")
+    with tarfile.open(result.archive) as tar:
+        tar.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    unpacked = tmp_path / result.directory.name
+    assert (unpacked / "trials" / "unet" / "model.py").read_bytes() == \
+        (ROOT / "trials" / "unet" / "model.py").read_bytes()
+    assert not (unpacked / "trials" / "unet" / "train.py").exists()
+    readme = (unpacked / "README.md").read_text()
+    assert "energy-aware rare-small-objects (binary segmentation) recipe" in readme
+    commands = _smoke_commands(readme)
+    assert [c[:3] for c in commands] == [["python", "-m", "shared.data.synthetic_rare"],
+                                         ["python", "train.py", "--config"]]
+    data = tmp_path / "rare"
+    for cmd in commands:
+        args = [str(data) if c == "/tmp/rare" else c for c in cmd[1:]]
+        proc = subprocess.run([sys.executable, *args, *(["tile_cache_dir=" + str(tmp_path / "cache")]
+                                                        if "train.py" in args else [])],
+                              cwd=unpacked, env=_env_outside_repo(), capture_output=True, text=True,
+                              timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = list((unpacked / "runs").iterdir())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (validation,) = [r for r in records if r["group"] == "validation"]
+    assert validation["steps_completed"] == 3 and 0 <= validation["metrics"]["object_recall"] <= 100

@@ -187,7 +187,8 @@ def read_image(path: str | Path, keep_grey: bool = False) -> DecodedImage:
         raise DataError(f"cannot apply the EXIF orientation of image {path}: {error}") from error
     mode = image.mode
     if keep_grey and mode in ("1", "L"):
-        return DecodedImage(np.array(image.convert("L"), dtype=np.uint8)[:, :, None], int(orientation))
+        grey = image if mode == "L" else image.convert("L")  # convert() would copy an L image
+        return DecodedImage(np.asarray(grey, dtype=np.uint8)[:, :, None], int(orientation))
     if mode in _RGB_CONVERTIBLE:
         rgb = image if mode == "RGB" else image.convert("RGB")  # convert() copies even from RGB
         pixels = np.array(rgb, dtype=np.uint8)

@@ -197,7 +197,8 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)  # atomic: a rank reading the cache never sees half a file
 
 
-def _decode(image_path: Path, mask_path: Path, in_channels: int) -> Tuple[np.ndarray, np.ndarray]:
+def _decode_image(image_path: Path, in_channels: int) -> Tuple[np.ndarray, str]:
+    """uint8 (H, W, in_channels) pixels and the EXIF note for size messages."""
     decoded = read_image(image_path, keep_grey=in_channels == 1)
     pixels = decoded.pixels
     if in_channels == 1 and pixels.shape[2] == 3:
@@ -205,11 +206,18 @@ def _decode(image_path: Path, mask_path: Path, in_channels: int) -> Tuple[np.nda
         pixels = (pixels @ np.array([299, 587, 114]) // 1000).astype(np.uint8)[:, :, None]
     elif in_channels == 3 and pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
+    return pixels, decoded.orientation_note()
+
+
+def _decode_mask(mask_path: Path, shape: Tuple[int, ...], image_path: Path, note: str) -> np.ndarray:
+    """uint8 (H, W) 0/1, checked against the image's (H, W)."""
     mask = read_annotation(mask_path)
-    if mask.shape != pixels.shape[:2]:
+    if mask.shape != tuple(shape[:2]):
         raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
-                        f"is {pixels.shape[1]}x{pixels.shape[0]}{decoded.orientation_note()}")
-    return pixels, (mask > 0).astype(np.uint8)
+                        f"is {shape[1]}x{shape[0]}{note}")
+    if not mask.flags.writeable:
+        mask = mask.copy()
+    return np.minimum(mask, 1, out=mask)  # any non-zero value is object; in place
 
 
 class TileStore:
@@ -259,10 +267,19 @@ class TileStore:
         base = self.cache_dir / key
         image_npy, mask_npy, boxes_npy = (base.with_name(f"{key}.{k}.npy") for k in ("image", "mask", "boxes"))
         if not (image_npy.is_file() and mask_npy.is_file() and boxes_npy.is_file()):
+            # one decoded array alive at a time: the image is written and dropped before the
+            # mask is decoded (the peak is one decode, docs/rare_objects.md)
             with pixel_limit(self.max_image_pixels):
-                pixels, mask = _decode(image_path, mask_path, self.in_channels)
-            _save(image_npy, pixels)
-            del pixels
+                pixels, note = _decode_image(image_path, self.in_channels)
+                shape = pixels.shape
+                _save(image_npy.with_name(f".{key}.pending.npy"), pixels)
+                del pixels
+                try:
+                    mask = _decode_mask(mask_path, shape, image_path, note)
+                except DataError:
+                    image_npy.with_name(f".{key}.pending.npy").unlink(missing_ok=True)
+                    raise
+            os.replace(image_npy.with_name(f".{key}.pending.npy"), image_npy)
             _save(mask_npy, mask)
             _save(boxes_npy, component_boxes(mask))
             del mask
