@@ -284,6 +284,11 @@ def test_two_processes_reach_the_validation_loss_target_with_energy(tmp_path):
     assert energy["mining_wh"] > 0
     phases = ("setup_wh", "train_wh", "validation_wh", "checkpoint_wh", "mining_wh")
     assert sum(energy[k] for k in phases) == pytest.approx(energy["energy_wh"], rel=1e-9)
+    # the report draws the run's object precision and recall against its energy
+    from shared.report import build_report, load_local
+    report = build_report(load_local(out), tmp_path / "report")
+    (chart,) = [c for c in report.charts if c.name == "objects_vs_energy"]
+    assert chart.plotted == [load_local(out)[0].label] and chart.path.stat().st_size > 0
 
 
 def _free_port() -> int:

@@ -170,7 +170,9 @@ def compare_run(run: Run, target: Optional[float]) -> Row:
         nodes=nodes if isinstance(nodes, int) else None,
         nodes_measured=nodes_measured if isinstance(nodes_measured, int) else None,
         coverage=coverage, estimate=estimate, notes=notes,
-        phase_wh={p: _num(em.get(f"{p}_wh")) for p in PHASES} if energy_wh is not None else {})
+        # a phase the run's reports do not name (mining before it existed) is left out
+        phase_wh={p: _num(em.get(f"{p}_wh")) for p in PHASES if f"{p}_wh" in em}
+        if energy_wh is not None else {})
 
 
 def compare(runs: Sequence[Run], target: Optional[float]) -> List[Row]:
@@ -286,17 +288,18 @@ def display_cells(r: Row) -> Dict[str, str]:
 
 
 #: The energy per phase in one cell, in the order of ``PHASES``.
-SPLIT_COLUMN = "setup / train / val / ckpt (Wh)"
+SPLIT_COLUMN = "setup / train / val / ckpt [/ mining] (Wh)"
 
 
 def split_cell(r: Row) -> str:
-    """``setup / train / validation / checkpoint`` Wh; "-" for a run whose reports have no
+    """``setup / train / validation / checkpoint [/ mining]`` Wh (the phases the run's reports
+    name: mining since it exists); "-" for a run whose reports have no
     split (older runs), NOT_MEASURED without energy."""
     if not r.energy_measured:
         return NOT_MEASURED
     if all(r.phase_wh.get(p) is None for p in PHASES):
         return "-"
-    return " / ".join(fmt(r.phase_wh.get(p), "3s") for p in PHASES)
+    return " / ".join(fmt(r.phase_wh.get(p), "3s") for p in PHASES if p in r.phase_wh)
 
 
 DISPLAY_HEADER = ["run", "model", "params (M)", "slots", "target reached", "time to target (s)",
