@@ -229,6 +229,15 @@ def smaller_is_better(metric: str) -> bool:
     return "loss" in metric
 
 
+def target_reached(value: Any, target: float, smaller_is_better: bool) -> bool:
+    """Whether a validation's ``value`` of the target metric reaches ``target`` in the metric's
+    direction (a missing or non-finite value never does): the one rule of the trials' target
+    callback and of the reports."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return value <= target if smaller_is_better else value >= target
+
+
 def resolve_target(given: Mapping[str, Any], out: Dict[str, Any], schema: Mapping[str, Param],
                    where: str) -> None:
     """Settle ``target_metric``, ``target_value`` and ``target_smaller_is_better`` in ``out``
@@ -448,8 +457,24 @@ def _parse_value(raw: str, item: str) -> Any:
 
 def apply_overrides(hp: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
     """``--set key=value`` (values parsed as YAML: 64, 1e-3, true, [64, 64], null); dotted keys
-    reach nested sections (``energy.sources=nvml``). Unknown keys are caught by ``resolve``."""
+    reach nested sections (``energy.sources=nvml``). Unknown keys are caught by ``resolve``.
+
+    The target can be said two ways (``target_miou: X`` or ``target_metric`` +
+    ``target_value``, see ``resolve_target``); an override in one way replaces the config's
+    target said the other way, and an override of ``target_metric`` alone drops the config's
+    ``target_value`` (it was the old metric's), rather than making them disagree."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in hp.items()}
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    if any(k in LEGACY_TARGETS for k in keys):
+        for k in ("target_metric", "target_value"):
+            if k not in keys:
+                out.pop(k, None)
+    if any(k in ("target_metric", "target_value") for k in keys):
+        for k in LEGACY_TARGETS:
+            if k not in keys:
+                out.pop(k, None)
+        if "target_value" not in keys:
+            out.pop("target_value", None)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")

@@ -292,12 +292,14 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
                 # this one's: moved aside, so that the file reads as one run.
                 superseded = runlog.supersede_after(out / "metrics.jsonl",
                                                     checkpoints.batches_of(ckpt_dir / latest))
-                energy = [r["metrics"] for r in superseded if r.get("group") == "energy"]
+                energy = [r for r in superseded if r.get("group") == "energy"]
             mf = runlog.attach(out / "metrics.jsonl")
             compat.tap_reports(ctx, _with_search_point(mf.write, point) if point else mf.write)
         trial = trial_cls(ctx)
+        trial.energy_counters_dir = out / "energy_counters"
         if energy:
-            trial.energy_carried = energy[-1]
+            trial.energy_carried = energy[-1]["metrics"]
+            trial.energy_carried_step = int(energy[-1]["steps_completed"])
         if chief:
             first = checkpoints.batches_of(ckpt_dir / latest) if latest else 0
             mf.listeners.append(_Progress(trial_cls.MODEL_NAME, trial.max_batches,

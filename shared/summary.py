@@ -5,6 +5,7 @@ or crashed run summarises the same way, and a figure that was never measured sta
 """
 from __future__ import annotations
 
+import math
 import pathlib
 from typing import Any, Dict, List, Optional
 
@@ -22,10 +23,16 @@ def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
     train = by_group.get("training", [])
     energy = by_group.get("energy", [])
     first_hit = next((v for v in vals if "time_to_target_s" in v["metrics"]), None)
-    # The metric compared with the target: the run says which (miou for segmentation,
-    # accuracy for classification); runs recorded before it said so are segmentation runs.
+    # The metric compared with the target and its direction: the run says which (miou for
+    # segmentation, accuracy for classification); runs recorded before it said so are
+    # segmentation runs, and runs recorded before the direction was said compared upwards.
     metric = run.get("target_metric", "miou")
-    best = max(vals, key=lambda v: v["metrics"].get(metric, -1.0), default=None)
+    smaller = bool(run.get("target_smaller_is_better", False))
+    scored = [v for v in vals if _number(v["metrics"].get(metric))]
+    pick = min if smaller else max
+    best = pick(scored, key=lambda v: v["metrics"][metric], default=None)
+    last_seen = vals[-1]["metrics"] if vals else {}
+    patience = run.get("early_stop_patience") or 0
     last_val = vals[-1] if vals else None
     last_energy = energy[-1]["metrics"] if energy else {}
     out: Dict[str, Any] = {
@@ -37,6 +44,7 @@ def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
         "batches": max((r["steps_completed"] for r in train + vals), default=0),
         "target_metric": metric,
         "target": run.get("target"),
+        "target_smaller_is_better": smaller,
         f"final_{metric}": last_val["metrics"].get(metric) if last_val else None,
         f"best_{metric}": best["metrics"].get(metric) if best else None,
         "reached_target": first_hit is not None,
@@ -47,8 +55,16 @@ def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
         "avg_power_w": last_energy.get("avg_power_w"),
         "energy_sources": last_energy.get("sources"),
         "final_loss": train[-1]["metrics"].get("loss") if train else None,
+        "peak_memory_mb": run.get("peak_memory_mb"),
+        "early_stop_patience": patience or None,
+        # the last validation's count reached the patience: that validation asked to stop
+        "early_stopped": bool(patience) and last_seen.get("validations_without_improvement", 0) >= patience,
     }
     return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _fmt(v: Any, spec: str = "") -> str:
@@ -63,19 +79,26 @@ def format_summary(s: Dict[str, Any]) -> str:
     energy = (f"{s['energy_wh']:.4g} Wh ({s['energy_sources']})" if s.get("energy_wh") is not None
               else f"not measured ({s.get('energy_sources') or 'no energy report'})")
     m = s.get("target_metric", "miou")
-    return (f"[{s['model']}] done: {s['batches']} batches, best {m} {_fmt(s.get(f'best_{m}'), '.2f')}, "
-            f"final {_fmt(s.get(f'final_{m}'), '.2f')}; target {target}; energy {energy}")
+    stopped = (f"; early stopped ({s['early_stop_patience']} validations without improvement)"
+               if s.get("early_stopped") else "")
+    peak = (f"; peak memory {s['peak_memory_mb']:.0f} MB" if s.get("peak_memory_mb") is not None else "")
+    return (f"[{s['model']}] done: {s['batches']} batches, best {m} {_fmt(s.get(f'best_{m}'), '.4g')}, "
+            f"final {_fmt(s.get(f'final_{m}'), '.4g')}; target {target}{stopped}; energy {energy}{peak}")
 
 
 def comparison_table(summaries: List[Dict[str, Any]]) -> str:
-    """A Markdown table in the shape of 000's Table 2."""
-    head = ("| model | params (M) | batches | best mIoU | target reached | batches to target "
-            "| time to target (s) | energy to target (Wh) | energy (Wh) | sources |")
+    """A Markdown table in the shape of 000's Table 2 (the best value of each run's own target
+    metric: mIoU for segmentation)."""
+    metrics = {s.get("target_metric", "miou") for s in summaries}
+    best = f"best {metrics.pop()}" if len(metrics) == 1 else "best of target metric"
+    head = (f"| model | params (M) | batches | {best.replace('best miou', 'best mIoU')} | target reached "
+            "| batches to target | time to target (s) | energy to target (Wh) | energy (Wh) | sources |")
     rows = [head, "|" + "---|" * 10]
     for s in summaries:
+        m = s.get("target_metric", "miou")
         rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             s["model"], _fmt(s["params"] / 1e6 if s["params"] else None, ".2f"), s["batches"],
-            _fmt(s.get("best_miou"), ".2f"), "yes" if s["reached_target"] else "no",
+            _fmt(s.get(f"best_{m}"), ".4g"), "yes" if s["reached_target"] else "no",
             _fmt(s["batches_to_target"]), _fmt(s["time_to_target_s"], ".1f"),
             _fmt(s["energy_to_target_wh"], ".4g"), _fmt(s["energy_wh"], ".4g"),
             s["energy_sources"] or "none"))

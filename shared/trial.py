@@ -33,14 +33,6 @@ log = logging.getLogger("shared.trial")
 MetricDoc = Tuple[str, str, str]
 
 
-def target_reached(value: Any, target: float, smaller_is_better: bool) -> bool:
-    """Whether a validation's ``value`` of the target metric reaches ``target`` in the metric's
-    direction (a missing or non-finite value never does)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return False
-    return value <= target if smaller_is_better else value >= target
-
-
 class TargetCallback(det_torch.PyTorchCallback):
     """Time and batches to the first validation whose ``target_metric`` reaches
     ``target_value`` in its direction (``target_smaller_is_better``; see
@@ -51,6 +43,13 @@ class TargetCallback(det_torch.PyTorchCallback):
     ``time_to_target_s`` and ``batches_to_target`` to that validation's metrics (and to every
     later one, so the WebUI's latest-validation columns show them) by updating the metrics dict
     that Determined reports right after ``on_validation_end``.
+
+    Early stopping (``early_stop_patience`` = N) lives here too, since it watches the same
+    metric in the same direction: a validation improves when its value is strictly better
+    than the best so far; after N validations in a row that do not, the trial asks Determined
+    to stop (``set_stop_requested``: a checkpoint, then the end of the trial; ASHA counts it as
+    a finished trial). Every validation then carries ``validations_without_improvement``. The
+    best value and the count are in the checkpoint, so a resumed trial keeps counting.
     """
 
     def __init__(self, trial: "RecipeTrial") -> None:
@@ -61,6 +60,9 @@ class TargetCallback(det_torch.PyTorchCallback):
         self.elapsed_before = 0.0
         self.t0 = time.monotonic()
         self.reached: Optional[Dict[str, float]] = None
+        self.patience: Optional[int] = trial.hp["early_stop_patience"]
+        self.best: Optional[float] = None
+        self.without_improvement = 0
 
     def elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self.t0)
@@ -72,7 +74,7 @@ class TargetCallback(det_torch.PyTorchCallback):
         self.trial.batches_trained = first_batch_idx
 
     def on_validation_end(self, metrics: Dict[str, Any]) -> None:
-        if self.reached is None and target_reached(metrics.get(self.metric), self.target,
+        if self.reached is None and hpmod.target_reached(metrics.get(self.metric), self.target,
                                                    self.smaller_is_better):
             self.reached = {"time_to_target_s": round(self.elapsed(), 3),
                             "batches_to_target": int(self.trial.batches_trained)}
@@ -82,18 +84,41 @@ class TargetCallback(det_torch.PyTorchCallback):
                 self.trial.context.set_stop_requested(True)
         if self.reached is not None:
             metrics.update(self.reached)
+        if self.patience is not None:
+            self._early_stop(metrics)
         if self.trial.context.distributed.rank == 0:
             self.trial.write_local_details()
 
+    def _early_stop(self, metrics: Dict[str, Any]) -> None:
+        value = metrics.get(self.metric)
+        finite = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value))
+        if finite and (self.best is None or (value < self.best if self.smaller_is_better
+                                             else value > self.best)):
+            self.best, self.without_improvement = float(value), 0
+        else:  # a worse, equal, missing or non-finite value
+            self.without_improvement += 1
+        metrics["validations_without_improvement"] = self.without_improvement
+        if self.without_improvement >= self.patience:
+            if self.trial.context.distributed.rank == 0:
+                log.info("early stopping at batch %d: %s has not improved on its best, %.4g, for %d "
+                         "validations (early_stop_patience %d)", self.trial.batches_trained,
+                         self.metric, self.best if self.best is not None else math.nan,
+                         self.without_improvement, self.patience)
+            self.trial.context.set_stop_requested(True)
+
     def state_dict(self) -> Dict[str, Any]:
         return {"elapsed_s": self.elapsed(), "reached": self.reached,
-                "batches_trained": self.trial.batches_trained}
+                "batches_trained": self.trial.batches_trained,
+                "best": self.best, "without_improvement": self.without_improvement}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.elapsed_before = float(state_dict.get("elapsed_s", 0.0))
         self.t0 = time.monotonic()
         self.reached = state_dict.get("reached")
         self.trial.batches_trained = int(state_dict.get("batches_trained", self.trial.batches_trained))
+        self.best = state_dict.get("best")
+        self.without_improvement = int(state_dict.get("without_improvement", 0))
 
 
 class RecipeTrial(det_torch.PyTorchTrial):
@@ -127,6 +152,10 @@ class RecipeTrial(det_torch.PyTorchTrial):
             "time_to_target_s": "wall time from the trial's start to the first validation whose "
                                 "target_metric reaches target_value (carried over pause/resume)",
             "batches_to_target": "batches trained at that validation",
+            "validations_without_improvement": "with early_stop_patience set: validations in a row "
+                                               "since target_metric last improved (0 at an "
+                                               "improvement); the trial stops when it reaches "
+                                               "early_stop_patience",
             **energy.VALIDATION_METRICS,
             "skipped_samples": "samples skipped as bad (skip_bad_samples)",
         }
@@ -236,6 +265,11 @@ class RecipeTrial(det_torch.PyTorchTrial):
     #: set by the local launcher on a resume after a crash: the interrupted run's last
     #: ``energy`` record past the checkpoint (EnergyCallback's ``carried``)
     energy_carried: Optional[Mapping[str, Any]] = None
+    #: its batch (``steps_completed``)
+    energy_carried_step: Optional[int] = None
+    #: set by the local launcher: where each rank keeps its absolute energy counters for a
+    #: run that resumes this one after a kill (``shared.energy.handover``); None on a cluster
+    energy_counters_dir: Optional[Any] = None
 
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
         if self.stop_signal is not None:
@@ -269,7 +303,9 @@ class RecipeTrial(det_torch.PyTorchTrial):
                                                  target_smaller_is_better=self.hp["target_smaller_is_better"],
                                                  validation_follows=self.validation_follows,
                                                  required=self.energy_required,
-                                                 carried=self.energy_carried)
+                                                 carried=self.energy_carried,
+                                                 carried_step=self.energy_carried_step,
+                                                 counters_dir=self.energy_counters_dir)
         return callbacks
 
 
@@ -335,32 +371,73 @@ RUN_GROUP = {
     "slots": "GPUs (or processes) of the trial",
     "precision": "precision in use", "global_batch_size": "images per step",
     "lr": "the scaled peak learning rate", "device": "device name",
+    "early_stop_patience": "the early_stop_patience hyperparameter (0: early stopping off)",
+    "reported_at": "'start' (the trial (re)started: readers start a new segment of the run's "
+                   "time axis there) or 'validation' (the update after a validation)",
+    "peak_memory_mb": "peak memory of the largest rank so far, MB (2^20 bytes): on CUDA the peak "
+                      "of tensor memory (torch.cuda.max_memory_allocated; the caching allocator's "
+                      "reserve is more), on CPU the training process's peak resident set "
+                      "(getrusage ru_maxrss: Python, libraries and tensors; data-loader workers "
+                      "not counted); reported at trial start and again after every validation",
     "search_point": "local runs of a config with a search space: the point trained in the "
                     "searcher's place (metrics.jsonl only)",
 }
 
+MB = 1024 * 1024
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far, MB (see ``RUN_GROUP["peak_memory_mb"]``)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / MB
+    import resource
+    import sys
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in kilobytes on Linux, in bytes on macOS
+    return peak / MB if sys.platform == "darwin" else peak / 1024
+
 
 class _RunInfoCallback(det_torch.PyTorchCallback):
-    """Reports the facts a comparison needs once per trial start, as the custom metric group
-    ``run`` (parameters, slots, precision), and keeps the bad-sample count visible."""
+    """Reports the facts a comparison needs as the custom metric group ``run`` (parameters,
+    slots, precision) once per trial start, and again after every validation with the peak
+    memory so far (the latest ``run`` report is the one readers take), and keeps the
+    bad-sample count visible."""
 
     def __init__(self, trial: "RecipeTrial") -> None:
         self.trial = trial
         self.reported_skips = 0
+        #: this rank's peak memory so far, MB; kept here because the classification trial's
+        #: resources callback resets CUDA's peak counter at each of its samples: this callback
+        #: comes first in build_callbacks (Determined calls them in that order) and reads the
+        #: counter at the same hooks, just before each reset
+        self.peak_mb = 0.0
+        self.started_at: Optional[int] = None
+
+    def _peak(self) -> float:
+        self.peak_mb = max(self.peak_mb, peak_memory_mb(self.trial.device))
+        return self.peak_mb
 
     def on_trial_startup(self, first_batch_idx: int, checkpoint_uuid: Optional[str]) -> None:
+        self.started_at = first_batch_idx
+        # No collective here (ranks may start at different moments): the chief's own figure.
+        self._report(first_batch_idx, self._peak(), "start")
+
+    def _report(self, step: int, peak_mb: float, at: str) -> None:
         t = self.trial
         if t.context.distributed.rank == 0:
             compat.report_group(
-                t.context, "run", first_batch_idx,
+                t.context, "run", step,
                 {"model": t.MODEL_NAME, "params": t.num_parameters,
                  "target_metric": t.hp["target_metric"], "target": t.hp["target_value"],
                  "target_smaller_is_better": bool(t.hp["target_smaller_is_better"]),
                  "slots": t.context.distributed.size, "precision": t.precision,
                  "global_batch_size": t.context.get_global_batch_size(), "lr": t.lr,
-                 "device": torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu"})
+                 "device": torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu",
+                 "early_stop_patience": t.hp["early_stop_patience"] or 0,
+                 "peak_memory_mb": round(peak_mb, 2), "reported_at": at})
 
     def on_training_workload_end(self, avg_metrics: Dict[str, Any], batch_metrics: Any) -> None:
+        self._peak()
         # Runs on every rank with the same (broadcast) averages, so all ranks stop together.
         loss = avg_metrics.get("loss")
         if loss is not None and not math.isfinite(float(loss)):
@@ -369,6 +446,12 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
                 f"diverged; lower 'lr' or set 'grad_clip_norm'")
 
     def on_validation_end(self, metrics: Dict[str, Any]) -> None:
+        # Every rank's peak, the largest reported (a collective: on every rank, every time).
+        peak = max(self.trial.context.distributed.allgather(self._peak()))
+        # One report of a group per step: not at the step the startup report used (a
+        # validation right after a resume); the next validation carries the peak.
+        if self.trial.batches_trained != self.started_at:
+            self._report(self.trial.batches_trained, peak, "validation")
         # Skipped-sample counts live on each rank (they come with the batches); sum them.
         total = sum(self.trial.context.distributed.allgather(self.trial.skipped_samples))
         if total:

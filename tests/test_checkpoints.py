@@ -133,12 +133,14 @@ def wait_for_training(proc, metrics: pathlib.Path, timeout=120):
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_checkpoints_summarises_and_says_how_to_resume(sig, code, data, tmp_path):
+def test_a_signal_checkpoints_summarises_and_says_how_to_resume(sig, code, data, tmp_path, rapl):
     out = tmp_path / "run"
     # workers: data-loader processes that must not outlive the run
     cmd = command(data, out, "workers_per_slot=2", "validation_period=1000", "checkpoint_period=1000",
-                  batches=100000)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  "energy.enabled=true", batches=100000)
+    env = {**os.environ, **rapl}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         wait_for_training(proc, out / "metrics.jsonl")
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -167,10 +169,12 @@ def test_a_signal_checkpoints_summarises_and_says_how_to_resume(sig, code, data,
     resume = shlex.split(line.split("continue with: ", 1)[1])  # a shell command line
     resume[resume.index("--batches") + 1] = str(batches + 2)
     resume[0] = sys.executable
-    again = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    again = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]
     done = checkpoints.complete_checkpoints(out / "checkpoints")
     assert checkpoints.batches_of(done[-1]) == batches + 2
+    # a run that stopped cleanly: the time until the resume was not its own, nothing counted
+    assert "nothing counted between the previous run and this one (ended" in again.stderr
 
 
 # ------------------------------------------------------------------ kill -9, then resume
@@ -250,3 +254,12 @@ def test_a_killed_run_resumes_as_one_run(moment, tmp_path, rapl):
     # time, carried over, and the resumed run's)
     last = energy[-1]["metrics"]
     assert last["cpu_wh"] == pytest.approx(40.0 * last["duration_s"] / 3600, rel=0.02)
+    # and nothing is missing: the time between the killed run's last report and the restart
+    # (the end of its training, the kill, the restart's start-up) is counted from the RAPL
+    # counter, so the run's energy is 40 W over the wall time from the first run's meter
+    # start (its first report's time less the duration it covers) to the last report
+    first = min((r for r in recs + superseded if r["group"] == "energy"), key=lambda r: r["time"])
+    wall = energy[-1]["time"] - (first["time"] - first["metrics"]["duration_s"])
+    assert last["duration_s"] == pytest.approx(wall, rel=0.02, abs=0.3)
+    assert last["cpu_wh"] == pytest.approx(40.0 * wall / 3600, rel=0.02)
+    assert "between the interrupted run's last report" in again.stderr

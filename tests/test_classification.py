@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import json
 import os
 import pathlib
 import subprocess
@@ -608,6 +609,27 @@ def test_cli_learns_the_synthetic_set_and_records_resources_and_energy(synth, tm
     assert res["ranks"] == 1 and res["rss_mb"] > 100 and res["threads"] >= 1 and res["cpu_percent"] > 0
     assert res["workers"] == 0  # workers_per_slot=0
     assert "[image_classification] validation at batch 20:  accuracy" in p.stdout
+
+
+def test_cli_early_stopping_ends_the_run_after_patience(synth, tmp_path):
+    # validation_samples is the same at every validation (12): it never improves after the
+    # first, so with a patience of 1 the run stops at the second validation, deterministically
+    out = tmp_path / "run"
+    p = _train(synth, out, "target_metric=validation_samples", "target_value=1000",
+               "early_stop_patience=1", "validation_period=3", "image_size=16", batches=30)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    by: Dict[str, list] = {}
+    for r in runlog.read(out / "metrics.jsonl"):
+        by.setdefault(r["group"], []).append(r)
+    assert [(r["steps_completed"], r["metrics"]["validations_without_improvement"])
+            for r in by["validation"]] == [(3, 0), (6, 1)]
+    assert "early stopping at batch 6: validation_samples has not improved" in p.stderr + p.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["early_stopped"] is True and summary["batches"] == 6
+    # the peak memory is kept over the resources callback's resets of CUDA's counter; on CPU
+    # it is the process's peak RSS, at least the resident memory the resources group saw
+    peak = by["run"][-1]["metrics"]["peak_memory_mb"]
+    assert isinstance(peak, float) and peak >= max(r["metrics"].get("rss_mb", 0) for r in by["resources"])
 
 
 def test_cli_bad_input_exits_2_with_the_message(synth, tmp_path):

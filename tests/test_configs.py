@@ -97,7 +97,7 @@ def test_conventions_of_every_config(model, kind):
     assert conf["environment"]["image"] == IMAGE
     assert conf["max_restarts"] >= 1
     assert conf["bind_mounts"][0]["container_path"] == hp["data_dir"] == "/data/ADEChallengeData2016"
-    assert hp["target_miou"] == 16 and hp["crop_size"] == 512 and hp["num_classes"] == 150
+    assert (hp["target_metric"], hp["target_value"]) == ("miou", 16) and hp["crop_size"] == 512 and hp["num_classes"] == 150
     assert hp["scale"] == [2048, 512] and hp["global_batch_size"] // conf["resources"]["slots_per_trial"] == 16
     assert hp["energy"]["sources"] == "auto"
 
@@ -254,9 +254,12 @@ def test_broken_copies_fail_naming_file_and_key(tmp_path, case, model, kind, edi
 def test_duplicate_keys_are_refused(tmp_path):
     path = tmp_path / "unet" / "asha.yaml"
     path.parent.mkdir()
-    path.write_text(config_path("unet", "asha").read_text() + "hyperparameters: {}\n")
+    text = config_path("unet", "asha").read_text()
+    path.write_text(text + "hyperparameters: {}\n")
     (problem,) = expconf.check_config(path)
-    assert problem == f"{path}: line 73: duplicate key 'hyperparameters' (first at line 37)"
+    first = text.splitlines().index("hyperparameters:") + 1
+    assert problem == (f"{path}: line {len(text.splitlines()) + 1}: duplicate key 'hyperparameters' "
+                       f"(first at line {first})")
 
 
 def test_a_duplicated_hyperparameter_is_refused_by_the_checker(tmp_path):

@@ -125,7 +125,7 @@ def test_constant_power_integrates_to_watts_times_time(mode, how, sources, caplo
     assert joules <= sampler.energy_j() + 1e-9
     # ... and that span is the window, to the documented lag
     assert_energy(joules, WATTS, t_before, t_opened, t_read)
-    assert source.health.failures == 0 and source.health.attempts > 20
+    assert source.health.failures == 0 and source.health.attempts > 10  # 40 expected; a loaded machine samples late
     chosen = [r.getMessage() for r in caplog.records if "node power from" in r.getMessage()]
     assert len(chosen) == 1 and EXPECTED_KIND[mode] in chosen[0]
 

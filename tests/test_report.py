@@ -163,9 +163,39 @@ def test_different_targets_and_bad_target_are_refused(tmp_path):
     runs = load_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
     with pytest.raises(ReportError, match=r"different targets \(a: 16, b: 20\).*--target-miou"):
         build_report(runs, tmp_path / "out")
-    assert report.report_target(runs, 18) == 18.0
+    assert report.report_target(runs, 18) == report.Target("miou", 18.0, False)
     with pytest.raises(ReportError, match=r"--target-miou must be a number in \(0, 100\], got 150"):
         report.report_target(runs, 150)
+
+
+def test_a_decreasing_target_is_compared_and_drawn_in_its_direction(tmp_path, capsys):
+    """Issue 15: a run whose target is validation_loss <= 1.0 (losses 2.14, 1.58, 1.11, 0.97
+    at batches 10..40 from mIoU 4, 9, 17, 21): reached at batch 40, not at the mIoU crossing."""
+    write_run(tmp_path / "loss", run_records(target_metric="validation_loss", target=1.0,
+                                             smaller_is_better=True, power_w=200.0))
+    runs = load_local(tmp_path / "loss")
+    assert runs[0].target == report.Target("validation_loss", 1.0, True)
+    rep = build_report(runs, tmp_path / "out")
+    (row,) = rep.rows
+    assert (row.reached, row.target_basis, row.batches_to_target) == (True, "trial", 40)
+    assert (row.target_metric, row.target_value, row.target_smaller_is_better) == ("validation_loss", 1.0, True)
+    assert row.best_value == pytest.approx(3.0 / 3.1) == row.value_at_target  # the smallest loss
+    assert row.target_miou is None and row.best_miou == 21.0  # the mIoU columns stay mIoU's
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "Target: validation_loss <= 1." in md
+    charts = {c.name: c for c in rep.charts}
+    assert charts["validation_loss_vs_energy"].plotted == ["loss"]
+    assert (tmp_path / "out" / "validation_loss_vs_time.png").read_bytes()[:8] == PNG_MAGIC
+    csv_row = next(csv.DictReader(io.StringIO((tmp_path / "out" / "comparison.csv").read_text())))
+    assert (csv_row["target_metric"], csv_row["target_smaller_is_better"]) == ("validation_loss", "yes")
+    # another value of the same metric, in the run's direction: <= 1.2 first at batch 30
+    (row,) = report.compare(runs, report.report_target(runs, 1.2, flag="--target-value"))
+    assert (row.batches_to_target, row.target_basis) == (30, "recomputed")
+    assert "own target was validation_loss <= 1" in row.notes[0]
+    with pytest.raises(ReportError, match="--target-value must be a number > 0, got -1"):
+        build_report(runs, tmp_path / "o4", target_value=-1)
+    assert main([str(tmp_path / "loss"), "--target-metric", "miou", "--out", str(tmp_path / "o")]) == 2
+    assert "--target-metric needs --target-value" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- series
@@ -195,6 +225,19 @@ def test_timeline_restart_removes_pause_and_replaces_redone_reports():
     assert [p.steps for p in tr] == [10, 20, 30, 40]
     assert [p.metrics["loss"] for p in tr] == [1.0, 0.9, 0.7, 0.6]
     assert [p.elapsed_s for p in tr] == pytest.approx([10, 20, 40, 50])
+
+
+def test_timeline_the_run_update_after_a_validation_is_no_restart():
+    def rec(group, steps, t, **m):
+        return {"group": group, "steps_completed": steps, "time": T0 + t, "metrics": m}
+    # the run group again after the validation at batch 10 (peak memory): time runs on
+    recs = [rec("run", 0, 0, reported_at="start"), rec("training", 10, 10, loss=1.0),
+            rec("run", 10, 15, reported_at="validation", peak_memory_mb=9.0),
+            rec("validation", 10, 15, miou=3.0), rec("training", 20, 25, loss=0.9)]
+    tl = timeline(Run("r", "x", recs))
+    assert [p.elapsed_s for p in tl["training"]] == pytest.approx([10, 25])
+    assert tl["validation"][0].elapsed_s == pytest.approx(15)
+    assert Run("r", "x", recs).info()["peak_memory_mb"] == 9.0
 
 
 # ----------------------------------------------------------------------------- scaling

@@ -84,6 +84,15 @@ def test_trains_validates_checkpoints(model, data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reached_target"] and summary["batches"] == 6 and summary["model"] == model
     assert "done: 6 batches" in proc.stdout
+    # peak memory (CPU: the process's peak RSS) at start and after each validation, a number
+    runs = by["run"]
+    assert [r["steps_completed"] for r in runs] == [0, 3, 6]
+    peaks = [r["metrics"]["peak_memory_mb"] for r in runs]
+    assert all(isinstance(p, float) and p > 50 for p in peaks) and peaks == sorted(peaks)
+    assert summary["peak_memory_mb"] == peaks[-1] and summary["early_stopped"] is False
+    # target_miou=1 on the command line (the legacy form) over the config's target_metric/value
+    assert (runs[-1]["metrics"]["target_metric"], runs[-1]["metrics"]["target"],
+            runs[-1]["metrics"]["target_smaller_is_better"]) == ("miou", 1.0, False)
 
 
 def test_resume_continues_batches_clock_and_target(data, tmp_path):
@@ -103,12 +112,17 @@ def test_resume_continues_batches_clock_and_target(data, tmp_path):
 
 
 def test_stop_at_target_ends_training(data, tmp_path):
+    # a decreasing target (issue 15): validation_loss <= 100 is reached at the first validation
     out = tmp_path / "run"
-    train("unet", data, out, "validation_period=2", "checkpoint_period=100", "target_miou=0.01",
-          "stop_at_target=true", batches=20)
+    train("unet", data, out, "validation_period=2", "checkpoint_period=100",
+          "target_metric=validation_loss", "target_value=100", "stop_at_target=true", batches=20)
     by = groups(out)
     assert by["validation"][0]["steps_completed"] == 2
     assert max(r["steps_completed"] for r in by["validation"]) == 2
+    assert by["validation"][0]["metrics"]["batches_to_target"] == 2
+    assert by["run"][0]["metrics"]["target_smaller_is_better"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target_metric"] == "validation_loss" and summary["target_smaller_is_better"] is True
 
 
 def test_rapl_energy_end_to_end_across_counter_wraps(data, tmp_path):
@@ -328,6 +342,9 @@ def test_a_search_config_runs_locally_at_a_printed_and_recorded_point(data, tmp_
              "  warmup_batches = 2  (int 200..2000: set by --set)\n"
              "  unet_base_channels = 16  (categorical 16, 30, 48: the first)\n")
     assert block in p.stdout and p.stdout.count("search point:") == 1
-    (run,) = groups(out)["run"]
+    # the start report, then the update after each validation (peak memory), each with the point
+    run, *updates = groups(out)["run"]
+    assert [u["metrics"]["reported_at"] for u in updates] == ["validation"] * len(updates)
+    assert all(u["metrics"]["search_point"] == run["metrics"]["search_point"] for u in updates)
     assert run["metrics"]["search_point"] == {"lr": 2e-3, "weight_decay": pytest.approx(0.01),
                                               "warmup_batches": 2, "unet_base_channels": 16}

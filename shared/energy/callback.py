@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pathlib
 import socket
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -39,6 +40,7 @@ from shared import determined_compat as compat
 
 from .redact import energy_logger
 from .aggregate import RankEnergy, TrialEnergy, combine
+from . import handover
 from .meter import EnergyMeter, EnergySnapshot
 from .options import default_options, validate_options
 from .select import build_sources
@@ -114,6 +116,11 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             the checkpoint this run resumes from: energy that was spent, and that the
             checkpoint does not know of. When it is ahead of the checkpoint's total, the trial
             continues from it, so that the totals never go down across a crash.
+        carried_step: the batch of that record.
+        counters_dir: a local run's ``energy_counters/`` directory: each rank keeps there its
+            absolute counters at its last reports, and a resumed run counts from them the
+            energy between the interrupted run's last report and its own start
+            (``shared.energy.handover``). None on a cluster.
 
     Raises:
         ValueError: bad options (at construction, before training starts).
@@ -124,7 +131,9 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                  target_metric: str = "miou", target_smaller_is_better: bool = False,
                  validation_follows: Optional[Callable[[int], bool]] = None,
                  required: bool = False,
-                 carried: Optional[Mapping[str, Any]] = None) -> None:
+                 carried: Optional[Mapping[str, Any]] = None,
+                 carried_step: Optional[int] = None,
+                 counters_dir: Optional[pathlib.Path] = None) -> None:
         self._context = context
         self._opts = validate_options(options)
         self._enabled: bool = self._opts["enabled"]
@@ -145,6 +154,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         self._energy_to_target_wh: Optional[float] = None
         self._failure_logged = False
         self._carried = dict(carried) if carried else None
+        self._carried_step = carried_step
+        self._counters_dir = counters_dir
         #: this rank's last good meter read and the monotonic time it was taken
         self._last_good: Optional[Tuple[EnergySnapshot, float]] = None
         #: the energy_wh of the last validation that had one (the searcher metric's basis)
@@ -250,6 +261,11 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             self._mark("train", ended="checkpoint")
 
     def on_trial_shutdown(self) -> None:
+        if self._counters_dir is not None:
+            try:
+                handover.close(self._counters_dir, self._context.distributed.rank)
+            except Exception as err:
+                self._failed(f"closing the energy counters in {self._counters_dir}", err)
         if self._meter is not None:
             self._meter.close()
             self._meter = None
@@ -267,6 +283,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         except Exception as err:
             self._failed("reading the energy meter", err)
             snapshot = self._held_snapshot(dist.rank)
+        else:
+            self._hand_over(dist.rank)
         return RankEnergy.from_snapshot(snapshot, **meta).to_dict()
 
     def _held_snapshot(self, rank: int) -> EnergySnapshot:
@@ -294,6 +312,45 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                               # the figures are those of the last good read: what they
                               # bridged and how far they may trail stay theirs
                               bridged_s=dict(last.bridged_s), lag_s=dict(last.lag_s))
+
+    def _hand_over(self, rank: int) -> None:
+        """Keep this reading's absolute counters for a run that resumes this one."""
+        if self._counters_dir is None or self._meter is None:
+            return
+        counters = self._meter.raw_counters()
+        if not counters:
+            return
+        try:
+            handover.record(self._counters_dir, rank, int(self._steps_completed()),
+                            self._node_id, counters)
+        except Exception as err:
+            self._failed(f"keeping the energy counters in {self._counters_dir}", err)
+
+    def _count_gap(self, step: Optional[int]) -> None:
+        """Count, from this rank's absolute counters, the energy between the interrupted
+        run's report at ``step`` (the one whose totals this run continues from) and this
+        run's start."""
+        if self._meter is None or self._counters_dir is None or step is None:
+            return
+        rank = self._context.distributed.rank
+        entry, why = handover.find(self._counters_dir, rank, step, self._node_id)
+        if entry is None and why.startswith("ended"):
+            log.info("energy: nothing counted between the previous run and this one (%s)", why)
+            return
+        if entry is None:
+            log.warning("energy: the energy between the interrupted run's last report (batch "
+                        "%d) and this start is not counted: %s", step, why)
+            return
+        gap = self._meter.count_gap(entry["counters"], time.time() - float(entry["wall_time"]))
+        counted = {name: sum(j.values()) for name, j in gap.joules.items()}
+        if counted:
+            log.info("energy: counted %.6f Wh over the %.1f s between the interrupted run's last "
+                     "report (batch %d) and this start, from the counters of %s",
+                     sum(counted.values()) / 3600.0, gap.elapsed_s, step, ", ".join(sorted(counted)))
+        for name, reason in sorted(gap.missed.items()):
+            log.warning("energy: %s cannot count the %.1f s between the interrupted run's last "
+                        "report and this start (%s): its energy then is missing, its coverage "
+                        "says so", name, gap.elapsed_s, reason)
 
     def _collect(self) -> Optional[TrialEnergy]:
         """Allgather every rank's report; on the chief, combine and add the offset."""
@@ -404,21 +461,44 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             "last_reported_step": self._last_reported_step,
         }
 
+    def _carried_is_ahead(self, offset: TrialEnergy) -> bool:
+        if self._carried is None:
+            return False
+        return (TrialEnergy.from_metrics(self._carried).energy_j or 0.0) > (offset.energy_j or 0.0)
+
+    def _continues_from(self, state_dict: Mapping[str, Any]) -> Optional[int]:
+        """The batch of the report whose totals this run continues from."""
+        try:
+            if self._carried_step is not None and \
+                    self._carried_is_ahead(TrialEnergy.from_dict(state_dict["total"])):
+                return int(self._carried_step)
+            step = state_dict.get("last_reported_step")
+            return None if step is None else int(step)
+        except Exception:  # a bad state: load_state_dict says so below
+            return None
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore the totals of the run before a pause as the offset of this one."""
         if not self._enabled or not state_dict:
             return
+        # The report whose totals this run continues from: the interrupted run's last (on the
+        # chief, when it is ahead of the checkpoint) or the checkpoint's. Every rank counts
+        # the gap from its own counters at that same report, so the chief's choice goes to
+        # all (each rank loads the checkpoint, so each is here).
+        step = self._continues_from(state_dict)
+        if self._counters_dir is not None and self._context.distributed.size > 1:
+            step = self._context.distributed.broadcast(step)
         try:
             if state_dict.get("version") != 1:
                 raise ValueError(f"unknown energy state version {state_dict.get('version')!r}")
             self._offset = TrialEnergy.from_dict(state_dict["total"])
-            if self._carried is not None:
+            if self._carried_is_ahead(self._offset):
                 carried = TrialEnergy.from_metrics(self._carried)
-                if (carried.energy_j or 0.0) > (self._offset.energy_j or 0.0):
-                    log.info("energy: continuing from the interrupted run's last report "
-                             "(%.6f Wh, %.1f s) rather than the checkpoint's (%.6f Wh)",
-                             carried.energy_wh, carried.duration_s, self._offset.energy_wh or 0.0)
-                    self._offset = carried
+                log.info("energy: continuing from the interrupted run's last report "
+                         "(%.6f Wh, %.1f s) rather than the checkpoint's (%.6f Wh)",
+                         carried.energy_wh, carried.duration_s, self._offset.energy_wh or 0.0)
+                self._offset = carried
+            self._count_gap(step)
             self._target_reached = bool(state_dict.get("target_reached", False))
             self._energy_to_target_wh = state_dict.get("energy_to_target_wh")
             self._last_reported_step = state_dict.get("last_reported_step")

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .redact import energy_logger
-from .sources.base import COMPONENTS, EnergySource, SourceUnavailable
+from .sources.base import COMPONENTS, EnergySource, RawCounter, SourceUnavailable
+from .sources.counters import counter_step
 
 log = energy_logger()
 
@@ -76,6 +77,27 @@ class EnergySnapshot:
 
 
 @dataclass(frozen=True)
+class Gap:
+    """What ``EnergyMeter.count_gap`` counted: the energy between an interrupted run's last
+    report and this meter's start.
+
+    Attributes:
+        elapsed_s: the wall-clock seconds of the gap.
+        joules: per source that could measure it, joules per component.
+        missed: per source that could not, why (its energy over the gap is missing, and its
+            coverage says so).
+    """
+
+    elapsed_s: float
+    joules: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    missed: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def counted(self) -> bool:
+        return bool(self.joules)
+
+
+@dataclass(frozen=True)
 class Window:
     """What happened between ``begin_window(name)`` and ``end_window(name)``."""
 
@@ -125,6 +147,10 @@ class EnergyMeter:
         # is counted from there.
         self._base: Dict[str, Dict[str, float]] = {}
         self._base_bridged: Dict[str, float] = {}
+        # The absolute counters (``EnergySource.raw_counters``) at the base reading, and at
+        # the last reading: what ``count_gap`` and the next process difference.
+        self._base_raw: Dict[str, Dict[str, RawCounter]] = {}
+        self._last_raw: Dict[str, Dict[str, RawCounter]] = {}
         # Phases: closed segments' joules per phase, the running phase, and the joules at
         # the reading that opened it.
         self._phase = FIRST_PHASE
@@ -206,11 +232,13 @@ class EnergyMeter:
         # Counted from here if it came up late; start() reads it again at the common start.
         self._base[source.name] = first
         self._base_bridged[source.name] = _bridged(source)
+        self._base_raw[source.name] = self._last_raw.get(source.name, {})
         return True
 
     def _set_base(self, source: EnergySource) -> None:
         self._base[source.name] = self._safe_read(source) or {}
         self._base_bridged[source.name] = _bridged(source)
+        self._base_raw[source.name] = self._last_raw.get(source.name, {})
 
     def _retry_pending(self) -> None:
         """Try again the configured sources that failed at start, when their time has come."""
@@ -275,7 +303,81 @@ class EnergyMeter:
                                                       f"{err}")
             return self._last.get(source.name)
         self._last[source.name] = values
+        try:
+            self._last_raw[source.name] = dict(source.raw_counters())
+        except Exception as err:  # a bug in a source must not stop training
+            log.debug("energy source %s: raw_counters() failed: %s", source.name, err)
+            self._last_raw[source.name] = {}
         return values
+
+    def raw_counters(self) -> Dict[str, Dict[str, int]]:
+        """Per active source with absolute counters, their values at the last reading
+        (``read()``): what a later process passes to ``count_gap``. JSON-ready."""
+        return {name: {key: int(c.value) for key, c in raw.items()}
+                for name, raw in self._last_raw.items()
+                if raw and name in self._owned}
+
+    def count_gap(self, previous: Mapping[str, Mapping[str, int]], elapsed_s: float) -> Gap:
+        """Count the energy between an earlier process's reading ``previous`` (its
+        ``raw_counters()``) and this meter's start, ``elapsed_s`` wall-clock seconds before
+        it: for a resumed run, what was spent between the interrupted run's last report and
+        the restart (the end of its training, the crash, the restart's start-up), which no
+        report of either run contains.
+
+        Only a source whose every component is an absolute counter read in both processes
+        can tell (RAPL, NVML energy counters), and only on the same node and boot (the
+        caller checks that); a counter that went back implausibly (``counter_step``: a
+        driver reload, a reboot) makes its source miss the gap. When at least one source
+        counted it, the meter's window is moved back by ``elapsed_s`` (``duration_s`` then
+        spans the gap) and the joules are charged to the first phase; a source that could
+        not count it has its coverage reduced by that time, as a source that came up late.
+        Must be called before the first ``mark_phase``.
+        """
+        if self._start is None:
+            raise RuntimeError("EnergyMeter.count_gap() before start()")
+        if self._phase_j or self._phase != FIRST_PHASE:
+            raise RuntimeError("EnergyMeter.count_gap() after a phase mark: call it right after start()")
+        elapsed_s = max(0.0, float(elapsed_s))
+        joules: Dict[str, Dict[str, float]] = {}
+        missed: Dict[str, str] = {}
+        for source in self._active:
+            name = source.name
+            now_raw = self._base_raw.get(name) or {}
+            before = previous.get(name)
+            if not now_raw:
+                missed[name] = "it has no absolute counter (sampled power or a far end's series)"
+                continue
+            if not before:
+                missed[name] = "the interrupted run recorded no reading of it"
+                continue
+            if set(before) != set(now_raw):
+                missed[name] = (f"it reads other counters now ({', '.join(sorted(now_raw))}) than "
+                                f"then ({', '.join(sorted(before))})")
+                continue
+            per: Dict[str, float] = {}
+            for key, counter in now_raw.items():
+                step = counter_step(int(before[key]), counter.value, elapsed_s=elapsed_s,
+                                    joules_per_unit=counter.joules_per_unit,
+                                    max_power_w=counter.max_power_w, modulus=counter.modulus)
+                if step.kind == "reset":
+                    missed[name] = (f"counter {key} went back from {before[key]} to "
+                                    f"{counter.value} (a reset or reload)")
+                    break
+                per[counter.component] = (per.get(counter.component, 0.0)
+                                          + step.delta * counter.joules_per_unit)
+            else:
+                joules[name] = {c: j for c, j in per.items() if c in self._owned[name]}
+        if joules:
+            real_start = self._start
+            self._start -= elapsed_s
+            for name, per in joules.items():
+                base = self._base[name]
+                for comp, j in per.items():
+                    base[comp] = base.get(comp, 0.0) - j
+            for name in missed:
+                if name in self._owned:
+                    self._since.setdefault(name, real_start)
+        return Gap(elapsed_s=elapsed_s, joules=joules, missed=missed)
 
     def read(self) -> EnergySnapshot:
         """Energy since ``start()``, per component and per source."""

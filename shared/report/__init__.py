@@ -1,4 +1,5 @@
-"""Reports: time and energy to a target mIoU per run, the scaling study, and their charts.
+"""Reports: time and energy to a target (mIoU by default, any validation metric in either
+direction) per run, the scaling study, and their charts.
 
     python -m shared.report runs/unet runs/segformer --out report/
     python -m shared.report --master https://det:8080 --user alice 12 15 --out report/
@@ -14,14 +15,14 @@ import pathlib
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from .load import MasterReader, ReportError, Run, load_inputs, load_local
+from .load import MasterReader, ReportError, Run, Target, load_inputs, load_local
 from .plots import Chart, make_charts
 from .series import Point, power_intervals, timeline
 from .tables import Row, ScalingPoint, compare, report_target, scaling
 
 __all__ = ["Chart", "MasterReader", "Point", "Report", "ReportError", "Row", "Run", "ScalingPoint",
            "build_report", "compare", "load_inputs", "load_local", "power_intervals",
-           "report_target", "scaling", "timeline"]
+           "report_target", "scaling", "Target", "timeline"]
 
 
 @dataclass
@@ -29,28 +30,45 @@ class Report:
     """What :func:`build_report` computed and wrote."""
 
     out_dir: pathlib.Path
-    target_miou: Optional[float]
+    target: Optional[Target]
     rows: List[Row]
     scaling: List[ScalingPoint]
     charts: List[Chart]
     files: List[pathlib.Path]
 
+    @property
+    def target_miou(self) -> Optional[float]:
+        """The target's value when it is an mIoU target."""
+        return self.target.value if self.target is not None and self.target.metric == "miou" else None
+
 
 def build_report(runs: Sequence[Run], out_dir: str | pathlib.Path,
                  target_miou: Optional[float] = None,
-                 title: str = "Time and energy to target") -> Report:
-    """Compare ``runs`` at ``target_miou`` (default: the runs' own target) and write the report
-    into ``out_dir`` (created; files of an earlier report there are replaced).
+                 title: str = "Time and energy to target",
+                 target_value: Optional[float] = None, target_metric: Optional[str] = None) -> Report:
+    """Compare ``runs`` at ``target_miou`` (mIoU >= it), or at ``target_value`` of
+    ``target_metric`` (default: the metric of the runs' own targets; its direction is theirs),
+    or by default at the runs' own target, and write the report into ``out_dir`` (created;
+    files of an earlier report there are replaced).
 
     Raises:
-        ReportError: no runs, a bad target, or runs trained to different targets with no
-            ``target_miou`` given.
+        ReportError: no runs, a bad target, both ``target_miou`` and ``target_value``, or runs
+            trained to different targets with no target given.
     """
     from . import html, tables
 
     if not runs:
         raise ReportError("nothing to report on: no runs")
-    target = report_target(runs, target_miou)
+    if target_miou is not None and (target_value is not None or target_metric not in (None, "miou")):
+        raise ReportError("--target-miou and --target-value/--target-metric both given: use one")
+    if target_miou is not None:
+        target = report_target(runs, target_miou, metric="miou")
+    elif target_value is not None:
+        target = report_target(runs, target_value, metric=target_metric, flag="--target-value")
+    elif target_metric is not None:
+        raise ReportError("--target-metric needs --target-value")
+    else:
+        target = report_target(runs)
     out = pathlib.Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

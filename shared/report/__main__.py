@@ -14,7 +14,8 @@ from .tables import DISPLAY_HEADER, display_cells, markdown_table
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m shared.report",
-        description="Time and energy to a target mIoU, scaling and charts, from local run "
+        description="Time and energy to a target (mIoU or any validation metric), scaling and "
+                    "charts, from local run "
                     "directories and/or Determined experiments.",
         epilog="examples:\n  python -m shared.report runs/unet runs/segformer --out report/\n"
                "  python -m shared.report --master https://det:8080 --user alice 12 15 --out report/\n"
@@ -30,13 +31,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--user", help="Determined user (default: DET_USER, or the user of "
                                    "'det user login')")
     ap.add_argument("--target-miou", type=float,
-                    help="compare at this validation mIoU (default: the runs' own target_miou)")
+                    help="compare at this validation mIoU (default: the runs' own target)")
+    ap.add_argument("--target-value", type=float,
+                    help="compare at this value of the runs' target metric (or of --target-metric), "
+                         "in that metric's direction")
+    ap.add_argument("--target-metric",
+                    help="with --target-value: the validation metric to compare at (default: the "
+                         "runs' own target metric)")
     ap.add_argument("--title", default="Time and energy to target", help="report title")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         runs = load_inputs(args.inputs, master=args.master, user=args.user)
-        report = build_report(runs, args.out, target_miou=args.target_miou, title=args.title)
+        report = build_report(runs, args.out, target_miou=args.target_miou, title=args.title,
+                              target_value=args.target_value, target_metric=args.target_metric)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

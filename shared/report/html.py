@@ -7,6 +7,7 @@ import datetime
 from html import escape
 from typing import List, Optional, Sequence
 
+from .load import Target
 from .plots import Chart
 from .tables import (DISPLAY_HEADER, NOT_MEASURED, NOT_REACHED, SCALING_HEADER, SPLIT_COLUMN,
                      Row, ScalingPoint, display_cells, scaling_cells, target_sentence)
@@ -50,7 +51,7 @@ def data_uri(png: bytes) -> str:
 
 
 def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence[Chart],
-           target: Optional[float], title: str = "Time and energy to target",
+           target: Optional[Target], title: str = "Time and energy to target",
            generated: Optional[datetime.datetime] = None) -> str:
     """The whole page as a string; reads the charts' PNG files to embed them."""
     generated = generated or datetime.datetime.now().astimezone()
@@ -68,8 +69,8 @@ def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence
                      "target (time on the wall-time axis, pauses removed); other rows are the "
                      "trial's own figures.</p>")
     parts.append(
-        '<p class="small">Time and energy to target: at the first validation whose mIoU reaches '
-        "the target. Avg power and J/img: whole measured run (J/img = energy / (batches &times; "
+        '<p class="small">Time and energy to target: at the first validation whose target metric '
+        "reaches the target. Avg power and J/img: whole measured run (J/img = energy / (batches &times; "
         "global_batch_size), validation and start-up included). Facility and CO2e: whole run, "
         "when a PUE / carbon intensity was configured. <i>not measured</i>: no energy source "
         "measured it (never 0). \u26a0 coverage below 1: part of the run or of its nodes was not "

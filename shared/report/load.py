@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from shared import runlog
+from shared.hparams import LEGACY_TARGETS, smaller_is_better, target_reached
 
 log = logging.getLogger("shared.report")
 
@@ -28,6 +29,37 @@ GROUPS = ("run", "training", "validation", "energy")
 
 class ReportError(Exception):
     """Bad input to a report: the message names the file, directory, experiment or value."""
+
+
+#: how a metric is written in tables and charts (others: as named)
+METRIC_LABELS = {"miou": "mIoU"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What time and energy to target are measured at: the first validation whose ``metric``
+    reaches ``value``, at or below it when ``smaller_is_better``, else at or above."""
+
+    metric: str
+    value: float
+    smaller_is_better: bool = False
+
+    @property
+    def label(self) -> str:
+        return METRIC_LABELS.get(self.metric, self.metric)
+
+    def reached(self, metrics: Dict[str, Any]) -> bool:
+        """Whether a validation's metrics reach the target (``shared.hparams.target_reached``)."""
+        return target_reached(metrics.get(self.metric), self.value, self.smaller_is_better)
+
+    def describe(self) -> str:
+        """``validation mIoU >= 16``, ``validation_loss <= 0.6``."""
+        name = self.label if self.metric.startswith("validation") else f"validation {self.label}"
+        return f"{name} {'<=' if self.smaller_is_better else '>='} {self.value:g}"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -55,14 +87,32 @@ class Run:
         return dict(max(runs, key=lambda r: r["time"])["metrics"]) if runs else {}
 
     @property
+    def target(self) -> Optional[Target]:
+        """The trial's own target: from its ``run`` report (trials report their target there;
+        a run recorded before the direction was reported compared upwards unless its metric
+        is a loss), else its hyperparameters (``target_metric`` + ``target_value``, or the
+        legacy ``target_miou`` / ``target_accuracy``), when known."""
+        info, hp = self.info(), self.hparams
+        metric, value = info.get("target_metric"), info.get("target")
+        smaller = info.get("target_smaller_is_better")
+        if not (isinstance(metric, str) and _is_number(value)):
+            legacy = next(((k, m) for k, m in LEGACY_TARGETS.items() if _is_number(hp.get(k))), None)
+            if legacy is not None:
+                metric, value, smaller = legacy[1], hp[legacy[0]], False
+            else:
+                metric, value = hp.get("target_metric"), hp.get("target_value")
+                smaller = hp.get("target_smaller_is_better")
+                if not (isinstance(metric, str) and _is_number(value)):
+                    return None
+        if not isinstance(smaller, bool):
+            smaller = smaller_is_better(metric)
+        return Target(metric, float(value), smaller)
+
+    @property
     def target_miou(self) -> Optional[float]:
-        """The trial's own ``target_miou``: from its ``run`` report (trials report their target
-        there), else its hyperparameters, when known."""
-        info = self.info()
-        t = info.get("target") if info.get("target_metric") == "miou" else None
-        if t is None:
-            t = self.hparams.get("target_miou")
-        return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+        """The trial's own target value when its target metric is mIoU."""
+        t = self.target
+        return t.value if t is not None and t.metric == "miou" else None
 
 
 # ---------------------------------------------------------------------------------- local

@@ -10,7 +10,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .load import ReportError, Run
+from .load import METRIC_LABELS, ReportError, Run, Target
 from .series import Point, _num, power_intervals, time_unit
 from .tables import Row, ScalingPoint
 
@@ -81,61 +81,70 @@ def _crossing(points: List[Point], row: Row) -> Optional[Point]:
     return next((p for p in points if p.steps == row.batches_to_target), None)
 
 
-def _target_line(ax, target: Optional[float]) -> None:
+def _target_line(ax, target: Optional[Target]) -> None:
     if target is not None:
-        ax.axhline(target, ls="--", lw=1.2, color="0.25", label=f"target {target:g} mIoU", zorder=1)
+        ax.axhline(target.value, ls="--", lw=1.2, color="0.25",
+                   label=f"target {'<=' if target.smaller_is_better else '>='} {target.value:g}", zorder=1)
 
 
-def miou_vs_energy(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows: Sequence[Row],
-                   target: Optional[float], path: pathlib.Path) -> Chart:
-    """Validation mIoU against the cumulative energy at each validation, every run on one
-    chart, the target as a horizontal line: which model reaches a given mIoU for the least
-    energy."""
+def _star(target: Optional[Target]) -> str:
+    side = "at or below" if target is not None and target.smaller_is_better else "at or above"
+    return f"Star: first validation {side} the target."
+
+
+def metric_vs_energy(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows: Sequence[Row],
+                     target: Optional[Target], path: pathlib.Path, metric: str = "miou") -> Chart:
+    """The target metric (validation mIoU by default) against the cumulative energy at each
+    validation, every run on one chart, the target as a horizontal line: which model reaches
+    a given value for the least energy. Named ``<metric>_vs_energy``."""
     fig, (ax,) = _figure(8.5, 5.0)
     colors = _colors([r.label for r in runs])
-    chart = Chart("miou_vs_energy", path, "Validation mIoU vs energy (Wh)",
-                  "Validation mIoU against the energy spent so far (Wh, cumulative, measured at "
-                  "each validation). Left of another curve at a given mIoU means less energy to "
-                  "get there. Star: first validation at or above the target.")
+    label = METRIC_LABELS.get(metric, metric)
+    what = label if metric.startswith("validation") else f"validation {label}"
+    chart = Chart(f"{metric}_vs_energy", path, f"{what[0].upper()}{what[1:]} vs energy (Wh)",
+                  f"{what[0].upper()}{what[1:]} against the energy spent so far (Wh, cumulative, "
+                  f"measured at each validation). Left of another curve at a given {label} means "
+                  f"less energy to get there. {_star(target)}")
     for run, tl, row in zip(runs, tls, rows):
         pts = [p for p in tl.get("validation", [])
-               if _num(p.metrics.get("energy_wh")) is not None and _num(p.metrics.get("miou")) is not None]
+               if _num(p.metrics.get("energy_wh")) is not None and _num(p.metrics.get(metric)) is not None]
         if not pts:
             chart.left_out.append(run.label)
             continue
         chart.plotted.append(run.label)
-        ax.plot([p.metrics["energy_wh"] for p in pts], [p.metrics["miou"] for p in pts], "o-",
+        ax.plot([p.metrics["energy_wh"] for p in pts], [p.metrics[metric] for p in pts], "o-",
                 ms=3.5, lw=1.6, color=colors[run.label], label=run.label, zorder=3)
         hit = _crossing(pts, row)
         if hit is not None:
-            ax.plot([hit.metrics["energy_wh"]], [hit.metrics["miou"]], "*", ms=14,
+            ax.plot([hit.metrics["energy_wh"]], [hit.metrics[metric]], "*", ms=14,
                     color=colors[run.label], mec="black", mew=0.6, zorder=4)
     if chart.plotted:
         _target_line(ax, target)
         ax.set_xlabel("energy (Wh, cumulative)")
-        ax.set_ylabel("validation mIoU")
+        ax.set_ylabel(what)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         _legend(ax, len(chart.plotted))
     else:
-        _empty(ax, "no run measured energy: see mIoU vs wall time")
+        _empty(ax, f"no run measured energy: see {label} vs wall time")
     ax.set_title(chart.title)
-    _left_out_note(ax, "no energy (see mIoU vs wall time)", chart.left_out)
+    _left_out_note(ax, f"no energy (see {label} vs wall time)", chart.left_out)
     _save(fig, path)
     return chart
 
 
-def miou_vs_time(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows: Sequence[Row],
-                 target: Optional[float], path: pathlib.Path) -> Chart:
-    """Validation mIoU against wall time since the trial started, every run (with or without
-    energy) on one chart."""
+def metric_vs_time(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows: Sequence[Row],
+                   target: Optional[Target], path: pathlib.Path, metric: str = "miou") -> Chart:
+    """The target metric (validation mIoU by default) against wall time since the trial
+    started, every run (with or without energy) on one chart. Named ``<metric>_vs_time``."""
     fig, (ax,) = _figure(8.5, 5.0)
     colors = _colors([r.label for r in runs])
-    chart = Chart("miou_vs_time", path, "Validation mIoU vs wall time",
-                  "Validation mIoU against wall time since the trial started (pauses removed). "
-                  "Every run appears here, with or without energy figures. Star: first "
-                  "validation at or above the target.")
-    series = [(run, row, [p for p in tl.get("validation", []) if _num(p.metrics.get("miou")) is not None])
+    label = METRIC_LABELS.get(metric, metric)
+    what = label if metric.startswith("validation") else f"validation {label}"
+    chart = Chart(f"{metric}_vs_time", path, f"{what[0].upper()}{what[1:]} vs wall time",
+                  f"{what[0].upper()}{what[1:]} against wall time since the trial started (pauses "
+                  f"removed). Every run appears here, with or without energy figures. {_star(target)}")
+    series = [(run, row, [p for p in tl.get("validation", []) if _num(p.metrics.get(metric)) is not None])
               for run, tl, row in zip(runs, tls, rows)]
     tmax = max((p.elapsed_s for _, _, pts in series for p in pts), default=0.0)
     div, unit = time_unit(tmax)
@@ -144,16 +153,16 @@ def miou_vs_time(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], row
             chart.left_out.append(run.label)
             continue
         chart.plotted.append(run.label)
-        ax.plot([p.elapsed_s / div for p in pts], [p.metrics["miou"] for p in pts], "o-", ms=3.5,
+        ax.plot([p.elapsed_s / div for p in pts], [p.metrics[metric] for p in pts], "o-", ms=3.5,
                 lw=1.6, color=colors[run.label], label=run.label, zorder=3)
         hit = _crossing(pts, row)
         if hit is not None:
-            ax.plot([hit.elapsed_s / div], [hit.metrics["miou"]], "*", ms=14, color=colors[run.label],
+            ax.plot([hit.elapsed_s / div], [hit.metrics[metric]], "*", ms=14, color=colors[run.label],
                     mec="black", mew=0.6, zorder=4)
     if chart.plotted:
         _target_line(ax, target)
         ax.set_xlabel(f"wall time ({unit})")
-        ax.set_ylabel("validation mIoU")
+        ax.set_ylabel(what)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         _legend(ax, len(chart.plotted))
@@ -287,12 +296,18 @@ def scaling_chart(points: Sequence[ScalingPoint], path: pathlib.Path) -> Chart:
 
 
 def make_charts(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows: Sequence[Row],
-                points: Sequence[ScalingPoint], target: Optional[float],
+                points: Sequence[ScalingPoint], target: Optional[Target],
                 out_dir: pathlib.Path) -> List[Chart]:
     """Every chart of the report, written under ``out_dir``; the scaling chart only when a
-    model was run at two or more slot counts."""
-    charts = [miou_vs_energy(runs, tls, rows, target, out_dir / "miou_vs_energy.png"),
-              miou_vs_time(runs, tls, rows, target, out_dir / "miou_vs_time.png"),
+    model was run at two or more slot counts. The target metric's charts are named after it
+    (``miou_vs_energy.png``, ``validation_loss_vs_time.png``); without a target, after the
+    rows' own target metric."""
+    metric = target.metric if target is not None else (rows[0].target_metric if rows else "miou")
+    for stale in out_dir.glob("*_vs_*.png"):  # an earlier report's, of another metric
+        if stale.name not in (f"{metric}_vs_energy.png", f"{metric}_vs_time.png"):
+            stale.unlink()
+    charts = [metric_vs_energy(runs, tls, rows, target, out_dir / f"{metric}_vs_energy.png", metric),
+              metric_vs_time(runs, tls, rows, target, out_dir / f"{metric}_vs_time.png", metric),
               power_over_time(runs, tls, out_dir / "power.png"),
               losses(runs, tls, out_dir / "loss.png")]
     if points:

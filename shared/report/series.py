@@ -36,7 +36,9 @@ def timeline(run: Run) -> Dict[str, List[Point]]:
     segment, offset, seg_start, last = 0, 0.0, float(recs[0]["time"]), 0.0
     seen_in_segment: set = set()
     for i, r in enumerate(recs):
-        if r["group"] == "run" and i > 0:
+        # A run report at a (re)start begins a segment; the trials' update of the run group
+        # after each validation (reported_at: validation) does not.
+        if r["group"] == "run" and i > 0 and r["metrics"].get("reported_at", "start") == "start":
             segment, offset, seg_start = segment + 1, last, float(r["time"])
             seen_in_segment = set()
         elapsed = offset + float(r["time"]) - seg_start

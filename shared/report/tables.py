@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from shared.energy.aggregate import PHASES
+from shared.hparams import smaller_is_better
 
-from .load import ReportError, Run
+from .load import ReportError, Run, Target
 from .series import J_PER_WH, Point, _num, timeline
 
 NOT_REACHED = "not reached"
@@ -57,29 +58,56 @@ class Row:
     notes: List[str] = field(default_factory=list)
     #: the whole run's energy per phase (``<phase>_wh`` of the last energy report), Wh
     phase_wh: Dict[str, Optional[float]] = field(default_factory=dict)
+    #: the target the row is compared at, in general (``target_miou`` and the ``*miou*``
+    #: fields above are the mIoU series', None for a run without one): the metric, its value
+    #: and direction, the metric at the crossing, at the last validation and at the best one
+    target_metric: str = "miou"
+    target_value: Optional[float] = None
+    target_smaller_is_better: bool = False
+    value_at_target: Optional[float] = None
+    final_value: Optional[float] = None
+    best_value: Optional[float] = None
 
     @property
     def energy_measured(self) -> bool:
         return self.energy_wh is not None
 
 
-def report_target(runs: Sequence[Run], override: Optional[float] = None) -> Optional[float]:
-    """The target mIoU the report compares at: ``override``, else the runs' own target.
+def report_target(runs: Sequence[Run], override: Optional[float] = None,
+                  metric: Optional[str] = None, flag: str = "--target-miou") -> Optional[Target]:
+    """The target the report compares at: ``override`` (a value of ``metric``; without
+    ``metric``, of the metric the runs' own targets use), else the runs' own target. The
+    direction is the one the runs recorded for that metric, else ``shared.hparams``' rule
+    (smaller is better for a name containing ``loss``). ``flag`` names the option in messages.
 
     Raises:
-        ReportError: ``override`` is outside (0, 100], or the runs were trained to different
-            targets and no override says which one to compare at.
+        ReportError: ``override`` is not a number > 0 (mIoU: in (0, 100]), the runs' targets
+            use different metrics and ``metric`` is not given, or the runs were trained to
+            different targets and no override says which one to compare at.
     """
+    targets = {r.label: r.target for r in runs if r.target is not None}
     if override is not None:
-        if isinstance(override, bool) or not isinstance(override, (int, float)) \
-                or not math.isfinite(override) or not 0 < override <= 100:
-            raise ReportError(f"--target-miou must be a number in (0, 100], got {override!r}")
-        return float(override)
-    targets = {r.label: r.target_miou for r in runs if r.target_miou is not None}
+        if metric is None:
+            metrics = {t.metric for t in targets.values()}
+            if len(metrics) > 1:
+                raise ReportError(f"the runs' targets use different metrics ({', '.join(sorted(metrics))}); "
+                                  f"pass --target-metric with {flag}")
+            metric = metrics.pop() if metrics else "miou"
+        bad = (isinstance(override, bool) or not isinstance(override, (int, float))
+               or not math.isfinite(override) or override <= 0)
+        if metric == "miou" and (bad or override > 100):
+            raise ReportError(f"{flag} must be a number in (0, 100], got {override!r}")
+        if bad:
+            raise ReportError(f"{flag} must be a number > 0, got {override!r}")
+        directions = {t.smaller_is_better for t in targets.values() if t.metric == metric}
+        smaller = directions.pop() if len(directions) == 1 else smaller_is_better(metric)
+        return Target(metric, float(override), smaller)
     if len(set(targets.values())) > 1:
-        listed = ", ".join(f"{k}: {v:g}" for k, v in targets.items())
+        one_metric = len({t.metric for t in targets.values()}) == 1
+        listed = ", ".join(f"{k}: {v.value:g}" if one_metric else f"{k}: {v.describe()}"
+                           for k, v in targets.items())
         raise ReportError(f"the runs were trained to different targets ({listed}); pass "
-                          f"--target-miou to compare them at one")
+                          f"--target-value (--target-miou for mIoU) to compare them at one")
     return next(iter(targets.values()), None)
 
 
@@ -87,19 +115,26 @@ def _first(points: List[Point], pred) -> Optional[Point]:
     return next((p for p in points if pred(p.metrics)), None)
 
 
-def compare_run(run: Run, target: Optional[float]) -> Row:
-    """The comparison row of one run at ``target`` (None: the trial's own, unknown, target)."""
+def compare_run(run: Run, target: Optional[Target]) -> Row:
+    """The comparison row of one run at ``target`` (None: the trial's own, unknown, target;
+    a plain number: an mIoU target, as before targets had a metric)."""
+    if isinstance(target, (int, float)) and not isinstance(target, bool):
+        target = Target("miou", float(target))
     tl = timeline(run)
     info = run.info()
     vals = tl.get("validation", [])
     energy = tl.get("energy", [])
     notes: List[str] = []
+    own = run.target
+    goal = target if target is not None else own
+    metric = goal.metric if goal is not None else "miou"
+    smaller = goal.smaller_is_better if goal is not None else False
 
     recorded = _first(vals, lambda m: _num(m.get("time_to_target_s")) is not None)
     if target is None:
         crossing = recorded
     else:
-        crossing = _first(vals, lambda m: (_num(m.get("miou")) or -1.0) >= target)
+        crossing = _first(vals, target.reached)
     basis = None
     ttt = ettt = None
     if crossing is not None and crossing is recorded:
@@ -114,9 +149,9 @@ def compare_run(run: Run, target: Optional[float]) -> Row:
         ttt = crossing.elapsed_s
         ettt = _num(crossing.metrics.get("energy_wh"))
         notes.append(f"time/energy to target recomputed from the validation series (the trial's "
-                     f"own target was {run.target_miou if run.target_miou is not None else 'unknown'})")
-    if target is None and crossing is None and vals and run.target_miou is None:
-        notes.append("target unknown: pass --target-miou")
+                     f"own target was {own.describe() if own is not None else 'unknown'})")
+    if target is None and crossing is None and vals and own is None:
+        notes.append("target unknown: pass --target-miou (or --target-value)")
 
     measured = [p for p in energy if _num(p.metrics.get("energy_wh")) is not None]
     last_e = measured[-1] if measured else None
@@ -154,10 +189,11 @@ def compare_run(run: Run, target: Optional[float]) -> Row:
 
     mious = [(_num(p.metrics.get("miou"))) for p in vals]
     mious = [m for m in mious if m is not None]
+    values = [v for v in (_num(p.metrics.get(metric)) for p in vals) if v is not None]
     return Row(
         label=run.label, source=run.source, model=info.get("model"),
         params=info.get("params"), slots=info.get("slots"), global_batch_size=gbs,
-        target_miou=target if target is not None else run.target_miou,
+        target_miou=goal.value if goal is not None and metric == "miou" else None,
         reached=crossing is not None, target_basis=basis,
         batches_to_target=crossing.steps if crossing else None,
         miou_at_target=_num(crossing.metrics.get("miou")) if crossing else None,
@@ -172,10 +208,15 @@ def compare_run(run: Run, target: Optional[float]) -> Row:
         coverage=coverage, estimate=estimate, notes=notes,
         # a phase the run's reports do not name (mining before it existed) is left out
         phase_wh={p: _num(em.get(f"{p}_wh")) for p in PHASES if f"{p}_wh" in em}
-        if energy_wh is not None else {})
+        if energy_wh is not None else {},
+        target_metric=metric, target_value=goal.value if goal is not None else None,
+        target_smaller_is_better=smaller,
+        value_at_target=_num(crossing.metrics.get(metric)) if crossing else None,
+        final_value=values[-1] if values else None,
+        best_value=(min(values) if smaller else max(values)) if values else None)
 
 
-def compare(runs: Sequence[Run], target: Optional[float]) -> List[Row]:
+def compare(runs: Sequence[Run], target: Optional[Target]) -> List[Row]:
     """One :class:`Row` per run, in the order given."""
     return [compare_run(r, target) for r in runs]
 
@@ -276,8 +317,8 @@ def display_cells(r: Row) -> Dict[str, str]:
         "energy to target (Wh)": ettt,
         "avg power (W)": fmt(r.avg_power_w, ".1f") if em else NOT_MEASURED,
         "J/img": fmt(r.j_per_image, "3s") if em else NOT_MEASURED,
-        "final mIoU": fmt(r.final_miou, ".2f"),
-        "best mIoU": fmt(r.best_miou, ".2f"),
+        "final": fmt(r.final_value, ".4g"),
+        "best": fmt(r.best_value, ".4g"),
         "facility (Wh)": fmt(r.facility_wh, "4s"),
         "CO2e (g)": fmt(r.co2e_g, "3s"),
         SPLIT_COLUMN: split_cell(r),
@@ -303,7 +344,7 @@ def split_cell(r: Row) -> str:
 
 
 DISPLAY_HEADER = ["run", "model", "params (M)", "slots", "target reached", "time to target (s)",
-                  "energy to target (Wh)", "avg power (W)", "J/img", "final mIoU", "best mIoU",
+                  "energy to target (Wh)", "avg power (W)", "J/img", "final", "best",
                   "facility (Wh)", "CO2e (g)", SPLIT_COLUMN, "energy sources", "coverage",
                   "notes"]
 
@@ -328,14 +369,16 @@ def scaling_cells(p: ScalingPoint) -> List[str]:
             fmt(p.efficiency, ".2f"), fmt(p.energy_to_target_wh, "4s", NOT_MEASURED)]
 
 
-def target_sentence(target: Optional[float]) -> str:
+def target_sentence(target: Optional[Target]) -> str:
     if target is None:
-        return ("Target mIoU: unknown (no run records it; pass --target-miou). \"Reached\" uses "
-                "each trial's own time_to_target_s.")
-    return f"Target: validation mIoU >= {target:g}."
+        return ("Target mIoU: unknown (no run records it; pass --target-miou, or --target-metric "
+                "and --target-value). \"Reached\" uses each trial's own time_to_target_s; "
+                "final and best: of each run's own target metric.")
+    return (f"Target: {target.describe()}. Final and best: the last and the best validation "
+            f"{target.label}.")
 
 
-def to_markdown(rows: Sequence[Row], points: Sequence[ScalingPoint], target: Optional[float],
+def to_markdown(rows: Sequence[Row], points: Sequence[ScalingPoint], target: Optional[Target],
                 title: str = "Time and energy to target") -> str:
     """``comparison.md``: the table, what its columns mean, and the scaling study if any."""
     cells = [display_cells(r) for r in rows]
@@ -345,8 +388,8 @@ def to_markdown(rows: Sequence[Row], points: Sequence[ScalingPoint], target: Opt
         parts += ["\u2020 recomputed from the validation series for this target (time on the "
                   "wall-time axis, pauses removed); other rows are the trial's own figures.", ""]
     parts += [
-        "Columns: time and energy to target are taken at the first validation whose mIoU "
-        "reaches the target. Avg power and J/img cover the whole measured run (J/img = energy / "
+        "Columns: time and energy to target are taken at the first validation whose target "
+        "metric reaches the target. Avg power and J/img cover the whole measured run (J/img = energy / "
         "(batches x global_batch_size), validation and start-up included). Facility and CO2e "
         "are whole-run figures, present when the run was configured with a PUE / carbon "
         "intensity. \"not measured\" means no energy source measured it; it is never 0. "
@@ -367,7 +410,10 @@ CSV_FIELDS = ["run", "source", "model", "params", "slots", "global_batch_size", 
               "time_to_target_s", "energy_to_target_wh", "energy_wh",
               *(f"{p}_wh" for p in PHASES), "avg_power_w", "images",
               "j_per_image", "final_miou", "best_miou", "facility_wh", "co2e_g",
-              "energy_sources", "nodes_measured", "nodes", "coverage", "estimate", "notes"]
+              "energy_sources", "nodes_measured", "nodes", "coverage", "estimate", "notes",
+              # the target in general (the *miou* columns above are the mIoU series')
+              "target_metric", "target_value", "target_smaller_is_better", "value_at_target",
+              "final_value", "best_value"]
 
 
 def to_csv(rows: Sequence[Row]) -> str:
@@ -391,7 +437,11 @@ def to_csv(rows: Sequence[Row]) -> str:
             "co2e_g": r.co2e_g,
             "energy_sources": r.energy_sources if r.energy_measured else NOT_MEASURED,
             "nodes_measured": r.nodes_measured, "nodes": r.nodes, "coverage": r.coverage,
-            "estimate": "yes" if r.estimate else "no", "notes": "; ".join(r.notes)})
+            "estimate": "yes" if r.estimate else "no", "notes": "; ".join(r.notes),
+            "target_metric": r.target_metric, "target_value": r.target_value,
+            "target_smaller_is_better": "yes" if r.target_smaller_is_better else "no",
+            "value_at_target": r.value_at_target, "final_value": r.final_value,
+            "best_value": r.best_value})
     return buf.getvalue()
 
 

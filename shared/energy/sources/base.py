@@ -84,6 +84,28 @@ class SourceHealth:
                         "not logged", source, message)
 
 
+@dataclass(frozen=True)
+class RawCounter:
+    """One hardware energy counter as last read: an absolute value that survives the process
+    (RAPL's ``energy_uj``, NVML's total energy since driver load), so that two processes can
+    difference it (``shared.energy.meter.EnergyMeter.count_gap``: the energy between a killed
+    run's last report and the restart). The arguments of ``counters.counter_step``.
+
+    Attributes:
+        component: the component it counts ("cpu", "dram", "gpu").
+        value: the raw reading, in counter units.
+        joules_per_unit: 1e-6 for uJ, 1e-3 for mJ.
+        modulus: where it wraps (None: it never wraps in practice, a decrease is a reset).
+        max_power_w: the most the domain can draw (a wrap implying more is a reset).
+    """
+
+    component: str
+    value: int
+    joules_per_unit: float
+    modulus: Any = None
+    max_power_w: Optional[float] = None
+
+
 class EnergySource(abc.ABC):
     """Cumulative energy since ``open()``, per component, in joules.
 
@@ -135,6 +157,14 @@ class EnergySource(abc.ABC):
     def read(self) -> Dict[str, float]:
         """Cumulative joules per component since ``open()``. Never raises for a transient
         failure: it records it in ``self.health`` and returns the last good totals."""
+
+    def raw_counters(self) -> Dict[str, RawCounter]:
+        """The absolute hardware counters behind the figure of the last ``read()``, by a key
+        that names the same counter in another process on this node (a RAPL domain, a GPU's
+        UUID); empty for a source whose figure does not come entirely from such counters
+        (sampled power, a far end's series): the energy between two of its processes cannot
+        be measured. No I/O: the values of the last read."""
+        return {}
 
     def bridged_s(self) -> float:
         """Seconds of the energy so far that were bridged over failed samples with a straight

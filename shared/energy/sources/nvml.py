@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..redact import energy_logger
 from ..schema import Option, Positive
-from .base import SourceUnavailable
+from .base import RawCounter, SourceUnavailable
 from .counters import counter_step
 from .sampling import SampledPowerSource
 
@@ -283,6 +283,14 @@ class NvmlSource(SampledPowerSource):
         else:
             self.health.record_ok()
         gpu.last_mj = now_mj
+
+    def raw_counters(self) -> Dict[str, RawCounter]:
+        """Each GPU's total-energy counter as last read, by its UUID (stable when the CUDA
+        index is not); empty when a GPU is measured by sampled power."""
+        if not self.all_counters:
+            return {}
+        with self._lock:
+            return {g.uuid: RawCounter("gpu", g.last_mj, 1e-3) for g in self._gpus}
 
     @property
     def counter_resets(self) -> int:

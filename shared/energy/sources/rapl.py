@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from ..redact import energy_logger
 from ..schema import EnvVar, Option, Positive
-from .base import EnergySource, SourceUnavailable
+from .base import EnergySource, RawCounter, SourceUnavailable
 from .counters import counter_step
 
 log = energy_logger()
@@ -271,6 +271,13 @@ class RaplSource(EnergySource):
             for d in self._domains:
                 totals[d.component] = totals.get(d.component, 0.0) + d.acc_uj / 1e6
         return totals
+
+    def raw_counters(self) -> Dict[str, RawCounter]:
+        """Each domain's ``energy_uj`` as last read, by its powercap directory name."""
+        with self._lock:
+            return {d.path.name: RawCounter(d.component, d.last_uj, 1e-6,
+                                            rapl_modulus_uj(d.max_uj), self.max_power_w)
+                    for d in self._domains}
 
     def describe(self) -> str:
         parts = [f"{d.path.name} ({d.name})" for d in self._domains]
