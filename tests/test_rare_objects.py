@@ -2,15 +2,10 @@
 average precision by hand, the binary losses against torch / torchvision, the tile store
 (read once, cached, 8/16-bit, grey/RGB), the balanced sampler and the hard-negative pool,
 stitching, every bad-input message, the registry's new family and the model borrowed from
-trials/unet, and a two-process run that reaches its validation-loss target with energy
-measured (fake RAPL)."""
+trials/unet. The two-process run to the validation-loss target with energy measured is run
+from the recipe's package: tests/test_package.py."""
 from __future__ import annotations
 
-import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,8 +15,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from shared import recipes, runlog
-from shared.data import files
+from shared import recipes
 from shared.data.files import DataError
 from shared.data.synthetic_rare import generate
 from shared.data.tiles import BalancedTileSampler, TileDataset, TileStore, component_boxes, stitch_logits
@@ -29,10 +23,6 @@ from shared.engine import BinaryLoss
 from shared.hparams import ConfigError
 from shared.objects.metrics import ObjectMetrics, average_precision, label_components, match_objects
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fakes.powercap import FakePowercap  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -240,59 +230,3 @@ def test_the_recipe_is_its_own_family_on_trials_unets_model():
     assert small(torch.zeros(2, 3, 40, 24)).shape == (2, 1, 40, 24)
     with pytest.raises(ConfigError, match=r"'dropout' = 1\.0 must be a number in \[0, 1\)"):
         trial.model_from_hparams({**hp, "dropout": 1.0})
-
-
-TINY = ("tile_size=32", "global_batch_size=8", "base_batch_size=8", "workers_per_slot=0",
-        "unet_base_channels=4", "unet_depth=2", "dropout=0.0", "lr=0.01", "warmup_batches=2",
-        "report_period=5", "val_batch_size_per_slot=8", "ap_thresholds=3")
-
-
-def test_two_processes_reach_the_validation_loss_target_with_energy(tmp_path):
-    # Two ranks (gloo), mining every 5 batches (each rank scores half the candidates, the pool
-    # is gathered on both), fake RAPL read by local rank 0; the target is a validation loss.
-    data = generate(tmp_path / "data", num_train=4, num_val=2, size=64, seed=3)
-    tree = FakePowercap(tmp_path / "powercap")
-    tree.add_zone("intel-rapl:0", "package-0")
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), str(ROOT / "trials/rare_objects/train.py"),
-           "--config", str(ROOT / "experiment_configs/rare_objects/single_gpu.yaml"),
-           "--data-dir", str(data), "--output-dir", str(out), "--batches", "40",
-           "--set", *TINY, "validation_period=10", "checkpoint_period=30", "mine_period=5",
-           "mine_tiles=8", "hard_negative_pool=4", "target_value=0.63", "stop_at_target=true",
-           f"tile_cache_dir={tmp_path / 'cache'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ENERGY_SOURCES": "rapl",
-           "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")}
-    with tree.constant_power("intel-rapl:0", 40.0, period_s=0.01):
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    by = {}
-    for r in runlog.read(out / "metrics.jsonl"):
-        by.setdefault(r["group"], []).append(r)
-    run = by["run"][0]["metrics"]
-    assert (run["slots"], run["target_metric"], run["target_smaller_is_better"]) == (2, "validation_loss", True)
-    last = by["validation"][-1]["metrics"]
-    assert last["validation_loss"] <= 0.63 and last["time_to_target_s"] > 0
-    assert 0 < last["energy_to_target_wh"] <= last["energy_wh"]
-    assert last["batches_to_target"] == by["validation"][-1]["steps_completed"] < 40  # stopped there
-    for key in ("iou", "f1", "object_precision", "object_recall", "object_f1", "average_precision"):
-        assert 0 <= last[key] <= 100, key
-    assert last["validation_images"] == 2 and math.isfinite(last["false_positives_per_image"])
-    mining = by["mining"][-1]["metrics"]
-    assert mining["minings"] >= 1 and mining["mined_tiles"] >= 1 and mining["mining_s"] > 0
-    energy = by["energy"][-1]["metrics"]
-    assert energy["mining_wh"] > 0
-    phases = ("setup_wh", "train_wh", "validation_wh", "checkpoint_wh", "mining_wh")
-    assert sum(energy[k] for k in phases) == pytest.approx(energy["energy_wh"], rel=1e-9)
-    # the report draws the run's object precision and recall against its energy
-    from shared.report import build_report, load_local
-    report = build_report(load_local(out), tmp_path / "report")
-    (chart,) = [c for c in report.charts if c.name == "objects_vs_energy"]
-    assert chart.plotted == [load_local(out)[0].label] and chart.path.stat().st_size > 0
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -31,7 +31,7 @@ from determined import pytorch as det_torch
 from shared import determined_compat as compat
 from shared import hparams as hpmod
 from shared.engine import BINARY_LOSSES, BinaryLoss, BinarySegmentationTask, binary_input
-from shared.hparams import BOOL, INT, NUM, STR, Param  # noqa: F401  (BOOL: the schema's vocabulary)
+from shared.hparams import INT, NUM, STR, Param
 from shared.objects.metrics import ObjectMetrics
 from shared.trial import RecipeTrial
 
