@@ -369,8 +369,7 @@ class BinarySegmentationTask:
     def evaluate(self, engine: "Engine", batch: Sequence[Any]) -> None:
         assert self.metrics is not None, "attach() first"
         for image in batch:  # whole images (shared.data.tiles.TiledImage), one at a time
-            if image.skipped:
-                engine.count_skipped(torch.ones(1, dtype=torch.int64))
+            if image.skipped:  # a bad pair, counted once when the data was read
                 continue
             logits = self.predict(engine, image)
             mask = torch.from_numpy(np.array(image.mask()))
