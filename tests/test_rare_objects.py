@@ -230,3 +230,16 @@ def test_the_recipe_is_its_own_family_on_trials_unets_model():
     assert small(torch.zeros(2, 3, 40, 24)).shape == (2, 1, 40, 24)
     with pytest.raises(ConfigError, match=r"'dropout' = 1\.0 must be a number in \[0, 1\)"):
         trial.model_from_hparams({**hp, "dropout": 1.0})
+
+
+def test_the_synthetic_set_has_rare_small_objects_and_empty_images(tmp_path):
+    root = generate(tmp_path / "s", num_train=8, num_val=1, size=96, seed=0)
+    masks = [np.asarray(Image.open(p)) for p in sorted((root / "masks" / "training").glob("*.png"))]
+    assert len(masks) == 8 and all(set(np.unique(m)) <= {0, 255} for m in masks)
+    counts = [label_components(m > 0)[1] for m in masks]
+    assert 0 in counts and max(counts) >= 1 and max(counts) <= 3
+    assert all(np.mean(m > 0) < 0.02 for m in masks)  # rare and small
+    image = np.asarray(Image.open(root / "images" / "training" / "rare_00000.png"))
+    assert image.dtype == np.uint8 and image.ndim == 2
+    with pytest.raises(ValueError, match="--bits 8 or 16"):
+        generate(tmp_path / "x", bits=12)
