@@ -526,10 +526,11 @@ def test_rare_objects_package_trains_in_two_processes_to_its_validation_loss_tar
            *train, "--batches", "20", "--output-dir", str(out),
            "--set", "lr=0.01", "global_batch_size=8", "base_batch_size=8", "unet_base_channels=4",
            "dropout=0.0", "report_period=5", "validation_period=10", "checkpoint_period=20",
-           "mine_period=5", "mine_tiles=8", "hard_negative_pool=4", "ap_thresholds=3",
+           "mine_period=5", "mine_tiles=32", "hard_negative_pool=4", "ap_thresholds=3",
            "target_value=0.68", "stop_at_target=true", "energy.enabled=true",
            f"tile_cache_dir={tmp_path / 'cache'}"]
-    with tree.constant_power("intel-rapl:0", 40.0, period_s=0.01):
+    # the counter advances every 2 ms, so that one mining of 32 tiles (a few ms) sees it move
+    with tree.constant_power("intel-rapl:0", 40.0, period_s=0.002):
         proc = subprocess.run(cmd, cwd=unpacked, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     by: Dict[str, List[Dict[str, Any]]] = {}
