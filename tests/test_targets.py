@@ -4,12 +4,15 @@ and the energy projection of a decreasing metric."""
 from __future__ import annotations
 
 import math
+import pathlib
 import re
 from types import SimpleNamespace
 
 import pytest
 
+from shared import expconf
 from shared import hparams as hp
+from shared import recipes
 from shared.classification.trial import ClassificationTrial
 from shared.energy.callback import projected_energy_to_target
 from shared.trial import SegmentationTrial, TargetCallback
@@ -77,6 +80,27 @@ def test_a_metric_the_trial_never_reports_is_refused():
         ClassificationTrial.check_target(resolve({"target_metric": "mio", "target_value": 1},
                                                  ClassificationTrial), "c.yaml")
     SegmentationTrial.check_target(resolve({"target_metric": "validation_loss", "target_value": 1}))
+
+
+def test_an_old_style_config_file_still_passes_the_checker_and_resolves(tmp_path):
+    """A customer's copy of a config from before target_metric: ``target_miou: 20``."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    text = (root / "experiment_configs" / "unet" / "single_gpu.yaml").read_text()
+    old = re.sub(r"\n  target_metric: miou[^\n]*\n  target_value: 16\n", "\n  target_miou: 20\n", text)
+    assert old != text and "target_metric" not in old
+    path = tmp_path / "unet" / "single_gpu.yaml"
+    path.parent.mkdir()
+    path.write_text(old)
+    assert expconf.check_config(path, repo_root=root) == []
+    conf = hp.load_experiment_config(path)
+    unet = recipes.get("unet").trial_class()
+    assert target(resolve(hp.point_from_space(conf["hyperparameters"], str(path)), unet)) == \
+        ("miou", 20.0, False)
+    # and one that says the target both ways, differently, is refused by the checker by name
+    path.write_text(old.replace("  target_miou: 20\n", "  target_miou: 20\n  target_value: 16\n"))
+    problems = expconf.check_config(path, repo_root=root)
+    assert problems and all(p.startswith(f"{path}: hyperparameters 'target_miou' and 'target_value' "
+                                         f"disagree") for p in problems)
 
 
 def test_a_command_line_target_replaces_the_configs_other_form():

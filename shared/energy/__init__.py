@@ -8,7 +8,9 @@ VALIDATION_METRICS = {
     "energy_wh": "energy measured so far, Wh",
     "energy_to_target_wh": "energy at the first validation that reached the target, Wh",
     "projected_energy_to_target_wh": "energy_to_target_wh once reached, before that a linear "
-                                     "projection (the energy-aware searcher's metric)",
+                                     "projection (of the target metric's reciprocal for a "
+                                     "decreasing one: energy_wh x value / target; the "
+                                     "energy-aware searcher's metric)",
 }
 ENERGY_METRICS = tuple(VALIDATION_METRICS)
 
