@@ -29,14 +29,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import Dict, List, Optional
 
-__all__ = ["REPO_ROOT", "FAMILIES", "Recipe", "RecipeError", "discover", "get"]
+__all__ = ["REPO_ROOT", "FAMILIES", "FAMILY_BASES", "Recipe", "RecipeError", "discover", "get",
+           "model_of"]
 
 #: The repository this module lives in: the default root of ``discover`` and ``get``.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRIALS = "trials"
 CONFIGS = "experiment_configs"
-#: Trial families by base class, as ``Recipe.family`` names them.
-FAMILIES = ("segmentation", "classification")
+#: Trial families by base class, as ``Recipe.family`` names them: family -> "module:Class"
+#: of its base trial class (imported on first use; the first base a trial derives from wins).
+FAMILY_BASES = {
+    "segmentation": "shared.trial:SegmentationTrial",
+    "classification": "shared.classification.trial:ClassificationTrial",
+    "binary_segmentation": "shared.objects.trial:BinarySegmentationTrial",
+}
+FAMILIES = tuple(FAMILY_BASES)
 
 
 class RecipeError(ValueError):
@@ -52,6 +59,8 @@ class _Loaded:
 
 #: trial directory (resolved) -> its loaded modules, for the life of the process
 _LOADED: Dict[Path, _Loaded] = {}
+#: trial directory (resolved) -> its model.py loaded alone (``model_of``), for the same life
+_MODELS: Dict[Path, ModuleType] = {}
 # Loading swaps sys.modules["model"] and sys.path for a moment: one load at a time.
 _LOCK = threading.RLock()
 
@@ -119,21 +128,21 @@ class Recipe:
 
     @property
     def family(self) -> str:
-        """``segmentation`` (a ``shared.trial.SegmentationTrial``) or ``classification`` (a
-        ``shared.classification.trial.ClassificationTrial``), from the trial's base class.
+        """The trial's family (``FAMILY_BASES``): ``segmentation`` (a
+        ``shared.trial.SegmentationTrial``), ``classification`` (a
+        ``shared.classification.trial.ClassificationTrial``) or ``binary_segmentation`` (a
+        ``shared.objects.trial.BinarySegmentationTrial``), from the trial's base class.
 
         Raises:
-            RecipeError: the trial class is of neither family.
+            RecipeError: the trial class is of no family.
         """
-        from shared.classification.trial import ClassificationTrial
-        from shared.trial import SegmentationTrial
-
         cls = self.trial_class()
-        for family, base in zip(FAMILIES, (SegmentationTrial, ClassificationTrial)):
-            if issubclass(cls, base):
+        for family, where in FAMILY_BASES.items():
+            module, name = where.split(":")
+            if issubclass(cls, getattr(importlib.import_module(module), name)):
                 return family
-        raise RecipeError(f"{self.train_script}: {cls.__name__} is neither a SegmentationTrial "
-                          f"nor a ClassificationTrial subclass, so its family is unknown")
+        raise RecipeError(f"{self.train_script}: {cls.__name__} derives from none of the family "
+                          f"bases ({', '.join(FAMILY_BASES.values())}), so its family is unknown")
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> _Loaded:
@@ -182,10 +191,11 @@ def _load_recipe(name: str, trial_dir: Path) -> _Loaded:
     saved = {m: sys.modules.pop(m) for m in list(sys.modules) if m in local}
     sys.path.insert(0, str(trial_dir))
     try:
-        model: Optional[ModuleType] = None
+        model: Optional[ModuleType] = _MODELS.get(trial_dir)
         model_file = trial_dir / "model.py"
-        if model_file.is_file():
+        if model is None and model_file.is_file():
             model = _exec(_module_name("model", name, model_file.resolve()), model_file)
+        if model is not None:
             sys.modules["model"] = model
         train = _exec(_module_name("train", name, script.resolve()), script)
     finally:
@@ -203,6 +213,31 @@ def _load_recipe(name: str, trial_dir: Path) -> _Loaded:
                           f"MODEL_PARAMS), found {len(classes)} "
                           f"({', '.join(c.__name__ for c in classes) or 'none'})")
     return _Loaded(model, train, classes[0])
+
+
+def model_of(name: str, root: Optional[Path | str] = None) -> ModuleType:
+    """The ``model.py`` of recipe ``name`` under ``root`` (default: this repository), for a
+    recipe that builds on another's model (``trials/rare_objects`` on the U-Net): the same
+    module object as ``get(name).model_module()`` when that recipe is loaded too, but without
+    its ``train.py``, so that a package ships the other recipe's ``model.py`` only
+    (``shared.package`` finds ``model_of("<name>")`` calls and copies
+    ``trials/<name>/model.py``).
+
+    Raises:
+        RecipeError: ``<root>/trials/<name>/model.py`` does not exist or fails to import.
+    """
+    base = Path(root).resolve() if root is not None else REPO_ROOT
+    trial_dir = (base / TRIALS / name).resolve()
+    path = trial_dir / "model.py"
+    with _LOCK:
+        if trial_dir in _LOADED and _LOADED[trial_dir].model is not None:
+            return _LOADED[trial_dir].model  # type: ignore[return-value]
+        if trial_dir not in _MODELS:
+            if not path.is_file():
+                raise RecipeError(f"{path}: no such file (model_of({name!r}) needs "
+                                  f"trials/{name}/model.py)")
+            _MODELS[trial_dir] = _exec(_module_name("model", name, path), path)
+        return _MODELS[trial_dir]
 
 
 # ---------------------------------------------------------------------- discovery

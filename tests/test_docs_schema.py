@@ -94,3 +94,27 @@ def test_the_readme_hyperparameter_table_names_every_common_key():
     named = set(re.findall(r"`([a-z_]+)(?:\.\*)?`", text))
     missing = [k for k in SegmentationTrial.COMMON_PARAMS if k not in named]
     assert not missing, f"README Hyperparameters lacks {missing}"
+
+
+def test_the_rare_objects_section_names_its_hyperparameters_and_metrics():
+    """Issue 15: the README's rare-objects section names every hyperparameter of the recipe
+    that segmentation does not have (or has with another default) and every metric of its own,
+    and its metrics table names nothing the trial does not declare."""
+    trial = recipes.get("rare_objects").trial_class()
+    text = section(ROOT / "README.md", "Rare small objects")
+    named = set(re.findall(r"`([a-z0-9_]+)`", text))
+    schema = {**trial.COMMON_PARAMS, **trial.MODEL_PARAMS}
+    seg = SegmentationTrial.COMMON_PARAMS
+    own = [k for k, p in schema.items() if k not in seg or p.default != seg[k].default]
+    assert [k for k in own if k not in named] == []
+    metrics = [*trial.TRAINING_METRICS, *trial.VALIDATION_METRICS,
+               *[n for names in trial.EXTRA_GROUPS.values() for n in names]]
+    assert [m for m in metrics if m not in named] == []
+    declared: Dict[str, Set[str]] = {}
+    for g, n, _ in trial.metric_docs():
+        declared.setdefault(g, set()).add(n)
+    table = names_by_group(section(ROOT / "README.md", "Rare objects: metrics"))
+    params = {"object_iou", "ap_thresholds"}
+    assert {g: sorted(n - declared.get(g, set()) - params) for g, n in table.items()} == \
+        {g: [] for g in table}
+    assert "mining" in table and "mining_wh" in declared["energy"]

@@ -6,6 +6,7 @@ small library written here; the cluster files are parsed and cross-checked.
 """
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import re
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+from typing import Any, Dict, List
 
 import pytest
 import yaml
@@ -483,3 +485,73 @@ def test_allreduce_bench_formulas_and_a_one_rank_run(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert result["world_size"] == 1 and [r["bytes"] for r in result["results"]] == [1024, 2048, 4096]
     assert all(r["time_us"] > 0 and r["busbw_gbps"] == 0.0 for r in result["results"])
+
+
+# --------------------------------------------------------------------------- rare objects
+def test_rare_objects_package_trains_in_two_processes_to_its_validation_loss_target(tmp_path):
+    """Issue 15, in one pair of processes: the package carries trials/unet's model.py (the
+    recipe's model is that U-Net, through the registry) and, unpacked outside the repository,
+    its README's smoke test trains under torchrun (2 ranks, gloo), mines hard negatives, reaches
+    its validation-loss target with time and energy to target (fake RAPL), and the report
+    draws the run's object precision and recall against energy."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fakes.powercap import FakePowercap
+    from shared.report import build_report, load_local
+
+    result = pkg.build_package("rare_objects", tmp_path / "dist")
+    with tarfile.open(result.archive) as tar:
+        tar.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    unpacked = tmp_path / result.directory.name
+    assert (unpacked / "trials" / "unet" / "model.py").read_bytes() == \
+        (ROOT / "trials" / "unet" / "model.py").read_bytes()
+    assert not (unpacked / "trials" / "unet" / "train.py").exists()
+    readme = (unpacked / "README.md").read_text()
+    assert "energy-aware rare-small-objects (binary segmentation) recipe" in readme
+    generate_cmd, train_cmd = _smoke_commands(readme)
+    assert generate_cmd[:3] == ["python", "-m", "shared.data.synthetic_rare"]
+    assert train_cmd[:3] == ["python", "train.py", "--config"]
+    data, out = tmp_path / "rare", tmp_path / "run"
+    tree = FakePowercap(tmp_path / "powercap")
+    tree.add_zone("intel-rapl:0", "package-0")
+    env = _env_outside_repo(OMP_NUM_THREADS="1", ENERGY_SOURCES="rapl",
+                            ENERGY_RAPL_ROOT=str(tmp_path / "powercap"))
+    proc = subprocess.run([sys.executable, *[str(data) if c == "/tmp/rare" else c for c in generate_cmd[1:]]],
+                          cwd=unpacked, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    port = subprocess.run([sys.executable, "-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); "
+                           "print(s.getsockname()[1])"], capture_output=True, text=True).stdout.strip()
+    # the README's command (its cmd[0] is "python"), under torchrun, with a longer run
+    train = [str(data) if c == "/tmp/rare" else c for c in train_cmd[1:]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           *train, "--batches", "20", "--output-dir", str(out),
+           "--set", "lr=0.01", "global_batch_size=8", "base_batch_size=8", "unet_base_channels=4",
+           "dropout=0.0", "report_period=5", "validation_period=10", "checkpoint_period=20",
+           "mine_period=5", "mine_tiles=32", "hard_negative_pool=4", "ap_thresholds=3",
+           "target_value=0.68", "stop_at_target=true", "energy.enabled=true",
+           f"tile_cache_dir={tmp_path / 'cache'}"]
+    # the counter advances every 2 ms, so that one mining of 32 tiles (a few ms) sees it move
+    with tree.constant_power("intel-rapl:0", 40.0, period_s=0.002):
+        proc = subprocess.run(cmd, cwd=unpacked, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    by: Dict[str, List[Dict[str, Any]]] = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        by.setdefault(r["group"], []).append(r)
+    run = by["run"][0]["metrics"]
+    assert (run["slots"], run["target_metric"], run["target_smaller_is_better"]) == (2, "validation_loss", True)
+    last = by["validation"][-1]["metrics"]
+    assert last["validation_loss"] <= 0.68 and last["time_to_target_s"] > 0
+    assert 0 < last["energy_to_target_wh"] <= last["energy_wh"]
+    assert last["batches_to_target"] == by["validation"][-1]["steps_completed"] < 20  # stopped there
+    for key in ("iou", "f1", "object_precision", "object_recall", "object_f1", "average_precision"):
+        assert 0 <= last[key] <= 100, key
+    assert last["validation_images"] == 2 and math.isfinite(last["false_positives_per_image"])
+    mining = by["mining"][-1]["metrics"]
+    assert mining["minings"] >= 1 and mining["mined_tiles"] >= 1 and mining["mining_s"] > 0
+    energy = by["energy"][-1]["metrics"]
+    phases = ("setup_wh", "train_wh", "validation_wh", "checkpoint_wh", "mining_wh")
+    assert energy["mining_wh"] > 0
+    assert sum(energy[k] for k in phases) == pytest.approx(energy["energy_wh"], rel=1e-9)
+    report = build_report(load_local(out), tmp_path / "report")
+    (chart,) = [c for c in report.charts if c.name == "objects_vs_energy"]
+    assert len(chart.plotted) == 1 and chart.path.stat().st_size > 0

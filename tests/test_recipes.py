@@ -26,6 +26,7 @@ def test_discover_finds_every_recipe_sorted_with_its_family():
     assert list(found) == sorted(p.parent.name for p in (ROOT / "trials").glob("*/train.py"))
     assert {n for n, r in found.items() if r.family == "segmentation"} == set(SEGMENTATION)
     assert found["image_classification"].family == "classification"
+    assert found["rare_objects"].family == "binary_segmentation"
     unet = found["unet"]
     assert unet.trial_dir == ROOT / "trials" / "unet"
     assert unet.configs_dir == ROOT / "experiment_configs" / "unet"
@@ -91,8 +92,10 @@ def test_a_directory_without_train_py_is_not_a_recipe_and_family_needs_a_known_b
     assert list(recipes.discover(tmp_path)) == ["odd"]
     odd = recipes.get("odd", tmp_path)
     assert [p.name for p in odd.config_files()] == ["a.yaml", "b.yaml"]
-    with pytest.raises(recipes.RecipeError, match=r"odd/train\.py: Odd is neither a SegmentationTrial "
-                                                  r"nor a ClassificationTrial subclass"):
+    with pytest.raises(recipes.RecipeError, match=r"odd/train\.py: Odd derives from none of the family "
+                                                  r"bases \(shared\.trial:SegmentationTrial, "
+                                                  r"shared\.classification\.trial:ClassificationTrial, "
+                                                  r"shared\.objects\.trial:BinarySegmentationTrial\)"):
         odd.family
     with pytest.raises(recipes.RecipeError, match=r"odd/model\.py: no such file"):
         odd.model_module()
@@ -120,7 +123,8 @@ def _section(text: str, heading: str) -> str:
 def undocumented(root: pathlib.Path) -> List[str]:
     """Recipes under ``root`` missing from the docs that list models: every segmentation
     recipe needs a row in the README's "Models" table and a section in docs/models.md; every
-    classification recipe is named in docs/classification.md."""
+    classification recipe is named in docs/classification.md; a binary-segmentation recipe
+    has a row in the "Models" table and names itself in docs/<name>.md."""
     readme = (root / "README.md").read_text()
     models_md = (root / "docs" / "models.md").read_text()
     classification_md = (root / "docs" / "classification.md").read_text()
@@ -132,8 +136,15 @@ def undocumented(root: pathlib.Path) -> List[str]:
                 missing.append(f"README.md, table under '## Models': no row | `trials/{name}` |")
             if not re.search(rf"^## .*\(`trials/{name}`\)$", models_md, re.M):
                 missing.append(f"docs/models.md: no section '## ... (`trials/{name}`)'")
-        elif f"trials/{name}/" not in classification_md:
-            missing.append(f"docs/classification.md: trials/{name}/ is not named")
+        elif recipe.family == "classification":
+            if f"trials/{name}/" not in classification_md:
+                missing.append(f"docs/classification.md: trials/{name}/ is not named")
+        else:  # binary_segmentation: a row in the Models table and its own doc
+            if not re.search(rf"^\| `trials/{name}` \|", table, re.M):
+                missing.append(f"README.md, table under '## Models': no row | `trials/{name}` |")
+            doc = root / "docs" / f"{name}.md"
+            if not doc.is_file() or f"trials/{name}/" not in doc.read_text():
+                missing.append(f"docs/{name}.md: trials/{name}/ is not named")
     return missing
 
 

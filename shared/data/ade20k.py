@@ -41,6 +41,13 @@ def _name_some(paths: list[Path]) -> str:
     return shown + (f" (and {more} more)" if more > 0 else "")
 
 
+def _suffix_list(suffixes: frozenset[str]) -> str:
+    """".jpg, .jpeg or .png": the suffixes in a message (ADE20K's order first)."""
+    order = [".jpg", ".jpeg", ".png", ".tif", ".tiff"]
+    names = sorted(suffixes, key=lambda x: (order.index(x) if x in order else len(order), x))
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
 def _files_by_stem(directory: Path, suffixes: frozenset[str]) -> tuple[dict[str, Path], list[Path]]:
     """Map stem -> file for the files in ``directory`` with one of ``suffixes``.
 
@@ -60,7 +67,9 @@ def _files_by_stem(directory: Path, suffixes: frozenset[str]) -> tuple[dict[str,
 
 
 def find_samples(
-    root: str | Path, split: str, skip_bad_samples: bool = False
+    root: str | Path, split: str, skip_bad_samples: bool = False, *,
+    annotations: str = "annotations", image_suffixes: frozenset[str] = IMAGE_SUFFIXES,
+    root_name: str = "the ADEChallengeData2016 folder",
 ) -> tuple[list[tuple[Path, Path]], list[str]]:
     """List the (image, annotation) pairs of one split, sorted by image path.
 
@@ -68,6 +77,9 @@ def find_samples(
         root: the dataset root, holding ``images/`` and ``annotations/``.
         split: the sub-directory name, ``"training"`` or ``"validation"`` for ADE20K.
         skip_bad_samples: skip files that cannot be paired instead of raising.
+        annotations, image_suffixes, root_name: the annotation directory's name, the image
+            suffixes and what the root is called in messages, for other layouts of the same
+            kind (``shared.data.tiles``: ``masks/``, TIFF images).
 
     Returns:
         The pairs, and one message per problem that was skipped (empty unless
@@ -80,23 +92,24 @@ def find_samples(
     root = Path(root)
     if not is_dir(root):  # a symbolic link loop raises, named, rather than reading as missing
         raise DataError(
-            f"dataset root {root} does not exist or is not a directory; expected the "
-            "ADEChallengeData2016 folder holding images/ and annotations/"
+            f"dataset root {root} does not exist or is not a directory; expected "
+            f"{root_name} holding images/ and {annotations}/"
         )
     image_dir = root / "images" / split
-    annotation_dir = root / "annotations" / split
-    for directory, kind in ((image_dir, "images"), (annotation_dir, "annotations")):
+    annotation_dir = root / annotations / split
+    for directory, kind in ((image_dir, "images"), (annotation_dir, annotations)):
         if not is_dir(directory):
             raise DataError(
                 f"missing {kind} directory {directory} for split '{split}'; expected the layout "
-                f"<root>/images/{split}/*.jpg and <root>/annotations/{split}/*.png"
+                f"<root>/images/{split}/*{'.jpg' if '.jpg' in image_suffixes else min(image_suffixes)} "
+                f"and <root>/{annotations}/{split}/*.png"
             )
 
-    images, duplicate_images = _files_by_stem(image_dir, IMAGE_SUFFIXES)
+    images, duplicate_images = _files_by_stem(image_dir, image_suffixes)
     annotations, duplicate_annotations = _files_by_stem(annotation_dir, ANNOTATION_SUFFIXES)
     if not images and not duplicate_images:
         raise DataError(
-            f"no images (.jpg, .jpeg or .png) in {image_dir}; is the dataset fully extracted?"
+            f"no images ({_suffix_list(image_suffixes)}) in {image_dir}; is the dataset fully extracted?"
         )
 
     problems: list[tuple[str, list[Path]]] = []

@@ -156,8 +156,11 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
         raise DataError(f"cannot decode {what} {path}: {error} (corrupt or truncated file?)") from error
 
 
-def read_image(path: str | Path) -> DecodedImage:
+def read_image(path: str | Path, keep_grey: bool = False) -> DecodedImage:
     """Decode an image file fully to uint8 RGB, with its EXIF orientation applied.
+
+    With ``keep_grey``, a greyscale image (8-bit, 16-bit, bilevel) stays one channel:
+    ``pixels`` is then (H, W, 1) (single-band orbital or medical images, three times smaller).
 
     16-bit greyscale (PIL modes I;16, I;16B, ..., and 32-bit I holding 0..65535, as Pillow reads
     16-bit PGM) is scaled to 8 bits by the full 16-bit range, keeping the high byte
@@ -183,6 +186,9 @@ def read_image(path: str | Path) -> DecodedImage:
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"cannot apply the EXIF orientation of image {path}: {error}") from error
     mode = image.mode
+    if keep_grey and mode in ("1", "L"):
+        grey = image if mode == "L" else image.convert("L")  # convert() would copy an L image
+        return DecodedImage(np.asarray(grey, dtype=np.uint8)[:, :, None], int(orientation))
     if mode in _RGB_CONVERTIBLE:
         rgb = image if mode == "RGB" else image.convert("RGB")  # convert() copies even from RGB
         pixels = np.array(rgb, dtype=np.uint8)
@@ -194,7 +200,7 @@ def read_image(path: str | Path) -> DecodedImage:
                 f"{int(values.min())}..{int(values.max())}, beyond 16 bits; it cannot be converted "
                 "to 8-bit RGB faithfully: save it as 8-bit RGB or 16-bit greyscale")
         grey = (values.astype(np.uint16) >> 8).astype(np.uint8)
-        pixels = np.repeat(grey[:, :, None], 3, axis=2)
+        pixels = grey[:, :, None] if keep_grey else np.repeat(grey[:, :, None], 3, axis=2)
     else:
         raise DataError(
             f"{path}: image of PIL mode {mode!r} cannot be converted to 8-bit RGB faithfully; "

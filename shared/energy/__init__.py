@@ -25,16 +25,19 @@ ENERGY_GROUP = {
     "node_wh": "node input power (Redfish, IPMI, Prometheus) x share",
     "setup_wh": "energy_wh's part from the meter's start to the first batch (data loaders, "
                 "checkpoint loading)",
-    "train_wh": "energy_wh's part spent training (all but the other four phases)",
+    "train_wh": "energy_wh's part spent training (all but the other phases)",
     "validation_wh": "energy_wh's part spent validating",
     "checkpoint_wh": "energy_wh's part spent writing and uploading checkpoints",
     "compile_wh": "energy_wh's part spent in torch.compile's warm-up batches (compile: true; "
-                  "0.0 otherwise; the five phases sum to energy_wh)",
-    "setup_s": "seconds of the setup phase (as setup_wh); the five <phase>_s sum to duration_s",
+                  "0.0 otherwise; the six phases sum to energy_wh)",
+    "mining_wh": "energy_wh's part spent mining hard negatives (rare_objects; 0.0 elsewhere; "
+                 "the six phases sum to energy_wh)",
+    "setup_s": "seconds of the setup phase (as setup_wh); the six <phase>_s sum to duration_s",
     "train_s": "seconds of the train phase (as train_wh; the basis of images/s)",
     "validation_s": "seconds of the validation phase",
     "checkpoint_s": "seconds of the checkpoint phase",
     "compile_s": "seconds of the compile phase (torch.compile's warm-up batches)",
+    "mining_s": "seconds of the mining phase (rare_objects' hard-negative mining)",
     "avg_power_w": "energy_wh / duration_s",
     "gpu_util_pct": "mean GPU utilisation over the run, % (NVML's utilisation counter sampled "
                     "every second, per rank, then averaged over the ranks); absent from every "

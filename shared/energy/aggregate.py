@@ -30,7 +30,7 @@ APPORTION_RULES = ("gpu_share", "none")
 J_PER_WH = 3600.0
 #: The phases a trial's energy is split into (``<phase>_wh`` in the ``energy`` group); the
 #: meter's first phase (``meter.FIRST_PHASE``) is the first of them.
-PHASES = ("setup", "train", "validation", "checkpoint", "compile")
+PHASES = ("setup", "train", "validation", "checkpoint", "compile", "mining")
 
 
 def _add(a: Optional[float], b: Optional[float]) -> Optional[float]:

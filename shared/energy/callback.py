@@ -8,8 +8,8 @@ Facts this relies on (Determined 0.38.1, determined/pytorch/_pytorch_trial.py):
   ``on_validation_end(metrics)`` runs on every rank *before* the chief reports ``metrics``
   as the validation metrics, so keys added to it in place are reported with them.
 - ``state_dict()`` is called on the chief only, when it writes a checkpoint.
-- Phases (``train_wh``, ``validation_wh``, ``checkpoint_wh``, ``setup_wh``, ``compile_wh``;
-  their seconds ``<phase>_s``), marked on
+- Phases (``train_wh``, ``validation_wh``, ``checkpoint_wh``, ``setup_wh``, ``compile_wh``,
+  ``mining_wh``; their seconds ``<phase>_s``), marked on
   every rank: setup runs from ``on_trial_startup`` (the meter's start) to
   ``on_training_start`` (data loaders built, checkpoint loaded; the first batch follows);
   validation from ``on_validation_start`` to ``on_validation_end``; a checkpoint from the
@@ -28,12 +28,13 @@ report). Only work *after* the allgather, on the chief, may take a different pat
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pathlib
 import socket
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from determined import pytorch as det_pytorch
@@ -255,6 +256,19 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             self._mark("compile")
         elif not compiling and self._meter.phase == "compile":
             self._mark("train")
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """A phase the trial runs inside training (``mining``: the rare-objects trial's
+        hard-negative search, from inside ``train_batch``): its energy goes to ``<name>_wh``
+        (a name of ``aggregate.PHASES``), training resumes after it. Never a collective."""
+        if self._enabled:
+            self._mark(name)
+        try:
+            yield
+        finally:
+            if self._enabled:
+                self._mark("train")
 
     def on_checkpoint_upload_end(self, uuid: str) -> None:
         if self._enabled:

@@ -173,6 +173,19 @@ def _write_archive(directory: pathlib.Path, archive: pathlib.Path) -> None:
     os.replace(tmp, archive)
 
 
+def models_used(files: Sequence[pathlib.Path]) -> List[str]:
+    """The recipes whose ``model.py`` the trial's files load through the registry: the
+    literal names of ``model_of("<name>")`` calls (``shared.recipes.model_of``), sorted."""
+    names: Set[str] = set()
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                    and isinstance(node.args[0].value, str) and \
+                    getattr(node.func, "id", getattr(node.func, "attr", None)) == "model_of":
+                names.add(node.args[0].value)
+    return sorted(names)
+
+
 def _replaceable(path: pathlib.Path) -> bool:
     readme = path / "README.md"
     try:
@@ -223,8 +236,14 @@ def build_package(model: str, out: pathlib.Path, *, root: pathlib.Path = ROOT,
         family = recipe.family
     except recipes.RecipeError as err:
         raise PackageError(str(err)) from None
+    # another recipe's model.py loaded through the registry goes along at its own path,
+    # trials/<name>/model.py, where shared.recipes.model_of finds it in the package too
+    borrowed = [root / recipes.TRIALS / name / "model.py" for name in models_used(trial_files)]
+    missing = [str(p) for p in borrowed if not p.is_file()]
+    if missing:
+        raise PackageError(f"{model}: model_of() names a recipe without model.py: {', '.join(missing)}")
     # the README's smoke test runs the family's data generator: ship it too
-    closure = analyse(trial_files, root, extra=[family_text(family).generator])
+    closure = analyse([*trial_files, *borrowed], root, extra=[family_text(family).generator])
     reqs = requirements(closure.third_party, project, root / "pyproject.toml")
     stamp = version_stamp(root, version, [LIBRARY, f"trials/{model}", f"experiment_configs/{model}",
                                           "pyproject.toml"])
@@ -237,6 +256,10 @@ def build_package(model: str, out: pathlib.Path, *, root: pathlib.Path = ROOT,
         staging.mkdir()
         for f in trial_files:
             shutil.copyfile(f, staging / f.name)
+        for f in borrowed:
+            dest = staging / f.relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
         for path in [*closure.modules.values(), *closure.data_files]:
             dest = staging / path.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,30 @@ _CLASSIFICATION = Family(
                  "`run` group (the run's settings).",
 )
 
-FAMILIES: Dict[str, Family] = {"segmentation": _SEGMENTATION, "classification": _CLASSIFICATION}
+_BINARY_SEGMENTATION = Family(
+    title="rare-small-objects (binary segmentation)",
+    does="trains on large images with rare small objects (`images/{training,validation}/<stem>.png|tif|jpg`, "
+         "masks in `masks/{training,validation}/<stem>.png`, non-zero = object), read once and tiled "
+         "lazily, with balanced batches and hard-negative mining; validates whole images (pixel IoU "
+         "and F1, object precision, recall, false positives per image, average precision, the "
+         "validation loss), records the time and the energy to reach a target validation loss, and "
+         "runs unchanged on a Determined 0.38 cluster and locally (Determined's local training mode).",
+    length_options="`--batches N` or `--epochs N` (training length; an epoch is one tile per "
+                   "tile-sized cell of the training images)",
+    generator="shared.data.synthetic_rare",
+    smoke=(
+        "python -m shared.data.synthetic_rare --out /tmp/rare --num-train 8 --num-val 2 --size 96",
+        "python train.py --config configs/{first} --data-dir /tmp/rare --batches 3 \\",
+        "    --set tile_size=32 global_batch_size=4 base_batch_size=4 workers_per_slot=0 unet_depth=2 \\",
+        "          warmup_batches=2 report_period=2 validation_period=3 energy.enabled=false",
+    ),
+    local_groups="The `mining` group (time and tiles spent mining hard negatives, the pool's size) "
+                 "comes with each training report; `mining_wh` in the `energy` group is mining's "
+                 "energy. Locally, `metrics.jsonl` also has the `run` group (the run's settings).",
+)
+
+FAMILIES: Dict[str, Family] = {"segmentation": _SEGMENTATION, "classification": _CLASSIFICATION,
+                               "binary_segmentation": _BINARY_SEGMENTATION}
 
 
 def family_text(family: str) -> Family:

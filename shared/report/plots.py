@@ -312,4 +312,6 @@ def make_charts(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows
               losses(runs, tls, out_dir / "loss.png")]
     if points:
         charts.append(scaling_chart(points, out_dir / "scaling.png"))
+    from .objects import object_charts  # the rare-objects recipe's chart, when a run has its metrics
+    charts += object_charts(runs, tls, out_dir)
     return charts

@@ -206,8 +206,9 @@ def compare_run(run: Run, target: Optional[Target]) -> Row:
         nodes=nodes if isinstance(nodes, int) else None,
         nodes_measured=nodes_measured if isinstance(nodes_measured, int) else None,
         coverage=coverage, estimate=estimate, notes=notes,
-        # the phases the reports carry (compile_wh came later than the others)
-        phase_wh=({p: _num(em.get(f"{p}_wh")) for p in PHASES if f"{p}_wh" in em or p != "compile"}
+        # the four phases every report has, and the later ones (compile, mining) where the
+        # run's reports name them
+        phase_wh=({p: _num(em.get(f"{p}_wh")) for p in PHASES if f"{p}_wh" in em or p in PHASES[:4]}
                   if energy_wh is not None else {}),
         target_metric=metric, target_value=goal.value if goal is not None else None,
         target_smaller_is_better=smaller,
@@ -329,20 +330,22 @@ def display_cells(r: Row) -> Dict[str, str]:
 
 
 #: The energy per phase in one cell, in the order of ``PHASES``.
-SPLIT_COLUMN = "setup / train / val / ckpt (Wh)"
+SPLIT_COLUMN = "setup / train / val / ckpt [/ mining] (Wh)"
 
 
 def split_cell(r: Row) -> str:
-    """``setup / train / validation / checkpoint`` Wh; "-" for a run whose reports have no
+    """``setup / train / validation / checkpoint [/ mining]`` Wh (the phases the run's reports
+    name: mining since it exists); "-" for a run whose reports have no
     split (older runs), NOT_MEASURED without energy."""
     if not r.energy_measured:
         return NOT_MEASURED
     if all(r.phase_wh.get(p) is None for p in PHASES):
         return "-"
-    cell = " / ".join(fmt(r.phase_wh.get(p), "3s") for p in PHASES if p != "compile")
-    # torch.compile's warm-up (compile: true) is a fifth phase, shown only where it happened
-    return cell + (f" + compile {fmt(r.phase_wh['compile'], '3s')}"
-                   if r.phase_wh.get("compile") else "")
+    cell = " / ".join(fmt(r.phase_wh.get(p), "3s") for p in PHASES[:4])
+    # torch.compile's warm-up (compile: true) and hard-negative mining (rare_objects) are
+    # further phases, shown only where they happened
+    return cell + "".join(f" + {p} {fmt(r.phase_wh[p], '3s')}" for p in PHASES[4:]
+                          if r.phase_wh.get(p))
 
 
 DISPLAY_HEADER = ["run", "model", "params (M)", "slots", "target reached", "time to target (s)",

@@ -1,0 +1,501 @@
+"""Large images with rare small objects, read once and tiled lazily: the data of the
+binary-segmentation family (``trials/rare_objects``).
+
+Layout::
+
+    <root>/images/{training,validation}/<stem>.{png,tif,tiff,jpg,jpeg}   grey or RGB, 8 or 16 bit
+    <root>/masks/{training,validation}/<stem>.png                        0 background, non-zero object
+
+What happens to an image:
+
+1. **Read once** (``TileStore``): each (image, mask) pair is decoded with the project's one
+   image reader (``shared.data.files``: EXIF orientation, 16-bit greyscale scaled by its full
+   range, decompression bombs and symbolic link loops named) and written to a cache as two
+   uncompressed ``.npy`` files, uint8 (H, W, C) and uint8 (H, W) 0/1, with the bounding boxes
+   of its objects. A cache entry is keyed by the files' paths, sizes and modification times,
+   so a second run (or the other ranks of a node) reads nothing but the cache.
+2. **Tiled lazily**: every process opens the cache files memory-mapped (``np.load(...,
+   mmap_mode="r")``) and copies out only the tiles it asks for; what stays resident is the
+   page cache of the tiles read, which the kernel may drop at will. The decoding of step 1
+   is the peak: Pillow's decoded image plus one numpy copy (2 bytes per pixel and channel);
+   the figures measured for a 20000x20000 image are in docs/rare_objects.md.
+3. **Sampled** (``BalancedTileSampler``, in the main process, where the data loader asks
+   for each batch's tile positions): ``positive_fraction`` of each batch are tiles holding an
+   object at a random position inside the tile, the rest random tiles without any object,
+   ``hard_negative_fraction`` of those from the pool of hard negatives that mining found.
+4. **Validated whole**: a validation image is covered by tiles overlapping by ``overlap``
+   and their logits are stitched back (``stitch_logits``), so that object metrics are per
+   full image.
+
+Pillow refuses images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 Mpixels) as
+decompression bombs; this reader raises that limit to ``max_image_pixels`` while it decodes
+(hyperparameter, default 10**9: a 31600x31600 image).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.data.ade20k import find_samples
+from shared.data.files import DataError, read_annotation, read_image
+
+__all__ = ["TILE_IMAGE_SUFFIXES", "find_tile_samples", "TileStore", "TiledImage", "TileDataset",
+           "BalancedTileSampler", "stitch_logits", "tile_starts", "component_boxes", "list_collate"]
+
+log = logging.getLogger(__name__)
+
+TILE_IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
+#: rows decoded, scanned or scored at a time: bounds the temporaries of a large image
+BAND_ROWS = 1024
+#: random draws for a tile without any object before falling back to a known empty cell
+NEGATIVE_TRIES = 32
+
+
+def find_tile_samples(root: str | Path, split: str, skip_bad_samples: bool = False
+                      ) -> Tuple[List[Tuple[Path, Path]], List[str]]:
+    """(image, mask) pairs of ``split`` under ``root`` (``images/<split>``, ``masks/<split>``),
+    paired by stem, with the ADE20K loader's checks and messages (``find_samples``)."""
+    return find_samples(root, split, skip_bad_samples, annotations="masks",
+                        image_suffixes=TILE_IMAGE_SUFFIXES, root_name="a data root")
+
+
+@contextlib.contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's decompression-bomb limit set so that images up to ``max_pixels`` decode (it
+    refuses over twice MAX_IMAGE_PIXELS and warns over once), restored afterwards."""
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(int(max_pixels) // 2, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
+# ----------------------------------------------------------------------------- components
+def _runs(mask: np.ndarray, rows: slice) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    band = np.asarray(mask[rows]) > 0
+    padded = np.zeros((band.shape[0], band.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = band
+    d = np.diff(padded, axis=1)
+    r, s = np.nonzero(d == 1)
+    _, e = np.nonzero(d == -1)
+    return r + (rows.start or 0), s, e
+
+
+def component_boxes(mask: np.ndarray) -> np.ndarray:
+    """Bounding boxes (n, 4) int64 [y0, x0, y1, x1) of the 8-connected objects of a (H, W)
+    mask (non-zero = object), read in bands of ``BAND_ROWS`` rows (a memory-mapped mask is
+    never loaded whole). The same components as ``shared.objects.metrics.label_components``."""
+    from shared.objects.metrics import connect_runs
+
+    h = mask.shape[0]
+    parts = [_runs(mask, slice(y, min(y + BAND_ROWS, h))) for y in range(0, h, BAND_ROWS)]
+    rows, starts, ends = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64)
+                          for i in range(3))
+    comp, n = connect_runs(rows, starts, ends, mask.shape[1])
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    boxes = np.empty((n, 4), dtype=np.int64)
+    boxes[:, 0] = np.full(n, h)
+    np.minimum.at(boxes[:, 0], comp, rows)
+    boxes[:, 1] = mask.shape[1]
+    np.minimum.at(boxes[:, 1], comp, starts)
+    boxes[:, 2] = 0
+    np.maximum.at(boxes[:, 2], comp, rows + 1)
+    boxes[:, 3] = 0
+    np.maximum.at(boxes[:, 3], comp, ends)
+    return boxes
+
+
+# ----------------------------------------------------------------------------- images
+@dataclass
+class TiledImage:
+    """One image of a split as its cache files: picklable (paths only; each process opens
+    the memory maps on first use), read a tile at a time."""
+
+    stem: str
+    image_path: Path
+    mask_path: Path
+    image_npy: Optional[Path]
+    mask_npy: Optional[Path]
+    shape: Tuple[int, int, int] = (0, 0, 0)
+    #: object bounding boxes [y0, x0, y1, x1)
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
+    #: a bad sample skipped (skip_bad_samples): counted, never read
+    skipped: bool = False
+    _maps: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_maps"] = None  # memory maps are reopened, not pickled as copies
+        return state
+
+    def _open(self) -> Tuple[np.ndarray, np.ndarray]:
+        if self._maps is None:
+            self._maps = (np.load(self.image_npy, mmap_mode="r"), np.load(self.mask_npy, mmap_mode="r"))
+        return self._maps
+
+    @property
+    def height(self) -> int:
+        return self.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.shape[1]
+
+    def tile(self, y: int, x: int, size: int) -> np.ndarray:
+        """uint8 (C, size, size) at (y, x), zero beyond the image."""
+        image, _ = self._open()
+        out = np.zeros((self.shape[2], size, size), dtype=np.uint8)
+        crop = image[y:y + size, x:x + size]
+        out[:, :crop.shape[0], :crop.shape[1]] = np.moveaxis(crop, 2, 0)
+        return out
+
+    def mask_tile(self, y: int, x: int, size: int) -> np.ndarray:
+        """uint8 (size, size) 0/1 at (y, x), zero beyond the image."""
+        _, mask = self._open()
+        out = np.zeros((size, size), dtype=np.uint8)
+        crop = mask[y:y + size, x:x + size]
+        out[:crop.shape[0], :crop.shape[1]] = crop
+        return out
+
+    def mask(self) -> np.ndarray:
+        """The whole (H, W) 0/1 mask (validation scores whole images)."""
+        return np.asarray(self._open()[1])
+
+
+def list_collate(items: Sequence[Any]) -> List[Any]:
+    """Validation batches are lists of ``TiledImage`` (whole images of any size)."""
+    return list(items)
+
+
+def _file_key(*paths: Path, extra: str) -> str:
+    h = hashlib.sha1(extra.encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)  # atomic: a rank reading the cache never sees half a file
+
+
+def _decode_image(image_path: Path, in_channels: int) -> Tuple[np.ndarray, str]:
+    """uint8 (H, W, in_channels) pixels and the EXIF note for size messages."""
+    decoded = read_image(image_path, keep_grey=in_channels == 1)
+    pixels = decoded.pixels
+    if in_channels == 1 and pixels.shape[2] == 3:
+        # a colour image for a one-band model: luma (ITU-R 601), as Pillow's convert("L")
+        pixels = (pixels @ np.array([299, 587, 114]) // 1000).astype(np.uint8)[:, :, None]
+    elif in_channels == 3 and pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return pixels, decoded.orientation_note()
+
+
+def _decode_mask(mask_path: Path, shape: Tuple[int, ...], image_path: Path, note: str) -> np.ndarray:
+    """uint8 (H, W) 0/1, checked against the image's (H, W)."""
+    mask = read_annotation(mask_path)
+    if mask.shape != tuple(shape[:2]):
+        raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
+                        f"is {shape[1]}x{shape[0]}{note}")
+    if not mask.flags.writeable:
+        mask = mask.copy()
+    return np.minimum(mask, 1, out=mask)  # any non-zero value is object; in place
+
+
+class TileStore:
+    """The images of one split, decoded once into ``cache_dir`` (see the module docstring).
+
+    Args:
+        root: the data root; split: ``training`` or ``validation``.
+        cache_dir: where the decoded copies go (default: ``<tmp>/rare_objects_tiles``).
+        in_channels: 1 (grey: colour images become luma) or 3 (grey images are repeated).
+        max_image_pixels: the largest image decoded (Pillow's bomb limit raised to it).
+        skip_bad_samples: a pair that cannot be read is skipped (``skipped``) instead of
+            raising its DataError.
+    """
+
+    def __init__(self, root: str | Path, split: str, cache_dir: Optional[str | Path] = None,
+                 in_channels: int = 3, max_image_pixels: int = 10 ** 9,
+                 skip_bad_samples: bool = False) -> None:
+        self.root, self.split = Path(root), split
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "rare_objects_tiles"
+        self.in_channels, self.max_image_pixels = int(in_channels), int(max_image_pixels)
+        pairs, self.skipped = find_tile_samples(root, split, skip_bad_samples)
+        self.images: List[TiledImage] = []
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for image_path, mask_path in pairs:
+            try:
+                self.images.append(self._cached(image_path, mask_path))
+            except DataError as err:
+                if not skip_bad_samples:
+                    raise
+                log.warning("skipping %s", err)
+                self.skipped.append(str(err))
+                self.images.append(TiledImage(image_path.stem, image_path, mask_path, None, None,
+                                              skipped=True))
+        if not self.usable:
+            raise DataError(f"no readable (image, mask) pair in {self.root}/images/{split} "
+                            f"({len(self.skipped)} skipped)")
+
+    @property
+    def usable(self) -> List[TiledImage]:
+        return [im for im in self.images if not im.skipped]
+
+    def _cached(self, image_path: Path, mask_path: Path) -> TiledImage:
+        try:
+            key = _file_key(image_path, mask_path, extra=f"c{self.in_channels}")
+        except OSError as err:
+            raise DataError(f"cannot read {err.filename}: {err.strerror}") from None
+        base = self.cache_dir / key
+        image_npy, mask_npy, boxes_npy = (base.with_name(f"{key}.{k}.npy") for k in ("image", "mask", "boxes"))
+        if not (image_npy.is_file() and mask_npy.is_file() and boxes_npy.is_file()):
+            # one decoded array alive at a time: the image is written and dropped before the
+            # mask is decoded (the peak is one decode, docs/rare_objects.md)
+            with pixel_limit(self.max_image_pixels):
+                pixels, note = _decode_image(image_path, self.in_channels)
+                shape = pixels.shape
+                _save(image_npy.with_name(f".{key}.pending.npy"), pixels)
+                del pixels
+                try:
+                    mask = _decode_mask(mask_path, shape, image_path, note)
+                except DataError:
+                    image_npy.with_name(f".{key}.pending.npy").unlink(missing_ok=True)
+                    raise
+            os.replace(image_npy.with_name(f".{key}.pending.npy"), image_npy)
+            _save(mask_npy, mask)
+            _save(boxes_npy, component_boxes(mask))
+            del mask
+        image = np.load(image_npy, mmap_mode="r")
+        return TiledImage(image_path.stem, image_path, mask_path, image_npy, mask_npy,
+                          tuple(image.shape), np.load(boxes_npy))
+
+
+# ----------------------------------------------------------------------------- training
+class TileDataset(torch.utils.data.Dataset):
+    """Training tiles by position: item ``(i, y, x, flip)`` (from ``BalancedTileSampler``)
+    is image i's tile at (y, x), flipped left-right (flip bit 0) and/or top-bottom (bit 1):
+    (uint8 (C, T, T) tensor, uint8 (T, T) 0/1 tensor, 0)."""
+
+    def __init__(self, images: Sequence[TiledImage], tile_size: int) -> None:
+        self.images, self.tile_size = list(images), int(tile_size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, spec: Tuple[int, int, int, int]) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        i, y, x, flip = spec
+        im = self.images[i]
+        image, mask = im.tile(y, x, self.tile_size), im.mask_tile(y, x, self.tile_size)
+        if flip & 1:
+            image, mask = image[:, :, ::-1], mask[:, ::-1]
+        if flip & 2:
+            image, mask = image[:, ::-1], mask[::-1]
+        return torch.from_numpy(image.copy()), torch.from_numpy(mask.copy()), 0
+
+
+def tile_starts(length: int, size: int, stride: int) -> List[int]:
+    """Tile positions covering [0, length): every ``stride``, the last one flush with the end
+    (0 alone when the image is smaller than a tile)."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, max(1, stride)))
+    return starts + [length - size]
+
+
+class BalancedTileSampler:
+    """The batches of tile positions (a batch sampler: it runs in the main process, so the
+    hard-negative pool that mining fills there is what the next batches draw from).
+
+    Each batch of ``batch_size``: ``round(batch_size x positive_fraction)`` tiles holding an
+    object (an object drawn uniformly over all objects, the tile placed so that the object's
+    box lies at a uniformly random position inside it), the rest tiles without any object:
+    ``round(negatives x hard_negative_fraction)`` drawn from the hard-negative pool once
+    mining has put something there, the others at random positions (images drawn by area,
+    redrawn while the tile holds an object). ``positive_fraction`` 0 turns balancing off:
+    the plain random-crop pipeline, random tiles holding objects only as often as chance
+    has it (the study's starting point, which learned to predict nothing). Every tile is
+    flipped at random. Seeded: the
+    same seed gives the same batches on every rank (Determined then deals them out).
+
+    Mining (``mining_candidates``, ``add_hard_negatives``): the negative cells of a
+    tile-sized grid over the training images that were not sampled in the last
+    ``recent_batches`` batches are the candidates; the caller scores them with the model
+    and the highest-scoring join a pool bounded to ``pool_size`` (the lowest scores leave).
+    """
+
+    def __init__(self, images: Sequence[TiledImage], tile_size: int, batch_size: int,
+                 positive_fraction: float, hard_negative_fraction: float, pool_size: int,
+                 seed: int, recent_batches: int = 0) -> None:
+        self.images, self.tile = list(images), int(tile_size)
+        self.batch_size = int(batch_size)
+        self.positive_fraction, self.hard_fraction = float(positive_fraction), float(hard_negative_fraction)
+        self.pool_size, self.recent_batches = int(pool_size), int(recent_batches)
+        self.rng = np.random.default_rng(seed)
+        self.objects = [(i, box) for i, im in enumerate(self.images) if not im.skipped
+                        for box in im.boxes]
+        if self.positive_fraction > 0 and not self.objects:
+            raise DataError("positive_fraction > 0 but the training masks hold no object "
+                            f"(every mask of {len(self.images)} training images is all 0)")
+        #: negative grid cells per image: (i, y, x) of tiles without any object pixel
+        self.cells = self._negative_cells()
+        if not self.cells:
+            raise DataError("every tile-sized cell of the training images holds an object: "
+                            "there is no negative tile to sample (a smaller tile_size?)")
+        areas = np.array([0 if im.skipped else im.height * im.width for im in self.images], dtype=np.float64)
+        self.image_weights = areas / areas.sum()
+        self.last_sampled: Dict[Tuple[int, int, int], int] = {}
+        self.pool: List[Tuple[float, Tuple[int, int, int]]] = []
+        self.batches = 0
+
+    def _negative_cells(self) -> List[Tuple[int, int, int]]:
+        cells = []
+        t = self.tile
+        for i, im in enumerate(self.images):
+            if im.skipped:
+                continue
+            taken = np.zeros((-(-im.height // t), -(-im.width // t)), dtype=bool)
+            for y0, x0, y1, x1 in im.boxes:  # cells an object's box touches are not negative
+                taken[y0 // t:(y1 - 1) // t + 1, x0 // t:(x1 - 1) // t + 1] = True
+            for gy, gx in zip(*np.nonzero(~taken)):
+                cells.append((i, min(int(gy) * t, max(im.height - t, 0)),
+                              min(int(gx) * t, max(im.width - t, 0))))
+        return cells
+
+    def __len__(self) -> int:
+        # an "epoch" is as many tiles as the grid has cells: only what --epochs counts
+        return max(1, len(self.cells) // self.batch_size)
+
+    def _cell_of(self, i: int, y: int, x: int) -> Tuple[int, int, int]:
+        return (i, (y + self.tile // 2) // self.tile, (x + self.tile // 2) // self.tile)
+
+    def _positive(self) -> Tuple[int, int, int]:
+        i, (y0, x0, y1, x1) = self.objects[self.rng.integers(len(self.objects))]
+        im = self.images[i]
+        return (i, self._place(y0, y1, im.height), self._place(x0, x1, im.width))
+
+    def _place(self, a: int, b: int, length: int) -> int:
+        # the tile's start so that [a, b) is inside it at a random offset (or, for an object
+        # larger than the tile, the tile inside the object), within the image
+        lo, hi = (b - self.tile, a) if b - a <= self.tile else (a, b - self.tile)
+        lo, hi = max(lo, 0), min(hi, max(length - self.tile, 0))
+        return int(self.rng.integers(lo, hi + 1)) if hi >= lo else max(min(lo, length - self.tile), 0)
+
+    def _random_tile(self) -> Tuple[int, int, int]:
+        i = int(self.rng.choice(len(self.images), p=self.image_weights))
+        im = self.images[i]
+        return (i, int(self.rng.integers(max(im.height - self.tile, 0) + 1)),
+                int(self.rng.integers(max(im.width - self.tile, 0) + 1)))
+
+    def _random_negative(self) -> Tuple[int, int, int]:
+        if self.positive_fraction == 0:
+            # no balancing: the plain random-crop pipeline, objects as often as they fall
+            return self._random_tile()
+        for _ in range(NEGATIVE_TRIES):
+            i, y, x = self._random_tile()
+            im = self.images[i]
+            boxes = im.boxes
+            if not len(boxes) or not np.any((boxes[:, 0] < y + self.tile) & (boxes[:, 2] > y) &
+                                            (boxes[:, 1] < x + self.tile) & (boxes[:, 3] > x)):
+                return i, y, x
+        i, y, x = self.cells[self.rng.integers(len(self.cells))]
+        return i, y, x
+
+    def next_batch(self) -> List[Tuple[int, int, int, int]]:
+        n_pos = int(round(self.batch_size * self.positive_fraction))
+        n_neg = self.batch_size - n_pos
+        n_hard = int(round(n_neg * self.hard_fraction)) if self.pool else 0
+        picks = [self._positive() for _ in range(n_pos)]
+        picks += [self.pool[self.rng.integers(len(self.pool))][1] for _ in range(n_hard)]
+        for _ in range(n_neg - n_hard):
+            i, y, x = self._random_negative()
+            self.last_sampled[self._cell_of(i, y, x)] = self.batches
+            picks.append((i, y, x))
+        self.batches += 1
+        flips = self.rng.integers(4, size=len(picks))
+        return [(i, y, x, int(f)) for (i, y, x), f in zip(picks, flips)]
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int, int, int]]]:
+        for _ in range(len(self)):
+            yield self.next_batch()
+
+    # ------------------------------------------------------------------ mining
+    def mining_candidates(self, count: int) -> List[Tuple[int, int, int]]:
+        """Up to ``count`` negative grid cells not sampled in the last ``recent_batches``
+        batches, drawn at random (the same draw on every rank)."""
+        since = self.batches - self.recent_batches
+        fresh = [c for c in self.cells
+                 if self.last_sampled.get(self._cell_of(*c), -10 ** 9) < since]
+        if len(fresh) > count:
+            fresh = [fresh[k] for k in sorted(self.rng.choice(len(fresh), size=count, replace=False))]
+        return fresh
+
+    def add_hard_negatives(self, cells: Sequence[Tuple[int, int, int]], scores: Sequence[float]) -> int:
+        """Put the cells with a positive score in the pool, keeping the ``pool_size`` highest
+        scores (a cell already there keeps its newest score); returns the pool's size."""
+        merged = {c: s for s, c in self.pool}
+        merged.update({tuple(c): float(s) for c, s in zip(cells, scores) if s > 0})
+        self.pool = sorted(((s, c) for c, s in merged.items()), reverse=True)[:self.pool_size]
+        return len(self.pool)
+
+
+# ----------------------------------------------------------------------------- validation
+def stitch_logits(image: Any, run: Callable[[torch.Tensor], torch.Tensor], tile_size: int,
+                  overlap: float, stitch: str, tiles_per_batch: int) -> torch.Tensor:
+    """Logits (H, W) float32 on the CPU of a whole image, from tiles of ``tile_size``
+    overlapping by ``overlap`` (a fraction of the tile) run through ``run`` (uint8 (B, C, T,
+    T) -> (B, T, T) logits) ``tiles_per_batch`` at a time.
+
+    ``stitch``: ``average`` (each pixel the mean of the logits of every tile covering it;
+    the tile counts per pixel are the product of the counts per row and per column, so no
+    second image-sized array is needed) or ``center`` (each pixel from the tile whose centre
+    is nearest, so no prediction near a tile's border is used where another tile has it
+    further inside).
+    """
+    h, w = image.height, image.width
+    t = tile_size
+    stride = max(1, int(round(t * (1 - overlap))))
+    ys, xs = tile_starts(h, t, stride), tile_starts(w, t, stride)
+    out = torch.zeros(h, w, dtype=torch.float32)
+    positions = [(y, x) for y in ys for x in xs]
+    if stitch == "center":
+        def bounds(starts: List[int], length: int) -> List[Tuple[int, int]]:
+            centres = [s + t / 2 for s in starts]
+            cuts = [0] + [int((a + b) / 2) for a, b in zip(centres, centres[1:])] + [length]
+            return [(max(lo, s), min(hi, s + t)) for s, lo, hi in zip(starts, cuts, cuts[1:])]
+        by, bx = dict(zip(ys, bounds(ys, h))), dict(zip(xs, bounds(xs, w)))
+    for k in range(0, len(positions), tiles_per_batch):
+        chunk = positions[k:k + tiles_per_batch]
+        logits = run(torch.from_numpy(np.stack([image.tile(y, x, t) for y, x in chunk])))
+        for (y, x), lg in zip(chunk, logits):
+            if stitch == "center":
+                (y0, y1), (x0, x1) = by[y], bx[x]
+                out[y0:y1, x0:x1] = lg[y0 - y:y1 - y, x0 - x:x1 - x]
+            else:
+                yh, xw = min(t, h - y), min(t, w - x)
+                out[y:y + yh, x:x + xw] += lg[:yh, :xw]
+    if stitch != "center":
+        cy, cx = torch.zeros(h), torch.zeros(w)
+        for y in ys:
+            cy[y:y + t] += 1
+        for x in xs:
+            cx[x:x + t] += 1
+        out /= cy[:, None] * cx[None, :]
+    return out

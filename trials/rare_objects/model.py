@@ -1,0 +1,39 @@
+"""The U-Net of ``trials/unet`` for rare small objects: one output logit, ``in_channels`` 1 or 3,
+dropout at the end of the contracting path.
+
+The network is not copied: ``UNet`` comes from ``trials/unet/model.py`` through the recipe
+registry (``shared.recipes.model_of``; a package of this recipe ships that file too). What is
+added is the dropout, wrapped around the bottleneck (the U-Net paper's "drop-out layers at the
+end of the contracting path"; the source study, 003, added dropout and L2 against
+over-fitting once its network grew deeper).
+
+Defaults: ``base_channels=26, depth=4`` gives 5.13M parameters with one input band (the study's
+final network had 5M trainable parameters; base 24: 4.37M, base 28: 5.94M). Depth 4 pools a
+256 px tile down to 16 px; objects a few pixels wide are still seen at full resolution by the
+skip connections.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from shared.modelargs import fraction, require
+from shared.recipes import model_of
+
+_unet = model_of("unet")
+UNet = _unet.UNet
+MAX_DEPTH = _unet.MAX_DEPTH
+UPSAMPLING_MODES = _unet.UPSAMPLING_MODES
+DEFAULT_BASE_CHANNELS = 26
+DEFAULT_DEPTH = 4
+
+
+class RareObjectsUNet(UNet):
+    """``UNet`` with one output channel (the object logit) and ``nn.Dropout(dropout)`` after
+    the bottleneck. Arguments as ``UNet``'s, plus ``dropout`` in [0, 1)."""
+
+    def __init__(self, in_channels: int = 1, base_channels: int = DEFAULT_BASE_CHANNELS,
+                 depth: int = DEFAULT_DEPTH, upsampling: str = "transpose",
+                 dropout: float = 0.5) -> None:
+        super().__init__(1, in_channels, base_channels, depth, upsampling)
+        require("RareObjectsUNet", "dropout", dropout, fraction)
+        self.bottleneck = nn.Sequential(self.bottleneck, nn.Dropout(dropout))

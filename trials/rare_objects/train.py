@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Rare small objects in large images (binary segmentation, U-Net) as a Determined trial: the
+same script trains locally and on a cluster (docs/rare_objects.md).
+
+Locally:   python trials/rare_objects/train.py --config experiment_configs/rare_objects/single_gpu.yaml --data-dir DIR
+Cluster:   det experiment create experiment_configs/rare_objects/single_gpu.yaml trials/rare_objects --include shared --include trials
+(the model is trials/unet's U-Net, found through the recipe registry: the context needs
+``trials/``; a package, ``python -m shared.package rare_objects``, carries what it needs)
+"""
+import pathlib
+import sys
+
+try:  # installed (pip install -e ., the task image) or shipped beside us (det ... --include shared)
+    import shared  # noqa: F401
+except ImportError:  # a plain repository checkout
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from model import MAX_DEPTH, UPSAMPLING_MODES, RareObjectsUNet  # noqa: E402  (model.py, next to this file)
+
+from shared.hparams import INT, NUM, STR, Param  # noqa: E402
+from shared.launch import main  # noqa: E402
+from shared.modelargs import construct, default_of, fraction, integer, load_weights  # noqa: E402
+from shared.objects.trial import BinarySegmentationTrial  # noqa: E402
+from shared.pretrained import load_local_weights  # noqa: E402
+
+
+class RareObjectsTrial(BinarySegmentationTrial):
+    MODEL_NAME = "rare_objects"
+    #: hyperparameter -> RareObjectsUNet argument (defaults are the model's: shared.modelargs)
+    MODEL_ARGS = {"in_channels": "in_channels", "unet_base_channels": "base_channels",
+                  "unet_depth": "depth", "unet_upsampling": "upsampling", "dropout": "dropout"}
+    MODEL_PARAMS = {
+        "unet_base_channels": Param(default_of(RareObjectsUNet, "base_channels"), INT, nullable=True,
+                                    check=integer(1),
+                                    help="channels of the first stage; null: the model's default "
+                                         "(26: 5.1M parameters, the study's size)"),
+        "unet_depth": Param(default_of(RareObjectsUNet, "depth"), INT, nullable=True,
+                            check=integer(1, MAX_DEPTH),
+                            help="number of down-sampling stages; null: the model's default"),
+        "unet_upsampling": Param(default_of(RareObjectsUNet, "upsampling"), STR, choices=UPSAMPLING_MODES,
+                                 help="decoder upsampling: transposed convolution or bilinear + conv"),
+        "dropout": Param(default_of(RareObjectsUNet, "dropout"), NUM, check=fraction,
+                         help="dropout after the U-Net's bottleneck (end of the contracting path)"),
+    }
+
+    @classmethod
+    def model_from_hparams(cls, hp):
+        """The network of hyperparameters ``hp`` (no Determined context needed), with the
+        weights of ``pretrained_path`` when set."""
+        model = construct(RareObjectsUNet, hp, cls.MODEL_ARGS)
+        load_weights(hp, lambda path: load_local_weights(model, path))
+        return model
+
+    def build_model(self, hp):
+        return self.model_from_hparams(hp)
+
+
+if __name__ == "__main__":
+    sys.exit(main(RareObjectsTrial))
