@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
-from shared.hparams import COMMON, COMPILE_WARMUP_BATCHES, VAL_MODES, ConfigError
+from shared.hparams import COMPILE_WARMUP_BATCHES, VAL_MODES, ConfigError
 from shared.metrics import ConfusionMatrix, DeviceMean
 from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
@@ -95,7 +95,7 @@ def build_optimizer(model: torch.nn.Module, hp: Mapping[str, Any], lr: float) ->
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": hp["weight_decay"]},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = ({"fused": True} if hp.get("fused_optimizer", COMMON["fused_optimizer"].default)
+    fused = ({"fused": True} if hp["fused_optimizer"]
              else {"foreach": False})
     if hp["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=lr, **fused)
@@ -497,13 +497,13 @@ class Engine:
                                                for_validation=False)
         task.attach(runtime)
         if compile is None:
-            compile = bool(hp.get("compile", COMMON["compile"].default))
+            compile = bool(hp["compile"])
         self.compiled = compile
         self.forward = torch.compile(self.model) if compile else self.model
         if self.device.type == "cuda":
             # process-wide, as cuDNN has it; set by every engine, so the last one built wins
             torch.backends.cudnn.benchmark = bool(
-                hp.get("cudnn_benchmark", COMMON["cudnn_benchmark"].default))
+                hp["cudnn_benchmark"])
         #: counted here, not taken from Determined's batch_idx: its local mode restarts
         #: batch_idx at 0 after a resume while its own batch count goes on
         self.batches_trained = 0

@@ -180,6 +180,19 @@ COMMON: Dict[str, Param] = {
                  help="the energy hook: see the energy.* rows and the Energy section"),
 }
 
+#: The keys of ``COMMON`` that every family's trial reads, whatever its data and model: the
+#: engine's (optimiser, schedule, precision, implementation switches; ``shared.engine``) and
+#: the run's (batches, periods, target, energy; ``shared.trial.RecipeTrial``). A family that
+#: builds its own schema (classification, rare objects) starts from these, so that a key
+#: the engine or the trial reads is never missing from it.
+ENGINE_KEYS = ("optimizer", "lr", "lr_scaling", "weight_decay", "momentum", "warmup_batches",
+               "warmup_ratio", "poly_power", "min_lr_ratio", "grad_clip_norm", "precision",
+               "channels_last", "compile", "fused_optimizer", "cudnn_benchmark")
+RUN_KEYS = ("data_dir", "global_batch_size", "base_batch_size", "seed", "pretrained_path",
+            "max_batches", "validation_period", "checkpoint_period", "report_period",
+            "stop_at_target", "skip_bad_samples", "workers_per_slot", "energy", "target_metric",
+            "target_value", "target_smaller_is_better", "early_stop_patience")
+FAMILY_KEYS = RUN_KEYS + ENGINE_KEYS
 
 
 #: the implementation switches of the ablation (experiment_configs/*/ablation.yaml), which the

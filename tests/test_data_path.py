@@ -6,6 +6,7 @@ import json
 import pytest
 
 from benchmarks import data_path
+from shared.data.transforms import AUG_SIZE
 
 TINY = ["--crop", "32", "--images", "4", "--seconds", "0.01", "--batch", "2", "--loader-batches", "1"]
 
@@ -25,8 +26,9 @@ def test_cli_measures_every_part_and_writes_markdown(tmp_path, capsys):
                       "RandomHorizontalFlip", "PadTo", "whole dataset[i]"]
     assert all(s["ms"] > 0 for s in r["stages"])
     assert [x["workers"] for x in r["loaders"]] == [0, 1]
-    # a batch of 2 crops of 32x32: uint8 images and labels, 7 float augmentation values, 2 counts
-    assert r["loaders"][0]["mib_per_batch"] * 2 ** 20 == 2 * (3 * 32 * 32 + 32 * 32 + 7 * 4 + 8)
+    # a batch of 2 crops of 32x32: uint8 images and labels, the float augmentation vector
+    # (AUG_SIZE: the photometric draws and the crop size), 2 counts
+    assert r["loaders"][0]["mib_per_batch"] * 2 ** 20 == 2 * (3 * 32 * 32 + 32 * 32 + AUG_SIZE * 4 + 8)
     text = md.read_text()
     assert "data path on CPU" in text and "| whole dataset[i] |" in text
     assert text in capsys.readouterr().out

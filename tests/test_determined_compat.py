@@ -14,6 +14,7 @@ from determined import pytorch as det_torch
 from shared import determined_compat as compat
 from shared.data.transforms import PhotometricDistortion
 from shared.engine import Engine, LocalRuntime, SegmentationTask
+from shared.hparams import COMMON, ENGINE_KEYS
 from shared.metrics import DeviceMean
 
 HP = {"global_batch_size": 2}
@@ -62,9 +63,9 @@ def test_our_plain_reducers_are_accepted_and_batches_are_not_moved(ctx):
 
 
 def test_engine_on_determined_equals_engine_on_the_local_runtime(ctx):
-    hp = {"precision": "fp32", "channels_last": False, "optimizer": "adamw", "lr": 1e-3, "lr_scaling": "auto",
-          "base_batch_size": 2, "weight_decay": 0.01, "momentum": 0.9, "warmup_batches": 0,
-          "warmup_ratio": 1e-6, "poly_power": 1.0, "min_lr_ratio": 0.0, "grad_clip_norm": 1.0}
+    hp = {k: p.default for k, p in COMMON.items() if k in ENGINE_KEYS}
+    hp.update({"precision": "fp32", "channels_last": False, "lr": 1e-3, "base_batch_size": 2,
+               "warmup_batches": 0, "grad_clip_norm": 1.0})
 
     def net():
         torch.manual_seed(0)

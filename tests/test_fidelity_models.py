@@ -244,9 +244,10 @@ def test_slide_mode_equals_whole_mode_for_a_pointwise_model():
     # A per-pixel model gives each pixel the same logits in every window: slide == whole,
     # through the engine's evaluation step (padding of the batch, annotation resize).
     from shared.engine import Engine
-    hp = {"precision": "fp32", "channels_last": False, "optimizer": "adamw", "lr": 1e-3,
-          "base_batch_size": 2, "weight_decay": 0.0, "momentum": 0.9, "warmup_batches": 0,
-          "warmup_ratio": 1.0, "poly_power": 1.0, "min_lr_ratio": 0.0, "grad_clip_norm": None}
+    from shared.hparams import COMMON, ENGINE_KEYS
+    hp = {k: p.default for k, p in COMMON.items() if k in ENGINE_KEYS}
+    hp.update({"precision": "fp32", "channels_last": False, "base_batch_size": 2, "weight_decay": 0.0,
+               "warmup_batches": 0, "warmup_ratio": 1.0})
     images = torch.randn(2, 3, 48, 64)
     masks = torch.randint(0, 4, (2, 48, 64))
     sizes = torch.tensor([[48, 64, 48, 64], [40, 50, 40, 50]])

@@ -29,19 +29,15 @@ from shared.trial import RecipeTrial
 log = logging.getLogger("shared.classification")
 
 #: the shared keys this family reads, the very Param objects of shared.hparams.COMMON
-_SHARED_KEYS = (
-    "data_dir", "global_batch_size", "base_batch_size", "optimizer", "lr", "lr_scaling", "weight_decay",
-    "momentum", "warmup_batches", "warmup_ratio", "poly_power", "min_lr_ratio", "grad_clip_norm",
-    "precision", "channels_last", "seed", "pretrained_path", "max_batches", "validation_period",
-    "checkpoint_period", "report_period", "stop_at_target", "skip_bad_samples", "workers_per_slot",
-    "energy", "target_metric", "target_value", "target_smaller_is_better", "early_stop_patience",
-)
+_SHARED_KEYS = hpmod.FAMILY_KEYS
 #: defaults that differ from segmentation's (same type and checks): 001's optimiser, SGD with
 #: momentum, needs an L2 weight decay of the SGD kind (1e-4, torchvision's ImageNet recipe),
 #: not AdamW's decoupled 0.01; and classification runs are shorter than ADE20K's 160k batches.
 _DEFAULTS = {"optimizer": "sgd", "weight_decay": 1e-4, "warmup_batches": 500, "max_batches": 20000,
              "validation_period": 500, "checkpoint_period": 2000,
-             "target_metric": "accuracy", "target_value": 90.0}
+             "target_metric": "accuracy", "target_value": 90.0,
+             # fixed input sizes: cuDNN times its algorithms once and keeps the fastest
+             "cudnn_benchmark": True}
 #: what else differs from segmentation's Params: the meaning of the data keys
 _CHANGES = {
     **{k: {"default": v} for k, v in _DEFAULTS.items()},
@@ -195,9 +191,6 @@ class ClassificationTrial(RecipeTrial):
         # The data is scanned and checked before the model is built: a wrong num_classes or an
         # empty class directory fails in a second, not after building a 200M-parameter network.
         self.splits = self._load_splits()
-        if self.context.device.type == "cuda":
-            # Fixed input sizes: let cuDNN time its algorithms once and keep the fastest.
-            torch.backends.cudnn.benchmark = True
 
     def build_model(self, hp: Mapping[str, Any]) -> torch.nn.Module:
         raise NotImplementedError

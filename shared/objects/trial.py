@@ -38,14 +38,7 @@ from shared.trial import RecipeTrial
 log = logging.getLogger("shared.objects")
 
 #: the shared keys this family reads, the very Param objects of shared.hparams.COMMON
-_SHARED_KEYS = (
-    "data_dir", "global_batch_size", "base_batch_size", "optimizer", "lr", "weight_decay",
-    "momentum", "warmup_batches", "warmup_ratio", "poly_power", "min_lr_ratio", "grad_clip_norm",
-    "precision", "channels_last", "seed", "pretrained_path", "max_batches", "validation_period",
-    "checkpoint_period", "report_period", "stop_at_target", "skip_bad_samples", "workers_per_slot",
-    "val_batch_size_per_slot", "energy", "target_metric", "target_value",
-    "target_smaller_is_better", "early_stop_patience",
-)
+_SHARED_KEYS = hpmod.FAMILY_KEYS + ("val_batch_size_per_slot",)
 #: defaults that differ from segmentation's (same type and checks): the study's target is a
 #: validation loss (0.6 there, for its own loss and data; the synthetic set's bce reaches
 #: 0.05 in a few hundred batches at 64 px), with early stopping on it; L2 of the AdamW kind
