@@ -280,3 +280,11 @@ def test_report_renders_the_implementation_table_and_chart(tmp_path):
     plain_runs = load_local(str(plain))
     again = implementation.write(plain_runs, compare(plain_runs, 16.0), out)
     assert again == ([], [], "") and not (out / "implementation.md").exists()
+    # nor does a report of ordinary runs, one implementation per model (every run resolves
+    # the switches: the demo's U-Net and SegFormer compare architectures, not implementations)
+    one_each = tmp_path / "one_each"
+    _ablation_run(one_each, "unet-a", "unet", slow_conv, batch_s=0.5, power_w=200.0)
+    _ablation_run(one_each, "segformer-a", "segformer", {**slow_conv, "attention_impl": "sdpa"},
+                  batch_s=2.0, power_w=150.0)
+    ordinary = load_local(str(one_each))
+    assert implementation.write(ordinary, compare(ordinary, 16.0), out) == ([], [], "")

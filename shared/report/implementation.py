@@ -344,11 +344,13 @@ def html_section(vs: Sequence[Variant], chart_) -> str:
 
 def write(runs: Sequence[Run], rows: Sequence[Row], out: pathlib.Path
           ) -> Tuple[List[Variant], List[pathlib.Path], str]:
-    """Write ``FILES`` into ``out`` when some runs carry implementation switches (else remove
-    the ones an earlier report left there); returns the variants, the files and the HTML
-    section ("" when none)."""
+    """Write ``FILES`` into ``out`` when the runs are an ablation: some model was run under
+    at least two implementations (else remove the ones an earlier report left there: every
+    run resolves the switches to something, and one variant per model compares nothing);
+    returns the variants, the files and the HTML section ("" when none)."""
     vs = variants(runs, rows)
-    if not vs:
+    keys = {(v.model, tuple(sorted((k, repr(x)) for k, x in v.switches.items()))) for v in vs}
+    if len(keys) == len({m for m, _ in keys}):  # one variant per model: nothing to compare
         for name in FILES:
             stale = out / name
             if stale.exists():
