@@ -11,6 +11,7 @@ import pathlib
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -263,3 +264,55 @@ def test_a_killed_run_resumes_as_one_run(moment, tmp_path, rapl):
     assert last["duration_s"] == pytest.approx(wall, rel=0.02, abs=0.3)
     assert last["cpu_wh"] == pytest.approx(40.0 * wall / 3600, rel=0.02)
     assert "between the interrupted run's last report" in again.stderr
+
+
+def test_a_killed_two_process_run_counts_the_gap_once(tmp_path, rapl):
+    """kill -9 of a two-rank local run (torchrun: the workers are in sessions of their own,
+    so every process is killed), then a two-rank resume: the ranks agree on the report the
+    run continues from (the chief's choice is broadcast), the rank that measures the node's
+    RAPL counts the gap, the other has nothing to count and says nothing, and the energy is
+    40 W over the whole wall time."""
+    data = generate(tmp_path / "syn", num_train=16, num_val=8, num_classes=4, min_size=32,
+                    max_size=48, seed=3)
+    out = tmp_path / "run"
+    metrics = out / "metrics.jsonl"
+
+    def torchrun(batches, *resume):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = command(data, out, "workers_per_slot=0", "validation_period=3", "checkpoint_period=4",
+                      "report_period=1", "energy.enabled=true", "target_miou=100",
+                      batches=batches, resume=resume[0] if resume else None)
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(port), *cmd[1:]]
+
+    env = {**os.environ, **rapl, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(torchrun(100000), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    everyone = []
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120 and not _killed_moment("during a batch", metrics):
+            time.sleep(0.02)
+        everyone = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+    finally:
+        for p in everyone or [psutil.Process(proc.pid)]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=60)
+    at = checkpoints.batches_of(checkpoints.complete_checkpoints(out / "checkpoints")[-1])
+    again = subprocess.run(torchrun(at + 5, "latest"), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("between the interrupted run's last report") == 1, again.stderr[-3000:]
+    assert "counted" in again.stderr and "not counted" not in again.stderr
+    recs = [json.loads(x) for x in metrics.read_text().splitlines()]
+    superseded = [json.loads(x) for x in (out / "metrics.jsonl.superseded").read_text().splitlines()
+                  if x.strip()]
+    energy = [r for r in recs if r["group"] == "energy"]
+    first = min((r for r in recs + superseded if r["group"] == "energy"), key=lambda r: r["time"])
+    wall = energy[-1]["time"] - (first["time"] - first["metrics"]["duration_s"])
+    assert energy[-1]["metrics"]["cpu_wh"] == pytest.approx(40.0 * wall / 3600, rel=0.02)

@@ -348,6 +348,13 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         run's start."""
         if self._meter is None or self._counters_dir is None or step is None:
             return
+        if not self._meter.active_sources:
+            return  # nothing is measured in this process (a rank without a node source)
+        if not self._meter.raw_counters():
+            log.warning("energy: the energy between the interrupted run's last report (batch %d) "
+                        "and this start is not counted: no source here has an absolute counter "
+                        "(%s)", step, ", ".join(s.name for s in self._meter.active_sources))
+            return
         rank = self._context.distributed.rank
         entry, why = handover.find(self._counters_dir, rank, step, self._node_id)
         if entry is None and why.startswith("ended"):
