@@ -523,7 +523,7 @@ def test_rare_objects_package_trains_in_two_processes_to_its_validation_loss_tar
     # the README's command (its cmd[0] is "python"), under torchrun, with a longer run
     train = [str(data) if c == "/tmp/rare" else c for c in train_cmd[1:]]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           *train, "--batches", "20", "--output-dir", str(out),
+           *train, "--batches", "30", "--output-dir", str(out),
            "--set", "lr=0.01", "global_batch_size=8", "base_batch_size=8", "unet_base_channels=4",
            "dropout=0.0", "report_period=5", "validation_period=10", "checkpoint_period=20",
            "mine_period=5", "mine_tiles=32", "hard_negative_pool=4", "ap_thresholds=3",
@@ -542,7 +542,7 @@ def test_rare_objects_package_trains_in_two_processes_to_its_validation_loss_tar
     last = by["validation"][-1]["metrics"]
     assert last["validation_loss"] <= 0.68 and last["time_to_target_s"] > 0
     assert 0 < last["energy_to_target_wh"] <= last["energy_wh"]
-    assert last["batches_to_target"] == by["validation"][-1]["steps_completed"] < 20  # stopped there
+    assert last["batches_to_target"] == by["validation"][-1]["steps_completed"] < 30  # stopped there
     for key in ("iou", "f1", "object_precision", "object_recall", "object_f1", "average_precision"):
         assert 0 <= last[key] <= 100, key
     assert last["validation_images"] == 2 and math.isfinite(last["false_positives_per_image"])

@@ -49,6 +49,7 @@ def run_demo(out: Path, batches: int = 240, tile: int = 32, mine_period: int = 4
     from shared.data.synthetic_rare import generate
     from shared.launch import main as launch
 
+    out = Path(out).resolve()  # the launcher may change the working directory (Determined's local mode)
     data = generate(out / "data", num_train=images, num_val=max(4, images // 2), size=size, seed=seed)
     trial_cls = recipes.get("rare_objects").trial_class()
     config = recipes.get("rare_objects").configs_dir / "single_gpu.yaml"
