@@ -130,13 +130,14 @@ def test_rapl_energy_end_to_end_across_counter_wraps(data, tmp_path):
     tree = FakePowercap(tmp_path / "powercap")
     # a 10 J counter range at 40 W wraps every 0.25 s: many wraps during the run, more than
     # one between two reports, so the source's poll thread is exercised too. The ceiling
-    # (rapl_max_power_w) is 5x the draw: the fake advances the counter from a thread every
-    # 0.05 s, and on a loaded machine that thread catches up in bursts, which a ceiling close
-    # to the draw would read as resets (real counters advance every millisecond).
+    # (rapl_max_power_w) is 5x the draw, and the fake advances the counter every 2 ms: a real
+    # counter advances every millisecond, and a fake that jumped 2 J every 0.05 s read as a
+    # 240 W wrap when two meter reads 8 ms apart (a phase mark, then the report) straddled one
+    # jump, so the interval was dropped as a reset (-11%).
     tree.add_zone("intel-rapl:0", "package-0", max_uj=10_000_000)
     watts = 40.0
     out = tmp_path / "run"
-    with tree.constant_power("intel-rapl:0", watts):
+    with tree.constant_power("intel-rapl:0", watts, period_s=0.002):
         train("unet", data, out, "validation_period=4", "checkpoint_period=100", "target_miou=1",
               "stop_at_target=false", "energy.rapl_max_power_w=200", "report_period=10", batches=40,
               env={"ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")})
