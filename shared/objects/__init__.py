@@ -8,20 +8,10 @@ machinery.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from shared.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "BinarySegmentationTrial": "trial", "OBJECT_PARAMS": "trial", "MINING_GROUP": "trial",
     "ObjectMetrics": "metrics", "label_components": "metrics", "match_objects": "metrics",
     "average_precision": "metrics",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+})
