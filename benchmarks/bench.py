@@ -35,6 +35,7 @@ the command line and the order of a run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -62,8 +63,9 @@ from benchmarks.render import (DEFAULT_MARKDOWN, _fmt, _status, append_markdown,
                                compile_effects, evaluate_targets, markdown_section)
 from benchmarks.specs import (OURS, REFERENCES, BenchConfig, BenchError, ModelSpec,  # noqa: E402
                               ReferenceSpec, ablation_specs, error_text)
-from benchmarks.step import (Context, bench_ours, bench_reference, measure_device_prep,  # noqa: E402
-                             measure_matmul_peak)
+from benchmarks.step import (Context, bench_ours, bench_reference, compiled_name,  # noqa: E402
+                             measure_device_prep, measure_matmul_peak)
+from shared import hparams as hpmod  # noqa: E402
 
 log = logging.getLogger("benchmarks.bench")
 
@@ -164,12 +166,25 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--compile", nargs="*", metavar="MODEL",
                     help="also time our models under torch.compile: all of them, or those "
                          "named (e.g. --compile unet segformer)")
+    ap.add_argument("--compile-modes", nargs="+", choices=hpmod.COMPILE_MODES, default=["default"],
+                    metavar="MODE", help="torch.compile modes of the --compile rows, each a row "
+                    f"(default: default; {', '.join(hpmod.COMPILE_MODES)})")
+    ap.add_argument("--skip", nargs="+", default=[], metavar="TEXT",
+                    help="leave out the models and references whose name contains one of these "
+                         "(case-insensitive), e.g. --skip smp torchvision")
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="set torch.backends.cudnn.benchmark (the segmentation trials leave it off: "
                          "hyperparameter cudnn_benchmark)")
     ap.add_argument("--ablation", nargs="*", metavar="MODEL",
                     help="also time the implementation ablation of our models: all of them, or "
                          "those named (e.g. --ablation segformer unet); see BENCHMARKS.md")
+    ap.add_argument("--ablation-steps", type=_positive_int("--ablation-steps"),
+                    help="timed steps of each ablation row (default: --steps)")
+    ap.add_argument("--ablation-warmup", type=_positive_int("--ablation-warmup", 0),
+                    help="untimed steps before each ablation row (default: --warmup)")
+    ap.add_argument("--ablation-eager-only", action="store_true",
+                    help="leave out the ablation's two compiled rows per model (the --compile "
+                         "rows measure torch.compile)")
     ap.add_argument("--e2e-batches", type=_positive_int("--e2e-batches", 4), default=120,
                     help="batches of each end-to-end run (default 120)")
     ap.add_argument("--e2e-images", type=_positive_int("--e2e-images"), default=256,
@@ -220,13 +235,18 @@ def validate_args(args: argparse.Namespace) -> None:
                          f"{', '.join(names)}")
 
 
-def select(only: Optional[Sequence[str] | str]) -> Tuple[List[ModelSpec], List[ReferenceSpec]]:
-    """Our models and references named by ``--only`` (a reference also by its pair's name)."""
-    if not only:
-        return list(OURS), list(REFERENCES)
-    keys = [k.lower() for k in ([only] if isinstance(only, str) else only)]
-    ours = [s for s in OURS if any(k in s.name.lower() for k in keys)]
-    refs = [r for r in REFERENCES if any(k in r.name.lower() or k in r.pair.lower() for k in keys)]
+def select(only: Optional[Sequence[str] | str], skip: Sequence[str] = ()
+           ) -> Tuple[List[ModelSpec], List[ReferenceSpec]]:
+    """Our models and references named by ``--only`` (a reference also by its pair's name),
+    less those ``--skip`` names."""
+    ours, refs = list(OURS), list(REFERENCES)
+    if only:
+        keys = [k.lower() for k in ([only] if isinstance(only, str) else only)]
+        ours = [s for s in ours if any(k in s.name.lower() for k in keys)]
+        refs = [r for r in refs if any(k in r.name.lower() or k in r.pair.lower() for k in keys)]
+    drop = [k.lower() for k in skip]
+    ours = [s for s in ours if not any(k in s.name.lower() for k in drop)]
+    refs = [r for r in refs if not any(k in r.name.lower() for k in drop)]
     return ours, refs
 
 
@@ -274,6 +294,7 @@ def build_meta(args: argparse.Namespace, argv: Sequence[str], cfg: BenchConfig) 
                      "num_classes": cfg.num_classes, "cudnn_benchmark": args.cudnn_benchmark,
                      "compile": (None if args.compile is None
                                                      else list(args.compile) or "all"),
+                     "compile_modes": list(args.compile_modes),
                      "e2e_batches": cfg.e2e_batches,
                      "e2e_images": cfg.e2e_images, "e2e_set": list(cfg.e2e_set)},
     }
@@ -291,7 +312,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     start = time.monotonic()
-    ours, refs = select(args.only)
+    ours, refs = select(args.only, args.skip)
     by_name = {s.name: s for s in OURS}
     meta = build_meta(args, argv, cfg)
     results = Results(meta, args.out)
@@ -361,17 +382,26 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
                 results.add("e2e", row)
         if args.compile is not None:
             for spec in compile_selection(ours, args.compile):
-                why = budget_left(f"{spec.name}+compile")
-                results.add("steps", bench_ours(spec, ctx, compile=True) if why is None else
-                            {"name": spec.name + "+compile", "kind": "ours", "base": spec.name,
-                             "compile": True, "status": "skipped", "error": why})
+                for mode in args.compile_modes:
+                    label = compiled_name(spec.name, mode)
+                    why = budget_left(label)
+                    results.add("steps", bench_ours(spec, ctx, compile=True, compile_mode=mode)
+                                if why is None else
+                                {"name": label, "kind": "ours", "base": spec.name, "compile": True,
+                                 "compile_mode": mode, "status": "skipped", "error": why})
         if args.ablation is not None:
             names = args.ablation or [s.name for s in ours if s.e2e]  # the four configs' models
+            short = dataclasses.replace(cfg, steps=args.ablation_steps or cfg.steps,
+                                        warmup=(cfg.warmup if args.ablation_warmup is None
+                                                else args.ablation_warmup))
+            actx = dataclasses.replace(ctx, cfg=short)
             for name in names:
                 for spec, compiled in ablation_specs(name):
+                    if compiled and args.ablation_eager_only:
+                        continue
                     label = spec.name + ("+compile" if compiled else "")
                     why = budget_left(label)
-                    results.add("steps", bench_ours(spec, ctx, compile=compiled) if why is None
+                    results.add("steps", bench_ours(spec, actx, compile=compiled) if why is None
                                 else {"name": label, "kind": "ours", "base": spec.name,
                                       "compile": compiled, "status": "skipped", "error": why})
     finally:

@@ -3,35 +3,36 @@
 (One job, in one file: the campaign's plan, its parts in order, and their rendering; each
 part runs the project's own commands and modules, none is reimplemented here.)
 
-On the lent GPU (one device call, a fixed time budget) this runs, in order of importance, and
-writes every result into one folder:
+On a GPU machine (one call, a fixed time budget) this runs, in order of importance, and writes
+every result into one folder:
 
 1. device, driver, power limit, software versions (``summary.json``, which also holds each
-   part's status and duration);
-2. the real-NVML read cost of the energy hook (``EnergyMeter`` over ``NvmlSource``, the
-   objects a trial uses), in ``summary.json``;
-3. ``bench.json``: ``python -m benchmarks.bench`` (our step rows, the reference
-   implementations, the end-to-end runs through ``train.py``);
+   part's status and duration) and the real-NVML read cost of the energy hook;
+2. ``shape_warmup.json``: ``python -m benchmarks.shape_warmup``, each model's first forward at
+   new validation shapes under each implementation (cuDNN's depthwise plans, PyTorch's own
+   depthwise kernels, NCHW, shape buckets); the campaign picks ``val_depthwise`` from it for
+   every later training run (``summary.json``: ``val_depthwise`` and why);
+3. ``bench.json``: ``python -m benchmarks.bench``: our step rows, the reference
+   implementations, the end-to-end runs through ``train.py`` (GPU busy, first validation
+   against a later one), and U-Net and SegFormer-B0 under ``torch.compile`` in each mode;
 4. ``study.json`` and ``runs.tar.gz``: the study in miniature, ``python -m shared.demo --size
    ade20k`` (U-Net and SegFormer-B0 from scratch on ADE20K-sized JPEGs at 512x512 to a target
-   mIoU, energy from NVML), with an NVML monitor of its own running alongside: the hook's
-   ``gpu_wh`` between the first and last report against the counter's own difference between
-   the same instants (the cross-check), and each run's GPU-busy fraction;
-5. ``shape_warmup.json``: ``python -m benchmarks.shape_warmup``, each model's first forward
-   at new shapes under three implementations (what made the first validation slow);
-6. ``reference_bench.txt``: ``../shared/tools/reference_bench.py`` (copied into the repository,
-   since ``../shared`` does not travel), the anchors' script, in the same call;
-7. if time is left: ``bench-compile.json`` (U-Net and SegFormer under ``torch.compile``, with
-   their eager rows re-measured in the same process) and the hook's on/off A/B
-   (``hook_ab`` in ``summary.json``: the same U-Net run with the energy hook on and off).
+   mIoU, validating often, energy from NVML), with an NVML monitor of its own running
+   alongside: the hook's ``gpu_wh`` between the first and last report against the counter's own
+   difference between the same instants (the cross-check), and each run's GPU-busy fraction;
+5. ``bench-ablation.json``: the implementation ablation's rows (``benchmarks.bench
+   --ablation``);
+6. the study again with a second seed (its spread), if time is left.
 
+``hook_ab`` (the same U-Net run with the energy hook on and off) and ``reference_bench`` (a
+script of reference figures, ``--reference-bench PATH``) run only when named in ``--parts``.
 A part is started only if the time left covers its estimate; what was skipped says why.
 ``--smoke`` runs the same plan at toy size on a CPU (no NVML: those figures are "n/a").
 
-    python -m benchmarks.campaign --out OUT [--budget 490] [--reference-bench build/bench/reference_bench.py]
-    python -m benchmarks.campaign --render OUT           # here: print the BENCHMARKS.md section
+    python -m benchmarks.campaign --out OUT [--budget 540] [--parts ...]
+    python -m benchmarks.campaign --render OUT           # print the BENCHMARKS.md section
 
-BENCHMARKS.md ("the first GPU campaign") gives the device command and what each file holds.
+BENCHMARKS.md ("Running it on a GPU") gives the commands and what each file holds.
 """
 from __future__ import annotations
 
@@ -58,27 +59,40 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.render import _table  # noqa: E402  (pure functions, imports nothing that measures)
+
 log = logging.getLogger("benchmarks.campaign")
 
-#: seconds each part is expected to take on the lent GPU (start-up included); a part starts
-#: only when the time left covers its estimate
-ESTIMATE_S = {"bench": 200.0, "study": 150.0, "shape_warmup": 60.0, "reference_bench": 60.0,
-              "compile": 110.0, "hook_ab": 70.0}
+#: seconds each part is expected to take on an H200 (start-up included); a part starts only
+#: when the time left covers its estimate
+ESTIMATE_S = {"shape_warmup": 45.0, "bench": 250.0, "study": 80.0, "ablation": 60.0,
+              "study_seed2": 75.0, "reference_bench": 60.0, "hook_ab": 70.0}
 #: the study's models, in the order they run
 STUDY_MODELS = ("unet", "segformer")
-#: the study's time box: both models' training, validations and start-up together
-STUDY_BOX_S = 150.0
+#: the study: a target both models reach at different batches on the 24-class set, validations
+#: close enough to tell them apart, and a cap that bounds a run that never gets there
+STUDY_TARGET_MIOU = 60.0
+STUDY_VALIDATION_PERIOD = 10
+STUDY_MAX_BATCHES = 300
+#: the seeds of the study (the second only if time is left)
+STUDY_SEEDS = (0, 1)
 #: per model run, for process and loader start-up and the final checkpoint
 RUN_OVERHEAD_S = 15.0
 #: cross-check tolerance: the hook's gpu_wh against the counter's own difference
 CROSS_CHECK_TOLERANCE = 0.01
 #: the configs' report_period: the hook reads its sources once per report
 DEFAULT_REPORT_PERIOD = 50
+#: val_depthwise = native when PyTorch's own depthwise kernels cut the first call at a new
+#: shape to at most this share of cuDNN's, and cost at most NATIVE_MAX_SLOWDOWN once warm
+NATIVE_MAX_FIRST_SHARE = 0.5
+NATIVE_MAX_SLOWDOWN = 1.5
 
 
 #: the parts, in the order they run (device information is always collected first)
-PARTS = ("nvml_read_cost", "bench", "study", "shape_warmup", "reference_bench", "compile",
-         "hook_ab")
+PARTS = ("nvml_read_cost", "shape_warmup", "bench", "study", "ablation", "study_seed2",
+         "hook_ab", "reference_bench")
+#: the parts run when --parts is not given
+DEFAULT_PARTS = ("nvml_read_cost", "shape_warmup", "bench", "study", "ablation", "study_seed2")
 
 
 class CampaignError(RuntimeError):
@@ -260,36 +274,28 @@ def cross_check(records: Sequence[Mapping[str, Any]], samples: Sequence[Sample]
 
 
 # ============================================================================ the study
-def study_batches(step_img_s: Mapping[str, float], batch: int, box_s: float,
-                  validation_period: int, validation_s: float = 2.0,
-                  floor: int = 50, cap: int = 3000) -> int:
-    """Batches per model such that both models' runs fit ``box_s`` even if neither stops at
-    the target: ``box = sum over models of (B * batch / img_s + B / period * validation_s +
-    overhead)``, solved for B."""
-    per_batch = sum(batch / v + validation_s / validation_period for v in step_img_s.values())
-    fixed = RUN_OVERHEAD_S * len(step_img_s)
-    b = int((box_s - fixed) / per_batch) if per_batch > 0 else floor
-    return max(floor, min(cap, b))
-
-
-def step_rates(bench_json: pathlib.Path, names: Sequence[str]) -> Dict[str, float]:
-    """img/s of each named model, end to end when measured (loader and validation included),
-    else its training step's."""
+def choose_val_depthwise(path: pathlib.Path) -> Tuple[str, str]:
+    """``val_depthwise`` for the campaign's training runs, from ``shape_warmup.json``: ``native``
+    when, for every model with grouped convolutions, PyTorch's own kernels cut the first call
+    at a new shape to at most ``NATIVE_MAX_FIRST_SHARE`` of cuDNN's and cost at most
+    ``NATIVE_MAX_SLOWDOWN`` times cuDNN's once warm; else ``cudnn``. Returns (value, why)."""
     try:
-        data = json.loads(bench_json.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    rates: Dict[str, float] = {}
-    for name in names:
-        e2e = next((r for r in data.get("e2e", []) if r.get("name") == name
-                    and r.get("status") == "ok" and isinstance(r.get("img_s_loop"), (int, float))), None)
-        step = next((r for r in data.get("steps", []) if r.get("name") == name
-                     and r.get("status") == "ok"), None)
-        if e2e is not None:
-            rates[name] = float(e2e["img_s_loop"])
-        elif step is not None:
-            rates[name] = 0.8 * float(step["img_s"])  # the loop is slower than the step alone
-    return rates
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError) as e:
+        return "cudnn", f"the default: no shape warm-up result ({type(e).__name__})"
+    judged = [r for r in rows if r.get("status") == "ok" and r.get("grouped_convs")]
+    if not judged:
+        return "cudnn", "the default: no model with grouped convolutions was measured"
+    reasons = []
+    for r in judged:
+        cud, nat = r["as trained"], r["native depthwise"]
+        first = nat["first_ms"] / cud["first_ms"] if cud["first_ms"] > 0 else math.inf
+        warm = nat["second_ms"] / cud["second_ms"] if cud["second_ms"] > 0 else math.inf
+        reasons.append(f"{r['model']}: first call {first:.2f}x, warm {warm:.2f}x of cuDNN's")
+        if first > NATIVE_MAX_FIRST_SHARE or warm > NATIVE_MAX_SLOWDOWN:
+            return "cudnn", "; ".join(reasons) + (f" (native needs <= {NATIVE_MAX_FIRST_SHARE:g}x "
+                                                 f"first, <= {NATIVE_MAX_SLOWDOWN:g}x warm)")
+    return "native", "; ".join(reasons)
 
 
 def analyse_study(study_dir: pathlib.Path, samples: Sequence[Sample], batch: int) -> Dict[str, Any]:
@@ -321,6 +327,8 @@ class Campaign:
         self.clock = Clock(args.budget)
         self.summary: Dict[str, Any] = {"budget_s": args.budget, "smoke": args.smoke, "parts": {}}
         self.py = sys.executable
+        #: chosen by the shape_warmup part, used by every later training run
+        self.val_depthwise = "cudnn"
 
     # -- bookkeeping --------------------------------------------------------------------------
     def save(self) -> None:
@@ -348,19 +356,34 @@ class Campaign:
         print(f"[campaign] {name}: {result.get('status')} in {result['seconds']:.0f} s", flush=True)
         self.save()
 
+    def later(self, *parts: str) -> float:
+        """Seconds the wanted parts after this one are expected to need (what a part leaves)."""
+        return sum(ESTIMATE_S[p] for p in parts if p in self.args.parts)
+
     # -- parts --------------------------------------------------------------------------------
     def sizes(self) -> Dict[str, Any]:
         if self.args.smoke:
-            return {"bench": ["--device", "cpu", "--res", "64", "--batch", "2", "--steps", "2",
-                              "--warmup", "1", "--e2e-batches", "8", "--e2e-images", "16",
-                              "--e2e-set", "workers_per_slot=0"],
-                    "compile": ["--device", "cpu", "--res", "64", "--batch", "2", "--steps", "2",
-                                "--warmup", "1"],
-                    "demo": ["--size", "small"], "batch": 8, "validation_period": 10,
+            tiny = ["--device", "cpu", "--res", "64", "--batch", "2", "--steps", "2", "--warmup", "1"]
+            return {"bench": [*tiny, "--e2e-batches", "8", "--e2e-images", "16",
+                              "--e2e-set", "workers_per_slot=0", "--compile", "unet",
+                              "--only", "unet", "segformer"],
+                    "ablation": [*tiny, "--only", "unet"],
+                    "shape_warmup": ["--device", "cpu", "--shapes", "1", "--short-side", "64",
+                                     "--models", "unet", "segformer"],
+                    "demo": ["--size", "small"], "study": ["--max-batches", "20",
+                                                           "--validation-period", "10"],
+                    "batch": 8,
                     "ab": ["crop_size=64", "scale=[128,64]", "global_batch_size=2",
                            "workers_per_slot=0", "num_classes=150"], "ab_batches": 12}
-        return {"bench": ["--e2e-batches", "60"], "compile": [],
-                "demo": ["--size", "ade20k"], "batch": 16, "validation_period": 50,
+        return {"bench": ["--steps", "20", "--warmup", "6", "--skip", "smp.unet", "smp.segformer",
+                          "torchvision", "--e2e-batches", "40", "--compile", *STUDY_MODELS,
+                          "--compile-modes", "default", "reduce-overhead"],
+                "ablation": ["--only", *STUDY_MODELS, "--steps", "12", "--warmup", "4"],
+                "shape_warmup": ["--shapes", "6"],
+                "demo": ["--size", "ade20k"],
+                "study": ["--max-batches", str(STUDY_MAX_BATCHES), "--validation-period",
+                          str(STUDY_VALIDATION_PERIOD), "--target-miou", f"{STUDY_TARGET_MIOU:g}"],
+                "batch": 16,
                 "ab": ["global_batch_size=16", "num_classes=150"], "ab_batches": 100}
 
     def start_study_data(self) -> subprocess.Popen:
@@ -370,16 +393,43 @@ class Campaign:
         logf = log_path.open("w")
         return subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
 
+    def shape_warmup(self) -> Dict[str, Any]:
+        """The cost of a model's first forward at a new shape, per implementation variant
+        (benchmarks/shape_warmup.py), and the ``val_depthwise`` the later runs use."""
+        cmd = [self.py, "-m", "benchmarks.shape_warmup", *self.sizes()["shape_warmup"],
+               "--out", str(self.out / "shape_warmup.json")]
+        rc, secs = run_logged(cmd, self.work / "shape_warmup.log",
+                              timeout_s=min(self.clock.left() - 10, 2 * ESTIMATE_S["shape_warmup"]))
+        self.val_depthwise, why = choose_val_depthwise(self.out / "shape_warmup.json")
+        self.summary["val_depthwise"] = {"value": self.val_depthwise, "why": why}
+        return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
+                "val_depthwise": self.val_depthwise, "why": why,
+                "log_tail": log_tail(self.work / "shape_warmup.log", 20)}
+
     def bench(self) -> Dict[str, Any]:
+        budget = max(30.0, min(ESTIMATE_S["bench"], self.clock.left() - self.later("study")) - 40.0)
         cmd = [self.py, "-m", "benchmarks.bench", *self.sizes()["bench"],
+               "--e2e-set", f"val_depthwise={self.val_depthwise}",
                "--out", str(self.out / "bench.json"), "--work-dir", str(self.work / "bench"),
-               "--time-budget", str(max(30.0, ESTIMATE_S["bench"] - 25.0))]
+               "--time-budget", f"{budget:.0f}"]
         rc, secs = run_logged(cmd, self.work / "bench.log",
-                              timeout_s=self.clock.left() - ESTIMATE_S["study"] - 30)
+                              timeout_s=self.clock.left() - self.later("study") * 0.8)
         return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
                 "log_tail": log_tail(self.work / "bench.log", 4 if rc == 0 else 25)}
 
-    def study(self, data_proc: subprocess.Popen) -> Dict[str, Any]:
+    def ablation(self) -> Dict[str, Any]:
+        """The implementation ablation's step rows (baseline, each switch alone, all fast),
+        eager: the compiled rows are the bench part's."""
+        budget = max(20.0, min(ESTIMATE_S["ablation"], self.clock.left() - 10) - 15.0)
+        cmd = [self.py, "-m", "benchmarks.bench", *self.sizes()["ablation"], "--no-reference",
+               "--no-e2e", "--ablation", *STUDY_MODELS, "--ablation-eager-only",
+               "--out", str(self.out / "bench-ablation.json"), "--time-budget", f"{budget:.0f}"]
+        rc, secs = run_logged(cmd, self.work / "bench-ablation.log",
+                              timeout_s=self.clock.left() - 5)
+        return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
+                "log_tail": log_tail(self.work / "bench-ablation.log", 4 if rc == 0 else 25)}
+
+    def study(self, data_proc: subprocess.Popen, seed: int) -> Dict[str, Any]:
         from benchmarks.gpu_monitor import open_monitor
         import torch
         sizes = self.sizes()
@@ -392,14 +442,15 @@ class Campaign:
         if data_proc.returncode != 0:
             return {"status": f"error: generating the study's data failed: "
                               f"{log_tail(self.work / 'study-data.log')}"}
-        rates = step_rates(self.out / "bench.json", STUDY_MODELS)
-        box = min(STUDY_BOX_S, self.clock.left() - ESTIMATE_S["reference_bench"] - 20)
-        if len(rates) == len(STUDY_MODELS):
-            batches = study_batches(rates, sizes["batch"], box, sizes["validation_period"])
-        else:
-            batches = 60 if self.args.smoke else 600
-        cmd = [self.py, "-m", "shared.demo", *sizes["demo"], "--out", str(self.work / "study"),
-               "--max-batches", str(batches)]
+        out_dir = self.work / "study" / f"seed{seed}"
+        cmd = [self.py, "-m", "shared.demo", *sizes["demo"], *sizes["study"], "--seed", str(seed),
+               "--out", str(out_dir), "--set", f"val_depthwise={self.val_depthwise}"]
+        # the data set generated once, under the study folder, is reused by every seed
+        out_dir.mkdir(parents=True, exist_ok=True)
+        data_name = "data" if self.args.smoke else "data-ade20k"
+        link = out_dir / data_name
+        if not link.exists():
+            link.symlink_to(self.work / "study" / data_name, target_is_directory=True)
         env = dict(os.environ, ENERGY_SOURCES="nvml") if not self.args.smoke else None
         device = torch.device("cuda") if torch.cuda.is_available() and not self.args.smoke \
             else torch.device("cpu")
@@ -408,65 +459,36 @@ class Campaign:
         if monitor is not None:
             monitor.start()
         try:
-            rc, secs = run_logged(cmd, self.work / "study.log",
-                                  timeout_s=self.clock.left() - ESTIMATE_S["reference_bench"] + 30,
-                                  env=env)
+            rc, secs = run_logged(cmd, self.work / f"study-seed{seed}.log",
+                                  timeout_s=self.clock.left() - 10, env=env)
         finally:
             if monitor is not None:
                 samples = monitor.stop()
                 monitor.close()
-        runs = analyse_study(self.work / "study", samples, sizes["batch"])
+        runs = analyse_study(out_dir, samples, sizes["batch"])
         result = {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
-                  "energy_sources_env": "nvml" if env else None, "rates_img_s": rates,
-                  "max_batches": batches, "box_s": box, "nvml": nvml_status,
+                  "seed": seed, "energy_sources_env": "nvml" if env else None,
+                  "val_depthwise": self.val_depthwise, "nvml": nvml_status,
                   "monitor_samples": len(samples), "runs": runs,
-                  "log_tail": log_tail(self.work / "study.log", 6 if rc == 0 else 30)}
-        (self.out / "study.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+                  "log_tail": log_tail(self.work / f"study-seed{seed}.log", 6 if rc == 0 else 30)}
+        path = self.out / "study.json"
+        studies = json.loads(path.read_text()) if path.is_file() else {"seeds": []}
+        studies["seeds"].append(result)
+        path.write_text(json.dumps(studies, indent=1, default=str) + "\n")
         return {k: v for k, v in result.items() if k != "runs"} | {
             "cross_checks": {k: v["cross_check"].get("status") for k, v in runs.items()}}
-
-    def shape_warmup(self) -> Dict[str, Any]:
-        """The cost of a model's first forward at a new shape, per implementation variant
-        (benchmarks/shape_warmup.py): what made the first validation slow in 2026-11-29's
-        campaign, and which candidate fix removes it."""
-        extra = ["--device", "cpu", "--shapes", "1", "--short-side", "64", "--models", "unet"] \
-            if self.args.smoke else []
-        cmd = [self.py, "-m", "benchmarks.shape_warmup", *extra,
-               "--out", str(self.out / "shape_warmup.json")]
-        rc, secs = run_logged(cmd, self.work / "shape_warmup.log",
-                              timeout_s=min(self.clock.left() - 10, 2 * ESTIMATE_S["shape_warmup"]))
-        return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
-                "log_tail": log_tail(self.work / "shape_warmup.log", 20)}
 
     def reference_bench(self) -> Dict[str, Any]:
         script = self.args.reference_bench
         if script is None or not script.is_file():
-            return {"status": f"skipped: {script} not found (copy ../shared/tools/reference_bench.py "
-                              f"there: ../shared does not travel to the device)"}
+            return {"status": f"skipped: {script} not found (--reference-bench PATH: a script "
+                              f"that prints the reference figures)"}
         out = self.out / "reference_bench.txt"
         timeout = min(self.clock.left() - 15, ESTIMATE_S["reference_bench"])
         rc, secs = run_logged([self.py, str(script)], out, timeout_s=timeout)
         status = "ok" if rc == 0 else ("cut at its time limit (the rows printed before are "
                                        "complete)" if rc == 124 else f"exit {rc}")
-        probe = self.work / "reference_probe.txt"
-        if rc != 0 and self.clock.left() > 25:
-            # the data probe comes last in the script: run it alone when the models took the time
-            code = (f"import sys; sys.path.insert(0, {str(script.parent)!r}); "
-                    "import reference_bench as r; r.data_probe()")
-            run_logged([self.py, "-c", code], probe, timeout_s=20)
-            with out.open("a") as f:
-                f.write("\n# data probe alone (python -c 'import reference_bench; "
-                        "reference_bench.data_probe()'):\n" + probe.read_text(errors="replace"))
         return {"status": status, "timeout_s": timeout}
-
-    def compile_rows(self) -> Dict[str, Any]:
-        cmd = [self.py, "-m", "benchmarks.bench", *self.sizes()["compile"], "--only", *STUDY_MODELS,
-               "--no-reference", "--no-e2e", "--compile", *STUDY_MODELS,
-               "--out", str(self.out / "bench-compile.json")]
-        rc, secs = run_logged(cmd, self.work / "bench-compile.log",
-                              timeout_s=self.clock.left() - 10)
-        return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
-                "log_tail": log_tail(self.work / "bench-compile.log", 4 if rc == 0 else 25)}
 
     def hook_ab(self) -> Dict[str, Any]:
         """The same U-Net run twice, the energy hook on (NVML) and off, on the bench's data:
@@ -533,16 +555,18 @@ class Campaign:
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
         wanted = set(self.args.parts)
-        data_proc = self.start_study_data() if "study" in wanted else None
+        studies = {"study", "study_seed2"} & wanted
+        data_proc = self.start_study_data() if studies else None
         self.part("env", lambda: {"status": "ok", **environment()}, 5)
         plan: List[Tuple[str, Callable[[], Dict[str, Any]], float]] = [
             ("nvml_read_cost", nvml_read_cost, 5),
-            ("bench", self.bench, ESTIMATE_S["bench"]),
-            ("study", lambda: self.study(data_proc), ESTIMATE_S["study"] * 0.6),
             ("shape_warmup", self.shape_warmup, ESTIMATE_S["shape_warmup"]),
-            ("reference_bench", self.reference_bench, 30),
-            ("compile", self.compile_rows, ESTIMATE_S["compile"]),
+            ("bench", self.bench, ESTIMATE_S["bench"] * 0.6),
+            ("study", lambda: self.study(data_proc, STUDY_SEEDS[0]), ESTIMATE_S["study"] * 0.8),
+            ("ablation", self.ablation, ESTIMATE_S["ablation"] * 0.6),
+            ("study_seed2", lambda: self.study(data_proc, STUDY_SEEDS[1]), ESTIMATE_S["study_seed2"]),
             ("hook_ab", self.hook_ab, ESTIMATE_S["hook_ab"]),
+            ("reference_bench", self.reference_bench, 30),
         ]
         try:
             for name, fn, need in plan:
@@ -563,7 +587,10 @@ def load_folder(folder: pathlib.Path) -> Dict[str, Any]:
     out: Dict[str, Any] = {"summary": json.loads((folder / "summary.json").read_text())}
     out["env"] = out["summary"]["parts"].get("env")
     p = folder / "study.json"
-    out["study"] = json.loads(p.read_text()) if p.is_file() else None
+    study = json.loads(p.read_text()) if p.is_file() else None
+    if study is not None and "seeds" not in study:  # a campaign before the seeds (one study)
+        study = {"seeds": [{"seed": 0, "status": "ok", **study}]}
+    out["study"] = study
     return out
 
 
@@ -578,7 +605,6 @@ def _f(v: Any, digits: int = 1) -> str:
 def render(folder: pathlib.Path) -> str:
     """The Markdown of the campaign's own figures (the bench's tables come from
     ``benchmarks.bench --render``): NVML read cost, cross-check, the study runs, the A/B."""
-    from benchmarks.render import _table
     data = load_folder(folder)
     s = data["summary"]
     parts = s["parts"]
@@ -607,32 +633,12 @@ def render(folder: pathlib.Path) -> str:
                   f"{cost['meter_read_us']:.1f} us (the bare counter call "
                   f"{cost['counter_call_us']:.1f} us), mean of {cost['reads']} reads{share}", ""]
     study = data["study"]
-    if study:
-        lines += ["#### The study in miniature (`shared.demo`, energy from "
-                  f"{'NVML' if study.get('energy_sources_env') else 'no source (smoke run)'})", "",
-                  f"- command: `{'ENERGY_SOURCES=nvml ' if study.get('energy_sources_env') else ''}"
-                  f"python {study['command']}`; max batches {study['max_batches']} "
-                  f"(from the measured rates {', '.join(f'{k} {v:.0f} img/s' for k, v in study['rates_img_s'].items())}, "
-                  f"to fit {study['box_s']:.0f} s)", ""]
-        rows = []
-        for name, r in study["runs"].items():
-            sm, cc, lp = r["summary"], r["cross_check"], r["loop"]
-            rows.append([sm.get("model") or name, _f(sm.get("batches"), 0),
-                         _f(sm.get("best_miou"), 2),
-                         "yes" if sm.get("reached_target") else "no",
-                         _f(sm.get("batches_to_target"), 0), _f(sm.get("time_to_target_s")),
-                         _f(sm.get("energy_to_target_wh"), 3), _f(sm.get("energy_wh"), 3),
-                         _f(sm.get("avg_power_w")), _f(lp.get("img_s_train")),
-                         _f(lp.get("gpu_busy_pct")), _f(lp.get("gpu_busy_train_pct")),
-                         _f(cc.get("hook_j"), 0), _f(cc.get("counter_j"), 0),
-                         (f"{100 * cc['relative_error']:+.3f} %" if isinstance(cc.get("relative_error"), float)
-                          else "-"), str(cc.get("status"))])
-        lines.append(_table(("model", "batches", "best mIoU", "target reached", "batches to target",
-                             "time to target s", "energy to target Wh", "energy Wh", "avg W",
-                             "img/s training", "GPU busy %", "GPU busy % training",
-                             "hook J (first to last report)", "counter J (same instants)",
-                             "hook vs counter", "cross-check (<= 1 %)"), rows))
-        lines.append("")
+    if study and study.get("seeds"):
+        lines += study_section(study["seeds"])
+    vd = s.get("val_depthwise")
+    if vd:
+        lines += [f"- validation kernels of the training runs: `val_depthwise={vd['value']}` "
+                  f"({vd['why']})", ""]
     warm = folder / "shape_warmup.json"
     if warm.is_file():
         from benchmarks.shape_warmup import markdown as warmup_table
@@ -653,21 +659,76 @@ def render(folder: pathlib.Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+STUDY_COLUMNS = ("seed", "model", "batches", "best mIoU", "target reached", "batches to target",
+                 "time to target s", "energy to target Wh", "energy Wh", "avg W", "img/s training",
+                 "GPU busy %", "GPU busy % training", "hook J (first to last report)",
+                 "counter J (same instants)", "hook vs counter", "cross-check (<= 1 %)")
+
+
+def _spread(values: Sequence[Any], digits: int) -> str:
+    v = [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    if not v:
+        return "-"
+    if len(v) == 1:
+        return _f(v[0], digits)
+    return f"{_f(sum(v) / len(v), digits)} ({_f(min(v), digits)}-{_f(max(v), digits)})"
+
+
+def study_section(seeds: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The study's runs, one row per seed and model, then per model the mean (range) over the
+    seeds of batches, time and GPU energy to the target."""
+    first = seeds[0]
+    nvml = bool(first.get("energy_sources_env"))
+    lines = ["#### The study in miniature (`shared.demo`, energy from "
+             f"{'NVML' if nvml else 'no source (smoke run)'})", ""]
+    lines += [f"- seed {st['seed']}: `{'ENERGY_SOURCES=nvml ' if st.get('energy_sources_env') else ''}"
+              f"python {st['command']}` ({st['status']})" for st in seeds]
+    lines.append("")
+    rows, by_model = [], {}
+    for st in seeds:
+        for name, r in st["runs"].items():
+            sm, cc, lp = r["summary"], r["cross_check"], r["loop"]
+            model = sm.get("model") or name
+            by_model.setdefault(model, []).append(sm)
+            rows.append([str(st["seed"]), model, _f(sm.get("batches"), 0), _f(sm.get("best_miou"), 2),
+                         "yes" if sm.get("reached_target") else "no",
+                         _f(sm.get("batches_to_target"), 0), _f(sm.get("time_to_target_s")),
+                         _f(sm.get("energy_to_target_wh"), 3), _f(sm.get("energy_wh"), 3),
+                         _f(sm.get("avg_power_w")), _f(lp.get("img_s_train")),
+                         _f(lp.get("gpu_busy_pct")), _f(lp.get("gpu_busy_train_pct")),
+                         _f(cc.get("hook_j"), 0), _f(cc.get("counter_j"), 0),
+                         (f"{100 * cc['relative_error']:+.3f} %"
+                          if isinstance(cc.get("relative_error"), float) else "-"),
+                         str(cc.get("status"))])
+    lines += [_table(STUDY_COLUMNS, rows), ""]
+    if by_model:
+        lines += [f"Over {len(seeds)} seed(s), mean (range) among the runs that reached the target:", ""]
+        lines.append(_table(("model", "runs at the target", "batches to target", "time to target s",
+                             "energy to target Wh"), [
+            [m, f"{sum(bool(x.get('reached_target')) for x in sms)} of {len(sms)}",
+             _spread([x.get("batches_to_target") for x in sms if x.get("reached_target")], 0),
+             _spread([x.get("time_to_target_s") for x in sms if x.get("reached_target")], 1),
+             _spread([x.get("energy_to_target_wh") for x in sms if x.get("reached_target")], 3)]
+            for m, sms in by_model.items()]))
+        lines.append("")
+    return lines
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.campaign", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=pathlib.Path, help="result folder (created)")
     ap.add_argument("--work-dir", type=pathlib.Path,
                     help="data and runs (default: OUT/../campaign-work, outside the results)")
-    ap.add_argument("--budget", type=float, default=490.0,
-                    help="seconds for the whole campaign (default 490)")
+    ap.add_argument("--budget", type=float, default=540.0,
+                    help="seconds for the whole campaign (default 540)")
     ap.add_argument("--reference-bench", type=pathlib.Path,
-                    default=ROOT / "build" / "bench" / "reference_bench.py",
-                    help="path of reference_bench.py (default build/bench/reference_bench.py)")
+                    help="the reference_bench part's script (it prints reference figures)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on a CPU: does it all run?")
-    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS), metavar="PART",
                     help=f"run only these parts, in the campaign's order ({', '.join(PARTS)}; "
-                         f"default all): a second call reruns what the first could not")
+                         f"default {' '.join(DEFAULT_PARTS)}): a second call reruns what the "
+                         f"first could not")
     ap.add_argument("--render", type=pathlib.Path, metavar="FOLDER",
                     help="measure nothing: print the Markdown of a campaign's result folder")
     args = ap.parse_args(argv)

@@ -91,6 +91,7 @@ def analyse_e2e(records: Sequence[Mapping[str, Any]],
                            "validation_s": validation_s, "img_s_loop": imgs / window,
                            "img_s_train": imgs / (window - validation_s)
                            if window > validation_s else "n/a (validation filled the window)"}
+    out.update(validation_warmup(records))
     inside = [s for s in samples if t0 <= s.time <= t1]
     if not samples:
         out.update(gpu_busy_pct=na, gpu_busy_train_pct=na, j_per_img=na)
@@ -180,6 +181,33 @@ class E2EData:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+def validation_durations(records: Sequence[Mapping[str, Any]]) -> List[float]:
+    """Seconds of every validation of a run, in order: from the training report at its step
+    (the last thing before it) to its own report; validations with no training report at the
+    same step are left out."""
+    report_time = {int(r["steps_completed"]): float(r["time"]) for r in records
+                   if r.get("group") == "training"}
+    out = []
+    for r in records:
+        if r.get("group") == "validation":
+            ts = report_time.get(int(r["steps_completed"]))
+            if ts is not None:
+                out.append(float(r["time"]) - ts)
+    return out
+
+
+def validation_warmup(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The first validation (which meets every image shape for the first time) against the
+    later ones over the same images: seconds of each and their ratio (the 2x target)."""
+    d = validation_durations(records)
+    if len(d) < 2:
+        return {"validation_first_s": d[0] if d else "n/a (no validation)",
+                "validation_later_s": "n/a (one validation)", "validation_first_over_later": None}
+    later = sum(d[1:]) / len(d[1:])
+    return {"validation_first_s": d[0], "validation_later_s": later,
+            "validation_first_over_later": d[0] / later if later > 0 else None}
 
 
 def prepare_e2e_data(cfg: BenchConfig, work: pathlib.Path) -> pathlib.Path:

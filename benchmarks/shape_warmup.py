@@ -44,6 +44,7 @@ from benchmarks.render import _fmt, _table  # noqa: E402
 from benchmarks.specs import OURS, BenchConfig, BenchError, load_trial  # noqa: E402
 from benchmarks.step import _sync  # noqa: E402
 from shared.engine import AUTOCAST_DTYPES, autocast, pick_precision, resolve_channels_last  # noqa: E402
+from shared.inference import grouped_convs, native_grouped_convs  # noqa: E402
 
 VARIANTS = ("as trained", "native depthwise", "nchw")
 #: the short side of a validation image after the (2048, 512) keep-ratio resize
@@ -59,29 +60,6 @@ def shapes_for(variant_index: int, count: int, short: int = SHORT_SIDE) -> List[
         long = short + 8 * (1 + variant_index + len(VARIANTS) * i)
         out.append((short, long) if i % 2 == 0 else (long, short))
     return out
-
-
-@contextlib.contextmanager
-def native_grouped_convs(model: nn.Module) -> Iterator[None]:
-    """cuDNN off inside every grouped convolution of ``model`` (depthwise ones included), on
-    elsewhere: forward hooks switch the flag around those modules only."""
-    handles = []
-
-    def off(module: nn.Module, args: Any) -> None:
-        module._cudnn_was = torch.backends.cudnn.enabled  # type: ignore[attr-defined]
-        torch.backends.cudnn.enabled = False
-
-    def back(module: nn.Module, args: Any, output: Any) -> None:
-        torch.backends.cudnn.enabled = module._cudnn_was  # type: ignore[attr-defined]
-
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.groups > 1:
-            handles += [m.register_forward_pre_hook(off), m.register_forward_hook(back)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def measure(model: nn.Module, shapes: Sequence[Tuple[int, int]], device: torch.device,
@@ -121,8 +99,11 @@ def run_model(name: str, count: int, device: torch.device, short: int = SHORT_SI
         dtype = AUTOCAST_DTYPES.get(precision)
         trained_cl = resolve_channels_last(loaded.hp["channels_last"], device)
         row.update(precision=precision, channels_last=trained_cl,
-                   grouped_convs=sum(1 for m in model.modules()
-                                     if isinstance(m, nn.Conv2d) and m.groups > 1))
+                   grouped_convs=len(grouped_convs(model)))
+        # one forward at a shape no variant uses (square), so that the first variant's first
+        # call does not also pay the process's one-off library and kernel loading
+        warm = model.to(memory_format=torch.channels_last if trained_cl else torch.contiguous_format)
+        measure(warm, [(short, short)], device, dtype, trained_cl)
         for i, variant in enumerate(VARIANTS):
             use_cl = trained_cl and variant != "nchw"
             m = model.to(memory_format=torch.channels_last if use_cl else torch.contiguous_format)

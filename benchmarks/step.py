@@ -291,17 +291,27 @@ def _fill_step_row(row: Dict[str, Any], ctx: Context, step: Any, model: nn.Modul
     row["status"] = "ok"
 
 
-def bench_ours(spec: ModelSpec, ctx: Context, compile: bool = False) -> Dict[str, Any]:
-    """One row: our model through TrialStep. Never raises: a failure is the row's error."""
+def compiled_name(name: str, mode: str = "default") -> str:
+    """The row name of ``name`` under torch.compile: ``<name>+compile``, or
+    ``<name>+compile:<mode>`` for another mode than the default."""
+    return f"{name}+compile" + ("" if mode == "default" else f":{mode}")
+
+
+def bench_ours(spec: ModelSpec, ctx: Context, compile: bool = False,
+               compile_mode: str = "default") -> Dict[str, Any]:
+    """One row: our model through TrialStep (under ``torch.compile`` in ``compile_mode`` when
+    ``compile``). Never raises: a failure is the row's error."""
     cfg = ctx.cfg
-    row: Dict[str, Any] = {"name": spec.name + ("+compile" if compile else ""), "kind": "ours",
-                           "base": spec.name, "compile": compile, "note": spec.note}
+    row: Dict[str, Any] = {"name": compiled_name(spec.name, compile_mode) if compile else spec.name,
+                           "kind": "ours", "base": spec.name, "compile": compile, "note": spec.note}
+    if compile:
+        row["compile_mode"] = compile_mode
     missing = trial_available(spec.trial)
     if missing:
         return {**row, "status": "skipped", "error": missing}
     step = model = None
     try:
-        loaded = load_trial(spec, cfg)
+        loaded = load_trial(spec, cfg, {"compile_mode": compile_mode})
         torch.manual_seed(0)
         model = loaded.build()
         step = TrialStep(model, loaded.hp, cfg.device, compile=compile)

@@ -110,10 +110,12 @@ def ensure_data(data: pathlib.Path, size: Size) -> pathlib.Path:
 
 
 def model_command(model: str, size: Size, data: pathlib.Path, run_dir: pathlib.Path,
-                  max_batches: int, target_miou: float, extra: Sequence[str] = ()) -> List[str]:
+                  max_batches: int, target_miou: float, extra: Sequence[str] = (),
+                  validation_period: int | None = None, seed: int = 0) -> List[str]:
     """The ``train.py`` command line of one demo run."""
-    sets = [*size.overrides, f"num_classes={size.data['num_classes']}",
-            f"validation_period={size.validation_period}", "checkpoint_period=100000",
+    period = size.validation_period if validation_period is None else validation_period
+    sets = [*size.overrides, f"num_classes={size.data['num_classes']}", f"seed={seed}",
+            f"validation_period={period}", "checkpoint_period=100000",
             "stop_at_target=true", *MODELS[model], f"target_miou={target_miou:g}", *extra]
     recipe = recipes.get(model)
     return [sys.executable, str(recipe.train_script),
@@ -134,6 +136,11 @@ def main(argv: List[str] | None = None) -> int:
                          "study's 16 is for ADE20K)")
     ap.add_argument("--max-batches", type=int, help="batches per model at most (default: 300 "
                                                     "small, 1500 ade20k)")
+    ap.add_argument("--validation-period", type=int,
+                    help="validate every this many batches (default: 10 small, 50 ade20k); "
+                         "closer validations time the target more finely")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the runs' seed (initialisation and data order; default 0)")
     ap.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
                     dest="extra", help="more hyperparameter overrides for every run")
     ap.add_argument("--data-only", action="store_true",
@@ -146,6 +153,10 @@ def main(argv: List[str] | None = None) -> int:
         ap.error(f"--target-miou {target:g}: must be in (0, 100]")
     if max_batches < 1:
         ap.error(f"--max-batches {max_batches}: must be >= 1")
+    if args.validation_period is not None and args.validation_period < 1:
+        ap.error(f"--validation-period {args.validation_period}: must be >= 1")
+    if not 0 <= args.seed < 2 ** 32:
+        ap.error(f"--seed {args.seed}: must be in 0..2**32-1")
 
     out: pathlib.Path = args.out.resolve()
     # The small set keeps its historical place (DIR/data) so that earlier demo folders work.
@@ -161,7 +172,8 @@ def main(argv: List[str] | None = None) -> int:
     summaries = []
     for model in args.models:
         run_dir = out / f"{model}-{stamp}"
-        cmd = model_command(model, size, data, run_dir, max_batches, target, args.extra)
+        cmd = model_command(model, size, data, run_dir, max_batches, target, args.extra,
+                            args.validation_period, args.seed)
         print(f"\n$ {' '.join(cmd[1:])}", flush=True)
         rc = subprocess.call(cmd, cwd=ROOT)
         if rc != 0:

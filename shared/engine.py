@@ -31,13 +31,15 @@ import torch.nn.functional as F
 
 from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
-from shared.hparams import COMPILE_WARMUP_BATCHES, VAL_MODES, ConfigError
+from shared.hparams import (COMPILE_AUTO_MIN_BATCHES, COMPILE_WARMUP_BATCHES, DEPTHWISE_KERNELS,
+                            VAL_MODES, ConfigError)
+from shared.inference import native_grouped_convs, no_autotuning
 from shared.metrics import ConfusionMatrix, DeviceMean
 from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
 __all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask", "ClassificationTask",
            "BinarySegmentationTask", "BinaryLoss", "BINARY_LOSSES",
-           "autocast", "pick_precision", "resolve_channels_last", "build_optimizer", "segmentation_loss",
+           "autocast", "pick_precision", "resolve_channels_last", "resolve_compile", "build_optimizer", "segmentation_loss",
            "count_parameters", "AUTOCAST_DTYPES", "COMPILE_WARMUP_BATCHES"]
 
 #: torch dtype autocast runs in, per precision; fp32 runs without autocast
@@ -65,6 +67,15 @@ def resolve_channels_last(requested: Any, device: torch.device) -> bool:
     """channels_last lets cuDNN pick NHWC kernels (tensor cores without transposes); on CPU it
     is usually slower, so "auto" turns it on for CUDA only."""
     return (device.type == "cuda") if requested == "auto" else bool(requested)
+
+
+def resolve_compile(requested: Any, device: torch.device, max_batches: int) -> bool:
+    """Whether to ``torch.compile``: ``auto`` compiles on CUDA when the run is long enough for
+    the compilation to pay back (``COMPILE_AUTO_MIN_BATCHES``; on a CPU the compiled step is
+    rarely faster and the compilation costs minutes), otherwise as asked."""
+    if requested == "auto":
+        return device.type == "cuda" and max_batches >= COMPILE_AUTO_MIN_BATCHES
+    return bool(requested)
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -245,7 +256,10 @@ class SegmentationTask:
     """
 
     def __init__(self, num_classes: int, val_mode: str = "whole", val_crop_size: Any = None,
-                 val_stride: Any = None) -> None:
+                 val_stride: Any = None, val_depthwise: str = "cudnn") -> None:
+        if val_depthwise not in DEPTHWISE_KERNELS:
+            raise ConfigError(f"hyperparameter 'val_depthwise' = {val_depthwise!r} is not one of "
+                              f"{', '.join(DEPTHWISE_KERNELS)}")
         if val_mode not in VAL_MODES:
             raise ConfigError(f"hyperparameter 'val_mode' = {val_mode!r} is not one of "
                               f"{', '.join(VAL_MODES)}")
@@ -256,6 +270,7 @@ class SegmentationTask:
         self.val_mode = val_mode
         self.val_crop_size = val_crop_size
         self.val_stride = val_crop_size if val_stride is None else val_stride
+        self.val_depthwise = val_depthwise
         self.confusion: Optional[ConfusionMatrix] = None
         self.val_loss: Optional[DeviceMean] = None
 
@@ -272,17 +287,29 @@ class SegmentationTask:
         # augmentation, normalisation, channels_last (shared/data/on_device.py).
         images, masks = training_batch(images, masks, aug, engine.channels_last)
         with engine.autocast():
-            return segmentation_loss(engine.forward(images), masks)
+            # compiled with the model when the engine compiles: the upsampling to the labels
+            # and the cross-entropy then run as fused kernels instead of full-size passes
+            return engine.compiled_fn(segmentation_loss)(engine.forward(images), masks)
 
     def evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:
         assert self.confusion is not None and self.val_loss is not None, "attach() first"
+        # PyTorch's own depthwise kernels at validation when asked (no cuDNN plan per new
+        # shape), and no cuDNN autotuning at each new image shape
+        native = self.val_depthwise == "native" and engine.device.type == "cuda"
+        with native_grouped_convs(engine.model, enabled=native), no_autotuning():
+            self._evaluate(engine, batch)
+
+    def _evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:
         images, masks, sizes, skipped = batch
         images, masks, skipped = engine.to_device(images, masks, skipped)
         engine.count_skipped(skipped)
+        forward = engine.eval_forward
         if self.val_mode == "whole":
-            # Whole-image inference: logits to the padded input size, crop the padding below.
+            # Whole-image inference on the padded batch (the batch's largest image, rounded up
+            # to val_pad_multiple: val_collate): logits to the padded input size, each image's
+            # own region cropped below.
             with engine.autocast():
-                logits = engine.forward(engine.prepare(images))
+                logits = forward(engine.prepare(images))
             logits = resize_logits(logits.float(), images.shape[-2:])
         total_loss = counted = images.new_zeros((), dtype=torch.float32)
         # sizes stay on the host (not moved above): reading them costs no wait for the GPU,
@@ -292,7 +319,7 @@ class SegmentationTask:
                 li = logits[i:i + 1, :, :h, :w]
             else:  # windows over the image without its batch padding
                 with engine.autocast():
-                    li = slide_logits(lambda x: engine.forward(engine.prepare(x)),
+                    li = slide_logits(lambda x: forward(engine.prepare(x)),
                                       images[i:i + 1, :, :h, :w], self.num_classes,
                                       self.val_crop_size, self.val_stride)
             # to the original annotation size, where the metric is taken (MMSegmentation's)
@@ -331,7 +358,7 @@ class ClassificationTask:
         images, labels, skipped = engine.to_device(*batch)
         engine.count_skipped(skipped)
         with engine.autocast():
-            logits = engine.forward(engine.prepare(images))
+            logits = engine.eval_forward(engine.prepare(images))
         # Every validation metric comes from the reducer (exact over the set); none per batch.
         self.accuracy.update(logits, labels)
 
@@ -431,7 +458,7 @@ class BinarySegmentationTask:
         def run(tiles: torch.Tensor) -> torch.Tensor:
             x = binary_input(tiles.to(engine.device, non_blocking=True), engine.channels_last)
             with engine.autocast():
-                return engine.forward(x)[:, 0].float().cpu()
+                return engine.eval_forward(x)[:, 0].float().cpu()
         return stitch_logits(image, run, self.tile_size, self.overlap, self.stitch,
                              self.tiles_per_batch)
 
@@ -461,10 +488,14 @@ class Engine:
         task: ``SegmentationTask``, ``ClassificationTask`` or ``BinarySegmentationTask``.
         device: where the model runs.
         max_batches: the schedule's length.
-        compile: run the forward through ``torch.compile(model)``; None: the hyperparameter
-            ``compile``. The first ``COMPILE_WARMUP_BATCHES`` training batches then compile
-            (``compiling`` is true during them): the trial charges them to the energy phase
-            ``compile``, so that the per-image figures of the ``train`` phase exclude them.
+        compile: run the training forward (and the task's loss, ``compiled_fn``) through
+            ``torch.compile`` in the mode of the hyperparameter ``compile_mode``; None: the
+            hyperparameter ``compile`` (``auto``: ``resolve_compile``). The first
+            ``COMPILE_WARMUP_BATCHES`` training batches then compile (``compiling`` is true
+            during them): the trial charges them to the energy phase ``compile``, so that the
+            per-image figures of the ``train`` phase exclude them. Validation runs the same
+            model eagerly (``eval_forward``): its images come in many shapes, each of which
+            would be a new compilation.
     """
 
     def __init__(self, model: torch.nn.Module, hp: Mapping[str, Any], runtime: Runtime,
@@ -496,10 +527,13 @@ class Engine:
         self.train_loss = runtime.wrap_reducer(DeviceMean(), name="loss", for_training=True,
                                                for_validation=False)
         task.attach(runtime)
-        if compile is None:
-            compile = bool(hp["compile"])
-        self.compiled = compile
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.compiled = resolve_compile(hp["compile"] if compile is None else compile,
+                                        self.device, max_batches)
+        self.compile_mode = hp.get("compile_mode", "default")
+        self._compiled_fns: Dict[Callable[..., Any], Callable[..., Any]] = {}
+        self.forward = self.compiled_module(self.model) if self.compiled else self.model
+        #: validation and inference: the same weights, never compiled
+        self.eval_forward = self.model
         if self.device.type == "cuda":
             # process-wide, as cuDNN has it; set by every engine, so the last one built wins
             torch.backends.cudnn.benchmark = bool(
@@ -521,6 +555,22 @@ class Engine:
         return self.compiled and self._batches_this_process < COMPILE_WARMUP_BATCHES
 
     # ------------------------------------------------------------------ pieces
+    def _compile(self, fn: Any) -> Callable[..., Any]:
+        mode = {} if self.compile_mode == "default" else {"mode": self.compile_mode}
+        return torch.compile(fn, **mode)
+
+    def compiled_module(self, module: torch.nn.Module) -> Callable[..., Any]:
+        return self._compile(module)
+
+    def compiled_fn(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` through ``torch.compile`` (once per function) when the engine compiles, else
+        ``fn`` itself."""
+        if not self.compiled:
+            return fn
+        if fn not in self._compiled_fns:
+            self._compiled_fns[fn] = self._compile(fn)
+        return self._compiled_fns[fn]
+
     def autocast(self):
         return autocast(self.device, self.autocast_dtype)
 
@@ -556,6 +606,10 @@ class Engine:
     # ------------------------------------------------------------------ steps
     def train_batch(self, batch: Sequence[torch.Tensor]) -> Dict[str, Any]:
         """One training step: the task's loss, then ``optimise``. Returns host numbers only."""
+        if self.compiled and self.compile_mode == "reduce-overhead":
+            # CUDA graphs: a new step begins, so the previous step's graph outputs may be
+            # overwritten (the loss kept from it was copied out: optimise)
+            torch.compiler.cudagraph_mark_step_begin()
         return self.optimise(self.task.training_loss(self, batch))
 
     def optimise(self, loss: torch.Tensor) -> Dict[str, Any]:
@@ -570,7 +624,9 @@ class Engine:
             self.scaler.update()
         self.batches_trained += 1
         self._batches_this_process += 1
-        self.last_loss = loss.detach()
+        # a copy when CUDA graphs own the loss's memory (the next replay overwrites it)
+        self.last_loss = (loss.detach().clone() if self.compiled and self.compile_mode == "reduce-overhead"
+                          else loss.detach())
         self.train_loss.update(self.last_loss)
         return {"lr": self.scheduler.get_last_lr()[0]}
 

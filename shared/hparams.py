@@ -72,6 +72,17 @@ VAL_MODES = ("whole", "slide")
 #: the engine compiles the forward and backward graphs at the first, the margin takes a
 #: recompilation after the first optimiser step); the report leaves them out of images/s
 COMPILE_WARMUP_BATCHES = 2
+#: ``compile: auto`` compiles on a GPU when the trial trains at least this many batches: the
+#: first GPU campaign (one H200, BENCHMARKS.md) measured 26-39 s of compilation against a step
+#: 6-10 ms shorter (U-Net, SegFormer-B0, batch 16 at 512 px), which pays back after 2,600-6,200
+#: batches; shorter runs (the demos, smoke tests) stay eager
+COMPILE_AUTO_MIN_BATCHES = 10000
+#: ``torch.compile`` modes (``compile_mode``): inductor's default; ``reduce-overhead`` adds CUDA
+#: graphs (the fixed-shape training step replayed as one graph, no per-kernel launch cost);
+#: ``max-autotune-no-cudagraphs`` times several kernels per operation while compiling
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+#: kernels of grouped (depthwise) convolutions at validation (``val_depthwise``; shared.inference)
+DEPTHWISE_KERNELS = ("cudnn", "native")
 
 #: Keys every segmentation trial understands. Model-specific keys are declared by each trial.
 COMMON: Dict[str, Param] = {
@@ -102,6 +113,10 @@ COMMON: Dict[str, Param] = {
                  help="slide mode's window, pixels (int or [h, w]); null = crop_size"),
     "val_stride": Param(None, (int, list), check=_size, nullable=True,
                  help="slide mode's step between windows, pixels (int or [h, w]); null = the window (no overlap)"),
+    "val_pad_multiple": Param(0, INT, check=lambda v: None if 0 <= v <= 1024 else "must be in 0..1024",
+                 help="whole-image validation: pad each resized image (bottom, right; label ignored) to a multiple of this many pixels and crop the logits back, so that a few shapes serve the whole set (no per-shape warm-up on a GPU); 0 = each image at its own size (shared/inference.py)"),
+    "val_depthwise": Param("cudnn", STR, choices=DEPTHWISE_KERNELS,
+                 help="kernels of grouped (depthwise) convolutions during validation on a GPU: cudnn, or native = PyTorch's own, which build no per-shape plan (shared/inference.py)"),
     # optimisation
     "global_batch_size": Param(16, INT, check=_positive,
                  help="images per optimizer step, all GPUs together"),
@@ -134,12 +149,14 @@ COMMON: Dict[str, Param] = {
     "channels_last": Param("auto", (str, bool), choices=("auto", True, False),
                  help="NHWC memory layout; auto = on for CUDA"),
     # implementation switches (the implementation ablation: experiment_configs/*/ablation.yaml)
-    "compile": Param(False, BOOL,
-                 help=f"torch.compile the model; its first {COMPILE_WARMUP_BATCHES} training batches are the energy phase 'compile' (compile_wh, compile_s), not 'train'"),
+    "compile": Param("auto", (str, bool), choices=("auto", True, False),
+                 help=f"torch.compile the training forward and loss (validation runs the same weights eagerly); its first {COMPILE_WARMUP_BATCHES} training batches are the energy phase 'compile' (compile_wh, compile_s), not 'train'; auto = on for CUDA when the trial trains >= {COMPILE_AUTO_MIN_BATCHES} batches (where the compile time pays back), off otherwise"),
+    "compile_mode": Param("default", STR, choices=COMPILE_MODES,
+                 help="torch.compile mode when compiling: default; reduce-overhead (CUDA graphs for the fixed-shape training step); max-autotune-no-cudagraphs"),
     "fused_optimizer": Param(True, BOOL,
                  help="AdamW/SGD fused=True (one kernel for all parameters, on CUDA and CPU); false: the per-parameter loop (foreach=False)"),
     "cudnn_benchmark": Param(False, BOOL,
-                 help="torch.backends.cudnn.benchmark: time the cuDNN algorithms at each new input shape and keep the fastest; off by default because whole-image validation meets a new shape at almost every image; no effect on CPU"),
+                 help="torch.backends.cudnn.benchmark for the training step: time the cuDNN algorithms at the training shape and keep the fastest (validation never autotunes: its images come in many shapes); no effect on CPU"),
     "implementation": Param(None, (dict,), nullable=True,
                  help="a set of implementation switches ({precision: fp32, compile: true, ...}; keys among IMPLEMENTATION_SWITCHES) that overrides those keys: one categorical value per variant (ablation_to_target.yaml)"),
     "seed": Param(0, INT,
@@ -187,7 +204,7 @@ COMMON: Dict[str, Param] = {
 #: the engine or the trial reads is never missing from it.
 ENGINE_KEYS = ("optimizer", "lr", "lr_scaling", "weight_decay", "momentum", "warmup_batches",
                "warmup_ratio", "poly_power", "min_lr_ratio", "grad_clip_norm", "precision",
-               "channels_last", "compile", "fused_optimizer", "cudnn_benchmark")
+               "channels_last", "compile", "compile_mode", "fused_optimizer", "cudnn_benchmark")
 RUN_KEYS = ("data_dir", "global_batch_size", "base_batch_size", "seed", "pretrained_path",
             "max_batches", "validation_period", "checkpoint_period", "report_period",
             "stop_at_target", "skip_bad_samples", "workers_per_slot", "energy", "target_metric",

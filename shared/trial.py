@@ -9,6 +9,7 @@ hook), so that ``trials/<model>/train.py`` only says which model to build.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -213,10 +214,14 @@ class RecipeTrial(det_torch.PyTorchTrial):
         self.target_callback = TargetCallback(self)
         e = self.engine
         rule = e.lr_scaling if hp["lr_scaling"] != "auto" else f"auto = {e.lr_scaling} for {hp['optimizer']}"
-        log.info("%s: %.2fM parameters%s, precision %s, channels_last %s, lr %.3g (%.3g at base batch "
-                 "%d, scaled to %d by lr_scaling %s)",
+        compiled = (f"compiled ({e.compile_mode})" if e.compiled else "eager")
+        if hp["compile"] == "auto":
+            compiled += (f" (compile: auto: {self.device.type}, {self.max_batches} batches; "
+                         f"compiles on CUDA from {hpmod.COMPILE_AUTO_MIN_BATCHES})")
+        log.info("%s: %.2fM parameters%s, precision %s, channels_last %s, %s, lr %.3g (%.3g at "
+                 "base batch %d, scaled to %d by lr_scaling %s)",
                  self.MODEL_NAME, e.num_parameters / 1e6, self.describe(), e.precision,
-                 e.channels_last, e.lr, hp["lr"], hp["base_batch_size"],
+                 e.channels_last, compiled, e.lr, hp["lr"], hp["base_batch_size"],
                  context.get_global_batch_size(), rule)
 
     @staticmethod
@@ -237,6 +242,7 @@ class RecipeTrial(det_torch.PyTorchTrial):
     scaler = property(lambda self: self.engine.scaler)
     train_loss = property(lambda self: self.engine.train_loss)
     precision = property(lambda self: self.engine.precision)
+    compiled = property(lambda self: self.engine.compiled)
     channels_last = property(lambda self: self.engine.channels_last)
     lr = property(lambda self: self.engine.lr)
     num_parameters = property(lambda self: self.engine.num_parameters)
@@ -343,7 +349,8 @@ class SegmentationTrial(RecipeTrial):
 
     def build_task(self, hp: Mapping[str, Any]) -> SegmentationTask:
         return SegmentationTask(hp["num_classes"], hp["val_mode"],
-                                hp["val_crop_size"] or hp["crop_size"], hp["val_stride"])
+                                hp["val_crop_size"] or hp["crop_size"], hp["val_stride"],
+                                hp["val_depthwise"])
 
     confusion = property(lambda self: self.engine.task.confusion)
     val_loss = property(lambda self: self.engine.task.val_loss)
@@ -359,8 +366,11 @@ class SegmentationTrial(RecipeTrial):
     def build_validation_data_loader(self) -> det_torch.DataLoader:
         from shared.data import build_dataset, val_collate
         ds = build_dataset(self.hp, "validation")
+        # shape buckets for whole-image inference (slide windows have the crop's shape already)
+        multiple = self.hp["val_pad_multiple"] if self.hp["val_mode"] == "whole" else 0
         return det_torch.DataLoader(ds, batch_size=self.hp["val_batch_size_per_slot"], shuffle=False,
-                                    collate_fn=val_collate, **self._loader_kwargs())
+                                    collate_fn=functools.partial(val_collate, pad_multiple=multiple),
+                                    **self._loader_kwargs())
 
     def write_local_details(self) -> None:
         """Per-class IoU of the last validation, to the local metrics file only."""
@@ -377,7 +387,9 @@ RUN_GROUP = {
     "target_smaller_is_better": "the target's direction: true = reached at target_metric <= "
                                 "target, false = at >= target",
     "slots": "GPUs (or processes) of the trial",
-    "precision": "precision in use", "global_batch_size": "images per step",
+    "precision": "precision in use", "compiled": "whether the training step runs under "
+    "torch.compile (the hyperparameter compile resolved: auto decides by device and run length)",
+    "global_batch_size": "images per step",
     "lr": "the scaled peak learning rate", "device": "device name",
     "early_stop_patience": "the early_stop_patience hyperparameter (0: early stopping off)",
     "reported_at": "'start' (the trial (re)started: readers start a new segment of the run's "
@@ -439,6 +451,7 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
                  "target_metric": t.hp["target_metric"], "target": t.hp["target_value"],
                  "target_smaller_is_better": bool(t.hp["target_smaller_is_better"]),
                  "slots": t.context.distributed.size, "precision": t.precision,
+                 "compiled": bool(t.compiled),
                  "global_batch_size": t.context.get_global_batch_size(), "lr": t.lr,
                  "device": torch.cuda.get_device_name() if t.device.type == "cuda" else "cpu",
                  "early_stop_patience": t.hp["early_stop_patience"] or 0,

@@ -18,7 +18,8 @@ from shared import expconf
 from shared import hparams as hpmod
 from shared.attention import ATTENTION_IMPLS, set_attention_impl
 from shared.data.transforms import PhotometricDistortion
-from shared.engine import Engine, LocalRuntime, SegmentationTask, build_optimizer
+from shared.engine import (Engine, LocalRuntime, SegmentationTask, build_optimizer, resolve_compile,
+                           segmentation_loss)
 from shared.report import build_report, compare, implementation, load_local
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "report"))
@@ -100,7 +101,7 @@ def test_implementation_sets_the_switches_together_and_names_a_bad_key():
                                                 r"channels_last, compile, fused_optimizer, cudnn_benchmark$"):
         hpmod.resolve({"implementation": {"attention_impl": "eager"}}, trial_class("unet").MODEL_PARAMS, "c.yaml")
     with pytest.raises(hpmod.ConfigError, match=r"^c\.yaml: hyperparameter 'implementation\.compile' = 'yes' "
-                                                r"has type str; expected bool$"):
+                                                r"is not one of 'auto', True, False$"):
         hpmod.resolve({"implementation": {"compile": "yes"}}, params, "c.yaml")
 
 
@@ -182,12 +183,15 @@ def test_compile_trains_and_its_warmup_batches_are_flagged(monkeypatch):
     engine = Engine(trial.model_from_hparams(hp), hp, LocalRuntime(CPU, 2), SegmentationTask(4),
                     device=CPU, max_batches=3)
     assert engine.compiled and engine.forward is not engine.model
+    assert engine.eval_forward is engine.model  # validation never compiles (many shapes)
     flags = []
     for _ in range(3):
         flags.append(engine.compiling)
         engine.train_batch(_batch(16))
         assert torch.isfinite(engine.last_loss)
     assert flags == [True] * hpmod.COMPILE_WARMUP_BATCHES + [False]
+    # the loss (upsampling and cross-entropy) is compiled with the model
+    assert segmentation_loss in engine._compiled_fns
     engine.batches_trained = 100  # a resumed trial compiles again: counted per process
     assert not engine.compiling
 

@@ -64,24 +64,28 @@ def test_cross_check_fails_beyond_one_percent_and_says_why_when_it_cannot_judge(
     assert campaign.cross_check(nulls, samples)["status"].startswith("n/a (0 energy report")
 
 
-def test_study_batches_fit_the_box():
-    rates = {"unet": 200.0, "segformer": 250.0}
-    b = campaign.study_batches(rates, batch=16, box_s=150, validation_period=50, validation_s=2.0)
-    used = sum(b * 16 / v + b / 50 * 2.0 + campaign.RUN_OVERHEAD_S for v in rates.values())
-    assert used <= 150 < used + sum(16 / v + 2.0 / 50 for v in rates.values())
-    assert campaign.study_batches(rates, 16, 10, 50) == 50          # floor
-    assert campaign.study_batches({"a": 1e9}, 16, 1e6, 50) == 3000  # cap
+def _warmup_rows(first_native: float, warm_native: float):
+    as_trained = {"first_ms": 1000.0, "second_ms": 20.0}
+    return {"rows": [{"model": "unet", "status": "ok", "grouped_convs": 0,
+                      "as trained": {"first_ms": 40.0, "second_ms": 10.0},
+                      "native depthwise": {"first_ms": 40.0, "second_ms": 10.0}},
+                     {"model": "segformer", "status": "ok", "grouped_convs": 8,
+                      "as trained": as_trained,
+                      "native depthwise": {"first_ms": first_native, "second_ms": warm_native}}]}
 
 
-def test_step_rates_prefer_the_loop_then_the_step(tmp_path):
-    f = tmp_path / "bench.json"
-    f.write_text(json.dumps({
-        "steps": [{"name": "unet", "status": "ok", "img_s": 300.0},
-                  {"name": "segformer", "status": "ok", "img_s": 250.0}],
-        "e2e": [{"name": "unet", "status": "ok", "img_s_loop": 240.0},
-                {"name": "segformer", "status": "error"}]}))
-    assert campaign.step_rates(f, ("unet", "segformer")) == {"unet": 240.0, "segformer": 200.0}
-    assert campaign.step_rates(tmp_path / "missing.json", ("unet",)) == {}
+def test_val_depthwise_is_chosen_from_the_shape_warmup(tmp_path):
+    f = tmp_path / "shape_warmup.json"
+    f.write_text(json.dumps(_warmup_rows(first_native=30.0, warm_native=24.0)))
+    value, why = campaign.choose_val_depthwise(f)
+    assert value == "native" and why == "segformer: first call 0.03x, warm 1.20x of cuDNN's"
+    f.write_text(json.dumps(_warmup_rows(first_native=30.0, warm_native=40.0)))  # 2x slower warm
+    value, why = campaign.choose_val_depthwise(f)
+    assert value == "cudnn" and why.endswith("(native needs <= 0.5x first, <= 1.5x warm)")
+    f.write_text(json.dumps(_warmup_rows(first_native=800.0, warm_native=20.0)))  # no first-call gain
+    assert campaign.choose_val_depthwise(f)[0] == "cudnn"
+    assert campaign.choose_val_depthwise(tmp_path / "none.json") == (
+        "cudnn", "the default: no shape warm-up result (FileNotFoundError)")
 
 
 def test_clock_says_what_was_skipped_and_why():
@@ -145,8 +149,10 @@ def test_render_a_result_folder(tmp_path, capsys):
     assert ("35.2 us (the bare counter call 20.1 us), mean of 200 reads; one read per report of "
             "50 batches is 0.001 % of U-Net's 80.0 ms steps") in text
     assert "`ENERGY_SOURCES=nvml python -m shared.demo --size ade20k" in text
-    assert "| unet | 300 | 61.20 | yes | 250 | 31.0 | 3.100 | 3.700 | 420.0 | 230.0 | 97.5 | 99.1 |" \
+    # a study.json of before the seeds reads as seed 0
+    assert "| 0 | unet | 300 | 61.20 | yes | 250 | 31.0 | 3.100 | 3.700 | 420.0 | 230.0 | 97.5 | 99.1 |" \
            " 13000 | 13010 | -0.077 % | pass |" in text
+    assert "| unet | 1 of 1 | 250 | 31.0 | 3.100 |" in text
     assert "- on / off: 0.9990; the two 'on' runs differ by 0.40 %" in text
 
 
@@ -159,3 +165,22 @@ def test_bad_input_messages(tmp_path, capsys):
     with pytest.raises(SystemExit):
         campaign.main(["--out", str(tmp_path / "o"), "--budget", "0"])
     assert "--budget 0: must be > 0 seconds" in capsys.readouterr().err
+
+
+def test_render_two_seeds_gives_mean_and_range(tmp_path, capsys):
+    out = _folder(tmp_path)
+    one = json.loads((out / "study.json").read_text())
+    seeds = []
+    for seed, (b, t, e) in enumerate(((250, 31.0, 3.1), (150, 21.0, 2.1))):
+        run = json.loads(json.dumps(one["runs"]["unet-1"]))
+        run["summary"].update(batches_to_target=b, time_to_target_s=t, energy_to_target_wh=e)
+        missed = json.loads(json.dumps(run))
+        missed["summary"].update(model="segformer", reached_target=False, batches_to_target=None)
+        seeds.append({"seed": seed, "status": "ok", "command": "-m shared.demo --seed %d" % seed,
+                      "energy_sources_env": "nvml", "runs": {"unet": run, "segformer": missed}})
+    (out / "study.json").write_text(json.dumps({"seeds": seeds}))
+    assert campaign.main(["--render", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "- seed 1: `ENERGY_SOURCES=nvml python -m shared.demo --seed 1` (ok)" in text
+    assert "| unet | 2 of 2 | 200 (150-250) | 26.0 (21.0-31.0) | 2.600 (2.100-3.100) |" in text
+    assert "| segformer | 0 of 2 | - | - | - |" in text

@@ -1,13 +1,10 @@
-"""benchmarks/shape_warmup.py on CPU: distinct shapes per variant, cuDNN switched off inside
-grouped convolutions only (and restored), a model's row with every variant, bad input."""
+"""benchmarks/shape_warmup.py on CPU: distinct shapes per variant, a model's row with every
+variant, bad input (the switch of cuDNN inside grouped convolutions: tests/test_inference.py)."""
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
-from torch import nn
-
 from benchmarks import shape_warmup as sw
 
 
@@ -17,29 +14,6 @@ def test_shapes_never_repeat_and_alternate_orientation():
     first = sw.shapes_for(0, 4)
     assert first[0][0] == 512 < first[0][1] and first[1][1] == 512 < first[1][0]
     assert sw.shapes_for(1, 2, short=64)[0] == (64, 64 + 16)
-
-
-def test_native_grouped_convs_switches_cudnn_off_only_there():
-    seen = {}
-
-    dense = nn.Conv2d(4, 4, 3, padding=1)
-    depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4)
-    model = nn.Sequential(dense, depthwise)
-    # read the flag from inside each conv's own forward
-    dense.register_forward_hook(lambda m, a, o: seen.setdefault("dense", []).append(torch.backends.cudnn.enabled))
-    depthwise.register_forward_hook(lambda m, a, o: seen.setdefault("dw", []).append(torch.backends.cudnn.enabled))
-    before = torch.backends.cudnn.enabled
-    x = torch.randn(1, 4, 8, 8)
-    reference = model(x)
-    seen.clear()
-    with sw.native_grouped_convs(model):
-        out = model(x)
-    assert seen == {"dense": [True], "dw": [False]}
-    assert torch.backends.cudnn.enabled == before
-    torch.testing.assert_close(out, reference)
-    seen.clear()
-    model(x)  # hooks gone
-    assert seen == {"dense": [True], "dw": [True]}
 
 
 def test_a_model_row_and_its_table(tmp_path, capsys):

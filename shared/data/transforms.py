@@ -30,6 +30,7 @@ __all__ = [
     "Compose",
     "Normalize",
     "PadTo",
+    "padded_side",
     "NO_PHOTOMETRIC",
     "PhotometricDistortion",
     "TrainTransform",
@@ -433,21 +434,34 @@ def build_val_transform(scale: tuple[int, int] = (2048, 512)) -> _ValTransform:
     return _ValTransform(scale)
 
 
+def padded_side(side: int, multiple: int) -> int:
+    """``side`` rounded up to a multiple of ``multiple`` (unchanged when ``multiple`` <= 1):
+    the validation shape buckets (``val_pad_multiple``; ``shared.inference``)."""
+    if multiple <= 1:
+        return side
+    return -(-side // multiple) * multiple
+
+
 def val_collate(
     batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
     ignore_index: int = IGNORE_INDEX,
+    pad_multiple: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Collate validation items of differing sizes by padding bottom/right.
 
     Returns ``(images (B,3,h,w) float, masks (B,H,W) int64, sizes (B,4) int64, skipped (B,)
     int64)`` where ``sizes[i] = [h, w, H, W]`` is item i's image and mask size before padding, so
     a caller can crop predictions back before resizing them to the mask.
+
+    ``pad_multiple`` > 1 pads the image batch further, to the next multiple of that many pixels
+    on each side (the shape buckets of ``val_pad_multiple``: ``shared.inference``); the masks
+    are never padded beyond the batch's largest.
     """
     if not batch:
         raise ValueError("val_collate got an empty batch")
     images, masks, skipped = zip(*batch)
-    max_h = max(i.shape[-2] for i in images)
-    max_w = max(i.shape[-1] for i in images)
+    max_h = padded_side(max(i.shape[-2] for i in images), pad_multiple)
+    max_w = padded_side(max(i.shape[-1] for i in images), pad_multiple)
     max_mh = max(m.shape[-2] for m in masks)
     max_mw = max(m.shape[-1] for m in masks)
     image_batch = images[0].new_zeros((len(batch), images[0].shape[0], max_h, max_w))

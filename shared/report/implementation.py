@@ -64,7 +64,8 @@ class Variant:
         s = self.switches
         words = [str(s["precision"]), "NHWC" if s["channels_last"] is True else
                  "NCHW" if s["channels_last"] is False else f"layout {s['channels_last']}"]
-        words += ["compiled"] if s["compile"] else []
+        words += (["compiled"] if s["compile"] is True else
+                  [] if s["compile"] is False else [f"compile {s['compile']}"])
         words += ["fused" if s["fused_optimizer"] else "loop"]
         words += ["bench"] if s["cudnn_benchmark"] else []
         words += [str(s["attention_impl"])] if s.get("attention_impl") else []
@@ -98,6 +99,9 @@ def switches_of(run: Run) -> Optional[Dict[str, Any]]:
     used = run.info().get("precision")
     if isinstance(used, str):
         out["precision"] = used
+    compiled = run.info().get("compiled")  # compile: auto, resolved by the run
+    if isinstance(compiled, bool):
+        out["compile"] = compiled
     return out
 
 
@@ -118,7 +122,7 @@ def variants(runs: Sequence[Run], rows: Sequence[Row]) -> List[Variant]:
         last = max(energy, key=lambda r: r["steps_completed"]) if energy else None
         em: Dict[str, Any] = last["metrics"] if last else {}
         gbs = row.global_batch_size
-        batches = (last["steps_completed"] - (COMPILE_WARMUP_BATCHES if sw["compile"] else 0)
+        batches = (last["steps_completed"] - (COMPILE_WARMUP_BATCHES if sw["compile"] is True else 0)
                    if last else None)
         images = batches * gbs if batches and gbs else None
         train_s, train_wh = _num(em.get("train_s")), _num(em.get("train_wh"))
@@ -130,8 +134,8 @@ def variants(runs: Sequence[Run], rows: Sequence[Row]) -> List[Variant]:
             train_w=train_wh * J_PER_WH / train_s if train_wh is not None and train_s else None,
             gpu_util_pct=_num(em.get("gpu_util_pct")),
             peak_memory_mb=_num(info.get("peak_memory_mb")),
-            compile_s=_num(em.get("compile_s")) if sw["compile"] else None,
-            compile_wh=_num(em.get("compile_wh")) if sw["compile"] else None,
+            compile_s=_num(em.get("compile_s")) if sw["compile"] is True else None,
+            compile_wh=_num(em.get("compile_wh")) if sw["compile"] is True else None,
             energy_to_target_wh=row.energy_to_target_wh if row.reached else None,
             batches_to_target=row.batches_to_target if row.reached else None))
     for model in dict.fromkeys(v.model for v in out):
@@ -200,7 +204,7 @@ RATIO_HEADER = ["attention / conv", "J/image, best", "J/image, worst", "energy t
 def _cells(v: Variant, base: Optional[Variant]) -> List[str]:
     mark = " (baseline)" if v is base else ""
     rel = v.relative
-    comp = (f"{fmt(v.compile_s, '.1f')} / {fmt(v.compile_wh, '3s')}" if v.switches["compile"]
+    comp = (f"{fmt(v.compile_s, '.1f')} / {fmt(v.compile_wh, '3s')}" if v.switches["compile"] is True
             else "")
     return [v.model, v.name + mark, v.label, fmt(v.images_per_s, "4s"),
             fmt(rel.get("images_per_s"), ".2f"), fmt(v.j_per_image, "3s"),
