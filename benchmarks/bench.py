@@ -381,8 +381,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
                     row = {"name": spec.name, "status": "skipped", "error": why}
                 results.add("e2e", row)
         if args.compile is not None:
-            for spec in compile_selection(ours, args.compile):
-                for mode in args.compile_modes:
+            # every model in the first mode, then the next mode: a time budget that runs out
+            # leaves whole modes measured
+            for mode in args.compile_modes:
+                for spec in compile_selection(ours, args.compile):
                     label = compiled_name(spec.name, mode)
                     why = budget_left(label)
                     results.add("steps", bench_ours(spec, ctx, compile=True, compile_mode=mode)
