@@ -182,6 +182,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                     help="timed steps of each ablation row (default: --steps)")
     ap.add_argument("--ablation-warmup", type=_positive_int("--ablation-warmup", 0),
                     help="untimed steps before each ablation row (default: --warmup)")
+    ap.add_argument("--ablation-only", action="store_true",
+                    help="with --ablation: leave out the other step rows of our models")
     ap.add_argument("--ablation-eager-only", action="store_true",
                     help="leave out the ablation's two compiled rows per model (the --compile "
                          "rows measure torch.compile)")
@@ -355,7 +357,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
         except BenchError as e:
             e2e_data = e
     try:
-        for spec in ours:
+        for spec in ([] if args.ablation is not None and args.ablation_only else ours):
             why = budget_left(spec.name)
             results.add("steps", bench_ours(spec, ctx) if why is None else
                         {"name": spec.name, "kind": "ours", "base": spec.name, "compile": False,

@@ -1,20 +1,24 @@
-"""What a new input shape costs the first time a model sees it, under three implementations.
+"""What a new input shape costs the first time a model sees it, under each validation kernel
+choice (the hyperparameter ``val_kernels``) and in NCHW.
 
 The first GPU campaign (BENCHMARKS.md, 2026-11-29) found every first validation slow and the
 second, over the same images, fast: SegFormer 14.25 s then 0.23 s for 16 images on an H200,
 DeepLab v3+ 6.0 s then 0.22 s, U-Net 0.71 s then 0.15 s. Validation images keep their aspect
-ratio, so each brings a new shape; the cost follows the depthwise convolutions (cuDNN 9.10 and
-later build an execution plan per new depthwise shape: NVIDIA/cudnn-frontend issue 1066).
+ratio, so each brings a new shape; cuDNN builds an execution plan per new shape, seconds for
+depthwise convolutions since cuDNN 9.10 (NVIDIA/cudnn-frontend issue 1066).
 
 This measures it directly, model by model: whole-image evaluation forwards (``eval()``,
 ``no_grad``, the trial's autocast precision) at ``--shapes`` ADE20K-like sizes never seen
-before, each run twice; the first call's time less the second's is the warm-up. Three
-variants, each on its own set of shapes (cuDNN caches plans per shape, so a shape measured in
+before, each run twice; the first call's time less the second's is the warm-up. One forward at
+a square shape comes first, so the first variant does not pay the process's one-off loading.
+Each variant has its own set of shapes (cuDNN caches plans per shape, so a shape measured in
 one variant would be warm in the next):
 
-* ``as trained``: the trial's own settings (channels_last on CUDA, cuDNN everywhere);
-* ``native depthwise``: the same, with cuDNN switched off inside grouped convolutions only, so
-  PyTorch's own depthwise kernels run there (a candidate fix: no plan to build);
+* ``as trained`` (``val_kernels: cudnn``): the trial's own settings (channels_last on CUDA,
+  cuDNN everywhere);
+* ``native depthwise`` (``val_kernels: native_depthwise``): cuDNN switched off inside grouped
+  convolutions only, so PyTorch's own depthwise kernels run there;
+* ``plan free`` (``val_kernels: plan_free``): no cuDNN at all, convolutions or attention;
 * ``nchw``: channels_last off (cuDNN picks other engines for the contiguous layout).
 
     python -m benchmarks.shape_warmup [--models segformer deeplabv3plus unet segmenter]
@@ -26,12 +30,11 @@ On a CPU the figures only show that it runs (no cuDNN there).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import pathlib
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -44,9 +47,12 @@ from benchmarks.render import _fmt, _table  # noqa: E402
 from benchmarks.specs import OURS, BenchConfig, BenchError, load_trial  # noqa: E402
 from benchmarks.step import _sync  # noqa: E402
 from shared.engine import AUTOCAST_DTYPES, autocast, pick_precision, resolve_channels_last  # noqa: E402
-from shared.inference import grouped_convs, native_grouped_convs  # noqa: E402
+from shared.inference import grouped_convs, validation_kernels  # noqa: E402
 
-VARIANTS = ("as trained", "native depthwise", "nchw")
+VARIANTS = ("as trained", "native depthwise", "plan free", "nchw")
+#: the ``val_kernels`` value of each variant that is one (nchw is a layout, not a choice)
+VAL_KERNELS_OF = {"as trained": "cudnn", "native depthwise": "native_depthwise",
+                  "plan free": "plan_free"}
 #: the short side of a validation image after the (2048, 512) keep-ratio resize
 SHORT_SIDE = 512
 
@@ -107,8 +113,7 @@ def run_model(name: str, count: int, device: torch.device, short: int = SHORT_SI
         for i, variant in enumerate(VARIANTS):
             use_cl = trained_cl and variant != "nchw"
             m = model.to(memory_format=torch.channels_last if use_cl else torch.contiguous_format)
-            ctx = native_grouped_convs(m) if variant == "native depthwise" else contextlib.nullcontext()
-            with ctx:
+            with validation_kernels(m, VAL_KERNELS_OF.get(variant, "cudnn"), device):
                 row[variant] = measure(m, shapes_for(i, count, short), device, dtype, use_cl)
         row["status"] = "ok"
     except Exception as e:  # one model's failure must not hide the others
@@ -125,7 +130,7 @@ def markdown(rows: Sequence[Dict[str, Any]]) -> str:
         if r.get("status") != "ok":
             lines.append([r["model"], "-", "-", "-", "-", f"error: {r.get('error')}"])
             continue
-        for v in VARIANTS:
+        for v in (v for v in VARIANTS if v in r):  # results of before a variant lack it
             m = r[v]
             lines.append([r["model"], v, _fmt(m["first_ms"]), _fmt(m["second_ms"]),
                           _fmt(m["warmup_total_s"], 2), "ok"])

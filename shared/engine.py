@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
-from shared.hparams import (COMPILE_AUTO_MIN_BATCHES, COMPILE_WARMUP_BATCHES, DEPTHWISE_KERNELS,
+from shared.hparams import (COMPILE_AUTO_MIN_BATCHES, COMPILE_WARMUP_BATCHES, VAL_KERNELS,
                             VAL_MODES, ConfigError)
-from shared.inference import native_grouped_convs, no_autotuning
+from shared.inference import validation_kernels
 from shared.metrics import ConfusionMatrix, DeviceMean
 from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
@@ -256,10 +256,10 @@ class SegmentationTask:
     """
 
     def __init__(self, num_classes: int, val_mode: str = "whole", val_crop_size: Any = None,
-                 val_stride: Any = None, val_depthwise: str = "cudnn") -> None:
-        if val_depthwise not in DEPTHWISE_KERNELS:
-            raise ConfigError(f"hyperparameter 'val_depthwise' = {val_depthwise!r} is not one of "
-                              f"{', '.join(DEPTHWISE_KERNELS)}")
+                 val_stride: Any = None, val_kernels: str = "plan_free") -> None:
+        if val_kernels not in VAL_KERNELS:
+            raise ConfigError(f"hyperparameter 'val_kernels' = {val_kernels!r} is not one of "
+                              f"{', '.join(VAL_KERNELS)}")
         if val_mode not in VAL_MODES:
             raise ConfigError(f"hyperparameter 'val_mode' = {val_mode!r} is not one of "
                               f"{', '.join(VAL_MODES)}")
@@ -270,7 +270,7 @@ class SegmentationTask:
         self.val_mode = val_mode
         self.val_crop_size = val_crop_size
         self.val_stride = val_crop_size if val_stride is None else val_stride
-        self.val_depthwise = val_depthwise
+        self.val_kernels = val_kernels
         self.confusion: Optional[ConfusionMatrix] = None
         self.val_loss: Optional[DeviceMean] = None
 
@@ -293,10 +293,8 @@ class SegmentationTask:
 
     def evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:
         assert self.confusion is not None and self.val_loss is not None, "attach() first"
-        # PyTorch's own depthwise kernels at validation when asked (no cuDNN plan per new
-        # shape), and no cuDNN autotuning at each new image shape
-        native = self.val_depthwise == "native" and engine.device.type == "cuda"
-        with native_grouped_convs(engine.model, enabled=native), no_autotuning():
+        # kernels that build nothing per new image shape (val_kernels), no cuDNN autotuning
+        with validation_kernels(engine.model, self.val_kernels, engine.device):
             self._evaluate(engine, batch)
 
     def _evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:

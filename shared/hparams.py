@@ -72,17 +72,19 @@ VAL_MODES = ("whole", "slide")
 #: the engine compiles the forward and backward graphs at the first, the margin takes a
 #: recompilation after the first optimiser step); the report leaves them out of images/s
 COMPILE_WARMUP_BATCHES = 2
-#: ``compile: auto`` compiles on a GPU when the trial trains at least this many batches: the
-#: first GPU campaign (one H200, BENCHMARKS.md) measured 26-39 s of compilation against a step
-#: 6-10 ms shorter (U-Net, SegFormer-B0, batch 16 at 512 px), which pays back after 2,600-6,200
-#: batches; shorter runs (the demos, smoke tests) stay eager
-COMPILE_AUTO_MIN_BATCHES = 10000
+#: ``compile: auto`` compiles on a GPU when the trial trains at least this many batches. On an
+#: H200 (BENCHMARKS.md, 2026-12-04) compiling the forward and the loss took 28 s (U-Net) and
+#: 46 s (SegFormer-B0) of warm-up and shortened the step by 23-24 ms (batch 16 at 512 px), so it
+#: pays back after about 1,200 and 1,900 batches; the margin covers a slower compilation (a cold
+#: cache, a larger model). Shorter runs (the demos, smoke tests) stay eager
+COMPILE_AUTO_MIN_BATCHES = 5000
 #: ``torch.compile`` modes (``compile_mode``): inductor's default; ``reduce-overhead`` adds CUDA
 #: graphs (the fixed-shape training step replayed as one graph, no per-kernel launch cost);
 #: ``max-autotune-no-cudagraphs`` times several kernels per operation while compiling
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-#: kernels of grouped (depthwise) convolutions at validation (``val_depthwise``; shared.inference)
-DEPTHWISE_KERNELS = ("cudnn", "native")
+#: kernels of validation (``val_kernels``; shared.inference): cuDNN as in training; PyTorch's own
+#: kernels in grouped (depthwise) convolutions; no cuDNN at all (convolutions and attention)
+VAL_KERNELS = ("cudnn", "native_depthwise", "plan_free")
 
 #: Keys every segmentation trial understands. Model-specific keys are declared by each trial.
 COMMON: Dict[str, Param] = {
@@ -115,8 +117,8 @@ COMMON: Dict[str, Param] = {
                  help="slide mode's step between windows, pixels (int or [h, w]); null = the window (no overlap)"),
     "val_pad_multiple": Param(0, INT, check=lambda v: None if 0 <= v <= 1024 else "must be in 0..1024",
                  help="whole-image validation: pad each resized image (bottom, right; label ignored) to a multiple of this many pixels and crop the logits back, so that a few shapes serve the whole set (no per-shape warm-up on a GPU); 0 = each image at its own size (shared/inference.py)"),
-    "val_depthwise": Param("cudnn", STR, choices=DEPTHWISE_KERNELS,
-                 help="kernels of grouped (depthwise) convolutions during validation on a GPU: cudnn, or native = PyTorch's own, which build no per-shape plan (shared/inference.py)"),
+    "val_kernels": Param("plan_free", STR, choices=VAL_KERNELS,
+                 help="validation's kernels on a GPU, where images come in many shapes: plan_free = no cuDNN in convolutions and attention (PyTorch's own kernels and flash/memory-efficient attention: no execution plan to build per new shape); native_depthwise = PyTorch's own kernels in grouped (depthwise) convolutions only; cudnn = as training (shared/inference.py)"),
     # optimisation
     "global_batch_size": Param(16, INT, check=_positive,
                  help="images per optimizer step, all GPUs together"),

@@ -16,10 +16,15 @@ each a hyperparameter of the segmentation trials:
   condition of each layer (zeros or attention over the image alone), as in MMSegmentation's
   test-time ``size_divisor`` padding; the scored pixels and their labels are the same. 0 = off
   (every image at its own size).
-* ``val_depthwise`` = ``native``: during validation, grouped (depthwise) convolutions run
-  PyTorch's own CUDA kernels instead of cuDNN's, which need no plan per shape; every other
-  layer is unchanged. Same arithmetic up to the order of additions. No effect on a CPU (no
-  cuDNN there) or on models without grouped convolutions.
+* ``val_kernels``: which kernels validation runs. ``cudnn``: the training step's (cuDNN's
+  convolutions, and SDPA's cuDNN attention where PyTorch picks it). ``native_depthwise``:
+  PyTorch's own CUDA kernels in grouped (depthwise) convolutions, cuDNN elsewhere.
+  ``plan_free`` (the default): no cuDNN at all during validation (PyTorch's own convolution
+  kernels, SDPA restricted to its flash, memory-efficient and plain backends), so no execution
+  plan is built at any new shape. Same arithmetic up to the order of additions. On an H200 a
+  new shape's first forward cost SegFormer-B0 1347 ms as trained, 234 ms with native depthwise
+  kernels and 39 ms plan-free, against 7-12 ms once warm (BENCHMARKS.md, 2026-12-04). No
+  effect on a CPU (no cuDNN there).
 
 And validation never autotunes: with ``cudnn_benchmark: true`` the training step's convolutions
 are timed once at the fixed training shape, but each new validation shape would be timed
@@ -38,7 +43,8 @@ from torch import nn
 
 from shared.data.transforms import padded_side
 
-__all__ = ["grouped_convs", "native_grouped_convs", "no_autotuning", "padded_side"]
+__all__ = ["grouped_convs", "native_grouped_convs", "no_autotuning", "no_cudnn", "padded_side",
+           "validation_kernels"]
 
 
 def grouped_convs(model: nn.Module) -> List[nn.Conv2d]:
@@ -79,3 +85,34 @@ def no_autotuning() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = was
+
+
+@contextlib.contextmanager
+def no_cudnn() -> Iterator[None]:
+    """No cuDNN inside: convolutions run PyTorch's own kernels, and scaled-dot-product attention
+    chooses among its flash, memory-efficient and plain backends (not cuDNN's, which builds a
+    graph per new shape). What was set is put back afterwards."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    was = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                          SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.cudnn.enabled = was
+
+
+@contextlib.contextmanager
+def validation_kernels(model: nn.Module, kind: str, device: torch.device) -> Iterator[None]:
+    """The kernels of ``val_kernels`` = ``kind`` around a validation step of ``model`` on
+    ``device`` (nothing but ``no_autotuning`` off CUDA)."""
+    cuda = device.type == "cuda"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(no_autotuning())
+        if cuda and kind == "native_depthwise":
+            stack.enter_context(native_grouped_convs(model))
+        elif cuda and kind == "plan_free":
+            stack.enter_context(no_cudnn())
+        yield

@@ -350,7 +350,7 @@ class SegmentationTrial(RecipeTrial):
     def build_task(self, hp: Mapping[str, Any]) -> SegmentationTask:
         return SegmentationTask(hp["num_classes"], hp["val_mode"],
                                 hp["val_crop_size"] or hp["crop_size"], hp["val_stride"],
-                                hp["val_depthwise"])
+                                hp["val_kernels"])
 
     confusion = property(lambda self: self.engine.task.confusion)
     val_loss = property(lambda self: self.engine.task.val_loss)

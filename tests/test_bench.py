@@ -468,6 +468,24 @@ def test_time_budget_skips_parts_and_says_so(tmp_path):
     assert rows[0]["error"] == "not started: --time-budget 0.001 s spent before segformer"
 
 
+def test_ablation_only_eager_and_skip_options(tmp_path):
+    """--ablation unet --ablation-only --ablation-eager-only: only the six eager variants (no
+    plain step rows, no compiled ones); --skip leaves out matching references; the compile modes
+    are recorded in the settings."""
+    out = tmp_path / "r.json"
+    assert bench.main([*TINY, "--only", "unet", "--no-e2e", "--skip", "smp", "--ablation", "unet",
+                       "--ablation-only", "--ablation-eager-only", "--ablation-steps", "1",
+                       "--compile-modes", "default", "reduce-overhead", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    names = [r["name"] for r in data["steps"]]
+    assert [n for n in names if n.startswith("unet@")] == [
+        "unet@baseline", "unet@+precision=bf16", "unet@+channels_last=True",
+        "unet@+fused_optimizer=True", "unet@+cudnn_benchmark=True", "unet@fastest"]
+    assert "unet" not in names and not any("smp" in n for n in names)
+    assert "unet-plain" in names  # a reference the skip does not match
+    assert data["meta"]["settings"]["compile_modes"] == ["default", "reduce-overhead"]
+
+
 def test_a_train_py_without_a_trial_class_is_refused(tmp_path, monkeypatch):
     from shared.recipes import RecipeError
     (tmp_path / "trials" / "fake").mkdir(parents=True)

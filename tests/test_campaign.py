@@ -64,28 +64,31 @@ def test_cross_check_fails_beyond_one_percent_and_says_why_when_it_cannot_judge(
     assert campaign.cross_check(nulls, samples)["status"].startswith("n/a (0 energy report")
 
 
-def _warmup_rows(first_native: float, warm_native: float):
-    as_trained = {"first_ms": 1000.0, "second_ms": 20.0}
-    return {"rows": [{"model": "unet", "status": "ok", "grouped_convs": 0,
-                      "as trained": {"first_ms": 40.0, "second_ms": 10.0},
-                      "native depthwise": {"first_ms": 40.0, "second_ms": 10.0}},
-                     {"model": "segformer", "status": "ok", "grouped_convs": 8,
-                      "as trained": as_trained,
-                      "native depthwise": {"first_ms": first_native, "second_ms": warm_native}}]}
+def _warmup_rows(plan_free_second: float):
+    """shape_warmup rows: first and second call ms per variant (the 2026-12-04 H200 figures
+    for U-Net and SegFormer, plan-free from the diagnostic calls)."""
+    return {"rows": [
+        {"model": "unet", "status": "ok", "as trained": {"first_ms": 53.6, "second_ms": 3.9},
+         "native depthwise": {"first_ms": 23.9, "second_ms": 3.3},
+         "plan free": {"first_ms": 14.6, "second_ms": 6.4}, "nchw": {"first_ms": 72.8, "second_ms": 6.5}},
+        {"model": "segformer", "status": "ok", "as trained": {"first_ms": 1346.5, "second_ms": 12.2},
+         "native depthwise": {"first_ms": 234.4, "second_ms": 13.3},
+         "plan free": {"first_ms": 38.8, "second_ms": plan_free_second},
+         "nchw": {"first_ms": 171.5, "second_ms": 12.2}}]}
 
 
-def test_val_depthwise_is_chosen_from_the_shape_warmup(tmp_path):
+def test_val_kernels_are_chosen_from_the_shape_warmup(tmp_path):
     f = tmp_path / "shape_warmup.json"
-    f.write_text(json.dumps(_warmup_rows(first_native=30.0, warm_native=24.0)))
-    value, why = campaign.choose_val_depthwise(f)
-    assert value == "native" and why == "segformer: first call 0.03x, warm 1.20x of cuDNN's"
-    f.write_text(json.dumps(_warmup_rows(first_native=30.0, warm_native=40.0)))  # 2x slower warm
-    value, why = campaign.choose_val_depthwise(f)
-    assert value == "cudnn" and why.endswith("(native needs <= 0.5x first, <= 1.5x warm)")
-    f.write_text(json.dumps(_warmup_rows(first_native=800.0, warm_native=20.0)))  # no first-call gain
-    assert campaign.choose_val_depthwise(f)[0] == "cudnn"
-    assert campaign.choose_val_depthwise(tmp_path / "none.json") == (
-        "cudnn", "the default: no shape warm-up result (FileNotFoundError)")
+    f.write_text(json.dumps(_warmup_rows(plan_free_second=7.2)))
+    value, why = campaign.choose_val_kernels(f)
+    # cudnn: 53.6 + 39 x 3.9 + 1346.5 + 39 x 12.2 = 2028.0 ms; plan_free: 14.6 + 249.6 + 38.8 + 280.8
+    assert value == "plan_free"
+    assert why == ("per image shape, first call + 39 warm calls, summed over unet, segformer: "
+                   "cudnn 2.03 s, native_depthwise 0.91 s, plan_free 0.58 s")
+    f.write_text(json.dumps(_warmup_rows(plan_free_second=60.0)))  # slow once warm
+    assert campaign.choose_val_kernels(f)[0] == "native_depthwise"
+    assert campaign.choose_val_kernels(tmp_path / "none.json") == (
+        "plan_free", "the default: no shape warm-up result (FileNotFoundError)")
 
 
 def test_clock_says_what_was_skipped_and_why():

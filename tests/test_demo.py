@@ -51,9 +51,13 @@ def test_ade20k_size_runs_the_study_pipeline(tmp_path):
     sets = cmd[cmd.index("--set") + 1:]
     assert cmd[cmd.index("--batches") + 1] == "640"
     for item in ("crop_size=512", "scale=[2048,512]", "global_batch_size=16", "workers_per_slot=8",
-                 "num_classes=24", "validation_period=50", "stop_at_target=true",
+                 "num_classes=24", "validation_period=10", "stop_at_target=true",
                  "segformer_variant=b0", "target_miou=50", "seed=3"):
         assert item in sets
+    assert [x for x in sets if x.startswith("seed=")] == ["seed=3"]
+    again = demo.model_command("unet", size, tmp_path / "data", tmp_path / "run", 640, 60.0,
+                               validation_period=20, seed=1)
+    assert "validation_period=20" in again and "seed=1" in again
     assert size.data["min_size"] == 512 and size.data["max_size"] == 683  # ADE20K's frames
     with pytest.raises(SystemExit):
         demo.main(["--out", str(tmp_path), "--target-miou", "0"])

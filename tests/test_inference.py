@@ -11,7 +11,7 @@ from torch import nn
 from shared import hparams as hpmod
 from shared.data.transforms import padded_side, val_collate
 from shared.engine import Engine, LocalRuntime, SegmentationTask, resolve_compile
-from shared.inference import grouped_convs, native_grouped_convs
+from shared.inference import grouped_convs, native_grouped_convs, no_cudnn, validation_kernels
 
 CPU = torch.device("cpu")
 
@@ -83,10 +83,10 @@ class _Pointwise(nn.Module):
         return self.conv(x)
 
 
-def _evaluate(batch, depthwise="cudnn"):
+def _evaluate(batch, kernels="plan_free"):
     torch.manual_seed(0)
     hp = hpmod.resolve({"num_classes": 4, "warmup_batches": 0, "energy": {"enabled": False}}, {})
-    task = SegmentationTask(4, val_depthwise=depthwise)
+    task = SegmentationTask(4, val_kernels=kernels)
     engine = Engine(_Pointwise(4), hp, LocalRuntime(CPU, 2), task, device=CPU, max_batches=2)
     with torch.no_grad():
         engine.evaluate_batch(batch)
@@ -102,11 +102,42 @@ def test_bucketed_validation_scores_what_exact_shapes_score_when_padding_cannot_
     assert n_a == n_b and loss_a == pytest.approx(loss_b, rel=1e-6)
 
 
-def test_val_depthwise_is_checked_and_native_is_a_no_op_on_a_cpu():
-    with pytest.raises(hpmod.ConfigError, match=r"'val_depthwise' = 'fast' is not one of cudnn, native"):
-        SegmentationTask(4, val_depthwise="fast")
+def test_val_kernels_are_checked_and_score_alike_on_a_cpu():
+    with pytest.raises(hpmod.ConfigError, match=r"'val_kernels' = 'fast' is not one of cudnn, "
+                                                r"native_depthwise, plan_free"):
+        SegmentationTask(4, val_kernels="fast")
     items = _items([((24, 32), (24, 32))])
-    assert (_evaluate(val_collate(items), "native")[1] == _evaluate(val_collate(items))[1]).all()
+    scores = [_evaluate(val_collate(items), k)[1] for k in hpmod.VAL_KERNELS]
+    assert all((s == scores[0]).all() for s in scores)
+
+
+def test_no_cudnn_switches_cudnn_and_its_attention_off_and_back():
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import _cur_sdpa_kernel_backends as backends
+    before = torch.backends.cudnn.enabled
+    with no_cudnn():
+        assert torch.backends.cudnn.enabled is False
+        assert SDPBackend.CUDNN_ATTENTION not in backends()
+        assert SDPBackend.FLASH_ATTENTION in backends()
+    assert torch.backends.cudnn.enabled == before
+    assert SDPBackend.CUDNN_ATTENTION in backends()
+
+
+@pytest.mark.parametrize("kind,device,cudnn,autotune", [
+    ("plan_free", "cuda", False, False), ("plan_free", "cpu", True, False),
+    ("native_depthwise", "cuda", True, False), ("cudnn", "cuda", True, False)])
+def test_validation_kernels_by_kind_and_device(kind, device, cudnn, autotune):
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4))
+    torch.backends.cudnn.benchmark = True
+    try:
+        with validation_kernels(model, kind, torch.device(device)):
+            assert torch.backends.cudnn.enabled is cudnn or not torch.backends.cudnn.is_available()
+            assert torch.backends.cudnn.benchmark is autotune
+            hooked = len(model[0]._forward_pre_hooks)
+        assert hooked == (kind == "native_depthwise" and device == "cuda")
+        assert torch.backends.cudnn.benchmark is True and not model[0]._forward_pre_hooks
+    finally:
+        torch.backends.cudnn.benchmark = False
 
 
 def test_the_trial_pads_whole_image_validation_only(tmp_path, monkeypatch):
