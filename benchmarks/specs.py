@@ -200,7 +200,7 @@ TARGETS: Tuple[Target, ...] = (
     Target("segformer", "transformers.SegFormer-b0(sdpa)", "j_per_img", "<=", 0.77),
     Target("deeplabv3plus", "smp.DeepLabV3Plus(resnet50)", "img_s", ">=", 1.3),
     Target("segmenter-vits16-linear", "timm.vit_small_patch16_224+linear", "img_s", ">=", 1.3),
-    Target("unet", "unet-plain", "j_per_img", "<="),
+    Target("unet", "unet-plain", "j_per_img", "<=", 0.77),
     Target("unet", "smp.Unet(resnet34)", "img_s"),
     Target("segformer", "smp.Segformer(mit_b0)", "img_s"),
     Target("deeplabv3plus", "smp.DeepLabV3Plus(resnet50)", "j_per_img", "<="),

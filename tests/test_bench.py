@@ -219,7 +219,8 @@ def test_targets_on_hand_values():
     assert unet["ratio"] == pytest.approx(1.29) and unet["result"] == "FAIL"
     assert by[("unet+compile", "unet-plain", "img_s")]["result"] == "pass"      # 1.4x
     assert by[("unet+compile:reduce-overhead", "unet-plain", "img_s")]["result"] == "FAIL"  # 1.2x
-    assert by[("unet", "unet-plain", "j_per_img")]["result"] == "info"          # no threshold
+    assert by[("unet", "unet-plain", "j_per_img")]["result"] == "FAIL"          # 0.8x > 0.77x
+    assert by[("unet+compile", "unet-plain", "j_per_img")]["result"] == "pass"  # 0.76x
     dl = by[("deeplabv3plus", "smp.DeepLabV3Plus(resnet50)", "img_s")]
     assert dl["result"] == "n/a (smp.DeepLabV3Plus(resnet50): not installed)" and dl["ratio"] is None
     assert by[("deeplabv3plus", "smp.DeepLabV3Plus(resnet50)", "j_per_img")]["result"] == \
