@@ -65,8 +65,20 @@ class Steps:
 
 @pytest.fixture()
 def node(tmp_path, monkeypatch):
-    """A fake RAPL node selected through the environment, as a site would."""
+    """A fake RAPL node selected through the environment, as a site would. Its counters
+    advance with a clock of their own (the RAPL source's), 1 s for every 100 J, so that
+    every increase is a power a real domain can draw (the source refuses others)."""
+    import types
+    import shared.energy.sources.rapl as rapl_mod
+    clock = _loader.FakeClock()
+    monkeypatch.setattr(rapl_mod, "time", types.SimpleNamespace(monotonic=clock))
     pc = load_fake("powercap").FakePowercap(tmp_path / "powercap")
+    advance = pc.advance
+
+    def timed_advance(zone: str, joules: float) -> None:
+        clock.advance(max(0.0, joules) / 100.0)
+        advance(zone, joules)
+    pc.advance = timed_advance
     pc.add_zone("intel-rapl:0", "package-0")
     pc.add_zone("intel-rapl:0:0", "dram")
     monkeypatch.setenv("ENERGY_SOURCES", "rapl")

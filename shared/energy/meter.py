@@ -366,9 +366,8 @@ class EnergyMeter:
                 step = counter_step(int(before[key]), counter.value, elapsed_s=elapsed_s,
                                     joules_per_unit=counter.joules_per_unit,
                                     max_power_w=counter.max_power_w, modulus=counter.modulus)
-                if step.kind == "reset":
-                    missed[name] = (f"counter {key} went back from {before[key]} to "
-                                    f"{counter.value} (a reset or reload)")
+                if not step.counted:
+                    missed[name] = f"counter {key}: {step.why} (a {step.kind} reading)"
                     break
                 per[counter.component] = (per.get(counter.component, 0.0)
                                           + step.delta * counter.joules_per_unit)

@@ -54,6 +54,9 @@ GENERAL_OPTIONS: Tuple[Option, ...] = (
     Option("sample_period_s", None,
            "sampling period of the BMC sources (IPMI, Redfish), seconds, unless their own "
            "option is set; their default 5 (about the BMC's own refresh)", Positive()),
+    Option("node_max_power_w", 20000.0,
+           "the most one node can draw, watts: a node reading above it (a BMC's power, a node "
+           "energy counter's rate) is not believed, and counted as missing", Positive()),
     Option("gpus_on_node", None,
            "GPUs of the node, for gpu_share (`ENERGY_GPUS_ON_NODE` wins; else detected)",
            PositiveInteger()),

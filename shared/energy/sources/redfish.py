@@ -71,11 +71,11 @@ with a warning). Plain ``http://`` works with a warning, but credentials are not
 unless ``ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS=1``.
 
 Failures never stop training: a sample that fails (timeout, HTTP error, 401/403, garbage
-JSON, missing key, null reading) is counted in ``health``; after consecutive failures the
-next tries back off exponentially (period x 2^(n-1), capped by ``max_backoff_s``), those
-skipped slots count as failed samples; every hole between two good samples is bridged with a
-straight line and reported as ``bridged_s`` (a ``SampledPowerSource``: see ``sampling.py`` for
-the integration and its bias).
+JSON, missing key, null or zero reading) is counted in ``health``; the sampler tries again a
+period later, after consecutive failures at most 4 periods apart, so a BMC that recovers is
+read again within that; every hole between two good samples is bridged with a straight line
+and reported as ``bridged_s``, and a last sample is taken at close (a ``SampledPowerSource``:
+see ``sampling.py`` for the schedule, the integration and its bias).
 
 Options (the ``energy`` hyperparameters): ``redfish_sample_period_s`` (or the shared
 ``sample_period_s``; default 5 s, about the BMC's refresh period: sampling faster only reads the
@@ -100,9 +100,9 @@ from ..deadline import Deadline
 from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
                     redact_url)
 from ..schema import EnvVar, env_flag, positive_option, refuse_secret_options
-from .base import SourceUnavailable
+from .base import MAX_NODE_POWER_W, SourceUnavailable
 from .counters import counter_step
-from .sampling import SampledPowerSource, bmc_options
+from .sampling import SampledPowerSource, bmc_options, plausible_watts
 
 log = energy_logger(__name__)
 
@@ -306,7 +306,8 @@ class RedfishSource(SampledPowerSource):
         allow_http_credentials: send credentials over plain http (otherwise open() refuses).
         sample_period_s: time between samples (the BMC refreshes every few seconds).
         timeout_s: per-request timeout.
-        max_backoff_s: longest pause between tries once the BMC keeps failing.
+        max_backoff_s: longest pause between tries once the BMC keeps failing (default 4
+            sample periods: ``sampling.MAX_BACKOFF_PERIODS``).
         max_gap_s: longest hole between good samples that counts as measured; a longer one is
             bridged too, and counted in ``bridged_s`` (default 3 periods).
     """
@@ -348,11 +349,14 @@ class RedfishSource(SampledPowerSource):
                  ca_bundle: Optional[str] = None, insecure: bool = False,
                  allow_http_credentials: bool = False,
                  sample_period_s: float = DEFAULT_PERIOD_S,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, max_backoff_s: float = 60.0,
-                 max_gap_s: Optional[float] = None, chassis: Optional[str] = None) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_backoff_s: Optional[float] = None,
+                 max_gap_s: Optional[float] = None, chassis: Optional[str] = None,
+                 max_power_w: float = MAX_NODE_POWER_W) -> None:
         super().__init__()
         for label, value in (("sample_period_s", sample_period_s), ("timeout_s", timeout_s),
                              ("max_backoff_s", max_backoff_s)):
+            if value is None:
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"redfish: {label} must be a positive number, got {value!r}")
         parts = check_http_url(url.strip(), ENV_URL, ENV_CREDENTIALS)
@@ -367,8 +371,10 @@ class RedfishSource(SampledPowerSource):
         self.allow_http_credentials = allow_http_credentials
         self.sample_period_s = float(sample_period_s)
         self.timeout_s = float(timeout_s)
-        self.max_backoff_s = float(max_backoff_s)
+        self.max_backoff_s = None if max_backoff_s is None else float(max_backoff_s)
         self.max_gap_s = max_gap_s
+        #: readings (and a counter's rate) above this are refused (``node_max_power_w``)
+        self.max_power_w = float(max_power_w)
         #: ENERGY_REDFISH_CHASSIS: which chassis is this node when the BMC serves several
         self.chassis = (chassis or "").strip() or None
         self.resource: Optional[PowerResource] = None
@@ -378,8 +384,6 @@ class RedfishSource(SampledPowerSource):
         self._counter_joules = 0.0
         self._counter_closed = False
         self._client: Optional[JsonHttpClient] = None
-        self._consecutive_failures = 0
-        self._retry_at = 0.0
         self._auth_logged = False
         # Bounds every request of one answer (discovery at open, one sample) together.
         self._deadline: Optional[Deadline] = None
@@ -412,7 +416,8 @@ class RedfishSource(SampledPowerSource):
                    insecure=env_flag(env, ENV_INSECURE),
                    allow_http_credentials=env_flag(env, ENV_ALLOW_HTTP_CREDENTIALS),
                    sample_period_s=period, timeout_s=timeout,
-                   chassis=env.get(ENV_CHASSIS, "").strip() or None)
+                   chassis=env.get(ENV_CHASSIS, "").strip() or None,
+                   max_power_w=options.get("node_max_power_w", MAX_NODE_POWER_W))
 
     # -- EnergySource -------------------------------------------------------------------------
     def open(self) -> None:
@@ -456,7 +461,9 @@ class RedfishSource(SampledPowerSource):
             return
         log.info("redfish: node power from %s: %.1f W now, sampled every %g s",
                  self.resource.describe(), watts, self.sample_period_s)
-        self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s, first_watts=watts)
+        self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s,
+                            max_backoff_s=self.max_backoff_s, first_watts=watts,
+                            plausible=plausible_watts(self.max_power_w))
 
     def describe(self) -> str:
         if self.resource is None:
@@ -491,16 +498,16 @@ class RedfishSource(SampledPowerSource):
         now = time.monotonic()
         prev, prev_t = self._counter_last
         # No modulus: a BMC energy counter is a number that does not wrap; a decrease is a
-        # reset (BMC reboot, Sensor.ResetMetrics) and that interval is not counted.
+        # reset (BMC reboot, Sensor.ResetMetrics), an increase faster than a node can draw a
+        # counter that lies: neither interval is counted.
         step = counter_step(prev, raw, elapsed_s=now - prev_t,
-                            joules_per_unit=self.resource.counter_j, max_power_w=None)
+                            joules_per_unit=self.resource.counter_j, max_power_w=self.max_power_w)
         self._counter_last = (raw, now)
-        if step.kind == "reset":
+        if not step.counted:
             self.health.record_lost(self.name, self.resource.url,
-                                    f"energy counter {_short(self.resource.url)} went back "
-                                    f"from {prev:g} to {raw:g} (reset); the "
-                                    f"{now - prev_t:.1f} s since the previous read are not "
-                                    "counted")
+                                    f"energy counter {_short(self.resource.url)}: {step.why} "
+                                    f"(a {step.kind} reading); the {now - prev_t:.1f} s since "
+                                    "the previous read are not counted")
         else:
             self.health.record_ok()
             self._counter_joules += step.delta * self.resource.counter_j
@@ -516,25 +523,16 @@ class RedfishSource(SampledPowerSource):
 
     # -- sampling -----------------------------------------------------------------------------
     def read_watts(self) -> float:
-        """One sample, for the sampler. Raises on failure (the sampler counts it)."""
-        now = time.monotonic()
-        if now < self._retry_at:
-            raise HttpFailure(f"backing off after {self._consecutive_failures} consecutive "
-                              f"failures; next try in {self._retry_at - now:.1f} s")
+        """One sample, for the sampler (which schedules the tries, and backs off a little
+        while they fail). Raises on failure (the sampler counts it)."""
         assert self.resource is not None
         try:
-            watts = self._read_within_deadline("redfish sample")
+            return self._read_within_deadline("redfish sample")
         except Exception as err:
-            self._consecutive_failures += 1
-            exponent = min(self._consecutive_failures - 1, 30)
-            self._retry_at = now + min(self.max_backoff_s, self.sample_period_s * 2.0 ** exponent)
             if isinstance(err, HttpFailure) and err.status in (401, 403) and not self._auth_logged:
                 self._auth_logged = True
                 log.error("redfish: %s; %s", err, self._auth_advice())
             raise
-        self._consecutive_failures = 0
-        self._retry_at = 0.0
-        return watts
 
     def _read_resource(self, resource: PowerResource) -> float:
         total = 0.0
