@@ -183,6 +183,13 @@ class EnergySource(abc.ABC):
         between good samples with no failure in between (``sampling.PowerSampler``)."""
         return self.health.coverage
 
+    @property
+    def lags(self) -> bool:
+        """True for a source whose figure trails the present (sampled power) and that tells
+        its energy at a past instant (``energy_at``); False for one read at the moment it is
+        asked."""
+        return False
+
     def energy_at(self, t: float) -> Optional[Dict[str, float]]:
         """Cumulative joules per component at an earlier clock time ``t``, for a source whose
         figure comes in behind the present (sampled power): the meter splits each interval's

@@ -262,6 +262,12 @@ class NvmlSource(SampledPowerSource):
                                   plausible=_plausible_percent)
         self._util.start(first_watts=self._util_first)
 
+    @property
+    def lags(self) -> bool:
+        # Only when every GPU is sampled: a reading that adds counters read now to sampled
+        # power has no single instant.
+        return self._sampler is not None and not any(g.has_counter for g in self._gpus)
+
     def _read_utilisation(self) -> float:
         gpus = self._gpus
         return sum(float(self._nvml.nvmlDeviceGetUtilizationRates(g.handle).gpu)

@@ -413,10 +413,14 @@ class SampledPowerSource(EnergySource):
             return self.health.coverage
         return self._sampler.coverage()
 
+    @property
+    def lags(self) -> bool:
+        return self._sampler is not None
+
     def energy_at(self, t: float) -> Optional[Dict[str, float]]:
         """The integral at clock time ``t`` under the source's component (see
         ``PowerSampler.energy_at``); None when not known (yet)."""
-        if self._sampler is None:
+        if not self.lags or self._sampler is None:
             return None
         joules = self._sampler.energy_at(t)
         return None if joules is None else {self.covers[0]: joules}
