@@ -311,7 +311,12 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             handover.record(self._counters_dir, rank, int(self._steps_completed()),
                             self._node_id, counters)
         except Exception as err:
-            self._failed(f"keeping the energy counters in {self._counters_dir}", err)
+            # Once: a directory that cannot take the file now will not take it at the next
+            # report either; the run goes on without (a later resume counts no gap).
+            log.warning("energy: cannot keep the energy counters in %s (%s: %s); they are not "
+                        "kept for this run (a resume will not count the energy of a crash)",
+                        handover.path_for(self._counters_dir, rank), type(err).__name__, err)
+            self._counters_dir = None
 
     def _count_gap(self, step: Optional[int]) -> None:
         """Count, from this rank's absolute counters, the energy between the interrupted
@@ -482,8 +487,37 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             "last_reported_step": self._last_reported_step,
         }
 
+    def _carried_problem(self) -> Optional[str]:
+        """Why the carried ``energy`` record (the interrupted run's last, read back from its
+        metrics file) cannot be believed, or None: numbers that are not numbers or negative,
+        or an average power no node could draw (``node_max_power_w`` per node)."""
+        c = self._carried or {}
+        for key in ("energy_wh", "gpu_wh", "cpu_wh", "dram_wh", "node_wh", "duration_s"):
+            v = c.get(key)
+            if v is None:
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                return f"{key} is {v!r}"
+        duration, energy = c.get("duration_s") or 0.0, c.get("energy_wh")
+        if energy is not None and energy > 0:
+            if duration <= 0:
+                return f"energy_wh {energy:g} over a duration of {duration!r} s"
+            nodes = c.get("nodes") if isinstance(c.get("nodes"), int) and c.get("nodes") > 0 else 1
+            ceiling = float(self._opts["node_max_power_w"]) * nodes
+            power = energy * 3600.0 / duration
+            if power > ceiling:
+                return (f"energy_wh {energy:g} over {duration:g} s is {power:.4g} W, more than "
+                        f"{nodes} node(s) can draw ({ceiling:g} W)")
+        return None
+
     def _carried_is_ahead(self, offset: TrialEnergy) -> bool:
         if self._carried is None:
+            return False
+        problem = self._carried_problem()
+        if problem is not None:
+            log.warning("energy: the interrupted run's last energy report is not used (%s); "
+                        "continuing from the checkpoint's totals", problem)
+            self._carried = None
             return False
         return (TrialEnergy.from_metrics(self._carried).energy_j or 0.0) > (offset.energy_j or 0.0)
 
@@ -519,7 +553,6 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                          "(%.6f Wh, %.1f s) rather than the checkpoint's (%.6f Wh)",
                          carried.energy_wh, carried.duration_s, self._offset.energy_wh or 0.0)
                 self._offset = carried
-            self._count_gap(step)
             self._target_reached = bool(state_dict.get("target_reached", False))
             self._energy_to_target_wh = state_dict.get("energy_to_target_wh")
             self._target_scaled_wh = state_dict.get("target_scaled_wh", self._energy_to_target_wh)
@@ -531,3 +564,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             # every later report carries, rather than silently restarting from zero.
             self._offset = TrialEnergy.empty(self._opts["apportion"])
             self._offset.coverage = 0.0
+            return
+        # The gap since the interrupted run's last report: whatever goes wrong there (a
+        # counters file that lies, a bug) leaves the totals above as they are.
+        try:
+            self._count_gap(step)
+        except Exception as err:
+            self._failed("counting the energy between the interrupted run and this one", err)

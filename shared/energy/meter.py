@@ -16,6 +16,7 @@ latency.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -351,7 +352,11 @@ class EnergyMeter:
             raise RuntimeError("EnergyMeter.count_gap() before start()")
         if self._marked or self._phase != FIRST_PHASE:
             raise RuntimeError("EnergyMeter.count_gap() after a phase mark: call it right after start()")
-        elapsed_s = max(0.0, float(elapsed_s))
+        elapsed_s = float(elapsed_s)
+        if not math.isfinite(elapsed_s) or elapsed_s < 0:
+            # a hand-over from the future, or no time at all: nothing can be differenced
+            return Gap(elapsed_s=0.0, missed={s.name: f"the gap is {elapsed_s!r} s"
+                                              for s in self._active})
         joules: Dict[str, Dict[str, float]] = {}
         missed: Dict[str, str] = {}
         for source in self._active:
@@ -370,7 +375,11 @@ class EnergyMeter:
                 continue
             per: Dict[str, float] = {}
             for key, counter in now_raw.items():
-                step = counter_step(int(before[key]), counter.value, elapsed_s=elapsed_s,
+                then = before[key]
+                if not isinstance(then, int) or isinstance(then, bool):
+                    missed[name] = f"counter {key} was recorded as {then!r}, not an integer"
+                    break
+                step = counter_step(then, counter.value, elapsed_s=elapsed_s,
                                     joules_per_unit=counter.joules_per_unit,
                                     max_power_w=counter.max_power_w, modulus=counter.modulus)
                 if not step.counted:

@@ -118,6 +118,11 @@ class _Gpu:
     acc_j: float = 0.0    # joules accumulated before the last rebase
 
 
+#: the most one GPU draws, watts (an H200 SXM's limit is 700 W; B200 1000 W): a counter step
+#: between two processes implying more is not counted (``counters.counter_step``)
+GPU_MAX_POWER_W = 2000.0
+
+
 def _plausible_percent(value: float) -> Optional[str]:
     """A utilisation reading's check: 0-100 %, 0 included (an idle GPU)."""
     if not math.isfinite(value) or not 0.0 <= value <= 100.0:
@@ -349,7 +354,8 @@ class NvmlSource(SampledPowerSource):
         if not self.all_counters:
             return {}
         with self._lock:
-            return {g.uuid: RawCounter("gpu", g.last_mj, 1e-3) for g in self._gpus}
+            return {g.uuid: RawCounter("gpu", g.last_mj, 1e-3, None, GPU_MAX_POWER_W)
+                    for g in self._gpus}
 
     @property
     def counter_resets(self) -> int:

@@ -308,8 +308,11 @@ class RedfishSource(SampledPowerSource):
         timeout_s: per-request timeout.
         max_backoff_s: longest pause between tries once the BMC keeps failing (default 4
             sample periods: ``sampling.MAX_BACKOFF_PERIODS``).
-        max_gap_s: longest hole between good samples that counts as measured; a longer one is
-            bridged too, and counted in ``bridged_s`` (default 3 periods).
+        max_gap_s: an interval between good samples longer than this, with no failure in it,
+            is logged once as slow (default 3 periods).
+        max_power_w: readings above it (and a counter rate above it) are refused.
+        clock, sampling_thread: the sampler's clock, and whether it runs on its own thread
+            (tests: a fake clock, and ``sampler.step()`` driven by hand).
     """
 
     name = "redfish"
@@ -351,7 +354,9 @@ class RedfishSource(SampledPowerSource):
                  sample_period_s: float = DEFAULT_PERIOD_S,
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_backoff_s: Optional[float] = None,
                  max_gap_s: Optional[float] = None, chassis: Optional[str] = None,
-                 max_power_w: float = MAX_NODE_POWER_W) -> None:
+                 max_power_w: float = MAX_NODE_POWER_W,
+                 clock: Callable[[], float] = time.monotonic,
+                 sampling_thread: bool = True) -> None:
         super().__init__()
         for label, value in (("sample_period_s", sample_period_s), ("timeout_s", timeout_s),
                              ("max_backoff_s", max_backoff_s)):
@@ -375,6 +380,10 @@ class RedfishSource(SampledPowerSource):
         self.max_gap_s = max_gap_s
         #: readings (and a counter's rate) above this are refused (``node_max_power_w``)
         self.max_power_w = float(max_power_w)
+        # the sampler's clock, and whether it runs on its own thread (tests drive a fake
+        # clock and the sampler's ``step`` instead)
+        self._clock = clock
+        self._sampling_thread = sampling_thread
         #: ENERGY_REDFISH_CHASSIS: which chassis is this node when the BMC serves several
         self.chassis = (chassis or "").strip() or None
         self.resource: Optional[PowerResource] = None
@@ -463,7 +472,8 @@ class RedfishSource(SampledPowerSource):
                  self.resource.describe(), watts, self.sample_period_s)
         self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s,
                             max_backoff_s=self.max_backoff_s, first_watts=watts,
-                            plausible=plausible_watts(self.max_power_w))
+                            plausible=plausible_watts(self.max_power_w), clock=self._clock,
+                            thread=self._sampling_thread)
 
     def describe(self) -> str:
         if self.resource is None:

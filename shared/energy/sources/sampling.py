@@ -208,7 +208,9 @@ class PowerSampler:
             origin = self._origin if self._origin is not None else now
             if ok:
                 self._streak = 0
-                k = math.floor((now - origin) / self.period_s) + 1
+                # the first deadline at or after now: after a call longer than a period, the
+                # next one is due at once (a slow far end is read back to back)
+                k = max(1, math.ceil((now - origin) / self.period_s - 1e-9))
                 self._next_due = origin + k * self.period_s
             else:
                 self._streak += 1
