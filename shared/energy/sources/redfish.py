@@ -29,9 +29,12 @@ Where the reading comes from (``ENERGY_REDFISH_URL`` may name any of these):
   top-level (no ``Links.ContainedBy``) or themselves a node type (Blade, Sled, RackMount,
   StandAlone: the nodes of an HPE Cray EX blade or of a sled enclosure), minus any chassis
   that contains another candidate (an enclosure's total covers several nodes). A GPU
-  baseboard or a drive enclosure is a part, tried only if every candidate fails. With
-  several candidates, ``ENERGY_REDFISH_CHASSIS`` (an id or a path) names this node's; unset,
-  a warning lists them all and the first that gives a reading is taken.
+  baseboard or a drive enclosure is a part, tried only if every candidate fails; where some
+  candidates are nodes by type, only those are (never an enclosure or a card). With several,
+  ``ENERGY_REDFISH_CHASSIS`` (an id or a path) names this node's; unset, this node's is found
+  from facts on the node (``node_identity``: the ComputerSystem whose UUID or HostName is this
+  host's, followed through ``Links.Chassis``; the Cray xname), else the source refuses,
+  naming the candidates.
 
   *Which reading of that chassis* (``_from_one_chassis`` holds the order and its reasons): a
   joule energy counter (EnvironmentMetrics.EnergyJoules, or the node's EnergyJoules sensor),
@@ -102,6 +105,7 @@ from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_contex
 from ..schema import EnvVar, env_flag, positive_option, refuse_secret_options
 from .base import MAX_NODE_POWER_W, SourceUnavailable
 from .counters import counter_step
+from .node_identity import NodeIdentity, SystemFacts, pick_chassis, system_facts
 from .sampling import SampledPowerSource, bmc_options, plausible_watts
 
 log = energy_logger(__name__)
@@ -342,8 +346,9 @@ class RedfishSource(SampledPowerSource):
                                            "credentials)"),
         EnvVar(ENV_CHASSIS, "the chassis that is this node, by id (`Node1`) or path "
                             "(`/redfish/v1/Chassis/Node1`), when the BMC serves several "
-                            "(a blade with two nodes, an enclosure); unset: the first, with a "
-                            "warning listing them"),
+                            "(a blade with two nodes, an enclosure); unset: found from the "
+                            "ComputerSystem whose UUID or HostName is this host's, or the "
+                            "Cray xname, else the source refuses, naming them"),
     )
     options = bmc_options("redfish", "Redfish", DEFAULT_PERIOD_S, "Redfish request",
                           DEFAULT_TIMEOUT_S)
@@ -356,7 +361,8 @@ class RedfishSource(SampledPowerSource):
                  max_gap_s: Optional[float] = None, chassis: Optional[str] = None,
                  max_power_w: float = MAX_NODE_POWER_W,
                  clock: Callable[[], float] = time.monotonic,
-                 sampling_thread: bool = True) -> None:
+                 sampling_thread: bool = True,
+                 identity: Optional[NodeIdentity] = None) -> None:
         super().__init__()
         for label, value in (("sample_period_s", sample_period_s), ("timeout_s", timeout_s),
                              ("max_backoff_s", max_backoff_s)):
@@ -384,6 +390,10 @@ class RedfishSource(SampledPowerSource):
         # clock and the sampler's ``step`` instead)
         self._clock = clock
         self._sampling_thread = sampling_thread
+        #: this node's facts, to find its chassis behind a BMC serving several (default: read
+        #: from this host when needed)
+        self.identity = identity
+        self._systems_url: Optional[str] = None
         #: ENERGY_REDFISH_CHASSIS: which chassis is this node when the BMC serves several
         self.chassis = (chassis or "").strip() or None
         self.resource: Optional[PowerResource] = None
@@ -631,6 +641,7 @@ class RedfishSource(SampledPowerSource):
             if kind == "ChassisCollection":
                 return self._from_collection(self.url, doc)
             if kind == "ServiceRoot":
+                self._systems_url = self._link(doc, "Systems", self.url)
                 chassis = self._link(doc, "Chassis", self.url)
                 if chassis is None:
                     raise BadReading(f"the service root {redact_url(self.url)} has no Chassis link")
@@ -681,8 +692,9 @@ class RedfishSource(SampledPowerSource):
         "The node" candidates: chassis with a power link that are top-level (no
         ``Links.ContainedBy``) or themselves a node type (a blade in an enclosure), minus
         any that contains another candidate (an enclosure's total covers several nodes, the
-        blade's total both of its nodes). Several candidates: ENERGY_REDFISH_CHASSIS picks
-        one; unset, a warning lists them and the first that gives a reading is taken.
+        blade's total both of its nodes); where some are nodes by type, only those. Several
+        candidates: ENERGY_REDFISH_CHASSIS picks one; unset, ``_this_node`` finds this
+        node's from its identity, or refuses naming them.
         Contained parts (a GPU baseboard) are tried only after every candidate failed.
         """
         parent: Dict[str, Optional[str]] = {}
@@ -701,6 +713,10 @@ class RedfishSource(SampledPowerSource):
             parent[u] is None or d.get("ChassisType") in NODE_CHASSIS_TYPES)]
         holders = {parent[u] for u, _ in candidates if parent[u]}
         candidates = [(u, d) for u, d in candidates if _path(u) not in holders]
+        # Where some are nodes by type (blades, sleds), only those are: an enclosure's or a
+        # mezzanine card's figure is never one node's.
+        nodes = [(u, d) for u, d in candidates if d.get("ChassisType") in NODE_CHASSIS_TYPES]
+        candidates = nodes or candidates
         if select and self.chassis:
             picked = [(u, d) for u, d in chassis if self._is_selected(u, d)]
             if not picked:
@@ -709,12 +725,9 @@ class RedfishSource(SampledPowerSource):
                     f"serves: {', '.join(_chassis_id(u, d) for u, d in chassis) or 'none'}")
             log.info("redfish: chassis %s selected by %s", _short(picked[0][0]), ENV_CHASSIS)
             ordered = picked[:1]
+        elif select and len(candidates) > 1:
+            ordered = [self._this_node(candidates)]
         else:
-            if select and len(candidates) > 1:
-                log.warning("redfish: %d chassis could be this node: %s; taking the first that "
-                            "gives a reading. Set %s to the id of this node's chassis",
-                            len(candidates),
-                            ", ".join(_chassis_id(u, d) for u, d in candidates), ENV_CHASSIS)
             # sorted() is stable: candidates and top-level chassis first, each group in
             # collection order; a holder of candidates never (it would count other nodes).
             first = {u for u, _ in candidates}
@@ -728,6 +741,37 @@ class RedfishSource(SampledPowerSource):
                 return found
         raise BadReading("no chassis gave a node power reading; tried: "
                          + ("; ".join(tried) if tried else "no chassis listed"))
+
+    def _this_node(self, candidates: List[Tuple[str, Any]]) -> Tuple[str, Any]:
+        """This node's chassis among several node chassis (``node_identity``), or
+        SourceUnavailable naming them and the remedy."""
+        identity = self.identity or NodeIdentity.of_this_host()
+        systems_url = self._systems_url or urllib.parse.urljoin(self.url, "/redfish/v1/Systems")
+        facts: List[SystemFacts] = []
+        try:
+            for url, doc in self._get_members(self._get(systems_url), systems_url,
+                                              lambda member, err: None):
+                facts.append(system_facts(url, doc, lambda ref: self._ref_path(ref, url)))
+        except (HttpFailure, BadReading) as err:
+            log.info("redfish: no ComputerSystem to tell the nodes apart (%s)", err)
+        ids = [(_path(u), str(d.get("Id") or _short(u))) for u, d in candidates]
+        picked, why = pick_chassis(identity, ids, facts)
+        if picked is None:
+            raise SourceUnavailable(
+                f"redfish: this BMC serves {len(candidates)} node chassis "
+                f"({', '.join(_chassis_id(u, d) for u, d in candidates)}) and none could be "
+                f"matched to this node ({why}); set {ENV_CHASSIS} to the id of this node's "
+                f"chassis")
+        chosen = next((u, d) for u, d in candidates if _path(u) == picked)
+        log.info("redfish: this node is chassis %s: %s", _chassis_id(*chosen), why)
+        return chosen
+
+    def _ref_path(self, ref: Any, base: str) -> Optional[str]:
+        try:
+            url = self._resolve(ref, base, "Links.Chassis")
+        except BadReading:
+            return None
+        return _path(url) if url else None
 
     def _attempt(self, tried: List[str], step: Callable[[], Tuple[PowerResource, float]]
                  ) -> Optional[Tuple[PowerResource, float]]:
