@@ -534,7 +534,7 @@ def test_backoff_spaces_out_requests_to_a_failing_bmc(sources):
 
 def test_bmc_simulator_command_line(sources):
     proc = subprocess.Popen([sys.executable, str(FAKES / "bmc_sim.py"), "--port", "0",
-                             "--watts", "450", "--fail-after", "4", "--mode", "envmetrics"],
+                             "--watts", "450", "--fail-after", "9", "--mode", "envmetrics"],
                             stdout=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 15)
@@ -542,11 +542,11 @@ def test_bmc_simulator_command_line(sources):
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/redfish/v1")
         source = make(sources, url, sample_period_s=0.05, max_backoff_s=0.05)
-        source.open()  # discovery reads it once, the sampler's first sample twice
+        source.open()  # discovery reads the power figures (the chosen one, the cross-check)
         assert source.resource.kind == "EnvironmentMetrics"
         time.sleep(0.5)
         source.close()
-        # 4 good reads (2 at open, 2 sampled, about 0.1 s), then only HTTP 500s.
+        # 9 good power reads (those at open, then a few sampled), then only HTTP 500s.
         sampler = source.sampler
         span = sampler.last_sample_time() - sampler.first_sample_time()
         assert 0 < span < 0.3
@@ -1032,3 +1032,26 @@ def test_node_identity_is_read_from_this_host(tmp_path):
     unread = NodeIdentity.of_this_host({}, smbios=tmp_path / "absent", cray=tmp_path / "absent")
     assert unread.system_uuid is None and unread.xname is None
     assert "no SMBIOS UUID (unreadable" in unread.describe()
+
+
+def test_figures_that_disagree_are_warned_with_every_value(sources, caplog):
+    """DMTF's public-tower shape: the sensor EnvironmentMetrics names reads 374 W, PowerWatts
+    974 W, the supplies 974 W, PowerControl 926 W. The preferred figure (the node's own sensor)
+    is taken, and one warning at open lists them all and says which was taken."""
+    with BmcSimulator(WATTS, fixture="disagreeing_tower") as sim:
+        source = make(sources, sim.url)
+        with caplog.at_level(logging.WARNING, logger="shared.energy.sources.redfish"):
+            source.open()
+    assert source.resource.url.endswith("/Sensors/TotalPower")
+    [warning] = _warnings(caplog, "differ by more than 10%")
+    for value in ("374.0 W", "974.0 W", "926.0 W"):
+        assert value in warning
+    assert "Taken: " in warning and "TotalPower" in warning.split("Taken: ")[1]
+
+
+def test_figures_that_agree_are_not_warned(sources, caplog):
+    with BmcSimulator(WATTS, "envmetrics") as sim:  # PowerWatts, PSU sum, PowerControl agree
+        source = make(sources, sim.url)
+        with caplog.at_level(logging.WARNING, logger="shared.energy.sources.redfish"):
+            source.open()
+    assert not _warnings(caplog, "differ by more than")

@@ -245,6 +245,9 @@ def resource_kind(doc: Any, url: str) -> str:
 #: Joules per unit of the energy counters Redfish defines (Sensor.ReadingType and the
 #: EnvironmentMetrics property of the same name).
 COUNTER_UNITS: Dict[str, float] = {"EnergyJoules": 1.0, "EnergykWh": 3.6e6}
+#: the most two figures of the same node's power may differ at open (a fraction) before a
+#: warning lists them all
+CROSS_CHECK_SPREAD = 0.10
 #: Chassis types that are a whole node (a server, a blade, a sled). A chassis contained in
 #: another one is a candidate for "the node" only with one of these types: a GPU baseboard
 #: ("Module") or a drive enclosure is a part of a node, never the node.
@@ -824,6 +827,7 @@ class RedfishSource(SampledPowerSource):
         power_why = ("" if not kwh else f"preferred to the EnergykWh counter {kwh[0]}, too "
                      "coarse (3600 J per 0.001 kWh step)")
         steps: List[Callable[[], Tuple[PowerResource, float]]] = []
+        power_steps: List[Callable[[], Tuple[PowerResource, float]]] = []
         if env_url and env_has("EnergyJoules"):
             steps.append(lambda: self._env_reading(env_url, env, "EnergyJoules",
                                                    "energy counter in joules"))
@@ -831,21 +835,22 @@ class RedfishSource(SampledPowerSource):
             steps.append(lambda: self._sensor(*sensors["EnergyJoules"],
                                               "the node's energy counter in joules"))
         if "Power" in sensors:
-            steps.append(lambda: self._sensor(*sensors["Power"], power_why or
-                                              "the node's power sensor, no joule counter"))
+            power_steps.append(lambda: self._sensor(*sensors["Power"], power_why or
+                                                    "the node's power sensor, no joule counter"))
         if env_url and env is not None:
-            steps.append(lambda: self._env_reading(env_url, env, "PowerWatts", power_why))
+            power_steps.append(lambda: self._env_reading(env_url, env, "PowerWatts", power_why))
         if links["PowerSubsystem"] is not None:
             ps_url = links["PowerSubsystem"]
 
             def psu() -> Tuple[PowerResource, float]:
                 resource = self._psu_sum(ps_url, self._get(ps_url), power_why)
                 return resource, self._read_resource(resource)
-            steps.append(psu)
+            power_steps.append(psu)
         if links["Power"] is not None:
             power_url = links["Power"]
-            steps.append(lambda: self._power_control(power_url, self._get(power_url),
-                                                     power_why))
+            power_steps.append(lambda: self._power_control(power_url, self._get(power_url),
+                                                           power_why))
+        steps += power_steps
         coarse = "only an EnergykWh counter: coarse (3600 J per 0.001 kWh step), no power reading"
         if env_url and env_has("EnergykWh"):
             steps.append(lambda: self._env_reading(env_url, env, "EnergykWh", coarse))
@@ -854,8 +859,34 @@ class RedfishSource(SampledPowerSource):
         for step in steps:
             found = self._attempt(tried, step)
             if found is not None:
+                self._cross_check(found, [s for s in power_steps if s is not step])
                 return found
         return None
+
+    def _cross_check(self, found: Tuple[PowerResource, float],
+                     others: List[Callable[[], Tuple[PowerResource, float]]]) -> None:
+        """Compare, at open, the chosen power reading with the other power figures the tree
+        offers for the same node (its sensor, EnvironmentMetrics.PowerWatts, the supplies' sum,
+        PowerControl): more than ``CROSS_CHECK_SPREAD`` apart, one warning with every value and
+        which was taken, and why. A counter is read as it is (no second figure in watts to
+        compare at open); a figure that cannot be read is left out."""
+        chosen, watts = found
+        if chosen.counter_j is not None or not others:
+            return
+        values = [(chosen, watts)]
+        for step in others:
+            got = self._attempt([], step)
+            if got is not None and got[0].counter_j is None:
+                values.append(got)
+        readings = [w for _, w in values if w > 0]
+        if len(values) < 2 or not readings or max(readings) <= min(readings) * (1 + CROSS_CHECK_SPREAD):
+            return
+        shown = ", ".join(f"{r.describe()} {w:.1f} W" for r, w in values)
+        log.warning("redfish: this node's power readings differ by more than %d%% at open: %s. "
+                    "Taken: %s (the order of preference: the node's own sensor, then "
+                    "EnvironmentMetrics.PowerWatts, the supplies' sum, PowerControl); check it "
+                    "against the node's supplies or PDU, and set %s to a resource to take "
+                    "another", round(100 * CROSS_CHECK_SPREAD), shown, chosen.describe(), ENV_URL)
 
     def _node_sensors(self, sensors_url: str, env: Any, base: str, tried: List[str]
                       ) -> Dict[str, Tuple[str, Any]]:
