@@ -102,7 +102,7 @@ from ..redact import energy_logger, register_secrets
 from ..deadline import Deadline
 from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
                     redact_url)
-from ..schema import EnvVar, env_flag, positive_option, refuse_secret_options
+from ..schema import EnvVar, boolean_text, env_flag, positive_option, refuse_secret_options
 from .base import MAX_NODE_POWER_W, SourceUnavailable
 from .counters import counter_step
 from .node_identity import NodeIdentity, SystemFacts, pick_chassis, system_facts
@@ -343,10 +343,10 @@ class RedfishSource(SampledPowerSource):
         EnvVar(ENV_CREDENTIALS, "file holding `user:password` (first line) or "
                                 "`{\"username\": ..., \"password\": ...}`; mode 600"),
         EnvVar(ENV_CA_BUNDLE, "PEM file of the CA that signed the BMC's certificate"),
-        EnvVar(ENV_INSECURE, "1: do not verify the BMC's certificate (warned)"),
+        EnvVar(ENV_INSECURE, "1: do not verify the BMC's certificate (warned)", boolean_text),
         EnvVar(ENV_ALLOW_HTTP_CREDENTIALS, "1: send the credentials over plain http (else "
                                            "plain http works, with a warning, only without "
-                                           "credentials)"),
+                                           "credentials)", boolean_text),
         EnvVar(ENV_CHASSIS, "the chassis that is this node, by id (`Node1`) or path "
                             "(`/redfish/v1/Chassis/Node1`), when the BMC serves several "
                             "(a blade with two nodes, an enclosure); unset: found from the "
