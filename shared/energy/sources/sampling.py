@@ -10,9 +10,10 @@ How it samples, and what its figures mean:
 - **A fixed-rate schedule.** Samples are due every ``period_s`` from the first one (deadlines
   on a grid, not a pause after each call): a call that takes longer than a period is followed
   by the next due deadline, so a slow far end (IPMI over lanplus, 10 s a call) stretches each
-  interval to its call time, no more. After a failure the next try comes one period later,
-  after consecutive failures up to ``max_backoff_s`` (default 4 periods): a BMC that recovers
-  is sampled again within that, however long it failed.
+  interval to its call time, no more. After a failure the next try comes one period later;
+  after more than ``BACKOFF_AFTER`` failures in a row the pauses double, up to
+  ``max_backoff_s`` (default 4 periods): a BMC that recovers is sampled again within that,
+  however long it failed.
 - **One last sample at ``stop()``**, so that the integral reaches the end of the run; a run
   that ends during a fault is integrated to its last good sample, and said so.
 - **A reading is plausible or it is missing.** Zero or negative watts from a running node,
@@ -24,8 +25,10 @@ How it samples, and what its figures mean:
   reported (``bridged_s``); an interval is bridged only when samples failed inside it (a slow
   but healthy source bridges nothing).
 - **Coverage is time.** ``coverage()`` is the share of the time since the first sample that
-  lies in intervals between consecutive good samples with no failure between them (bridged
-  time, and the time since the last good sample once samples fail, are not measured).
+  was measured: every interval between consecutive good samples, except those in which samples
+  failed and that are longer than ``max_gap_s`` (3 periods by default: a missed sample among
+  good ones is bridged at the source's own resolution, an outage is a guess), and except the
+  time since the last good sample once samples fail for longer than that.
 - **Lag.** ``energy_j()`` is the integral up to the latest good sample; ``lag_s()`` is how long
   ago that was.
 - **Energy at a past instant** (``energy_at``): the integral's value at any time between the
@@ -56,6 +59,8 @@ log = energy_logger()
 
 #: ``max_backoff_s`` by default: this many sample periods at most between two tries
 MAX_BACKOFF_PERIODS = 4.0
+#: failures in a row retried one period later before the pauses grow
+BACKOFF_AFTER = 3
 
 
 def plausible_watts(ceiling_w: float = MAX_NODE_POWER_W) -> Callable[[float], Optional[str]]:
@@ -131,6 +136,7 @@ class PowerSampler:
         self._first_time: Optional[float] = None
         self._bridged_s = 0.0
         self._measured_s = 0.0
+        self._unmeasured_s = 0.0
         # a sample failed since the last good one: the next interval is bridged, not measured
         self._missed = False
         self._slow_logged = False
@@ -187,6 +193,11 @@ class PowerSampler:
                 self._energy_j += 0.5 * (w0 + watts) * dt
                 if self._missed:
                     self._bridged_s += dt
+                # An interval counts as measured unless samples failed in it and it is longer
+                # than max_gap_s: one missed sample among good ones bridges a short line at the
+                # source's own resolution; an outage is a guess.
+                if self._missed and dt > self.max_gap_s:
+                    self._unmeasured_s += dt
                 else:
                     self._measured_s += dt
                     if dt > self.max_gap_s and not self._slow_logged:
@@ -214,7 +225,11 @@ class PowerSampler:
                 self._next_due = origin + k * self.period_s
             else:
                 self._streak += 1
-                pause = min(self.max_backoff_s, self.period_s * 2.0 ** min(self._streak - 1, 30))
+                # a period after each of the first BACKOFF_AFTER failures in a row (a BMC that
+                # misses one answer in two is still sampled every period or two), then
+                # doubling, at most max_backoff_s apart
+                excess = max(0, self._streak - BACKOFF_AFTER)
+                pause = min(self.max_backoff_s, self.period_s * 2.0 ** min(excess, 30))
                 self._next_due = now + pause
 
     def step(self) -> Optional[float]:
@@ -348,7 +363,8 @@ class PowerSampler:
             if self._last is None:
                 return 0.0 if self._missed else 1.0
             tail = max(0.0, self._clock() - self._last[0]) if self._missed else 0.0
-            total = self._measured_s + self._bridged_s + tail
+            unmeasured = self._unmeasured_s + (tail if tail > self.max_gap_s else 0.0)
+            total = self._measured_s + unmeasured
             return self._measured_s / total if total > 0 else 1.0
 
 
