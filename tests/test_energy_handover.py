@@ -187,7 +187,7 @@ def rapl_node(tmp_path, monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(rapl_mod, "time", types.SimpleNamespace(monotonic=clock))
     pc = FakePowercap(tmp_path / "powercap")
-    pc.add_zone("intel-rapl:0", "package-0")
+    pc.add_zone("intel-rapl:0", "package-0", energy_uj=100_000_000_000)  # 100 kJ since boot
     monkeypatch.setenv("ENERGY_SOURCES", "rapl")
     monkeypatch.setenv("ENERGY_RAPL_ROOT", str(pc.root))
     monkeypatch.setenv("ENERGY_NODE_NAME", "node-a")

@@ -30,6 +30,10 @@ from typing import Any, Optional
 
 #: the kinds whose energy is counted
 COUNTED = ("up", "wrap")
+#: the shortest interval a power check divides by, seconds: counters refresh in steps (NVML's
+#: every 20-100 ms) and are read with jitter, so two reads a millisecond apart can show a step's
+#: worth of energy; an absurd reading is off by orders of magnitude, not by that
+MIN_CHECK_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,9 @@ class CounterStep:
 
 
 def _power(delta: float, joules_per_unit: float, elapsed_s: float) -> Optional[float]:
-    return delta * joules_per_unit / elapsed_s if elapsed_s > 0 else None
+    """The power a delta means over ``elapsed_s`` (at least ``MIN_CHECK_INTERVAL_S``); None
+    when the interval is not known (0)."""
+    return delta * joules_per_unit / max(elapsed_s, MIN_CHECK_INTERVAL_S) if elapsed_s > 0 else None
 
 
 def min_wrap_s(modulus: Any, joules_per_unit: float, max_power_w: Optional[float]) -> Optional[float]:
