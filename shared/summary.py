@@ -62,6 +62,7 @@ def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
         "energy_to_target_wh": first_hit["metrics"].get("energy_to_target_wh") if first_hit else None,
         "energy_wh": last_energy.get("energy_wh") if measured else None,
         "energy_coverage": coverage,
+        "energy_measured": measured,
         "energy_not_measured": why_not,
         "avg_power_w": last_energy.get("avg_power_w") if measured else None,
         "energy_sources": last_energy.get("sources"),

@@ -1036,17 +1036,21 @@ def test_node_identity_is_read_from_this_host(tmp_path):
 
 def test_figures_that_disagree_are_warned_with_every_value(sources, caplog):
     """DMTF's public-tower shape: the sensor EnvironmentMetrics names reads 374 W, PowerWatts
-    974 W, the supplies 974 W, PowerControl 926 W. The preferred figure (the node's own sensor)
-    is taken, and one warning at open lists them all and says which was taken."""
+    974 W, the supplies 974 W, PowerControl 926 W. Three of the four agree: the first of those
+    (PowerWatts) is taken, not the sensor, and one warning at open lists them all and says
+    which was taken and why."""
     with BmcSimulator(WATTS, fixture="disagreeing_tower") as sim:
         source = make(sources, sim.url)
         with caplog.at_level(logging.WARNING, logger="shared.energy.sources.redfish"):
             source.open()
-    assert source.resource.url.endswith("/Sensors/TotalPower")
+        assert source._read_resource(source.resource) == pytest.approx(974.0)
+    assert source.resource.url.endswith("/EnvironmentMetrics")
     [warning] = _warnings(caplog, "differ by more than 10%")
     for value in ("374.0 W", "974.0 W", "926.0 W"):
         assert value in warning
-    assert "Taken: " in warning and "TotalPower" in warning.split("Taken: ")[1]
+    taken = warning.split("Taken: ")[1]
+    assert taken.startswith("redfish:Chassis/Tower/EnvironmentMetrics") and \
+        "on which 3 of the 4 figures agree, rather than" in taken and "TotalPower" in taken
 
 
 def test_figures_that_agree_are_not_warned(sources, caplog):

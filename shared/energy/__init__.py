@@ -7,10 +7,11 @@ aggregation over ranks and nodes. Knows nothing of Determined or of any model ex
 VALIDATION_METRICS = {
     "energy_wh": "energy measured so far, Wh",
     "energy_to_target_wh": "energy at the first validation that reached the target, Wh",
-    "projected_energy_to_target_wh": "energy_to_target_wh once reached, before that a linear "
-                                     "projection (of the target metric's reciprocal for a "
-                                     "decreasing one: energy_wh x value / target; the "
-                                     "energy-aware searcher's metric)",
+    "projected_energy_to_target_wh": "the energy-aware searcher's metric: energy_to_target_wh "
+                                     "(scaled to the elapsed time by coverage) once reached, "
+                                     "before that a projection from the energy scaled to the "
+                                     "elapsed time; 1e12 when not measured (coverage < 0.5), "
+                                     "so that the trial ranks last (shared/energy/projection.py)",
 }
 ENERGY_METRICS = tuple(VALIDATION_METRICS)
 
@@ -47,11 +48,13 @@ ENERGY_GROUP = {
     "nodes": "nodes of the trial",
     "nodes_measured": "nodes with a measurement",
     "coverage": "fraction of the time covered by measurements (< 1: holes, a pause)",
+    "measured": "true when energy_wh counts as measured (a figure with coverage >= 0.5); false: "
+                "a lower bound at best, not a measurement (shared/energy/projection.py)",
     "bridged_s": "seconds a sampled source bridged over failed samples with a straight line "
                  "(the source that bridged longest; 0.0 when none did)",
     "lag_s": "seconds the measured figures may trail the report's end (the source that lags "
-             "most: Prometheus two steps, a sampled source one period, a counter read at "
-             "report time 0.0)",
+             "most: Prometheus two steps, a sampled source the time since its last good "
+             "sample, a counter read at report time 0.0)",
     "apportion": "the apportion rule applied",
     "estimate": "always false: every figure is measured",
     "facility_wh": "energy x PUE (energy.pue set)",

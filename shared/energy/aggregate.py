@@ -23,6 +23,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequ
 
 from .redact import energy_logger
 from .meter import EnergySnapshot
+from .projection import is_measured
 
 log = energy_logger()
 
@@ -262,6 +263,7 @@ class TrialEnergy:
             "nodes": self.nodes,
             "nodes_measured": self.nodes_measured,
             "coverage": self.coverage,
+            "measured": is_measured(energy_wh, self.coverage),
             "bridged_s": float(self.bridged_s),
             "lag_s": float(self.lag_s),
             "apportion": self.apportion,

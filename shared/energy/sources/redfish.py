@@ -850,43 +850,66 @@ class RedfishSource(SampledPowerSource):
             power_url = links["Power"]
             power_steps.append(lambda: self._power_control(power_url, self._get(power_url),
                                                            power_why))
-        steps += power_steps
         coarse = "only an EnergykWh counter: coarse (3600 J per 0.001 kWh step), no power reading"
+        kwh_steps: List[Callable[[], Tuple[PowerResource, float]]] = []
         if env_url and env_has("EnergykWh"):
-            steps.append(lambda: self._env_reading(env_url, env, "EnergykWh", coarse))
+            kwh_steps.append(lambda: self._env_reading(env_url, env, "EnergykWh", coarse))
         if "EnergykWh" in sensors:
-            steps.append(lambda: self._sensor(*sensors["EnergykWh"], coarse))
-        for step in steps:
+            kwh_steps.append(lambda: self._sensor(*sensors["EnergykWh"], coarse))
+        counter = next((found for found in (self._attempt(tried, step) for step in steps)
+                        if found is not None), None)
+        # Every power figure of the node, read once now: compared with each other, and the one
+        # to sample when there is no joule counter.
+        figures = [found for found in (self._attempt(tried, step) for step in power_steps)
+                   if found is not None and found[0].counter_j is None]
+        chosen = counter or (self._agreed(figures) if figures else None)
+        self._cross_check(figures, chosen)
+        if chosen is not None:
+            return chosen
+        for step in kwh_steps:
             found = self._attempt(tried, step)
             if found is not None:
-                self._cross_check(found, [s for s in power_steps if s is not step])
                 return found
         return None
 
-    def _cross_check(self, found: Tuple[PowerResource, float],
-                     others: List[Callable[[], Tuple[PowerResource, float]]]) -> None:
-        """Compare, at open, the chosen power reading with the other power figures the tree
-        offers for the same node (its sensor, EnvironmentMetrics.PowerWatts, the supplies' sum,
-        PowerControl): more than ``CROSS_CHECK_SPREAD`` apart, one warning with every value and
-        which was taken, and why. A counter is read as it is (no second figure in watts to
-        compare at open); a figure that cannot be read is left out."""
-        chosen, watts = found
-        if chosen.counter_j is not None or not others:
+    @staticmethod
+    def _agreed(figures: List[Tuple[PowerResource, float]]) -> Tuple[PowerResource, float]:
+        """The power figure to sample: the first in the order of preference, unless more of
+        the others agree (within ``CROSS_CHECK_SPREAD``) with another one: then the first of
+        those (a sensor that reads a part while three figures agree on the whole node)."""
+        def agree(a: float, b: float) -> bool:
+            return a > 0 and b > 0 and max(a, b) <= min(a, b) * (1 + CROSS_CHECK_SPREAD)
+        support = [sum(agree(w, other) for _, other in figures) for _, w in figures]
+        best = max(range(len(figures)), key=lambda i: (support[i], -i))
+        return figures[best] if support[best] > support[0] else figures[0]
+
+    @staticmethod
+    def _cross_check(figures: List[Tuple[PowerResource, float]],
+                     chosen: Optional[Tuple[PowerResource, float]]) -> None:
+        """At open: the node's power figures (its sensor, EnvironmentMetrics.PowerWatts, the
+        supplies' sum, PowerControl) more than ``CROSS_CHECK_SPREAD`` apart are one warning
+        with every value, which one is taken, and why. A figure that cannot be read is left
+        out."""
+        readings = [w for _, w in figures if w > 0]
+        if len(readings) < 2 or max(readings) <= min(readings) * (1 + CROSS_CHECK_SPREAD):
             return
-        values = [(chosen, watts)]
-        for step in others:
-            got = self._attempt([], step)
-            if got is not None and got[0].counter_j is None:
-                values.append(got)
-        readings = [w for _, w in values if w > 0]
-        if len(values) < 2 or not readings or max(readings) <= min(readings) * (1 + CROSS_CHECK_SPREAD):
-            return
-        shown = ", ".join(f"{r.describe()} {w:.1f} W" for r, w in values)
+        shown = ", ".join(f"{r.describe()} {w:.1f} W" for r, w in figures)
+        if chosen is None:
+            taken = "none of them gave a usable reading"
+        elif chosen[0].counter_j is not None:
+            taken = (f"the energy counter {chosen[0].describe()} (a counter is exact; the power "
+                     "figures are only compared)")
+        elif chosen[0] is figures[0][0]:
+            taken = (f"{chosen[0].describe()}, the first in the order of preference (the node's "
+                     "own sensor, EnvironmentMetrics.PowerWatts, the supplies' sum, PowerControl)")
+        else:
+            agreeing = sum(1 for _, w in figures if max(w, chosen[1]) <= min(w, chosen[1]) * (1 + CROSS_CHECK_SPREAD))
+            taken = (f"{chosen[0].describe()}, on which {agreeing} of the {len(figures)} figures "
+                     f"agree, rather than {figures[0][0].describe()}")
         log.warning("redfish: this node's power readings differ by more than %d%% at open: %s. "
-                    "Taken: %s (the order of preference: the node's own sensor, then "
-                    "EnvironmentMetrics.PowerWatts, the supplies' sum, PowerControl); check it "
-                    "against the node's supplies or PDU, and set %s to a resource to take "
-                    "another", round(100 * CROSS_CHECK_SPREAD), shown, chosen.describe(), ENV_URL)
+                    "Taken: %s. Check them against the node's supplies or PDU; %s names a "
+                    "resource to take another", round(100 * CROSS_CHECK_SPREAD), shown, taken,
+                    ENV_URL)
 
     def _node_sensors(self, sensors_url: str, env: Any, base: str, tried: List[str]
                       ) -> Dict[str, Tuple[str, Any]]:
