@@ -125,32 +125,87 @@ def test_stop_at_target_ends_training(data, tmp_path):
     assert summary["target_metric"] == "validation_loss" and summary["target_smaller_is_better"] is True
 
 
-def test_rapl_energy_end_to_end_across_counter_wraps(data, tmp_path):
-    """Done-when of the energy issue: cpu_wh within 5% of the truth across a counter wrap."""
+RAPL_RANGE_J = 4
+
+
+@pytest.fixture(scope="module")
+def rapl_run(data, tmp_path_factory):
+    """One U-Net run measured by a fake RAPL tree at 40 W across many counter wraps (shared by
+    the energy, TensorBoard and report tests below): (output directory, watts)."""
+    tmp_path = tmp_path_factory.mktemp("rapl")
     tree = FakePowercap(tmp_path / "powercap")
-    # a 10 J counter range at 40 W wraps every 0.25 s: many wraps during the run, more than
+    # a 4 J counter range at 40 W wraps every 0.1 s: many wraps during the run, more than
     # one between two reports, so the source's poll thread is exercised too. The ceiling
     # (rapl_max_power_w) is 5x the draw, and the fake advances the counter every 2 ms: a real
     # counter advances every millisecond, and a fake that jumped 2 J every 0.05 s read as a
     # 240 W wrap when two meter reads 8 ms apart (a phase mark, then the report) straddled one
     # jump, so the interval was dropped as a reset (-11%).
-    tree.add_zone("intel-rapl:0", "package-0", max_uj=10_000_000)
+    tree.add_zone("intel-rapl:0", "package-0", max_uj=RAPL_RANGE_J * 1_000_000)
     watts = 40.0
     out = tmp_path / "run"
     with tree.constant_power("intel-rapl:0", watts, period_s=0.002):
         train("unet", data, out, "validation_period=4", "checkpoint_period=100", "target_miou=1",
               "stop_at_target=false", "energy.rapl_max_power_w=200", "report_period=10", batches=40,
               env={"ENERGY_SOURCES": "rapl", "ENERGY_RAPL_ROOT": str(tmp_path / "powercap")})
+    return out, watts
+
+
+def test_rapl_energy_end_to_end_across_counter_wraps(rapl_run):
+    """Done-when of the energy issue: cpu_wh within 5% of the truth across a counter wrap."""
+    out, watts = rapl_run
     by = groups(out)
     last = by["energy"][-1]["metrics"]
     assert last["sources"] == "rapl" and last["node_wh"] is None and last["nodes_measured"] == 1
     truth_wh = watts * last["duration_s"] / 3600
-    assert last["duration_s"] > 1.0, "the run must span several counter wraps"
+    wraps = last["duration_s"] * watts / RAPL_RANGE_J
+    assert wraps > 4, f"the run must span several counter wraps ({wraps:.1f})"
     assert last["cpu_wh"] == pytest.approx(truth_wh, rel=0.05)
     assert last["energy_wh"] == pytest.approx(last["cpu_wh"] + (last["dram_wh"] or 0) + (last["gpu_wh"] or 0))
     v = by["validation"][-1]["metrics"]
     assert v["energy_wh"] > 0 and v["energy_to_target_wh"] <= v["energy_wh"]
     assert v["projected_energy_to_target_wh"] == v["energy_to_target_wh"]
+
+
+def test_tensorboard_holds_the_energy_and_run_groups_and_per_class_iou(rapl_run):
+    """Determined writes only training and validation to TensorBoard; the trial adds every
+    custom group and the per-class IoU, under stable tags, read back with TensorBoard's own
+    event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out, _ = rapl_run
+    scalars = {}
+    for events in sorted((out / "tensorboard").rglob("*tfevents*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for name in acc.Tags()["scalars"]:
+            scalars.setdefault(name, []).extend((e.step, e.value) for e in acc.Scalars(name))
+    by = groups(out)
+    energy = {r["steps_completed"]: r["metrics"] for r in by["energy"]}
+    assert sorted(step for step, _ in scalars["energy/energy_wh"]) == sorted(energy)
+    for step, value in scalars["energy/cpu_wh"]:
+        assert value == pytest.approx(energy[step]["cpu_wh"], rel=1e-6)
+    for name in ("energy/avg_power_w", "energy/coverage", "energy/train_wh", "energy/duration_s",
+                 "run/params", "run/peak_memory_mb", "run/global_batch_size", "run/target",
+                 "Determined/loss", "Determined/val_miou"):
+        assert name in scalars, sorted(scalars)
+    assert "energy/sources" not in scalars and "energy/node_wh" not in scalars  # text; not measured
+    per_class = by["per_class_iou"][-1]
+    for key, value in per_class["metrics"].items():
+        name = "per_class_iou/" + key.split("/", 1)[1]
+        if value is None:  # absent from ground truth and predictions: no scalar, never 0
+            assert name not in scalars
+        else:
+            assert (per_class["steps_completed"], pytest.approx(value, abs=1e-4)) in scalars[name]
+
+
+def test_report_of_a_measured_run_draws_every_chart(rapl_run, tmp_path):
+    """With a power counter (the fake RAPL tree) every chart of the report is drawn, and the
+    per-class IoU table is there."""
+    from shared.report import build_report, load_inputs
+    out, _ = rapl_run
+    rep = build_report(load_inputs([str(out)]), tmp_path / "report")
+    assert [c.name for c in rep.charts if not c.drawn] == []
+    assert {"miou_vs_energy", "miou_vs_batches", "power"} <= {c.name for c in rep.charts}
+    assert [s.name for s in rep.sections] == ["per_class_iou"]
 
 
 PHASES = ("setup_wh", "train_wh", "validation_wh", "checkpoint_wh")

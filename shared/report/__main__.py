@@ -38,11 +38,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--target-metric",
                     help="with --target-value: the validation metric to compare at (default: the "
                          "runs' own target metric)")
+    ap.add_argument("--label", action="append", metavar="NAME",
+                    help="name a run in tables and legends, once per run in the order the runs "
+                         "are listed (default: the run's directory or trial, followed by the "
+                         "hyperparameters that differ between runs of one model)")
     ap.add_argument("--title", default="Time and energy to target", help="report title")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        runs = load_inputs(args.inputs, master=args.master, user=args.user)
+        runs = load_inputs(args.inputs, master=args.master, user=args.user, labels=args.label)
         report = build_report(runs, args.out, target_miou=args.target_miou, title=args.title,
                               target_value=args.target_value, target_metric=args.target_metric)
     except ReportError as e:
@@ -53,6 +57,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in report.rows:
         if r.notes:
             print(f"  {r.label}: " + "; ".join(r.notes))
+    for section in report.sections:
+        print("\n" + "\n".join(section.markdown()).rstrip())
+    for c in report.charts:
+        if not c.drawn:
+            print(f"  {c.title}: not drawn, {c.missing}")
     print(f"\nwrote {', '.join(p.name for p in report.files)} to {report.out_dir}")
     return 0
 
