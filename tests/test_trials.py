@@ -404,3 +404,32 @@ def test_a_search_config_runs_locally_at_a_printed_and_recorded_point(data, tmp_
     assert all(u["metrics"]["search_point"] == run["metrics"]["search_point"] for u in updates)
     assert run["metrics"]["search_point"] == {"lr": 2e-3, "weight_decay": pytest.approx(0.01),
                                               "warmup_batches": 2, "unet_base_channels": 16}
+
+
+def test_help_and_usage_errors_come_before_torch_is_imported():
+    """`train.py --help` answers without importing torch (seconds on a small machine), with
+    the --data-dir text of the trial's own family; every train.py names its own model and
+    family to the early parser (the registry says which they are)."""
+    import re
+    from shared import recipes
+    script = (
+        "import runpy, sys\n"
+        "path, arg = sys.argv[1], sys.argv[2]\n"
+        "sys.argv = [path, arg]\n"
+        "try:\n    runpy.run_path(path, run_name='__main__')\n"
+        "except SystemExit as e:\n    print('exit', e.code)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n")
+    layouts = {"segmentation": "ADE20K's layout", "classification": "ImageFolder",
+               "binary_segmentation": "masks/{training,validation}"}
+    for name, recipe in recipes.discover().items():
+        source = recipe.train_script.read_text()
+        family = recipe.family
+        assert f'parse_before_imports("{recipe.trial_class().MODEL_NAME}", "{family}")' in source, name
+        for arg, code in (("--help", "0"), ("--batchs", "2"))[:2 if name == "unet" else 1]:
+            p = subprocess.run([sys.executable, "-c", script, str(recipe.train_script), arg],
+                               capture_output=True, text=True, cwd=ROOT, timeout=120)
+            assert f"exit {code}" in p.stdout and "torch imported: False" in p.stdout, p.stdout + p.stderr
+            if arg == "--help":
+                help_text = re.sub(r"\s+", " ", p.stdout)
+                assert f"usage: trials/{name}/train.py" in help_text
+                assert layouts[family] in help_text and "ADEChallengeData2016" not in help_text, name
