@@ -508,15 +508,16 @@ def test_no_energy_anywhere_gives_one_line_per_energy_chart_not_an_empty_frame(t
         assert hint in why
     html = (out / "index.html").read_text()
     assert len(re.findall(r'src="data:image/png', html)) == 3
-    assert html.count('<p class="missing"') == 2 and "Power over time</b>: not drawn" in html
+    assert html.count('<p class="missing"') == 1  # the two energy charts share one line
+    assert "Validation mIoU vs energy (Wh)</b> and <b>Power over time</b>: not drawn" in html
     md = (out / "comparison.md").read_text()
-    assert "- Power over time: not drawn, no run measured energy" in md
+    assert "- Validation mIoU vs energy (Wh) and Power over time: not drawn, no run measured energy" in md
     # energy off altogether (energy.enabled: false): said so, not blamed on the machine
     write_run(tmp_path / "off" / "run", run_records(power_w=None), HP)
     rep = build_report(load_inputs([str(tmp_path / "off")]), tmp_path / "out2")
     assert "energy hook was off" in {c.name: c for c in rep.charts}["power"].missing
     assert main([str(tmp_path / "off"), "--out", str(tmp_path / "out3")]) == 0
-    assert "Power over time: not drawn, no run reported energy" in capsys.readouterr().out
+    assert "and Power over time: not drawn, no run reported energy" in capsys.readouterr().out
 
 
 def test_mious_against_batches_star_at_the_crossing(built):

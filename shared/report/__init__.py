@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
 from .load import MasterReader, ReportError, Run, Target, label_runs, load_inputs, load_local
-from .plots import Chart, make_charts
+from .plots import Chart, make_charts, not_drawn, not_drawn_line
 from .series import Point, power_intervals, timeline
 from .tables import Row, ScalingPoint, compare, report_target, scaling
 
@@ -118,5 +118,5 @@ def charts_markdown(charts: Sequence[Chart]) -> List[str]:
         return []
     lines = ["## Charts", ""]
     lines += [f"- `{c.path.name}`: {c.title}" for c in charts if c.drawn]
-    lines += [f"- {c.title}: not drawn, {c.missing}" for c in charts if not c.drawn]
+    lines += [f"- {not_drawn_line(cs, why)}" for cs, why in not_drawn(charts)]
     return lines + [""]

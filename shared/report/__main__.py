@@ -8,6 +8,7 @@ import sys
 from typing import List, Optional
 
 from . import ReportError, build_report, load_inputs
+from .plots import not_drawn, not_drawn_line
 from .tables import DISPLAY_HEADER, display_cells, markdown_table
 
 
@@ -59,9 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"  {r.label}: " + "; ".join(r.notes))
     for section in report.sections:
         print("\n" + "\n".join(section.markdown()).rstrip())
-    for c in report.charts:
-        if not c.drawn:
-            print(f"  {c.title}: not drawn, {c.missing}")
+    for charts, why in not_drawn(report.charts):
+        print(f"  {not_drawn_line(charts, why)}")
     print(f"\nwrote {', '.join(p.name for p in report.files)} to {report.out_dir}")
     return 0
 

@@ -8,7 +8,7 @@ from html import escape
 from typing import List, Optional, Sequence
 
 from .load import Target
-from .plots import Chart
+from .plots import Chart, join_titles, not_drawn
 from .tables import (DISPLAY_HEADER, NOT_MEASURED, NOT_REACHED, SCALING_HEADER, SPLIT_COLUMN,
                      Row, ScalingPoint, Section, display_cells, scaling_cells, target_sentence)
 
@@ -68,7 +68,7 @@ def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence
            sections: Sequence[Section] = ()) -> str:
     """The whole page as a string; reads the charts' PNG files to embed them. Charts with
     data come first, then one line for each chart no run had data for. ``sections``: further
-    tables after the charts; ``extra``: a further section (HTML) placed before the list of
+    tables between the comparison and the charts; ``extra``: a further section (HTML) placed before the list of
     runs."""
     generated = generated or datetime.datetime.now().astimezone()
     parts: List[str] = [
@@ -91,10 +91,10 @@ def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence
         "when a PUE / carbon intensity was configured. <i>not measured</i>: no energy source "
         "measured it (never 0). \u26a0 coverage below 1: part of the run or of its nodes was not "
         "measured.</p>")
+    parts += [section_html(sec) for sec in sections]
     scaling = [c for c in charts if c.name == "scaling"]
     parts += [_figure(c) for c in charts if c.name != "scaling" and c.drawn]
-    parts += [_figure(c) for c in charts if c.name != "scaling" and not c.drawn]
-    parts += [section_html(sec) for sec in sections]
+    parts += [_missing(cs, why) for cs, why in not_drawn(charts)]
     if points:
         parts.append("<h2>Scaling</h2>")
         parts.append('<p class="small">speed-up = T(n0) / T(n), efficiency = speed-up / (n / n0), '
@@ -110,11 +110,15 @@ def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence
     return "\n".join(parts) + "\n"
 
 
+def _missing(charts: Sequence[Chart], why: str) -> str:
+    """Charts without data, one line saying why (not an empty frame)."""
+    names = join_titles([f"<b>{escape(c.title)}</b>" for c in charts])
+    return (f'<p class="missing" id="{escape(charts[0].name)}">{names}: not drawn, '
+            f"{escape(why)}</p>")
+
+
 def _figure(c: Chart) -> str:
-    """A drawn chart as an embedded figure; a chart without data as one line saying why."""
-    if not c.drawn:
-        return (f'<p class="missing" id="{escape(c.name)}"><b>{escape(c.title)}</b>: not drawn, '
-                f"{escape(c.missing or '')}</p>")
+    """A drawn chart as an embedded figure."""
     note = ""
     if c.left_out:
         note = f" Not shown (no data): {escape(', '.join(c.left_out))}."

@@ -21,8 +21,7 @@ import pathlib
 from typing import Dict, List, Optional, Sequence
 
 from .load import Run, metric_label
-from .plots import (Chart, _colors, _figure, _left_out_note, _legend, _not_drawn, _save,
-                    no_energy)
+from .plots import Chart, _colors, _figure, _left_out_note, _not_drawn, _save, no_energy
 from .series import Point, _num
 from .tables import Section, fmt
 
@@ -48,8 +47,9 @@ def _axis_label(metric: str) -> str:
     return metric_label(metric) + (f" ({unit})" if unit else "")
 
 
-def _curves(charted: Chart, axes, runs: Sequence[Run], series: Sequence[List[Point]],
+def _curves(charted: Chart, fig, axes, runs: Sequence[Run], series: Sequence[List[Point]],
             metrics: Sequence[str], x) -> None:
+    """One curve per run and metric; one legend for the figure, below the panels."""
     colors = _colors([r.label for r in runs])
     for run, pts in zip(runs, series):
         if not pts:
@@ -64,12 +64,15 @@ def _curves(charted: Chart, axes, runs: Sequence[Run], series: Sequence[List[Poi
         ax.set_ylabel(_axis_label(metric))
         ax.set_xlim(left=0)
         if dict(OBJECT_METRICS)[metric] == "%":
-            ax.set_ylim(0, 100)
+            ax.set_ylim(-2, 102)  # a run at 0 or 100 stays visible
         else:
             ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.set_title(metric_label(metric))
-        _legend(ax, len(charted.plotted))
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=1,
+                   fontsize=8, frameon=False)
 
 
 def objects_vs_batches(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]],
@@ -81,8 +84,8 @@ def objects_vs_batches(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]
                   "machines. Higher precision, recall and F1 and fewer false positives per image "
                   "are better.")
     from matplotlib.ticker import MaxNLocator
-    fig, axes = _figure(4.0 * len(BATCH_PANELS), 4.2, ncols=len(BATCH_PANELS))
-    _curves(chart, axes, runs, [tl.get("validation", []) for tl in tls], BATCH_PANELS,
+    fig, axes = _figure(10.0, 7.6, ncols=2, nrows=2)
+    _curves(chart, fig, axes, runs, [tl.get("validation", []) for tl in tls], BATCH_PANELS,
             lambda p: p.steps)
     for ax in axes:
         ax.set_xlabel("batches")
@@ -102,8 +105,8 @@ def objects_vs_energy(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]]
               for tl in tls]
     if not any(series):
         return _not_drawn(chart, no_energy(tls))
-    fig, axes = _figure(11.0, 4.5, ncols=len(ENERGY_PANELS))
-    _curves(chart, axes, runs, series, ENERGY_PANELS, lambda p: p.metrics["energy_wh"])
+    fig, axes = _figure(10.0, 4.6, ncols=len(ENERGY_PANELS))
+    _curves(chart, fig, axes, runs, series, ENERGY_PANELS, lambda p: p.metrics["energy_wh"])
     for ax in axes:
         ax.set_xlabel("energy (Wh, cumulative)")
     _left_out_note(axes[-1], "no energy", chart.left_out)

@@ -58,7 +58,7 @@ class Chart:
         return self.missing is None
 
 
-def _figure(width: float, height: float, ncols: int = 1):
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -66,8 +66,8 @@ def _figure(width: float, height: float, ncols: int = 1):
         raise ReportError("the report's charts need matplotlib: pip install matplotlib") from None
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
 
 
 def _colors(labels: Sequence[str]) -> Dict[str, str]:
@@ -93,6 +93,26 @@ def _not_drawn(chart: Chart, why: str) -> Chart:
     if chart.path.exists():
         chart.path.unlink()
     return chart
+
+
+def not_drawn(charts: Sequence[Chart]) -> List[Tuple[List[Chart], str]]:
+    """The charts without data, grouped by their reason (in order): one line each, so that
+    the energy charts of a machine without a counter share one explanation."""
+    groups: Dict[str, List[Chart]] = {}
+    for c in charts:
+        if not c.drawn:
+            groups.setdefault(c.missing or "", []).append(c)
+    return [(cs, why) for why, cs in groups.items()]
+
+
+def join_titles(titles: Sequence[str]) -> str:
+    """``A``, ``A and B``, ``A, B and C``."""
+    return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
+
+
+def not_drawn_line(charts: Sequence[Chart], why: str) -> str:
+    """``Validation mIoU vs energy (Wh) and Power over time: not drawn, <why>``."""
+    return f"{join_titles([c.title for c in charts])}: not drawn, {why}"
 
 
 def _title(what: str) -> str:
@@ -371,13 +391,13 @@ def make_charts(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows
     for stale in out_dir.glob("*_vs_*.png"):  # an earlier report's, of another metric
         if stale.name not in mine and not stale.name.startswith("objects_vs_"):
             stale.unlink()
+    from .objects import object_charts  # the rare-objects recipe's charts, when a run has its metrics
     charts = [metric_vs_energy(runs, tls, rows, target, out_dir / f"{metric}_vs_energy.png", metric),
               metric_vs_batches(runs, tls, rows, target, out_dir / f"{metric}_vs_batches.png", metric),
+              *object_charts(runs, tls, out_dir),
               metric_vs_time(runs, tls, rows, target, out_dir / f"{metric}_vs_time.png", metric),
               power_over_time(runs, tls, out_dir / "power.png"),
               losses(runs, tls, out_dir / "loss.png")]
     if points:
         charts.append(scaling_chart(points, out_dir / "scaling.png"))
-    from .objects import object_charts  # the rare-objects recipe's charts, when a run has its metrics
-    charts += object_charts(runs, tls, out_dir)
     return [c for c in charts if c.drawn] + [c for c in charts if not c.drawn]
