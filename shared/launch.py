@@ -197,7 +197,36 @@ def _distributed_context() -> Optional[det.core.DistributedContext]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend)
-    return det.core.DistributedContext.from_torch_distributed()
+    return det_distributed_context()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def det_distributed_context() -> det.core.DistributedContext:
+    """Determined's DistributedContext for the processes of an initialised torch.distributed
+    group (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, ...), its chief's two ZMQ
+    ports chosen free by rank 0 and sent to the others.
+
+    ``DistributedContext.from_torch_distributed`` binds the chief to fixed ports (12360 and
+    12360 + 16, ``INTER_TRAIN_PROCESS_COMM_PORT_1``/``_2``), so two multi-process runs on one
+    machine (two users, two test suites) collided there. Set those variables to choose the
+    ports yourself (a firewall between nodes); they are then used as given."""
+    env = os.environ
+    ports = [None, None]
+    if "INTER_TRAIN_PROCESS_COMM_PORT_1" not in env:
+        if torch.distributed.get_rank() == 0:
+            ports = [_free_port(), _free_port()]
+        torch.distributed.broadcast_object_list(ports, src=0)
+    chosen = {"pub_port": ports[0], "pull_port": ports[1]} if ports[0] else {}
+    return det.core.DistributedContext(
+        rank=int(env["RANK"]), size=int(env["WORLD_SIZE"]), local_rank=int(env["LOCAL_RANK"]),
+        local_size=int(env["LOCAL_WORLD_SIZE"]), cross_rank=int(env["GROUP_RANK"]),
+        cross_size=int(env["GROUP_WORLD_SIZE"]), chief_ip=env.get("DET_CHIEF_IP"), **chosen)
 
 
 class _Progress:

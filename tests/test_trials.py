@@ -271,26 +271,40 @@ def test_redfish_node_energy_end_to_end(data, tmp_path, fail_after):
 
 
 # ------------------------------------------------------------------ what a user sees on bad input
-def test_cli_errors_name_the_problem(data, tmp_path):
-    p = train("unet", data, tmp_path / "a", "lrr=0.1", batches=2, check=False)
-    assert p.returncode == 2
-    assert "single_gpu.yaml: unknown hyperparameter 'lrr' (did you mean 'lr'?)" in p.stderr
-
+def test_cli_errors_name_the_problem(data, tmp_path, monkeypatch, capsys):
+    # Through the real command line once (exit status and stderr of the process) ...
     p = train("unet", tmp_path / "missing", tmp_path / "b", batches=2, check=False)
     assert p.returncode == 2 and "missing" in p.stderr and "does not exist" in p.stderr
+
+    # ... and the other refusals in-process (the same main(), without paying for a new
+    # interpreter, torch and Determined each time): all come before any model or data work.
+    from shared import launch, recipes
+    trial_cls = recipes.get("unet").trial_class()
+    monkeypatch.chdir(tmp_path)  # main() enters the trial directory, as a cluster does
+    monkeypatch.setattr(launch, "_setup_logging", lambda verbose: None)  # keep pytest's logging
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # what main() sets, undone after
+
+    def main(out, *extra, resume=None):
+        argv = ["--config", str(ROOT / "experiment_configs" / "unet" / "single_gpu.yaml"),
+                "--data-dir", str(data), "--output-dir", str(out), "--batches", "2",
+                *(["--resume", resume] if resume else []), "--set", *TINY, *extra]
+        code = launch.main(trial_cls, argv)
+        return code, capsys.readouterr().err
+
+    code, err = main(tmp_path / "a", "lrr=0.1")
+    assert code == 2 and "single_gpu.yaml: unknown hyperparameter 'lrr' (did you mean 'lr'?)" in err
 
     out = tmp_path / "c"
     out.mkdir()
     (out / "metrics.jsonl").write_text("")
-    p = train("unet", data, out, batches=2, check=False)
-    assert p.returncode == 2 and "already holds a run" in p.stderr and "--resume latest" in p.stderr
+    code, err = main(out)
+    assert code == 2 and "already holds a run" in err and "--resume latest" in err
 
-    p = train("unet", data, tmp_path / "d", batches=2, resume=str(tmp_path), check=False)
-    assert p.returncode == 2 and "not a checkpoint directory" in p.stderr
+    code, err = main(tmp_path / "d", resume=str(tmp_path))
+    assert code == 2 and "not a checkpoint directory" in err
 
-    p = subprocess.run([sys.executable, str(ROOT / "trials/unet/train.py"), "--config", "nope.yaml"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 2 and "experiment config nope.yaml does not exist" in p.stderr
+    assert launch.main(trial_cls, ["--config", "nope.yaml"]) == 2
+    assert "experiment config nope.yaml does not exist" in capsys.readouterr().err
 
 
 def test_energy_ranked_search_without_any_source_fails_at_start(data, tmp_path):
