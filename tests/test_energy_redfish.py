@@ -94,6 +94,15 @@ def assert_energy(w: Window, watts: float) -> None:
     assert w.joules <= watts * (w.t_read - w.first_sample) + 1e-6
 
 
+def wait_for_output(proc: subprocess.Popen, hang_s: float = 600.0) -> None:
+    """Until ``proc`` prints a line: as long as it lives (an interpreter starting on a loaded
+    machine takes what it takes), failing at once if it exits; ``hang_s`` guards a hang."""
+    start = time.monotonic()
+    while not select.select([proc.stdout], [], [], 1.0)[0]:
+        assert proc.poll() is None, f"the simulator exited ({proc.returncode}) before printing its URL"
+        assert time.monotonic() - start < hang_s, "the simulator printed nothing"
+
+
 def write_credentials(tmp_path: Path, content: str, name: str = "bmc.cred") -> Path:
     path = tmp_path / name
     path.write_text(content)
@@ -542,8 +551,7 @@ def test_bmc_simulator_command_line(sources):
                              "--watts", "450", "--fail-after", "4", "--mode", "envmetrics"],
                             stdout=subprocess.PIPE, text=True)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        assert ready, "the simulator did not print its URL"
+        wait_for_output(proc)
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/redfish/v1")
         source = make(sources, url, sample_period_s=0.05, max_backoff_s=0.05)
@@ -554,7 +562,8 @@ def test_bmc_simulator_command_line(sources):
         # 4 good reads (2 at open, 2 sampled, about 0.1 s), then only HTTP 500s.
         sampler = source.sampler
         span = sampler.last_sample_time() - sampler.first_sample_time()
-        assert 0 < span < 0.3
+        # counted, not timed: a loaded machine stretches the span, not the number of reads
+        assert source.health.attempts - source.health.failures == 4 and span > 0
         assert source.read()["node"] == pytest.approx(450.0 * span, rel=1e-9)
         assert "HTTP 500" in source.health.first_error
     finally:
@@ -958,8 +967,7 @@ def test_bmc_simulator_command_line_serves_a_fixture(sources):
                              "--watts", "450", "--fixture", "openbmc"],
                             stdout=subprocess.PIPE, text=True)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        assert ready, "the simulator did not print its URL"
+        wait_for_output(proc)
         source = make(sources, proc.stdout.readline().strip())
         source.open()
         assert source.resource.url.endswith("/Sensors/power_total_power")
