@@ -103,6 +103,16 @@ def wait_for_output(proc: subprocess.Popen, hang_s: float = 600.0) -> None:
         assert time.monotonic() - start < hang_s, "the simulator printed nothing"
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """End the simulator: SIGTERM, and SIGKILL if a loaded machine keeps it past a minute."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def write_credentials(tmp_path: Path, content: str, name: str = "bmc.cred") -> Path:
     path = tmp_path / name
     path.write_text(content)
@@ -567,8 +577,7 @@ def test_bmc_simulator_command_line(sources):
         assert source.read()["node"] == pytest.approx(450.0 * span, rel=1e-9)
         assert "HTTP 500" in source.health.first_error
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop(proc)
 
 
 # -- configuration and small pieces -----------------------------------------------------------------
@@ -975,8 +984,7 @@ def test_bmc_simulator_command_line_serves_a_fixture(sources):
         assert source.lag_s == PERIOD  # sampled: the integral ends at the latest sample
         assert source._read_resource(source.resource) == pytest.approx(450.0)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop(proc)
 
 
 def test_report_sources_show_the_chosen_resource_and_keys_stay_the_name(sources):
