@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/bench.py`` as well as ``-m`
 
 from benchmarks.e2e import E2EData, run_e2e  # noqa: E402
 from benchmarks.gpu_monitor import open_monitor  # noqa: E402
-from benchmarks.render import (DEFAULT_MARKDOWN, _fmt, _status, append_markdown,  # noqa: E402
+from benchmarks.render import (DEFAULT_MARKDOWN, _fmt, _status, append_markdown, mfu_text,  # noqa: E402
                                compile_effects, evaluate_targets, markdown_section)
 from benchmarks.specs import (OURS, REFERENCES, BenchConfig, BenchError, ModelSpec,  # noqa: E402
                               ReferenceSpec, ablation_specs, error_text)
@@ -120,7 +120,7 @@ def _print_row(kind: str, row: Mapping[str, Any]) -> None:
         print(f"[{kind}] {row['name']}: {_status(row)}", flush=True)
     elif kind == "steps":
         print(f"[step] {row['name']}: {row['img_s']:.1f} img/s, {row['step_ms']:.2f} ms/step, "
-              f"J/img {_fmt(row['j_per_img'], 3)}, MFU {_fmt(row['mfu_pct'], 2)} %", flush=True)
+              f"J/img {_fmt(row['j_per_img'], 3)}, MFU {mfu_text(row['mfu_pct'], ' %')}", flush=True)
     else:
         print(f"[e2e] {row['name']}: {_fmt(row['img_s_loop'])} img/s, GPU busy "
               f"{_fmt(row['gpu_busy_pct'])} %", flush=True)

@@ -193,6 +193,25 @@ E2E_COLUMNS = ("model", "batches timed", "window s", "validation s", "first / la
                "GPU busy % training", "J/img", "status")
 
 
+#: what an MFU above 100% means: the model cannot run faster than the device's peak, so the
+#: measured peak is too low (a matmul loop slowed by a busy machine, a CPU's few threads)
+MFU_ABOVE_PEAK = ("above 100 %: not a utilisation; the measured matmul peak is too low, an "
+                  "error of the peak")
+
+
+def mfu_error(pct: Any) -> Optional[str]:
+    """The error an MFU figure (percent) shows, or None when it can be true."""
+    return MFU_ABOVE_PEAK if isinstance(pct, (int, float)) and pct > 100.0 else None
+
+
+def mfu_text(pct: Any, unit: str = "") -> str:
+    """An MFU figure (percent) as printed and tabulated, flagged when above 100%."""
+    if not isinstance(pct, (int, float)):
+        return "-" if pct is None else str(pct)
+    error = mfu_error(pct)
+    return f"{pct:.2f}{unit}" + (f" ({error})" if error else "")
+
+
 def _status(r: Mapping[str, Any]) -> str:
     return "ok" if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error', '')}"
 
@@ -231,7 +250,7 @@ def markdown_section(results: Mapping[str, Any]) -> str:
             [r["name"], r.get("kind", ""), _fmt(r.get("params_m"), 2), _fmt(r.get("precision")),
              _fmt(r.get("img_s")), _fmt(r.get("step_ms"), 2), _fmt(r.get("peak_mem_gib"), 2),
              _fmt(r.get("j_per_img"), 3), _fmt(r.get("avg_power_w")), _fmt(r.get("gpu_util_pct")),
-             _fmt(r.get("gflop_per_img"), 2), _fmt(r.get("mfu_pct"), 2), _status(r)]
+             _fmt(r.get("gflop_per_img"), 2), mfu_text(r.get("mfu_pct")), _status(r)]
             for r in steps]))
         lines.append("")
         notes = [f"- {r['name']}: " + "; ".join(

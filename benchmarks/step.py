@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.render import mfu_error
 from benchmarks.gpu_monitor import NA_NO_NVML, NO_ENERGY, NvmlMonitor, Sample, sample_mean
 from benchmarks.specs import (BenchConfig, BenchError, ModelSpec, ReferenceSpec, error_text,
                               load_trial, trial_available)
@@ -288,6 +289,8 @@ def _fill_step_row(row: Dict[str, Any], ctx: Context, step: Any, model: nn.Modul
                             ctx.nvml_status))
     row["mfu_pct"] = (100.0 * mfu(flops, cfg.steps, row["seconds"], ctx.peak_flops)
                       if ctx.peak_flops else "n/a (no peak measured)")
+    if mfu_error(row["mfu_pct"]):
+        row["mfu_error"] = mfu_error(row["mfu_pct"])
     row["status"] = "ok"
 
 

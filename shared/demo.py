@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import subprocess
 import sys
 import time
 from typing import Dict, List, Sequence
 
-from shared import recipes
+from shared import recipes, threads
 from shared.summary import comparison_table, summarize_run
 
 ROOT = recipes.REPO_ROOT
@@ -126,12 +127,16 @@ def model_command(model: str, size: Size, data: pathlib.Path, run_dir: pathlib.P
 
 
 def main(argv: List[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=pathlib.Path, default=ROOT / "demo_runs")
+    ap = argparse.ArgumentParser(prog="python -m shared.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=pathlib.Path, default=ROOT / "demo_runs",
+                    help="where the data set, the runs, the comparison table and the report go "
+                         "(default: demo_runs/ in the repository)")
     ap.add_argument("--size", choices=list(SIZES), default="small",
                     help="small: 64 px crops, minutes on 2 CPU cores; ade20k: ADE20K-sized "
                          "images and 512 px crops, for a GPU")
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                    help="the models to train, in this order (default: unet segformer)")
     ap.add_argument("--target-miou", type=float,
                     help="target for the synthetic set (default: 85 small, 60 ade20k; the "
                          "study's 16 is for ADE20K)")
@@ -172,12 +177,17 @@ def main(argv: List[str] | None = None) -> int:
         return 0
     stamp = time.strftime("%Y%m%d-%H%M%S")
     summaries = []
+    # One choice for every run, made before the first: measured between two runs, the idle
+    # time would count the runs' own data-loader workers winding down.
+    cpu = threads.choose()
+    print(f"demo: {cpu.line()}", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(cpu.threads)}
     for model in args.models:
         run_dir = out / f"{model}-{stamp}"
         cmd = model_command(model, size, data, run_dir, max_batches, target, args.extra,
                             args.validation_period, args.seed)
-        print(f"\n$ {' '.join(cmd[1:])}", flush=True)
-        rc = subprocess.call(cmd, cwd=ROOT)
+        print(f"\n$ OMP_NUM_THREADS={cpu.threads} {' '.join(cmd[1:])}", flush=True)
+        rc = subprocess.call(cmd, cwd=ROOT, env=env)
         if rc != 0:
             print(f"demo: {model} failed with exit code {rc}", file=sys.stderr)
             return rc
@@ -191,8 +201,8 @@ def main(argv: List[str] | None = None) -> int:
           f"{out}/comparison-{stamp}.md", flush=True)
 
     # The full report (tables, plots, one self-contained HTML page) of this demo's runs.
-    from shared.report import build_report, load_local
-    runs = [r for model in args.models for r in load_local(out / f"{model}-{stamp}")]
+    from shared.report import build_report, load_inputs
+    runs = load_inputs([str(out / f"{model}-{stamp}") for model in args.models])
     report_dir = out / f"report-{stamp}"
     build_report(runs, report_dir, target_miou=target,
                  title=f"Demo: U-Net vs SegFormer on a synthetic ADE20K-format set "

@@ -43,10 +43,15 @@ ReportTap = Callable[[str, int, Dict[str, Any]], None]
 
 def report_group(context: det_torch.PyTorchTrialContext, group: str, steps_completed: int,
                  metrics: Dict[str, Any]) -> None:
-    """Report ``metrics`` as the custom group ``group`` (shown under its name in the WebUI).
+    """Report ``metrics`` as the custom group ``group`` (shown under its name in the WebUI),
+    and write its numbers to the trial's TensorBoard as ``<group>/<metric>`` (Determined
+    writes only training and validation there: ``shared.tensorboard_scalars``). The scalars
+    are written first, so that the upload Determined makes with this report carries them.
 
     Relies on: ``PyTorchTrialContext._core`` being the Core API context (0.38.1 sets it in the
     constructor; the public ``report_metrics`` of the trial context does not exist)."""
+    from shared.tensorboard_scalars import add_scalars
+    add_scalars(context, group, steps_completed, metrics)
     context._core.train.report_metrics(group=group, steps_completed=steps_completed,
                                        metrics=metrics)
 

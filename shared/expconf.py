@@ -28,7 +28,8 @@ under ``--repo-root``; a config whose trial cannot be loaded is reported as such
 
 Command line (exit status 1 if any problem)::
 
-    python -m shared.expconf experiment_configs/{unet,segformer,deeplabv3plus,segmenter}/*.yaml
+    python -m shared.expconf experiment_configs/*/*.yaml
+    python -m shared.expconf ~/my-configs/big-batch.yaml --model unet   # a config kept elsewhere
 """
 from __future__ import annotations
 
@@ -584,7 +585,8 @@ def _check_project_rules(conf: Mapping[str, Any], space: Dict[str, Any], searche
         out.add("resources.slots_per_trial", f"{slots} in a '{kind}' config; expected {SLOTS_BY_NAME[kind]}")
     if trial_dir is not None and not trial_dir.is_dir():
         out.add("", f"no trial directory {trial_dir}: a config in experiment_configs/<model>/ "
-                    f"is checked against trials/<model>/")
+                    f"is checked against trials/<model>/; for a config elsewhere, name its "
+                    f"model with --model ({', '.join(sorted(recipes.discover()))})")
         trial_dir = None
     script, tokens = _script_of(conf["entrypoint"])
     if slots > 1 and LAUNCHER not in tokens:
@@ -723,19 +725,26 @@ def _default_trial_dir(path: pathlib.Path, repo_root: Optional[pathlib.Path]) ->
 
 
 def check_config(path: str | pathlib.Path, *, repo_root: Optional[str | pathlib.Path] = None,
-                 per_slot_batch: int = PER_SLOT_BATCH, seed: int = 0) -> List[str]:
+                 per_slot_batch: int = PER_SLOT_BATCH, seed: int = 0,
+                 model: Optional[str] = None) -> List[str]:
     """Problems of the experiment config at ``path`` (an empty list if none).
 
-    The model is the config's directory name (``experiment_configs/<model>/<name>.yaml``),
-    its trial ``<repo_root>/trials/<model>``; the slot rule comes from the file name.
-    Each problem reads ``'<path>: <key.path>: <what is wrong>'``.
+    The model is ``model`` if given (a config kept anywhere), else the config's directory
+    name (``experiment_configs/<model>/<name>.yaml``); its trial is
+    ``<repo_root>/trials/<model>`` (default: the repository holding the config, else this
+    one). The slot rule comes from the file name. Each problem reads
+    ``'<path>: <key.path>: <what is wrong>'``.
     """
     p = pathlib.Path(path)
     try:
         conf = load_yaml(p)
     except ConfigError as e:
         return [str(e)]
-    trial_dir = _default_trial_dir(p, pathlib.Path(repo_root) if repo_root else None)
+    if model is not None:
+        root = pathlib.Path(repo_root) if repo_root else recipes.REPO_ROOT
+        trial_dir = root / recipes.TRIALS / model
+    else:
+        trial_dir = _default_trial_dir(p, pathlib.Path(repo_root) if repo_root else None)
     return check_experiment(conf, str(path), kind=p.stem, trial_dir=trial_dir,
                             per_slot_batch=per_slot_batch, seed=seed)
 
@@ -763,11 +772,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--per-slot-batch", type=int, default=PER_SLOT_BATCH,
                     help=f"images per slot per step global_batch_size must give (default {PER_SLOT_BATCH})")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random hyperparameter point checked")
+    ap.add_argument("--model", help="the recipe (trials/<model>/) to check the configs against, for "
+                                    "configs kept outside experiment_configs/<model>/ (default: "
+                                    "each config's directory name)")
     args = ap.parse_args(argv)
+    if args.model is not None:
+        root = args.repo_root or recipes.REPO_ROOT
+        known = sorted(recipes.discover(root))
+        if args.model not in known:
+            ap.error(f"--model {args.model}: no trials/{args.model}/train.py under {root} "
+                     f"(known: {', '.join(known)})")
     failed = 0
     for path in args.configs:
         problems = check_config(path, repo_root=args.repo_root, per_slot_batch=args.per_slot_batch,
-                                seed=args.seed)
+                                seed=args.seed, model=args.model)
         for line in problems:
             print(line)
         failed += bool(problems)

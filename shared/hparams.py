@@ -108,7 +108,7 @@ COMMON: Dict[str, Param] = {
     "workers_per_slot": Param(8, INT, check=_non_negative,
                  help="data-loader worker processes per GPU"),
     "val_batch_size_per_slot": Param(1, INT, check=_positive,
-                 help="validation images per GPU per batch"),
+                 help="validation images per GPU per batch; above 1, images of different sizes are zero-padded to the batch's largest before the forward pass, which changes the logits near the smaller ones' borders (the model sees the padding) and so the mIoU slightly: 1, as MMSegmentation validates and the configs set, is exact"),
     "val_mode": Param("whole", STR, choices=VAL_MODES,
                  help="validation inference, MMSegmentation's test_cfg mode: whole = each resized image at once; slide = val_crop_size windows every val_stride pixels, logits averaged where they overlap"),
     "val_crop_size": Param(None, (int, list), check=_size, nullable=True,

@@ -40,31 +40,19 @@ from determined import pytorch as det_torch
 from shared import checkpoints
 from shared import determined_compat as compat
 from shared import hparams as hpmod
+from shared import localargs
 from shared import runlog
+from shared import threads
 from shared.summary import format_summary, summarize_run
 
 log = logging.getLogger("shared.launch")
 
 
-def parse_args(argv: Optional[Sequence[str]], model_name: str) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog=f"trials/{model_name}/train.py",
-        description=f"Train {model_name} locally (Determined local mode) or on a cluster.")
-    ap.add_argument("--config", type=pathlib.Path,
-                    help=f"experiment config YAML (e.g. experiment_configs/{model_name}/single_gpu.yaml)")
-    ap.add_argument("--data-dir", help="dataset root (ADEChallengeData2016 layout); sets hyperparameter data_dir")
-    ap.add_argument("--output-dir", type=pathlib.Path,
-                    help="where metrics.jsonl, checkpoints and summary.json go "
-                         f"(default runs/{model_name}-<date>-<time>)")
-    length = ap.add_mutually_exclusive_group()
-    length.add_argument("--batches", type=int, help="train this many batches (overrides max_batches)")
-    length.add_argument("--epochs", type=int, help="train this many epochs of the training set")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                    help="override hyperparameters, e.g. --set crop_size=64 global_batch_size=8 energy.sources=nvml")
-    ap.add_argument("--resume", help="checkpoint directory to continue from, or 'latest' (newest "
-                                     "checkpoint under --output-dir)")
-    ap.add_argument("--verbose", action="store_true", help="show Determined's own INFO logs")
-    return ap.parse_args(argv)
+def parse_args(argv: Optional[Sequence[str]], model_name: str,
+               family: str = "segmentation") -> argparse.Namespace:
+    """The local command line (``shared.localargs``, the parser ``train.py`` also runs before
+    importing torch)."""
+    return localargs.parse_args(argv, model_name, family)
 
 
 def main(trial_cls: Type[det_torch.PyTorchTrial], argv: Optional[Sequence[str]] = None) -> int:
@@ -76,7 +64,8 @@ def main(trial_cls: Type[det_torch.PyTorchTrial], argv: Optional[Sequence[str]] 
     info = det.get_cluster_info()
     if info is not None and info.task_type == "TRIAL":
         return run_on_cluster(trial_cls, info)
-    args = parse_args(argv, trial_cls.MODEL_NAME)
+    from shared.recipes import family_of
+    args = parse_args(argv, trial_cls.MODEL_NAME, family_of(trial_cls) or "segmentation")
     _setup_logging(args.verbose)
     try:
         return run_local(trial_cls, args)
@@ -208,15 +197,47 @@ def _distributed_context() -> Optional[det.core.DistributedContext]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend)
-    return det.core.DistributedContext.from_torch_distributed()
+    return det_distributed_context()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def det_distributed_context() -> det.core.DistributedContext:
+    """Determined's DistributedContext for the processes of an initialised torch.distributed
+    group (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, ...), its chief's two ZMQ
+    ports chosen free by rank 0 and sent to the others.
+
+    ``DistributedContext.from_torch_distributed`` binds the chief to fixed ports (12360 and
+    12360 + 16, ``INTER_TRAIN_PROCESS_COMM_PORT_1``/``_2``), so two multi-process runs on one
+    machine (two users, two test suites) collided there. Set those variables to choose the
+    ports yourself (a firewall between nodes); they are then used as given."""
+    env = os.environ
+    ports = [None, None]
+    if "INTER_TRAIN_PROCESS_COMM_PORT_1" not in env:
+        if torch.distributed.get_rank() == 0:
+            ports = [_free_port(), _free_port()]
+        torch.distributed.broadcast_object_list(ports, src=0)
+    chosen = {"pub_port": ports[0], "pull_port": ports[1]} if ports[0] else {}
+    return det.core.DistributedContext(
+        rank=int(env["RANK"]), size=int(env["WORLD_SIZE"]), local_rank=int(env["LOCAL_RANK"]),
+        local_size=int(env["LOCAL_WORLD_SIZE"]), cross_rank=int(env["GROUP_RANK"]),
+        cross_size=int(env["GROUP_WORLD_SIZE"]), chief_ip=env.get("DET_CHIEF_IP"), **chosen)
 
 
 class _Progress:
-    """One readable line per report, with throughput and time left."""
+    """One readable line per report, with throughput and time left. With ``stop_at_target``
+    the time to the target is unknown: the time left to ``max_batches`` is its bound, shown
+    as ``eta <= H:MM:SS (or at the target)``."""
 
     def __init__(self, model: str, max_batches: int, global_batch: int, first_batch: int = 0,
-                 shown: Sequence[str] = ("miou", "pixel_accuracy")) -> None:
+                 shown: Sequence[str] = ("miou", "pixel_accuracy"), stop_at_target: bool = False) -> None:
         self.model, self.max_batches, self.gbs, self.shown = model, max_batches, global_batch, shown
+        self.stop_at_target = stop_at_target
         self.t0 = time.monotonic()
         self.last = (self.t0, first_batch)
 
@@ -227,9 +248,10 @@ class _Progress:
             rate = (steps - s_prev) / max(1e-9, now - t_prev)
             left = (self.max_batches - steps) / rate if rate > 0 else float("nan")
             self.last = (now, steps)
+            eta = f"eta <= {_hms(left)} (or at the target)" if self.stop_at_target else f"eta {_hms(left)}"
             print(f"[{self.model}] batch {steps}/{self.max_batches}  loss {float(m.get('loss', 'nan')):.4f}  "
                   f"lr {float(m.get('lr', 'nan')):.2e}  {rate * self.gbs:.1f} img/s  "
-                  f"eta {_hms(left)}", flush=True)
+                  f"{eta}", flush=True)
         elif group == "validation":
             extra = "".join(f"  {k} {m[k]}" for k in ("time_to_target_s", "energy_wh") if k in m)
             shown = "".join(f"  {k} {float(m[k]):.2f}" for k in self.shown if k in m)
@@ -277,6 +299,11 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
 
     distributed = _distributed_context()
     chief = distributed is None or distributed.rank == 0
+    # torch's one thread per core stalls on a busy machine: the idle cores, or OMP_NUM_THREADS
+    cpu = threads.choose()
+    threads.apply(cpu)
+    if chief:
+        print(f"[{trial_cls.MODEL_NAME}] {cpu.line()}", flush=True)
     if chief and point:
         print(_format_search_point(trial_cls.MODEL_NAME, args.config.name,
                                    str(conf["searcher"].get("name", "?")), space, point, args.set),
@@ -303,7 +330,8 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
         if chief:
             first = checkpoints.batches_of(ckpt_dir / latest) if latest else 0
             mf.listeners.append(_Progress(trial_cls.MODEL_NAME, trial.max_batches,
-                                          ctx.get_global_batch_size(), first, trial_cls.SHOWN_METRICS))
+                                          ctx.get_global_batch_size(), first, trial_cls.SHOWN_METRICS,
+                                          stop_at_target=bool(trial.hp["stop_at_target"])))
             print(f"[{trial_cls.MODEL_NAME}] output {out}  ({trial.num_parameters / 1e6:.2f}M parameters, "
                   f"{trial.max_batches} batches, device {trial.device}, precision {trial.precision})",
                   flush=True)
@@ -324,7 +352,7 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
     if chief:
         summary = summarize_run(out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(format_summary(summary), flush=True)
+        print(format_summary(summary, trial_cls.MODEL_NAME), flush=True)
     if stop.signum is not None and trial.batches_trained < trial.max_batches:
         done = checkpoints.complete_checkpoints(ckpt_dir)
         where = (f"checkpoint {done[-1].name} (batch {checkpoints.batches_of(done[-1])})" if done

@@ -29,8 +29,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Dict, List, Optional
 
-__all__ = ["REPO_ROOT", "FAMILIES", "FAMILY_BASES", "Recipe", "RecipeError", "discover", "get",
-           "model_of"]
+__all__ = ["REPO_ROOT", "FAMILIES", "FAMILY_BASES", "Recipe", "RecipeError", "discover",
+           "family_of", "get", "model_of"]
 
 #: The repository this module lives in: the default root of ``discover`` and ``get``.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,15 @@ _LOADED: Dict[Path, _Loaded] = {}
 _MODELS: Dict[Path, ModuleType] = {}
 # Loading swaps sys.modules["model"] and sys.path for a moment: one load at a time.
 _LOCK = threading.RLock()
+
+
+def family_of(trial_cls: type) -> Optional[str]:
+    """The family (``FAMILY_BASES``) of a trial class, from its base classes; None if none."""
+    for family, where in FAMILY_BASES.items():
+        module, name = where.split(":")
+        if issubclass(trial_cls, getattr(importlib.import_module(module), name)):
+            return family
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +146,9 @@ class Recipe:
             RecipeError: the trial class is of no family.
         """
         cls = self.trial_class()
-        for family, where in FAMILY_BASES.items():
-            module, name = where.split(":")
-            if issubclass(cls, getattr(importlib.import_module(module), name)):
-                return family
+        family = family_of(cls)
+        if family is not None:
+            return family
         raise RecipeError(f"{self.train_script}: {cls.__name__} derives from none of the family "
                           f"bases ({', '.join(FAMILY_BASES.values())}), so its family is unknown")
 

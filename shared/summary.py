@@ -85,7 +85,12 @@ def _fmt(v: Any, spec: str = "") -> str:
     return format(v, spec) if spec else str(v)
 
 
-def format_summary(s: Dict[str, Any]) -> str:
+def format_summary(s: Dict[str, Any], name: Optional[str] = None) -> str:
+    """The run's last line, ``[name] done: ...``: ``name`` is the prefix of the run's other
+    lines (the trial's name); the model it reports, when another (the classification
+    recipe's architecture), follows in parentheses."""
+    name = name or s["model"]
+    model = f" ({s['model']})" if s.get("model") and s["model"] != name else ""
     target = (f"reached at batch {s['batches_to_target']} after {s['time_to_target_s']:.1f} s"
               if s["reached_target"] else "not reached")
     energy = (f"{s['energy_wh']:.4g} Wh ({s['energy_sources']})" if s.get("energy_wh") is not None
@@ -94,7 +99,7 @@ def format_summary(s: Dict[str, Any]) -> str:
     stopped = (f"; early stopped ({s['early_stop_patience']} validations without improvement)"
                if s.get("early_stopped") else "")
     peak = (f"; peak memory {s['peak_memory_mb']:.0f} MB" if s.get("peak_memory_mb") is not None else "")
-    return (f"[{s['model']}] done: {s['batches']} batches, best {m} {_fmt(s.get(f'best_{m}'), '.4g')}, "
+    return (f"[{name}] done{model}: {s['batches']} batches, best {m} {_fmt(s.get(f'best_{m}'), '.4g')}, "
             f"final {_fmt(s.get(f'final_{m}'), '.4g')}; target {target}{stopped}; energy {energy}{peak}")
 
 

@@ -27,6 +27,7 @@ from shared import energy
 from shared.energy import ENERGY_METRICS
 from shared.engine import Engine, SegmentationTask
 from shared.metrics import per_class_dict
+from shared.tensorboard_scalars import add_scalars
 
 log = logging.getLogger("shared.trial")
 
@@ -373,11 +374,15 @@ class SegmentationTrial(RecipeTrial):
                                     **self._loader_kwargs())
 
     def write_local_details(self) -> None:
-        """Per-class IoU of the last validation, to the local metrics file only."""
+        """Per-class IoU of the last validation: to the local metrics file (``per_class_iou``,
+        ``iou/<class>``) and to TensorBoard (``per_class_iou/<class>``, locally and on a
+        cluster); not a Determined metric group (150 columns would crowd the WebUI)."""
         last = self.confusion.last
         if last is not None:
-            runlog.write_extra("per_class_iou", self.batches_trained,
-                               per_class_dict(last["per_class_iou"], self.hp["class_names"]))
+            values = per_class_dict(last["per_class_iou"], self.hp["class_names"])
+            runlog.write_extra("per_class_iou", self.batches_trained, values)
+            add_scalars(self.context, "per_class_iou", self.batches_trained,
+                        {k.split("/", 1)[1]: v for k, v in values.items()})
 
 
 #: the custom group ``run``, reported once per trial start by _RunInfoCallback

@@ -198,6 +198,15 @@ def _row(name, img_s=None, j=None, status="ok", compile_=False, base=None):
             "base": base or name, "error": "boom" if status != "ok" else None}
 
 
+def test_an_mfu_above_100_percent_is_flagged_as_an_error_of_the_peak():
+    """A model cannot run faster than the device's peak: an MFU above 100% (a CPU smoke run
+    printed 149.26 %) is an error in the measured peak, and says so where it is printed."""
+    assert render.mfu_error(149.26) == render.MFU_ABOVE_PEAK and render.mfu_error(99.9) is None
+    assert render.mfu_text(149.26, " %") == f"149.26 % ({render.MFU_ABOVE_PEAK})"
+    assert render.mfu_text(8.26) == "8.26" and render.mfu_text("n/a (no peak measured)") == "n/a (no peak measured)"
+    assert "the measured matmul peak is too low" in render.MFU_ABOVE_PEAK
+
+
 def test_targets_on_hand_values():
     rows = [_row("segformer", 130.0, 0.70), _row("transformers.SegFormer-b0(sdpa)", 100.0, 1.0),
             _row("unet", 129.0, 2.0), _row("unet-plain", 100.0, 2.5),

@@ -609,6 +609,8 @@ def test_cli_learns_the_synthetic_set_and_records_resources_and_energy(synth, tm
     assert res["ranks"] == 1 and res["rss_mb"] > 100 and res["threads"] >= 1 and res["cpu_percent"] > 0
     assert res["workers"] == 0  # workers_per_slot=0
     assert "[image_classification] validation at batch 20:  accuracy" in p.stdout
+    # every line of the run under one name, the last one too (the architecture beside it)
+    assert "[image_classification] done (resnet18): 20 batches" in p.stdout
 
 
 def test_cli_early_stopping_ends_the_run_after_patience(synth, tmp_path):

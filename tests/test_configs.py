@@ -393,3 +393,69 @@ def test_config_point_builds_and_trains_one_step(model, kind):
     optimizer.step()
     schedule.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters())), "no parameter moved"
+
+
+# ----------------------------------------------------------------------------- lr rules
+def _effective(path: pathlib.Path):
+    """(optimiser, global, base, lr_scaling, rule, factor) of a shipped config's point."""
+    from shared import recipes
+    trial_cls = recipes.get(path.parent.name).trial_class()
+    conf = hpmod.load_experiment_config(path)
+    hp = hpmod.resolve(hpmod.point_from_space(conf["hyperparameters"], str(path)),
+                       trial_cls.MODEL_PARAMS, where=str(path), common=trial_cls.COMMON_PARAMS)
+    rule = lr_scaling_rule(hp["lr_scaling"], hp["optimizer"])
+    factor = scaled_lr(1.0, hp["base_batch_size"], hp["global_batch_size"], rule)
+    return hp["optimizer"], hp["global_batch_size"], hp["base_batch_size"], hp["lr_scaling"], rule, factor
+
+
+def test_the_lr_scaling_table_of_docs_configs_is_computed_from_the_configs():
+    """docs/configs.md's table says, for every shipped config, its optimiser, batches, rule
+    and lr factor: each row is checked against what the trial computes, and every config is
+    in exactly one row."""
+    text = (ROOT / "docs" / "configs.md").read_text()
+    table = text[text.index("| configs | optimiser |"):]
+    lines = table.splitlines()[2:]
+    rows = lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]
+    seen = []
+    for line in rows:
+        configs, optimiser, batches, rule_cell, factor_cell = [c.strip() for c in line.strip("|").split("|")]
+        models, kinds = configs.split(":")
+        for model in re.findall(r"`([^`]+)`", models):
+            for kind in re.findall(r"`([^`]+)`", kinds):
+                path = config_path(model, kind)
+                opt, gbs, base, scaling, rule, factor = _effective(path)
+                assert optimiser.lower() == opt and batches == f"{gbs} / {base}", (path, line)
+                assert rule_cell == f"{scaling} = {rule}", (path, line)
+                shown = float(factor_cell.split("=")[-1])
+                assert shown == pytest.approx(factor, abs=0.005), (path, line)
+                seen.append(path)
+    assert sorted(seen) == SHIPPED, "every shipped config in exactly one row"
+
+
+def test_config_comments_state_the_rule_the_trial_applies():
+    """A comment that promises linear scaling (or its x8 / x32 figures) in a config whose
+    optimiser the trial scales by the square root misleads whoever reads the config."""
+    for path in SHIPPED:
+        opt, gbs, base, scaling, rule, factor = _effective(path)
+        comments = "\n".join(line for line in path.read_text().splitlines() if "#" in line)
+        if rule == "sqrt":
+            assert not re.search(r"scaled linearly|linear(ly)? scal|lr x (8|32)\b|x (128|512)/16",
+                                 comments), path
+            if factor != 1.0:
+                assert "sqrt" in comments or "square root" in comments, path
+        if rule == "linear" and factor != 1.0:
+            assert re.search(r"linear", comments), path
+
+
+def test_validation_inference_is_the_reference_configs_in_every_config():
+    """docs/configs.md: every Segmenter config slides 512 px windows at stride 512, the other
+    segmentation models validate whole images (the ablation configs included)."""
+    from shared import recipes
+    for model in MODELS:
+        trial_cls = recipes.get(model).trial_class()
+        for path in sorted((ROOT / "experiment_configs" / model).glob("*.yaml")):
+            conf = hpmod.load_experiment_config(path)
+            hp = hpmod.resolve(hpmod.point_from_space(conf["hyperparameters"], str(path)),
+                               trial_cls.MODEL_PARAMS, where=str(path), common=trial_cls.COMMON_PARAMS)
+            got = (hp["val_mode"], hp["val_crop_size"], hp["val_stride"])
+            assert got == (("slide", 512, 512) if model == "segmenter" else ("whole", None, None)), path

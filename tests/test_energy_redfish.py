@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -63,23 +64,54 @@ def make(sources: List[RedfishSource], url: str, **kwargs) -> RedfishSource:
     return source
 
 
-def run(source: RedfishSource, seconds: float) -> Tuple[float, float, float, float]:
-    """Open, let it sample, read: (joules, t before open, t after open, t of the read)."""
+@dataclasses.dataclass
+class Window:
+    """What ``run`` read and when: the joules, the wall clock before the source opened and
+    after the read, and the sampler's first good sample and its latest one before the read."""
+
+    joules: float
+    t_before: float
+    t_read: float
+    first_sample: float
+    last_sample_before_read: float
+
+
+def run(source: RedfishSource, seconds: float) -> Window:
+    """Open, let it sample, read."""
     t_before = time.monotonic()
     source.open()
-    t_opened = time.monotonic()
     time.sleep(seconds)
+    last = source.sampler.last_sample_time()
     joules = source.read()["node"]
-    return joules, t_before, t_opened, time.monotonic()
+    return Window(joules, t_before, time.monotonic(), source.sampler.first_sample_time(), last)
 
 
-def assert_energy(joules: float, watts: float, t_before: float, t_opened: float,
-                  t_read: float, period: float = PERIOD) -> None:
-    """The documented bias: the integral stops at the latest sample, so it lags the truth by
-    about one period plus one request, and never runs ahead of it. (The slack allows for a
-    request slowed by a loaded 2-core machine: 0.3 s, against 0.05 s on an idle one.)"""
-    assert watts * (t_read - t_opened - 2 * period - 0.3) <= joules
-    assert joules <= watts * (t_read - t_before)
+def assert_energy(w: Window, watts: float) -> None:
+    """The documented bias, from the times measured (not from how fast the machine is): the
+    integral covers the samples' span, at least up to the last good sample taken before the
+    read, and never runs ahead of the read."""
+    assert w.t_before <= w.first_sample <= w.last_sample_before_read <= w.t_read
+    assert watts * (w.last_sample_before_read - w.first_sample) - 1e-6 <= w.joules
+    assert w.joules <= watts * (w.t_read - w.first_sample) + 1e-6
+
+
+def wait_for_output(proc: subprocess.Popen, hang_s: float = 600.0) -> None:
+    """Until ``proc`` prints a line: as long as it lives (an interpreter starting on a loaded
+    machine takes what it takes), failing at once if it exits; ``hang_s`` guards a hang."""
+    start = time.monotonic()
+    while not select.select([proc.stdout], [], [], 1.0)[0]:
+        assert proc.poll() is None, f"the simulator exited ({proc.returncode}) before printing its URL"
+        assert time.monotonic() - start < hang_s, "the simulator printed nothing"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End the simulator: SIGTERM, and SIGKILL if a loaded machine keeps it past a minute."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def write_credentials(tmp_path: Path, content: str, name: str = "bmc.cred") -> Path:
@@ -111,7 +143,7 @@ def test_constant_power_integrates_to_watts_times_time(mode, how, sources, caplo
     with BmcSimulator(WATTS, mode) as sim:
         url = sim.url if how == "service_root" else sim.base_url + RESOURCE_PATHS[mode]
         source = make(sources, url)
-        joules, t_before, t_opened, t_read = run(source, 0.8)
+        window = run(source, 0.8)
         source.close()
     assert source.resource is not None
     assert source.resource.kind == EXPECTED_KIND[mode]
@@ -123,9 +155,9 @@ def test_constant_power_integrates_to_watts_times_time(mode, how, sources, caplo
     sampler = source.sampler
     span = sampler.last_sample_time() - sampler.first_sample_time()
     assert sampler.energy_j() == pytest.approx(WATTS * span, rel=1e-9)
-    assert joules <= sampler.energy_j() + 1e-9
+    assert window.joules <= sampler.energy_j() + 1e-9
     # ... and that span is the window, to the documented lag
-    assert_energy(joules, WATTS, t_before, t_opened, t_read)
+    assert_energy(window, WATTS)
     assert source.health.failures == 0 and source.health.attempts > 10  # 40 expected; a loaded machine samples late
     chosen = [r.getMessage() for r in caplog.records if "node power from" in r.getMessage()]
     assert len(chosen) == 1 and EXPECTED_KIND[mode] in chosen[0]
@@ -226,10 +258,10 @@ def test_basic_auth_accepted_from_env(fmt, tmp_path, sources, caplog):
                "ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS": "1"}
         source = RedfishSource.from_env(env, {"sample_period_s": PERIOD})
         sources.append(source)
-        joules, t_before, t_opened, t_read = run(source, 0.3)
+        window = run(source, 0.3)
         source.close()  # before the server goes: a request cut by its shutdown would count
         requests = list(sim.requests)
-    assert_energy(joules, WATTS, t_before, t_opened, t_read)
+    assert_energy(window, WATTS)
     assert source.health.failures == 0
     assert requests and all(had_auth for _, had_auth, _ in requests)
     assert all(status == 200 for _, _, status in requests)
@@ -377,10 +409,10 @@ def test_https_with_ca_bundle_and_credentials(tls_files, tmp_path, sources, capl
                "ENERGY_REDFISH_CA_BUNDLE": cert}  # https: no http-credentials flag needed
         source = RedfishSource.from_env(env, {"redfish_sample_period_s": 0.05})
         sources.append(source)
-        joules, t_before, t_opened, t_read = run(source, 0.5)
+        window = run(source, 0.5)
         source.close()
         requests = list(sim.requests)
-    assert_energy(joules, WATTS, t_before, t_opened, t_read, period=0.05)
+    assert_energy(window, WATTS)
     assert all(had_auth for path, had_auth, _ in requests if path != "/redfish/v1")
     assert "plain http" not in caplog.text
     assert_secret_absent(caplog.text)
@@ -537,8 +569,7 @@ def test_bmc_simulator_command_line(sources):
                              "--watts", "450", "--fail-after", "9", "--mode", "envmetrics"],
                             stdout=subprocess.PIPE, text=True)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        assert ready, "the simulator did not print its URL"
+        wait_for_output(proc)
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/redfish/v1")
         source = make(sources, url, sample_period_s=0.05, max_backoff_s=0.05)
@@ -549,12 +580,12 @@ def test_bmc_simulator_command_line(sources):
         # 9 good power reads (those at open, then a few sampled), then only HTTP 500s.
         sampler = source.sampler
         span = sampler.last_sample_time() - sampler.first_sample_time()
-        assert 0 < span < 0.3
+        # counted, not timed: a loaded machine stretches the span, not the number of reads
+        assert source.health.attempts - source.health.failures == 4 and span > 0
         assert source.read()["node"] == pytest.approx(450.0 * span, rel=1e-9)
         assert "HTTP 500" in source.health.first_error
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop(proc)
 
 
 # -- configuration and small pieces -----------------------------------------------------------------
@@ -989,8 +1020,7 @@ def test_bmc_simulator_command_line_serves_a_fixture(sources):
                              "--watts", "450", "--fixture", "openbmc"],
                             stdout=subprocess.PIPE, text=True)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        assert ready, "the simulator did not print its URL"
+        wait_for_output(proc)
         source = make(sources, proc.stdout.readline().strip())
         source.open()
         assert source.resource.url.endswith("/Sensors/power_total_power")
@@ -998,8 +1028,7 @@ def test_bmc_simulator_command_line_serves_a_fixture(sources):
         assert 0.0 <= source.lag_s <= 5 * PERIOD  # sampled: the integral ends at the last sample
         assert source._read_resource(source.resource) == pytest.approx(450.0)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop(proc)
 
 
 def test_report_sources_show_the_chosen_resource_and_keys_stay_the_name(sources):

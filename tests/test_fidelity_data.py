@@ -114,6 +114,36 @@ def test_photometric_equals_mmseg_with_opencv_on_every_branch():
     assert np.array_equal(out[0], images[0])  # no op applied: the image as it was
 
 
+def test_at_any_width_hsv_to_rgb_is_opencvs_vectorised_path():
+    """OpenCV converts each row in blocks (32 pixels here) and the last width % block pixels
+    with scalar code that rounds HSV->RGB differently. Ours is the vectorised path at every
+    pixel: equal to OpenCV's result on the same pixels inside a wider image, and to OpenCV's
+    own at width 100 except on its scalar tail, where OpenCV differs from itself by 1 level;
+    through MMSeg's photometric distortion (two round trips) the tail differs by up to 3
+    (on_device.hsv_to_rgb's docstring)."""
+    rng = np.random.default_rng(2)
+    hsv = np.stack([rng.integers(0, 180, (8, 100)), rng.integers(0, 256, (8, 100)),
+                    rng.integers(0, 256, (8, 100))], -1).astype(np.uint8)
+    t = to_batch(hsv[None])
+    ours = hsv_to_rgb(t[:, :1], t[:, 1:2], t[:, 2:]).permute(0, 2, 3, 1)[0].numpy().astype(np.int64)
+    wide = np.zeros((8, 1024, 3), np.uint8)
+    wide[:, :100] = hsv
+    vectorised = cv2.cvtColor(wide, cv2.COLOR_HSV2RGB)[:, :100].astype(np.int64)
+    at_100 = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.int64)
+    np.testing.assert_array_equal(ours, vectorised)
+    scalar = np.any(at_100 != vectorised, axis=(0, 2))  # OpenCV's scalar tail
+    assert scalar.any() and not scalar[:64].any()
+    assert np.abs(ours - at_100).max() == 1
+    np.testing.assert_array_equal(ours[:, ~scalar], at_100[:, ~scalar])
+    params = branch_params()
+    images = np.stack([textured_image(16, 100, seed=i) for i in range(len(params))])
+    out = photometric(to_batch(images), torch.tensor(params, dtype=torch.float32))
+    out = out.permute(0, 2, 3, 1).numpy().astype(np.int64)
+    worst = max(int(np.abs(out[i] - mmseg_photometric(images[i], p).astype(np.int64)).max())
+                for i, p in enumerate(params))
+    assert worst <= 3
+
+
 def test_hsv_conversions_are_opencvs():
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (4, 64, 3), dtype=np.uint8)
@@ -180,6 +210,24 @@ def test_resize_equals_opencv(size):
     assert np.abs(out.permute(1, 2, 0).numpy().astype(int) - expected).max() <= 1
     np.testing.assert_array_equal(out_labels.numpy(),
                                   cv2.resize(labels, rescale_size[::-1], interpolation=cv2.INTER_NEAREST))
+
+
+def test_label_resize_is_opencvs_nearest_where_the_product_is_an_exact_integer():
+    """Where dst * in / out is an exact integer, OpenCV's reciprocal can land just below it
+    and INTER_NEAREST takes the pixel before: shared.data.transforms.resize_mask follows
+    OpenCV's rule (torch's "nearest" does not: 20 -> 98 px is such a pair), on every pair."""
+    from shared.data.transforms import resize_mask
+    rng = np.random.default_rng(5)
+    differs = 0
+    for src in range(20, 120, 7):
+        for dst in range(10, 260, 11):
+            labels = rng.integers(0, 150, (src, src + 3), dtype=np.uint8)
+            expected = cv2.resize(labels, (dst + 1, dst), interpolation=cv2.INTER_NEAREST)
+            ours = resize_mask(torch.from_numpy(labels), (dst, dst + 1)).numpy()
+            np.testing.assert_array_equal(ours, expected, err_msg=f"{src} -> {dst}")
+            torchs = TF.resize_mask(torch.from_numpy(labels)[None], [dst, dst + 1])[0].numpy()
+            differs += not np.array_equal(torchs, expected)
+    assert differs > 0  # the rule matters: torch's own nearest misses some pairs
 
 
 def test_downscale_by_half_is_not_antialiased():

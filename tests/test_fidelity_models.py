@@ -182,6 +182,16 @@ def test_segmenter_parameter_count_is_the_official_models(backbone, decoder):
         assert round(n_params(model) / 1e6, 2) == 26.03  # the official ViT-S/16 figure
 
 
+def test_segmenter_layernorm_eps_is_what_docs_models_says():
+    """docs/models.md: the encoder's LayerNorms have timm's eps 1e-6 (the official encoder's
+    are PyTorch's default, 1e-5), the mask decoder's 1e-5 as the official decoder's."""
+    with torch.device("meta"):
+        model = _default_model("segmenter", 150)
+    eps = lambda m: {x.eps for x in m.modules() if isinstance(x, torch.nn.LayerNorm)}  # noqa: E731
+    assert eps(model.encoder) == {1e-6}
+    assert eps(model.decoder) == {1e-5}
+
+
 # DeepLab v3+ has no published parameter count for ResNet backbones; the reference is
 # segmentation_models_pytorch 0.6.0's DeepLabV3Plus(encoder, encoder_weights=None,
 # classes=150), measured (smp is not a dependency): the same timm ResNet features, a

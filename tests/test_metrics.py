@@ -87,8 +87,8 @@ def _worker(rank, world, port, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0", GROUP_WORLD_SIZE="1")
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    from determined.core import DistributedContext
-    dist = DistributedContext.from_torch_distributed()
+    from shared.launch import det_distributed_context
+    dist = det_distributed_context()  # free ports: another suite may be running beside this one
     pred, target, k = random_case(11)
     cm = ConfusionMatrix(k)
     for i in range(rank, pred.shape[0], world):   # each rank sees its share of the images
@@ -99,6 +99,25 @@ def _worker(rank, world, port, queue):
     torch.distributed.destroy_process_group()
 
 
+def collect(queue, procs, hang_s: float = 1200.0) -> dict:
+    """One result per process, waiting as long as they live (a busy machine takes minutes to
+    start two interpreters that import torch: no time limit measures the code); a process
+    that ended without its result fails at once, and ``hang_s`` only guards a deadlock."""
+    import queue as queue_module
+    import time
+    results, start = {}, time.monotonic()
+    while len(results) < len(procs):
+        try:
+            rank, result = queue.get(timeout=1.0)
+            results[rank] = result
+        except queue_module.Empty:
+            ended = [p.exitcode for p in procs if p.exitcode is not None]
+            assert len(ended) < len(procs) or not queue.empty(), \
+                f"the workers ended ({ended}) with {len(results)} of {len(procs)} results"
+            assert time.monotonic() - start < hang_s, "the workers are deadlocked"
+    return results
+
+
 def test_two_process_gloo_reduction_equals_single_process():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -106,9 +125,9 @@ def test_two_process_gloo_reduction_equals_single_process():
     procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=60) for _ in procs)
+    results = collect(queue, procs)
     for p in procs:
-        p.join(timeout=30)
+        p.join()
         assert p.exitcode == 0
     pred, target, k = random_case(11)
     single = summarize(confusion_matrix(pred, target, k).numpy())

@@ -166,6 +166,18 @@ def test_detignore_keeps_the_context_small(built, tmp_path):
     assert set(files2) == files and size2 == built.context_bytes
 
 
+def test_docs_figures_of_the_unet_package_are_measured(built):
+    """docs/packages.md's module count, files and size of the U-Net package are this build's,
+    within 10% (they grow with the library: update the doc when this fails)."""
+    import re
+    doc = (ROOT / "docs" / "packages.md").read_text()
+    modules = int(re.search(r"the library modules the trial imports \((\d+) of them for U-Net", doc)[1])
+    files, kib = re.search(r"a U-Net package\s+uploads (\d+) files, about (\d+) KiB", doc).groups()
+    assert len(built.closure.modules) == pytest.approx(modules, rel=0.10), len(built.closure.modules)
+    assert len(built.context_files) == pytest.approx(int(files), rel=0.10), len(built.context_files)
+    assert built.context_bytes / 1024 == pytest.approx(int(kib), rel=0.10), built.context_bytes / 1024
+
+
 def test_readme_documents_what_the_code_does(built):
     readme = (built.directory / "README.md").read_text()
     version = pkg.read_pyproject(ROOT)["version"]

@@ -113,14 +113,15 @@ def test_partial_data_reads_not_reached_and_not_measured(built):
 
 def test_pngs_and_self_contained_html(built):
     names = {c.name for c in built.charts}
-    assert names == {"miou_vs_energy", "miou_vs_time", "power", "loss"}
+    assert names == {"miou_vs_energy", "miou_vs_batches", "miou_vs_time", "power", "loss"}
+    assert all(c.drawn for c in built.charts)
     html = (built.out_dir / "index.html").read_text()
     for c in built.charts:
         data = c.path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
         assert base64.b64encode(data).decode() in html
     srcs = re.findall(r'src="([^"]*)"', html)
-    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert "not reached" in html and "not measured" in html
 
@@ -161,7 +162,10 @@ def test_different_targets_and_bad_target_are_refused(tmp_path):
     write_run(tmp_path / "a", run_records(), {"target_miou": 16})
     write_run(tmp_path / "b", run_records(), {"target_miou": 20})
     runs = load_inputs([str(tmp_path / "a"), str(tmp_path / "b")])
-    with pytest.raises(ReportError, match=r"different targets \(a: 16, b: 20\).*--target-miou"):
+    # the runs are named by what differs between them: here their targets
+    assert [r.label for r in runs] == ["a (target_miou=16)", "b (target_miou=20)"]
+    with pytest.raises(ReportError, match=r"different targets \(a \(target_miou=16\): 16, "
+                                          r"b \(target_miou=20\): 20\).*--target-miou"):
         build_report(runs, tmp_path / "out")
     assert report.report_target(runs, 18) == report.Target("miou", 18.0, False)
     with pytest.raises(ReportError, match=r"--target-miou must be a number in \(0, 100\], got 150"):
@@ -182,16 +186,19 @@ def test_a_decreasing_target_is_compared_and_drawn_in_its_direction(tmp_path, ca
     assert row.best_value == pytest.approx(3.0 / 3.1) == row.value_at_target  # the smallest loss
     assert row.target_miou is None and row.best_miou == 21.0  # the mIoU columns stay mIoU's
     md = (tmp_path / "out" / "comparison.md").read_text()
-    assert "Target: validation_loss <= 1." in md
+    assert "Target: validation loss <= 1." in md
+    assert "validation validation" not in md and "Validation_loss" not in md
+    assert "the validation loss at the last validation and at the best one" in md
     charts = {c.name: c for c in rep.charts}
     assert charts["validation_loss_vs_energy"].plotted == ["loss"]
+    assert charts["validation_loss_vs_energy"].title == "Validation loss vs energy (Wh)"
     assert (tmp_path / "out" / "validation_loss_vs_time.png").read_bytes()[:8] == PNG_MAGIC
     csv_row = next(csv.DictReader(io.StringIO((tmp_path / "out" / "comparison.csv").read_text())))
     assert (csv_row["target_metric"], csv_row["target_smaller_is_better"]) == ("validation_loss", "yes")
     # another value of the same metric, in the run's direction: <= 1.2 first at batch 30
     (row,) = report.compare(runs, report.report_target(runs, 1.2, flag="--target-value"))
     assert (row.batches_to_target, row.target_basis) == (30, "recomputed")
-    assert "own target was validation_loss <= 1" in row.notes[0]
+    assert "own target was validation loss <= 1" in row.notes[0]
     with pytest.raises(ReportError, match="--target-value must be a number > 0, got -1"):
         build_report(runs, tmp_path / "o4", target_value=-1)
     assert main([str(tmp_path / "loss"), "--target-metric", "miou", "--out", str(tmp_path / "o")]) == 2
@@ -396,7 +403,11 @@ def test_master_experiments_through_the_sdk_mixed_with_local(master, runs_dir, t
     assert main(["--master", url, "--user", "alice", "12", "15", str(runs_dir / "unet"),
                  "--out", str(out)]) == 0
     rows = {r["run"]: r for r in csv.DictReader((out / "comparison.csv").open())}
-    assert list(rows) == ["exp 12 trial 34", "exp 15 trial 35", "unet"]
+    # two U-Net runs: each named with what sets it apart from the other (a search point's
+    # hyperparameters on the master, none set locally: "unset")
+    assert list(rows) == ["exp 12 trial 34 (global_batch_size=16, lr=0.001)", "exp 15 trial 35",
+                          "unet (global_batch_size=8, lr=unset)"]
+    rows = {k.split(" (")[0]: v for k, v in rows.items()}
     e12 = rows["exp 12 trial 34"]
     # hand values: see make_master_fixtures.py
     assert (e12["model"], e12["slots"], e12["global_batch_size"], e12["target_miou"]) == ("unet", "1", "16", "16.0")
@@ -419,7 +430,9 @@ def test_master_experiments_through_the_sdk_mixed_with_local(master, runs_dir, t
     assert len(streams) == 8 and any("group=energy" in p and "trialIds=34" in p for p in streams)
     # the energy chart shows the master trial that measured energy; the time chart all three
     html = (out / "index.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == 5
+    # per-class IoU is not held by a master: the table says so for the master's trials
+    assert "exp 12 trial 34 (global_batch_size=16, lr=0.001): read from a master" in html
 
 
 @pytest.mark.parametrize("case, message", [
@@ -463,3 +476,135 @@ def test_energy_split_and_bridged_time_are_shown(tmp_path):
     [csv_row] = list(csv.DictReader(io.StringIO(to_csv([row]))))
     assert float(csv_row["validation_wh"]) == pytest.approx(split["validation_wh"])
     assert sum(float(csv_row[k]) for k in split) == pytest.approx(total)
+
+
+# ------------------------------------------------------------- what is measured, and only that
+def _png_names(out):
+    return sorted(p.name for p in out.glob("*.png"))
+
+
+def test_no_energy_anywhere_gives_one_line_per_energy_chart_not_an_empty_frame(tmp_path, capsys):
+    """A machine without a power counter: the runs report an energy group without energy (as
+    the hook does when no source opens). The energy charts are not drawn; each is one line
+    saying why and how to get a counter; the charts with data come first."""
+    recs = run_records(power_w=200.0)
+    for r in recs:  # the hook ran, no source measured anything
+        if r["group"] == "energy":
+            r["metrics"].update(energy_wh=None, gpu_wh=None, sources="none")
+        r["metrics"].pop("energy_wh", None) if r["group"] == "validation" else None
+        if r["group"] == "validation":
+            r["metrics"].pop("energy_to_target_wh", None)
+    write_run(tmp_path / "runs" / "laptop", recs, HP)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "power.png").write_bytes(PNG_MAGIC)  # an earlier report's chart: no longer true
+    rep = build_report(load_inputs([str(tmp_path / "runs")]), out)
+    charts = {c.name: c for c in rep.charts}
+    assert not charts["miou_vs_energy"].drawn and not charts["power"].drawn
+    assert [c.name for c in rep.charts][:3] == ["miou_vs_batches", "miou_vs_time", "loss"]
+    assert _png_names(out) == ["loss.png", "miou_vs_batches.png", "miou_vs_time.png"]
+    why = charts["power"].missing
+    for hint in ("no run measured energy", "RAPL", "container", "NVML", "BMC"):
+        assert hint in why
+    html = (out / "index.html").read_text()
+    assert len(re.findall(r'src="data:image/png', html)) == 3
+    assert html.count('<p class="missing"') == 1  # the two energy charts share one line
+    assert "Validation mIoU vs energy (Wh)</b> and <b>Power over time</b>: not drawn" in html
+    md = (out / "comparison.md").read_text()
+    assert "- Validation mIoU vs energy (Wh) and Power over time: not drawn, no run measured energy" in md
+    # energy off altogether (energy.enabled: false): said so, not blamed on the machine
+    write_run(tmp_path / "off" / "run", run_records(power_w=None), HP)
+    rep = build_report(load_inputs([str(tmp_path / "off")]), tmp_path / "out2")
+    assert "energy hook was off" in {c.name: c for c in rep.charts}["power"].missing
+    assert main([str(tmp_path / "off"), "--out", str(tmp_path / "out3")]) == 0
+    assert "and Power over time: not drawn, no run reported energy" in capsys.readouterr().out
+
+
+def test_mious_against_batches_star_at_the_crossing(built):
+    c = {c.name: c for c in built.charts}["miou_vs_batches"]
+    assert c.drawn and c.plotted == ["unet", "segformer", "deeplab"] and not c.left_out
+    assert "batches" in c.title and "any machine" in c.caption
+
+
+def _per_class(records, names, values_by_step):
+    for steps, values in values_by_step.items():
+        records.append({"group": "per_class_iou", "steps_completed": steps, "time": T0 + steps,
+                        "metrics": {f"iou/{n}": v for n, v in zip(names, values)}})
+    return records
+
+
+def test_per_class_iou_best_and_worst_classes_by_name(tmp_path):
+    names = ["wall", "floor", "sky", "tree", "road", "person", "car", "door", "lamp", "sign",
+             "bed", "cat"]
+    last = [80.0, 70.0, 95.0, 40.0, 60.0, 10.0, 5.0, 50.0, 30.0, 20.0, 65.0, None]
+    recs = _per_class(run_records(power_w=200.0), names,
+                      {10: [1.0] * 12, 40: last})
+    write_run(tmp_path / "named", recs, HP)
+    write_run(tmp_path / "indexed", _per_class(run_records(power_w=200.0), ["0", "1", "2"],
+                                               {40: [12.5, 90.0, None]}), HP)
+    write_run(tmp_path / "none", run_records(power_w=200.0), HP)
+    rep = build_report(load_inputs([str(tmp_path / d) for d in ("named", "indexed", "none")]),
+                       tmp_path / "out")
+    (sec,) = [s for s in rep.sections if s.name == "per_class_iou"]
+    rows = {r[0]: dict(zip(sec.header, r)) for r in sec.rows}
+    assert set(rows) == {"named", "indexed"}
+    named = rows["named"]
+    assert named["batches"] == "40" and named["classes scored"] == "11 of 12" and named["absent"] == "1"
+    assert named["best"] == "sky 95.0, wall 80.0, floor 70.0, bed 65.0, road 60.0"
+    assert named["worst"] == "car 5.0, person 10.0, sign 20.0, lamp 30.0, tree 40.0"
+    assert rows["indexed"]["best"] == "class 1 90.0" and rows["indexed"]["worst"] == "class 0 12.5"
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "Per-class IoU" in html and "sky 95.0" in html
+    assert "## Per-class IoU" in (tmp_path / "out" / "comparison.md").read_text()
+    lines = list(csv.DictReader(io.StringIO((tmp_path / "out" / "per_class_iou.csv").read_text())))
+    assert len(lines) == 15 and {"run": "named", "batches": "40", "class": "cat", "iou": ""} in lines
+
+
+def _objects_run(pf, hnf, recall_gain):
+    recs = run_records(power_w=None, target_metric="validation_loss", target=0.05,
+                       smaller_is_better=True, mious=(1, 2, 3, 4))
+    for r in recs:
+        if r["group"] == "validation":
+            k = r["steps_completed"] / 10
+            r["metrics"] = {"validation_loss": 0.4 / k, "object_precision": 10.0 * k,
+                            "object_recall": min(100.0, recall_gain * k),
+                            "object_f1": 5.0 * k, "false_positives_per_image": 8.0 / k,
+                            "average_precision": 7.0 * k}
+    hp = {"positive_fraction": pf, "hard_negative_fraction": hnf, "lr": 0.003,
+          "data_dir": f"/tmp/data-{pf}", "global_batch_size": 8}
+    return recs, hp
+
+
+def test_rare_objects_report_names_runs_by_their_differences_and_shows_object_metrics(tmp_path, capsys):
+    """The rare-objects demo's three runs (directories 1, 2, 3) are named by what differs
+    between them; their object metrics are in a table and against batches; without energy
+    the energy chart is one line."""
+    for n, (pf, hnf, gain) in enumerate(((0, 0, 5.0), (0.5, 0, 25.0), (0.5, 0.25, 30.0)), 1):
+        recs, hp = _objects_run(pf, hnf, gain)
+        for r in recs:
+            if r["group"] == "run":
+                r["metrics"]["model"] = "rare_objects"
+        write_run(tmp_path / "runs" / str(n), recs, hp)
+    rep = build_report(load_inputs([str(tmp_path / "runs")]), tmp_path / "out")
+    labels = [r.label for r in rep.rows]
+    assert labels == ["1 (positive_fraction=0, hard_negative_fraction=0)",
+                      "2 (positive_fraction=0.5, hard_negative_fraction=0)",
+                      "3 (positive_fraction=0.5, hard_negative_fraction=0.25)"]
+    (sec,) = [s for s in rep.sections if s.name == "objects"]
+    row = dict(zip(sec.header, sec.rows[2]))
+    assert row["object recall (%)"] == "100.00" and row["object precision (%)"] == "40.00"
+    assert row["false positives per image"] == "2.00" and row["best object F1 (%)"] == "20.00"
+    charts = {c.name: c for c in rep.charts}
+    assert charts["objects_vs_batches"].drawn and len(charts["objects_vs_batches"].plotted) == 3
+    assert "energy hook was off" in charts["objects_vs_energy"].missing
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "Object metrics (rare-objects recipe)" in html and "validation validation" not in html
+    # a --label per run replaces the names; the count must fit
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "o2"), "--label", "random tiles",
+                 "--label", "balanced", "--label", "balanced + mining"]) == 0
+    printed = capsys.readouterr().out
+    assert "| balanced + mining | rare_objects |" in printed
+    assert "## Object metrics" in printed and "| balanced + mining | 40 | 40.00 | 100.00 |" in printed
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "o3"), "--label", "a"]) == 2
+    assert ("1 --label given for 3 runs (1, 2, 3): give one per run, in the order the runs are "
+            "listed") in capsys.readouterr().err

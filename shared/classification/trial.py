@@ -24,6 +24,7 @@ from shared.classification import data as cdata
 from shared.classification.resources import RESOURCES_GROUP, ResourceCallback
 from shared.hparams import BOOL, INT, NUM, STR, Param
 from shared.engine import ClassificationTask
+from shared.tensorboard_scalars import add_scalars
 from shared.trial import RecipeTrial
 
 log = logging.getLogger("shared.classification")
@@ -266,12 +267,15 @@ class ClassificationTrial(RecipeTrial):
         return det_torch.DataLoader(ds, batch_size=batch, shuffle=False, **self._loader_kwargs())
 
     def write_local_details(self) -> None:
-        """Per-class accuracy of the last validation, to the local metrics file only."""
+        """Per-class accuracy of the last validation: to the local metrics file
+        (``per_class_accuracy``, ``acc/<class>``) and to TensorBoard
+        (``per_class_accuracy/<class>``)."""
         last = self.accuracy.last
         if last is not None:
+            values = dict(zip(self.splits.classes, last["per_class_accuracy"]))
             runlog.write_extra("per_class_accuracy", self.batches_trained,
-                               {f"acc/{name}": v for name, v in zip(self.splits.classes,
-                                                                    last["per_class_accuracy"])})
+                               {f"acc/{name}": v for name, v in values.items()})
+            add_scalars(self.context, "per_class_accuracy", self.batches_trained, values)
 
     # ------------------------------------------------------------------ hooks
     def build_callbacks(self) -> Dict[str, det_torch.PyTorchCallback]:

@@ -12,8 +12,10 @@ works on uint8 images with OpenCV's colour conversions. Written by hand because 
 nor torchvision runs it on a batch with a parameter per sample on the GPU: here every value is
 a float32 holding an integer 0..255, each op truncates to an integer as MMSeg's uint8 casts do,
 and the HSV conversions reproduce OpenCV's 8-bit ones (``cv2.cvtColor`` RGB<->HSV: hue 0..179,
-saturation and value 0..255). ``tests/test_fidelity_data.py`` checks the result against MMSeg's
-steps computed with OpenCV itself.
+saturation and value 0..255; HSV->RGB as OpenCV's vectorised path, which OpenCV's own scalar
+path for the last ``width % 32`` pixels of a row does not match: see ``hsv_to_rgb``).
+``tests/test_fidelity_data.py`` checks the result against MMSeg's steps computed with OpenCV
+itself.
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def _convert(x: torch.Tensor, alpha: torch.Tensor | float = 1.0, beta: torch.Ten
 
 
 def rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """OpenCV's ``cvtColor(RGB2HSV)`` of 8-bit images, bit for bit: (B, 3, H, W) float holding
+    """OpenCV's ``cvtColor(RGB2HSV)`` of 8-bit images, bit for bit at every width (integer
+    arithmetic, in OpenCV's vectorised and scalar paths alike): (B, 3, H, W) float holding
     uint8 RGB -> hue 0..179, saturation 0..255, value 0..255, each (B, 1, H, W)."""
     _, _, sdiv, hdiv = _constants(x.device)
     r, g, b = x.split(1, dim=1)
@@ -75,11 +78,20 @@ def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     """OpenCV's ``cvtColor(HSV2RGB)`` of 8-bit images: hue 0..179, saturation and value 0..255
     (each (B, 1, H, W), float holding integers) -> (B, 3, H, W) RGB 0..255.
 
-    As OpenCV's vectorised path on x86 (the one nearly every pixel takes): float32 sector
-    arithmetic, the result truncated to uint8. ``1 - s * f`` is taken in float64 and rounded
-    once to float32, as the fused multiply-add the compiler emits there does; with it the
-    result equals OpenCV's on all 180 x 256 x 256 (h, s, v) (without it, about 1 triple in
-    7000 has a channel 1 lower).
+    As OpenCV's vectorised path on x86: float32 sector arithmetic, the result truncated to
+    uint8. ``1 - s * f`` is taken in float64 and rounded once to float32, as the fused
+    multiply-add the compiler emits there does; with it the result equals that path's on all
+    180 x 256 x 256 (h, s, v) (without it, about 1 triple in 7000 has a channel 1 lower).
+
+    OpenCV itself is not one function here: it converts each row in blocks of 32 pixels
+    (on this project's x86 machines; the block follows the CPU's vector width) and the
+    remaining ``width % 32`` pixels of the row with scalar code that rounds differently. On
+    those tail pixels OpenCV's own result differs from its vectorised one by 1 level per
+    conversion in 74% of the (h, s, v) triples, and MMSeg's photometric distortion (two round
+    trips) by up to 3 levels (measured 2026-12-04, opencv-python-headless 5.0.0.93). So the
+    result equals ``cv2.cvtColor`` bit for bit on images whose width is a multiple of 32, and
+    on the first ``width - width % 32`` pixels of every row otherwise
+    (``tests/test_fidelity_data.py``).
     """
     h = h * (6.0 / 180.0)
     s = s * (1.0 / 255.0)

@@ -15,13 +15,13 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
-from .load import MasterReader, ReportError, Run, Target, load_inputs, load_local
-from .plots import Chart, make_charts
+from .load import MasterReader, ReportError, Run, Target, label_runs, load_inputs, load_local
+from .plots import Chart, make_charts, not_drawn, not_drawn_line
 from .series import Point, power_intervals, timeline
 from .tables import Row, ScalingPoint, compare, report_target, scaling
 
 __all__ = ["Chart", "MasterReader", "Point", "Report", "ReportError", "Row", "Run", "ScalingPoint",
-           "build_report", "compare", "load_inputs", "load_local", "power_intervals",
+           "build_report", "compare", "label_runs", "load_inputs", "load_local", "power_intervals",
            "report_target", "scaling", "Target", "timeline"]
 
 
@@ -38,6 +38,8 @@ class Report:
     #: the implementation ablation's variants (``implementation.Variant``), when any run has
     #: implementation switches
     implementation: List[Any] = field(default_factory=list)
+    #: the further tables (``tables.Section``): per-class IoU, object metrics, when any run has them
+    sections: List[Any] = field(default_factory=list)
 
     @property
     def target_miou(self) -> Optional[float]:
@@ -58,7 +60,7 @@ def build_report(runs: Sequence[Run], out_dir: str | pathlib.Path,
         ReportError: no runs, a bad target, both ``target_miou`` and ``target_value``, or runs
             trained to different targets with no target given.
     """
-    from . import html, implementation, tables
+    from . import html, implementation, objects, perclass, tables
 
     if not runs:
         raise ReportError("nothing to report on: no runs")
@@ -82,7 +84,6 @@ def build_report(runs: Sequence[Run], out_dir: str | pathlib.Path,
     tls = [timeline(r) for r in runs]
     files = []
     md = out / "comparison.md"
-    md.write_text(tables.to_markdown(rows, points, target, title))
     csv_path = out / "comparison.csv"
     csv_path.write_text(tables.to_csv(rows))
     files += [md, csv_path]
@@ -96,10 +97,26 @@ def build_report(runs: Sequence[Run], out_dir: str | pathlib.Path,
     if not points and stale.exists():
         stale.unlink()
     charts = make_charts(runs, tls, rows, points, target, out)
-    files += [c.path for c in charts]
+    files += [c.path for c in charts if c.drawn]
+    sections = [s for s in (perclass.section(runs), objects.section(runs, tls)) if s is not None]
+    md.write_text(tables.to_markdown(rows, points, target, title, sections)
+                  + "".join(charts_markdown(charts)))
+    files += perclass.write(runs, out)
     variants, impl_files, impl_html = implementation.write(runs, rows, out)
     files += impl_files
     index = out / "index.html"
-    index.write_text(html.render(rows, points, charts, target, title, extra=impl_html))
+    index.write_text(html.render(rows, points, charts, target, title, extra=impl_html,
+                                 sections=sections))
     files.append(index)
-    return Report(out, target, rows, points, charts, files, variants)
+    return Report(out, target, rows, points, charts, files, variants, sections)
+
+
+def charts_markdown(charts: Sequence[Chart]) -> List[str]:
+    """``comparison.md``'s list of charts: each PNG with its title, then one line per chart
+    no run had data for, saying why."""
+    if not charts:
+        return []
+    lines = ["## Charts", ""]
+    lines += [f"- `{c.path.name}`: {c.title}" for c in charts if c.drawn]
+    lines += [f"- {not_drawn_line(cs, why)}" for cs, why in not_drawn(charts)]
+    return lines + [""]

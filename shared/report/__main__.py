@@ -8,6 +8,7 @@ import sys
 from typing import List, Optional
 
 from . import ReportError, build_report, load_inputs
+from .plots import not_drawn, not_drawn_line
 from .tables import DISPLAY_HEADER, display_cells, markdown_table
 
 
@@ -38,11 +39,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--target-metric",
                     help="with --target-value: the validation metric to compare at (default: the "
                          "runs' own target metric)")
+    ap.add_argument("--label", action="append", metavar="NAME",
+                    help="name a run in tables and legends, once per run in the order the runs "
+                         "are listed (default: the run's directory or trial, followed by the "
+                         "hyperparameters that differ between runs of one model)")
     ap.add_argument("--title", default="Time and energy to target", help="report title")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        runs = load_inputs(args.inputs, master=args.master, user=args.user)
+        runs = load_inputs(args.inputs, master=args.master, user=args.user, labels=args.label)
         report = build_report(runs, args.out, target_miou=args.target_miou, title=args.title,
                               target_value=args.target_value, target_metric=args.target_metric)
     except ReportError as e:
@@ -53,6 +58,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in report.rows:
         if r.notes:
             print(f"  {r.label}: " + "; ".join(r.notes))
+    for section in report.sections:
+        print("\n" + "\n".join(section.markdown()).rstrip())
+    for charts, why in not_drawn(report.charts):
+        print(f"  {not_drawn_line(charts, why)}")
     print(f"\nwrote {', '.join(p.name for p in report.files)} to {report.out_dir}")
     return 0
 

@@ -8,9 +8,9 @@ from html import escape
 from typing import List, Optional, Sequence
 
 from .load import Target
-from .plots import Chart
+from .plots import Chart, join_titles, not_drawn
 from .tables import (DISPLAY_HEADER, NOT_MEASURED, NOT_REACHED, SCALING_HEADER, SPLIT_COLUMN,
-                     Row, ScalingPoint, display_cells, scaling_cells, target_sentence)
+                     Row, ScalingPoint, Section, display_cells, scaling_cells, target_sentence)
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }
@@ -22,9 +22,11 @@ td.missing { color: #888; font-style: italic; } td.warn { background: #fff4d6; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 12.5px; color: #444; max-width: 80em; }
 .small { font-size: 12px; color: #555; }
+p.missing { color: #555; border-left: 3px solid #ccc; padding-left: .6em; max-width: 80em; }
 """
 
-_TEXT_COLUMNS = {"run", "model", "target reached", SPLIT_COLUMN, "energy sources", "notes"}
+_TEXT_COLUMNS = {"run", "model", "target reached", SPLIT_COLUMN, "energy sources", "notes",
+                 "best", "worst"}
 
 
 def _cell(column: str, value: str) -> str:
@@ -50,11 +52,24 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def section_html(section: Section) -> str:
+    """One further table of the report (per-class IoU, object metrics)."""
+    parts = [f'<h2 id="{escape(section.name)}">{escape(section.title)}</h2>',
+             f'<p class="small">{escape(section.intro)}</p>']
+    if section.rows:
+        parts.append(_table(section.header, section.rows))
+    parts += [f'<p class="small">{escape(n)}</p>' for n in section.notes]
+    return "\n".join(parts)
+
+
 def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence[Chart],
            target: Optional[Target], title: str = "Time and energy to target",
-           generated: Optional[datetime.datetime] = None, extra: str = "") -> str:
-    """The whole page as a string; reads the charts' PNG files to embed them. ``extra``: a
-    further section (HTML) placed before the list of runs."""
+           generated: Optional[datetime.datetime] = None, extra: str = "",
+           sections: Sequence[Section] = ()) -> str:
+    """The whole page as a string; reads the charts' PNG files to embed them. Charts with
+    data come first, then one line for each chart no run had data for. ``sections``: further
+    tables between the comparison and the charts; ``extra``: a further section (HTML) placed before the list of
+    runs."""
     generated = generated or datetime.datetime.now().astimezone()
     parts: List[str] = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -76,11 +91,10 @@ def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence
         "when a PUE / carbon intensity was configured. <i>not measured</i>: no energy source "
         "measured it (never 0). \u26a0 coverage below 1: part of the run or of its nodes was not "
         "measured.</p>")
+    parts += [section_html(sec) for sec in sections]
     scaling = [c for c in charts if c.name == "scaling"]
-    for c in charts:
-        if c.name == "scaling":
-            continue
-        parts.append(_figure(c))
+    parts += [_figure(c) for c in charts if c.name != "scaling" and c.drawn]
+    parts += [_missing(cs, why) for cs, why in not_drawn(charts)]
     if points:
         parts.append("<h2>Scaling</h2>")
         parts.append('<p class="small">speed-up = T(n0) / T(n), efficiency = speed-up / (n / n0), '
@@ -96,7 +110,15 @@ def render(rows: Sequence[Row], points: Sequence[ScalingPoint], charts: Sequence
     return "\n".join(parts) + "\n"
 
 
+def _missing(charts: Sequence[Chart], why: str) -> str:
+    """Charts without data, one line saying why (not an empty frame)."""
+    names = join_titles([f"<b>{escape(c.title)}</b>" for c in charts])
+    return (f'<p class="missing" id="{escape(charts[0].name)}">{names}: not drawn, '
+            f"{escape(why)}</p>")
+
+
 def _figure(c: Chart) -> str:
+    """A drawn chart as an embedded figure."""
     note = ""
     if c.left_out:
         note = f" Not shown (no data): {escape(', '.join(c.left_out))}."

@@ -289,8 +289,7 @@ def to_csv(vs: Sequence[Variant]) -> str:
 def chart(vs: Sequence[Variant], path: pathlib.Path):
     """Speed-up against energy per image, both relative to each model's baseline (1, 1):
     one point per variant, best and worst named."""
-    from .plots import Chart, _colors, _empty, _figure, _save
-    fig, (ax,) = _figure(7.5, 5.0)
+    from .plots import NO_ENERGY, Chart, _colors, _figure, _not_drawn, _save
     models = list(dict.fromkeys(v.model for v in vs))
     colors = _colors(models)
     chart_ = Chart("implementation", path, "Implementation ablation: speed and energy per image",
@@ -298,6 +297,12 @@ def chart(vs: Sequence[Variant], path: pathlib.Path):
                    "by the model's baseline (fp32, eager attention, NCHW, not compiled, "
                    "optimiser loop): right is faster, down is cheaper; the model's best and "
                    "worst variants are labelled.")
+    measured = [v for v in vs if v.relative.get("images_per_s") is not None
+                and v.relative.get("j_per_image") is not None]
+    if not measured:
+        return _not_drawn(chart_, "no variant has train-phase energy relative to its baseline: "
+                                  + NO_ENERGY)
+    fig, (ax,) = _figure(7.5, 5.0)
     for model in models:
         pts = [v for v in vs if v.model == model and v.relative.get("images_per_s") is not None
                and v.relative.get("j_per_image") is not None]
@@ -312,16 +317,13 @@ def chart(vs: Sequence[Variant], path: pathlib.Path):
             if v is not baseline(pts):  # every model's baseline is at (1, 1): named once below
                 ax.annotate(v.name, (v.relative["images_per_s"], v.relative["j_per_image"]),
                             fontsize=7, xytext=(4, 4), textcoords="offset points")
-    if chart_.plotted:
-        ax.axvline(1.0, ls="--", color="0.5", lw=0.8)
-        ax.axhline(1.0, ls="--", color="0.5", lw=0.8)
-        ax.annotate("baselines", (1.0, 1.0), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel("images/s / baseline")
-        ax.set_ylabel("J/image / baseline")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, frameon=False)
-    else:
-        _empty(ax, "no variant with train-phase energy")
+    ax.axvline(1.0, ls="--", color="0.5", lw=0.8)
+    ax.axhline(1.0, ls="--", color="0.5", lw=0.8)
+    ax.annotate("baselines", (1.0, 1.0), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("images/s / baseline")
+    ax.set_ylabel("J/image / baseline")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
     _save(fig, path)
     return chart_
 
@@ -364,4 +366,4 @@ def write(runs: Sequence[Run], rows: Sequence[Row], out: pathlib.Path
     md.write_text(to_markdown(vs))
     csv_path.write_text(to_csv(vs))
     c = chart(vs, out / FILES[2])
-    return vs, [md, csv_path, c.path], html_section(vs, c)
+    return vs, [md, csv_path] + ([c.path] if c.drawn else []), html_section(vs, c)

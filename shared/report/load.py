@@ -31,8 +31,23 @@ class ReportError(Exception):
     """Bad input to a report: the message names the file, directory, experiment or value."""
 
 
-#: how a metric is written in tables and charts (others: as named)
-METRIC_LABELS = {"miou": "mIoU"}
+#: how a metric is written in tables and charts (others: as named, underscores as spaces)
+METRIC_LABELS = {"miou": "mIoU", "validation_loss": "validation loss",
+                 "pixel_accuracy": "pixel accuracy", "mean_accuracy": "mean accuracy",
+                 "object_precision": "object precision", "object_recall": "object recall",
+                 "object_f1": "object F1", "false_positives_per_image": "false positives per image",
+                 "average_precision": "average precision"}
+
+
+def metric_label(metric: str) -> str:
+    """How a metric reads in a sentence: ``mIoU``, ``validation loss``, ``object recall``."""
+    return METRIC_LABELS.get(metric, metric.replace("_", " "))
+
+
+def validation_phrase(metric: str) -> str:
+    """``validation mIoU``, ``validation loss`` (never "validation validation_loss")."""
+    label = metric_label(metric)
+    return label if label.startswith("validation") else f"validation {label}"
 
 
 @dataclass(frozen=True)
@@ -46,16 +61,20 @@ class Target:
 
     @property
     def label(self) -> str:
-        return METRIC_LABELS.get(self.metric, self.metric)
+        return metric_label(self.metric)
+
+    @property
+    def phrase(self) -> str:
+        """The metric in a sentence: ``validation mIoU``, ``validation loss``."""
+        return validation_phrase(self.metric)
 
     def reached(self, metrics: Dict[str, Any]) -> bool:
         """Whether a validation's metrics reach the target (``shared.hparams.target_reached``)."""
         return target_reached(metrics.get(self.metric), self.value, self.smaller_is_better)
 
     def describe(self) -> str:
-        """``validation mIoU >= 16``, ``validation_loss <= 0.6``."""
-        name = self.label if self.metric.startswith("validation") else f"validation {self.label}"
-        return f"{name} {'<=' if self.smaller_is_better else '>='} {self.value:g}"
+        """``validation mIoU >= 16``, ``validation loss <= 0.6``."""
+        return f"{self.phrase} {'<=' if self.smaller_is_better else '>='} {self.value:g}"
 
 
 def _is_number(v: Any) -> bool:
@@ -276,14 +295,93 @@ def _unique_labels(runs: List[Run]) -> None:
             r.label = f"{r.label} #{n}"
 
 
-def load_inputs(inputs: Sequence[str], master: Optional[str] = None,
-                user: Optional[str] = None) -> List[Run]:
-    """Runs from a mix of local run directories and Determined experiment IDs, in the order
-    given (a directory that exists wins over an experiment ID of the same spelling).
+#: hyperparameters that say where a run read or wrote, not what it trained: never a label
+_NOT_A_DIFFERENCE = ("data_dir", "tile_cache_dir", "pretrained_path")
+#: at most this many differing hyperparameters in a label (the rest: "+N more")
+LABEL_KEYS = 3
+
+
+def _flat(hp: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in hp.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(v: Any) -> str:
+    text = format(v, "g") if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) \
+        else "unset" if v is None else str(v)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def differences(runs: Sequence[Run]) -> Dict[str, Dict[str, Any]]:
+    """Per run label, the hyperparameters whose values differ between the runs of its model
+    (its ``run`` report's ``model``), in the order the first run lists them; a key another
+    run of the model does not set counts as different (``None`` = unset). Runs whose
+    hyperparameters are unknown, and models run once, have none."""
+    by_model: Dict[Any, List[Run]] = {}
+    for r in runs:
+        if r.hparams:
+            by_model.setdefault(r.info().get("model"), []).append(r)
+    out: Dict[str, Dict[str, Any]] = {}
+    for group in by_model.values():
+        if len(group) < 2:
+            continue
+        flats = [_flat(r.hparams) for r in group]
+        keys = list(dict.fromkeys(k for f in flats for k in f))
+        differ = [k for k in keys if k not in _NOT_A_DIFFERENCE
+                  and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
+        for r, f in zip(group, flats):
+            if differ:
+                out[r.label] = {k: f.get(k) for k in differ}
+    return out
+
+
+def difference_label(diff: Dict[str, Any]) -> str:
+    """``positive_fraction=0.5, hard_negative_fraction=0.25`` (at most LABEL_KEYS keys)."""
+    items = [f"{k}={_short(v)}" for k, v in diff.items()]
+    more = f", +{len(items) - LABEL_KEYS} more" if len(items) > LABEL_KEYS else ""
+    return ", ".join(items[:LABEL_KEYS]) + more
+
+
+def label_runs(runs: List[Run], labels: Optional[Sequence[str]] = None) -> None:
+    """Name each run by what sets it apart: ``labels`` (one per run, in order: ``--label``)
+    when given; otherwise the run's name followed by the hyperparameters that differ between
+    it and the other runs of its model (``balanced (positive_fraction=0.5, ...)``), so that
+    three runs in directories 1, 2, 3 are not told apart by their directory names alone.
 
     Raises:
-        ReportError: an input that is neither, or any error of :func:`load_local` and
-            :class:`MasterReader`.
+        ReportError: ``labels`` not one per run, or a label given twice.
+    """
+    if labels:
+        if len(labels) != len(runs):
+            found = ", ".join(r.label for r in runs)
+            raise ReportError(f"{len(labels)} --label given for {len(runs)} runs ({found}): give "
+                              f"one per run, in the order the runs are listed")
+        twice = sorted({x for x in labels if list(labels).count(x) > 1})
+        if twice:
+            raise ReportError(f"--label {twice[0]!r} given twice: each run needs its own label")
+        for r, name in zip(runs, labels):
+            r.label = name
+        return
+    diffs = differences(runs)
+    for r in runs:
+        if r.label in diffs:
+            r.label = f"{r.label} ({difference_label(diffs[r.label])})"
+
+
+def load_inputs(inputs: Sequence[str], master: Optional[str] = None,
+                user: Optional[str] = None, labels: Optional[Sequence[str]] = None) -> List[Run]:
+    """Runs from a mix of local run directories and Determined experiment IDs, in the order
+    given (a directory that exists wins over an experiment ID of the same spelling), labelled
+    by :func:`label_runs` (``labels``: one per run, replacing the names).
+
+    Raises:
+        ReportError: an input that is neither, ``labels`` that do not fit, or any error of
+            :func:`load_local` and :class:`MasterReader`.
     """
     if not inputs:
         raise ReportError("nothing to report on: give run directories and/or experiment IDs")
@@ -299,4 +397,5 @@ def load_inputs(inputs: Sequence[str], master: Optional[str] = None,
         else:
             raise ReportError(f"{item}: neither a run directory nor a Determined experiment ID")
     _unique_labels(runs)
+    label_runs(runs, labels)
     return runs

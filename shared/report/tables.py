@@ -379,13 +379,35 @@ def target_sentence(target: Optional[Target]) -> str:
         return ("Target mIoU: unknown (no run records it; pass --target-miou, or --target-metric "
                 "and --target-value). \"Reached\" uses each trial's own time_to_target_s; "
                 "final and best: of each run's own target metric.")
-    return (f"Target: {target.describe()}. Final and best: the last and the best validation "
-            f"{target.label}.")
+    return (f"Target: {target.describe()}. Final and best: the {target.phrase} at the last "
+            f"validation and at the best one.")
+
+
+@dataclass
+class Section:
+    """A further table of the report (per-class IoU, object metrics): its title, a sentence
+    saying what it shows, the table, and notes under it. Markdown and HTML render the same
+    object (``to_markdown``, ``html.render``)."""
+
+    name: str
+    title: str
+    intro: str
+    header: List[str]
+    rows: List[List[str]]
+    notes: List[str] = field(default_factory=list)
+
+    def markdown(self) -> List[str]:
+        out = [f"## {self.title}", "", self.intro, ""]
+        if self.rows:
+            out += [markdown_table(self.header, self.rows), ""]
+        out += [f"- {n}" for n in self.notes]
+        return out + ([""] if self.notes else [])
 
 
 def to_markdown(rows: Sequence[Row], points: Sequence[ScalingPoint], target: Optional[Target],
-                title: str = "Time and energy to target") -> str:
-    """``comparison.md``: the table, what its columns mean, and the scaling study if any."""
+                title: str = "Time and energy to target", sections: Sequence[Section] = ()) -> str:
+    """``comparison.md``: the table, what its columns mean, the further sections (per-class
+    IoU, object metrics) and the scaling study if any."""
     cells = [display_cells(r) for r in rows]
     parts = [f"# {title}", "", target_sentence(target), "",
              markdown_table(DISPLAY_HEADER, [[c[k] for k in DISPLAY_HEADER] for c in cells]), ""]
@@ -399,6 +421,8 @@ def to_markdown(rows: Sequence[Row], points: Sequence[ScalingPoint], target: Opt
         "are whole-run figures, present when the run was configured with a PUE / carbon "
         "intensity. \"not measured\" means no energy source measured it; it is never 0. "
         "Coverage below 1 (\u26a0) means part of the run or of its nodes was not measured.", ""]
+    for section in sections:
+        parts += section.markdown()
     if points:
         parts += ["## Scaling", "",
                   "speed-up = T(n0) / T(n), efficiency = speed-up / (n / n0), n0 = the smallest "

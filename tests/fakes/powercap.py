@@ -28,6 +28,8 @@ class FakePowercap:
         self._max: Dict[str, int] = {}
         self._dir: Dict[str, Path] = {}
         self.truth_uj: Dict[str, float] = {}
+        #: the longest interval between two advances of ``constant_power`` (see there)
+        self.max_step_s = 0.0
 
     def add_zone(self, zone: str, name: str, *, max_uj: int = 262_143_328_850,
                  energy_uj: int = 0) -> Path:
@@ -68,7 +70,10 @@ class FakePowercap:
     @contextlib.contextmanager
     def constant_power(self, zone: str, watts: float, period_s: float = 0.05) -> Iterator[None]:
         """While the block runs, a thread advances ``zone`` as a package drawing ``watts``
-        would (every ``period_s``, by the time that really passed)."""
+        would (every ``period_s``, by the time that really passed). A busy machine can hold
+        the thread up, so that a read sees the counter behind real time by up to
+        ``max_step_s`` (the longest interval between two advances so far): energy that is
+        late, not lost, but a test comparing a read with a wall clock must allow for it."""
         stop = threading.Event()
 
         def advance() -> None:
@@ -76,6 +81,7 @@ class FakePowercap:
             while not stop.wait(period_s):
                 now = time.monotonic()
                 self.advance(zone, watts * (now - last))
+                self.max_step_s = max(self.max_step_s, now - last)
                 last = now
 
         thread = threading.Thread(target=advance, daemon=True)

@@ -14,6 +14,10 @@ try:  # installed (pip install -e ., the task image) or shipped beside us (det .
 except ImportError:  # a plain repository checkout
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+if __name__ == "__main__":  # --help and usage errors at once, before torch is imported
+    from shared.localargs import parse_before_imports
+    parse_before_imports("deeplabv3plus", "segmentation")
+
 from model import BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, load_pretrained  # noqa: E402  (model.py, next to this file)
 
 from shared.hparams import BOOL, INT, STR, Param  # noqa: E402

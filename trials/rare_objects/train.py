@@ -15,6 +15,10 @@ try:  # installed (pip install -e ., the task image) or shipped beside us (det .
 except ImportError:  # a plain repository checkout
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+if __name__ == "__main__":  # --help and usage errors at once, before torch is imported
+    from shared.localargs import parse_before_imports
+    parse_before_imports("rare_objects", "binary_segmentation")
+
 from model import MAX_DEPTH, UPSAMPLING_MODES, RareObjectsUNet  # noqa: E402  (model.py, next to this file)
 
 from shared.hparams import INT, NUM, STR, Param  # noqa: E402

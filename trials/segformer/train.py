@@ -14,6 +14,10 @@ try:  # installed (pip install -e ., the task image) or shipped beside us (det .
 except ImportError:  # a plain repository checkout
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+if __name__ == "__main__":  # --help and usage errors at once, before torch is imported
+    from shared.localargs import parse_before_imports
+    parse_before_imports("segformer", "segmentation")
+
 from model import VARIANTS, SegFormer  # noqa: E402  (trials/segformer/model.py, next to this file)
 
 from shared.attention import ATTENTION_IMPLS, set_attention_impl  # noqa: E402
