@@ -12,11 +12,13 @@ from __future__ import annotations
 import difflib
 import math
 import pathlib
-import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import SafeConstructor
+from ruamel.yaml.error import YAMLError
 
 from shared.schedule import LR_SCALING_RULES
 
@@ -351,54 +353,47 @@ class YAMLSyntaxError(ConfigError):
     """Text that is not YAML at all (``--set`` then takes the value as a plain string)."""
 
 
-class _DuplicateKey(yaml.constructor.ConstructorError):
+class _DuplicateKey(Exception):
     def __init__(self, key: Any, line: int, first: int) -> None:
-        super().__init__(None, None, f"duplicate key {key!r}")
+        super().__init__(f"duplicate key {key!r}")
         self.key, self.line, self.first = key, line, first
 
 
-class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with two changes, for every experiment config and ``--set`` value:
+class _ConfigConstructor(SafeConstructor):
+    """ruamel.yaml's safe constructor (YAML 1.2) that refuses a key given twice in one mapping
+    with both lines. (ruamel refuses duplicates too, but names only the mapping's start and
+    the second key; a merge key ``<<: *base`` may still be overridden by the mapping's own keys.)"""
 
-    - scientific notation without a dot or a signed exponent (``2e-3``, ``1E5``, ``-3e+2``) is
-      a float, as in YAML 1.2 and in the ruamel.yaml that Determined's CLI reads configs with;
-      YAML 1.1 (PyYAML) would give the string '2e-3', refused later as "type str";
-    - a key given twice in one mapping is an error: PyYAML keeps the last one without a word,
-      so a second ``lr:`` or ``hyperparameters:`` pasted lower down would silently win.
-    """
-
-
-# Added after PyYAML's own float pattern (which still handles 1.5, 1.0e-3, .inf, .nan): the
-# forms it misses, always with an exponent, so that plain ints stay ints and words like 'e5'
-# or paths like 'data/2e-3' stay strings.
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def _unique_mapping(loader: ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> Dict:
-    seen: Dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # '<<: *base' keys may be overridden by the mapping's own keys
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = seen.get(key)
-        except TypeError:  # an unhashable key: SafeLoader refuses it with its own message
-            continue
-        line = key_node.start_mark.line + 1
-        if first is not None:
-            raise _DuplicateKey(key, line, first)
-        seen[key] = line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor refuses it with its own message
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise _DuplicateKey(key, line, first)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
-ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+def _reader() -> YAML:
+    # What Determined's CLI reads configs with (determined.common.util: YAML(typ="safe",
+    # pure=True), YAML 1.2): one object per call, a YAML object is not thread-safe.
+    reader = YAML(typ="safe", pure=True)
+    reader.Constructor = _ConfigConstructor
+    return reader
 
 
 def parse_yaml(text: str, where: str) -> Any:
-    """The one reader of YAML for configs and ``--set`` values (``ConfigLoader``); errors
+    """The one reader of YAML for configs and ``--set`` values, with Determined's semantics:
+    YAML 1.2 as ruamel.yaml reads it (``yes``/``on`` are strings, ``010`` is 10, ``1:30`` is a
+    string, ``2e-3`` and ``1E5`` are floats, ``0o10`` is 8), so that a file means here what
+    it means to the cluster's CLI and trial; a key given twice in a mapping is refused. Errors
     name ``where`` (a file, or the ``--set`` item) and the lines.
 
     Raises:
@@ -406,13 +401,15 @@ def parse_yaml(text: str, where: str) -> Any:
         YAMLSyntaxError: ``<where>: not valid YAML: ...``.
     """
     try:
-        return yaml.load(text, Loader=ConfigLoader)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ruamel's future-warnings are about its own API
+            return _reader().load(text)
     except _DuplicateKey as e:
         # on one line (a --set value) the line numbers say nothing
         lines = f"line {e.line}: " if "\n" in text.strip() else ""
         first = f" (first at line {e.first})" if lines else ""
         raise ConfigError(f"{where}: {lines}duplicate key {e.key!r}{first}") from None
-    except yaml.YAMLError as e:
+    except YAMLError as e:
         raise YAMLSyntaxError(f"{where}: not valid YAML: {e}") from None
 
 

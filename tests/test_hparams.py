@@ -100,7 +100,8 @@ def test_shipped_configs_resolve(model):
 # ------------------------------------------------------------------ the one YAML reader (issue 13)
 @pytest.mark.parametrize("text, value", [
     ("2e-3", 2e-3), ("1E5", 1e5), ("-3e+2", -300.0), ("1.0e-3", 1e-3), ("1.0e3", 1000.0),
-    ("+2.5E-1", 0.25), (".5e1", 5.0), ("1.5", 1.5), ("7", 7), ("1_000", 1000), ("1_0e2", 1000.0),
+    ("+2.5E-1", 0.25), ("1.5", 1.5), ("7", 7), ("1_000", 1000), ("1_0e2", 1000.0),
+    (".5e1", ".5e1"),  # YAML 1.2 as ruamel.yaml (Determined's CLI) reads it: no digit before the dot
     # look like numbers, are not: a class name, paths, versions, unfinished exponents, quoted
     ("e5", "e5"), ("E5", "E5"), ("1e", "1e"), ("1e-", "1e-"), ("2e-3x", "2e-3x"),
     ("data/2e-3", "data/2e-3"), ("/data/1e5", "/data/1e5"), ("1e5.5", "1e5.5"), ("1.2.3", "1.2.3"),
@@ -111,6 +112,40 @@ def test_scientific_notation_is_a_float_and_look_alikes_stay_strings(text, value
     assert got == value and type(got) is type(value)
     assert hp.parse_yaml(text, "--set") == value                  # the same reader for --set
     assert hp.apply_overrides({}, [f"x={text}"])["x"] == value
+
+
+# Determined's CLI reads a config with determined.common.util.safe_load_yaml_with_exceptions
+# (ruamel.yaml, YAML 1.2); the trial and the checker must read every value as it does (issue 22).
+DETERMINED_CASES = ["yes", "no", "on", "off", "y", "Yes", "010", "0o10", "0x1F", "0b101", "1:30",
+                    "1:30:00", "-0", "2e-3", "1E5", ".5e1", "1_000", "nan", ".nan", ".inf", "-.inf",
+                    "null", "~", "Null", "true", "True", "FALSE", "1e400", "[1, 2]", "{a: 1}",
+                    "'010'", "0.1", "+1", "2018-01-01"]
+
+
+@pytest.mark.parametrize("text", DETERMINED_CASES)
+def test_values_read_as_determined_reads_them(text):
+    from determined.common import util
+    import math
+    want = util.safe_load_yaml_with_exceptions(f"x: {text}\n")["x"]
+    got = hp.parse_yaml(f"x: {text}\n", "c.yaml")["x"]
+    assert type(got) is type(want)
+    assert got == want or (isinstance(want, float) and math.isnan(want) and math.isnan(got))
+    assert hp.apply_overrides({}, [f"x={text}"])["x"] == got or (
+        isinstance(got, float) and math.isnan(got))
+
+
+def test_the_issue_cases_resolve_as_on_the_cluster(tmp_path):
+    # stop_at_target: yes is the string 'yes' for Determined (refused here, named), seed: 010 is
+    # 10 (not octal 8), --set lr=1:30 is the string '1:30' (not sexagesimal 90)
+    path = tmp_path / "c.yaml"
+    path.write_text("hyperparameters:\n  seed: 010\n  stop_at_target: yes\n")
+    conf = hp.load_experiment_config(path)
+    assert conf["hyperparameters"] == {"seed": 10, "stop_at_target": "yes"}
+    with pytest.raises(ConfigError, match=r"'stop_at_target' = 'yes' has type str; expected bool"):
+        hp.resolve(conf["hyperparameters"], MODEL, where=str(path))
+    assert hp.resolve({"seed": 10}, MODEL)["seed"] == 10
+    with pytest.raises(ConfigError, match=r"'lr' = '1:30' has type str; expected int/float"):
+        hp.resolve(hp.apply_overrides({}, ["lr=1:30"]), MODEL)
 
 
 def test_scientific_notation_in_a_config_file_resolves(tmp_path):
