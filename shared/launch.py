@@ -135,13 +135,13 @@ def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Names
     if args.data_dir:
         hp["data_dir"] = args.data_dir
     if args.batches is not None:
-        if args.batches <= 0:
-            raise hpmod.ConfigError(f"--batches must be > 0 (got {args.batches})")
+        if not 0 < args.batches <= hpmod.MAX_BATCHES:
+            raise hpmod.ConfigError(f"--batches must be in 1..{hpmod.MAX_BATCHES} (got {args.batches})")
         hp["max_batches"] = args.batches
     resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=where, common=trial_cls.COMMON_PARAMS)
     if args.epochs is not None:
-        if args.epochs <= 0:
-            raise hpmod.ConfigError(f"--epochs must be > 0 (got {args.epochs})")
+        if not 0 < args.epochs <= 10 ** 6:
+            raise hpmod.ConfigError(f"--epochs must be in 1..{10 ** 6} (got {args.epochs})")
         n_train = trial_cls.training_samples(resolved)
         per_epoch = n_train // resolved["global_batch_size"]
         if per_epoch == 0:

@@ -20,7 +20,7 @@ def test_defaults_and_types():
 
 @pytest.mark.parametrize("hps, message", [
     ({"lrr": 0.1}, r"x\.yaml: unknown hyperparameter 'lrr' \(did you mean 'lr'\?\)"),
-    ({"lr": -1.0}, r"x\.yaml: hyperparameter 'lr' = -1\.0 must be > 0"),
+    ({"lr": -1.0}, r"x\.yaml: hyperparameter 'lr' = -1\.0 must be in \(0, 10\]"),
     ({"lr": "fast"}, r"x\.yaml: hyperparameter 'lr' = 'fast' has type str"),
     ({"optimizer": "adam"}, r"hyperparameter 'optimizer' = 'adam' is not one of 'adamw', 'sgd'"),
     ({"lr_scaling": "cubic"}, r"hyperparameter 'lr_scaling' = 'cubic' is not one of 'auto', 'linear', 'sqrt', 'none'"),
@@ -37,6 +37,60 @@ def test_defaults_and_types():
 def test_bad_values_are_named(hps, message):
     with pytest.raises(ConfigError, match=message):
         hp.resolve(hps, MODEL, where="x.yaml")
+
+
+# ------------------------------------------------------------------ bounds (issue 22)
+@pytest.mark.parametrize("hps, message", [
+    ({"seed": -1}, r"x\.yaml: hyperparameter 'seed' = -1 must be in 0\.\.4294967295"),
+    ({"seed": 2 ** 32}, r"'seed' = 4294967296 must be in 0\.\.4294967295"),
+    ({"crop_size": 10 ** 9}, r"'crop_size' = 1000000000 must be in 8\.\.16384 pixels"),
+    ({"crop_size": 1e9}, r"'crop_size' = 1000000000\.0 must be in 8\.\.16384 pixels"),
+    ({"scale": [1e9, 512]}, r"'scale' = \[1000000000\.0, 512\] values out of range: each must be in 8\.\.65536"),
+    ({"workers_per_slot": 1e30}, r"'workers_per_slot' = 1e\+30 must be in 0\.\.256"),
+    ({"workers_per_slot": 2.5}, r"'workers_per_slot' = 2\.5 has type float; expected int"),
+    ({"global_batch_size": 2 ** 30}, r"'global_batch_size' = 1073741824 must be in 1\.\.1048576"),
+    ({"max_batches": 1e10}, r"'max_batches' = 10000000000\.0 must be in 1\.\.1000000000"),
+    ({"lr": 1e308}, r"'lr' = 1e\+308 must be in \(0, 10\]"),
+    ({"lr": float("inf")}, r"'lr' = inf is not finite"),
+    ({"energy": {"ipmi_timeout_s": 1e308}}, r"x\.yaml: hyperparameter energy\.ipmi_timeout_s must be at most 1e\+06, got 1e\+308"),
+    ({"energy": {"redfish_timeout_s": 1e7}}, r"energy\.redfish_timeout_s must be at most 1e\+06"),
+    ({"energy": {"gpus_on_node": 10 ** 9}}, r"energy\.gpus_on_node must be a positive integer \(at most 1e\+06\)"),
+    ({"num_classes": 8, "class_names": ["a"]}, r"x\.yaml: hyperparameter 'class_names' has 1 names but num_classes is 8: give one name per class"),
+    ({"num_classes": 3, "class_names": ["a", "b", "a"]}, r"'class_names' names 'a' twice \(classes 0 and 2\)"),
+    ({"num_classes": 2, "class_names": ["a", None]}, r"'class_names' holds None; names are strings"),
+])
+def test_bounds_are_named(hps, message):
+    with pytest.raises(ConfigError, match=message):
+        hp.resolve(hps, MODEL, where="x.yaml")
+
+
+def test_integral_floats_are_integers():
+    out = hp.resolve({"seed": 4294967295.0, "max_batches": 2e8, "crop_size": [64.0, 32.0],
+                      "num_classes": 2, "class_names": ["a", "b"]}, MODEL)
+    assert out["seed"] == 4294967295 and type(out["seed"]) is int
+    assert out["max_batches"] == 200_000_000 and type(out["max_batches"]) is int
+    assert out["crop_size"] == [64, 32] and all(type(x) is int for x in out["crop_size"])
+    from shared.objects.trial import OBJECT_PARAMS
+    assert hp.resolve({"max_image_pixels": 2e8}, {}, common=OBJECT_PARAMS)["max_image_pixels"] == 200_000_000
+
+
+def _numeric_params():
+    for name in recipes.discover():
+        cls = recipes.get(name).trial_class()
+        for key, p in {**cls.COMMON_PARAMS, **cls.MODEL_PARAMS}.items():
+            if bool not in p.types and (int in p.types or float in p.types):
+                yield pytest.param(cls, key, p, id=f"{name}.{key}")
+
+
+@pytest.mark.parametrize("cls, key, p", list(_numeric_params()))
+def test_every_numeric_hyperparameter_is_bounded(cls, key, p):
+    """Both ways: no numeric key of any family accepts an absurd value (a bound, not a crash
+    later), and each one's default resolves."""
+    schema = (cls.MODEL_PARAMS, cls.COMMON_PARAMS)
+    hp.resolve({}, *schema[:1], common=schema[1])
+    for absurd in (10 ** 30, -10 ** 30, 1e30, -1e30):
+        with pytest.raises(ConfigError, match=rf"hyperparameter '{key}' = "):
+            hp.resolve({key: absurd}, *schema[:1], common=schema[1])
 
 
 def test_point_from_search_space():
@@ -150,7 +204,7 @@ def test_the_issue_cases_resolve_as_on_the_cluster(tmp_path):
 
 def test_scientific_notation_in_a_config_file_resolves(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("hyperparameters:\n  lr: 2e-3\n  weight_decay: 1E-2\n  class_names: [e5, 1e]\n"
+    path.write_text("hyperparameters:\n  lr: 2e-3\n  weight_decay: 1E-2\n  num_classes: 2\n  class_names: [e5, 1e]\n"
                     "  data_dir: /data/2e-3\n")
     conf = hp.load_experiment_config(path)
     out = hp.resolve(conf["hyperparameters"], MODEL, where=str(path))

@@ -46,26 +46,22 @@ _CHANGES = {
 }
 
 
-def _fraction(v: Any) -> Optional[str]:
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
 #: Hyperparameters of every classification trial (passed to ``hparams.resolve`` as ``common``).
 CLASSIFICATION_PARAMS: Dict[str, Param] = {
     **{k: dataclasses.replace(hpmod.COMMON[k], **_CHANGES[k]) if k in _CHANGES
        else hpmod.COMMON[k] for k in _SHARED_KEYS},
     "arch": Param("resnet50", STR, help="network name (trials/image_classification/model.py)"),
-    "num_classes": Param(3, INT, check=lambda v: None if v >= 2 else "must be >= 2",
+    "num_classes": Param(3, INT, check=hpmod.between(2, 100_000),
                          help="classes: the class directories of <data_dir>/train (sorted names "
                               "give the indices)"),
-    "image_size": Param(224, INT, check=lambda v: None if v >= 16 else "must be >= 16 pixels",
+    "image_size": Param(224, INT, check=hpmod.between(16, hpmod.MAX_SIDE),
                         help="square input side: 224 (001), 512 (004)"),
     "augment": Param(True, BOOL, help="random resized crop + flip; false: resize + centre crop"),
-    "val_fraction": Param(0.1, NUM, check=_fraction,
+    "val_fraction": Param(0.1, NUM, check=hpmod.between(0.0, 1.0, hi_open=True),
                           help="share of each class of train/ held out when there is no val/"),
     "freeze_backbone": Param(False, BOOL, help="train the classifier head only"),
     "grad_checkpointing": Param(False, BOOL, help="recompute activations in backward"),
-    "label_smoothing": Param(0.0, NUM, check=_fraction,
+    "label_smoothing": Param(0.0, NUM, check=hpmod.between(0.0, 1.0, hi_open=True),
                              help="label smoothing of the training loss (validation_loss is plain "
                                   "cross-entropy)"),
     "target_accuracy": Param(None, NUM, nullable=True,
