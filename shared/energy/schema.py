@@ -97,9 +97,10 @@ class PositiveInteger(Check):
     allowed = "integer >= 1"
 
     def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAXIMUM:
-            raise ValueError(f"energy.{key} must be a positive integer (at most {MAXIMUM:g}), "
-                             f"got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"energy.{key} must be a positive integer, got {value!r}")
+        if value > MAXIMUM:
+            raise ValueError(f"energy.{key} must be at most {MAXIMUM:g}, got {value!r}")
 
 
 class OneOf(Check):
