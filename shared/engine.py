@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from shared.data.labels import IGNORE_INDEX
 from shared.data.on_device import training_batch
 from shared.hparams import COMPILE_WARMUP_BATCHES, VAL_MODES, ConfigError
-from shared.metrics import ConfusionMatrix, DeviceMean
+from shared.metrics import ConfusionMatrix, DeviceMean, DeviceSum
 from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
 __all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask", "ClassificationTask",
@@ -102,7 +102,8 @@ def build_optimizer(model: torch.nn.Module, hp: Mapping[str, Any], lr: float) ->
     return torch.optim.SGD(groups, lr=lr, momentum=hp["momentum"], **fused)
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor,
+                      labelled: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cross-entropy in float32 at label resolution, pixels labelled 255 ignored.
 
     Models return logits at their own stride (SegFormer 1/4, Segmenter 1/16); the loss is taken
@@ -111,11 +112,19 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     150-channel tensor would be written once in bf16 and again in float32, and its gradient
     cast back on the way down (16 x 150 x 512 x 512 elements, 8 bytes each way instead of 4).
     Interpolating in float32 is also the more exact of the two.
+
+    The mean is over the labelled pixels (``labelled``, counted here when not given), and a
+    batch without any is 0 with a zero gradient, as MMSegmentation's cross-entropy
+    (``avg_non_ignore``) has it: PyTorch's own mean would divide 0 by 0 and give NaN, which
+    the run would take for a divergence. The count stays on the device (no host sync).
     """
     logits = logits.float()
     if logits.shape[-2:] != masks.shape[-2:]:
         logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+    if labelled is None:
+        labelled = (masks != IGNORE_INDEX).sum()
+    total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / labelled.clamp(min=1)
 
 
 def resize_logits(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -258,12 +267,15 @@ class SegmentationTask:
         self.val_stride = val_crop_size if val_stride is None else val_stride
         self.confusion: Optional[ConfusionMatrix] = None
         self.val_loss: Optional[DeviceMean] = None
+        self.unlabelled: Optional[DeviceSum] = None
 
     def attach(self, runtime: Runtime) -> None:
         self.confusion = runtime.wrap_reducer(ConfusionMatrix(self.num_classes, IGNORE_INDEX),
                                               name=None, for_training=False)
         self.val_loss = runtime.wrap_reducer(DeviceMean(), name="validation_loss",
                                              for_training=False)
+        self.unlabelled = runtime.wrap_reducer(DeviceSum(), name="batches_without_labels",
+                                               for_training=True, for_validation=False)
 
     def training_loss(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> torch.Tensor:
         images, masks, aug, skipped = engine.to_device(*batch)
@@ -271,8 +283,10 @@ class SegmentationTask:
         # The loader's uint8 crops become the model's input here, on the device: colour
         # augmentation, normalisation, channels_last (shared/data/on_device.py).
         images, masks = training_batch(images, masks, aug, engine.channels_last)
+        labelled = (masks != IGNORE_INDEX).sum()
+        self.unlabelled.update(labelled == 0)  # counted on the device, read at the report
         with engine.autocast():
-            return segmentation_loss(engine.forward(images), masks)
+            return segmentation_loss(engine.forward(images), masks, labelled)
 
     def evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:
         assert self.confusion is not None and self.val_loss is not None, "attach() first"

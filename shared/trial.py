@@ -322,7 +322,11 @@ class SegmentationTrial(RecipeTrial):
 
     SHOWN_METRICS = ("miou", "pixel_accuracy")
     TRAINING_METRICS = {"loss": "training loss (cross-entropy, label 0 ignored)",
-                        "lr": "learning rate"}
+                        "lr": "learning rate",
+                        "batches_without_labels": "batches of the report period (all ranks) "
+                                                  "without any labelled pixel: their loss is 0 "
+                                                  "with a zero gradient (MMSegmentation's), "
+                                                  "never a divergence"}
     VALIDATION_METRICS = {
         "miou": "mean IoU over classes, % (the searcher metric)",
         "pixel_accuracy": "correctly classified labelled pixels, %",
