@@ -21,12 +21,13 @@ checkpoints completed; nothing here runs there.)
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import pathlib
 import pickle
 import shutil
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from shared.hparams import ConfigError
 
@@ -52,11 +53,30 @@ def is_complete(path: pathlib.Path) -> bool:
             and state.is_file() and state.stat().st_size > 0)
 
 
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused: the file names {module}.{name}; a trial state "
+                                     f"holds plain numbers and strings only")
+
+
+def load_data_pickle(f: Any) -> Any:
+    """``pickle.load`` of plain data (dicts, lists, numbers, strings) that refuses anything
+    naming a class or function: what Determined's ``trial_state.pkl`` holds, and unlike a
+    plain ``pickle.load`` it cannot be made to run code by a crafted file."""
+    return _NoGlobals(f).load()
+
+
 def batches_of(path: pathlib.Path) -> int:
-    """Batches trained when the checkpoint was written (0 when unreadable)."""
+    """Batches trained when the checkpoint was written (0 when unreadable), from the
+    checkpoint's ``metadata.json`` (``steps_completed``), or from ``trial_state.pkl`` read as
+    plain data for checkpoints without it."""
+    try:
+        return int(json.loads((path / MARKER).read_text())["steps_completed"])
+    except Exception:
+        pass
     try:
         with (path / "trial_state.pkl").open("rb") as f:
-            return int(pickle.load(f).get("batches_trained", 0))
+            return int(load_data_pickle(f).get("batches_trained", 0))
     except Exception:
         return 0
 

@@ -68,11 +68,6 @@ def parse_args(argv: Optional[Sequence[str]], model_name: str) -> argparse.Names
 
 
 def main(trial_cls: Type[det_torch.PyTorchTrial], argv: Optional[Sequence[str]] = None) -> int:
-    # torch >= 2.6 loads with weights_only=True by default and refuses the numpy RNG state that
-    # Determined 0.38 saves in every checkpoint, so no trial could resume. This variable only
-    # affects torch.load calls that do not pass weights_only (Determined's loading of the
-    # checkpoints this trial wrote); shared.pretrained passes weights_only=True and stays strict.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     info = det.get_cluster_info()
     if info is not None and info.task_type == "TRIAL":
         return run_on_cluster(trial_cls, info)

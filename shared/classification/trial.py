@@ -22,6 +22,8 @@ from shared import hparams as hpmod
 from shared import runlog
 from shared.classification import data as cdata
 from shared.classification.resources import RESOURCES_GROUP, ResourceCallback
+from shared.data.sampling import SeededSampler
+from shared.data.skips import log_problems
 from shared.hparams import BOOL, INT, NUM, STR, Param
 from shared.engine import ClassificationTask
 from shared.trial import RecipeTrial
@@ -229,8 +231,7 @@ class ClassificationTrial(RecipeTrial):
         if isinstance(outcome, Exception):
             raise outcome
         if dist.local_rank == 0:
-            for problem in outcome.skipped:
-                log.warning("skipping %s", problem)
+            log_problems(log, outcome.skipped)
         return outcome
 
     # ------------------------------------------------------------------ data
@@ -241,8 +242,11 @@ class ClassificationTrial(RecipeTrial):
         ds = cdata.ImageFolderDataset(self.splits.train, tf, hp["skip_bad_samples"],
                                       name=f"{hp['data_dir']}/train")
         self._check_training_set(len(ds))
-        # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling)
-        return det_torch.DataLoader(ds, batch_size=self.context.get_per_slot_batch_size(), shuffle=True,
+        self.track_skips("training", ds.bad, self.splits.skipped)
+        # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling);
+        # the order and the augmentation follow the trial seed (resume = uninterrupted run)
+        return det_torch.DataLoader(ds, batch_size=self.context.get_per_slot_batch_size(),
+                                    sampler=SeededSampler(len(ds), self.data_seed),
                                     drop_last=True, **self._loader_kwargs())
 
     def build_validation_data_loader(self) -> det_torch.DataLoader:
@@ -251,6 +255,7 @@ class ClassificationTrial(RecipeTrial):
                                         cfg["crop_pct"], cfg["crop_mode"])
         ds = cdata.ImageFolderDataset(self.splits.val, tf, hp["skip_bad_samples"],
                                       name=f"{hp['data_dir']} validation ({self.splits.val_source})")
+        self.track_skips("validation", ds.bad)
         ranks = self.context.distributed.size
         if len(ds) < ranks:
             raise hpmod.ConfigError(f"{hp['data_dir']}: {len(ds)} validation images for {ranks} slots; "

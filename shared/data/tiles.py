@@ -41,7 +41,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ from PIL import Image
 
 from shared.data.ade20k import find_samples
 from shared.data.files import DataError, read_annotation, read_image
+from shared.data.sampling import derive_seed
+from shared.data.skips import WARN_LIMIT, log_problems
 
 __all__ = ["TILE_IMAGE_SUFFIXES", "find_tile_samples", "TileStore", "TiledImage", "TileDataset",
            "BalancedTileSampler", "stitch_logits", "tile_starts", "component_boxes", "list_collate"]
@@ -239,6 +241,7 @@ class TileStore:
         self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "rare_objects_tiles"
         self.in_channels, self.max_image_pixels = int(in_channels), int(max_image_pixels)
         pairs, self.skipped = find_tile_samples(root, split, skip_bad_samples)
+        log_problems(log, self.skipped)
         self.images: List[TiledImage] = []
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for image_path, mask_path in pairs:
@@ -247,7 +250,8 @@ class TileStore:
             except DataError as err:
                 if not skip_bad_samples:
                     raise
-                log.warning("skipping %s", err)
+                if len(self.skipped) < WARN_LIMIT:
+                    log.warning("skipping %s", err)
                 self.skipped.append(str(err))
                 self.images.append(TiledImage(image_path.stem, image_path, mask_path, None, None,
                                               skipped=True))
@@ -348,7 +352,15 @@ class BalancedTileSampler:
         self.batch_size = int(batch_size)
         self.positive_fraction, self.hard_fraction = float(positive_fraction), float(hard_negative_fraction)
         self.pool_size, self.recent_batches = int(pool_size), int(recent_batches)
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        #: the generator of the batch being drawn: batch b's from (seed, b), mining m's from
+        #: (seed, m), so a batch is the same whether drawn in order or after a restore
+        self.rng = np.random.default_rng(derive_seed(self.seed, 2, 0))
+        #: minings so far (their candidates' draws)
+        self.minings = 0
+        #: batches below this are being skipped by Determined after a restore (replayed to
+        #: reach the resume point): drawn as empty placeholders, changing nothing
+        self.replay_until = 0
         self.objects = [(i, box) for i, im in enumerate(self.images) if not im.skipped
                         for box in im.boxes]
         if self.positive_fraction > 0 and not self.objects:
@@ -419,6 +431,10 @@ class BalancedTileSampler:
         return i, y, x
 
     def next_batch(self) -> List[Tuple[int, int, int, int]]:
+        if self.batches < self.replay_until:
+            self.batches += 1
+            return []  # skipped by Determined's SkipBatchSampler, never loaded
+        self.rng = np.random.default_rng(derive_seed(self.seed, 2, self.batches))
         n_pos = int(round(self.batch_size * self.positive_fraction))
         n_neg = self.batch_size - n_pos
         n_hard = int(round(n_neg * self.hard_fraction)) if self.pool else 0
@@ -441,11 +457,30 @@ class BalancedTileSampler:
         """Up to ``count`` negative grid cells not sampled in the last ``recent_batches``
         batches, drawn at random (the same draw on every rank)."""
         since = self.batches - self.recent_batches
+        rng = np.random.default_rng(derive_seed(self.seed, 3, self.minings))
+        self.minings += 1
         fresh = [c for c in self.cells
                  if self.last_sampled.get(self._cell_of(*c), -10 ** 9) < since]
         if len(fresh) > count:
-            fresh = [fresh[k] for k in sorted(self.rng.choice(len(fresh), size=count, replace=False))]
+            fresh = [fresh[k] for k in sorted(rng.choice(len(fresh), size=count, replace=False))]
         return fresh
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What a checkpoint keeps of the sampler (JSON): the hard-negative pool, when each
+        negative cell was last sampled, and the minings so far. The batches themselves are
+        functions of the seed and need nothing."""
+        return {"pool": [[score, list(cell)] for score, cell in self.pool],
+                "last_sampled": [[*cell, b] for cell, b in sorted(self.last_sampled.items())],
+                "minings": self.minings}
+
+    def load_state_dict(self, state: Mapping[str, Any], resume_at: int) -> None:
+        """Restore ``state_dict()`` before the first batch is drawn; ``resume_at``: the
+        sampler batches already trained (batches x slots), which Determined skips."""
+        self.pool = [(float(score), tuple(int(x) for x in cell)) for score, cell in state["pool"]]
+        self.last_sampled = {tuple(int(x) for x in row[:3]): int(row[3])
+                             for row in state["last_sampled"]}
+        self.minings = int(state["minings"])
+        self.replay_until = int(resume_at)
 
     def add_hard_negatives(self, cells: Sequence[Tuple[int, int, int]], scores: Sequence[float]) -> int:
         """Put the cells with a positive score in the pool, keeping the ``pool_size`` highest

@@ -186,6 +186,8 @@ class BinarySegmentationTrial(RecipeTrial):
             stores = build()
         self.stores = stores
         self.skipped_at_start = sum(len(s.skipped) for s in stores.values())
+        for split, store in stores.items():  # every bad pair is found here, at the start
+            self.track_skips(split, None, store.skipped)
         self.sampler = None
         self.mining = {"mining_s": 0.0, "minings": 0, "mined_tiles": 0, "pool_size": 0}
         self._energy: Any = None
@@ -226,10 +228,14 @@ class BinarySegmentationTrial(RecipeTrial):
         # counted in the sampler's batches, slots per training step.
         self.sampler = BalancedTileSampler(
             images, hp["tile_size"], self.context.get_per_slot_batch_size(), hp["positive_fraction"],
-            hp["hard_negative_fraction"], hp["hard_negative_pool"], hp["seed"],
+            hp["hard_negative_fraction"], hp["hard_negative_pool"], self.data_seed,
             recent_batches=hp["mine_period"] * slots)
-        if self.skipped_at_start and self.context.distributed.rank == 0:
-            self.engine.count_skipped(torch.tensor(self.skipped_at_start))
+        restored = ((self.restored or {}).get("data") or {})
+        if restored.get("sampler"):
+            # before the loader exists: its workers draw the first batches when it starts
+            self.sampler.load_state_dict(restored["sampler"],
+                                         int(self.restored["batches_trained"]) * slots)
+            self.mining.update(restored.get("mining") or {})
         return det_torch.DataLoader(TileDataset(images, hp["tile_size"]), batch_sampler=self.sampler,
                                     **self._loader_kwargs())
 
@@ -244,6 +250,10 @@ class BinarySegmentationTrial(RecipeTrial):
         # one whole image per batch (images differ in size); workers only hand over paths
         return det_torch.DataLoader(images, batch_size=1, shuffle=False, collate_fn=list_collate,
                                     num_workers=0)
+
+    def data_state(self) -> Dict[str, Any]:
+        return ({"sampler": self.sampler.state_dict(), "mining": dict(self.mining)}
+                if self.sampler is not None else {})
 
     def get_batch_length(self, batch: Any) -> int:
         # a validation batch is a list of whole images (TiledImage), a training one tensors
