@@ -326,7 +326,7 @@ class RecipeTrial(det_torch.PyTorchTrial):
         generator = torch.Generator()
         generator.manual_seed(derive_seed(self.data_seed, 1))
         return {"num_workers": workers, "pin_memory": self.device.type == "cuda",
-                "persistent_workers": workers > 0, "worker_init_fn": worker_init,
+                "persistent_workers": workers > 0, "worker_init_fn": loader_worker_init(),
                 "generator": generator}
 
     def _check_training_set(self, size: int) -> None:
@@ -589,16 +589,46 @@ class _TrialStateCallback(det_torch.PyTorchCallback):
         path.write_text(json.dumps(self.trial.trial_state(), indent=1) + "\n")
 
 
-def worker_init(worker_id: int) -> None:
-    """In a data-loader worker: SIGINT and SIGTERM are ignored. A Ctrl-C in the terminal, and
-    a SIGTERM from ``timeout``, Slurm's ``scancel`` or ``kill -TERM -PGID``, reach every
-    process of the group; the trial's own process decides how to stop (it finishes the batch
-    and checkpoints, then shuts the loader down, which ends the workers). A worker that died
-    of the signal instead made the main process fail ("DataLoader worker ... is killed by
-    signal: Terminated") before it could checkpoint."""
+_loaders_ending: Any = None
+
+
+def _loaders_ending_event() -> Any:
+    """Set when this process ends (atexit): from then on its loader workers obey SIGTERM."""
+    global _loaders_ending
+    if _loaders_ending is None:
+        import atexit
+        import multiprocessing
+        _loaders_ending = multiprocessing.get_context().Event()
+        # runs before multiprocessing's own exit handler (registered earlier, run later),
+        # which terminates daemonic children (the workers) with SIGTERM and joins them
+        atexit.register(_loaders_ending.set)
+    return _loaders_ending
+
+
+def loader_worker_init() -> Any:
+    """The ``worker_init_fn`` of every loader of the trials (see ``worker_init``)."""
+    import functools
+    return functools.partial(worker_init, ending=_loaders_ending_event())
+
+
+def worker_init(worker_id: int, ending: Any = None) -> None:
+    """In a data-loader worker: SIGINT and SIGTERM are ignored while the trial's process runs.
+    A Ctrl-C in the terminal, and a SIGTERM from ``timeout``, Slurm's ``scancel``, ``kill
+    -TERM -PGID`` or torchrun's agent (which signals each rank's process group), reach every
+    process of the group; the trial's own process decides how to stop (it finishes the batch,
+    checkpoints, then shuts the loader down, which ends the workers). A worker that died of the
+    signal instead made the main process fail ("DataLoader worker ... is killed by signal:
+    Terminated") before it could checkpoint. Once the trial's process is exiting (``ending``
+    set), SIGTERM ends a worker again, as multiprocessing's exit handler expects."""
+    import os
     import signal
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if ending is not None and ending.is_set():
+            os._exit(0)  # a clean end: the exiting process counts no worker failure
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def _experiment_config(context: det_torch.PyTorchTrialContext) -> Dict[str, Any]:
