@@ -500,10 +500,11 @@ class Engine:
         self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], runtime.get_global_batch_size(),
                             self.lr_scaling)
         self.optimizer = runtime.wrap_optimizer(build_optimizer(self.model, hp, self.lr))
-        schedule = WarmupPoly(hp["warmup_batches"], max_batches, hp["poly_power"],
-                              hp["warmup_ratio"], hp["min_lr_ratio"])
-        self.scheduler = runtime.wrap_lr_scheduler(
-            torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule))
+        self._schedule_args = (hp["warmup_batches"], max_batches, hp["poly_power"],
+                               hp["warmup_ratio"], hp["min_lr_ratio"])
+        self._lambda_lr = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                            WarmupPoly(*self._schedule_args))
+        self.scheduler = runtime.wrap_lr_scheduler(self._lambda_lr)
         self.scaler = (runtime.wrap_scaler(torch.amp.GradScaler("cuda"))
                        if self.precision == "fp16" else None)
         # Reported as "loss", the mean over the report period's batches and all ranks.
@@ -533,6 +534,23 @@ class Engine:
         recompilation after the first optimiser step). Counted from this process's start: a
         resumed trial compiles again."""
         return self.compiled and self._batches_this_process < COMPILE_WARMUP_BATCHES
+
+    def apply_schedule(self) -> None:
+        """This run's learning-rate schedule (peak lr, warm-up, decay, length) at the batch the
+        scheduler is at. After a resume, Determined loads the checkpoint's scheduler state,
+        whose peak lr and schedule object are those of the run that wrote it: a resume with a
+        changed ``lr`` or ``max_batches`` would otherwise go on with the old ones. With
+        nothing changed it sets the values the scheduler holds already."""
+        sched = self._lambda_lr
+        groups = self.optimizer.param_groups
+        # a new schedule object: loading the state updated the old one's attributes in place
+        schedule = WarmupPoly(*self._schedule_args)
+        sched.base_lrs = [self.lr] * len(groups)
+        sched.lr_lambdas = [schedule for _ in groups]
+        values = [self.lr * schedule(sched.last_epoch) for _ in groups]
+        for group, value in zip(groups, values):
+            group["lr"] = value
+        sched._last_lr = values
 
     # ------------------------------------------------------------------ pieces
     def autocast(self):

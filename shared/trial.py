@@ -569,8 +569,10 @@ class _TrialStateCallback(det_torch.PyTorchCallback):
 
     def __init__(self, trial: "RecipeTrial") -> None:
         self.trial = trial
+        self.resuming = False
 
     def on_trial_startup(self, first_batch_idx: int, checkpoint_uuid: Optional[str]) -> None:
+        self.resuming = bool(checkpoint_uuid)
         if not checkpoint_uuid:
             return
         raw = compat.read_checkpoint_file(self.trial.context, checkpoint_uuid, self.FILE)
@@ -582,6 +584,12 @@ class _TrialStateCallback(det_torch.PyTorchCallback):
         # A checkpoint of another trial (a continued or forked one starts at 0) is only weights.
         if int(state.get("batches_trained", -1)) == int(first_batch_idx):
             self.trial.restored = state
+
+    def on_training_start(self) -> None:
+        # after Determined loaded the checkpoint: this run's schedule (a resume may change lr,
+        # warm-up or length: shared.resume), not the one stored with the scheduler's state
+        if self.resuming:
+            self.trial.engine.apply_schedule()
 
     def on_checkpoint_write_end(self, checkpoint_dir: str) -> None:
         import pathlib

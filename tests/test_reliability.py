@@ -3,6 +3,7 @@
 writers on one directory, places that cannot be written, a changed config on resume."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -129,3 +130,231 @@ def test_sigterm_to_the_process_group_stops_as_sigterm_to_the_trial_does(launche
     again = run(_torchrun(again) if launcher == "torchrun" else again)
     assert again.returncode == 0, again.stderr[-3000:]
     assert checkpoints.batches_of(checkpoints.complete_checkpoints(out / "checkpoints")[-1]) == at + 2
+
+
+# ------------------------------------------------------------------ one writer per directory
+def test_a_second_run_on_the_same_directory_is_refused_naming_the_first(data, tmp_path):
+    """Two `--resume latest` at once used to both finish, writing the same batches twice into
+    metrics.jsonl; the second is now refused, naming the holder's pid and host."""
+    out = tmp_path / "run"
+    first = run(command(data, out, "validation_period=2", "checkpoint_period=2", batches=2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    proc = subprocess.Popen(command(data, out, "validation_period=1000", "checkpoint_period=1000",
+                                    batches=100000, resume="latest"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        while '"steps_completed": 4' not in (out / "metrics.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() - t0 < 180, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+        second = run(command(data, out, batches=6, resume="latest"))
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"error: {out} is being written by another run (pid {proc.pid} on host "
+            f"{socket.gethostname()}, since {(out / '.lock').read_text().split('since ')[1].strip()}); "
+            f"wait for it to end, or choose another --output-dir"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    from shared.outdir import RunLock
+    with RunLock(out):  # released when the run ended
+        pass
+
+
+# ------------------------------------------------------------------ places that cannot be written
+@pytest.fixture
+def mount(tmp_path):
+    """A tmpfs of a given size and mode at a fresh directory (root only: skipped elsewhere)."""
+    mounted = []
+
+    def make(options: str) -> pathlib.Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+        mounted.append(point)
+        return point
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def _one_error_line(done):
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    return errors[0]
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line(data, tmp_path, mount):
+    (tmp_path / "afile").write_text("x")
+    line = _one_error_line(run(command(data, tmp_path / "afile" / "run")))
+    assert line == (f"error: cannot use {tmp_path / 'afile' / 'run'} as the output directory: "
+                    f"{tmp_path / 'afile'} is a file, not a directory; nothing was written "
+                    f"(choose another --output-dir)")
+    readonly = mount("ro,size=1m")
+    line = _one_error_line(run(command(data, readonly / "run")))
+    assert line == (f"error: cannot write to {readonly / 'run'}: the file system is read-only; "
+                    f"nothing was written (choose another --output-dir)")
+
+
+def test_a_full_disk_stops_with_one_line_and_the_run_resumes(data, mount):
+    """A 600 KiB file system: the run fills it (checkpoints, metrics) and stops with one line
+    naming the path that failed and the last complete checkpoint; given room, it resumes."""
+    disk = mount("size=600k")
+    out = disk / "run"
+    line = _one_error_line(run(command(data, out, "validation_period=2", "checkpoint_period=2",
+                                       batches=200)))
+    assert "the disk is full" in line and f"{out}/" in line, line
+    assert "--resume latest continues from it" in line, line
+    subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+    at = checkpoints.batches_of(checkpoints.complete_checkpoints(out / "checkpoints")[-1])
+    again = run(command(data, out, "validation_period=2", "checkpoint_period=2", batches=at + 2,
+                        resume="latest"))
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_a_full_disk_while_writing_metrics_names_the_file(data, tmp_path, monkeypatch):
+    """A write that fails on a full disk raises an OSError without a path ("[Errno 28] No
+    space left on device"); the run names metrics.jsonl and what is safe, exit status 2."""
+    import builtins
+    import errno as errno_
+
+    from shared import launch
+    out = tmp_path / "run"
+    real_open = pathlib.Path.open
+    writes = {"n": 0}
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            writes["n"] += 1
+            if '"steps_completed": 4' in text:  # the first report after the checkpoint at 2
+                raise OSError(errno_.ENOSPC, "No space left on device")
+            return self.f.write(text)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    def opening(self, *args, **kwargs):
+        f = real_open(self, *args, **kwargs)
+        return Full(f) if self.name == "metrics.jsonl" and "a" in (args[:1] or ("r",))[0] else f
+
+    monkeypatch.setattr(pathlib.Path, "open", opening)
+    monkeypatch.chdir(tmp_path)
+    argv = command(data, out, "validation_period=2", "checkpoint_period=2", batches=8)[2:]
+    printed = []
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+    from trials_unet_train import UNetTrial  # noqa: F401  (see the fixture below)
+    rc = launch.main(UNetTrial, argv)
+    assert rc == 2, printed
+    errors = [p for p in printed if p.startswith("error: ")]
+    assert len(errors) == 1, printed
+    assert errors == [f"error: cannot write {out / 'metrics.jsonl'}: the disk is full ("
+                      f"{errors[0].split('the disk is full (')[1].split(')')[0]}); the last "
+                      f"complete checkpoint, {checkpoints.complete_checkpoints(out / 'checkpoints')[-1].name}"
+                      f" (batch 2), is intact: --resume latest continues from it"]
+
+
+@pytest.fixture(autouse=True)
+def _unet_trial_module():
+    """The U-Net trial class importable in-process (trials/ is not a package)."""
+    import importlib.util
+    if "trials_unet_train" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("trials_unet_train",
+                                                      ROOT / "trials" / "unet" / "train.py")
+        sys.path.insert(0, str(ROOT / "trials" / "unet"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["trials_unet_train"] = module
+        spec.loader.exec_module(module)
+    yield
+
+
+# ------------------------------------------------------------------ checkpoints damaged since
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
+    out = tmp_path / "run"
+    first = run(command(data, out, "validation_period=2", "checkpoint_period=2", batches=4))
+    assert first.returncode == 0, first.stderr[-3000:]
+    older, newest = checkpoints.complete_checkpoints(out / "checkpoints")
+    assert checkpoints.batches_of(newest) == 4
+    state = newest / "state_dict.pth"
+    size = state.stat().st_size
+    with state.open("r+b") as f:
+        f.truncate(size // 2)
+    refused = run(command(data, out, batches=6, resume=str(newest)))
+    assert _one_error_line(refused) == (
+        f"error: --resume {newest}: damaged since it was written: {state} is {size // 2} bytes, "
+        f"{size} when written (truncated); use an earlier checkpoint, or --resume latest (which "
+        f"skips damaged ones)")
+    again = run(command(data, out, "validation_period=2", "checkpoint_period=2", batches=6,
+                        resume="latest"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (f"--resume latest: skipping {newest} (batch 4): damaged since it was written: {state} "
+            f"is {size // 2} bytes, {size} when written (truncated); trying the one before") in again.stderr
+    validations = [r["steps_completed"] for r in records(out) if r["group"] == "validation"]
+    assert validations == [2, 4, 6]  # batch 4 trained again, reported once
+    assert checkpoints.batches_of(checkpoints.complete_checkpoints(out / "checkpoints")[-1]) == 6
+
+
+def test_a_crafted_trial_state_cannot_run_code(tmp_path):
+    """`--resume DIR` reads Determined's trial_state.pkl: without globals, so a file that
+    names a function (here os.system) is refused instead of run."""
+    import pickle
+
+    class Crafted:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    path = tmp_path / "trial_state.pkl"
+    path.write_bytes(pickle.dumps({"batches_trained": Crafted()}))
+    with path.open("rb") as f, pytest.raises(pickle.UnpicklingError, match="refused: the file names"):
+        checkpoints.load_data_pickle(f)
+    assert not (tmp_path / "ran").exists()
+    with path.open("rb") as f:
+        pickle.dumps(checkpoints.load_data_pickle(io.BytesIO(pickle.dumps({"batches_trained": 3}))))
+
+
+# ------------------------------------------------------------------ a changed config on resume
+def test_a_resume_with_changed_hyperparameters(data, tmp_path):
+    out = tmp_path / "run"
+    first = run(command(data, out, "validation_period=2", "checkpoint_period=2", batches=2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    (ckpt,) = checkpoints.complete_checkpoints(out / "checkpoints")
+    refused = run(command(data, out, "optimizer=sgd", "unet_base_channels=16", "global_batch_size=2",
+                          batches=4, resume="latest"))
+    assert _one_error_line(refused) == (
+        f"error: --resume {ckpt}: a resume continues the same run, but these hyperparameters differ "
+        f"from the checkpoint's: global_batch_size 4 -> 2 (the data); optimizer 'adamw' -> 'sgd' "
+        f"(the optimiser); unet_base_channels 8 -> 16 (the model). Keep the checkpoint's values, or "
+        f"start a new run from its weights: --set pretrained_path={ckpt / 'state_dict.pth'} with "
+        f"another --output-dir (and without --resume)")
+    # the way out it names works
+    fresh = run(command(data, tmp_path / "fresh", "optimizer=sgd", f"pretrained_path={ckpt / 'state_dict.pth'}",
+                        batches=2))
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    # schedule changes are stated, and in effect
+    again = run(command(data, out, "lr=4e-3", "validation_period=2", "checkpoint_period=2", batches=4,
+                        resume="latest"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (f"--resume: hyperparameters changed since checkpoint {ckpt.name}, in effect from its "
+            f"batch 2 on: lr 0.001 -> 0.004; max_batches 2 -> 4") in again.stderr
+    from shared.schedule import WarmupPoly, scaled_lr
+    peak = scaled_lr(4e-3, 16, 4, "sqrt")
+    schedule = WarmupPoly(2, 4, 1.0, 1e-6, 0.0)
+    (report,) = [r for r in records(out) if r["group"] == "training" and r["steps_completed"] == 4]
+    assert report["metrics"]["lr"] == pytest.approx((peak * schedule(2) + peak * schedule(3)) / 2)
+    # another model's checkpoint
+    other = run(command(data, out, batches=4, resume="latest", model="segformer")[:-len(TINY) - 1]
+                + ["--set", "crop_size=32", "scale=[64,32]", "num_classes=4", "energy.enabled=false"])
+    newest = checkpoints.complete_checkpoints(out / "checkpoints")[-1]
+    assert _one_error_line(other) == (f"error: --resume {newest}: a checkpoint of unet, not of "
+                                      f"segformer; resume it with trials/unet/train.py")
