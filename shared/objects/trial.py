@@ -96,7 +96,7 @@ OBJECT_PARAMS: Dict[str, Param] = {
                         help="stitching of overlapping validation tiles: mean of the logits, or "
                              "each pixel from the tile whose centre is nearest"),
     "tile_cache_dir": Param(None, STR, nullable=True,
-                            help="where decoded images are cached as .npy (null: <tmp>/rare_objects_tiles)"),
+                            help="where decoded images are cached as .npy, a directory of your own (null: <tmp>/rare_objects_tiles-<uid>, mode 0700)"),
     "max_image_pixels": Param(10 ** 9, INT, check=hpmod.between(1, 10 ** 11),
                               help="largest image decoded, pixels (Pillow's decompression-bomb "
                                    "limit raised to it)"),
@@ -147,13 +147,20 @@ class BinarySegmentationTrial(RecipeTrial):
         from the image headers only."""
         from PIL import Image
 
+        from shared.data.files import DataError
         from shared.data.tiles import find_tile_samples, pixel_limit
         pairs, _ = find_tile_samples(hp["data_dir"], "training", hp["skip_bad_samples"])
         t, cells = hp["tile_size"], 0
         with pixel_limit(hp["max_image_pixels"]):
             for image, _ in pairs:
-                with Image.open(image) as im:
-                    cells += -(-im.height // t) * -(-im.width // t)
+                try:
+                    with Image.open(image) as im:
+                        cells += -(-im.height // t) * -(-im.width // t)
+                except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                    # a bad image is skipped (and counted) or named, as in the other families
+                    if not hp["skip_bad_samples"]:
+                        raise DataError(f"cannot read image {image}: {err} (corrupt or truncated "
+                                        f"file?); set skip_bad_samples: true to skip it") from None
         return cells
 
     # ------------------------------------------------------------------ construction
