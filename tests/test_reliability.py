@@ -358,3 +358,44 @@ def test_a_resume_with_changed_hyperparameters(data, tmp_path):
     newest = checkpoints.complete_checkpoints(out / "checkpoints")[-1]
     assert _one_error_line(other) == (f"error: --resume {newest}: a checkpoint of unet, not of "
                                       f"segformer; resume it with trials/unet/train.py")
+
+
+# ------------------------------------------------------------------ bad samples, each once
+def test_skipped_samples_counts_each_bad_file_once_per_run(tmp_path):
+    """2 corrupt images of 12, 24 batches (8 epochs) read by 2 loader workers, then a resume:
+    skipped_samples is 2 at every validation (it was 3, 4, 6, 7, 8: once per epoch and per
+    worker that met the file), and each file is named once in the log."""
+    data = generate(tmp_path / "syn", num_train=12, num_val=2, num_classes=4, min_size=32,
+                    max_size=48, seed=3)
+    bad = sorted((data / "images" / "training").glob("*.jpg"))[3:5]
+    for path in bad:
+        path.write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    settings = ["skip_bad_samples=true", "workers_per_slot=2", "validation_period=8",
+                "checkpoint_period=8"]
+    first = run(command(data, out, *settings, batches=24))
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run(command(data, out, *settings, batches=32, resume="latest"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    counts = [r["metrics"].get("skipped_samples") for r in records(out) if r["group"] == "validation"]
+    assert counts == [2, 2, 2, 2]
+    for path in bad:
+        assert sum(str(path) in line for line in first.stderr.splitlines()) == 1, first.stderr[-3000:]
+        assert str(path) not in again.stderr  # known from the checkpoint: not named again
+
+
+def test_repeated_skip_warnings_are_summarised(tmp_path, caplog):
+    from shared.data.ade20k import SegmentationDataset
+    from shared.data.skips import WARN_LIMIT
+    data = generate(tmp_path / "syn", num_train=40, num_val=1, num_classes=4, min_size=32,
+                    max_size=40, seed=3)
+    for path in sorted((data / "images" / "training").glob("*.jpg"))[:30]:
+        path.write_bytes(b"")
+    ds = SegmentationDataset(data, "training", None, num_classes=4, skip_bad_samples=True)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # two epochs
+            for i in range(len(ds)):
+                ds[i]
+    named = [r for r in caplog.records if "skipping bad sample" in r.getMessage()]
+    assert len(named) == WARN_LIMIT and ds.bad.count() == 30
+    assert sum("further ones are skipped and counted" in r.getMessage() for r in caplog.records) == 1
