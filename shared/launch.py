@@ -63,7 +63,9 @@ def parse_args(argv: Optional[Sequence[str]], model_name: str) -> argparse.Names
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                     help="override hyperparameters, e.g. --set crop_size=64 global_batch_size=8 energy.sources=nvml")
     ap.add_argument("--resume", help="checkpoint directory to continue from, or 'latest' (newest "
-                                     "checkpoint under --output-dir)")
+                                     "complete, undamaged checkpoint under --output-dir); a "
+                                     "checkpoint is trusted input: resume only from checkpoints "
+                                     "you or your cluster wrote")
     ap.add_argument("--verbose", action="store_true", help="show Determined's own INFO logs")
     return ap.parse_args(argv)
 
