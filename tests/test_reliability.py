@@ -21,6 +21,9 @@ from PIL import Image
 from shared import checkpoints
 from shared.data.synthetic import generate
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_checkpoints import wait_for_training  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["crop_size=32", "scale=[64,32]", "num_classes=4", "global_batch_size=4", "warmup_batches=2",
         "report_period=2", "unet_base_channels=8", "unet_depth=2", "energy.enabled=false",
@@ -70,17 +73,6 @@ def test_batches_without_a_labelled_pixel_train_on_and_are_counted(tmp_path):
 
 
 # ------------------------------------------------------------------ SIGTERM to the whole group
-def _wait_for_training(proc, metrics: pathlib.Path, timeout=180):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early: {proc.stderr.read()[-3000:]}")
-        if metrics.exists() and '"group": "training"' in metrics.read_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError("no training report within the timeout")
-
-
 def _torchrun(cmd):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +96,7 @@ def test_sigterm_to_the_process_group_stops_as_sigterm_to_the_trial_does(launche
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # a group of its own, as under `timeout`
     try:
-        _wait_for_training(proc, out / "metrics.jsonl")
+        wait_for_training(proc, out / "metrics.jsonl", timeout=180)
         workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
                    if "train.py" in " ".join(c.cmdline())]
         assert len(workers) >= 2, "expected loader workers (and, under torchrun, the ranks)"
