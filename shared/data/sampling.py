@@ -92,6 +92,12 @@ def sample_rng(seed: Optional[int]) -> Iterator[None]:
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    # the CPU generator itself: torch.manual_seed and fork_rng also visit every device and
+    # cost ~100-300 us a sample; this is ~4 us
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
         yield
+    finally:
+        generator.set_state(state)
