@@ -168,7 +168,7 @@ COMMON: Dict[str, Param] = {
     "implementation": Param(None, (dict,), nullable=True,
                  help="a set of implementation switches ({precision: fp32, compile: true, ...}; keys among IMPLEMENTATION_SWITCHES) that overrides those keys: one categorical value per variant (ablation_to_target.yaml)"),
     "seed": Param(0, INT, check=between(0, MAX_SEED),
-                 help="seed of local runs (on a cluster Determined seeds each trial)"),
+                 help="seed of local runs: initialisation, data order and augmentation (on a cluster Determined's trial seed does this)"),
     "pretrained_path": Param(None, STR, nullable=True,
                  help="local weights file to start from; nothing is ever downloaded"),
     # length and periods, in batches (training length is set in code in Determined 0.38)

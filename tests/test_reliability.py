@@ -112,7 +112,7 @@ def test_sigterm_to_the_process_group_stops_as_sigterm_to_the_trial_does(launche
     if launcher == "python":
         assert "Traceback" not in stderr
     else:
-        assert stderr.count("SIGTERM: finishing the current batch, then checkpointing") == 2
+        assert stderr.count("SIGTERM: finishing the current batch, then checkpointing") == 2, stderr
     (ckpt,) = checkpoints.complete_checkpoints(out / "checkpoints")
     at = checkpoints.batches_of(ckpt)
     assert f"stopped by SIGTERM: checkpoint {ckpt.name} (batch {at})" in stdout
