@@ -140,6 +140,74 @@ def local_fit_resumes_at(batches: int) -> Iterator[None]:
         cls.__init__ = original
 
 
+def read_checkpoint_file(context: det_torch.PyTorchTrialContext, storage_id: str,
+                         name: str) -> Optional[bytes]:
+    """The bytes of the file ``name`` of checkpoint ``storage_id`` (None if it has none), read
+    at trial startup, before Determined loads the checkpoint: on a cluster only that file is
+    downloaded. Every rank must call it (the download is shared by each node's ranks).
+
+    Relies on: ``PyTorchTrialContext._core`` (as ``report_group``), the core checkpoint
+    context's ``restore_path(storage_id, selector=...)`` and its ``_storage_manager``: a
+    shared file system exposes the checkpoint directly and warns at a selector (0.38.1)."""
+    from determined.common import storage
+
+    checkpoint = context._core.checkpoint
+    manager = checkpoint._storage_manager
+    if isinstance(manager, storage.SharedFSStorageManager):  # read in place, on every rank
+        opened = manager.restore_path(storage_id, None)
+    else:
+        opened = checkpoint.restore_path(storage_id, selector=lambda p: p == name)
+    with opened as path:
+        f = pathlib.Path(path) / name
+        return f.read_bytes() if f.is_file() else None
+
+
+#: what ``torch.load(weights_only=True)`` must also accept to read a Determined 0.38 checkpoint
+#: (``state_dict.pth``): the numpy arrays and scalars of its saved RNG state (numpy's own
+#: state is an array of uint32) and of callback states. Types and numpy's array constructor
+#: only: nothing that runs code of the file's choosing.
+def _numpy_safe_globals() -> List[Any]:
+    import numpy as np
+    core = getattr(np, "_core", None) or np.core
+    names = ("UInt32DType", "Int64DType", "Int32DType", "Float64DType", "Float32DType",
+             "BoolDType")
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype,
+            *(getattr(np.dtypes, n) for n in names if hasattr(np.dtypes, n))]
+
+
+def load_checkpoints_as_data() -> None:
+    """Make Determined's own ``torch.load`` of a checkpoint (in ``_PyTorchTrialController._load``,
+    which passes no ``weights_only``: torch >= 2.6 then loads with ``weights_only=True``)
+    accept the numpy RNG state Determined saves, instead of turning the check off
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, which let a crafted checkpoint run code), and make
+    its ``pickle.load`` of ``trial_state.pkl`` refuse every global (that file holds a dict of
+    numbers and strings). Idempotent; process-wide, as torch's allow-list is.
+
+    Relies on: ``_load`` calling ``torch.load(path, map_location="cpu")`` and
+    ``pickle.load(f)`` through the module's ``pickle`` name, and ``_save`` calling
+    ``pickle.dump`` through it (0.38.1)."""
+    import torch.serialization
+    from determined.pytorch import _pytorch_trial
+
+    torch.serialization.add_safe_globals(_numpy_safe_globals())
+    if not isinstance(_pytorch_trial.pickle, _DataOnlyPickle):
+        _pytorch_trial.pickle = _DataOnlyPickle()
+
+
+class _DataOnlyPickle:
+    """The ``pickle`` module as Determined's trial controller sees it: ``dump`` as usual,
+    ``load`` through ``shared.checkpoints.load_data_pickle`` (no globals)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import pickle
+        return getattr(pickle, name)
+
+    @staticmethod
+    def load(f: Any) -> Any:
+        from shared.checkpoints import load_data_pickle
+        return load_data_pickle(f)
+
+
 def exit_after_checkpoint() -> None:
     """From ``train_batch``: make Determined checkpoint what has been trained (the batches
     before this one) and return from ``Trainer.fit``, as a preemption does.

@@ -34,7 +34,7 @@ from shared.data.on_device import training_batch
 from shared.hparams import (COMPILE_AUTO_MIN_BATCHES, COMPILE_WARMUP_BATCHES, VAL_KERNELS,
                             VAL_MODES, ConfigError)
 from shared.inference import validation_kernels
-from shared.metrics import ConfusionMatrix, DeviceMean
+from shared.metrics import ConfusionMatrix, DeviceMean, DeviceSum
 from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
 __all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask", "ClassificationTask",
@@ -113,7 +113,8 @@ def build_optimizer(model: torch.nn.Module, hp: Mapping[str, Any], lr: float) ->
     return torch.optim.SGD(groups, lr=lr, momentum=hp["momentum"], **fused)
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor,
+                      labelled: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cross-entropy in float32 at label resolution, pixels labelled 255 ignored.
 
     Models return logits at their own stride (SegFormer 1/4, Segmenter 1/16); the loss is taken
@@ -122,11 +123,19 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     150-channel tensor would be written once in bf16 and again in float32, and its gradient
     cast back on the way down (16 x 150 x 512 x 512 elements, 8 bytes each way instead of 4).
     Interpolating in float32 is also the more exact of the two.
+
+    The mean is over the labelled pixels (``labelled``, counted here when not given), and a
+    batch without any is 0 with a zero gradient, as MMSegmentation's cross-entropy
+    (``avg_non_ignore``) has it: PyTorch's own mean would divide 0 by 0 and give NaN, which
+    the run would take for a divergence. The count stays on the device (no host sync).
     """
     logits = logits.float()
     if logits.shape[-2:] != masks.shape[-2:]:
         logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+    if labelled is None:
+        labelled = (masks != IGNORE_INDEX).sum()
+    total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / labelled.clamp(min=1)
 
 
 def resize_logits(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -273,12 +282,15 @@ class SegmentationTask:
         self.val_kernels = val_kernels
         self.confusion: Optional[ConfusionMatrix] = None
         self.val_loss: Optional[DeviceMean] = None
+        self.unlabelled: Optional[DeviceSum] = None
 
     def attach(self, runtime: Runtime) -> None:
         self.confusion = runtime.wrap_reducer(ConfusionMatrix(self.num_classes, IGNORE_INDEX),
                                               name=None, for_training=False)
         self.val_loss = runtime.wrap_reducer(DeviceMean(), name="validation_loss",
                                              for_training=False)
+        self.unlabelled = runtime.wrap_reducer(DeviceSum(), name="batches_without_labels",
+                                               for_training=True, for_validation=False)
 
     def training_loss(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> torch.Tensor:
         images, masks, aug, skipped = engine.to_device(*batch)
@@ -286,10 +298,13 @@ class SegmentationTask:
         # The loader's uint8 crops become the model's input here, on the device: colour
         # augmentation, normalisation, channels_last (shared/data/on_device.py).
         images, masks = training_batch(images, masks, aug, engine.channels_last)
+        labelled = (masks != IGNORE_INDEX).sum()
+        self.unlabelled.update(labelled == 0)  # counted on the device, read at the report
         with engine.autocast():
             # compiled with the model when the engine compiles: the upsampling to the labels
             # and the cross-entropy then run as fused kernels instead of full-size passes
-            return engine.compiled_fn(segmentation_loss)(engine.forward(images), masks)
+            return engine.compiled_fn(segmentation_loss)(engine.forward(images), masks,
+                                                             labelled)
 
     def evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:
         assert self.confusion is not None and self.val_loss is not None, "attach() first"
@@ -515,10 +530,11 @@ class Engine:
         self.lr = scaled_lr(hp["lr"], hp["base_batch_size"], runtime.get_global_batch_size(),
                             self.lr_scaling)
         self.optimizer = runtime.wrap_optimizer(build_optimizer(self.model, hp, self.lr))
-        schedule = WarmupPoly(hp["warmup_batches"], max_batches, hp["poly_power"],
-                              hp["warmup_ratio"], hp["min_lr_ratio"])
-        self.scheduler = runtime.wrap_lr_scheduler(
-            torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule))
+        self._schedule_args = (hp["warmup_batches"], max_batches, hp["poly_power"],
+                               hp["warmup_ratio"], hp["min_lr_ratio"])
+        self._lambda_lr = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                            WarmupPoly(*self._schedule_args))
+        self.scheduler = runtime.wrap_lr_scheduler(self._lambda_lr)
         self.scaler = (runtime.wrap_scaler(torch.amp.GradScaler("cuda"))
                        if self.precision == "fp16" else None)
         # Reported as "loss", the mean over the report period's batches and all ranks.
@@ -551,6 +567,23 @@ class Engine:
         recompilation after the first optimiser step). Counted from this process's start: a
         resumed trial compiles again."""
         return self.compiled and self._batches_this_process < COMPILE_WARMUP_BATCHES
+
+    def apply_schedule(self) -> None:
+        """This run's learning-rate schedule (peak lr, warm-up, decay, length) at the batch the
+        scheduler is at. After a resume, Determined loads the checkpoint's scheduler state,
+        whose peak lr and schedule object are those of the run that wrote it: a resume with a
+        changed ``lr`` or ``max_batches`` would otherwise go on with the old ones. With
+        nothing changed it sets the values the scheduler holds already."""
+        sched = self._lambda_lr
+        groups = self.optimizer.param_groups
+        # a new schedule object: loading the state updated the old one's attributes in place
+        schedule = WarmupPoly(*self._schedule_args)
+        sched.base_lrs = [self.lr] * len(groups)
+        sched.lr_lambdas = [schedule for _ in groups]
+        values = [self.lr * schedule(sched.last_epoch) for _ in groups]
+        for group, value in zip(groups, values):
+            group["lr"] = value
+        sched._last_lr = values
 
     # ------------------------------------------------------------------ pieces
     def _compile(self, fn: Any) -> Callable[..., Any]:

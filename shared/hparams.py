@@ -12,11 +12,13 @@ from __future__ import annotations
 import difflib
 import math
 import pathlib
-import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import SafeConstructor
+from ruamel.yaml.error import YAMLError
 
 from shared.schedule import LR_SCALING_RULES
 
@@ -35,30 +37,53 @@ class Param:
     help: str = ""
 
 
-def _positive(v: Any) -> Optional[str]:
-    return None if v > 0 else "must be > 0"
+def between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+             ) -> Callable[[Any], Optional[str]]:
+    """A number in ``lo..hi`` (ends open or closed). Every numeric hyperparameter has an upper
+    bound as well as a lower one: a value beyond it (a seed of 2**32, a crop of 1e9 pixels, a
+    batch of 1e30) would otherwise pass here and fail later, deep inside numpy, the allocator or
+    a timer, with a traceback instead of the key's name."""
+    def text(x: float) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    span = (f"in {'(' if lo_open else '['}{text(lo)}, {text(hi)}{')' if hi_open else ']'}"
+            if lo_open or hi_open or isinstance(lo, float) or isinstance(hi, float)
+            else f"in {text(lo)}..{text(hi)}")
+
+    def check(v: Any) -> Optional[str]:
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        return None if ok else f"must be {span}"
+    return check
 
 
-def _non_negative(v: Any) -> Optional[str]:
-    return None if v >= 0 else "must be >= 0"
+#: the largest image side, crop or tile the schema accepts, pixels (a 16384 x 16384 crop is
+#: already 800 MB of float32 activations per channel of the first layer)
+MAX_SIDE = 16384
+#: the largest count of batches, periods and warm-up (10**9 batches: centuries at 10 steps/s)
+MAX_BATCHES = 10 ** 9
+#: the largest batch (images per step, all GPUs together)
+MAX_BATCH = 2 ** 20
+#: seeds are 32-bit: numpy's RandomState takes 0..2**32-1
+MAX_SEED = 2 ** 32 - 1
 
 
-def _pair(lo_ok: Callable[[float], bool]) -> Callable[[Any], Optional[str]]:
+def _pair(lo_ok: Callable[[float], bool], span: str) -> Callable[[Any], Optional[str]]:
     def check(v: Any) -> Optional[str]:
         if len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
             return "must be a list of two numbers"
-        if not all(lo_ok(x) for x in v):
-            return "values out of range"
+        if not all(math.isfinite(x) and lo_ok(x) for x in v):
+            return f"values out of range: each must be {span}"
         return None
     return check
 
 
 def _size(v: Any) -> Optional[str]:
-    if isinstance(v, int):
-        return None if v >= 8 else "must be >= 8 pixels"
-    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x >= 8 for x in v):
+    ok = lambda x: isinstance(x, int) and not isinstance(x, bool) and 8 <= x <= MAX_SIDE  # noqa: E731
+    if isinstance(v, int) and not isinstance(v, bool):
+        return None if ok(v) else f"must be in 8..{MAX_SIDE} pixels"
+    if isinstance(v, list) and len(v) == 2 and all(ok(x) for x in v):
         return None
-    return "must be an int or a list [height, width] of ints >= 8"
+    return f"must be an int or a list [height, width] of ints in 8..{MAX_SIDE}"
 
 
 INT = (int,)
@@ -97,17 +122,17 @@ COMMON: Dict[str, Param] = {
                  help="optional names for the per-class IoU report"),
     "crop_size": Param(512, (int, list), check=_size,
                  help="training crop, pixels (int or [h, w])"),
-    "scale": Param([2048, 512], (list,), check=_pair(lambda x: x >= 8),
+    "scale": Param([2048, 512], (list,), check=_pair(lambda x: 8 <= x <= 4 * MAX_SIDE, f"in 8..{4 * MAX_SIDE}"),
                  help="rescale target [long, short] before the ratio_range jitter; validation rescales to it keeping the aspect ratio"),
-    "ratio_range": Param([0.5, 2.0], (list,), check=_pair(lambda x: x > 0),
+    "ratio_range": Param([0.5, 2.0], (list,), check=_pair(lambda x: 0 < x <= 16, "in (0, 16]"),
                  help="random rescale factor range of the training pipeline"),
     "cat_max_ratio": Param(0.75, NUM, check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
                  help="a crop is redrawn (up to 10 times) while one class covers at least this share of it"),
     "skip_bad_samples": Param(False, BOOL,
                  help="skip unreadable or unpaired samples (counted in skipped_samples) instead of failing"),
-    "workers_per_slot": Param(8, INT, check=_non_negative,
+    "workers_per_slot": Param(8, INT, check=between(0, 256),
                  help="data-loader worker processes per GPU"),
-    "val_batch_size_per_slot": Param(1, INT, check=_positive,
+    "val_batch_size_per_slot": Param(1, INT, check=between(1, 4096),
                  help="validation images per GPU per batch; above 1, images of different sizes are zero-padded to the batch's largest before the forward pass, which changes the logits near the smaller ones' borders (the model sees the padding) and so the mIoU slightly: 1, as MMSegmentation validates and the configs set, is exact"),
     "val_mode": Param("whole", STR, choices=VAL_MODES,
                  help="validation inference, MMSegmentation's test_cfg mode: whole = each resized image at once; slide = val_crop_size windows every val_stride pixels, logits averaged where they overlap"),
@@ -115,36 +140,36 @@ COMMON: Dict[str, Param] = {
                  help="slide mode's window, pixels (int or [h, w]); null = crop_size"),
     "val_stride": Param(None, (int, list), check=_size, nullable=True,
                  help="slide mode's step between windows, pixels (int or [h, w]); null = the window (no overlap)"),
-    "val_pad_multiple": Param(0, INT, check=lambda v: None if 0 <= v <= 1024 else "must be in 0..1024",
+    "val_pad_multiple": Param(0, INT, check=between(0, 1024),
                  help="whole-image validation: pad each resized image (bottom, right; label ignored) to a multiple of this many pixels and crop the logits back, so that a few shapes serve the whole set (no per-shape warm-up on a GPU); 0 = each image at its own size (shared/inference.py)"),
     "val_kernels": Param("plan_free", STR, choices=VAL_KERNELS,
                  help="validation's kernels on a GPU, where images come in many shapes: plan_free = no cuDNN in convolutions and attention (PyTorch's own kernels and flash/memory-efficient attention: no execution plan to build per new shape); native_depthwise = PyTorch's own kernels in grouped (depthwise) convolutions only; cudnn = as training (shared/inference.py)"),
     # optimisation
-    "global_batch_size": Param(16, INT, check=_positive,
+    "global_batch_size": Param(16, INT, check=between(1, MAX_BATCH),
                  help="images per optimizer step, all GPUs together"),
-    "base_batch_size": Param(16, INT, check=_positive,
+    "base_batch_size": Param(16, INT, check=between(1, MAX_BATCH),
                  help="the batch size lr is given for: the trial scales lr from it to global_batch_size by lr_scaling"),
     "optimizer": Param("adamw", STR, choices=("adamw", "sgd"),
                  help="AdamW or SGD (no weight decay on norms and biases)"),
-    "lr": Param(1e-3, NUM, check=_positive,
+    "lr": Param(1e-3, NUM, check=between(0.0, 10.0, lo_open=True),
                  help="peak learning rate at base_batch_size (scaled to global_batch_size by lr_scaling)"),
     "lr_scaling": Param("auto", STR, choices=("auto", *LR_SCALING_RULES),
                  help="how lr follows the global batch: linear = lr x global/base (Goyal et al. 2017, SGD with warm-up), "
                       "sqrt = lr x sqrt(global/base) (Malladi et al. 2022, Adam-type), none = lr as given; "
                       "auto = linear for sgd, sqrt for adamw"),
-    "weight_decay": Param(0.01, NUM, check=_non_negative,
+    "weight_decay": Param(0.01, NUM, check=between(0.0, 1.0),
                  help="decoupled weight decay (AdamW) or L2 (SGD)"),
     "momentum": Param(0.9, NUM, check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
                  help="SGD momentum"),
-    "warmup_batches": Param(1500, INT, check=_non_negative,
+    "warmup_batches": Param(1500, INT, check=between(0, MAX_BATCHES),
                  help="linear warm-up length, batches"),
     "warmup_ratio": Param(1e-6, NUM, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
                  help="learning-rate factor at the first warm-up batch"),
-    "poly_power": Param(1.0, NUM, check=_positive,
+    "poly_power": Param(1.0, NUM, check=between(0.0, 100.0, lo_open=True),
                  help="exponent of the poly decay after warm-up"),
     "min_lr_ratio": Param(0.0, NUM, check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
                  help="floor of the poly decay, as a factor of the peak"),
-    "grad_clip_norm": Param(None, NUM, nullable=True, check=_positive,
+    "grad_clip_norm": Param(None, NUM, nullable=True, check=between(0.0, 1e6, lo_open=True),
                  help="clip the global gradient norm (null: no clipping)"),
     "precision": Param("auto", STR, choices=("auto", "bf16", "fp16", "fp32"),
                  help="auto = bf16 autocast where the GPU has it, else fp16 with a gradient scaler; fp32 on CPU"),
@@ -161,24 +186,24 @@ COMMON: Dict[str, Param] = {
                  help="torch.backends.cudnn.benchmark for the training step: time the cuDNN algorithms at the training shape and keep the fastest (validation never autotunes: its images come in many shapes); no effect on CPU"),
     "implementation": Param(None, (dict,), nullable=True,
                  help="a set of implementation switches ({precision: fp32, compile: true, ...}; keys among IMPLEMENTATION_SWITCHES) that overrides those keys: one categorical value per variant (ablation_to_target.yaml)"),
-    "seed": Param(0, INT,
-                 help="seed of local runs (on a cluster Determined seeds each trial)"),
+    "seed": Param(0, INT, check=between(0, MAX_SEED),
+                 help="seed of local runs: initialisation, data order and augmentation (on a cluster Determined's trial seed does this)"),
     "pretrained_path": Param(None, STR, nullable=True,
                  help="local weights file to start from; nothing is ever downloaded"),
     # length and periods, in batches (training length is set in code in Determined 0.38)
-    "max_batches": Param(160000, INT, check=_positive,
+    "max_batches": Param(160000, INT, check=between(1, MAX_BATCHES),
                  help="training length, batches (an ASHA searcher's max_time wins when time_metric is batches)"),
-    "validation_period": Param(4000, INT, check=_positive,
+    "validation_period": Param(4000, INT, check=between(1, MAX_BATCHES),
                  help="validate every this many batches"),
-    "checkpoint_period": Param(4000, INT, check=_positive,
+    "checkpoint_period": Param(4000, INT, check=between(1, MAX_BATCHES),
                  help="checkpoint every this many batches"),
-    "report_period": Param(50, INT, check=_positive,
+    "report_period": Param(50, INT, check=between(1, MAX_BATCHES),
                  help="report training metrics every this many batches"),
     # target (see resolve_target: the legacy keys, the direction's default, conflicts)
     "target_metric": Param("miou", STR,
                  help="the validation metric that defines time and energy to target (a metric "
                       "of the recipe's validation group; classification: accuracy)"),
-    "target_value": Param(16.0, NUM, check=_positive,
+    "target_value": Param(16.0, NUM, check=between(0.0, 1e12, lo_open=True),
                  help="the value of target_metric that is the target (classification: 90); "
                       "> 0, which the energy projection needs"),
     "target_smaller_is_better": Param(None, BOOL, nullable=True,
@@ -189,7 +214,7 @@ COMMON: Dict[str, Param] = {
                  help="legacy form of target_metric: miou + target_value (kept for existing "
                       "configs; after resolution it equals target_value when the metric is miou, "
                       "else null)"),
-    "early_stop_patience": Param(None, INT, nullable=True, check=_positive,
+    "early_stop_patience": Param(None, INT, nullable=True, check=between(1, 10 ** 6),
                  help="stop after this many validations in a row without improvement of "
                       "target_metric in its direction (null: off)"),
     "stop_at_target": Param(False, BOOL,
@@ -233,6 +258,16 @@ def _closest(key: str, known: Iterable[str]) -> str:
     return f" (did you mean '{near[0]}'?)" if near else ""
 
 
+def _integral(value: Any) -> Any:
+    """A float with an integral value (``2e8``, ``64.0``; YAML reads scientific notation as a
+    float) as the int it equals, also inside a list ([64.0, 64.0]); anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [int(x) if isinstance(x, float) and x.is_integer() else x for x in value]
+    return value
+
+
 def _check(name: str, value: Any, p: Param, where: str) -> Any:
     if value is None:
         if p.nullable:
@@ -242,6 +277,9 @@ def _check(name: str, value: Any, p: Param, where: str) -> Any:
     if isinstance(value, bool) and bool not in p.types:
         raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} must be "
                           f"{'/'.join(t.__name__ for t in p.types)}, not a boolean")
+    given = value
+    if int in p.types and float not in p.types:
+        value = _integral(value)  # "max_image_pixels: 2e8" is the integer 200000000
     if not isinstance(value, p.types):
         if float in p.types and isinstance(value, int):
             value = float(value)
@@ -258,7 +296,7 @@ def _check(name: str, value: Any, p: Param, where: str) -> Any:
     if p.check is not None:
         err = p.check(value)
         if err:
-            raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} {err}")
+            raise ConfigError(f"{where}: hyperparameter '{name}' = {given!r} {err}")
     return value
 
 
@@ -282,6 +320,7 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
                               f"implementation switch of this model{_closest(key, switches)}; "
                               f"known: {', '.join(switches)}")
         out[key] = _check(f"implementation.{key}", value, schema[key], where)
+    _check_class_names(out, where)
     # The energy section's options belong to the energy hook, which checks their values;
     # only the refusal of unknown keys (with the file named) is added here.
     from shared.energy.callback import DEFAULT_OPTIONS, validate_options
@@ -299,6 +338,28 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
         raise ConfigError(f"{where}: hyperparameter {e}") from None
     resolve_target(hp, out, schema, where)
     return out
+
+
+def _check_class_names(out: Mapping[str, Any], where: str) -> None:
+    """``class_names``, when given, names each of ``num_classes`` classes once: a shorter list
+    would leave classes unnamed in the per-class report, a duplicate would merge two rows."""
+    names = out.get("class_names")
+    if names is None or "num_classes" not in out:
+        return
+    bad = [n for n in names if not isinstance(n, (str, int)) or isinstance(n, bool)]
+    if bad:
+        raise ConfigError(f"{where}: hyperparameter 'class_names' holds {bad[0]!r}; names are "
+                          f"strings")
+    if len(names) != out["num_classes"]:
+        raise ConfigError(f"{where}: hyperparameter 'class_names' has {len(names)} names but "
+                          f"num_classes is {out['num_classes']}: give one name per class, in "
+                          f"class-index order (or leave class_names out)")
+    seen: Dict[str, int] = {}
+    for i, n in enumerate(map(str, names)):
+        if n in seen:
+            raise ConfigError(f"{where}: hyperparameter 'class_names' names {n!r} twice (classes "
+                              f"{seen[n]} and {i}); each class needs its own name")
+        seen[n] = i
 
 
 #: the keys that said the target before target_metric/target_value existed, and the metric
@@ -373,54 +434,47 @@ class YAMLSyntaxError(ConfigError):
     """Text that is not YAML at all (``--set`` then takes the value as a plain string)."""
 
 
-class _DuplicateKey(yaml.constructor.ConstructorError):
+class _DuplicateKey(Exception):
     def __init__(self, key: Any, line: int, first: int) -> None:
-        super().__init__(None, None, f"duplicate key {key!r}")
+        super().__init__(f"duplicate key {key!r}")
         self.key, self.line, self.first = key, line, first
 
 
-class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with two changes, for every experiment config and ``--set`` value:
+class _ConfigConstructor(SafeConstructor):
+    """ruamel.yaml's safe constructor (YAML 1.2) that refuses a key given twice in one mapping
+    with both lines. (ruamel refuses duplicates too, but names only the mapping's start and
+    the second key; a merge key ``<<: *base`` may still be overridden by the mapping's own keys.)"""
 
-    - scientific notation without a dot or a signed exponent (``2e-3``, ``1E5``, ``-3e+2``) is
-      a float, as in YAML 1.2 and in the ruamel.yaml that Determined's CLI reads configs with;
-      YAML 1.1 (PyYAML) would give the string '2e-3', refused later as "type str";
-    - a key given twice in one mapping is an error: PyYAML keeps the last one without a word,
-      so a second ``lr:`` or ``hyperparameters:`` pasted lower down would silently win.
-    """
-
-
-# Added after PyYAML's own float pattern (which still handles 1.5, 1.0e-3, .inf, .nan): the
-# forms it misses, always with an exponent, so that plain ints stay ints and words like 'e5'
-# or paths like 'data/2e-3' stay strings.
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def _unique_mapping(loader: ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> Dict:
-    seen: Dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # '<<: *base' keys may be overridden by the mapping's own keys
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = seen.get(key)
-        except TypeError:  # an unhashable key: SafeLoader refuses it with its own message
-            continue
-        line = key_node.start_mark.line + 1
-        if first is not None:
-            raise _DuplicateKey(key, line, first)
-        seen[key] = line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor refuses it with its own message
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise _DuplicateKey(key, line, first)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
-ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+def _reader() -> YAML:
+    # What Determined's CLI reads configs with (determined.common.util: YAML(typ="safe",
+    # pure=True), YAML 1.2): one object per call, a YAML object is not thread-safe.
+    reader = YAML(typ="safe", pure=True)
+    reader.Constructor = _ConfigConstructor
+    return reader
 
 
 def parse_yaml(text: str, where: str) -> Any:
-    """The one reader of YAML for configs and ``--set`` values (``ConfigLoader``); errors
+    """The one reader of YAML for configs and ``--set`` values, with Determined's semantics:
+    YAML 1.2 as ruamel.yaml reads it (``yes``/``on`` are strings, ``010`` is 10, ``1:30`` is a
+    string, ``2e-3`` and ``1E5`` are floats, ``0o10`` is 8), so that a file means here what
+    it means to the cluster's CLI and trial; a key given twice in a mapping is refused. Errors
     name ``where`` (a file, or the ``--set`` item) and the lines.
 
     Raises:
@@ -428,13 +482,15 @@ def parse_yaml(text: str, where: str) -> Any:
         YAMLSyntaxError: ``<where>: not valid YAML: ...``.
     """
     try:
-        return yaml.load(text, Loader=ConfigLoader)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ruamel's future-warnings are about its own API
+            return _reader().load(text)
     except _DuplicateKey as e:
         # on one line (a --set value) the line numbers say nothing
         lines = f"line {e.line}: " if "\n" in text.strip() else ""
         first = f" (first at line {e.first})" if lines else ""
         raise ConfigError(f"{where}: {lines}duplicate key {e.key!r}{first}") from None
-    except yaml.YAMLError as e:
+    except YAMLError as e:
         raise YAMLSyntaxError(f"{where}: not valid YAML: {e}") from None
 
 

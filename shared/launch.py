@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import json
 import logging
 import math
@@ -40,9 +41,7 @@ from determined import pytorch as det_torch
 from shared import checkpoints
 from shared import determined_compat as compat
 from shared import hparams as hpmod
-from shared import localargs
-from shared import runlog
-from shared import threads
+from shared import localargs, outdir, resume, runlog, threads
 from shared.summary import format_summary, summarize_run
 
 log = logging.getLogger("shared.launch")
@@ -56,11 +55,6 @@ def parse_args(argv: Optional[Sequence[str]], model_name: str,
 
 
 def main(trial_cls: Type[det_torch.PyTorchTrial], argv: Optional[Sequence[str]] = None) -> int:
-    # torch >= 2.6 loads with weights_only=True by default and refuses the numpy RNG state that
-    # Determined 0.38 saves in every checkpoint, so no trial could resume. This variable only
-    # affects torch.load calls that do not pass weights_only (Determined's loading of the
-    # checkpoints this trial wrote); shared.pretrained passes weights_only=True and stays strict.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     info = det.get_cluster_info()
     if info is not None and info.task_type == "TRIAL":
         return run_on_cluster(trial_cls, info)
@@ -124,13 +118,13 @@ def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Names
     if args.data_dir:
         hp["data_dir"] = args.data_dir
     if args.batches is not None:
-        if args.batches <= 0:
-            raise hpmod.ConfigError(f"--batches must be > 0 (got {args.batches})")
+        if not 0 < args.batches <= hpmod.MAX_BATCHES:
+            raise hpmod.ConfigError(f"--batches must be in 1..{hpmod.MAX_BATCHES} (got {args.batches})")
         hp["max_batches"] = args.batches
     resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=where, common=trial_cls.COMMON_PARAMS)
     if args.epochs is not None:
-        if args.epochs <= 0:
-            raise hpmod.ConfigError(f"--epochs must be > 0 (got {args.epochs})")
+        if not 0 < args.epochs <= 10 ** 6:
+            raise hpmod.ConfigError(f"--epochs must be in 1..{10 ** 6} (got {args.epochs})")
         n_train = trial_cls.training_samples(resolved)
         per_epoch = n_train // resolved["global_batch_size"]
         if per_epoch == 0:
@@ -281,6 +275,55 @@ def _enter_trial_dir(trial_cls: Type[det_torch.PyTorchTrial], hp: Dict[str, Any]
     os.chdir(trial_dir)
 
 
+def _chief_does(distributed: Optional[det.core.DistributedContext], fn: Any) -> Any:
+    """``fn()`` on the chief only (the output directory is the chief's to open), its result
+    or its error on every rank: a rank must not wait in a collective for a chief that failed."""
+    if distributed is None:
+        return fn()
+    outcome: Any = None
+    if distributed.rank == 0:
+        try:
+            outcome = ("ok", fn())
+        except hpmod.ConfigError as e:
+            outcome = ("error", e)
+    outcome = distributed.broadcast(outcome)
+    if outcome[0] == "error":
+        raise outcome[1]
+    return outcome[1]
+
+
+def _open_output(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace,
+                 hp: Dict[str, Any], out: pathlib.Path, lock: outdir.RunLock) -> Optional[str]:
+    """Make and lock the output directory, find the checkpoint to resume and compare its
+    hyperparameters with these (``shared.resume``); returns the checkpoint's id or None."""
+    outdir.prepare(out)
+    lock.acquire()
+    try:
+        ckpt_dir = out / "checkpoints"
+        if (out / "metrics.jsonl").exists() and not args.resume:
+            raise hpmod.ConfigError(f"{out} already holds a run (metrics.jsonl); pass --resume "
+                                    f"latest to continue it, or choose another --output-dir")
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        latest = checkpoints.resolve_resume(args.resume, ckpt_dir)
+        if latest:
+            resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=str(args.config),
+                                     common=trial_cls.COMMON_PARAMS)
+            changed = resume.check(ckpt_dir / latest, trial_cls, resolved)
+            if changed:
+                log.warning("--resume: hyperparameters changed since checkpoint %s, in effect from "
+                            "its batch %d on: %s", latest, checkpoints.batches_of(ckpt_dir / latest),
+                            "; ".join(changed))
+        return latest
+    except BaseException:
+        lock.release()
+        raise
+
+
+#: errors of a write that are the output directory's (its file system), not the program's
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                 errno.ENOTDIR, errno.EFBIG)
+
+
 def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace) -> int:
     hp, conf, space = _local_hparams(trial_cls, args)
     point = _search_point(space, hp)
@@ -290,14 +333,25 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
     if args.resume and args.resume != "latest":
         args.resume = str(pathlib.Path(args.resume).expanduser().resolve())
     _enter_trial_dir(trial_cls, hp)
-    ckpt_dir = out / "checkpoints"
-    if (out / "metrics.jsonl").exists() and not args.resume:
-        raise hpmod.ConfigError(f"{out} already holds a run (metrics.jsonl); pass --resume latest "
-                                f"to continue it, or choose another --output-dir")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    latest = checkpoints.resolve_resume(args.resume, ckpt_dir)
-
     distributed = _distributed_context()
+    lock = outdir.RunLock(out)  # held by the chief for the whole run
+    latest = _chief_does(distributed, lambda: _open_output(trial_cls, args, hp, out, lock))
+    try:
+        return _train(trial_cls, args, hp, conf, space, point, out, latest, distributed)
+    except OSError as err:
+        # a full disk, a read-only remount, a quota: one line, the path and what is safe
+        path = pathlib.Path(err.filename) if err.filename else out
+        if err.errno not in _WRITE_ERRNOS or not path.is_relative_to(out):
+            raise
+        raise outdir.write_error(path, err, checkpoints.what_is_safe(out / "checkpoints")) from None
+    finally:
+        lock.release()
+
+
+def _train(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace, hp: Dict[str, Any],
+           conf: Dict[str, Any], space: Dict[str, Any], point: Dict[str, Any], out: pathlib.Path,
+           latest: Optional[str], distributed: Optional[det.core.DistributedContext]) -> int:
+    ckpt_dir = out / "checkpoints"
     chief = distributed is None or distributed.rank == 0
     # torch's one thread per core stalls on a busy machine: the idle cores, or OMP_NUM_THREADS
     cpu = threads.choose()
@@ -351,7 +405,8 @@ def run_local(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace)
             runlog.detach()
     if chief:
         summary = summarize_run(out)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with outdir.naming(out / "summary.json"):
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary, trial_cls.MODEL_NAME), flush=True)
     if stop.signum is not None and trial.batches_trained < trial.max_batches:
         done = checkpoints.complete_checkpoints(ckpt_dir)

@@ -49,7 +49,9 @@ def parser(model_name: str, family: str = "segmentation") -> argparse.ArgumentPa
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                     help="override hyperparameters, e.g. --set crop_size=64 global_batch_size=8 energy.sources=nvml")
     ap.add_argument("--resume", help="checkpoint directory to continue from, or 'latest' (newest "
-                                     "checkpoint under --output-dir)")
+                                     "complete, undamaged checkpoint under --output-dir); a "
+                                     "checkpoint is trusted input: resume only from checkpoints "
+                                     "you or your cluster wrote")
     ap.add_argument("--verbose", action="store_true", help="show Determined's own INFO logs")
     return ap
 

@@ -151,6 +151,29 @@ class DeviceMean:
         return total / count if count else float("nan")
 
 
+class DeviceSum:
+    """A count or sum of one scalar tensor per batch (a bool counts 0 or 1), kept on the device
+    and read once per report like ``DeviceMean``; summed over the period's batches and all
+    ranks (an int when every value was)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.total = None
+
+    def update(self, value: torch.Tensor) -> None:
+        value = value.detach()
+        value = value.long() if value.dtype == torch.bool else value
+        self.total = value if self.total is None else self.total + value
+
+    def per_slot_reduce(self) -> float | int:
+        return 0 if self.total is None else self.total.item()
+
+    def cross_slot_reduce(self, per_slot_metrics: Sequence[float | int]) -> float | int:
+        return sum(per_slot_metrics)
+
+
 def per_class_dict(per_class_iou: List[float | None], class_names: Sequence[str] | None = None) -> Dict[str, Any]:
     """{"iou/<name>": value} for the local metrics file; names default to class indices."""
     names = list(class_names) if class_names else [str(i) for i in range(len(per_class_iou))]

@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from shared.outdir import naming
+
 _active: Optional["MetricsFile"] = None
 
 
@@ -44,7 +46,7 @@ class MetricsFile:
     def write(self, group: str, steps_completed: int, metrics: Dict[str, Any]) -> None:
         line = json.dumps({"group": group, "steps_completed": int(steps_completed),
                            "time": round(time.time(), 3), "metrics": _clean(dict(metrics))})
-        with self._lock, self.path.open("a") as f:
+        with self._lock, naming(self.path), self.path.open("a") as f:
             f.write(line + "\n")
         for fn in self.listeners:
             fn(group, steps_completed, metrics)
@@ -94,10 +96,12 @@ def supersede_after(path: pathlib.Path, steps: int) -> List[Dict[str, Any]]:
         if later and record is not None:
             records.append(record)
     if moved:
-        with (path.parent / (path.name + SUPERSEDED_SUFFIX)).open("a") as f:
+        aside = path.parent / (path.name + SUPERSEDED_SUFFIX)
+        with naming(aside), aside.open("a") as f:
             f.write("\n".join(moved) + "\n")
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(x + "\n" for x in keep))
+        with naming(tmp):
+            tmp.write_text("".join(x + "\n" for x in keep))
         os.replace(tmp, path)
     return records
 

@@ -10,6 +10,7 @@ hook), so that ``trials/<model>/train.py`` only says which model to build.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import random
@@ -24,6 +25,7 @@ from shared import determined_compat as compat
 from shared import hparams as hpmod
 from shared import runlog
 from shared import energy
+from shared.data.sampling import SeededSampler, derive_seed
 from shared.energy import ENERGY_METRICS
 from shared.engine import Engine, SegmentationTask
 from shared.metrics import per_class_dict
@@ -195,6 +197,7 @@ class RecipeTrial(det_torch.PyTorchTrial):
     # ------------------------------------------------------------------ construction
     def __init__(self, context: det_torch.PyTorchTrialContext) -> None:
         self.context = context
+        compat.load_checkpoints_as_data()  # a checkpoint is read as data, never run as code
         self.hp = hp = hpmod.resolve(context.get_hparams(), self.MODEL_PARAMS,
                                      where="hyperparameters", common=self.COMMON_PARAMS)
         self.check_target(hp)
@@ -206,6 +209,12 @@ class RecipeTrial(det_torch.PyTorchTrial):
             raise hpmod.ConfigError(f"the searcher minimises '{metric}' but energy.enabled is false: "
                                     f"the trial would never report it")
         self._seed(hp)
+        #: bad samples per split (shared.data.skips.BadSamples of this rank's data sets), the
+        #: problems the scans skipped (file messages), and every rank's findings at the last
+        #: validation (see skip_state)
+        self._bad: Dict[str, Any] = {}
+        self._scan_skipped: set = set()
+        self._skips_everywhere: Dict[str, List[int]] = {}
         self.prepare(hp)
         self.device = context.device
         model = self.build_model(hp)
@@ -224,6 +233,67 @@ class RecipeTrial(det_torch.PyTorchTrial):
                  self.MODEL_NAME, e.num_parameters / 1e6, self.describe(), e.precision,
                  e.channels_last, compiled, e.lr, hp["lr"], hp["base_batch_size"],
                  context.get_global_batch_size(), rule)
+
+    #: the trial's own state in the checkpoint it resumes from (``trial_state.json``: the data
+    #: seed, bad samples, the family's sampler state), read at startup before the data loaders
+    #: are built; None for a fresh start
+    restored: Optional[Dict[str, Any]] = None
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the training data's order and augmentation (``shared.data.sampling``):
+        Determined's trial seed on a cluster (stable across the trial's restarts), the
+        hyperparameter ``seed`` locally; a resumed trial keeps the one its checkpoint recorded."""
+        recorded = ((self.restored or {}).get("data") or {}).get("seed")
+        if recorded is not None:
+            return int(recorded)
+        import determined as det
+        if det.get_cluster_info() is not None:
+            return int(self.context.get_trial_seed())
+        return int(self.hp["seed"])
+
+    def data_state(self) -> Dict[str, Any]:
+        """The family's data state beyond the seed, for the checkpoint (JSON)."""
+        return {}
+
+    def trial_state(self) -> Dict[str, Any]:
+        """What the checkpoint's ``trial_state.json`` holds: plain JSON, read back without
+        unpickling anything (``_TrialStateCallback``); also what a local resume compares its
+        hyperparameters with (``shared.resume``)."""
+        return {"format": 1, "model": self.MODEL_NAME,
+                "trial_class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "batches_trained": self.batches_trained, "hparams": dict(self.hp),
+                "data": {"seed": self.data_seed, **self.data_state()},
+                "skipped": self.skip_state()}
+
+    # ------------------------------------------------------------------ bad samples
+    def track_skips(self, split: str, bad: Any, scan_problems: Any = ()) -> None:
+        """Count the bad samples of ``split``'s data set (its ``BadSamples``, or None) and the
+        problems its scan skipped, once per run: a resumed trial starts from the checkpoint's."""
+        self._bad[split] = bad
+        self._scan_skipped.update(map(str, scan_problems))
+        recorded = (self.restored or {}).get("skipped") or {}
+        if bad is not None and recorded.get(split):
+            bad.restore(recorded[split])
+        self._scan_skipped.update(map(str, recorded.get("scan", [])))
+
+    def local_skips(self) -> Dict[str, List[int]]:
+        """This rank's bad samples per split (indices)."""
+        return {split: bad.indices() for split, bad in self._bad.items() if bad is not None}
+
+    def skip_state(self) -> Dict[str, Any]:
+        """Every bad sample known here: this rank's, and every rank's at the last validation."""
+        out: Dict[str, Any] = {k: set(v) for k, v in self._skips_everywhere.items()}
+        for split, found in self.local_skips().items():
+            out.setdefault(split, set()).update(found)
+        state: Dict[str, Any] = {k: sorted(v) for k, v in out.items()}
+        state["scan"] = sorted(self._scan_skipped)
+        return state
+
+    @property
+    def skipped_samples(self) -> int:
+        """Bad samples skipped so far, each file once (this rank's and the last validation's)."""
+        return sum(len(v) for v in self.skip_state().values())
 
     @staticmethod
     def _seed(hp: Mapping[str, Any]) -> None:
@@ -247,7 +317,6 @@ class RecipeTrial(det_torch.PyTorchTrial):
     channels_last = property(lambda self: self.engine.channels_last)
     lr = property(lambda self: self.engine.lr)
     num_parameters = property(lambda self: self.engine.num_parameters)
-    skipped_samples = property(lambda self: self.engine.skipped_samples)
 
     @property
     def batches_trained(self) -> int:
@@ -260,8 +329,12 @@ class RecipeTrial(det_torch.PyTorchTrial):
     # ------------------------------------------------------------------ data
     def _loader_kwargs(self) -> Dict[str, Any]:
         workers = self.hp["workers_per_slot"]
+        # the generator seeds the workers (base seed): a function of the trial seed too
+        generator = torch.Generator()
+        generator.manual_seed(derive_seed(self.data_seed, 1))
         return {"num_workers": workers, "pin_memory": self.device.type == "cuda",
-                "persistent_workers": workers > 0, "worker_init_fn": ignore_sigint}
+                "persistent_workers": workers > 0, "worker_init_fn": loader_worker_init(),
+                "generator": generator}
 
     def _check_training_set(self, size: int) -> None:
         if size < self.context.get_global_batch_size():
@@ -305,7 +378,8 @@ class RecipeTrial(det_torch.PyTorchTrial):
     # ------------------------------------------------------------------ hooks
     def build_callbacks(self) -> Dict[str, det_torch.PyTorchCallback]:
         # Order matters: the energy callback reads time_to_target_s, added by the target one.
-        callbacks: Dict[str, det_torch.PyTorchCallback] = {"target": self.target_callback,
+        callbacks: Dict[str, det_torch.PyTorchCallback] = {"trial_state": _TrialStateCallback(self),
+                                                            "target": self.target_callback,
                                                             "run_info": _RunInfoCallback(self)}
         if self.hp["energy"]["enabled"]:
             from shared.energy.callback import EnergyCallback
@@ -329,7 +403,11 @@ class SegmentationTrial(RecipeTrial):
 
     SHOWN_METRICS = ("miou", "pixel_accuracy")
     TRAINING_METRICS = {"loss": "training loss (cross-entropy, label 0 ignored)",
-                        "lr": "learning rate"}
+                        "lr": "learning rate",
+                        "batches_without_labels": "batches of the report period (all ranks) "
+                                                  "without any labelled pixel: their loss is 0 "
+                                                  "with a zero gradient (MMSegmentation's), "
+                                                  "never a divergence"}
     VALIDATION_METRICS = {
         "miou": "mean IoU over classes, % (the searcher metric)",
         "pixel_accuracy": "correctly classified labelled pixels, %",
@@ -360,13 +438,17 @@ class SegmentationTrial(RecipeTrial):
         from shared.data import build_dataset
         ds = build_dataset(self.hp, "training")
         self._check_training_set(len(ds))
-        # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling)
+        self.track_skips("training", ds.bad, ds.skipped_at_scan)
+        # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling);
+        # the order and the augmentation follow the trial seed (resume = uninterrupted run)
         return det_torch.DataLoader(ds, batch_size=self.context.get_per_slot_batch_size(),
-                                    shuffle=True, drop_last=True, **self._loader_kwargs())
+                                    sampler=SeededSampler(len(ds), self.data_seed),
+                                    drop_last=True, **self._loader_kwargs())
 
     def build_validation_data_loader(self) -> det_torch.DataLoader:
         from shared.data import build_dataset, val_collate
         ds = build_dataset(self.hp, "validation")
+        self.track_skips("validation", ds.bad, ds.skipped_at_scan)
         # shape buckets for whole-image inference (slide windows have the crop's shape already)
         multiple = self.hp["val_pad_multiple"] if self.hp["val_mode"] == "whole" else 0
         return det_torch.DataLoader(ds, batch_size=self.hp["val_batch_size_per_slot"], shuffle=False,
@@ -478,8 +560,15 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
         # validation right after a resume); the next validation carries the peak.
         if self.trial.batches_trained != self.started_at:
             self._report(self.trial.batches_trained, peak, "validation")
-        # Skipped-sample counts live on each rank (they come with the batches); sum them.
-        total = sum(self.trial.context.distributed.allgather(self.trial.skipped_samples))
+        # Bad samples are found by each rank's loaders: the union over ranks, each file once.
+        union: Dict[str, set] = {}
+        for found in self.trial.context.distributed.allgather(self.trial.local_skips()):
+            for split, indices in found.items():
+                union.setdefault(split, set()).update(indices)
+        for split, indices in self.trial._skips_everywhere.items():
+            union.setdefault(split, set()).update(indices)
+        self.trial._skips_everywhere = {k: sorted(v) for k, v in union.items()}
+        total = self.trial.skipped_samples
         if total:
             metrics["skipped_samples"] = total
             if total != self.reported_skips and self.trial.context.distributed.rank == 0:
@@ -488,12 +577,84 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
             self.reported_skips = total
 
 
-def ignore_sigint(worker_id: int) -> None:
-    """In a data-loader worker: a Ctrl-C in the terminal reaches every process of the group,
-    and the trial's own process decides how to stop (checkpoint first); the workers leave
-    when it shuts the loader down, without a KeyboardInterrupt traceback each."""
+class _TrialStateCallback(det_torch.PyTorchCallback):
+    """The trial's own state in every checkpoint, as JSON (``trial_state.json``: see
+    ``RecipeTrial.trial_state``), written with the checkpoint's files and read back at startup,
+    before the data loaders exist (Determined loads its own state later, after building them,
+    which is too late for a sampler whose loader workers have already prefetched)."""
+
+    FILE = "trial_state.json"
+
+    def __init__(self, trial: "RecipeTrial") -> None:
+        self.trial = trial
+        self.resuming = False
+
+    def on_trial_startup(self, first_batch_idx: int, checkpoint_uuid: Optional[str]) -> None:
+        self.resuming = bool(checkpoint_uuid)
+        if not checkpoint_uuid:
+            return
+        raw = compat.read_checkpoint_file(self.trial.context, checkpoint_uuid, self.FILE)
+        if raw is None:
+            log.warning("checkpoint %s has no %s (written before it existed): the data order "
+                        "and bad-sample counts start afresh", checkpoint_uuid, self.FILE)
+            return
+        state = json.loads(raw)
+        # A checkpoint of another trial (a continued or forked one starts at 0) is only weights.
+        if int(state.get("batches_trained", -1)) == int(first_batch_idx):
+            self.trial.restored = state
+
+    def on_training_start(self) -> None:
+        # after Determined loaded the checkpoint: this run's schedule (a resume may change lr,
+        # warm-up or length: shared.resume), not the one stored with the scheduler's state
+        if self.resuming:
+            self.trial.engine.apply_schedule()
+
+    def on_checkpoint_write_end(self, checkpoint_dir: str) -> None:
+        import pathlib
+        path = pathlib.Path(checkpoint_dir) / self.FILE
+        path.write_text(json.dumps(self.trial.trial_state(), indent=1) + "\n")
+
+
+_loaders_ending: Any = None
+
+
+def _loaders_ending_event() -> Any:
+    """Set when this process ends (atexit): from then on its loader workers obey SIGTERM."""
+    global _loaders_ending
+    if _loaders_ending is None:
+        import atexit
+        import multiprocessing
+        _loaders_ending = multiprocessing.get_context().Event()
+        # runs before multiprocessing's own exit handler (registered earlier, run later),
+        # which terminates daemonic children (the workers) with SIGTERM and joins them
+        atexit.register(_loaders_ending.set)
+    return _loaders_ending
+
+
+def loader_worker_init() -> Any:
+    """The ``worker_init_fn`` of every loader of the trials (see ``worker_init``)."""
+    import functools
+    return functools.partial(worker_init, ending=_loaders_ending_event())
+
+
+def worker_init(worker_id: int, ending: Any = None) -> None:
+    """In a data-loader worker: SIGINT and SIGTERM are ignored while the trial's process runs.
+    A Ctrl-C in the terminal, and a SIGTERM from ``timeout``, Slurm's ``scancel``, ``kill
+    -TERM -PGID`` or torchrun's agent (which signals each rank's process group), reach every
+    process of the group; the trial's own process decides how to stop (it finishes the batch,
+    checkpoints, then shuts the loader down, which ends the workers). A worker that died of the
+    signal instead made the main process fail ("DataLoader worker ... is killed by signal:
+    Terminated") before it could checkpoint. Once the trial's process is exiting (``ending``
+    set), SIGTERM ends a worker again, as multiprocessing's exit handler expects."""
+    import os
     import signal
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if ending is not None and ending.is_set():
+            os._exit(0)  # a clean end: the exiting process counts no worker failure
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def _experiment_config(context: det_torch.PyTorchTrialContext) -> Dict[str, Any]:

@@ -121,7 +121,7 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path
     message = str(info.value)
     assert f"checkpoint {base / second_id} could not be written: the disk is full (0.0 MiB free " \
            f"on the file system of {base}; 0.0 MiB were written when it failed)" in message
-    assert f"the last complete checkpoint, {first_id} (batch 0), is intact: --resume latest " \
+    assert f"the last complete checkpoint, {first_id} (batch 3), is intact: --resume latest " \
            f"continues from it" in message
     assert sorted(p.name for p in base.iterdir()) == [first_id]  # the partial one is gone
     assert checkpoints.is_complete(base / first_id)

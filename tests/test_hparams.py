@@ -20,7 +20,7 @@ def test_defaults_and_types():
 
 @pytest.mark.parametrize("hps, message", [
     ({"lrr": 0.1}, r"x\.yaml: unknown hyperparameter 'lrr' \(did you mean 'lr'\?\)"),
-    ({"lr": -1.0}, r"x\.yaml: hyperparameter 'lr' = -1\.0 must be > 0"),
+    ({"lr": -1.0}, r"x\.yaml: hyperparameter 'lr' = -1\.0 must be in \(0, 10\]"),
     ({"lr": "fast"}, r"x\.yaml: hyperparameter 'lr' = 'fast' has type str"),
     ({"optimizer": "adam"}, r"hyperparameter 'optimizer' = 'adam' is not one of 'adamw', 'sgd'"),
     ({"lr_scaling": "cubic"}, r"hyperparameter 'lr_scaling' = 'cubic' is not one of 'auto', 'linear', 'sqrt', 'none'"),
@@ -37,6 +37,60 @@ def test_defaults_and_types():
 def test_bad_values_are_named(hps, message):
     with pytest.raises(ConfigError, match=message):
         hp.resolve(hps, MODEL, where="x.yaml")
+
+
+# ------------------------------------------------------------------ bounds (issue 22)
+@pytest.mark.parametrize("hps, message", [
+    ({"seed": -1}, r"x\.yaml: hyperparameter 'seed' = -1 must be in 0\.\.4294967295"),
+    ({"seed": 2 ** 32}, r"'seed' = 4294967296 must be in 0\.\.4294967295"),
+    ({"crop_size": 10 ** 9}, r"'crop_size' = 1000000000 must be in 8\.\.16384 pixels"),
+    ({"crop_size": 1e9}, r"'crop_size' = 1000000000\.0 must be in 8\.\.16384 pixels"),
+    ({"scale": [1e9, 512]}, r"'scale' = \[1000000000\.0, 512\] values out of range: each must be in 8\.\.65536"),
+    ({"workers_per_slot": 1e30}, r"'workers_per_slot' = 1e\+30 must be in 0\.\.256"),
+    ({"workers_per_slot": 2.5}, r"'workers_per_slot' = 2\.5 has type float; expected int"),
+    ({"global_batch_size": 2 ** 30}, r"'global_batch_size' = 1073741824 must be in 1\.\.1048576"),
+    ({"max_batches": 1e10}, r"'max_batches' = 10000000000\.0 must be in 1\.\.1000000000"),
+    ({"lr": 1e308}, r"'lr' = 1e\+308 must be in \(0, 10\]"),
+    ({"lr": float("inf")}, r"'lr' = inf is not finite"),
+    ({"energy": {"ipmi_timeout_s": 1e308}}, r"x\.yaml: hyperparameter energy\.ipmi_timeout_s must be at most 1e\+06, got 1e\+308"),
+    ({"energy": {"redfish_timeout_s": 1e7}}, r"energy\.redfish_timeout_s must be at most 1e\+06"),
+    ({"energy": {"gpus_on_node": 10 ** 9}}, r"energy\.gpus_on_node must be at most 1e\+06, got 1000000000"),
+    ({"num_classes": 8, "class_names": ["a"]}, r"x\.yaml: hyperparameter 'class_names' has 1 names but num_classes is 8: give one name per class"),
+    ({"num_classes": 3, "class_names": ["a", "b", "a"]}, r"'class_names' names 'a' twice \(classes 0 and 2\)"),
+    ({"num_classes": 2, "class_names": ["a", None]}, r"'class_names' holds None; names are strings"),
+])
+def test_bounds_are_named(hps, message):
+    with pytest.raises(ConfigError, match=message):
+        hp.resolve(hps, MODEL, where="x.yaml")
+
+
+def test_integral_floats_are_integers():
+    out = hp.resolve({"seed": 4294967295.0, "max_batches": 2e8, "crop_size": [64.0, 32.0],
+                      "num_classes": 2, "class_names": ["a", "b"]}, MODEL)
+    assert out["seed"] == 4294967295 and type(out["seed"]) is int
+    assert out["max_batches"] == 200_000_000 and type(out["max_batches"]) is int
+    assert out["crop_size"] == [64, 32] and all(type(x) is int for x in out["crop_size"])
+    from shared.objects.trial import OBJECT_PARAMS
+    assert hp.resolve({"max_image_pixels": 2e8}, {}, common=OBJECT_PARAMS)["max_image_pixels"] == 200_000_000
+
+
+def _numeric_params():
+    for name in recipes.discover():
+        cls = recipes.get(name).trial_class()
+        for key, p in {**cls.COMMON_PARAMS, **cls.MODEL_PARAMS}.items():
+            if bool not in p.types and (int in p.types or float in p.types):
+                yield pytest.param(cls, key, p, id=f"{name}.{key}")
+
+
+@pytest.mark.parametrize("cls, key, p", list(_numeric_params()))
+def test_every_numeric_hyperparameter_is_bounded(cls, key, p):
+    """Both ways: no numeric key of any family accepts an absurd value (a bound, not a crash
+    later), and each one's default resolves."""
+    schema = (cls.MODEL_PARAMS, cls.COMMON_PARAMS)
+    hp.resolve({}, *schema[:1], common=schema[1])
+    for absurd in (10 ** 30, -10 ** 30, 1e30, -1e30):
+        with pytest.raises(ConfigError, match=rf"hyperparameter '{key}' = "):
+            hp.resolve({key: absurd}, *schema[:1], common=schema[1])
 
 
 def test_point_from_search_space():
@@ -100,7 +154,8 @@ def test_shipped_configs_resolve(model):
 # ------------------------------------------------------------------ the one YAML reader (issue 13)
 @pytest.mark.parametrize("text, value", [
     ("2e-3", 2e-3), ("1E5", 1e5), ("-3e+2", -300.0), ("1.0e-3", 1e-3), ("1.0e3", 1000.0),
-    ("+2.5E-1", 0.25), (".5e1", 5.0), ("1.5", 1.5), ("7", 7), ("1_000", 1000), ("1_0e2", 1000.0),
+    ("+2.5E-1", 0.25), ("1.5", 1.5), ("7", 7), ("1_000", 1000), ("1_0e2", 1000.0),
+    (".5e1", ".5e1"),  # YAML 1.2 as ruamel.yaml (Determined's CLI) reads it: no digit before the dot
     # look like numbers, are not: a class name, paths, versions, unfinished exponents, quoted
     ("e5", "e5"), ("E5", "E5"), ("1e", "1e"), ("1e-", "1e-"), ("2e-3x", "2e-3x"),
     ("data/2e-3", "data/2e-3"), ("/data/1e5", "/data/1e5"), ("1e5.5", "1e5.5"), ("1.2.3", "1.2.3"),
@@ -113,9 +168,43 @@ def test_scientific_notation_is_a_float_and_look_alikes_stay_strings(text, value
     assert hp.apply_overrides({}, [f"x={text}"])["x"] == value
 
 
+# Determined's CLI reads a config with determined.common.util.safe_load_yaml_with_exceptions
+# (ruamel.yaml, YAML 1.2); the trial and the checker must read every value as it does (issue 22).
+DETERMINED_CASES = ["yes", "no", "on", "off", "y", "Yes", "010", "0o10", "0x1F", "0b101", "1:30",
+                    "1:30:00", "-0", "2e-3", "1E5", ".5e1", "1_000", "nan", ".nan", ".inf", "-.inf",
+                    "null", "~", "Null", "true", "True", "FALSE", "1e400", "[1, 2]", "{a: 1}",
+                    "'010'", "0.1", "+1", "2018-01-01"]
+
+
+@pytest.mark.parametrize("text", DETERMINED_CASES)
+def test_values_read_as_determined_reads_them(text):
+    from determined.common import util
+    import math
+    want = util.safe_load_yaml_with_exceptions(f"x: {text}\n")["x"]
+    got = hp.parse_yaml(f"x: {text}\n", "c.yaml")["x"]
+    assert type(got) is type(want)
+    assert got == want or (isinstance(want, float) and math.isnan(want) and math.isnan(got))
+    assert hp.apply_overrides({}, [f"x={text}"])["x"] == got or (
+        isinstance(got, float) and math.isnan(got))
+
+
+def test_the_issue_cases_resolve_as_on_the_cluster(tmp_path):
+    # stop_at_target: yes is the string 'yes' for Determined (refused here, named), seed: 010 is
+    # 10 (not octal 8), --set lr=1:30 is the string '1:30' (not sexagesimal 90)
+    path = tmp_path / "c.yaml"
+    path.write_text("hyperparameters:\n  seed: 010\n  stop_at_target: yes\n")
+    conf = hp.load_experiment_config(path)
+    assert conf["hyperparameters"] == {"seed": 10, "stop_at_target": "yes"}
+    with pytest.raises(ConfigError, match=r"'stop_at_target' = 'yes' has type str; expected bool"):
+        hp.resolve(conf["hyperparameters"], MODEL, where=str(path))
+    assert hp.resolve({"seed": 10}, MODEL)["seed"] == 10
+    with pytest.raises(ConfigError, match=r"'lr' = '1:30' has type str; expected int/float"):
+        hp.resolve(hp.apply_overrides({}, ["lr=1:30"]), MODEL)
+
+
 def test_scientific_notation_in_a_config_file_resolves(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("hyperparameters:\n  lr: 2e-3\n  weight_decay: 1E-2\n  class_names: [e5, 1e]\n"
+    path.write_text("hyperparameters:\n  lr: 2e-3\n  weight_decay: 1E-2\n  num_classes: 2\n  class_names: [e5, 1e]\n"
                     "  data_dir: /data/2e-3\n")
     conf = hp.load_experiment_config(path)
     out = hp.resolve(conf["hyperparameters"], MODEL, where=str(path))

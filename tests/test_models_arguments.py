@@ -169,7 +169,7 @@ def test_null_hyperparameter_means_the_model_default():
     ("segmenter", {"drop_path_rate": -0.1}, r"'drop_path_rate' = -0\.1 must be a number in \[0, 1\)"),
     ("segformer", {"drop_path_rate": 1.0}, r"'drop_path_rate' = 1\.0 must be a number in \[0, 1\)"),
     ("unet", {"unet_depth": 9}, r"c\.yaml: hyperparameter 'unet_depth' = 9 must be an integer in 1\.\.8"),
-    ("unet", {"unet_base_channels": 0}, r"'unet_base_channels' = 0 must be an integer >= 1"),
+    ("unet", {"unet_base_channels": 0}, r"'unet_base_channels' = 0 must be an integer in 1\.\.1024"),
 ])
 def test_trial_schema_names_bad_values(model, hp, match):
     with pytest.raises(hpmod.ConfigError, match=match):

@@ -567,3 +567,118 @@ def test_rare_objects_package_trains_in_two_processes_to_its_validation_loss_tar
     report = build_report(load_local(out), tmp_path / "report")
     (chart,) = [c for c in report.charts if c.name == "objects_vs_energy"]
     assert len(chart.plotted) == 1 and chart.path.stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- what never ships (issue 22)
+def _repo_copy(dest: pathlib.Path, *models: str) -> pathlib.Path:
+    """A throw-away copy of the repository parts a package is built from."""
+    ignore = shutil.ignore_patterns("__pycache__", "runs", "*.pyc")
+    shutil.copytree(ROOT / "shared", dest / "shared", ignore=ignore)
+    for m in models:
+        shutil.copytree(ROOT / "trials" / m, dest / "trials" / m, ignore=ignore)
+        shutil.copytree(ROOT / "experiment_configs" / m, dest / "experiment_configs" / m)
+    shutil.copytree(ROOT / "docs", dest / "docs")
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copy(ROOT / "trials" / ".detignore", dest / "trials" / ".detignore")
+    return dest
+
+
+def _everything_shipped(result) -> List[str]:
+    with tarfile.open(result.archive) as tar:
+        in_tar = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
+    on_disk = [str(p.relative_to(result.directory)) for p in result.directory.rglob("*")]
+    return sorted(set(in_tar) | set(on_disk) | set(result.context_files))
+
+
+def test_the_package_is_an_allow_list_and_refuses_secrets_and_outside_links(tmp_path):
+    """A git-ignored shared/energy/.env, a key linked in from outside the tree, a stray data
+    file of another kind: none reaches the directory, the tarball or the upload. A file that
+    the allow-list would ship but that looks like a secret, or a link out of the tree, stops
+    the build, named."""
+    root = _repo_copy(tmp_path / "repo", "unet")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (root / "shared" / "energy" / ".env").write_text("ENERGY_REDFISH_PASSWORD=hunter2\n")
+    (root / "shared" / "data" / "bmc_key.pem").symlink_to(outside / "id_rsa")
+    (root / "shared" / "data" / "notes.bin").write_bytes(b"\0" * 10)
+    (root / "trials" / "unet" / ".env").write_text("TOKEN=x\n")
+    result = pkg.build_package("unet", tmp_path / "dist", root=root)
+    shipped = _everything_shipped(result)
+    for name in (".env", "bmc_key.pem", "notes.bin", "id_rsa"):
+        assert not any(pathlib.PurePath(p).name == name for p in shipped), name
+    assert not any("hunter2" in p.read_text(errors="ignore")
+                   for p in result.directory.rglob("*") if p.is_file())
+
+    (root / "shared" / "data" / "credentials.json").write_text('{"password": "hunter2"}')
+    with pytest.raises(pkg.PackageError) as e:
+        pkg.build_package("unet", tmp_path / "dist", root=root)
+    assert str(e.value) == ("refusing to ship files that look like secrets: "
+                            "shared/data/credentials.json (move them out of the repository's "
+                            "trial and library directories)")
+    (root / "shared" / "data" / "credentials.json").unlink()
+    (outside / "table.json").write_text("[]")
+    (root / "shared" / "data" / "table.json").symlink_to(outside / "table.json")
+    with pytest.raises(pkg.PackageError, match=r"refusing to ship symbolic links that leave the "
+                                               r"repository: shared/data/table\.json -> .*outside/table\.json"):
+        pkg.build_package("unet", tmp_path / "dist", root=root)
+
+
+def test_every_detignore_keeps_venvs_runs_caches_and_secrets_out():
+    from shared.package.build import CONTEXT_EXCLUDES, DETIGNORE
+    files = [*sorted((ROOT / "trials").glob("*/.detignore")), ROOT / "trials" / ".detignore",
+             ROOT / "shared" / ".detignore"]
+    assert {f.parent.name for f in files} >= {*recipes.discover(), "trials", "shared"}
+    for text, where in [(f.read_text(), f) for f in files] + [(DETIGNORE, "the package's")]:
+        lines = {x.strip() for x in text.splitlines()}
+        assert set(CONTEXT_EXCLUDES) <= lines, (where, set(CONTEXT_EXCLUDES) - lines)
+
+def test_local_checkpoints_copy_no_venv_runs_or_secrets(tmp_path):
+    """Local mode copies the working directory (the trial's) into every checkpoint's code/,
+    filtered by its .detignore: a .env in a trial directory used to land in every checkpoint."""
+    from determined.common import detignore
+    trial = tmp_path / "unet"
+    trial.mkdir()
+    shutil.copy(ROOT / "trials" / "unet" / ".detignore", trial / ".detignore")
+    for d in (".venv", "venv", "runs"):
+        (trial / d).mkdir()
+    files = [".env", ".env.local", "train.py", "model.py", "id_rsa", "site_credentials.yaml",
+             "cache.npy"]
+    for f in files:
+        (trial / f).write_text("x")
+    ignore = detignore.make_shutil_ignore(trial)
+    assert sorted(ignore(str(trial), [".venv", "venv", "runs", *files])) == sorted(
+        {".venv", "venv", "runs", *files} - {"train.py", "model.py"})
+
+
+def test_the_rare_objects_context_cannot_grow_with_old_runs(tmp_path):
+    """Its documented `--include shared --include trials`: Determined reads only each included
+    directory's top-level .detignore; trials/.detignore keeps every trial's runs out (two 60 MB
+    checkpoints in another trial's runs/ used to exceed the 95 MB limit)."""
+    from determined.common import context
+    root = _repo_copy(tmp_path / "repo", "rare_objects", "unet")
+    for where in ("trials/unet/runs/old/checkpoints/x", "trials/rare_objects/runs/y",
+                  "trials/unet/.venv/lib"):
+        (root / where).mkdir(parents=True)
+        (root / where / "big.bin").write_bytes(b"\0" * 2**20)
+    (root / "shared" / "energy" / ".env").write_text("x")
+    files = context.read_v1_context(root / "trials" / "rare_objects",
+                                     [root / "shared", root / "trials"])
+    paths = [f.path for f in files]
+    assert "trials/unet/model.py" in paths and "shared/trial.py" in paths
+    assert not [p for p in paths if "runs" in p.split("/") or ".venv" in p or p.endswith(".env")]
+    assert sum(f.content and len(f.content) or 0 for f in files) < 5 * 2**20
+
+
+def test_the_readme_puts_the_venv_outside_the_package(built, tmp_path):
+    readme = (built.directory / "README.md").read_text()
+    assert "python -m venv ~/venvs/unet-recipe && . ~/venvs/unet-recipe/bin/activate" in readme
+    assert "venv .venv" not in readme and "Keep the virtual environment outside this directory" in readme
+    copy = tmp_path / "pkg"
+    shutil.copytree(built.directory, copy)
+    (copy / ".venv" / "lib").mkdir(parents=True)
+    (copy / ".venv" / "lib" / "torch.so").write_bytes(b"\0" * 1000)
+    (copy / "runs" / "unet-1").mkdir(parents=True)
+    (copy / "runs" / "unet-1" / "metrics.jsonl").write_text("{}\n")
+    files, size = pkg.build.context_contents(copy)
+    assert files == built.context_files and size == built.context_bytes

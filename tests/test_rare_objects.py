@@ -243,3 +243,84 @@ def test_the_synthetic_set_has_rare_small_objects_and_empty_images(tmp_path):
     assert image.dtype == np.uint8 and image.ndim == 2
     with pytest.raises(ValueError, match="--bits 8 or 16"):
         generate(tmp_path / "x", bits=12)
+
+
+# ----------------------------------------------------------------------------- the tile cache (issue 22)
+def _cache_one(root, cache, barrier, results):
+    barrier.wait()  # all three decode and write the same entries at once
+    try:
+        store = TileStore(root, "training", cache, in_channels=1)
+        results.put([np.asarray(im.tile(0, 0, 512)[0]).tobytes() for im in store.images])
+    except Exception as e:  # noqa: BLE001  (reported to the test, which fails on it)
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_three_processes_caching_the_same_images_at_once_all_succeed(tmp_path):
+    """The race of the old cache (one shared '.pending.npy' name: FileNotFoundError in 1 of 3
+    tries): three processes caching the same images into one directory at once, three times;
+    every process gets the right pixels every time."""
+    import multiprocessing
+    root = generate(tmp_path / "big", num_train=2, num_val=1, size=512, seed=2)
+    want = [np.asarray(Image.open(p)).tobytes()
+            for p in sorted((root / "images" / "training").glob("*.png"))]
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        barrier, results = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_cache_one, args=(root, tmp_path / f"cache{attempt}", barrier, results))
+                 for _ in range(3)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert got == [want] * 3, f"attempt {attempt}: {[g if isinstance(g, str) else 'ok' for g in got]}"
+        leftovers = [p.name for p in (tmp_path / f"cache{attempt}").iterdir() if p.name.startswith(".")]
+        assert leftovers == []  # no temporary file left behind
+
+
+def test_the_cache_is_private_and_checked(rare, tmp_path):
+    import os
+    import stat
+    from shared.data.tiles import default_cache_dir
+    assert default_cache_dir().name == f"rare_objects_tiles-{os.getuid()}"
+    cache = tmp_path / "cache"
+    store = TileStore(rare, "training", cache, in_channels=1)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in cache.iterdir()} == {0o600}
+    image = store.images[0]
+    raw = np.asarray(Image.open(image.image_path))
+    # a planted or damaged file of the right name is found by its checksum, and decoded again
+    np.save(image.image_npy, np.full_like(raw[:, :, None], 7))
+    again = TileStore(rare, "training", cache, in_channels=1).images[0]
+    assert (again.tile(0, 0, 96)[0] == raw).all()
+    # a changed source (another file at the same path) is another entry
+    entries = len(list(cache.glob("*.json")))
+    Image.fromarray(raw[::-1].copy()).save(image.image_path)
+    try:
+        flipped = TileStore(rare, "training", cache, in_channels=1).images[0]
+        assert (flipped.tile(0, 0, 96)[0] == raw[::-1]).all()
+        assert len(list(cache.glob("*.json"))) == entries + 1
+    finally:
+        Image.fromarray(raw).save(image.image_path)
+    # a directory others can write is refused by name
+    shared_dir = tmp_path / "shared"
+    shared_dir.mkdir()
+    shared_dir.chmod(0o777)
+    with pytest.raises(DataError, match=rf"tile cache {shared_dir} is writable by other users "
+                                        r"\(mode 0777\): .* chmod 700 it"):
+        TileStore(rare, "training", shared_dir, in_channels=1)
+
+
+def test_a_zero_byte_image_is_skipped_like_any_bad_sample(tmp_path):
+    """rare_objects --epochs with a 0-byte image and skip_bad_samples: it used to fail with
+    UnidentifiedImageError; every family skips and counts it (or names it without the flag)."""
+    root = generate(tmp_path / "d", num_train=3, num_val=1, size=64, seed=1)
+    (root / "images" / "training" / "rare_00001.png").write_bytes(b"")
+    trial = recipes.get("rare_objects").trial_class()
+    hp = {**{k: p.default for k, p in trial.COMMON_PARAMS.items()}, "data_dir": str(root),
+          "tile_size": 32}
+    assert trial.training_samples({**hp, "skip_bad_samples": True}) == 2 * 4  # two 64 px images
+    with pytest.raises(DataError, match=r"cannot read image .*rare_00001\.png: .*set skip_bad_samples"):
+        trial.training_samples({**hp, "skip_bad_samples": False})
+    store = TileStore(root, "training", tmp_path / "c", skip_bad_samples=True)
+    assert len(store.usable) == 2 and len(store.skipped) == 1 and "rare_00001.png" in store.skipped[0]

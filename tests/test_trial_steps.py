@@ -72,3 +72,22 @@ def test_loss_upsamples_in_float32_under_bf16_autocast():
     assert loss != old_order  # bf16 interpolation rounds: the order is observable
     same_size = torch.randn(2, 5, 32, 32, generator=g)
     assert segmentation_loss(same_size, masks) == F.cross_entropy(same_size, masks, ignore_index=255)
+
+
+def test_a_batch_without_a_labelled_pixel_is_zero_loss_with_zero_gradient():
+    """MMSegmentation's cross-entropy (avg_non_ignore): the mean over labelled pixels, 0 when
+    there is none; PyTorch's mean would be 0/0 = NaN, a false divergence (issue 22)."""
+    from shared.engine import segmentation_loss
+    from shared.metrics import DeviceSum
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8, generator=g, requires_grad=True)
+    masks = torch.full((2, 8, 8), 255, dtype=torch.long)
+    assert torch.isnan(F.cross_entropy(logits, masks, ignore_index=255))  # what it was
+    loss = segmentation_loss(logits, masks)
+    assert loss.item() == 0.0 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    counter = DeviceSum()
+    for m in (masks, torch.zeros_like(masks), masks):
+        counter.update((m != 255).sum() == 0)
+    assert counter.per_slot_reduce() == 2 and counter.cross_slot_reduce([2, 1]) == 3

@@ -27,6 +27,8 @@ import torch
 from torchvision.transforms import v2
 
 from shared.data.files import DataError, is_dir, is_sample_file, read_image
+from shared.data.sampling import sample_rng, split_index
+from shared.data.skips import BadSamples, warn_bad
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -238,8 +240,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.skip_bad_samples = skip_bad_samples
         self.name = name
-        # Per process (each DataLoader worker has its copy): a bad file warns once, not per epoch.
-        self._warned: set[Path] = set()
+        #: the samples found bad when loaded, each once whichever worker met it (shared memory)
+        self.bad = BadSamples(len(self.samples))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -249,7 +251,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         image = load_image(path)
         return (self.transform(image) if self.transform is not None else image), label
 
-    def __getitem__(self, index: int) -> Tuple[Any, int, int]:
+    def __getitem__(self, index: Any) -> Tuple[Any, int, int]:
+        # (index, seed) from shared.data.sampling.SeededSampler: the augmentation is drawn
+        # under the sample's own seed, whichever worker loads it
+        index, seed = split_index(index)
+        with sample_rng(seed):
+            return self._get(index)
+
+    def _get(self, index: int) -> Tuple[Any, int, int]:
         if not self.skip_bad_samples:
             return (*self._item(index), 0)
         first_error: Optional[DataError] = None
@@ -259,10 +268,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 return (*self._item(current), skipped)
             except DataError as error:
                 first_error = first_error or error
-                path = self.samples[current][0]
-                if path not in self._warned:
-                    self._warned.add(path)
-                    logger.warning("skipping bad sample %d of %s: %s", current, self.name, error)
+                warn_bad(logger, self.bad, current, f"{self.name}: {error}")
         raise DataError(f"all {len(self.samples)} samples of {self.name} are bad; first problem: "
                         f"{first_error}")
 

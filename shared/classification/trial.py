@@ -22,6 +22,8 @@ from shared import hparams as hpmod
 from shared import runlog
 from shared.classification import data as cdata
 from shared.classification.resources import RESOURCES_GROUP, ResourceCallback
+from shared.data.sampling import SeededSampler
+from shared.data.skips import log_problems
 from shared.hparams import BOOL, INT, NUM, STR, Param
 from shared.engine import ClassificationTask
 from shared.tensorboard_scalars import add_scalars
@@ -47,26 +49,22 @@ _CHANGES = {
 }
 
 
-def _fraction(v: Any) -> Optional[str]:
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
 #: Hyperparameters of every classification trial (passed to ``hparams.resolve`` as ``common``).
 CLASSIFICATION_PARAMS: Dict[str, Param] = {
     **{k: dataclasses.replace(hpmod.COMMON[k], **_CHANGES[k]) if k in _CHANGES
        else hpmod.COMMON[k] for k in _SHARED_KEYS},
     "arch": Param("resnet50", STR, help="network name (trials/image_classification/model.py)"),
-    "num_classes": Param(3, INT, check=lambda v: None if v >= 2 else "must be >= 2",
+    "num_classes": Param(3, INT, check=hpmod.between(2, 100_000),
                          help="classes: the class directories of <data_dir>/train (sorted names "
                               "give the indices)"),
-    "image_size": Param(224, INT, check=lambda v: None if v >= 16 else "must be >= 16 pixels",
+    "image_size": Param(224, INT, check=hpmod.between(16, hpmod.MAX_SIDE),
                         help="square input side: 224 (001), 512 (004)"),
     "augment": Param(True, BOOL, help="random resized crop + flip; false: resize + centre crop"),
-    "val_fraction": Param(0.1, NUM, check=_fraction,
+    "val_fraction": Param(0.1, NUM, check=hpmod.between(0.0, 1.0, hi_open=True),
                           help="share of each class of train/ held out when there is no val/"),
     "freeze_backbone": Param(False, BOOL, help="train the classifier head only"),
     "grad_checkpointing": Param(False, BOOL, help="recompute activations in backward"),
-    "label_smoothing": Param(0.0, NUM, check=_fraction,
+    "label_smoothing": Param(0.0, NUM, check=hpmod.between(0.0, 1.0, hi_open=True),
                              help="label smoothing of the training loss (validation_loss is plain "
                                   "cross-entropy)"),
     "target_accuracy": Param(None, NUM, nullable=True,
@@ -234,8 +232,7 @@ class ClassificationTrial(RecipeTrial):
         if isinstance(outcome, Exception):
             raise outcome
         if dist.local_rank == 0:
-            for problem in outcome.skipped:
-                log.warning("skipping %s", problem)
+            log_problems(log, outcome.skipped)
         return outcome
 
     # ------------------------------------------------------------------ data
@@ -246,8 +243,11 @@ class ClassificationTrial(RecipeTrial):
         ds = cdata.ImageFolderDataset(self.splits.train, tf, hp["skip_bad_samples"],
                                       name=f"{hp['data_dir']}/train")
         self._check_training_set(len(ds))
-        # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling)
-        return det_torch.DataLoader(ds, batch_size=self.context.get_per_slot_batch_size(), shuffle=True,
+        self.track_skips("training", ds.bad, self.splits.skipped)
+        # drop_last keeps every step at the configured batch (BatchNorm statistics, lr scaling);
+        # the order and the augmentation follow the trial seed (resume = uninterrupted run)
+        return det_torch.DataLoader(ds, batch_size=self.context.get_per_slot_batch_size(),
+                                    sampler=SeededSampler(len(ds), self.data_seed),
                                     drop_last=True, **self._loader_kwargs())
 
     def build_validation_data_loader(self) -> det_torch.DataLoader:
@@ -256,6 +256,7 @@ class ClassificationTrial(RecipeTrial):
                                         cfg["crop_pct"], cfg["crop_mode"])
         ds = cdata.ImageFolderDataset(self.splits.val, tf, hp["skip_bad_samples"],
                                       name=f"{hp['data_dir']} validation ({self.splits.val_source})")
+        self.track_skips("validation", ds.bad)
         ranks = self.context.distributed.size
         if len(ds) < ranks:
             raise hpmod.ConfigError(f"{hp['data_dir']}: {len(ds)} validation images for {ranks} slots; "

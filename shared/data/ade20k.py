@@ -22,6 +22,8 @@ import torch
 
 from shared.data.files import DataError, is_dir, is_sample_file, read_annotation, read_image
 from shared.data.labels import IGNORE_INDEX
+from shared.data.sampling import sample_rng, split_index
+from shared.data.skips import BadSamples, log_problems, warn_bad
 
 __all__ = ["IGNORE_INDEX", "DataError", "SegmentationDataset", "find_samples"]
 
@@ -182,11 +184,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.num_classes = num_classes
         self.skip_bad_samples = skip_bad_samples
         self.samples, self.skipped_at_scan = find_samples(self.root, split, skip_bad_samples)
-        for problem in self.skipped_at_scan:
-            logger.warning("skipping %s", problem)
-        # Per process (each DataLoader worker has its own copy): files already reported, so a
-        # bad file warns once instead of once per epoch.
-        self._warned: set[Path] = set()
+        log_problems(logger, self.skipped_at_scan)
+        #: the samples found bad when loaded, each once whichever worker met it (shared memory)
+        self.bad = BadSamples(len(self.samples))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -230,7 +230,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         pixels = torch.from_numpy(image.pixels).permute(2, 0, 1)
         return pixels, mask
 
-    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, Any, int]:
+        # (index, seed) from shared.data.sampling.SeededSampler: the augmentation is drawn
+        # under the sample's own seed, whichever worker loads it
+        index, seed = split_index(index)
+        with sample_rng(seed):
+            return self._item(index)
+
+    def _item(self, index: int) -> tuple[Any, Any, int]:
         if not self.skip_bad_samples:
             image, mask = self.load(index)
             return (*self._apply(image, mask), 0)
@@ -241,10 +248,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 image, mask = self.load(current)
             except DataError as error:
                 first_error = first_error or error
-                path = self.samples[current][0]
-                if path not in self._warned:
-                    self._warned.add(path)
-                    logger.warning("skipping bad sample %d: %s", current, error)
+                warn_bad(logger, self.bad, current, str(error))
                 continue
             return (*self._apply(image, mask), skipped)
         raise DataError(

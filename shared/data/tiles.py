@@ -12,8 +12,13 @@ What happens to an image:
    image reader (``shared.data.files``: EXIF orientation, 16-bit greyscale scaled by its full
    range, decompression bombs and symbolic link loops named) and written to a cache as two
    uncompressed ``.npy`` files, uint8 (H, W, C) and uint8 (H, W) 0/1, with the bounding boxes
-   of its objects. A cache entry is keyed by the files' paths, sizes and modification times,
-   so a second run (or the other ranks of a node) reads nothing but the cache.
+   of its objects. A cache entry is keyed by the source files' identity (path, device, inode,
+   size, modification time) and holds a manifest with each file's SHA-256, checked before the
+   entry is used, so a second run (or the other ranks of a node) reads nothing but the cache,
+   and a damaged or foreign file is never taken for the image. The cache directory is the
+   user's own (mode 0700, files 0600; one of another user, or writable by others, is refused),
+   and every file is written under a unique temporary name and renamed into place, so
+   processes caching the same image at once never collide.
 2. **Tiled lazily**: every process opens the cache files memory-mapped (``np.load(...,
    mmap_mode="r")``) and copies out only the tiles it asks for; what stays resident is the
    page cache of the tiles read, which the kernel may drop at will. The decoding of step 1
@@ -35,13 +40,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +56,8 @@ from PIL import Image
 
 from shared.data.ade20k import find_samples
 from shared.data.files import DataError, read_annotation, read_image
+from shared.data.sampling import derive_seed
+from shared.data.skips import WARN_LIMIT, log_problems
 
 __all__ = ["TILE_IMAGE_SUFFIXES", "find_tile_samples", "TileStore", "TiledImage", "TileDataset",
            "BalancedTileSampler", "stitch_logits", "tile_starts", "component_boxes", "list_collate"]
@@ -182,19 +191,103 @@ def list_collate(items: Sequence[Any]) -> List[Any]:
     return list(items)
 
 
-def _file_key(*paths: Path, extra: str) -> str:
-    h = hashlib.sha1(extra.encode())
+#: the cache entry format: a change of what an entry holds changes every key
+CACHE_FORMAT = 2
+
+
+def default_cache_dir() -> Path:
+    """``<tmp>/rare_objects_tiles-<uid>``: node-local and the user's own (a directory shared by
+    every user of a node could be read, or filled with planted files, by the others)."""
+    return Path(tempfile.gettempdir()) / f"rare_objects_tiles-{os.getuid()}"
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` created with mode 0700, or checked: a directory of this user that no one else
+    may write. Raises DataError naming it otherwise (a planted ``.npy`` of the right name would
+    be used as an image)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(path)
+    except OSError as err:
+        raise DataError(f"tile cache {path}: cannot create it ({err.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DataError(f"tile cache {path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise DataError(f"tile cache {path} belongs to user id {st.st_uid}, not to this user "
+                        f"({os.getuid()}): its files could have been put there by another user; "
+                        f"set tile_cache_dir to a directory of your own")
+    if st.st_mode & 0o022:
+        raise DataError(f"tile cache {path} is writable by other users (mode "
+                        f"{stat.S_IMODE(st.st_mode):04o}): its files could have been put there by "
+                        f"someone else; chmod 700 it, or set tile_cache_dir to a private directory")
+    return path
+
+
+def _source_identity(*paths: Path) -> List[Dict[str, Any]]:
+    """What identifies the source files of an entry: path, device, inode, size, mtime."""
+    out = []
     for p in paths:
         st = os.stat(p)
-        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
+        out.append({"path": str(Path(p).resolve()), "device": st.st_dev, "inode": st.st_ino,
+                    "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)  # atomic: a rank reading the cache never sees half a file
+def _file_key(identity: List[Dict[str, Any]], extra: str) -> str:
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{extra}".encode())
+    h.update(json.dumps(identity, sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through a temporary file of its own (a unique name: concurrent writers
+    never share one) with mode 0600, then rename it into place (atomic: a reader sees the
+    old file, the new one, or none, never half of one)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _save(path: Path, array: np.ndarray) -> str:
+    """Save ``array`` as ``path`` (``_atomic_write``); returns the file's SHA-256."""
+    _atomic_write(path, lambda f: np.save(f, array))
+    return _sha256(path)
+
+
+def _entry_problem(manifest: Path, identity: List[Dict[str, Any]]) -> Optional[str]:
+    """Why the cache entry of ``manifest`` cannot be used (None: it can): no manifest, another
+    source, or a file whose size or checksum differs from what its writer recorded."""
+    try:
+        recorded = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        return "not cached yet"
+    except (OSError, ValueError) as err:
+        return f"{manifest} is unreadable ({err})"
+    if recorded.get("source") != identity:
+        return f"{manifest} describes other source files"
+    for name, want in (recorded.get("files") or {}).items():
+        f = manifest.parent / name
+        try:
+            if f.stat().st_size != want["bytes"] or _sha256(f) != want["sha256"]:
+                return f"{f} differs from what was cached (size or checksum)"
+        except OSError:
+            return f"{f} is missing"
+    return None if recorded.get("files") else f"{manifest} lists no file"
 
 
 def _decode_image(image_path: Path, in_channels: int) -> Tuple[np.ndarray, str]:
@@ -225,7 +318,8 @@ class TileStore:
 
     Args:
         root: the data root; split: ``training`` or ``validation``.
-        cache_dir: where the decoded copies go (default: ``<tmp>/rare_objects_tiles``).
+        cache_dir: where the decoded copies go (default: ``<tmp>/rare_objects_tiles-<uid>``,
+            see ``default_cache_dir``).
         in_channels: 1 (grey: colour images become luma) or 3 (grey images are repeated).
         max_image_pixels: the largest image decoded (Pillow's bomb limit raised to it).
         skip_bad_samples: a pair that cannot be read is skipped (``skipped``) instead of
@@ -236,18 +330,20 @@ class TileStore:
                  in_channels: int = 3, max_image_pixels: int = 10 ** 9,
                  skip_bad_samples: bool = False) -> None:
         self.root, self.split = Path(root), split
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "rare_objects_tiles"
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.in_channels, self.max_image_pixels = int(in_channels), int(max_image_pixels)
         pairs, self.skipped = find_tile_samples(root, split, skip_bad_samples)
+        log_problems(log, self.skipped)
         self.images: List[TiledImage] = []
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.cache_dir)
         for image_path, mask_path in pairs:
             try:
                 self.images.append(self._cached(image_path, mask_path))
             except DataError as err:
                 if not skip_bad_samples:
                     raise
-                log.warning("skipping %s", err)
+                if len(self.skipped) < WARN_LIMIT:
+                    log.warning("skipping %s", err)
                 self.skipped.append(str(err))
                 self.images.append(TiledImage(image_path.stem, image_path, mask_path, None, None,
                                               skipped=True))
@@ -260,29 +356,44 @@ class TileStore:
         return [im for im in self.images if not im.skipped]
 
     def _cached(self, image_path: Path, mask_path: Path) -> TiledImage:
+        """The cache entry of one (image, mask) pair, made if missing or not as written.
+
+        An entry is four files named by a key of the source files' identity (path, device,
+        inode, size, modification time) and the channels: the decoded image, the 0/1 mask,
+        the object boxes (``.npy``) and a manifest holding the identity and each file's size
+        and SHA-256, written last. Each file goes through a temporary file of its own and a
+        rename, so processes caching the same image at once (ranks, trials of a search) never
+        collide; an entry is used only when its manifest matches its files."""
         try:
-            key = _file_key(image_path, mask_path, extra=f"c{self.in_channels}")
+            identity = _source_identity(image_path, mask_path)
         except OSError as err:
             raise DataError(f"cannot read {err.filename}: {err.strerror}") from None
-        base = self.cache_dir / key
-        image_npy, mask_npy, boxes_npy = (base.with_name(f"{key}.{k}.npy") for k in ("image", "mask", "boxes"))
-        if not (image_npy.is_file() and mask_npy.is_file() and boxes_npy.is_file()):
+        key = _file_key(identity, extra=f"c{self.in_channels}")
+        image_npy, mask_npy, boxes_npy = (self.cache_dir / f"{key}.{k}.npy" for k in ("image", "mask", "boxes"))
+        manifest = self.cache_dir / f"{key}.json"
+        problem = _entry_problem(manifest, identity)
+        if problem is not None:
+            if problem != "not cached yet":
+                log.warning("tile cache: %s; decoding %s again", problem, image_path)
             # one decoded array alive at a time: the image is written and dropped before the
             # mask is decoded (the peak is one decode, docs/rare_objects.md)
             with pixel_limit(self.max_image_pixels):
                 pixels, note = _decode_image(image_path, self.in_channels)
                 shape = pixels.shape
-                _save(image_npy.with_name(f".{key}.pending.npy"), pixels)
+                sums = {image_npy.name: _save(image_npy, pixels)}
                 del pixels
                 try:
                     mask = _decode_mask(mask_path, shape, image_path, note)
                 except DataError:
-                    image_npy.with_name(f".{key}.pending.npy").unlink(missing_ok=True)
+                    image_npy.unlink(missing_ok=True)  # no manifest: never used; tidy up
                     raise
-            os.replace(image_npy.with_name(f".{key}.pending.npy"), image_npy)
-            _save(mask_npy, mask)
-            _save(boxes_npy, component_boxes(mask))
+            sums[mask_npy.name] = _save(mask_npy, mask)
+            sums[boxes_npy.name] = _save(boxes_npy, component_boxes(mask))
             del mask
+            entry = {"format": CACHE_FORMAT, "source": identity,
+                     "files": {name: {"bytes": (self.cache_dir / name).stat().st_size, "sha256": h}
+                               for name, h in sums.items()}}
+            _atomic_write(manifest, lambda f: f.write(json.dumps(entry, indent=1).encode()))
         image = np.load(image_npy, mmap_mode="r")
         return TiledImage(image_path.stem, image_path, mask_path, image_npy, mask_npy,
                           tuple(image.shape), np.load(boxes_npy))
@@ -348,7 +459,15 @@ class BalancedTileSampler:
         self.batch_size = int(batch_size)
         self.positive_fraction, self.hard_fraction = float(positive_fraction), float(hard_negative_fraction)
         self.pool_size, self.recent_batches = int(pool_size), int(recent_batches)
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        #: the generator of the batch being drawn: batch b's from (seed, b), mining m's from
+        #: (seed, m), so a batch is the same whether drawn in order or after a restore
+        self.rng = np.random.default_rng(derive_seed(self.seed, 2, 0))
+        #: minings so far (their candidates' draws)
+        self.minings = 0
+        #: batches below this are being skipped by Determined after a restore (replayed to
+        #: reach the resume point): drawn as empty placeholders, changing nothing
+        self.replay_until = 0
         self.objects = [(i, box) for i, im in enumerate(self.images) if not im.skipped
                         for box in im.boxes]
         if self.positive_fraction > 0 and not self.objects:
@@ -419,6 +538,10 @@ class BalancedTileSampler:
         return i, y, x
 
     def next_batch(self) -> List[Tuple[int, int, int, int]]:
+        if self.batches < self.replay_until:
+            self.batches += 1
+            return []  # skipped by Determined's SkipBatchSampler, never loaded
+        self.rng = np.random.default_rng(derive_seed(self.seed, 2, self.batches))
         n_pos = int(round(self.batch_size * self.positive_fraction))
         n_neg = self.batch_size - n_pos
         n_hard = int(round(n_neg * self.hard_fraction)) if self.pool else 0
@@ -441,11 +564,30 @@ class BalancedTileSampler:
         """Up to ``count`` negative grid cells not sampled in the last ``recent_batches``
         batches, drawn at random (the same draw on every rank)."""
         since = self.batches - self.recent_batches
+        rng = np.random.default_rng(derive_seed(self.seed, 3, self.minings))
+        self.minings += 1
         fresh = [c for c in self.cells
                  if self.last_sampled.get(self._cell_of(*c), -10 ** 9) < since]
         if len(fresh) > count:
-            fresh = [fresh[k] for k in sorted(self.rng.choice(len(fresh), size=count, replace=False))]
+            fresh = [fresh[k] for k in sorted(rng.choice(len(fresh), size=count, replace=False))]
         return fresh
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What a checkpoint keeps of the sampler (JSON): the hard-negative pool, when each
+        negative cell was last sampled, and the minings so far. The batches themselves are
+        functions of the seed and need nothing."""
+        return {"pool": [[score, list(cell)] for score, cell in self.pool],
+                "last_sampled": [[*cell, b] for cell, b in sorted(self.last_sampled.items())],
+                "minings": self.minings}
+
+    def load_state_dict(self, state: Mapping[str, Any], resume_at: int) -> None:
+        """Restore ``state_dict()`` before the first batch is drawn; ``resume_at``: the
+        sampler batches already trained (batches x slots), which Determined skips."""
+        self.pool = [(float(score), tuple(int(x) for x in cell)) for score, cell in state["pool"]]
+        self.last_sampled = {tuple(int(x) for x in row[:3]): int(row[3])
+                             for row in state["last_sampled"]}
+        self.minings = int(state["minings"])
+        self.replay_until = int(resume_at)
 
     def add_hard_negatives(self, cells: Sequence[Tuple[int, int, int]], scores: Sequence[float]) -> int:
         """Put the cells with a positive score in the pool, keeping the ``pool_size`` highest

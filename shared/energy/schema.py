@@ -28,11 +28,18 @@ from .sources.base import SourceUnavailable
 # Checks: callables ``check(key, value, env)`` raising ValueError with a message that names
 # ``energy.<key>`` and the bad value; ``allowed`` is what the docs' "allowed" column shows.
 # ------------------------------------------------------------------------------------------
+#: the largest value of any numeric energy option (periods and timeouts in seconds, powers
+#: in watts, counts): a timeout of 1e308 s overflows the clock arithmetic of a deadline
+MAXIMUM = 1e6
+
+
 def number(key: str, value: Any) -> float:
-    """``value`` as a float; ValueError naming ``energy.<key>`` unless a finite real number
-    (booleans are refused: YAML's ``true`` is not a period)."""
+    """``value`` as a float; ValueError naming ``energy.<key>`` unless a finite real number of
+    magnitude at most ``MAXIMUM`` (booleans are refused: YAML's ``true`` is not a period)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"energy.{key} must be a number, got {value!r}")
+    if abs(value) > MAXIMUM:
+        raise ValueError(f"energy.{key} must be at most {MAXIMUM:g}, got {value!r}")
     return float(value)
 
 
@@ -92,6 +99,8 @@ class PositiveInteger(Check):
     def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"energy.{key} must be a positive integer, got {value!r}")
+        if value > MAXIMUM:
+            raise ValueError(f"energy.{key} must be at most {MAXIMUM:g}, got {value!r}")
 
 
 class OneOf(Check):

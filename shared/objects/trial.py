@@ -56,17 +56,6 @@ _CHANGES = {
 }
 
 
-def _fraction(lo_open: bool = False, hi_open: bool = False):
-    def check(v: Any) -> Optional[str]:
-        ok = (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
-        return None if ok else f"must be in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}"
-    return check
-
-
-def _at_least(n: int):
-    return lambda v: None if v >= n else f"must be >= {n}"
-
-
 #: Hyperparameters of every binary-segmentation trial (``hparams.resolve``'s ``common``).
 OBJECT_PARAMS: Dict[str, Param] = {
     **{k: dataclasses.replace(hpmod.COMMON[k], **_CHANGES[k]) if k in _CHANGES
@@ -74,32 +63,32 @@ OBJECT_PARAMS: Dict[str, Param] = {
     "in_channels": Param(1, INT, choices=(1, 3),
                          help="image bands the network reads: 1 (colour images become luma) or 3 "
                               "(grey images are repeated)"),
-    "tile_size": Param(256, INT, check=_at_least(16),
+    "tile_size": Param(256, INT, check=hpmod.between(16, hpmod.MAX_SIDE),
                        help="training and validation tile side, px"),
-    "positive_fraction": Param(0.5, NUM, check=_fraction(),
+    "positive_fraction": Param(0.5, NUM, check=hpmod.between(0.0, 1.0),
                                help="share of each batch that are tiles holding an object at a "
                                     "random position inside the tile, the rest tiles without "
                                     "objects (0: no balancing, plain random tiles)"),
-    "hard_negative_fraction": Param(0.25, NUM, check=_fraction(),
+    "hard_negative_fraction": Param(0.25, NUM, check=hpmod.between(0.0, 1.0),
                                     help="share of each batch's negative tiles drawn from the mined "
                                          "hard-negative pool, once mining has filled it (0: no mining)"),
-    "mine_period": Param(500, INT, check=_at_least(1),
+    "mine_period": Param(500, INT, check=hpmod.between(1, hpmod.MAX_BATCHES),
                          help="mine hard negatives every this many batches"),
-    "mine_tiles": Param(256, INT, check=_at_least(1),
+    "mine_tiles": Param(256, INT, check=hpmod.between(1, 10 ** 6),
                         help="negative training tiles not sampled in the last mine_period batches "
                              "that each mining scores with the model"),
-    "hard_negative_pool": Param(512, INT, check=_at_least(1),
+    "hard_negative_pool": Param(512, INT, check=hpmod.between(1, 10 ** 6),
                                 help="most tiles the hard-negative pool keeps (highest scores)"),
     "loss": Param("bce", STR, choices=BINARY_LOSSES,
                   help="bce, dice, bce_dice (their sum) or focal (gamma focal_gamma)"),
-    "pos_weight": Param(1.0, NUM, check=lambda v: None if v > 0 else "must be > 0",
+    "pos_weight": Param(1.0, NUM, check=hpmod.between(0.0, 1e6, lo_open=True),
                         help="weight of object pixels in bce and focal"),
-    "focal_gamma": Param(2.0, NUM, check=_at_least(0), help="focal loss exponent"),
-    "threshold": Param(0.5, NUM, check=_fraction(True, True),
+    "focal_gamma": Param(2.0, NUM, check=hpmod.between(0.0, 100.0), help="focal loss exponent"),
+    "threshold": Param(0.5, NUM, check=hpmod.between(0.0, 1.0, lo_open=True, hi_open=True),
                        help="probability above which a pixel is object (iou, f1, object metrics)"),
-    "object_iou": Param(0.1, NUM, check=_fraction(True),
+    "object_iou": Param(0.1, NUM, check=hpmod.between(0.0, 1.0, lo_open=True),
                         help="IoU at which a predicted and a true object match (one-to-one)"),
-    "ap_thresholds": Param(9, INT, check=_at_least(1),
+    "ap_thresholds": Param(9, INT, check=hpmod.between(1, 10_000),
                            help="probability thresholds average_precision sweeps: i/(n+1), i=1..n"),
     "val_overlap": Param(0.25, NUM, check=lambda v: None if 0 <= v <= 0.9 else "must be in [0, 0.9]",
                          help="overlap of validation tiles, as a share of tile_size"),
@@ -107,8 +96,8 @@ OBJECT_PARAMS: Dict[str, Param] = {
                         help="stitching of overlapping validation tiles: mean of the logits, or "
                              "each pixel from the tile whose centre is nearest"),
     "tile_cache_dir": Param(None, STR, nullable=True,
-                            help="where decoded images are cached as .npy (null: <tmp>/rare_objects_tiles)"),
-    "max_image_pixels": Param(10 ** 9, INT, check=_at_least(1),
+                            help="where decoded images are cached as .npy, a directory of your own (null: <tmp>/rare_objects_tiles-<uid>, mode 0700)"),
+    "max_image_pixels": Param(10 ** 9, INT, check=hpmod.between(1, 10 ** 11),
                               help="largest image decoded, pixels (Pillow's decompression-bomb "
                                    "limit raised to it)"),
 }
@@ -158,13 +147,20 @@ class BinarySegmentationTrial(RecipeTrial):
         from the image headers only."""
         from PIL import Image
 
+        from shared.data.files import DataError
         from shared.data.tiles import find_tile_samples, pixel_limit
         pairs, _ = find_tile_samples(hp["data_dir"], "training", hp["skip_bad_samples"])
         t, cells = hp["tile_size"], 0
         with pixel_limit(hp["max_image_pixels"]):
             for image, _ in pairs:
-                with Image.open(image) as im:
-                    cells += -(-im.height // t) * -(-im.width // t)
+                try:
+                    with Image.open(image) as im:
+                        cells += -(-im.height // t) * -(-im.width // t)
+                except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                    # a bad image is skipped (and counted) or named, as in the other families
+                    if not hp["skip_bad_samples"]:
+                        raise DataError(f"cannot read image {image}: {err} (corrupt or truncated "
+                                        f"file?); set skip_bad_samples: true to skip it") from None
         return cells
 
     # ------------------------------------------------------------------ construction
@@ -197,6 +193,8 @@ class BinarySegmentationTrial(RecipeTrial):
             stores = build()
         self.stores = stores
         self.skipped_at_start = sum(len(s.skipped) for s in stores.values())
+        for split, store in stores.items():  # every bad pair is found here, at the start
+            self.track_skips(split, None, store.skipped)
         self.sampler = None
         self.mining = {"mining_s": 0.0, "minings": 0, "mined_tiles": 0, "pool_size": 0}
         self._energy: Any = None
@@ -237,10 +235,14 @@ class BinarySegmentationTrial(RecipeTrial):
         # counted in the sampler's batches, slots per training step.
         self.sampler = BalancedTileSampler(
             images, hp["tile_size"], self.context.get_per_slot_batch_size(), hp["positive_fraction"],
-            hp["hard_negative_fraction"], hp["hard_negative_pool"], hp["seed"],
+            hp["hard_negative_fraction"], hp["hard_negative_pool"], self.data_seed,
             recent_batches=hp["mine_period"] * slots)
-        if self.skipped_at_start and self.context.distributed.rank == 0:
-            self.engine.count_skipped(torch.tensor(self.skipped_at_start))
+        restored = ((self.restored or {}).get("data") or {})
+        if restored.get("sampler"):
+            # before the loader exists: its workers draw the first batches when it starts
+            self.sampler.load_state_dict(restored["sampler"],
+                                         int(self.restored["batches_trained"]) * slots)
+            self.mining.update(restored.get("mining") or {})
         return det_torch.DataLoader(TileDataset(images, hp["tile_size"]), batch_sampler=self.sampler,
                                     **self._loader_kwargs())
 
@@ -255,6 +257,10 @@ class BinarySegmentationTrial(RecipeTrial):
         # one whole image per batch (images differ in size); workers only hand over paths
         return det_torch.DataLoader(images, batch_size=1, shuffle=False, collate_fn=list_collate,
                                     num_workers=0)
+
+    def data_state(self) -> Dict[str, Any]:
+        return ({"sampler": self.sampler.state_dict(), "mining": dict(self.mining)}
+                if self.sampler is not None else {})
 
     def get_batch_length(self, batch: Any) -> int:
         # a validation batch is a list of whole images (TiledImage), a training one tensors

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import fnmatch
 import gzip
 import os
 import pathlib
@@ -25,18 +26,53 @@ from shared.package.errors import PackageError
 from shared.package.readme import MARKER, family_text, render_readme
 
 ROOT = recipes.REPO_ROOT
-DETIGNORE = """\
-# Kept out of the context that `det experiment create <config> .` uploads (the config file
-# is sent on its own). Determined also skips .detignore itself.
-configs/
-docs/
-tests/
-test_*.py
-runs/
-__pycache__/
-*.pyc
-*.tar.gz
-"""
+
+#: file names that look like secrets (fnmatch, case-insensitive): never shipped, and a package
+#: that would ship one is refused naming it; also in every .detignore of the repository
+SECRET_PATTERNS = (".env", ".env.*", "*.env", "*credential*", "*secret*", "*.pem", "*.key",
+                   "*.p12", "*.pfx", "*.jks", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+                   ".netrc", ".pgpass", ".htpasswd")
+#: what no context may carry: virtual environments, run outputs, caches, secrets. Every
+#: .detignore of the repository (trials/*/, trials/, shared/) and of a package lists them
+#: (tests/test_package.py checks), so neither `det experiment create` nor local mode's copy of
+#: the working directory into each checkpoint takes them along.
+CONTEXT_EXCLUDES = (".venv/", "venv/", "env/", "runs/", "demo_runs/", "dist/", "checkpoints/",
+                    "tensorboard/", "__pycache__/", "*.pyc", ".pytest_cache/", ".cache/",
+                    ".ipynb_checkpoints/", "*.npy", "*.tar.gz", "*.pth", *SECRET_PATTERNS)
+#: non-Python files of an included library package that may ship (data a module reads);
+#: anything else there (a key, an editor's file, a local .env) stays out
+DATA_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".csv", ".tsv")
+
+DETIGNORE = ("# Kept out of the context that `det experiment create <config> .` uploads (the\n"
+             "# config file is sent on its own) and out of local runs' checkpoint copies: docs and\n"
+             "# configs, virtual environments, run outputs, caches and anything that looks like a\n"
+             "# secret. Determined also skips .detignore itself.\n"
+             + "".join(f"{p}\n" for p in ("configs/", "docs/", "tests/", "test_*.py",
+                                          *CONTEXT_EXCLUDES)))
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a file name matches ``SECRET_PATTERNS``."""
+    return any(fnmatch.fnmatch(name.lower(), p) for p in SECRET_PATTERNS)
+
+
+def check_shipped(files: Sequence[pathlib.Path], root: pathlib.Path) -> None:
+    """Refuse a package that would ship a file that looks like a secret, or a symbolic link
+    that leaves the repository (it would ship whatever it points at: a key, a home directory
+    file), naming each.
+
+    Raises:
+        PackageError: ``refusing to ship files that look like secrets: shared/data/credentials.json``.
+    """
+    secrets = [f for f in files if looks_secret(f.name)]
+    if secrets:
+        raise PackageError("refusing to ship files that look like secrets: "
+                           + ", ".join(str(f.relative_to(root)) for f in secrets)
+                           + " (move them out of the repository's trial and library directories)")
+    outside = [f for f in files if f.is_symlink() and not f.resolve().is_relative_to(root)]
+    if outside:
+        raise PackageError("refusing to ship symbolic links that leave the repository: "
+                           + ", ".join(f"{f.relative_to(root)} -> {os.readlink(f)}" for f in outside))
 
 
 # --------------------------------------------------------------------------- version stamp
@@ -244,6 +280,12 @@ def build_package(model: str, out: pathlib.Path, *, root: pathlib.Path = ROOT,
         raise PackageError(f"{model}: model_of() names a recipe without model.py: {', '.join(missing)}")
     # the README's smoke test runs the family's data generator: ship it too
     closure = analyse([*trial_files, *borrowed], root, extra=[family_text(family).generator])
+    # the allow-list: the trial's files, the library modules it imports, data files of the
+    # packages it imports with a data suffix; configs, docs, README, requirements are added below
+    closure.data_files = [f for f in closure.data_files if f.suffix.lower() in DATA_SUFFIXES
+                          and not f.name.startswith(".")]
+    check_shipped([*trial_files, *borrowed, *closure.modules.values(), *closure.data_files,
+                   *config_files], root)
     reqs = requirements(closure.third_party, project, root / "pyproject.toml")
     stamp = version_stamp(root, version, [LIBRARY, f"trials/{model}", f"experiment_configs/{model}",
                                           "pyproject.toml"])

@@ -298,10 +298,16 @@ def render_readme(*, model: str, family: str, stamp: str, version: str, trial_cl
         "## Run it locally",
         "",
         "```bash",
-        "python -m venv .venv && . .venv/bin/activate",
+        f"python -m venv ~/venvs/{model}-recipe && . ~/venvs/{model}-recipe/bin/activate",
         "pip install -r requirements.txt   # install torch/torchvision for your CUDA first if needed",
         f"python train.py --config configs/{first} --data-dir {data_dir}",
         "```",
+        "",
+        "Keep the virtual environment outside this directory, as above: this directory is what "
+        "`det experiment create` uploads (a venv is gigabytes; Determined refuses a context over "
+        "95 MB) and what a local run copies into each checkpoint (`.detignore` leaves `.venv/`, "
+        "`venv/`, run outputs, caches and secret-looking files out of both, as a second line of "
+        "defence).",
         "",
         f"Options: `--output-dir DIR` (default `runs/<model>-<date>-<time>`), {fam.length_options}, "
         "`--set key=value ...` (any hyperparameter, dotted keys "

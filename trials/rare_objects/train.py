@@ -35,7 +35,7 @@ class RareObjectsTrial(BinarySegmentationTrial):
                   "unet_depth": "depth", "unet_upsampling": "upsampling", "dropout": "dropout"}
     MODEL_PARAMS = {
         "unet_base_channels": Param(default_of(RareObjectsUNet, "base_channels"), INT, nullable=True,
-                                    check=integer(1),
+                                    check=integer(1, 1024),
                                     help="channels of the first stage; null: the model's default "
                                          "(26: 5.1M parameters, the study's size)"),
         "unet_depth": Param(default_of(RareObjectsUNet, "depth"), INT, nullable=True,

@@ -34,7 +34,7 @@ class UNetTrial(SegmentationTrial):
                   "unet_depth": "depth", "unet_upsampling": "upsampling"}
     MODEL_PARAMS = {
         "unet_base_channels": Param(default_of(UNet, "base_channels"), INT, nullable=True,
-                                    check=integer(1),
+                                    check=integer(1, 1024),
                                     help="channels of the first stage; null: the model's default"),
         "unet_depth": Param(default_of(UNet, "depth"), INT, nullable=True, check=integer(1, MAX_DEPTH),
                             help="number of down-sampling stages; null: the model's default"),
