@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import fnmatch
 import json
 import math
@@ -106,8 +107,10 @@ class Curve:
     device: Optional[str] = None
     source: Optional[str] = None
     #: how the recorded run ended: "max_batches" (trained its length), "target" (stopped at
-    #: the target), "early_stop", or "unknown"
+    #: the target), "early_stop", "error" (failed: a diverged loss, say; ``note`` says why),
+    #: or "unknown"
     ended: str = "unknown"
+    note: Optional[str] = None
 
     # -- reading ---------------------------------------------------------------------------
     def values(self, metric: Optional[str] = None) -> List[Optional[float]]:
@@ -292,25 +295,37 @@ class Recording:
             self.entry["note"] = note
         self._index: Optional[int] = None
 
+    def fail(self, trial: str, reason: str) -> None:
+        """A trial that gave no curve (it failed before its first validation)."""
+        self.entry.setdefault("failed", {})[trial] = reason
+        self._save()
+
     def add(self, curve: Curve) -> pathlib.Path:
         rel = f"{curve.search}/{curve.name}.json"
         _write_atomic(self.out / rel, dumps_curve(curve))
         if rel not in self.entry["files"]:
             self.entry["files"].append(rel)
-        manifest = read_manifest(self.out)
-        # a file re-written now belongs to this recording only
-        for rec in manifest["recordings"]:
-            rec["files"] = [f for f in rec.get("files", []) if f != rel]
-        if self._index is None:
-            manifest["recordings"].append(self.entry)
-            self._index = len(manifest["recordings"]) - 1
-        else:
-            manifest["recordings"][self._index] = self.entry
-        manifest["recordings"] = [r for i, r in enumerate(manifest["recordings"])
-                                  if r.get("files") or i == self._index]
-        self._index = manifest["recordings"].index(self.entry)
-        _write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        self.entry.get("failed", {}).pop(f"{curve.search}/{curve.name}", None)
+        self._save(rel)
         return self.out / rel
+
+    def _save(self, rel: Optional[str] = None) -> None:
+        manifest = read_manifest(self.out)
+        recs = manifest["recordings"]
+        if self._index is None:
+            recs.append(self.entry)
+            self._index = len(recs) - 1
+        else:
+            recs[self._index] = self.entry
+        if rel is not None:  # a file written again belongs to this recording only
+            for i, rec in enumerate(recs):
+                if i != self._index:
+                    rec["files"] = [f for f in rec.get("files", []) if f != rel]
+        keep = [i for i, r in enumerate(recs)
+                if r.get("files") or r.get("failed") or i == self._index]
+        manifest["recordings"] = [recs[i] for i in keep]
+        self._index = keep.index(self._index)
+        _write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
 def provenance() -> Dict[str, Any]:
@@ -321,15 +336,19 @@ def provenance() -> Dict[str, Any]:
                                   timeout=20).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
-    from benchmarks.campaign import environment
-    env = environment()
-    machine = {k: env[k] for k in ("cpu_model", "cpus", "torch", "python", "cuda_available")
-               if k in env}
-    if env.get("cuda_available"):
-        machine["device_name"] = env.get("device_name")
+    import platform
+
+    import torch
+
+    from benchmarks.campaign import cpu_model
+    machine = {"cpu_model": cpu_model(), "cpus": os.cpu_count(),
+               "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        machine["device_name"] = torch.cuda.get_device_name(0)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return {"commit": git("rev-parse", "HEAD") or None,
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "machine": machine, "date": env["date"]}
+            "machine": machine, "date": date}
 
 
 # ============================================================================ run -> curve
@@ -349,34 +368,42 @@ def curve_from_run(run_dir: pathlib.Path | str, search: str, name: Optional[str]
                    nominal_power_w: float = NOMINAL_POWER_W,
                    hparams: Optional[Mapping[str, Any]] = None,
                    max_batches: Optional[int] = None, source: Optional[str] = None) -> Curve:
-    """The learning curve of a finished local run (``metrics.jsonl`` + ``summary.json``).
+    """The learning curve of a local run (``metrics.jsonl``, and ``summary.json`` when it
+    finished).
 
     Elapsed time at a validation is the energy group's ``duration_s`` at that step (the hook's
     clock from the trial's start), else the record's time since the run's first record. Energy
     is the validation's measured ``energy_wh`` where there is one; else ``nominal_power_w``
     times the CPU seconds of ``cpu_times.jsonl`` (written by ``record``), else times the
-    elapsed time.
+    elapsed time. A run without ``summary.json`` did not finish (it failed, a diverged loss
+    say, or was killed): its curve ends at its last validation with ``ended: "error"``, which
+    the replay treats as Determined treats a trial that errored.
 
     Raises:
-        CurveError: a missing file, no validation, or a validation without the target metric.
+        CurveError: no metrics.jsonl, no target, no validation, or a validation without the
+            target metric.
     """
     run_dir = pathlib.Path(run_dir)
     metrics_path, summary_path = run_dir / "metrics.jsonl", run_dir / "summary.json"
-    for p in (metrics_path, summary_path):
-        if not p.is_file():
-            raise CurveError(f"{p}: missing (a run directory holds metrics.jsonl and summary.json)")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CurveError(f"{summary_path}: not JSON: {e}") from None
+    if not metrics_path.is_file():
+        raise CurveError(f"{metrics_path}: missing (a run directory holds metrics.jsonl and, "
+                         f"once the run finished, summary.json)")
+    summary: Dict[str, Any] = {}
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CurveError(f"{summary_path}: not JSON: {e}") from None
     records = _records(metrics_path)
     if not records:
         raise CurveError(f"{metrics_path}: empty")
-    metric = summary.get("target_metric") or "miou"
-    target = summary.get("target")
+    run_info = next((r["metrics"] for r in records if r["group"] == "run"), {})
+    metric = summary.get("target_metric") or run_info.get("target_metric") or "miou"
+    target = summary.get("target", run_info.get("target"))
     if target is None:
-        raise CurveError(f"{summary_path}: no target (target_metric/target): not a trial's run")
-    smaller = summary.get("target_smaller_is_better")
+        raise CurveError(f"{run_dir}: no target (target_metric/target in summary.json or the "
+                         f"run record): not a trial's run")
+    smaller = summary.get("target_smaller_is_better", run_info.get("target_smaller_is_better"))
     if smaller is None:
         smaller = default_smaller_is_better(metric)
     stamps: Dict[int, float] = {}
@@ -385,7 +412,6 @@ def curve_from_run(run_dir: pathlib.Path | str, search: str, name: Optional[str]
                   for r in _records(run_dir / CPU_STAMPS)}
     t0 = records[0]["time"]
     energy_at = {r["steps_completed"]: r["metrics"] for r in records if r["group"] == "energy"}
-    run_info = next((r["metrics"] for r in records if r["group"] == "run"), {})
     vals: List[Validation] = []
     sources = set()
     for r in records:
@@ -418,7 +444,9 @@ def curve_from_run(run_dir: pathlib.Path | str, search: str, name: Optional[str]
         raise CurveError(f"{run_dir}: energy measured at some validations and not at others "
                          f"({', '.join(sorted(sources))}); such a run cannot be one curve")
     trained = int(summary.get("batches") or vals[-1].batches)
-    if summary.get("early_stopped"):
+    if not summary:
+        ended = "error"
+    elif summary.get("early_stopped"):
         ended = "early_stop"
     elif max_batches is not None and trained >= max_batches:
         ended = "max_batches"
@@ -597,14 +625,31 @@ def record(args: argparse.Namespace, command: str) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("w") as log_file:
             rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            curve = curve_from_run(run_dir, grid.name, name, hparams={"lr_given": lr, "batch": bs},
+                                   max_batches=grid.batches,
+                                   source=f"python -m benchmarks.curves record (trial {name})")
+        except CurveError as e:
+            curve = None
+            why = str(e)
         if rc != 0:
+            # A trial that fails (a diverged loss: too large a learning rate) is part of the
+            # grid: its curve up to its last validation, marked as ended in an error.
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+            reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln),
+                          lines[-1] if lines else f"exit status {rc}")
+            if curve is not None and curve.ended != "error":
+                curve.ended = "error"
+            if curve is not None:
+                curve.note = f"exit status {rc}: {reason.strip()[:300]}"
+            else:
+                why = f"exit status {rc}: {reason.strip()[:300]}"
+        if curve is None:
             failed.append(name)
-            print(f"[{n}/{len(plan)}] {grid.name}/{name}: FAILED (exit {rc}); log: {log_path}",
+            recording.fail(f"{grid.name}/{name}", why)
+            print(f"[{n}/{len(plan)}] {grid.name}/{name}: no curve ({why}); log: {log_path}",
                   flush=True)
             continue
-        curve = curve_from_run(run_dir, grid.name, name, hparams={"lr_given": lr, "batch": bs},
-                               max_batches=grid.batches,
-                               source=f"python -m benchmarks.curves record (trial {name})")
         recording.add(curve)
         reached = curve.first_reaching()
         print(f"[{n}/{len(plan)}] {grid.name}/{name}: {time.monotonic() - t:.0f} s, "
