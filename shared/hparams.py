@@ -290,8 +290,11 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
         if key not in DEFAULT_OPTIONS:
             raise ConfigError(f"{where}: unknown hyperparameter 'energy.{key}'"
                               f"{_closest(key, DEFAULT_OPTIONS)}; known: {', '.join(sorted(DEFAULT_OPTIONS))}")
+    from shared.energy.schema import SiteSettingError
     try:
         out["energy"] = validate_options(energy)
+    except SiteSettingError as e:
+        raise ConfigError(f"{where}: {e}") from None
     except ValueError as e:
         raise ConfigError(f"{where}: hyperparameter {e}") from None
     resolve_target(hp, out, schema, where)

@@ -10,6 +10,7 @@ import pathlib
 from typing import Any, Dict, List, Optional
 
 from shared import runlog
+from shared.energy.projection import MIN_COVERAGE, is_measured
 
 
 def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
@@ -35,6 +36,14 @@ def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
     patience = run.get("early_stop_patience") or 0
     last_val = vals[-1] if vals else None
     last_energy = energy[-1]["metrics"] if energy else {}
+    # A figure whose coverage is below the searcher's threshold is not measured: None here,
+    # with the reason, never a number that reads as a measurement (shared.energy.projection).
+    coverage = last_energy.get("coverage")
+    measured = is_measured(last_energy.get("energy_wh"), coverage)
+    why_not = None
+    if energy and not measured:
+        why_not = ("no source measured energy" if last_energy.get("energy_wh") is None or coverage is None
+                   else f"coverage {coverage:.3g} is below {MIN_COVERAGE:g}")
     out: Dict[str, Any] = {
         "run_dir": str(run_dir),
         "model": run.get("model"),
@@ -51,8 +60,10 @@ def summarize_run(run_dir: str | pathlib.Path) -> Dict[str, Any]:
         "time_to_target_s": first_hit["metrics"]["time_to_target_s"] if first_hit else None,
         "batches_to_target": first_hit["metrics"]["batches_to_target"] if first_hit else None,
         "energy_to_target_wh": first_hit["metrics"].get("energy_to_target_wh") if first_hit else None,
-        "energy_wh": last_energy.get("energy_wh"),
-        "avg_power_w": last_energy.get("avg_power_w"),
+        "energy_wh": last_energy.get("energy_wh") if measured else None,
+        "energy_coverage": coverage,
+        "energy_not_measured": why_not,
+        "avg_power_w": last_energy.get("avg_power_w") if measured else None,
         "energy_sources": last_energy.get("sources"),
         "final_loss": train[-1]["metrics"].get("loss") if train else None,
         "peak_memory_mb": run.get("peak_memory_mb"),
@@ -77,7 +88,7 @@ def format_summary(s: Dict[str, Any]) -> str:
     target = (f"reached at batch {s['batches_to_target']} after {s['time_to_target_s']:.1f} s"
               if s["reached_target"] else "not reached")
     energy = (f"{s['energy_wh']:.4g} Wh ({s['energy_sources']})" if s.get("energy_wh") is not None
-              else f"not measured ({s.get('energy_sources') or 'no energy report'})")
+              else f"not measured ({s.get('energy_not_measured') or s.get('energy_sources') or 'no energy report'})")
     m = s.get("target_metric", "miou")
     stopped = (f"; early stopped ({s['early_stop_patience']} validations without improvement)"
                if s.get("early_stopped") else "")

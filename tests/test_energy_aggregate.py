@@ -184,7 +184,7 @@ WORKER = textwrap.dedent(r'''
     pc.add_zone("intel-rapl:0", "package-0")
     pc.add_zone("intel-rapl:0:0", "dram")
     sources = [NvmlSource([0], env={"CUDA_VISIBLE_DEVICES": spec["cuda_visible"]}),
-               RaplSource(pc.root, poll_below_s=1.0)]
+               RaplSource(pc.root, poll_below_s=1.0, clock=clock)]
     psu = FakePsu()
     if spec["psu_w"]:
         sources.append(psu)

@@ -15,6 +15,7 @@ import torch
 
 from shared.energy.callback import EnergyCallback, validate_options
 from shared.energy.meter import EnergySnapshot
+from shared.energy.projection import UNMEASURED_WH
 
 _spec = importlib.util.spec_from_file_location(
     "energy_fakes_loader", Path(__file__).resolve().parent / "fakes" / "loader.py")
@@ -65,8 +66,20 @@ class Steps:
 
 @pytest.fixture()
 def node(tmp_path, monkeypatch):
-    """A fake RAPL node selected through the environment, as a site would."""
+    """A fake RAPL node selected through the environment, as a site would. Its counters
+    advance with a clock of their own (the RAPL source's), 1 s for every 100 J, so that
+    every increase is a power a real domain can draw (the source refuses others)."""
+    import types
+    import shared.energy.sources.rapl as rapl_mod
+    clock = _loader.FakeClock()
+    monkeypatch.setattr(rapl_mod, "time", types.SimpleNamespace(monotonic=clock))
     pc = load_fake("powercap").FakePowercap(tmp_path / "powercap")
+    advance = pc.advance
+
+    def timed_advance(zone: str, joules: float) -> None:
+        clock.advance(max(0.0, joules) / 100.0)
+        advance(zone, joules)
+    pc.advance = timed_advance
     pc.add_zone("intel-rapl:0", "package-0")
     pc.add_zone("intel-rapl:0:0", "dram")
     monkeypatch.setenv("ENERGY_SOURCES", "rapl")
@@ -201,7 +214,11 @@ def test_nothing_measured_is_labelled_and_kept_out_of_validation(node, monkeypat
     assert m["energy_wh"] is None and m["sources"] == "none" and m["nodes_measured"] == 0
     val = {"mIoU": 0.2, "time_to_target_s": 3.0}
     cb.on_validation_end(val)
-    assert val == {"mIoU": 0.2, "time_to_target_s": 3.0}  # the validation group refuses None
+    # no energy figure (the validation group refuses None, and it is not 0); the searcher
+    # metric ranks the trial after every measured one, with a finite number
+    assert val == {"mIoU": 0.2, "time_to_target_s": 3.0,
+                   "projected_energy_to_target_wh": UNMEASURED_WH}
+    assert cb.measured is False
 
 
 def test_disabled_does_nothing(node):
@@ -330,7 +347,7 @@ def test_unknown_options_warn(caplog, monkeypatch):
 
 
 def test_projected_energy_to_target_definition():
-    from shared.energy.callback import projected_energy_to_target
+    from shared.energy.projection import projected_energy_to_target
     # reached: the measured figure, whatever the current energy
     assert projected_energy_to_target(50.0, 20.0, 16.0, 12.5) == 12.5
     # not reached: linear projection through the origin
@@ -349,7 +366,7 @@ def test_searcher_metric_survives_a_source_that_fails_for_good(node, caplog, fai
     rank's report cannot be read ("report"). Every later validation still carries the
     searcher metric, as a number, from the energy measured so far; every energy report has
     the same keys with the same types."""
-    from shared.energy.callback import projected_energy_to_target
+    from shared.energy.projection import projected_energy_to_target
     broken = {"on": False}
 
     class Gather(det.core.DummyDistributedContext):
@@ -380,8 +397,11 @@ def test_searcher_metric_survives_a_source_that_fails_for_good(node, caplog, fai
     for n, val in enumerate(validations, start=1):
         assert isinstance(val["energy_wh"], float), (n, val)
         assert isinstance(val["projected_energy_to_target_wh"], float), (n, val)
-        assert val["projected_energy_to_target_wh"] == pytest.approx(
-            projected_energy_to_target(val["energy_wh"], val["miou"], 0.5, None))
+        frozen = projected_energy_to_target(val["energy_wh"], val["miou"], 0.5, None)
+        if n < 3:  # measured all along: the linear projection of the energy
+            assert val["projected_energy_to_target_wh"] == pytest.approx(frozen)
+        else:  # the energy figure froze; the projection is scaled to the elapsed time
+            assert val["projected_energy_to_target_wh"] > frozen
     # After the failure: the 72 J measured by the last good read, neither more nor less.
     assert [round(v["energy_wh"] * WH, 6) for v in validations] == [36.0] + [72.0] * 5
     reports = [m for _, m in energy_reports(ctx)]

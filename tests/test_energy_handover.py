@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -143,7 +144,8 @@ def test_handover_file_keeps_the_last_reports_and_refuses_what_cannot_compare(tm
     assert handover.find(d, 0, 2, "node-a")[1].endswith("has no reading at batch 2")
     assert "measured on node 'node-a', this one on 'node-b'" in handover.find(d, 0, 6, "node-b")[1]
     data = json.loads((d / "rank0.json").read_text())
-    data["entries"][-1]["wall_time"] = time.time() - 2 * handover.MAX_GAP_S
+    for e in data["entries"]:  # all of them long ago, in their order
+        e["wall_time"] -= 2 * handover.MAX_GAP_S
     data["entries"][-2]["boot_id"] = "another-boot"
     (d / "rank0.json").write_text(json.dumps(data))
     assert "more than 900 s: mostly the node idling" in handover.find(d, 0, 7, "node-a")[1]
@@ -155,3 +157,145 @@ def test_handover_file_keeps_the_last_reports_and_refuses_what_cannot_compare(tm
     assert handover.find(d, 0, 8, "node-a")[0] is not None
     (d / "rank0.json").write_text("{not json")
     assert handover.find(d, 0, 8, "node-a")[0] is None
+
+
+# ----------------------------------------------------------------------------- files that lie
+class _Ctx:
+    def __init__(self) -> None:
+        import determined as det
+        import torch
+        self.distributed = det.core.DummyDistributedContext()
+        self.device = torch.device("cpu")
+        self.reports = []
+        ctx = self
+
+        class _Train:
+            def report_metrics(self, group, steps_completed, metrics):
+                ctx.reports.append((group, steps_completed, dict(metrics)))
+
+        class _Core:
+            train = _Train()
+        self._core = _Core()
+
+
+@pytest.fixture()
+def rapl_node(tmp_path, monkeypatch):
+    """A fake RAPL node chosen through the environment; its counters advance with the RAPL
+    source's own (fake) clock, 1 s per 100 J."""
+    import types
+    import shared.energy.sources.rapl as rapl_mod
+    clock = FakeClock()
+    monkeypatch.setattr(rapl_mod, "time", types.SimpleNamespace(monotonic=clock))
+    pc = FakePowercap(tmp_path / "powercap")
+    pc.add_zone("intel-rapl:0", "package-0", energy_uj=100_000_000_000)  # 100 kJ since boot
+    monkeypatch.setenv("ENERGY_SOURCES", "rapl")
+    monkeypatch.setenv("ENERGY_RAPL_ROOT", str(pc.root))
+    monkeypatch.setenv("ENERGY_NODE_NAME", "node-a")
+
+    def advance(joules):
+        clock.advance(joules / 100.0)
+        pc.advance("intel-rapl:0", joules)
+    return advance
+
+
+def _killed_run(advance, counters):
+    """A run that reported at batch 10 and was killed: its checkpoint state and counters."""
+    from shared.energy.callback import EnergyCallback
+    steps = {"n": 0}
+    cb = EnergyCallback(_Ctx(), {}, lambda: steps["n"], counters_dir=counters)
+    cb.on_trial_startup(0, None)
+    advance(360.0)
+    steps["n"] = 10
+    cb.on_training_workload_end({}, {})
+    return cb.state_dict()
+
+
+def _resume(state, counters, carried=None):
+    from shared.energy.callback import EnergyCallback
+    cb = EnergyCallback(_Ctx(), {}, lambda: 10, counters_dir=counters, carried=carried,
+                        carried_step=10 if carried else None)
+    cb.on_trial_startup(10, "ckpt")
+    cb.load_state_dict(state)
+    return cb
+
+
+def _edit(counters, change):
+    path = counters / "rank0.json"
+    data = json.loads(path.read_text())
+    change(data["entries"][-1])
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("counter 0", "counter intel-rapl:0: an increase of"),
+    ("counter -5", "counter rapl/intel-rapl:0 is -5, not a non-negative integer"),
+    ("counter abc", "counter rapl/intel-rapl:0 is 'abc', not a non-negative integer"),
+    ("counter null", "counter rapl/intel-rapl:0 is None, not a non-negative integer"),
+    ("a day ahead", "s in the future"),
+])
+def test_a_counters_file_that_lies_keeps_the_totals_and_says_why(rapl_node, tmp_path, caplog,
+                                                                  case, expected):
+    counters = tmp_path / "energy_counters"
+    state = _killed_run(rapl_node, counters)
+    rapl_node(50.0)  # what the killed run spent after its last report
+    change = {"counter 0": lambda e: e["counters"]["rapl"].update({"intel-rapl:0": 0}),
+              "counter -5": lambda e: e["counters"]["rapl"].update({"intel-rapl:0": -5}),
+              "counter abc": lambda e: e["counters"]["rapl"].update({"intel-rapl:0": "abc"}),
+              "counter null": lambda e: e["counters"]["rapl"].update({"intel-rapl:0": None}),
+              "a day ahead": lambda e: e.update({"wall_time": e["wall_time"] + 86400.0})}[case]
+    _edit(counters, change)
+    with caplog.at_level(logging.INFO, logger="shared.energy"):
+        cb = _resume(state, counters)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert expected in text
+    assert "counted" not in text or "is not counted" in text or "cannot count" in text
+    # the checkpoint's totals stand: 360 J over the killed run's time, coverage as it was
+    assert cb._offset.energy_j == pytest.approx(360.0)
+    assert cb._offset.duration_s == pytest.approx(state["total"]["duration_s"])
+    assert cb._offset.coverage == 1.0
+    cb.on_trial_shutdown()
+
+
+def test_a_carried_record_no_node_could_draw_is_not_carried(rapl_node, tmp_path, caplog):
+    counters = tmp_path / "energy_counters"
+    state = _killed_run(rapl_node, counters)
+    carried = {"energy_wh": 1e9, "duration_s": 20.0, "cpu_wh": 1e9, "nodes": 1}
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        cb = _resume(state, counters, carried=carried)
+    [warning] = [r.getMessage() for r in caplog.records if "last energy report" in r.getMessage()]
+    assert "is not used (energy_wh 1e+09 over 20 s is 1.8e+11 W, more than 1 node(s) can draw " \
+           "(20000 W)); continuing from the checkpoint's totals" in warning
+    assert cb._offset.energy_j == pytest.approx(360.0)
+    cb.on_trial_shutdown()
+
+
+def test_a_counters_path_that_is_a_directory_is_warned_once(rapl_node, tmp_path, caplog):
+    from shared.energy.callback import EnergyCallback
+    counters = tmp_path / "energy_counters"
+    (counters / "rank0.json").mkdir(parents=True)
+    steps = {"n": 0}
+    cb = EnergyCallback(_Ctx(), {}, lambda: steps["n"], counters_dir=counters)
+    cb.on_trial_startup(0, None)
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        for n in range(1, 18):
+            rapl_node(10.0)
+            steps["n"] = n
+            cb.on_training_workload_end({}, {})
+        cb.on_trial_shutdown()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and not warnings[0].exc_info
+    assert "cannot keep the energy counters in" in warnings[0].getMessage()
+    assert "rank0.json" in warnings[0].getMessage()
+
+
+def test_check_entry_names_what_is_wrong():
+    good = {"step": 3, "wall_time": 1e9, "node": "n", "boot_id": "b",
+            "counters": {"rapl": {"intel-rapl:0": 5}}}
+    assert handover.check_entry(good) is None
+    for change, why in (({"step": -1}, "step -1 is not a batch count"),
+                        ({"step": True}, "step True is not a batch count"),
+                        ({"wall_time": float("nan")}, "wall_time nan is not a time"),
+                        ({"node": 3}, "node 3 is not a string"),
+                        ({"counters": []}, "counters [] is not an object"),
+                        ({"counters": {"rapl": {"x": 1.5}}}, "counter rapl/x is 1.5")):
+        assert why in handover.check_entry({**good, **change})

@@ -122,16 +122,26 @@ def test_a_run_that_ends_inside_a_gap_stops_at_its_last_good_sample_and_says_so(
     assert not caplog.records
 
 
-@pytest.mark.parametrize("bad", [float("nan"), -5.0, float("inf")])
-def test_sampler_rejects_implausible_readings(bad):
+@pytest.mark.parametrize("bad,why", [(float("nan"), "nan W is not a number"),
+                                     (-5.0, "-5 W from a running machine"),
+                                     (0.0, "0 W from a running machine"),
+                                     (float("inf"), "inf W is not a number"),
+                                     (25_000.0, "25000 W, more than the 20000 W ceiling")])
+def test_sampler_rejects_implausible_readings(bad, why, caplog):
     clock, health = FakeClock(0.0), SourceHealth()
-    s = PowerSampler(1.0, scripted([10.0, bad, 10.0]), health, "t", clock=clock)
-    for _ in range(3):
-        s.sample()
-        clock.advance(1.0)
-    assert health.failures == 1
-    assert "implausible power reading" in health.first_error
-    assert s.energy_j() == pytest.approx(20.0)
+    s = PowerSampler(1.0, scripted([10.0, bad, 10.0, bad, 10.0]), health, "t", clock=clock)
+    with caplog.at_level(logging.WARNING, logger="shared.energy"):
+        for _ in range(5):
+            s.sample()
+            clock.advance(1.0)
+    assert health.failures == 2
+    assert f"implausible reading ({why})" in health.first_error
+    # warned once, with the value; the interval around it is bridged, not measured
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and why in warnings[0]
+    assert s.energy_j() == pytest.approx(40.0)  # bridged at the power on both sides
+    assert s.bridged_s() == pytest.approx(4.0)
+    assert s.coverage() == 1.0  # one sample missed among good ones: at the source's resolution
 
 
 def test_sampler_thread_integrates_real_time_and_stops_promptly():

@@ -118,8 +118,8 @@ def test_counter_reset_keeps_total_and_is_counted(nvml, caplog):
     assert after_reset == pytest.approx(before)  # rebased: nothing lost, nothing invented
     assert src.counter_resets == 1 and src.health.failures == 1
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "GPU 0 energy counter went backwards" in warning
-    assert "a counter reset, the energy since the previous read is not counted" in warning
+    assert "GPU 0 energy counter: it went back from" in warning
+    assert "a reset reading; the energy since the previous read is not counted" in warning
     assert src.health.coverage < 1.0
     clock.advance(5.0)
     assert src.read()["gpu"] == pytest.approx(before + 1000.0, abs=40.0)

@@ -102,6 +102,14 @@ def test_from_env_node_name_and_token(tmp_path, sim, caplog):
     env = {"ENERGY_PROMETHEUS_URL": sim.url + "/", "ENERGY_PROMETHEUS_QUERY": QUERY,
            "ENERGY_PROMETHEUS_STEP_S": "0.05", "ENERGY_NODE_NAME": "gpu-node-07",
            "ENERGY_PROMETHEUS_TOKEN_FILE": str(token_file)}
+    # the simulator is plain http: a token is refused there unless the site says so
+    with pytest.raises(SourceUnavailable, match=r"is plain http and a bearer token is configured "
+                                                r"\(ENERGY_PROMETHEUS_TOKEN_FILE\); it is not sent "
+                                                r"unencrypted\. Use https, or set "
+                                                r"ENERGY_PROMETHEUS_ALLOW_HTTP_CREDENTIALS=1"):
+        PrometheusSource.from_env(env, {}).open()
+    assert not range_requests(sim)  # nothing was sent
+    env["ENERGY_PROMETHEUS_ALLOW_HTTP_CREDENTIALS"] = "1"
     source = PrometheusSource.from_env(env, {})
     source.open()
     time.sleep(0.3)
@@ -127,7 +135,8 @@ def test_node_defaults_to_the_host_name(monkeypatch, sim):
 @pytest.mark.parametrize("token", [None, "wrong"])
 def test_missing_or_wrong_token_fails_open(tmp_path, sim, token):
     sim.token = TOKEN
-    source = PrometheusSource(sim.url, "node_power_watts", step_s=0.05, token=token)
+    source = PrometheusSource(sim.url, "node_power_watts", step_s=0.05, token=token,
+                              allow_http_credentials=True)
     with pytest.raises(SourceUnavailable, match=r"prometheus: HTTP 401 Unauthorized from "
                                                 r"http://127\.0\.0\.1:\d+/api/v1/query_range$"):
         source.open()

@@ -44,9 +44,11 @@ def server_tree(tmp_path: Path):
 
 def test_counts_packages_and_dram_only(server_tree):
     pc = server_tree
-    src = RaplSource(pc.root, poll_below_s=1.0)  # no poll thread in this test
+    clock = FakeClock()
+    src = RaplSource(pc.root, poll_below_s=1.0, clock=clock)  # no poll thread in this test
     src.open()
     assert src.read() == {"cpu": 0.0, "dram": 0.0}
+    clock.advance(1.0)  # at most 120 W a domain: a power the domains can draw
     pc.advance("intel-rapl:0", 120.0)
     pc.advance("intel-rapl:1", 80.0)
     pc.advance("intel-rapl:0:2", 15.0)
@@ -67,8 +69,10 @@ def test_amd_tree_has_cpu_without_dram(tmp_path):
     pc = FakePowercap(tmp_path)
     pc.add_zone("intel-rapl:0", "package-0")
     pc.add_zone("intel-rapl:0:0", "core")
-    src = RaplSource(pc.root, poll_below_s=1.0)
+    clock = FakeClock()
+    src = RaplSource(pc.root, poll_below_s=1.0, clock=clock)
     src.open()
+    clock.advance(1.0)
     pc.advance("intel-rapl:0", 42.0)
     assert src.read() == {"cpu": pytest.approx(42.0, abs=1e-5)}  # no "dram": not measured
 
@@ -195,13 +199,17 @@ def test_transient_garbage_is_counted_and_self_corrects(tmp_path):
     pc = FakePowercap(tmp_path)
     pc.add_zone("intel-rapl:0", "package-0")
     src = RaplSource.from_env({"ENERGY_RAPL_ROOT": str(pc.root)}, {"rapl_poll_below_s": 1.0})
+    clock = src._clock = FakeClock()
     src.open()
+    clock.advance(1.0)
     pc.advance("intel-rapl:0", 10.0)
     assert src.read()["cpu"] == pytest.approx(10.0, abs=1e-5)
+    clock.advance(1.0)
     pc.advance("intel-rapl:0", 5.0)
     pc.set_raw("intel-rapl:0", "")  # a failed read
     assert src.read()["cpu"] == pytest.approx(10.0, abs=1e-5)  # last good total
     assert src.health.failures == 1 and src.health.coverage < 1.0
+    clock.advance(1.0)
     pc.restore("intel-rapl:0")
     # cumulative counter: the energy during the failure is not lost
     assert src.read()["cpu"] == pytest.approx(15.0, abs=1e-5)
@@ -241,8 +249,9 @@ def test_counter_reset_is_not_a_wrap(tmp_path, caplog, drop_to):
         src.read()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
-    assert "intel-rapl:0/energy_uj went back from" in warnings[0]
-    assert "more than rapl_max_power_w = 1000 W, so the counter was reset" in warnings[0]
+    assert "intel-rapl:0/energy_uj: it went back from" in warnings[0]
+    assert "more than the 1000 W the domain can draw (rapl_max_power_w = 1000 W), a reset " \
+           "reading; the energy since the previous read is not counted" in warnings[0]
     assert src.resets == 2
     assert src.health.coverage == pytest.approx(2 / 4)
 

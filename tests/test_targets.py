@@ -14,7 +14,7 @@ from shared import expconf
 from shared import hparams as hp
 from shared import recipes
 from shared.classification.trial import ClassificationTrial
-from shared.energy.callback import projected_energy_to_target
+from shared.energy.projection import projected_energy_to_target
 from shared.trial import SegmentationTrial, TargetCallback
 
 

@@ -198,9 +198,10 @@ def test_redfish_node_energy_end_to_end(data, tmp_path, fail_after):
     by = groups(out)
     last = by["energy"][-1]["metrics"]
     assert by["validation"][-1]["steps_completed"] == (150 if fail_after is None else 60)
-    # the resource the source chose is in the report (issue 12), as is its lag: one period
+    # the resource the source chose is in the report (issue 12), as is its lag: the time since
+    # its last good sample (about a period while the BMC answers; the outage after it fails)
     assert last["sources"] == "redfish:Chassis/1/Power:power-control"
-    assert last["lag_s"] == pytest.approx(0.1)
+    assert 0.0 <= last["lag_s"] <= (0.5 if fail_after is None else last["duration_s"])
     assert last["node_wh"] > 0 and last["gpu_wh"] is None
     assert last["energy_wh"] == pytest.approx(last["node_wh"])      # the PSU figure is the total
     truth_wh = 300.0 * last["duration_s"] / 3600

@@ -29,6 +29,7 @@ report). Only work *after* the allgather, on the chief, may take a different pat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import pathlib
@@ -46,6 +47,7 @@ from .aggregate import RankEnergy, TrialEnergy, combine
 from . import handover
 from .meter import EnergyMeter, EnergySnapshot
 from .options import default_options, validate_options
+from .projection import MIN_COVERAGE, UNMEASURED_WH, is_measured, scaled_energy_wh, searcher_metric
 from .select import build_sources
 
 log = energy_logger()
@@ -60,43 +62,6 @@ def __getattr__(name: str) -> Any:
     if name == "DEFAULT_OPTIONS":
         return default_options()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-PROJECTION_FLOOR = 0.5
-
-
-def projected_energy_to_target(energy_wh: Optional[float], value: Optional[float],
-                               target: Optional[float],
-                               energy_to_target_wh: Optional[float],
-                               smaller_is_better: bool = False) -> Optional[float]:
-    """The energy-aware search metric, defined at every validation (smaller is better).
-
-    Once the target was reached it is the measured ``energy_to_target_wh``. Before, it is the
-    energy spent so far scaled by how far the trial still is from the target (``value`` is the
-    target metric, e.g. ``miou``): ``energy_wh * target / max(value, 0.5)``, a linear
-    projection through the origin. It
-    lets ASHA compare, at one rung, trials that reached the target with trials that did not.
-    Limits: learning curves are concave, so the projection is optimistic for a trial that
-    is plateauing below the target, and the 0.5 floor caps the penalty of a trial that has
-    learned nothing yet. None when no energy was measured (then there is nothing to minimise).
-
-    A decreasing metric (``smaller_is_better``, e.g. ``validation_loss`` down to a target) has
-    its own rule, the same projection applied to the metric's reciprocal (which increases):
-    ``energy_wh * value / target``, i.e. the metric is taken to fall in inverse proportion to
-    the energy spent. Before the target is reached ``value > target``, so the projection is
-    larger than the energy spent, and the further the loss is above the target the larger; no
-    floor is needed (a loss does not start near zero), a non-finite value (a diverged run)
-    gives None.
-    """
-    if energy_to_target_wh is not None:
-        return float(energy_to_target_wh)
-    if energy_wh is None or value is None or not target:
-        return None
-    if smaller_is_better:
-        if not math.isfinite(float(value)):
-            return None
-        return float(energy_wh) * float(value) / float(target)
-    return float(energy_wh) * float(target) / max(float(value), PROJECTION_FLOOR)
 
 
 class EnergyCallback(det_pytorch.PyTorchCallback):
@@ -152,6 +117,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         self._gpus_on_node = 0
         self._offset = TrialEnergy.empty(self._opts["apportion"])
         self._latest: Optional[TrialEnergy] = None
+        self._latest_at: Optional[float] = None
         self._last_reported_step: Optional[int] = None
         self._target_reached = False
         self._energy_to_target_wh: Optional[float] = None
@@ -163,7 +129,12 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         self._last_good: Optional[Tuple[EnergySnapshot, float]] = None
         #: the energy_wh of the last validation that had one (the searcher metric's basis)
         self._validation_energy_wh: Optional[float] = None
+        #: the energy to target scaled to the elapsed time then (the searcher metric after it)
+        self._target_scaled_wh: Optional[float] = None
         self._held_logged = False
+        self._unmeasured_logged = False
+        #: whether the last validation's energy counted as measured (``projection``)
+        self.measured: Optional[bool] = None
 
     # -- helpers ----------------------------------------------------------------------------
     def _failed(self, where: str, err: BaseException) -> None:
@@ -340,7 +311,12 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             handover.record(self._counters_dir, rank, int(self._steps_completed()),
                             self._node_id, counters)
         except Exception as err:
-            self._failed(f"keeping the energy counters in {self._counters_dir}", err)
+            # Once: a directory that cannot take the file now will not take it at the next
+            # report either; the run goes on without (a later resume counts no gap).
+            log.warning("energy: cannot keep the energy counters in %s (%s: %s); they are not "
+                        "kept for this run (a resume will not count the energy of a crash)",
+                        handover.path_for(self._counters_dir, rank), type(err).__name__, err)
+            self._counters_dir = None
 
     def _count_gap(self, step: Optional[int]) -> None:
         """Count, from this rank's absolute counters, the energy between the interrupted
@@ -389,6 +365,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             self._failed("combining the ranks' energy", err)
             return None
         self._latest = trial
+        self._latest_at = time.monotonic()
         return trial
 
     def _report(self, trial: TrialEnergy) -> None:
@@ -428,47 +405,72 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             if self._context.distributed.rank != 0:
                 return  # the chief reports the validation metrics
             # Combining the ranks' reports failed this time: the figures of the last time it
-            # worked still carry the searcher metric (None before any: nothing to report).
-            trial = self._latest
-            if trial is None:
-                return
+            # worked carry the searcher metric (nothing measured before any), their coverage
+            # scaled by the share of the time since the start that they cover, so that the
+            # projection keeps growing with the time the trial runs.
+            trial = self._held_trial()
         else:
             self._report(trial)
         try:
-            energy_wh = trial.energy_wh
-            if self._validation_energy_wh is not None:
-                # Once the trial has measured energy, every validation carries it: a
-                # validation without the searcher metric fails the trial in Determined, and a
-                # search must not die of a BMC hiccup. Both figures are lower bounds of what
-                # was spent (what went unmeasured is missing, coverage says how much), so the
-                # larger is the energy measured so far.
-                if energy_wh is None and not self._held_logged:
-                    self._held_logged = True
-                    log.warning("energy: no energy figure at this validation (coverage %s); "
-                                "reporting the energy measured so far, %.6g Wh, so that the "
-                                "validation metrics keep energy_wh and "
-                                "projected_energy_to_target_wh", trial.coverage,
-                                self._validation_energy_wh)
-                energy_wh = max(energy_wh or 0.0, self._validation_energy_wh)
-            # The validation group refuses None values: only add what was measured.
-            if energy_wh is not None:
-                metrics["energy_wh"] = energy_wh
-                self._validation_energy_wh = energy_wh
-            if not self._target_reached and metrics.get("time_to_target_s") is not None:
-                self._target_reached = True
-                self._energy_to_target_wh = energy_wh
-                if energy_wh is None:
-                    log.warning("energy: target reached but no source measured energy; "
-                                "energy_to_target_wh is not available")
-            if self._energy_to_target_wh is not None:
-                metrics["energy_to_target_wh"] = self._energy_to_target_wh
-            projected = projected_energy_to_target(
-                energy_wh, metrics.get(self._target_metric), self._target, self._energy_to_target_wh,
-                self._target_smaller_is_better)
-            if projected is not None:
-                metrics["projected_energy_to_target_wh"] = projected
+            self._add_validation_energy(metrics, trial)
         except Exception as err:
             self._failed("adding energy to the validation metrics", err)
+
+    def _held_trial(self) -> Optional[TrialEnergy]:
+        if self._latest is None or self._latest_at is None:
+            return None
+        held = self._latest
+        span = held.duration_s + (time.monotonic() - self._latest_at)
+        share = held.duration_s / span if span > 0 else 0.0
+        return dataclasses.replace(held, coverage=None if held.coverage is None
+                                   else held.coverage * share)
+
+    def _add_validation_energy(self, metrics: Dict[str, Any], trial: Optional[TrialEnergy]) -> None:
+        """``energy_wh``, ``energy_to_target_wh`` and the searcher metric
+        ``projected_energy_to_target_wh`` (always, a finite number: ``projection``)."""
+        energy_wh = trial.energy_wh if trial is not None else None
+        coverage = trial.coverage if trial is not None else None
+        measured = is_measured(energy_wh, coverage)
+        self.measured = measured
+        if self._validation_energy_wh is not None:
+            # Once the trial has reported energy, every validation carries it: a key that is
+            # a number in one validation and missing or null in the next makes a string
+            # column in the WebUI. Both figures are lower bounds of what was spent (what went
+            # unmeasured is missing, coverage says how much), so the larger stands.
+            if energy_wh is None and not self._held_logged:
+                self._held_logged = True
+                log.warning("energy: no energy figure at this validation (coverage %s); "
+                            "reporting the energy measured so far, %.6g Wh, so that the "
+                            "validation metrics keep energy_wh", coverage,
+                            self._validation_energy_wh)
+            energy_wh = max(energy_wh or 0.0, self._validation_energy_wh)
+        elif not measured:
+            energy_wh = None  # not measured: not reported as a number (never as 0)
+        if energy_wh is not None:
+            metrics["energy_wh"] = energy_wh
+            self._validation_energy_wh = energy_wh
+        if not self._target_reached and metrics.get("time_to_target_s") is not None:
+            self._target_reached = True
+            self._energy_to_target_wh = energy_wh if measured else None
+            self._target_scaled_wh = scaled_energy_wh(trial.energy_wh if trial else None, coverage)
+            if not measured:
+                log.warning("energy: target reached, but the energy was not measured (coverage "
+                            "%s, below %g): energy_to_target_wh is not available", coverage,
+                            MIN_COVERAGE)
+        if self._energy_to_target_wh is not None:
+            metrics["energy_to_target_wh"] = self._energy_to_target_wh
+        projected = searcher_metric(trial.energy_wh if trial is not None else None, coverage,
+                                    metrics.get(self._target_metric), self._target,
+                                    self._target_scaled_wh, self._target_smaller_is_better)
+        if projected >= UNMEASURED_WH and not self._unmeasured_logged:
+            self._unmeasured_logged = True
+            why = (f"its coverage is {coverage:.3g}, below {MIN_COVERAGE:g}" if coverage is not None
+                   else "no source measured anything")
+            if measured:
+                why = f"{self._target_metric} = {metrics.get(self._target_metric)!r} gives no projection"
+            log.warning("energy: projected_energy_to_target_wh = %g (the searcher ranks this "
+                        "trial after every measured one): %s", UNMEASURED_WH, why)
+        metrics["projected_energy_to_target_wh"] = projected
 
     # -- checkpoint state -------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -481,11 +483,41 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             "total": total.to_dict(),
             "target_reached": self._target_reached,
             "energy_to_target_wh": self._energy_to_target_wh,
+            "target_scaled_wh": self._target_scaled_wh,
             "last_reported_step": self._last_reported_step,
         }
 
+    def _carried_problem(self) -> Optional[str]:
+        """Why the carried ``energy`` record (the interrupted run's last, read back from its
+        metrics file) cannot be believed, or None: numbers that are not numbers or negative,
+        or an average power no node could draw (``node_max_power_w`` per node)."""
+        c = self._carried or {}
+        for key in ("energy_wh", "gpu_wh", "cpu_wh", "dram_wh", "node_wh", "duration_s"):
+            v = c.get(key)
+            if v is None:
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                return f"{key} is {v!r}"
+        duration, energy = c.get("duration_s") or 0.0, c.get("energy_wh")
+        if energy is not None and energy > 0:
+            if duration <= 0:
+                return f"energy_wh {energy:g} over a duration of {duration!r} s"
+            nodes = c.get("nodes") if isinstance(c.get("nodes"), int) and c.get("nodes") > 0 else 1
+            ceiling = float(self._opts["node_max_power_w"]) * nodes
+            power = energy * 3600.0 / duration
+            if power > ceiling:
+                return (f"energy_wh {energy:g} over {duration:g} s is {power:.4g} W, more than "
+                        f"{nodes} node(s) can draw ({ceiling:g} W)")
+        return None
+
     def _carried_is_ahead(self, offset: TrialEnergy) -> bool:
         if self._carried is None:
+            return False
+        problem = self._carried_problem()
+        if problem is not None:
+            log.warning("energy: the interrupted run's last energy report is not used (%s); "
+                        "continuing from the checkpoint's totals", problem)
+            self._carried = None
             return False
         return (TrialEnergy.from_metrics(self._carried).energy_j or 0.0) > (offset.energy_j or 0.0)
 
@@ -521,9 +553,9 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                          "(%.6f Wh, %.1f s) rather than the checkpoint's (%.6f Wh)",
                          carried.energy_wh, carried.duration_s, self._offset.energy_wh or 0.0)
                 self._offset = carried
-            self._count_gap(step)
             self._target_reached = bool(state_dict.get("target_reached", False))
             self._energy_to_target_wh = state_dict.get("energy_to_target_wh")
+            self._target_scaled_wh = state_dict.get("target_scaled_wh", self._energy_to_target_wh)
             self._last_reported_step = state_dict.get("last_reported_step")
             self._latest = None
         except Exception as err:
@@ -532,3 +564,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             # every later report carries, rather than silently restarting from zero.
             self._offset = TrialEnergy.empty(self._opts["apportion"])
             self._offset.coverage = 0.0
+            return
+        # The gap since the interrupted run's last report: whatever goes wrong there (a
+        # counters file that lies, a bug) leaves the totals above as they are.
+        try:
+            self._count_gap(step)
+        except Exception as err:
+            self._failed("counting the energy between the interrupted run and this one", err)

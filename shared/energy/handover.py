@@ -18,10 +18,20 @@ atomically at each report: the last ``KEEP`` reports, each with its step, the wa
 the node and the boot it was taken on (a counter only compares with itself on one node in one
 boot: a reboot resets RAPL and NVML counters). Local runs only: on a cluster Determined
 resumes from a checkpoint on any node, and the counters of another node say nothing.
+
+The file is input, and is checked before anything in it is believed (``check_entry``): types
+(a step and counters that are non-negative integers, a finite wall-clock time, a node and a
+boot id that are strings), wall-clock times that increase from entry to entry and are not in
+the future. An entry that fails is skipped with one warning naming the file and the reason;
+the counters' own plausibility (a delta whose power is negative or above the ceiling, a gap
+longer than a counter's shortest wrap) is ``counters.counter_step``'s, when they are
+differenced. Nothing here can remove the totals the checkpoint carries: at worst the gap is
+not counted, and the log says why.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import time
@@ -38,7 +48,47 @@ VERSION = 1
 #: longest gap counted, seconds: a restart by hand or by a scheduler within a quarter of an
 #: hour; beyond, the node's idle draw would dominate what is charged to the run
 MAX_GAP_S = 900.0
+#: a wall-clock time this far ahead of now is in the future (clocks of one node agree better)
+FUTURE_TOLERANCE_S = 5.0
 _BOOT_ID = pathlib.Path("/proc/sys/kernel/random/boot_id")
+#: files already warned about (one warning each per process)
+_warned: set = set()
+
+
+def _warn_once(path: pathlib.Path, message: str, *args: Any) -> None:
+    key = (str(path), message)
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_entry(entry: Any) -> Optional[str]:
+    """Why an entry of a counters file cannot be used, or None when it can (types and ranges;
+    the order of entries and the clock are ``_entries``' and ``find``'s)."""
+    if not isinstance(entry, dict):
+        return f"an entry is {type(entry).__name__}, not an object"
+    if not _is_count(entry.get("step")):
+        return f"step {entry.get('step')!r} is not a batch count"
+    wall = entry.get("wall_time")
+    if not isinstance(wall, (int, float)) or isinstance(wall, bool) or not math.isfinite(wall) or wall <= 0:
+        return f"wall_time {wall!r} is not a time"
+    for key in ("node", "boot_id"):
+        if not isinstance(entry.get(key), str):
+            return f"{key} {entry.get(key)!r} is not a string"
+    counters = entry.get("counters")
+    if not isinstance(counters, dict):
+        return f"counters {counters!r} is not an object"
+    for source, values in counters.items():
+        if not isinstance(values, dict) or not values:
+            return f"counters of {source!r} are {values!r}, not an object of counters"
+        for name, value in values.items():
+            if not _is_count(value):
+                return f"counter {source}/{name} is {value!r}, not a non-negative integer"
+    return None
 
 
 def boot_id() -> str:
@@ -61,7 +111,9 @@ def record(directory: pathlib.Path, rank: int, step: int, node: str,
     survive in the page cache; only a power cut could lose them, and that resets the
     counters anyway."""
     path = path_for(directory, rank)
-    entries = [e for e in _entries(path) if e.get("step") != step]
+    # quietly: what cannot be read back is replaced, and a path that cannot be written is
+    # the caller's one warning
+    entries = [e for e in _entries(path, quiet=True) if e.get("step") != step]
     entries.append({"step": int(step), "wall_time": time.time(), "node": node,
                     "boot_id": boot_id(),
                     "counters": {s: {k: int(v) for k, v in c.items()} for s, c in counters.items()}})
@@ -86,23 +138,38 @@ def _write(path: pathlib.Path, data: Mapping[str, Any]) -> None:
 
 def _closed(path: pathlib.Path) -> bool:
     try:
-        return bool(json.loads(path.read_text()).get("closed"))
+        return json.loads(path.read_text()).get("closed") is True
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def _entries(path: pathlib.Path) -> List[Dict[str, Any]]:
+def _entries(path: pathlib.Path, quiet: bool = False) -> List[Dict[str, Any]]:
+    """The file's usable entries, in order; what cannot be used is skipped with one warning
+    naming the file and the reason (none when ``quiet``)."""
+    warn = (lambda *args: None) if quiet else _warn_once
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as err:
-        log.warning("energy: %s is unreadable (%s); the energy between the interrupted run's "
-                    "last report and this start cannot be counted", path, err)
+        warn(path, "energy: %s is unreadable (%s); the energy between the interrupted "
+             "run's last report and this start cannot be counted from it", path, err)
         return []
-    if not isinstance(data, dict) or data.get("version") != VERSION:
+    if not isinstance(data, dict) or data.get("version") != VERSION \
+            or not isinstance(data.get("entries"), list):
+        warn(path, "energy: %s is not a counters file of this version; it is not used", path)
         return []
-    return [e for e in data.get("entries", []) if isinstance(e, dict) and "step" in e]
+    out: List[Dict[str, Any]] = []
+    for entry in data["entries"]:
+        why = check_entry(entry)
+        if why is None and out and entry["wall_time"] <= out[-1]["wall_time"]:
+            why = (f"its wall_time {entry['wall_time']} is not after the previous entry's "
+                   f"({out[-1]['wall_time']})")
+        if why is not None:
+            warn(path, "energy: %s: an entry is skipped: %s", path, why)
+            continue
+        out.append(entry)
+    return out
 
 
 def find(directory: pathlib.Path, rank: int, step: int, node: str) -> tuple[Optional[Dict[str, Any]], str]:
@@ -119,7 +186,10 @@ def find(directory: pathlib.Path, rank: int, step: int, node: str) -> tuple[Opti
         return None, f"the interrupted run measured on node {entry.get('node')!r}, this one on {node!r}"
     if entry.get("boot_id") != boot_id() or not entry.get("boot_id"):
         return None, "the node rebooted since (or does not say its boot id): counters restarted"
-    gap = time.time() - float(entry.get("wall_time", 0.0))
+    gap = time.time() - float(entry["wall_time"])
+    if gap < -FUTURE_TOLERANCE_S:
+        return None, (f"its wall_time is {-gap:.0f} s in the future: the file is not what this "
+                      f"node wrote")
     if gap > MAX_GAP_S:
         return None, (f"it was {gap:.0f} s ago, more than {MAX_GAP_S:.0f} s: mostly the node "
                       f"idling until the restart, not this run")

@@ -16,6 +16,7 @@ latency.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -156,13 +157,17 @@ class EnergyMeter:
         # the last reading: what ``count_gap`` and the next process difference.
         self._base_raw: Dict[str, Dict[str, RawCounter]] = {}
         self._last_raw: Dict[str, Dict[str, RawCounter]] = {}
-        # Phases: closed segments' joules per phase, the running phase, and the joules at
-        # the reading that opened it.
+        # Phases, per source: the boundaries not folded yet ([clock time, the phase of the
+        # segment that starts there, the source's cumulative reading there or None while it
+        # is not known]), and the joules of the folded segments per phase. A sampled source's
+        # reading at a boundary is known once a sample after it arrived (``energy_at``):
+        # each interval's energy is split over the phases by time, whenever it came in.
         self._phase = FIRST_PHASE
-        self._phase_j: Dict[str, Dict[str, float]] = {}
-        self._phase_from: Dict[str, float] = {}
+        self._bounds: Dict[str, List[List[Any]]] = {}
+        self._folded: Dict[str, Dict[str, Dict[str, float]]] = {}
         self._phase_secs: Dict[str, float] = {}  # closed segments' seconds per phase
         self._phase_t0: Optional[float] = None    # clock time the running phase began
+        self._marked = False
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "EnergyMeter":
@@ -237,15 +242,18 @@ class EnergyMeter:
         self._owned[source.name] = mine
         self._active.append(source)
         # Counted from here if it came up late; start() reads it again at the common start.
-        self._base[source.name] = first
-        self._base_bridged[source.name] = _bridged(source)
-        self._base_raw[source.name] = self._last_raw.get(source.name, {})
+        self._set_base(source, first)
         return True
 
-    def _set_base(self, source: EnergySource) -> None:
-        self._base[source.name] = self._safe_read(source) or {}
+    def _set_base(self, source: EnergySource, reading: Optional[Dict[str, float]] = None) -> None:
+        base = reading if reading is not None else (self._safe_read(source) or {})
+        self._base[source.name] = base
         self._base_bridged[source.name] = _bridged(source)
         self._base_raw[source.name] = self._last_raw.get(source.name, {})
+        # Its phases start here, in the running phase (the same dict as the base: count_gap
+        # moves both).
+        self._bounds[source.name] = [[self._clock(), self._phase, base]]
+        self._folded[source.name] = {}
 
     def _retry_pending(self) -> None:
         """Try again the configured sources that failed at start, when their time has come."""
@@ -342,9 +350,13 @@ class EnergyMeter:
         """
         if self._start is None:
             raise RuntimeError("EnergyMeter.count_gap() before start()")
-        if self._phase_j or self._phase != FIRST_PHASE:
+        if self._marked or self._phase != FIRST_PHASE:
             raise RuntimeError("EnergyMeter.count_gap() after a phase mark: call it right after start()")
-        elapsed_s = max(0.0, float(elapsed_s))
+        elapsed_s = float(elapsed_s)
+        if not math.isfinite(elapsed_s) or elapsed_s < 0:
+            # a hand-over from the future, or no time at all: nothing can be differenced
+            return Gap(elapsed_s=0.0, missed={s.name: f"the gap is {elapsed_s!r} s"
+                                              for s in self._active})
         joules: Dict[str, Dict[str, float]] = {}
         missed: Dict[str, str] = {}
         for source in self._active:
@@ -363,12 +375,15 @@ class EnergyMeter:
                 continue
             per: Dict[str, float] = {}
             for key, counter in now_raw.items():
-                step = counter_step(int(before[key]), counter.value, elapsed_s=elapsed_s,
+                then = before[key]
+                if not isinstance(then, int) or isinstance(then, bool):
+                    missed[name] = f"counter {key} was recorded as {then!r}, not an integer"
+                    break
+                step = counter_step(then, counter.value, elapsed_s=elapsed_s,
                                     joules_per_unit=counter.joules_per_unit,
                                     max_power_w=counter.max_power_w, modulus=counter.modulus)
-                if step.kind == "reset":
-                    missed[name] = (f"counter {key} went back from {before[key]} to "
-                                    f"{counter.value} (a reset or reload)")
+                if not step.counted:
+                    missed[name] = f"counter {key}: {step.why} (a {step.kind} reading)"
                     break
                 per[counter.component] = (per.get(counter.component, 0.0)
                                           + step.delta * counter.joules_per_unit)
@@ -393,6 +408,7 @@ class EnergyMeter:
         self._retry_pending()
         joules: Dict[str, float] = {}
         per_source: Dict[str, Dict[str, float]] = {}
+        phases: Dict[str, Dict[str, float]] = {}
         for source in self._active:
             values = self._safe_read(source) or {}
             base = self._base.get(source.name, {})
@@ -400,11 +416,11 @@ class EnergyMeter:
             per_source[source.name] = own
             for comp, j in own.items():
                 joules[comp] = joules.get(comp, 0.0) + j
+            for phase, per in self._source_phases(source, values).items():
+                into = phases.setdefault(phase, {})
+                for comp, j in per.items():
+                    into[comp] = into.get(comp, 0.0) + j
         now = self._clock()
-        phases = {name: dict(j) for name, j in self._phase_j.items()}
-        running = phases.setdefault(self._phase, {})
-        for comp, j in joules.items():
-            running[comp] = running.get(comp, 0.0) + j - self._phase_from.get(comp, 0.0)
         phase_s = dict(self._phase_secs)
         began = self._start if self._phase_t0 is None else self._phase_t0
         phase_s[self._phase] = phase_s.get(self._phase, 0.0) + max(0.0, now - began)
@@ -423,12 +439,53 @@ class EnergyMeter:
             gpu_util_pct=sum(utils) / len(utils) if utils else None,
         )
 
+    def _source_phases(self, source: EnergySource, values: Mapping[str, float]
+                       ) -> Dict[str, Dict[str, float]]:
+        """The source's joules per phase up to ``values`` (its reading now), its own
+        components only: the folded segments, then each segment still open. A boundary whose
+        reading is not known yet (a sampled source's, before a sample after it came in) takes
+        the reading now: the energy known so far is before it, none after it yet."""
+        name = source.name
+        bounds, folded = self._bounds[name], self._folded[name]
+        owned = self._owned[name]
+        for b in bounds:
+            if b[2] is None:
+                try:
+                    b[2] = source.energy_at(b[0])
+                except Exception as err:  # a bug in a source must not stop training
+                    log.debug("energy source %s: energy_at() failed: %s", name, err)
+        # Fold the segments whose both ends are known, and let the source forget before.
+        while len(bounds) >= 2 and bounds[0][2] is not None and bounds[1][2] is not None:
+            (t0, phase, e0), (_, _, e1) = bounds[0], bounds[1]
+            into = folded.setdefault(phase, {})
+            for comp in owned:
+                into[comp] = into.get(comp, 0.0) + e1.get(comp, 0.0) - e0.get(comp, 0.0)
+            bounds.pop(0)
+            try:
+                source.release(bounds[0][0])
+            except Exception as err:
+                log.debug("energy source %s: release() failed: %s", name, err)
+        out = {p: dict(j) for p, j in folded.items()}
+        for i, (_, phase, e0) in enumerate(bounds):
+            start = e0 if e0 is not None else values
+            end = bounds[i + 1][2] if i + 1 < len(bounds) else values
+            end = end if end is not None else values
+            into = out.setdefault(phase, {})
+            for comp in owned:
+                into[comp] = into.get(comp, 0.0) + end.get(comp, 0.0) - start.get(comp, 0.0)
+        return out
+
     def _coverage(self, source: EnergySource, now: float) -> float:
+        try:
+            covered = float(source.coverage())
+        except Exception as err:  # a bug in a source must not stop training
+            log.debug("energy source %s: coverage() failed: %s", source.name, err)
+            covered = source.health.coverage
         since = self._since.get(source.name)
         if since is None or self._start is None or now <= self._start:
-            return source.health.coverage
+            return covered
         # Came up late: the time before it did is as missed as a failed sample.
-        return source.health.coverage * max(0.0, now - since) / (now - self._start)
+        return covered * max(0.0, now - since) / (now - self._start)
 
     # -- phases -----------------------------------------------------------------------------
     @property
@@ -447,15 +504,20 @@ class EnergyMeter:
         """
         snap = self.read()
         closing = ended if ended is not None else self._phase
-        totals = self._phase_j.setdefault(closing, {})
-        for comp, j in snap.joules.items():
-            totals[comp] = totals.get(comp, 0.0) + j - self._phase_from.get(comp, 0.0)
-        self._phase_from = dict(snap.joules)
         at = self._start + snap.duration_s  # the clock time of that reading
+        for source in self._active:
+            bounds = self._bounds[source.name]
+            bounds[-1][1] = closing  # the segment that ends here is charged to ``closing``
+            # A source read at this moment knows its energy here; a sampled one knows it once
+            # a sample after this instant came in (``energy_at``, resolved in ``read``).
+            lagging = _lagging(source)
+            reading = None if lagging else dict(self._last.get(source.name) or {})
+            bounds.append([at, following, reading])
         began = self._start if self._phase_t0 is None else self._phase_t0
         self._phase_secs[closing] = self._phase_secs.get(closing, 0.0) + max(0.0, at - began)
         self._phase_t0 = at
         self._phase = following
+        self._marked = True
 
     # -- windows ----------------------------------------------------------------------------
     def begin_window(self, name: str) -> None:
@@ -474,6 +536,16 @@ class EnergyMeter:
         end = self.read()
         joules = {c: end.joules[c] - begin.joules.get(c, 0.0) for c in end.joules}
         return Window(name=name, duration_s=end.duration_s - begin.duration_s, joules=joules)
+
+
+def _lagging(source: EnergySource) -> bool:
+    """Whether the source's figure trails the present and it tells its energy at a past
+    instant (``energy_at``): a sampled source."""
+    try:
+        return bool(source.lags)
+    except Exception as err:  # a bug in a source must not stop training
+        log.debug("energy source %s: lags failed: %s", source.name, err)
+        return False
 
 
 def _bridged(source: EnergySource) -> float:

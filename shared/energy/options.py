@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .redact import energy_logger
 from .aggregate import APPORTION_RULES
 from .schema import (AtLeast, Boolean, Check, EnvVar, NonNegative, OneOf, Option, Positive,
-                     PositiveInteger, positive_integer_text)
+                     PositiveInteger, SiteSettingError, positive_integer_text)
 from .select import parse_spec
 from .sources import registered_sources
 
@@ -54,6 +54,9 @@ GENERAL_OPTIONS: Tuple[Option, ...] = (
     Option("sample_period_s", None,
            "sampling period of the BMC sources (IPMI, Redfish), seconds, unless their own "
            "option is set; their default 5 (about the BMC's own refresh)", Positive()),
+    Option("node_max_power_w", 20000.0,
+           "the most one node can draw, watts: a node reading above it (a BMC's power, a node "
+           "energy counter's rate) is not believed, and counted as missing", Positive()),
     Option("gpus_on_node", None,
            "GPUs of the node, for gpu_share (`ENERGY_GPUS_ON_NODE` wins; else detected)",
            PositiveInteger()),
@@ -121,8 +124,12 @@ def validate_options(options: Optional[Mapping[str, Any]],
     for _, option in declared:
         if option.check is not None and opts[option.name] is not None:
             option.check(option.name, opts[option.name], env)
-    for _, var in all_env_vars():
+    for owner, var in all_env_vars():
         raw = env.get(var.name)
         if var.check is not None and raw is not None:
-            var.check(var.name, raw)
+            try:
+                var.check(var.name, raw)
+            except ValueError as err:
+                raise SiteSettingError(f"the environment's {err} (read by the energy "
+                                       f"{'hook' if owner == 'general' else 'source ' + owner})") from None
     return opts

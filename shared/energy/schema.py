@@ -152,6 +152,37 @@ class EnvVar:
     check: Optional[Callable[[str, str], None]] = None
 
 
+class SiteSettingError(ValueError):
+    """A site's ``ENERGY_*`` variable holds a value that cannot be right (the message names the
+    variable and the value): the trial stops before it starts, rather than run unmeasured."""
+
+
+def boolean_text(name: str, raw: str) -> None:
+    """Check for a switch variable (``ENERGY_REDFISH_INSECURE=1``): what ``env_flag`` reads."""
+    if raw.strip().lower() not in ("", "0", "false", "no", "off", "1", "true", "yes", "on"):
+        raise ValueError(f"{name}={raw!r} is not a switch; use 1 or 0")
+
+
+def choice_text(*choices: str) -> Callable[[str, str], None]:
+    """Check for a variable holding one of ``choices`` (case-insensitive; empty: the default)."""
+    def check(name: str, raw: str) -> None:
+        if raw.strip() and raw.strip().lower() not in choices:
+            raise ValueError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return check
+
+
+def positive_number_text(name: str, raw: str) -> None:
+    """Check for a variable holding a positive number of seconds (empty: the default)."""
+    if not raw.strip():
+        return
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
+
+
 def positive_integer_text(name: str, raw: str) -> None:
     """Check for a variable holding a count (``ENERGY_GPUS_ON_NODE=8``)."""
     if not raw.strip().isdigit() or int(raw) < 1:

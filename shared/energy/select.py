@@ -138,7 +138,16 @@ def build_sources(spec: Union[str, Sequence[str], None] = "auto", *,
             else:
                 source = cls.from_env(env, options)
         except SourceUnavailable as err:
-            log.log(level, "energy source %s unavailable: %s", name, err)
+            # Asked for by name, or configured for this node by its variable (its URL or
+            # command set): that it cannot be used is a fault to fix, not a fact of the
+            # hardware, so it is a warning, with the reason.
+            configured = bool(cls.auto_env and env.get(cls.auto_env))
+            if configured and not explicit:
+                log.warning("energy source %s unavailable: %s (it is configured for this node: "
+                            "%s is set; its energy is not measured until that is fixed)",
+                            name, err, cls.auto_env)
+            else:
+                log.log(level, "energy source %s unavailable: %s", name, err)
             continue
         out.append(source)
     return out

@@ -25,7 +25,8 @@ Failure injection (``failure`` attribute, switchable while serving, or ``fail_af
 (HTTP 500), ``"garbage"`` (200 with a body that is not JSON), ``"missing"`` (200, valid JSON
 without the power reading), ``"timeout"`` (the handler hangs ``hang_s`` seconds before answering),
 ``"trickle"`` (a correct answer, status line included, sent one byte every ``trickle_s`` seconds:
-a BMC on a bad link, which a per-read socket timeout never catches).
+a BMC on a bad link, which a per-read socket timeout never catches), ``"zero"`` (every power
+reading reads 0 W while the node goes on drawing ``watts``: a BMC whose sensor dropped out).
 A failing BMC fails every request, as a sick BMC does.
 
 Collections answer ``$expand=.($levels=1)`` with their members' documents (``expand``
@@ -57,7 +58,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 MODES = ("ilo", "envmetrics", "powersubsystem", "fixture")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "redfish"
-FAILURES = ("500", "garbage", "missing", "timeout", "trickle")
+FAILURES = ("500", "garbage", "missing", "timeout", "trickle", "zero")
 
 # Fractions of the total drawn by each PSU in powersubsystem mode; uneven so that a reader that
 # takes one PSU instead of the sum is caught.
@@ -198,9 +199,13 @@ class BmcSimulator:
         with self._energy_lock:
             self._counter_base, self._counter_offsets = energy, False
 
+    def reported_watts(self) -> float:
+        """What the power readings say: ``watts``, or 0 under the ``"zero"`` failure."""
+        return 0.0 if self.current_failure() == "zero" else self.watts
+
     def _live_value(self, kind: str, share: float, offset: float) -> float:
         if kind == "power":
-            return self.watts * share
+            return self.reported_watts() * share
         energy = self.energy_j()
         with self._energy_lock:
             since = (energy - self._counter_base) * share
@@ -251,7 +256,7 @@ class BmcSimulator:
         """(JSON document or None for 404, is it a power resource)."""
         if self.mode == "fixture":
             return self._fixture_resource(path)
-        w = self.watts
+        w = self.reported_watts()
         root = "/redfish/v1"
         if path == root:
             return {"@odata.id": root + "/", "@odata.type": "#ServiceRoot.v1_5_0.ServiceRoot",

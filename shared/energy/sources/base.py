@@ -28,6 +28,11 @@ log = energy_logger()
 # (contains the GPUs, CPUs and DRAM); the others are parts.
 COMPONENTS = ("gpu", "cpu", "dram", "node")
 
+#: The most one node can draw, watts: a reading above it (a BMC's ``PowerConsumedWatts``, a node
+#: energy counter's rate) is not believed. 20 kW is twice an 8-GPU H200 node at full power
+#: (8 x 700 W GPUs plus CPUs, memory, fans and supplies' losses is under 10 kW).
+MAX_NODE_POWER_W = 20_000.0
+
 
 class SourceUnavailable(RuntimeError):
     """Raised by ``open()`` when a source cannot work here (no device, no permission, no URL).
@@ -171,6 +176,29 @@ class EnergySource(abc.ABC):
         line rather than measured (``sampling.PowerSampler``); 0.0 for a source that reads a
         counter or a stored series and therefore bridges nothing."""
         return 0.0
+
+    def coverage(self) -> float:
+        """The share of the time since ``open()`` that the figure measured (0-1): by default the
+        share of reads that succeeded (``health``); a sampled source, the share of its time
+        between good samples with no failure in between (``sampling.PowerSampler``)."""
+        return self.health.coverage
+
+    @property
+    def lags(self) -> bool:
+        """True for a source whose figure trails the present (sampled power) and that tells
+        its energy at a past instant (``energy_at``); False for one read at the moment it is
+        asked."""
+        return False
+
+    def energy_at(self, t: float) -> Optional[Dict[str, float]]:
+        """Cumulative joules per component at an earlier clock time ``t``, for a source whose
+        figure comes in behind the present (sampled power): the meter splits each interval's
+        energy over the phases by time with it. None: not known (yet), or a source that is
+        read at the moment it is asked (counters), whose reading at a phase mark is exact."""
+        return None
+
+    def release(self, before: float) -> None:
+        """``energy_at`` will not be asked about times before ``before`` again."""
 
     @property
     def label(self) -> str:

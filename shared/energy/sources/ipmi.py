@@ -24,8 +24,8 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 from ..deadline import Deadline
 from ..redact import energy_logger, redact, redact_argv, register_secrets, secret_values
 from ..schema import EnvVar
-from .base import SourceUnavailable
-from .sampling import SampledPowerSource, bmc_options
+from .base import MAX_NODE_POWER_W, SourceUnavailable
+from .sampling import SampledPowerSource, bmc_options, plausible_watts
 
 log = energy_logger()
 
@@ -106,7 +106,8 @@ class IpmiSource(SampledPowerSource):
 
     def __init__(self, command: str | Sequence[str] = DEFAULT_CMD, *,
                  period_s: float = DEFAULT_PERIOD_S,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
+                 max_power_w: float = MAX_NODE_POWER_W) -> None:
         super().__init__()
         argv = shlex.split(command) if isinstance(command, str) else list(command)
         if not argv:
@@ -121,6 +122,8 @@ class IpmiSource(SampledPowerSource):
         self.argv = argv
         self.period_s = float(period_s)
         self.timeout_s = float(timeout_s)
+        #: readings above this are refused (the ``node_max_power_w`` option)
+        self.max_power_w = float(max_power_w)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], options: Mapping[str, Any]) -> "IpmiSource":
@@ -129,7 +132,8 @@ class IpmiSource(SampledPowerSource):
         period = options.get("ipmi_sample_period_s", options.get("sample_period_s"))
         return cls(env.get(ENV_CMD) or DEFAULT_CMD,
                    period_s=DEFAULT_PERIOD_S if period is None else period,
-                   timeout_s=options.get("ipmi_timeout_s", DEFAULT_TIMEOUT_S))
+                   timeout_s=options.get("ipmi_timeout_s", DEFAULT_TIMEOUT_S),
+                   max_power_w=options.get("node_max_power_w", MAX_NODE_POWER_W))
 
     @property
     def redacted(self) -> str:
@@ -168,11 +172,8 @@ class IpmiSource(SampledPowerSource):
         return parse_dcmi_power(out)
 
     def read_watts(self) -> float:
-        """One DCMI reading, for the sampler."""
+        """One DCMI reading, for the sampler (which refuses 0 W and other implausible ones)."""
         watts, _ = self._reading()
-        if watts <= 0:
-            # A running node cannot draw 0 W: the BMC has no valid reading.
-            raise ValueError(f"BMC reported {watts:g} W (no valid reading)")
         return watts
 
     def open(self) -> None:
@@ -195,7 +196,8 @@ class IpmiSource(SampledPowerSource):
                         "%g W; using it. Check it against the PSU/PDU if in doubt.", watts)
         # The reading just taken is the first sample: reading again would let a slow BMC
         # delay the trial start by two timeouts.
-        self.start_sampling(self.period_s, first_watts=watts)
+        self.start_sampling(self.period_s, first_watts=watts,
+                            plausible=plausible_watts(self.max_power_w))
 
     def describe(self) -> str:
         return f"ipmi: `{self.redacted}` sampled every {self.period_s:g} s"

@@ -8,6 +8,7 @@ an NVML device here (``cuda_to_nvml_index``).
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import threading
@@ -115,6 +116,18 @@ class _Gpu:
     base_mj: int = 0      # counter value at the last rebase
     last_mj: int = 0      # last good counter value
     acc_j: float = 0.0    # joules accumulated before the last rebase
+
+
+#: the most one GPU draws, watts (an H200 SXM's limit is 700 W; B200 1000 W): a counter step
+#: between two processes implying more is not counted (``counters.counter_step``)
+GPU_MAX_POWER_W = 2000.0
+
+
+def _plausible_percent(value: float) -> Optional[str]:
+    """A utilisation reading's check: 0-100 %, 0 included (an idle GPU)."""
+    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
+        return f"{value!r} % is not a utilisation"
+    return None
 
 
 class NvmlSource(SampledPowerSource):
@@ -250,8 +263,15 @@ class NvmlSource(SampledPowerSource):
             log.info("nvml: no GPU utilisation counter (%s); gpu_util_pct is not reported", err)
             return
         self._util = PowerSampler(UTIL_PERIOD_S, self._read_utilisation, SourceHealth(),
-                                  "nvml-utilisation", clock=self._clock)
+                                  "nvml-utilisation", clock=self._clock,
+                                  plausible=_plausible_percent)
         self._util.start(first_watts=self._util_first)
+
+    @property
+    def lags(self) -> bool:
+        # Only when every GPU is sampled: a reading that adds counters read now to sampled
+        # power has no single instant.
+        return self._sampler is not None and not any(g.has_counter for g in self._gpus)
 
     def _read_utilisation(self) -> float:
         gpus = self._gpus
@@ -314,7 +334,7 @@ class NvmlSource(SampledPowerSource):
         # decrease is always a reset (driver reload); counter_step decides, as for RAPL.
         step = counter_step(gpu.last_mj, now_mj, elapsed_s=0.0, joules_per_unit=1e-3,
                             max_power_w=None, modulus=None)
-        if step.kind == "reset":
+        if not step.counted:
             # Keep what was accumulated and restart from the new value: the energy between
             # the last read and the reload is unknown and not counted (coverage says so).
             gpu.acc_j += (gpu.last_mj - gpu.base_mj) / 1000.0
@@ -322,9 +342,8 @@ class NvmlSource(SampledPowerSource):
             self._resets += 1
             self.health.record_lost(
                 self.name, f"{self.name}/GPU {gpu.nvml_index}",
-                f"GPU {gpu.nvml_index} energy counter went backwards ({gpu.last_mj} -> "
-                f"{now_mj} mJ, driver reload?): a counter reset, the energy since the "
-                f"previous read is not counted")
+                f"GPU {gpu.nvml_index} energy counter: {step.why} (mJ; a driver reload?), a "
+                f"{step.kind} reading; the energy since the previous read is not counted")
         else:
             self.health.record_ok()
         gpu.last_mj = now_mj
@@ -335,7 +354,8 @@ class NvmlSource(SampledPowerSource):
         if not self.all_counters:
             return {}
         with self._lock:
-            return {g.uuid: RawCounter("gpu", g.last_mj, 1e-3) for g in self._gpus}
+            return {g.uuid: RawCounter("gpu", g.last_mj, 1e-3, None, GPU_MAX_POWER_W)
+                    for g in self._gpus}
 
     @property
     def counter_resets(self) -> int:

@@ -91,7 +91,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from ..redact import energy_logger, register_secret
 from .base import EnergySource, SourceUnavailable
 from ..http import HttpFailure, JsonHttpClient, check_http_url, make_ssl_context, redact_url
-from ..schema import EnvVar, Option, Positive, env_flag, positive_option, refuse_secret_options
+from ..schema import (EnvVar, Option, Positive, boolean_text, choice_text, env_flag,
+                      positive_number_text, positive_option, refuse_secret_options)
 from .counters import counter_step
 
 log = energy_logger(__name__)
@@ -104,6 +105,7 @@ ENV_UNIT = "ENERGY_PROMETHEUS_UNIT"
 ENV_TOKEN_FILE = "ENERGY_PROMETHEUS_TOKEN_FILE"
 ENV_CA_BUNDLE = "ENERGY_PROMETHEUS_CA_BUNDLE"
 ENV_INSECURE = "ENERGY_PROMETHEUS_INSECURE"
+ENV_ALLOW_HTTP_CREDENTIALS = "ENERGY_PROMETHEUS_ALLOW_HTTP_CREDENTIALS"
 ENV_NODE_NAME = "ENERGY_NODE_NAME"
 
 DEFAULT_STEP_S = 15.0
@@ -217,15 +219,17 @@ class PrometheusSource(EnergySource):
                           f"the node name (`{ENV_NODE_NAME}`, else the host name)"),
         EnvVar(ENV_KIND, "`power` (default): the query gives a power gauge, integrated; "
                          "`energy`: it gives energy counters, differenced (a drop is a "
-                         "restart from 0, as for Prometheus' `increase()`)"),
+                         "restart from 0, as for Prometheus' `increase()`)", choice_text(*KINDS)),
         EnvVar(ENV_UNIT, "unit of the query's values: `W` (default for power), `kW`, `mW`; "
                          "`J` (default for energy), `mJ` (DCGM), `uJ`, `kJ`, `Wh`, `kWh`"),
         EnvVar(ENV_STEP, f"evaluation step, seconds (default {DEFAULT_STEP_S:g}; not below "
                          "the scrape interval); figures lag the read by up to two steps "
-                         f"({2 * DEFAULT_STEP_S:g} s by default)"),
+                         f"({2 * DEFAULT_STEP_S:g} s by default)", positive_number_text),
         EnvVar(ENV_TOKEN_FILE, "file holding a bearer token"),
         EnvVar(ENV_CA_BUNDLE, "PEM CA file for an https Prometheus"),
-        EnvVar(ENV_INSECURE, "1: do not verify Prometheus' certificate"),
+        EnvVar(ENV_INSECURE, "1: do not verify Prometheus' certificate", boolean_text),
+        EnvVar(ENV_ALLOW_HTTP_CREDENTIALS, "1: send the bearer token over plain http (else a "
+                                           "token is sent only over https)", boolean_text),
     )
     options = (
         Option("prometheus_timeout_s", None,
@@ -239,6 +243,7 @@ class PrometheusSource(EnergySource):
                  insecure: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S, max_gap_steps: float = 3.0,
                  max_points_per_query: int = DEFAULT_MAX_POINTS, max_backoff_s: float = 300.0,
                  max_power_w: float = DEFAULT_MAX_POWER_W,
+                 allow_http_credentials: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -284,6 +289,7 @@ class PrometheusSource(EnergySource):
         register_secret(token)  # redacted wherever it shows up (an error body may quote it)
         self._ca_bundle = ca_bundle
         self._insecure = insecure
+        self._allow_http_credentials = allow_http_credentials
         self._client: Optional[JsonHttpClient] = None
         self._energy_j = 0.0
         self._covered_ms: Optional[int] = None
@@ -367,7 +373,8 @@ class PrometheusSource(EnergySource):
             raise SourceUnavailable(f"{ENV_CA_BUNDLE}={ca_bundle}: no such file")
         timeout = positive_option(options, ("prometheus_timeout_s",), DEFAULT_TIMEOUT_S)
         return cls(url, query, kind=kind, unit=unit, step_s=step, token=token,
-                   ca_bundle=ca_bundle, insecure=env_flag(env, ENV_INSECURE), timeout_s=timeout)
+                   ca_bundle=ca_bundle, insecure=env_flag(env, ENV_INSECURE), timeout_s=timeout,
+                   allow_http_credentials=env_flag(env, ENV_ALLOW_HTTP_CREDENTIALS))
 
     # -- EnergySource -------------------------------------------------------------------------
     def open(self) -> None:
@@ -378,9 +385,15 @@ class PrometheusSource(EnergySource):
         headers = {"Accept": "application/json"}
         shown = redact_url(self.base_url)
         if self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token}"
             if self.base_url.startswith("http://"):
-                log.warning("prometheus: sending the bearer token over plain http to %s", shown)
+                if not self._allow_http_credentials:
+                    raise SourceUnavailable(
+                        f"prometheus: {shown} is plain http and a bearer token is configured "
+                        f"({ENV_TOKEN_FILE}); it is not sent unencrypted. Use https, or set "
+                        f"{ENV_ALLOW_HTTP_CREDENTIALS}=1 if this network is trusted")
+                log.warning("prometheus: sending the bearer token over plain http to %s (%s=1)",
+                            shown, ENV_ALLOW_HTTP_CREDENTIALS)
+            headers["Authorization"] = f"Bearer {self._token}"
         ssl_context = (make_ssl_context(self._ca_bundle, self._insecure, "prometheus")
                        if self.base_url.startswith("https://") else None)
         self._client = JsonHttpClient(

@@ -136,9 +136,9 @@ class RaplSource(EnergySource):
     def __init__(self, root: str | os.PathLike = DEFAULT_ROOT, *,
                  max_power_w: float = DEFAULT_MAX_POWER_W,
                  poll_below_s: float = DEFAULT_POLL_BELOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Optional[Callable[[], float]] = None) -> None:
         super().__init__()
-        self._clock = clock
+        self._clock = clock or time.monotonic
         for label, value in (("rapl_max_power_w", max_power_w),
                              ("rapl_poll_below_s", poll_below_s)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -252,14 +252,13 @@ class RaplSource(EnergySource):
                                     joules_per_unit=1e-6, max_power_w=self.max_power_w,
                                     modulus=rapl_modulus_uj(d.max_uj))
                 prev, d.last_uj, d.last_t = d.last_uj, cur, now
-                if step.kind == "reset":
+                if not step.counted:
                     self.resets += 1
                     self.health.record_lost(
                         self.name, f"{self.name}/{d.path.name}",
-                        f"{d.energy_file} went back from {prev} to {cur} uJ: a "
-                        f"wrap would mean {step.implied_w:.4g} W, more than rapl_max_power_w "
-                        f"= {self.max_power_w:g} W, so the counter was reset; the energy since "
-                        f"the previous read is not counted")
+                        f"{d.energy_file}: {step.why} (rapl_max_power_w = "
+                        f"{self.max_power_w:g} W), a {step.kind} reading; the energy since the "
+                        f"previous read is not counted")
                     continue
                 d.acc_uj += step.delta
                 self.health.record_ok()

@@ -29,9 +29,12 @@ Where the reading comes from (``ENERGY_REDFISH_URL`` may name any of these):
   top-level (no ``Links.ContainedBy``) or themselves a node type (Blade, Sled, RackMount,
   StandAlone: the nodes of an HPE Cray EX blade or of a sled enclosure), minus any chassis
   that contains another candidate (an enclosure's total covers several nodes). A GPU
-  baseboard or a drive enclosure is a part, tried only if every candidate fails. With
-  several candidates, ``ENERGY_REDFISH_CHASSIS`` (an id or a path) names this node's; unset,
-  a warning lists them all and the first that gives a reading is taken.
+  baseboard or a drive enclosure is a part, tried only if every candidate fails; where some
+  candidates are nodes by type, only those are (never an enclosure or a card). With several,
+  ``ENERGY_REDFISH_CHASSIS`` (an id or a path) names this node's; unset, this node's is found
+  from facts on the node (``node_identity``: the ComputerSystem whose UUID or HostName is this
+  host's, followed through ``Links.Chassis``; the Cray xname), else the source refuses,
+  naming the candidates.
 
   *Which reading of that chassis* (``_from_one_chassis`` holds the order and its reasons): a
   joule energy counter (EnvironmentMetrics.EnergyJoules, or the node's EnergyJoules sensor),
@@ -71,11 +74,11 @@ with a warning). Plain ``http://`` works with a warning, but credentials are not
 unless ``ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS=1``.
 
 Failures never stop training: a sample that fails (timeout, HTTP error, 401/403, garbage
-JSON, missing key, null reading) is counted in ``health``; after consecutive failures the
-next tries back off exponentially (period x 2^(n-1), capped by ``max_backoff_s``), those
-skipped slots count as failed samples; every hole between two good samples is bridged with a
-straight line and reported as ``bridged_s`` (a ``SampledPowerSource``: see ``sampling.py`` for
-the integration and its bias).
+JSON, missing key, null or zero reading) is counted in ``health``; the sampler tries again a
+period later, after consecutive failures at most 4 periods apart, so a BMC that recovers is
+read again within that; every hole between two good samples is bridged with a straight line
+and reported as ``bridged_s``, and a last sample is taken at close (a ``SampledPowerSource``:
+see ``sampling.py`` for the schedule, the integration and its bias).
 
 Options (the ``energy`` hyperparameters): ``redfish_sample_period_s`` (or the shared
 ``sample_period_s``; default 5 s, about the BMC's refresh period: sampling faster only reads the
@@ -99,10 +102,11 @@ from ..redact import energy_logger, register_secrets
 from ..deadline import Deadline
 from ..http import (HttpFailure, JsonHttpClient, check_http_url, make_ssl_context,
                     redact_url)
-from ..schema import EnvVar, env_flag, positive_option, refuse_secret_options
-from .base import SourceUnavailable
+from ..schema import EnvVar, boolean_text, env_flag, positive_option, refuse_secret_options
+from .base import MAX_NODE_POWER_W, SourceUnavailable
 from .counters import counter_step
-from .sampling import SampledPowerSource, bmc_options
+from .node_identity import NodeIdentity, SystemFacts, pick_chassis, system_facts
+from .sampling import SampledPowerSource, bmc_options, plausible_watts
 
 log = energy_logger(__name__)
 
@@ -241,6 +245,9 @@ def resource_kind(doc: Any, url: str) -> str:
 #: Joules per unit of the energy counters Redfish defines (Sensor.ReadingType and the
 #: EnvironmentMetrics property of the same name).
 COUNTER_UNITS: Dict[str, float] = {"EnergyJoules": 1.0, "EnergykWh": 3.6e6}
+#: the most two figures of the same node's power may differ at open (a fraction) before a
+#: warning lists them all
+CROSS_CHECK_SPREAD = 0.10
 #: Chassis types that are a whole node (a server, a blade, a sled). A chassis contained in
 #: another one is a candidate for "the node" only with one of these types: a GPU baseboard
 #: ("Module") or a drive enclosure is a part of a node, never the node.
@@ -306,9 +313,13 @@ class RedfishSource(SampledPowerSource):
         allow_http_credentials: send credentials over plain http (otherwise open() refuses).
         sample_period_s: time between samples (the BMC refreshes every few seconds).
         timeout_s: per-request timeout.
-        max_backoff_s: longest pause between tries once the BMC keeps failing.
-        max_gap_s: longest hole between good samples that counts as measured; a longer one is
-            bridged too, and counted in ``bridged_s`` (default 3 periods).
+        max_backoff_s: longest pause between tries once the BMC keeps failing (default 4
+            sample periods: ``sampling.MAX_BACKOFF_PERIODS``).
+        max_gap_s: an interval between good samples longer than this, with no failure in it,
+            is logged once as slow (default 3 periods).
+        max_power_w: readings above it (and a counter rate above it) are refused.
+        clock, sampling_thread: the sampler's clock, and whether it runs on its own thread
+            (tests: a fake clock, and ``sampler.step()`` driven by hand).
     """
 
     name = "redfish"
@@ -332,14 +343,15 @@ class RedfishSource(SampledPowerSource):
         EnvVar(ENV_CREDENTIALS, "file holding `user:password` (first line) or "
                                 "`{\"username\": ..., \"password\": ...}`; mode 600"),
         EnvVar(ENV_CA_BUNDLE, "PEM file of the CA that signed the BMC's certificate"),
-        EnvVar(ENV_INSECURE, "1: do not verify the BMC's certificate (warned)"),
+        EnvVar(ENV_INSECURE, "1: do not verify the BMC's certificate (warned)", boolean_text),
         EnvVar(ENV_ALLOW_HTTP_CREDENTIALS, "1: send the credentials over plain http (else "
                                            "plain http works, with a warning, only without "
-                                           "credentials)"),
+                                           "credentials)", boolean_text),
         EnvVar(ENV_CHASSIS, "the chassis that is this node, by id (`Node1`) or path "
                             "(`/redfish/v1/Chassis/Node1`), when the BMC serves several "
-                            "(a blade with two nodes, an enclosure); unset: the first, with a "
-                            "warning listing them"),
+                            "(a blade with two nodes, an enclosure); unset: found from the "
+                            "ComputerSystem whose UUID or HostName is this host's, or the "
+                            "Cray xname, else the source refuses, naming them"),
     )
     options = bmc_options("redfish", "Redfish", DEFAULT_PERIOD_S, "Redfish request",
                           DEFAULT_TIMEOUT_S)
@@ -348,11 +360,17 @@ class RedfishSource(SampledPowerSource):
                  ca_bundle: Optional[str] = None, insecure: bool = False,
                  allow_http_credentials: bool = False,
                  sample_period_s: float = DEFAULT_PERIOD_S,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, max_backoff_s: float = 60.0,
-                 max_gap_s: Optional[float] = None, chassis: Optional[str] = None) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_backoff_s: Optional[float] = None,
+                 max_gap_s: Optional[float] = None, chassis: Optional[str] = None,
+                 max_power_w: float = MAX_NODE_POWER_W,
+                 clock: Callable[[], float] = time.monotonic,
+                 sampling_thread: bool = True,
+                 identity: Optional[NodeIdentity] = None) -> None:
         super().__init__()
         for label, value in (("sample_period_s", sample_period_s), ("timeout_s", timeout_s),
                              ("max_backoff_s", max_backoff_s)):
+            if value is None:
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"redfish: {label} must be a positive number, got {value!r}")
         parts = check_http_url(url.strip(), ENV_URL, ENV_CREDENTIALS)
@@ -367,8 +385,18 @@ class RedfishSource(SampledPowerSource):
         self.allow_http_credentials = allow_http_credentials
         self.sample_period_s = float(sample_period_s)
         self.timeout_s = float(timeout_s)
-        self.max_backoff_s = float(max_backoff_s)
+        self.max_backoff_s = None if max_backoff_s is None else float(max_backoff_s)
         self.max_gap_s = max_gap_s
+        #: readings (and a counter's rate) above this are refused (``node_max_power_w``)
+        self.max_power_w = float(max_power_w)
+        # the sampler's clock, and whether it runs on its own thread (tests drive a fake
+        # clock and the sampler's ``step`` instead)
+        self._clock = clock
+        self._sampling_thread = sampling_thread
+        #: this node's facts, to find its chassis behind a BMC serving several (default: read
+        #: from this host when needed)
+        self.identity = identity
+        self._systems_url: Optional[str] = None
         #: ENERGY_REDFISH_CHASSIS: which chassis is this node when the BMC serves several
         self.chassis = (chassis or "").strip() or None
         self.resource: Optional[PowerResource] = None
@@ -378,8 +406,6 @@ class RedfishSource(SampledPowerSource):
         self._counter_joules = 0.0
         self._counter_closed = False
         self._client: Optional[JsonHttpClient] = None
-        self._consecutive_failures = 0
-        self._retry_at = 0.0
         self._auth_logged = False
         # Bounds every request of one answer (discovery at open, one sample) together.
         self._deadline: Optional[Deadline] = None
@@ -412,7 +438,8 @@ class RedfishSource(SampledPowerSource):
                    insecure=env_flag(env, ENV_INSECURE),
                    allow_http_credentials=env_flag(env, ENV_ALLOW_HTTP_CREDENTIALS),
                    sample_period_s=period, timeout_s=timeout,
-                   chassis=env.get(ENV_CHASSIS, "").strip() or None)
+                   chassis=env.get(ENV_CHASSIS, "").strip() or None,
+                   max_power_w=options.get("node_max_power_w", MAX_NODE_POWER_W))
 
     # -- EnergySource -------------------------------------------------------------------------
     def open(self) -> None:
@@ -456,7 +483,10 @@ class RedfishSource(SampledPowerSource):
             return
         log.info("redfish: node power from %s: %.1f W now, sampled every %g s",
                  self.resource.describe(), watts, self.sample_period_s)
-        self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s, first_watts=watts)
+        self.start_sampling(self.sample_period_s, max_gap_s=self.max_gap_s,
+                            max_backoff_s=self.max_backoff_s, first_watts=watts,
+                            plausible=plausible_watts(self.max_power_w), clock=self._clock,
+                            thread=self._sampling_thread)
 
     def describe(self) -> str:
         if self.resource is None:
@@ -491,16 +521,16 @@ class RedfishSource(SampledPowerSource):
         now = time.monotonic()
         prev, prev_t = self._counter_last
         # No modulus: a BMC energy counter is a number that does not wrap; a decrease is a
-        # reset (BMC reboot, Sensor.ResetMetrics) and that interval is not counted.
+        # reset (BMC reboot, Sensor.ResetMetrics), an increase faster than a node can draw a
+        # counter that lies: neither interval is counted.
         step = counter_step(prev, raw, elapsed_s=now - prev_t,
-                            joules_per_unit=self.resource.counter_j, max_power_w=None)
+                            joules_per_unit=self.resource.counter_j, max_power_w=self.max_power_w)
         self._counter_last = (raw, now)
-        if step.kind == "reset":
+        if not step.counted:
             self.health.record_lost(self.name, self.resource.url,
-                                    f"energy counter {_short(self.resource.url)} went back "
-                                    f"from {prev:g} to {raw:g} (reset); the "
-                                    f"{now - prev_t:.1f} s since the previous read are not "
-                                    "counted")
+                                    f"energy counter {_short(self.resource.url)}: {step.why} "
+                                    f"(a {step.kind} reading); the {now - prev_t:.1f} s since "
+                                    "the previous read are not counted")
         else:
             self.health.record_ok()
             self._counter_joules += step.delta * self.resource.counter_j
@@ -516,25 +546,16 @@ class RedfishSource(SampledPowerSource):
 
     # -- sampling -----------------------------------------------------------------------------
     def read_watts(self) -> float:
-        """One sample, for the sampler. Raises on failure (the sampler counts it)."""
-        now = time.monotonic()
-        if now < self._retry_at:
-            raise HttpFailure(f"backing off after {self._consecutive_failures} consecutive "
-                              f"failures; next try in {self._retry_at - now:.1f} s")
+        """One sample, for the sampler (which schedules the tries, and backs off a little
+        while they fail). Raises on failure (the sampler counts it)."""
         assert self.resource is not None
         try:
-            watts = self._read_within_deadline("redfish sample")
+            return self._read_within_deadline("redfish sample")
         except Exception as err:
-            self._consecutive_failures += 1
-            exponent = min(self._consecutive_failures - 1, 30)
-            self._retry_at = now + min(self.max_backoff_s, self.sample_period_s * 2.0 ** exponent)
             if isinstance(err, HttpFailure) and err.status in (401, 403) and not self._auth_logged:
                 self._auth_logged = True
                 log.error("redfish: %s; %s", err, self._auth_advice())
             raise
-        self._consecutive_failures = 0
-        self._retry_at = 0.0
-        return watts
 
     def _read_resource(self, resource: PowerResource) -> float:
         total = 0.0
@@ -623,6 +644,7 @@ class RedfishSource(SampledPowerSource):
             if kind == "ChassisCollection":
                 return self._from_collection(self.url, doc)
             if kind == "ServiceRoot":
+                self._systems_url = self._link(doc, "Systems", self.url)
                 chassis = self._link(doc, "Chassis", self.url)
                 if chassis is None:
                     raise BadReading(f"the service root {redact_url(self.url)} has no Chassis link")
@@ -673,8 +695,9 @@ class RedfishSource(SampledPowerSource):
         "The node" candidates: chassis with a power link that are top-level (no
         ``Links.ContainedBy``) or themselves a node type (a blade in an enclosure), minus
         any that contains another candidate (an enclosure's total covers several nodes, the
-        blade's total both of its nodes). Several candidates: ENERGY_REDFISH_CHASSIS picks
-        one; unset, a warning lists them and the first that gives a reading is taken.
+        blade's total both of its nodes); where some are nodes by type, only those. Several
+        candidates: ENERGY_REDFISH_CHASSIS picks one; unset, ``_this_node`` finds this
+        node's from its identity, or refuses naming them.
         Contained parts (a GPU baseboard) are tried only after every candidate failed.
         """
         parent: Dict[str, Optional[str]] = {}
@@ -693,6 +716,10 @@ class RedfishSource(SampledPowerSource):
             parent[u] is None or d.get("ChassisType") in NODE_CHASSIS_TYPES)]
         holders = {parent[u] for u, _ in candidates if parent[u]}
         candidates = [(u, d) for u, d in candidates if _path(u) not in holders]
+        # Where some are nodes by type (blades, sleds), only those are: an enclosure's or a
+        # mezzanine card's figure is never one node's.
+        nodes = [(u, d) for u, d in candidates if d.get("ChassisType") in NODE_CHASSIS_TYPES]
+        candidates = nodes or candidates
         if select and self.chassis:
             picked = [(u, d) for u, d in chassis if self._is_selected(u, d)]
             if not picked:
@@ -701,12 +728,9 @@ class RedfishSource(SampledPowerSource):
                     f"serves: {', '.join(_chassis_id(u, d) for u, d in chassis) or 'none'}")
             log.info("redfish: chassis %s selected by %s", _short(picked[0][0]), ENV_CHASSIS)
             ordered = picked[:1]
+        elif select and len(candidates) > 1:
+            ordered = [self._this_node(candidates)]
         else:
-            if select and len(candidates) > 1:
-                log.warning("redfish: %d chassis could be this node: %s; taking the first that "
-                            "gives a reading. Set %s to the id of this node's chassis",
-                            len(candidates),
-                            ", ".join(_chassis_id(u, d) for u, d in candidates), ENV_CHASSIS)
             # sorted() is stable: candidates and top-level chassis first, each group in
             # collection order; a holder of candidates never (it would count other nodes).
             first = {u for u, _ in candidates}
@@ -720,6 +744,37 @@ class RedfishSource(SampledPowerSource):
                 return found
         raise BadReading("no chassis gave a node power reading; tried: "
                          + ("; ".join(tried) if tried else "no chassis listed"))
+
+    def _this_node(self, candidates: List[Tuple[str, Any]]) -> Tuple[str, Any]:
+        """This node's chassis among several node chassis (``node_identity``), or
+        SourceUnavailable naming them and the remedy."""
+        identity = self.identity or NodeIdentity.of_this_host()
+        systems_url = self._systems_url or urllib.parse.urljoin(self.url, "/redfish/v1/Systems")
+        facts: List[SystemFacts] = []
+        try:
+            for url, doc in self._get_members(self._get(systems_url), systems_url,
+                                              lambda member, err: None):
+                facts.append(system_facts(url, doc, lambda ref: self._ref_path(ref, url)))
+        except (HttpFailure, BadReading) as err:
+            log.info("redfish: no ComputerSystem to tell the nodes apart (%s)", err)
+        ids = [(_path(u), str(d.get("Id") or _short(u))) for u, d in candidates]
+        picked, why = pick_chassis(identity, ids, facts)
+        if picked is None:
+            raise SourceUnavailable(
+                f"redfish: this BMC serves {len(candidates)} node chassis "
+                f"({', '.join(_chassis_id(u, d) for u, d in candidates)}) and none could be "
+                f"matched to this node ({why}); set {ENV_CHASSIS} to the id of this node's "
+                f"chassis")
+        chosen = next((u, d) for u, d in candidates if _path(u) == picked)
+        log.info("redfish: this node is chassis %s: %s", _chassis_id(*chosen), why)
+        return chosen
+
+    def _ref_path(self, ref: Any, base: str) -> Optional[str]:
+        try:
+            url = self._resolve(ref, base, "Links.Chassis")
+        except BadReading:
+            return None
+        return _path(url) if url else None
 
     def _attempt(self, tried: List[str], step: Callable[[], Tuple[PowerResource, float]]
                  ) -> Optional[Tuple[PowerResource, float]]:
@@ -772,6 +827,7 @@ class RedfishSource(SampledPowerSource):
         power_why = ("" if not kwh else f"preferred to the EnergykWh counter {kwh[0]}, too "
                      "coarse (3600 J per 0.001 kWh step)")
         steps: List[Callable[[], Tuple[PowerResource, float]]] = []
+        power_steps: List[Callable[[], Tuple[PowerResource, float]]] = []
         if env_url and env_has("EnergyJoules"):
             steps.append(lambda: self._env_reading(env_url, env, "EnergyJoules",
                                                    "energy counter in joules"))
@@ -779,21 +835,22 @@ class RedfishSource(SampledPowerSource):
             steps.append(lambda: self._sensor(*sensors["EnergyJoules"],
                                               "the node's energy counter in joules"))
         if "Power" in sensors:
-            steps.append(lambda: self._sensor(*sensors["Power"], power_why or
-                                              "the node's power sensor, no joule counter"))
+            power_steps.append(lambda: self._sensor(*sensors["Power"], power_why or
+                                                    "the node's power sensor, no joule counter"))
         if env_url and env is not None:
-            steps.append(lambda: self._env_reading(env_url, env, "PowerWatts", power_why))
+            power_steps.append(lambda: self._env_reading(env_url, env, "PowerWatts", power_why))
         if links["PowerSubsystem"] is not None:
             ps_url = links["PowerSubsystem"]
 
             def psu() -> Tuple[PowerResource, float]:
                 resource = self._psu_sum(ps_url, self._get(ps_url), power_why)
                 return resource, self._read_resource(resource)
-            steps.append(psu)
+            power_steps.append(psu)
         if links["Power"] is not None:
             power_url = links["Power"]
-            steps.append(lambda: self._power_control(power_url, self._get(power_url),
-                                                     power_why))
+            power_steps.append(lambda: self._power_control(power_url, self._get(power_url),
+                                                           power_why))
+        steps += power_steps
         coarse = "only an EnergykWh counter: coarse (3600 J per 0.001 kWh step), no power reading"
         if env_url and env_has("EnergykWh"):
             steps.append(lambda: self._env_reading(env_url, env, "EnergykWh", coarse))
@@ -802,8 +859,34 @@ class RedfishSource(SampledPowerSource):
         for step in steps:
             found = self._attempt(tried, step)
             if found is not None:
+                self._cross_check(found, [s for s in power_steps if s is not step])
                 return found
         return None
+
+    def _cross_check(self, found: Tuple[PowerResource, float],
+                     others: List[Callable[[], Tuple[PowerResource, float]]]) -> None:
+        """Compare, at open, the chosen power reading with the other power figures the tree
+        offers for the same node (its sensor, EnvironmentMetrics.PowerWatts, the supplies' sum,
+        PowerControl): more than ``CROSS_CHECK_SPREAD`` apart, one warning with every value and
+        which was taken, and why. A counter is read as it is (no second figure in watts to
+        compare at open); a figure that cannot be read is left out."""
+        chosen, watts = found
+        if chosen.counter_j is not None or not others:
+            return
+        values = [(chosen, watts)]
+        for step in others:
+            got = self._attempt([], step)
+            if got is not None and got[0].counter_j is None:
+                values.append(got)
+        readings = [w for _, w in values if w > 0]
+        if len(values) < 2 or not readings or max(readings) <= min(readings) * (1 + CROSS_CHECK_SPREAD):
+            return
+        shown = ", ".join(f"{r.describe()} {w:.1f} W" for r, w in values)
+        log.warning("redfish: this node's power readings differ by more than %d%% at open: %s. "
+                    "Taken: %s (the order of preference: the node's own sensor, then "
+                    "EnvironmentMetrics.PowerWatts, the supplies' sum, PowerControl); check it "
+                    "against the node's supplies or PDU, and set %s to a resource to take "
+                    "another", round(100 * CROSS_CHECK_SPREAD), shown, chosen.describe(), ENV_URL)
 
     def _node_sensors(self, sensors_url: str, env: Any, base: str, tried: List[str]
                       ) -> Dict[str, Tuple[str, Any]]:
