@@ -12,12 +12,12 @@ strategy, and reports what each strategy's search would have chosen and spent:
 - ``metric``: ASHA on the target metric itself (``miou``, or ``validation_loss``...), the
   plain ``asha.yaml`` search;
 - ``linear``: ASHA on ``projected_energy_to_target_wh`` with the linear rule (``energy.projection:
-  linear``, ``shared.energy.callback.projected_energy_to_target``);
+  linear``, ``shared.energy.projection.projected_energy_to_target``);
 - ``curve``: the same with the learning-curve projection (``energy.projection: curve``,
   ``shared.energy.curve_fit``).
 
 Each searcher metric is computed at every validation from what the trial had measured by then,
-by the same functions the trial's energy hook uses (``searcher_metric``).
+by the function the trial's energy hook uses (``shared.energy.projection.searcher_metric``).
 
 **ASHA, as Determined 0.38 runs it** (re-implemented from its documentation, "Adaptive
 (Asynchronous) Method", and the ASHA paper, Li et al., "A System for Massively Parallel
@@ -68,8 +68,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from benchmarks.curves import DEFAULT_DIR, Curve, CurveError, group_by_search, load_curves
 from shared import recipes
-from shared.energy.callback import projected_energy_to_target
-from shared.energy.curve_fit import curve_projection_wh
+from shared.energy.projection import PROJECTIONS
+from shared.energy.projection import searcher_metric as energy_searcher_metric
 from shared.hparams import smaller_is_better as default_smaller_is_better
 from shared.hparams import target_reached
 
@@ -188,26 +188,26 @@ class AshaStopping:
 def searcher_metric(strategy: str, curve: Curve, metric: str, target: float,
                     smaller: bool) -> List[float]:
     """The searcher metric of ``strategy`` at each validation of ``curve``, oriented so that
-    smaller is better (``WORST`` where it is missing), from what the trial had then."""
+    smaller is better (``WORST`` where it is missing), from what the trial had then: the
+    metric itself, or ``projected_energy_to_target_wh`` as the energy hook computes it
+    (``shared.energy.projection.searcher_metric``; a recorded curve is fully measured)."""
     values = curve.values(metric)
     energies = curve.energies()
     out: List[float] = []
     reached_wh: Optional[float] = None
-    for i, (value, energy) in enumerate(zip(values, energies)):
+    history: List[Tuple[float, float]] = []
+    for value, energy in zip(values, energies):
         if reached_wh is None and target_reached(value, target, smaller):
             reached_wh = energy
         if strategy == "metric":
             m = None if value is None else (value if smaller else -value)
-        elif strategy == "linear":
-            m = projected_energy_to_target(energy, value, target, reached_wh, smaller)
-        elif strategy == "curve":
-            m = reached_wh
-            if m is None:
-                m = curve_projection_wh(energies[:i + 1], values[:i + 1], target, smaller)
-            if m is None:
-                m = projected_energy_to_target(energy, value, target, None, smaller)
+        elif strategy in PROJECTIONS:
+            m = energy_searcher_metric(energy, 1.0, value, target, reached_wh, smaller,
+                                       projection=strategy, history=history)
         else:
             raise ValueError(f"unknown strategy {strategy!r}")
+        if value is not None and math.isfinite(value):
+            history.append((energy, value))
         out.append(WORST if m is None or not math.isfinite(m) else float(m))
     return out
 
@@ -302,18 +302,45 @@ def summarize(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
     }
 
 
+#: how the search's result is chosen (``--pick``)
+PICK_RULES = {
+    "best": "Determined's best trial: the best searcher metric at any of its validations",
+    "last": "the best searcher metric at each trial's last validation",
+    "measured": "the lowest energy_to_target_wh measured during the search (a trial that "
+                "reached the target before it was stopped); Determined's best trial when none did",
+}
+
+
+def pick(runs: Sequence[TrialRun], rule: str, metrics: Sequence[Sequence[float]],
+         reached_at: Sequence[Optional[int]], ett: Sequence[Optional[float]]) -> TrialRun:
+    """The trial a search of ``runs`` returns under ``rule`` (``PICK_RULES``); a tie goes to the
+    trial created first."""
+    def first(key: Callable[[TrialRun], float]) -> TrialRun:
+        return min(enumerate(runs), key=lambda kr: (key(kr[1]), kr[0]))[1]
+
+    if rule == "last":
+        return first(lambda r: metrics[r.index][r.stopped_at])
+    if rule == "measured":
+        done = [r for r in runs if reached_at[r.index] is not None
+                and reached_at[r.index] <= r.stopped_at]
+        if done:
+            return min(enumerate(done), key=lambda kr: (ett[kr[1].index], kr[0]))[1]
+    return first(lambda r: r.best)
+
+
 def replay_search(curves: Sequence[Curve], settings: SearcherSettings, strategies: Sequence[str],
                   replays: int, seed: int, metric: Optional[str] = None,
-                  target: Optional[float] = None) -> Dict[str, Any]:
-    """Every strategy over ``replays`` draws of ``curves``; the summary per strategy, the
-    paired differences and the per-replay outcomes."""
-    first = curves[0]
-    metric = metric or first.target_metric
-    if metric != first.target_metric and target is None:
+                  target: Optional[float] = None, pick_rule: str = "best") -> Dict[str, Any]:
+    """Every strategy over ``replays`` draws of ``curves``; per strategy and pick rule the
+    summary, the paired comparison of curve and linear under ``pick_rule``, and the
+    per-replay outcomes."""
+    first_curve = curves[0]
+    metric = metric or first_curve.target_metric
+    if metric != first_curve.target_metric and target is None:
         raise CurveError(f"--metric {metric} is not the curves' target metric "
-                         f"({first.target_metric}): give its --target")
-    target = first.target if target is None else float(target)
-    smaller = (first.smaller_is_better if metric == first.target_metric
+                         f"({first_curve.target_metric}): give its --target")
+    target = first_curve.target if target is None else float(target)
+    smaller = (first_curve.smaller_is_better if metric == first_curve.target_metric
                else default_smaller_is_better(metric))
     missing = [c.name for c in curves if metric not in c.validations[0].metrics]
     if missing:
@@ -322,27 +349,28 @@ def replay_search(curves: Sequence[Curve], settings: SearcherSettings, strategie
     n = len(curves)
     settings = dataclasses.replace(settings, max_time=max_time,
                                    max_trials=min(settings.max_trials, n))
+    reached_at = [c.first_reaching(metric, target, smaller) for c in curves]
     ett = [c.energy_to_target_wh(metric, target, smaller) for c in curves]
     reachable = [e for e in ett if e is not None]
     best = min(reachable) if reachable else None
     series = {s: [searcher_metric(s, c, metric, target, smaller) for c in curves]
               for s in strategies}
-    outcomes: Dict[str, List[Outcome]] = {s: [] for s in strategies}
+    outcomes: Dict[str, Dict[str, List[Outcome]]] = {
+        s: {rule: [] for rule in PICK_RULES} for s in strategies}
     for r in range(replays):
         order = list(range(n))
         random.Random(seed + r).shuffle(order)
         order = order[:settings.max_trials]
         for s in strategies:
             runs = replay_once(curves, order, settings, series[s])
-            # the best validation's metric; a tie goes to the trial created first
-            pick = min(enumerate(runs), key=lambda kr: (kr[1].best, kr[0]))[1]
-            e = ett[pick.index]
-            regret = (math.inf if e is None or best is None
-                      else 100.0 * (e / best - 1.0))
             spent = sum(curves[run.index].validations[run.stopped_at].energy_wh for run in runs)
-            outcomes[s].append(Outcome(pick.index, e, regret, spent))
+            for rule in PICK_RULES:
+                chosen = pick(runs, rule, series[s], reached_at, ett)
+                e = ett[chosen.index]
+                regret = math.inf if e is None or best is None else 100.0 * (e / best - 1.0)
+                outcomes[s][rule].append(Outcome(chosen.index, e, regret, spent))
     result: Dict[str, Any] = {
-        "search": first.search, "trials": n, "metric": metric, "target": target,
+        "search": first_curve.search, "trials": n, "metric": metric, "target": target,
         "smaller_is_better": smaller, "never_reach": sum(e is None for e in ett),
         "best_energy_to_target_wh": best,
         "best_trial": curves[ett.index(best)].name if best is not None else None,
@@ -350,13 +378,18 @@ def replay_search(curves: Sequence[Curve], settings: SearcherSettings, strategie
         "brackets": [dataclasses.asdict(b) | {"rungs": rung_lengths(b.num_rungs, settings.divisor,
                                                                     max_time)}
                      for b in brackets(settings)],
-        "energy_source": first.energy_source,
-        "strategies": {s: summarize(outcomes[s]) for s in strategies},
-        "per_replay": {s: [dataclasses.asdict(o) | {"pick_name": curves[o.pick].name}
-                           for o in outcomes[s]] for s in strategies},
+        "energy_source": first_curve.energy_source,
+        "pick": pick_rule,
+        "strategies": {s: summarize(outcomes[s][pick_rule]) for s in strategies},
+        "by_pick": {rule: {s: summarize(outcomes[s][rule]) for s in strategies}
+                    for rule in PICK_RULES},
+        "per_replay": {s: {rule: [dataclasses.asdict(o) | {"pick_name": curves[o.pick].name}
+                                  for o in outcomes[s][rule]] for rule in PICK_RULES}
+                       for s in strategies},
     }
     if "linear" in strategies and "curve" in strategies:
-        result["curve_vs_linear"] = compare(outcomes["linear"], outcomes["curve"])
+        result["curve_vs_linear"] = compare(outcomes["linear"][pick_rule],
+                                            outcomes["curve"][pick_rule])
     return result
 
 
@@ -422,7 +455,8 @@ def header(result: Mapping[str, Any]) -> str:
             f"({_num(best, '.4g')} Wh); energy {result['energy_source']}\n"
             f"adaptive_asha {st['mode']}, max_trials {st['max_trials']}, divisor {st['divisor']:g}, "
             f"max_time {st['max_time']}: {br}\n"
-            f"medians over {next(iter(result['strategies'].values()))['replays']} replays "
+            f"the pick: {PICK_RULES[result['pick']]}; medians over "
+            f"{next(iter(result['strategies'].values()))['replays']} replays "
             f"(25th-75th percentile)")
 
 
@@ -504,6 +538,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="the projections to replay beside the plain metric (default: both)")
     ap.add_argument("--replays", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pick", choices=list(PICK_RULES), default="best",
+                    help="how the search's result is chosen: " + "; ".join(
+                        f"{k}: {v}" for k, v in PICK_RULES.items()) + " (default %(default)s)")
     ap.add_argument("--config", type=pathlib.Path, default=DEFAULT_CONFIG,
                     help="the experiment config whose searcher is replayed (default: %(default)s)")
     ap.add_argument("--min-trials", type=int, default=8,
@@ -530,7 +567,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"{args.min_trials}: not replayed\n")
                 continue
             res = replay_search(curves, settings, strategies, args.replays, args.seed,
-                                args.metric, args.target)
+                                args.metric, args.target, args.pick)
             results.append(res)
             print(header(res))
             print()

@@ -152,7 +152,8 @@ def test_replay_cli_prints_the_three_strategies(tmp_path, capsys):
     res = data["results"][0]
     assert res["never_reach"] == 3 and res["trials"] == 16
     assert set(res["strategies"]) == {"metric", "linear", "curve"}
-    assert len(res["per_replay"]["curve"]) == 6
+    assert len(res["per_replay"]["curve"]["best"]) == 6
+    assert set(res["by_pick"]) == {"best", "last", "measured"}
     assert png.stat().st_size > 1000
     # the same seed gives the same replay
     assert sr.main(["--curves", str(curves), "--replays", "6", "--json", str(tmp_path / "s.json")]) == 0

@@ -64,6 +64,8 @@ import numpy as np
 
 #: fewer validations with a finite metric than this: the caller's linear rule
 MIN_POINTS = 4
+#: at most this many validations are fitted (a longer history is thinned evenly)
+MAX_POINTS = 256
 #: the four-parameter form is tried from this many points on
 LOGPOWER_MIN_POINTS = 6
 #: the projection of a trial whose fitted asymptote does not reach the target is this times
@@ -228,6 +230,11 @@ def fit_curve(energies: Sequence[float], values: Sequence[Optional[float]],
              and math.isfinite(v)]
     if len(pairs) < MIN_POINTS:
         return None
+    if len(pairs) > MAX_POINTS:
+        # a long run's history, thinned evenly (the first and the last kept): the fit's cost
+        # stays a few milliseconds however often the trial validates
+        keep = np.unique(np.linspace(0, len(pairs) - 1, MAX_POINTS).round().astype(int))
+        pairs = [pairs[i] for i in keep]
     x = np.array([p[0] for p in pairs])
     v = np.array([p[1] for p in pairs])
     scale = float(x.max())
@@ -273,6 +280,3 @@ def curve_projection_wh(energies: Sequence[float], values: Sequence[Optional[flo
         return UNREACHABLE_WH * (1.0 + min(1.0, shortfall))
     return min(max(at, spent), UNREACHABLE_WH)
 
-
-#: the projections ``energy.projection`` selects among
-PROJECTIONS = ("linear", "curve")
