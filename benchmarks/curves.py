@@ -347,7 +347,9 @@ def provenance() -> Dict[str, Any]:
         machine["device_name"] = torch.cuda.get_device_name(0)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            # changes to tracked code (results, the curves among them, do not count)
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                              ":(exclude)benchmarks/results")),
             "machine": machine, "date": date}
 
 
