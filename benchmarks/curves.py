@@ -535,7 +535,7 @@ GRIDS: Dict[str, SearchGrid] = {g.name: g for g in (
         data_args={"num_train": 12, "num_val": 4, "size": 192, "seed": 0},
         models={"rare_objects": ()},
         common=_RARE_COMMON, target_metric="validation_loss", target=0.3,
-        lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), batch_sizes=(8, 16)),
+        lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), batch_sizes=(8, 16)),
 )}
 
 

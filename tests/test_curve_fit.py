@@ -125,3 +125,32 @@ def test_milliseconds_per_validation():
         curve_projection_wh(E, y, 90.0)
     per_call = (time.process_time() - start) / 20
     assert per_call < 0.05              # CPU time, so a busy machine does not fail it
+
+
+def test_the_searcher_metric_with_the_curve_keeps_the_energy_rules():
+    from shared.energy.projection import UNMEASURED_WH, searcher_metric
+    y = saturating(E, 85.0, 4.0)
+    history = list(zip(E[:7], y[:7]))
+    truth = 4.0 * math.log(85.0 / 15.0)
+    # measured (coverage 1): the fitted curve's energy
+    got = searcher_metric(E[7], 1.0, y[7], 70.0, projection="curve", history=history)
+    assert got == pytest.approx(truth, rel=0.03)
+    # coverage 0.8: the energy so far scaled to the elapsed time, E / 0.8, and the fit follows
+    scaled = searcher_metric(E[7] * 0.8, 0.8, y[7], 70.0, projection="curve", history=history)
+    assert scaled == pytest.approx(got, rel=1e-6)
+    # not measured: ranks last, whatever the curve says
+    assert searcher_metric(E[7], 0.2, y[7], 70.0, projection="curve", history=history) == UNMEASURED_WH
+    assert searcher_metric(None, None, y[7], 70.0, projection="curve", history=history) == UNMEASURED_WH
+    # a plateau below the target: after every reachable trial, before an unmeasured one
+    flat = saturating(E, 55.0, 1.5)
+    unreachable = searcher_metric(E[7], 1.0, flat[7], 70.0, projection="curve",
+                                  history=list(zip(E[:7], flat[:7])))
+    assert UNREACHABLE_WH <= unreachable < UNMEASURED_WH
+    # a diverged metric: ranks last as with the linear rule
+    assert searcher_metric(E[7], 1.0, float("nan"), 70.0, projection="curve", history=history) == UNMEASURED_WH
+    # reached: the measured energy to target, whichever projection
+    assert searcher_metric(E[7], 1.0, 71.0, 70.0, 5.0, projection="curve", history=history) == 5.0
+    for value in (got, scaled, unreachable):
+        assert isinstance(value, float)
+    with pytest.raises(ValueError, match="energy.projection 'cubic': one of linear, curve"):
+        searcher_metric(E[7], 1.0, y[7], 70.0, projection="cubic")
