@@ -534,7 +534,10 @@ GRIDS: Dict[str, SearchGrid] = {g.name: g for g in (
         name="cpu-synthetic-rare", data="rare_objects",
         data_args={"num_train": 12, "num_val": 4, "size": 192, "seed": 0},
         models={"rare_objects": ()},
-        common=_RARE_COMMON, target_metric="validation_loss", target=0.3,
+        # The target is the object class's pixel IoU, not the recipe's validation loss: on
+        # these whole validation images (nearly all background) a network that finds no object
+        # has a validation loss of 0.03-0.14, one at 88 % IoU 0.31 (this grid's first recording)
+        common=_RARE_COMMON, target_metric="iou", target=80.0,
         lrs=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), batch_sizes=(8, 16)),
 )}
 
