@@ -347,9 +347,9 @@ def provenance() -> Dict[str, Any]:
         machine["device_name"] = torch.cuda.get_device_name(0)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return {"commit": git("rev-parse", "HEAD") or None,
-            # changes to tracked code (results, the curves among them, do not count)
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                              ":(exclude)benchmarks/results")),
+            # changes to tracked code or configs (results and docs do not count)
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                              "*.py", "*.yaml", "requirements.txt")),
             "machine": machine, "date": date}
 
 
