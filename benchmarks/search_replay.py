@@ -19,7 +19,8 @@ strategy, and reports what each strategy's search would have chosen and spent:
 Each searcher metric is computed at every validation from what the trial had measured by then,
 by the function the trial's energy hook uses (``shared.energy.projection.searcher_metric``).
 
-**ASHA, as Determined 0.38 runs it** (re-implemented from its documentation, "Adaptive
+**ASHA, as Determined 0.38 runs it** (re-implemented here, since the searcher runs inside
+Determined's master and no Python package exposes it; from its documentation, "Adaptive
 (Asynchronous) Method", and the ASHA paper, Li et al., "A System for Massively Parallel
 Hyperparameter Tuning", MLSys 2020): ``mode: standard`` with ``max_rungs`` R makes brackets of
 ``(R-1)//2 + 1`` .. R rungs (R limited so that the top rung is reachable:
@@ -475,37 +476,52 @@ def verdict(result: Mapping[str, Any]) -> str:
 
 
 def chart(results: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
-    """Regret and search energy per strategy (median, 25th-75th percentile bars), one column
-    of panels per search."""
+    """Regret (under the replay's pick rule, and under the measured pick beside it) and search
+    energy per strategy: medians with 25th-75th percentile bars, one column per search."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 6.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(results), figsize=(4.6 * len(results), 6.6), squeeze=False)
     colors = {"metric": "#888888", "linear": "#1f77b4", "curve": "#d62728"}
+
+    def bar(ax: Any, x: float, d: Mapping[str, float], color: str, width: float,
+            hatch: Optional[str] = None, label: Optional[str] = None) -> None:
+        med, lo, hi = d["median"], d["p25"], d["p75"]
+        if not math.isfinite(med):
+            ax.text(x, 0, "never", ha="center", va="bottom", fontsize=8, rotation=90)
+            return
+        ax.bar(x, med, width, color=color, alpha=0.85 if hatch is None else 0.35, hatch=hatch,
+               edgecolor=color, label=label)
+        ax.errorbar(x, med, yerr=[[med - lo], [(hi if math.isfinite(hi) else med) - med]],
+                    color="k", capsize=3)
+        if not math.isfinite(hi):
+            ax.text(x, med, "75th:\nnever", ha="center", va="bottom", fontsize=7)
+
     for col, res in enumerate(results):
         strategies = list(res["strategies"])
-        for row, (key, label) in enumerate((("regret_pct", "regret vs best trial (%)"),
-                                            ("search_wh", "search energy (Wh)"))):
-            ax = axes[row][col]
-            for k, s in enumerate(strategies):
-                d = res["strategies"][s][key]
-                med, lo, hi = d["median"], d["p25"], d["p75"]
-                if not math.isfinite(med):
-                    ax.text(k, 0, "never", ha="center", va="bottom", fontsize=8)
-                    continue
-                hi_c = hi if math.isfinite(hi) else med
-                ax.bar(k, med, color=colors.get(s, "k"), alpha=0.8)
-                ax.errorbar(k, med, yerr=[[med - lo], [hi_c - med]], color="k", capsize=4)
-                if not math.isfinite(hi):
-                    ax.annotate("75th: never", (k, med), ha="center", va="bottom", fontsize=7)
-            ax.set_xticks(range(len(strategies)))
-            ax.set_xticklabels([{"metric": res["metric"]}.get(s, s) for s in strategies])
-            ax.set_ylabel(label)
-            if row == 0:
-                ax.set_title(f"{res['search']} ({res['trials']} trials)", fontsize=9)
-    fig.suptitle("Energy-aware ASHA replayed over recorded curves: median and 25th-75th percentile",
-                 fontsize=10)
+        labels = [{"metric": res["metric"]}.get(s, s) for s in strategies]
+        ax = axes[0][col]
+        others = [r for r in ("measured", "best") if r != res["pick"]][:1]
+        for k, s in enumerate(strategies):
+            bar(ax, k - 0.2, res["by_pick"][res["pick"]][s]["regret_pct"], colors.get(s, "k"), 0.4,
+                label=f"pick: {res['pick']}" if k == 0 else None)
+            for rule in others:
+                bar(ax, k + 0.2, res["by_pick"][rule][s]["regret_pct"], colors.get(s, "k"), 0.4,
+                    hatch="//", label=f"pick: {rule}" if k == 0 else None)
+        ax.set_ylabel("regret vs the best trial (%)")
+        ax.set_title(f"{res['search']} ({res['trials']} trials, {res['metric']} "
+                     f"{'<=' if res['smaller_is_better'] else '>='} {res['target']:g})", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = axes[1][col]
+        for k, s in enumerate(strategies):
+            bar(ax, k, res["strategies"][s]["search_wh"], colors.get(s, "k"), 0.6)
+        ax.set_ylabel("search energy (Wh)")
+        for a in axes[:, col]:
+            a.set_xticks(range(len(strategies)))
+            a.set_xticklabels(labels)
+    fig.suptitle("adaptive ASHA replayed over recorded learning curves: median, 25th-75th "
+                 "percentile", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

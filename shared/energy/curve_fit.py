@@ -29,7 +29,9 @@ logpower   1 / (1 + (u / kappa)^gamma)       sigmoid in log-energy, with an offs
                                              (Michaelis-Menten) saturation in energy
 ========== ================================ ===============================================
 
-For a fixed ``theta`` the best ``(c, a)`` is a closed-form linear least-squares problem with the
+Written with numpy alone (the project does not depend on scipy, and the bounded, monotone
+three-parameter fits need no general optimiser): for a fixed ``theta`` the best ``(c, a)`` is a
+closed-form linear least-squares problem with the
 two bounds (variable projection); ``theta`` runs over a fixed log-spaced grid, all of it at once
 in numpy, and is then refined by golden-section search between the best grid point's
 neighbours. The form with the lowest BIC wins (``logpower`` has one parameter more and is tried
@@ -58,7 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
