@@ -176,13 +176,18 @@ def environment() -> Dict[str, Any]:
         env["nvidia_smi"] = res.stdout.strip() or res.stderr.strip()
     except (OSError, subprocess.TimeoutExpired) as e:
         env["nvidia_smi"] = f"n/a ({e})"
-    try:
-        env["cpu_model"] = next(line.split(":", 1)[1].strip() for line in
-                                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                                if line.startswith("model name"))
-    except (OSError, StopIteration):
-        env["cpu_model"] = platform.machine()
+    env["cpu_model"] = cpu_model()
     return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the machine type."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in
+                    pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 # ============================================================================ hook read cost

@@ -52,10 +52,17 @@ class MetricsFile:
             fn(group, steps_completed, metrics)
 
 
+#: listeners every metrics file opened by ``attach`` starts with: a tool that runs a trial in
+#: its own process (``benchmarks.curves`` stamps each validation with the process's CPU
+#: time) adds one here before the launcher opens the file.
+ATTACH_LISTENERS: List[Callable[[str, int, Dict[str, Any]], None]] = []
+
+
 def attach(path: pathlib.Path) -> MetricsFile:
     """The run's metrics file, also the target of ``write_extra`` until ``detach``."""
     global _active
     _active = MetricsFile(path)
+    _active.listeners.extend(ATTACH_LISTENERS)
     return _active
 
 

@@ -322,6 +322,7 @@ def test_bad_options_are_refused_before_training(monkeypatch):
         ({"enabled": "yes"}, r"energy.enabled must be true or false, got 'yes'"),
         ({"sample_period_s": 0}, r"energy.sample_period_s must be > 0, got 0"),
         ({"gpus_on_node": 2.5}, r"energy.gpus_on_node must be a positive integer, got 2.5"),
+        ({"projection": "cubic"}, r"energy.projection must be one of .*'cubic'"),
     ]
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -344,6 +345,54 @@ def test_unknown_options_warn(caplog, monkeypatch):
         opts = validate_options({"enable": False})
     assert opts["enabled"] is True
     assert any("options ['enable'] are not used" in r.getMessage() for r in caplog.records)
+
+
+def test_curve_projection_through_the_callback(node):
+    """energy.projection: curve: the searcher metric follows the fitted learning curve from the
+    fourth validation on (the linear rule before), is a float at every validation, ranks a trial
+    levelling off below its target after any reachable projection and before an unmeasured
+    trial, and its history survives a checkpoint."""
+    import math
+    from shared.energy.curve_fit import UNREACHABLE_WH
+    from shared.energy.projection import projected_energy_to_target
+
+    def run(projection, n, cb=None, steps=None, start=0):
+        ctx = FakeContext()
+        if cb is None:
+            steps = Steps()
+            cb = EnergyCallback(ctx, {"projection": projection}, steps, target=70.0,
+                                target_metric="miou")
+            cb.on_trial_startup(0, None)
+        out = []
+        for k in range(start, start + n):
+            node.advance("intel-rapl:0", 100.0)
+            steps.n = 100 * (k + 1)
+            val = {"miou": 55.0 * (1.0 - math.exp(-(k + 1) / 2.0))}   # levels off at 55 < 70
+            cb.on_validation_end(val)
+            out.append(val)
+        return cb, steps, out
+
+    _, _, linear = run("linear", 6)
+    cb, steps, curve = run("curve", 6)
+    for a, b in zip(linear, curve):
+        assert isinstance(b["projected_energy_to_target_wh"], float)
+    for k in range(3):   # fewer than 4 points: the linear rule
+        assert curve[k]["projected_energy_to_target_wh"] == pytest.approx(
+            projected_energy_to_target(curve[k]["energy_wh"], curve[k]["miou"], 70.0, None))
+    for k in range(3, 6):
+        assert UNREACHABLE_WH <= curve[k]["projected_energy_to_target_wh"] <= 2 * UNREACHABLE_WH
+        assert curve[k]["projected_energy_to_target_wh"] < UNMEASURED_WH
+        assert linear[k]["projected_energy_to_target_wh"] < 1.0   # the linear rule: optimistic
+    state = pickle.loads(pickle.dumps(cb.state_dict()))
+    assert len(state["projection_history"]) == 6
+    cb.on_trial_shutdown()
+    ctx2, steps2 = FakeContext(), Steps()
+    cb2 = EnergyCallback(ctx2, {"projection": "curve"}, steps2, target=70.0, target_metric="miou")
+    cb2.on_trial_startup(600, "ckpt")
+    cb2.load_state_dict(state)
+    _, _, more = run("curve", 1, cb2, steps2, start=6)
+    assert UNREACHABLE_WH <= more[0]["projected_energy_to_target_wh"] <= 2 * UNREACHABLE_WH
+    cb2.on_trial_shutdown()
 
 
 def test_projected_energy_to_target_definition():

@@ -35,7 +35,7 @@ def test_derived_tables_keep_their_public_values():
     assert DEFAULT_OPTIONS == {
         "enabled": True, "sources": "auto", "apportion": "gpu_share", "pue": None,
         "carbon_intensity_g_per_kwh": None, "sample_period_s": None, "node_max_power_w": 20000.0,
-        "gpus_on_node": None,
+        "gpus_on_node": None, "projection": "linear",
         "nvml_power_period_s": None, "rapl_max_power_w": None, "rapl_poll_below_s": None,
         "redfish_sample_period_s": None, "redfish_timeout_s": None,
         "ipmi_sample_period_s": None, "ipmi_timeout_s": None, "prometheus_timeout_s": None}

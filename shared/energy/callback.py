@@ -135,6 +135,9 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         self._unmeasured_logged = False
         #: whether the last validation's energy counted as measured (``projection``)
         self.measured: Optional[bool] = None
+        #: (scaled energy, target metric) at each earlier measured validation: what
+        #: ``energy.projection: curve`` fits (in the checkpoint, so a resumed trial keeps it)
+        self._history: List[Tuple[float, float]] = []
 
     # -- helpers ----------------------------------------------------------------------------
     def _failed(self, where: str, err: BaseException) -> None:
@@ -459,9 +462,15 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                             MIN_COVERAGE)
         if self._energy_to_target_wh is not None:
             metrics["energy_to_target_wh"] = self._energy_to_target_wh
+        value = metrics.get(self._target_metric)
         projected = searcher_metric(trial.energy_wh if trial is not None else None, coverage,
-                                    metrics.get(self._target_metric), self._target,
-                                    self._target_scaled_wh, self._target_smaller_is_better)
+                                    value, self._target, self._target_scaled_wh,
+                                    self._target_smaller_is_better,
+                                    projection=self._opts["projection"], history=self._history)
+        scaled = scaled_energy_wh(trial.energy_wh if trial is not None else None, coverage)
+        if (scaled is not None and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value)):
+            self._history.append((scaled, float(value)))
         if projected >= UNMEASURED_WH and not self._unmeasured_logged:
             self._unmeasured_logged = True
             why = (f"its coverage is {coverage:.3g}, below {MIN_COVERAGE:g}" if coverage is not None
@@ -485,6 +494,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             "energy_to_target_wh": self._energy_to_target_wh,
             "target_scaled_wh": self._target_scaled_wh,
             "last_reported_step": self._last_reported_step,
+            "projection_history": [list(p) for p in self._history],
         }
 
     def _carried_problem(self) -> Optional[str]:
@@ -557,6 +567,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             self._energy_to_target_wh = state_dict.get("energy_to_target_wh")
             self._target_scaled_wh = state_dict.get("target_scaled_wh", self._energy_to_target_wh)
             self._last_reported_step = state_dict.get("last_reported_step")
+            self._history = [(float(e), float(v))
+                             for e, v in state_dict.get("projection_history", [])]
             self._latest = None
         except Exception as err:
             self._failed("restoring energy from the checkpoint", err)

@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .redact import energy_logger
 from .aggregate import APPORTION_RULES
+from .projection import PROJECTIONS
 from .schema import (AtLeast, Boolean, Check, EnvVar, NonNegative, OneOf, Option, Positive,
                      PositiveInteger, SiteSettingError, positive_integer_text)
 from .select import parse_spec
@@ -60,6 +61,11 @@ GENERAL_OPTIONS: Tuple[Option, ...] = (
     Option("gpus_on_node", None,
            "GPUs of the node, for gpu_share (`ENERGY_GPUS_ON_NODE` wins; else detected)",
            PositiveInteger()),
+    Option("projection", "linear",
+           "how `projected_energy_to_target_wh` projects a trial that has not reached its "
+           "target: linear (the energy so far scaled by the distance to the target) or curve "
+           "(a saturating learning curve fitted to the trial's validations, docs/configs.md)",
+           OneOf(PROJECTIONS)),
 )
 
 #: The variables of the energy core (each source declares its own).

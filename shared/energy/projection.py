@@ -13,11 +13,17 @@ Two rules make it safe to rank trials by:
   source stopped (a BMC that died mid-run) keeps growing with the time the trial runs, as its
   energy does, instead of freezing at what was measured before the source stopped (a lower
   bound that the searcher would take as exact).
+
+How a trial that has not reached its target is projected is ``energy.projection``: the linear
+rule (``projected_energy_to_target``) or the learning-curve fit (``shared.energy.curve_fit``),
+``searcher_metric`` picks.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, Tuple
+
+from .curve_fit import curve_projection_wh
 
 #: below this coverage a figure is "not measured": the trial ranks last
 MIN_COVERAGE = 0.5
@@ -26,6 +32,8 @@ MIN_COVERAGE = 0.5
 UNMEASURED_WH = 1e12
 #: the linear projection's floor on the target metric (an increasing metric near 0)
 PROJECTION_FLOOR = 0.5
+#: the projections ``energy.projection`` selects among (``searcher_metric``)
+PROJECTIONS = ("linear", "curve")
 
 
 def is_measured(energy_wh: Optional[float], coverage: Optional[float]) -> bool:
@@ -79,19 +87,36 @@ def projected_energy_to_target(energy_wh: Optional[float], value: Optional[float
 def searcher_metric(energy_wh: Optional[float], coverage: Optional[float],
                     value: Optional[float], target: Optional[float],
                     energy_to_target_wh: Optional[float] = None,
-                    smaller_is_better: bool = False) -> float:
+                    smaller_is_better: bool = False, *, projection: str = "linear",
+                    history: Sequence[Tuple[float, Optional[float]]] = ()) -> float:
     """``projected_energy_to_target_wh`` at one validation: always a finite number.
 
     ``energy_wh`` and ``coverage``: the trial's measured energy so far and its coverage;
     ``energy_to_target_wh``: once the target was reached, the energy then, already scaled by
     the coverage then (``scaled_energy_wh``). ``UNMEASURED_WH`` when nothing usable was
-    measured, or the projection is not defined (a diverged loss)."""
+    measured, or the projection is not defined (a diverged loss).
+
+    ``projection`` (``energy.projection``): ``linear`` (``projected_energy_to_target``) or
+    ``curve``: the learning curve fitted to ``history`` (the trial's earlier validations,
+    (scaled energy, target metric) pairs, oldest first) and this one
+    (``shared.energy.curve_fit``: a trial whose fitted curve levels off below the target gets
+    a finite value in [1e10, 2e10] Wh, after every trial projected to reach it and before
+    ``UNMEASURED_WH``); with too few validations the linear rule."""
+    if projection not in PROJECTIONS:
+        raise ValueError(f"energy.projection {projection!r}: one of {', '.join(PROJECTIONS)}")
     if energy_to_target_wh is not None and math.isfinite(float(energy_to_target_wh)):
         return float(energy_to_target_wh)
     scaled = scaled_energy_wh(energy_wh, coverage)
     if scaled is None:
         return UNMEASURED_WH
-    projected = projected_energy_to_target(scaled, value, target, None, smaller_is_better)
+    projected = None
+    if (projection == "curve" and target and value is not None
+            and math.isfinite(float(value))):
+        projected = curve_projection_wh([e for e, _ in history] + [scaled],
+                                        [v for _, v in history] + [float(value)],
+                                        float(target), smaller_is_better)
+    if projected is None:
+        projected = projected_energy_to_target(scaled, value, target, None, smaller_is_better)
     if projected is None or not math.isfinite(projected):
         return UNMEASURED_WH
     return min(projected, UNMEASURED_WH)
