@@ -5,9 +5,9 @@ the training data path exactly as a segmentation trial builds it (``shared.data.
 from the common hyperparameter defaults: ADE20K's 512 crop of a (2048, 512) keep-ratio rescale
 with ratio 0.5-2.0, cat-max crop, flip, photometric parameters):
 
-* **reference**: the Pillow probe of ``../shared/tools/reference_bench.py`` (decode a JPEG from
+* **reference**: the Pillow probe of the reference script (docs/references.md) (decode a JPEG from
   memory, resize, crop, flip) on the same files, one core. It calibrates machines: the anchors
-  (``../shared/design/anchors.md``) give its rate on the lent GPU machine's CPU, so
+  (docs/references.md) give its rate on the lent GPU machine's CPU, so
   ``ours / reference`` here times that rate estimates ours there;
 * **per stage**: one core, each step of the sample path on its own (decode and checks, then
   each transform), and the whole ``dataset[i]``;

@@ -123,7 +123,7 @@ class _VitLinear(nn.Module):
     def __init__(self, res: int, num_classes: int, name: str = "vit_small_patch16_224") -> None:
         super().__init__()
         import timm
-        # As ../shared/tools/reference_bench.py builds it, so the two runs compare.
+        # As the reference script of docs/references.md builds it, so the two runs compare.
         self.backbone = timm.create_model(name, pretrained=False, num_classes=0, img_size=res,
                                           dynamic_img_size=True)
         self.head = nn.Linear(self.backbone.embed_dim, num_classes)

@@ -1,4 +1,4 @@
 """The project's common library: data, metrics, the segmentation trial base, energy.
 
-Not to be confused with the team folder ``../shared`` outside the repository.
+Not to be confused with any folder of the same name outside the repository.
 """

@@ -54,7 +54,7 @@ def test_segformer_variant_name_is_case_insensitive():
 
 # DeepLab v3+ R-50 with separable ASPP/decoder, 150 classes: 26.72M, the figure of
 # segmentation_models_pytorch's DeepLabV3Plus("resnet50") measured for the reference benchmark
-# (../shared/design/anchors.md). R-101: timm's ResNet-101 features (42.50M) + the same 3.22M
+# (docs/references.md). R-101: timm's ResNet-101 features (42.50M) + the same 3.22M
 # head = 45.72M. Dense 3x3 convs: + 3 x (2048*256*9 - (2048*9 + 2048*256)) and the decoder's
 # difference = 40.39M (trials/deeplabv3plus/model.py explains the counts).
 DEEPLAB_PARAMS = {("resnet50", True): 26.72e6, ("resnet101", True): 45.72e6,
