@@ -42,7 +42,7 @@ import shutil
 import zipfile
 from typing import Any, List, Optional
 
-from shared.hparams import ConfigError
+from shared.errors import ConfigError
 from shared.outdir import OutputError
 
 log = logging.getLogger("shared.checkpoints")

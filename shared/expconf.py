@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from shared import hparams as hpmod
 from shared import recipes
 from shared.energy import ENERGY_METRICS  # metrics that need the energy hook in every trial
-from shared.hparams import ConfigError
+from shared.errors import ConfigError
 
 #: Slots a config must ask for, by its file name (other names: any number).
 SLOTS_BY_NAME: Dict[str, int] = {"single_gpu": 1, "8_gpu": 8, "multi_node": 32}

@@ -20,11 +20,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import YAMLError
 
+from shared.energy.errors import SiteSettingError
+from shared.energy.options import default_options, validate_options
+from shared.errors import ConfigError
 from shared.schedule import LR_SCALING_RULES
-
-
-class ConfigError(ValueError):
-    """A bad experiment config, hyperparameter or command-line override."""
 
 
 @dataclass(frozen=True)
@@ -323,13 +322,12 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
     _check_class_names(out, where)
     # The energy section's options belong to the energy hook, which checks their values;
     # only the refusal of unknown keys (with the file named) is added here.
-    from shared.energy.callback import DEFAULT_OPTIONS, validate_options
     energy = dict(out.get("energy") or {})
+    known = default_options()
     for key in energy:
-        if key not in DEFAULT_OPTIONS:
+        if key not in known:
             raise ConfigError(f"{where}: unknown hyperparameter 'energy.{key}'"
-                              f"{_closest(key, DEFAULT_OPTIONS)}; known: {', '.join(sorted(DEFAULT_OPTIONS))}")
-    from shared.energy.schema import SiteSettingError
+                              f"{_closest(key, known)}; known: {', '.join(sorted(known))}")
     try:
         out["energy"] = validate_options(energy)
     except SiteSettingError as e:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from shared.hparams import ConfigError
+from shared.errors import ConfigError
 
 Check = Callable[[Any], Optional[str]]
 

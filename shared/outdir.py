@@ -26,7 +26,7 @@ import socket
 import time
 from typing import IO, Iterator, Optional
 
-from shared.hparams import ConfigError
+from shared.errors import ConfigError
 
 LOCK_NAME = ".lock"
 

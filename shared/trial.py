@@ -392,7 +392,9 @@ class RecipeTrial(det_torch.PyTorchTrial):
                                                  required=self.energy_required,
                                                  carried=self.energy_carried,
                                                  carried_step=self.energy_carried_step,
-                                                 counters_dir=self.energy_counters_dir)
+                                                 counters_dir=self.energy_counters_dir,
+                                                 report=functools.partial(compat.report_group,
+                                                                          self.context))
             self._energy = callbacks["energy"]
         return callbacks
 

@@ -13,8 +13,10 @@ import determined as det
 import pytest
 import torch
 
-from shared.energy.callback import EnergyCallback, validate_options
-from shared.energy.meter import EnergySnapshot
+from fakes.energy_callback import energy_callback  # noqa: E402
+from shared.energy.callback import EnergyCallback
+from shared.energy.options import validate_options
+from shared.energy.snapshot import EnergySnapshot
 from shared.energy.projection import UNMEASURED_WH
 
 _spec = importlib.util.spec_from_file_location(
@@ -95,7 +97,7 @@ def energy_reports(ctx: FakeContext) -> List[Tuple[int, Dict[str, Any]]]:
 
 def test_reports_validation_target_and_resume(node):
     ctx, steps = FakeContext(), Steps()
-    cb = EnergyCallback(ctx, {"pue": 1.2, "carbon_intensity_g_per_kwh": 400.0}, steps)
+    cb = energy_callback(ctx, {"pue": 1.2, "carbon_intensity_g_per_kwh": 400.0}, steps)
     cb.on_trial_startup(0, None)
 
     node.advance("intel-rapl:0", 100.0)
@@ -138,7 +140,7 @@ def test_reports_validation_target_and_resume(node):
     # resumed trial: a new process, a new callback, the counters went on meanwhile
     node.advance("intel-rapl:0", 1000.0)  # another job's energy while we were paused
     ctx2, steps2 = FakeContext(), Steps()
-    cb2 = EnergyCallback(ctx2, {}, steps2)
+    cb2 = energy_callback(ctx2, {}, steps2)
     cb2.on_trial_startup(200, "ckpt-uuid")
     cb2.load_state_dict(state)  # Determined loads the checkpoint after on_trial_startup
     node.advance("intel-rapl:0", 40.0)
@@ -176,7 +178,7 @@ def test_gpu_trial_reads_its_own_gpu_and_a_share_of_the_node(node, monkeypatch, 
         monkeypatch.setenv("ENERGY_GPUS_ON_NODE", gpus_env)  # containers: the site says so
     ctx, steps = FakeContext(), Steps()
     ctx.device = torch.device("cuda", 0)
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     clock.t += 10.0
     node.advance("intel-rapl:0", 400.0)
@@ -194,7 +196,7 @@ def test_gpu_trial_reads_its_own_gpu_and_a_share_of_the_node(node, monkeypatch, 
 def test_cpu_only_trial_is_charged_the_whole_node(node, monkeypatch):
     monkeypatch.setenv("ENERGY_GPUS_ON_NODE", "4")  # set for the site's GPU trials
     ctx, steps = FakeContext(), Steps()
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     node.advance("intel-rapl:0", 400.0)
     steps.n = 10
@@ -206,7 +208,7 @@ def test_cpu_only_trial_is_charged_the_whole_node(node, monkeypatch):
 def test_nothing_measured_is_labelled_and_kept_out_of_validation(node, monkeypatch):
     monkeypatch.setenv("ENERGY_SOURCES", "none")
     ctx, steps = FakeContext(), Steps()
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     steps.n = 5
     cb.on_training_workload_end({}, {})
@@ -230,7 +232,7 @@ def test_disabled_does_nothing(node):
             return [stuff]
 
     ctx = FakeContext(Spy())
-    cb = EnergyCallback(ctx, {"enabled": False, "apportion": "whatever"}, Steps())
+    cb = energy_callback(ctx, {"enabled": False, "apportion": "whatever"}, Steps())
     cb.on_trial_startup(0, None)
     cb.on_training_workload_end({}, {})
     val = {"mIoU": 0.1}
@@ -249,7 +251,7 @@ def test_failures_never_stop_training_and_ranks_stay_in_step(node, caplog):
             return [stuff]
 
     ctx, steps = FakeContext(Spy()), Steps()
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     ctx._core.train.fail = True
     with caplog.at_level(logging.WARNING, logger="shared.energy"):
@@ -280,7 +282,7 @@ def test_worker_rank_sends_its_report_and_reports_nothing(node):
 
     dist = WorkerDist()
     ctx, steps = FakeContext(dist), Steps()
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     node.advance("intel-rapl:0", 50.0)
     steps.n = 7
@@ -296,7 +298,7 @@ def test_worker_rank_sends_its_report_and_reports_nothing(node):
 
 def test_unreadable_checkpoint_state_is_flagged(node, caplog):
     ctx, steps = FakeContext(), Steps()
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     with caplog.at_level(logging.WARNING, logger="shared.energy"):
         cb.load_state_dict({"version": 1, "total": {"duration_s": 3.0}})
@@ -326,7 +328,7 @@ def test_bad_options_are_refused_before_training(monkeypatch):
     ]
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
-            EnergyCallback(FakeContext(), options, Steps())
+            energy_callback(FakeContext(), options, Steps())
     with pytest.raises(ValueError, match=r"the energy hyperparameter must be a mapping"):
         validate_options(["rapl"])
     monkeypatch.setenv("ENERGY_GPUS_ON_NODE", "eight")
@@ -360,7 +362,7 @@ def test_curve_projection_through_the_callback(node):
         ctx = FakeContext()
         if cb is None:
             steps = Steps()
-            cb = EnergyCallback(ctx, {"projection": projection}, steps, target=70.0,
+            cb = energy_callback(ctx, {"projection": projection}, steps, target=70.0,
                                 target_metric="miou")
             cb.on_trial_startup(0, None)
         out = []
@@ -387,7 +389,7 @@ def test_curve_projection_through_the_callback(node):
     assert len(state["projection_history"]) == 6
     cb.on_trial_shutdown()
     ctx2, steps2 = FakeContext(), Steps()
-    cb2 = EnergyCallback(ctx2, {"projection": "curve"}, steps2, target=70.0, target_metric="miou")
+    cb2 = energy_callback(ctx2, {"projection": "curve"}, steps2, target=70.0, target_metric="miou")
     cb2.on_trial_startup(600, "ckpt")
     cb2.load_state_dict(state)
     _, _, more = run("curve", 1, cb2, steps2, start=6)
@@ -425,7 +427,7 @@ def test_searcher_metric_survives_a_source_that_fails_for_good(node, caplog, fai
             return [stuff]
 
     ctx, steps = FakeContext(Gather()), Steps()
-    cb = EnergyCallback(ctx, {}, steps, target=0.5, target_metric="miou")
+    cb = energy_callback(ctx, {}, steps, target=0.5, target_metric="miou")
     cb.on_trial_startup(0, None)
     validations = []
     with caplog.at_level(logging.WARNING, logger="shared.energy"):
@@ -468,7 +470,7 @@ def test_phases_follow_the_hooks_and_sum_to_the_total(node):
     """setup to on_training_start, validation between its hooks, a checkpoint from the hook
     before it to on_checkpoint_upload_end (the only checkpoint hook every rank gets)."""
     ctx, steps = FakeContext(), Steps()
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     node.advance("intel-rapl:0", 36.0)     # setup: data loaders, checkpoint loading
     cb.on_training_start()
@@ -497,7 +499,7 @@ def test_phases_follow_the_hooks_and_sum_to_the_total(node):
     # the split goes into the checkpoint and continues after a resume
     state = pickle.loads(pickle.dumps(cb.state_dict()))
     cb.on_trial_shutdown()
-    cb2 = EnergyCallback(ctx, {}, steps)
+    cb2 = energy_callback(ctx, {}, steps)
     cb2.on_trial_startup(8, "uuid")
     cb2.load_state_dict(state)
     node.advance("intel-rapl:0", 36.0)
@@ -516,7 +518,7 @@ def test_a_failed_read_repeats_the_last_figures_with_their_lag_and_bridging(node
     """After a failed read the report repeats the last good figures: what they bridged and
     how far they trail are theirs, and must not drop to 0.0 for that one report."""
     ctx, steps = FakeContext(), Steps()
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     good = EnergySnapshot(duration_s=10.0, joules={"node": 3600.0},
                           per_source={"redfish": {"node": 3600.0}},
@@ -538,7 +540,7 @@ def test_compile_warmup_is_its_own_phase(node):
     """torch.compile's warm-up batches (the trial calls compile_phase before each batch) are
     the phase compile: compile_wh and compile_s, out of train_wh and train_s."""
     ctx, steps = FakeContext(), Steps()
-    cb = EnergyCallback(ctx, {}, steps)
+    cb = energy_callback(ctx, {}, steps)
     cb.on_trial_startup(0, None)
     cb.on_training_start()
     cb.compile_phase(True)                 # batch 1: compiles

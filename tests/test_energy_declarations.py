@@ -12,7 +12,7 @@ import pytest
 
 from shared import hparams
 from shared.energy import docs, select
-from shared.energy.callback import validate_options
+from shared.energy.options import validate_options
 from shared.energy.options import all_env_vars, all_options, default_options
 from shared.energy.schema import EnvVar, Option, Positive
 from shared.energy.sources import (register_source, registered_sources, source_class,
@@ -31,7 +31,8 @@ def test_derived_tables_keep_their_public_values():
     assert select.AUTO_ONLY_WITH_ENV == {"redfish": "ENERGY_REDFISH_URL",
                                          "ipmi": "ENERGY_IPMI_CMD",
                                          "prometheus": "ENERGY_PROMETHEUS_URL"}
-    from shared.energy.callback import DEFAULT_OPTIONS
+    from shared.energy.options import default_options
+    DEFAULT_OPTIONS = default_options()
     assert DEFAULT_OPTIONS == {
         "enabled": True, "sources": "auto", "apportion": "gpu_share", "pue": None,
         "carbon_intensity_g_per_kwh": None, "sample_period_s": None, "node_max_power_w": 20000.0,

@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import pytest
 
+from fakes.energy_callback import energy_callback  # noqa: E402
 from shared.energy.meter import EnergyMeter
 from shared.energy.projection import UNMEASURED_WH
 from shared.energy.sources.redfish import RedfishSource
@@ -210,7 +211,7 @@ def _callback(sim, monkeypatch):
     monkeypatch.setenv("ENERGY_REDFISH_URL", sim.url)
     monkeypatch.setenv("ENERGY_REDFISH_ALLOW_HTTP_CREDENTIALS", "1")
     steps = {"n": 0}
-    cb = EnergyCallback(_Ctx(), {"redfish_sample_period_s": 0.02, "redfish_timeout_s": 0.2},
+    cb = energy_callback(_Ctx(), {"redfish_sample_period_s": 0.02, "redfish_timeout_s": 0.2},
                         lambda: steps["n"], target=60.0, target_metric="miou")
     cb.on_trial_startup(0, None)
     return cb, steps

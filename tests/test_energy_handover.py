@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fakes.energy_callback import energy_callback  # noqa: E402
 from shared.energy import handover
 from shared.energy.meter import EnergyMeter
 from shared.energy.sources.nvml import NvmlSource
@@ -202,7 +203,7 @@ def _killed_run(advance, counters):
     """A run that reported at batch 10 and was killed: its checkpoint state and counters."""
     from shared.energy.callback import EnergyCallback
     steps = {"n": 0}
-    cb = EnergyCallback(_Ctx(), {}, lambda: steps["n"], counters_dir=counters)
+    cb = energy_callback(_Ctx(), {}, lambda: steps["n"], counters_dir=counters)
     cb.on_trial_startup(0, None)
     advance(360.0)
     steps["n"] = 10
@@ -212,7 +213,7 @@ def _killed_run(advance, counters):
 
 def _resume(state, counters, carried=None):
     from shared.energy.callback import EnergyCallback
-    cb = EnergyCallback(_Ctx(), {}, lambda: 10, counters_dir=counters, carried=carried,
+    cb = energy_callback(_Ctx(), {}, lambda: 10, counters_dir=counters, carried=carried,
                         carried_step=10 if carried else None)
     cb.on_trial_startup(10, "ckpt")
     cb.load_state_dict(state)
@@ -274,7 +275,7 @@ def test_a_counters_path_that_is_a_directory_is_warned_once(rapl_node, tmp_path,
     counters = tmp_path / "energy_counters"
     (counters / "rank0.json").mkdir(parents=True)
     steps = {"n": 0}
-    cb = EnergyCallback(_Ctx(), {}, lambda: steps["n"], counters_dir=counters)
+    cb = energy_callback(_Ctx(), {}, lambda: steps["n"], counters_dir=counters)
     cb.on_trial_startup(0, None)
     with caplog.at_level(logging.WARNING, logger="shared.energy"):
         for n in range(1, 18):

@@ -58,7 +58,7 @@ def build_dataset(hp, split: str) -> SegmentationDataset:
     hyperparameters (``shared.hparams.COMMON``): the training split with the MMSeg training
     pipeline, the validation split with the keep-ratio rescale. Raises ConfigError when
     ``data_dir`` is not set."""
-    from shared.hparams import ConfigError
+    from shared.errors import ConfigError
 
     if not hp["data_dir"]:
         raise ConfigError("hyperparameter 'data_dir' is not set: pass --data-dir locally, "

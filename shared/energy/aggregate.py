@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence,
                     Tuple, Union)
 
+from .general import APPORTION_RULES
 from .redact import energy_logger
-from .meter import EnergySnapshot
+from .snapshot import EnergySnapshot
 from .projection import is_measured
 
 log = energy_logger()
 
-APPORTION_RULES = ("gpu_share", "none")
 J_PER_WH = 3600.0
 #: The phases a trial's energy is split into (``<phase>_wh`` in the ``energy`` group); the
 #: meter's first phase (``meter.FIRST_PHASE``) is the first of them.

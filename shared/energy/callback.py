@@ -40,28 +40,16 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 from determined import pytorch as det_pytorch
 
-from shared import determined_compat as compat
-
 from .redact import energy_logger
 from .aggregate import RankEnergy, TrialEnergy, combine
-from . import handover
-from .meter import EnergyMeter, EnergySnapshot
-from .options import default_options, validate_options
+from . import handover, resume
+from .meter import EnergyMeter
+from .snapshot import EnergySnapshot
+from .options import validate_options
 from .projection import MIN_COVERAGE, UNMEASURED_WH, is_measured, scaled_energy_wh, searcher_metric
 from .select import build_sources
 
 log = energy_logger()
-
-
-# The energy options are declared in shared.energy.options (general ones) and on each source
-# class; validate_options and DEFAULT_OPTIONS stay importable from here, where shared.hparams
-# and the packager have always found them.
-def __getattr__(name: str) -> Any:
-    # DEFAULT_OPTIONS is computed on each access (PEP 562) so that it includes the options of
-    # a source registered after this module was imported.
-    if name == "DEFAULT_OPTIONS":
-        return default_options()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class EnergyCallback(det_pytorch.PyTorchCallback):
@@ -70,7 +58,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
 
     Args:
         context: the ``PyTorchTrialContext`` (uses ``.distributed`` and ``.device``).
-        options: the ``energy`` hyperparameter dict (see ``DEFAULT_OPTIONS``).
+        options: the ``energy`` hyperparameter dict (see ``options.default_options``).
         steps_completed: returns the number of batches trained so far.
         target, target_metric, target_smaller_is_better: the trial's target value, the
             validation metric compared with it (``miou`` for segmentation) and its direction,
@@ -89,6 +77,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             absolute counters at its last reports, and a resumed run counts from them the
             energy between the interrupted run's last report and its own start
             (``shared.energy.handover``). None on a cluster.
+        report: ``report(group, steps_completed, metrics)`` sends a custom metric group to
+            Determined (the trial passes ``shared.determined_compat.report_group``, which
+            also writes the group to TensorBoard): the library itself reaches into no
+            Determined internals and imports nothing else of the project.
 
     Raises:
         ValueError: bad options (at construction, before training starts).
@@ -101,8 +93,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                  required: bool = False,
                  carried: Optional[Mapping[str, Any]] = None,
                  carried_step: Optional[int] = None,
-                 counters_dir: Optional[pathlib.Path] = None) -> None:
+                 counters_dir: Optional[pathlib.Path] = None, *,
+                 report: Callable[[str, int, Dict[str, Any]], None]) -> None:
         self._context = context
+        self._report_group = report
         self._opts = validate_options(options)
         self._enabled: bool = self._opts["enabled"]
         self._steps_completed = steps_completed
@@ -271,88 +265,19 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             self._last_good = (snapshot, time.monotonic())
         except Exception as err:
             self._failed("reading the energy meter", err)
-            snapshot = self._held_snapshot(dist.rank)
+            snapshot = resume.held_snapshot(self._last_good, self._started_at, dist.rank)
         else:
             self._hand_over(dist.rank)
         return RankEnergy.from_snapshot(snapshot, **meta).to_dict()
 
-    def _held_snapshot(self, rank: int) -> EnergySnapshot:
-        """What this rank reports when its meter cannot be read.
-
-        Before any good read: nothing measured here, and coverage 0 says so. After one: the
-        energy of the last good read, with the same components, so that no figure of the
-        trial turns from a number into null mid-run (a column that mixes them becomes a
-        string column in the WebUI, and the searcher metric would vanish); its duration is
-        the span those joules cover, and coverage is scaled by the share of the time since
-        the start that they cover: the rest is missing, and said to be.
-        """
-        now = time.monotonic()
-        if self._last_good is None:
-            elapsed = now - (self._started_at or now)
-            return EnergySnapshot(duration_s=elapsed, joules={}, per_source={},
-                                  coverage={f"rank{rank}": 0.0}, sources=[])
-        last, read_at = self._last_good
-        span = last.duration_s + (now - read_at)
-        share = last.duration_s / span if span > 0 else 0.0
-        return EnergySnapshot(duration_s=last.duration_s, joules=dict(last.joules),
-                              per_source={k: dict(v) for k, v in last.per_source.items()},
-                              coverage={k: c * share for k, c in last.coverage.items()},
-                              sources=list(last.sources),
-                              # the figures are those of the last good read: what they
-                              # bridged and how far they may trail stay theirs
-                              bridged_s=dict(last.bridged_s), lag_s=dict(last.lag_s),
-                              phase_s=dict(last.phase_s), gpu_util_pct=last.gpu_util_pct)
-
     def _hand_over(self, rank: int) -> None:
-        """Keep this reading's absolute counters for a run that resumes this one."""
+        """Keep this reading's absolute counters for a run that resumes this one; a directory
+        that cannot take them is given up for the rest of the run (``resume.hand_over``)."""
         if self._counters_dir is None or self._meter is None:
             return
-        counters = self._meter.raw_counters()
-        if not counters:
-            return
-        try:
-            handover.record(self._counters_dir, rank, int(self._steps_completed()),
-                            self._node_id, counters)
-        except Exception as err:
-            # Once: a directory that cannot take the file now will not take it at the next
-            # report either; the run goes on without (a later resume counts no gap).
-            log.warning("energy: cannot keep the energy counters in %s (%s: %s); they are not "
-                        "kept for this run (a resume will not count the energy of a crash)",
-                        handover.path_for(self._counters_dir, rank), type(err).__name__, err)
+        if not resume.hand_over(self._meter, self._counters_dir, rank,
+                                int(self._steps_completed()), self._node_id):
             self._counters_dir = None
-
-    def _count_gap(self, step: Optional[int]) -> None:
-        """Count, from this rank's absolute counters, the energy between the interrupted
-        run's report at ``step`` (the one whose totals this run continues from) and this
-        run's start."""
-        if self._meter is None or self._counters_dir is None or step is None:
-            return
-        if not self._meter.active_sources:
-            return  # nothing is measured in this process (a rank without a node source)
-        if not self._meter.raw_counters():
-            log.warning("energy: the energy between the interrupted run's last report (batch %d) "
-                        "and this start is not counted: no source here has an absolute counter "
-                        "(%s)", step, ", ".join(s.name for s in self._meter.active_sources))
-            return
-        rank = self._context.distributed.rank
-        entry, why = handover.find(self._counters_dir, rank, step, self._node_id)
-        if entry is None and why.startswith("ended"):
-            log.info("energy: nothing counted between the previous run and this one (%s)", why)
-            return
-        if entry is None:
-            log.warning("energy: the energy between the interrupted run's last report (batch "
-                        "%d) and this start is not counted: %s", step, why)
-            return
-        gap = self._meter.count_gap(entry["counters"], time.time() - float(entry["wall_time"]))
-        counted = {name: sum(j.values()) for name, j in gap.joules.items()}
-        if counted:
-            log.info("energy: counted %.6f Wh over the %.1f s between the interrupted run's last "
-                     "report (batch %d) and this start, from the counters of %s",
-                     sum(counted.values()) / 3600.0, gap.elapsed_s, step, ", ".join(sorted(counted)))
-        for name, reason in sorted(gap.missed.items()):
-            log.warning("energy: %s cannot count the %.1f s between the interrupted run's last "
-                        "report and this start (%s): its energy then is missing, its coverage "
-                        "says so", name, gap.elapsed_s, reason)
 
     def _collect(self) -> Optional[TrialEnergy]:
         """Allgather every rank's report; on the chief, combine and add the offset."""
@@ -379,7 +304,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             metrics = trial.to_metrics(
                 pue=self._opts["pue"],
                 carbon_intensity_g_per_kwh=self._opts["carbon_intensity_g_per_kwh"])
-            compat.report_group(self._context, "energy", step, metrics)
+            self._report_group("energy", step, metrics)
             self._last_reported_step = step
         except Exception as err:
             self._failed("reporting the energy group", err)
@@ -497,33 +422,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             "projection_history": [list(p) for p in self._history],
         }
 
-    def _carried_problem(self) -> Optional[str]:
-        """Why the carried ``energy`` record (the interrupted run's last, read back from its
-        metrics file) cannot be believed, or None: numbers that are not numbers or negative,
-        or an average power no node could draw (``node_max_power_w`` per node)."""
-        c = self._carried or {}
-        for key in ("energy_wh", "gpu_wh", "cpu_wh", "dram_wh", "node_wh", "duration_s"):
-            v = c.get(key)
-            if v is None:
-                continue
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                return f"{key} is {v!r}"
-        duration, energy = c.get("duration_s") or 0.0, c.get("energy_wh")
-        if energy is not None and energy > 0:
-            if duration <= 0:
-                return f"energy_wh {energy:g} over a duration of {duration!r} s"
-            nodes = c.get("nodes") if isinstance(c.get("nodes"), int) and c.get("nodes") > 0 else 1
-            ceiling = float(self._opts["node_max_power_w"]) * nodes
-            power = energy * 3600.0 / duration
-            if power > ceiling:
-                return (f"energy_wh {energy:g} over {duration:g} s is {power:.4g} W, more than "
-                        f"{nodes} node(s) can draw ({ceiling:g} W)")
-        return None
-
     def _carried_is_ahead(self, offset: TrialEnergy) -> bool:
         if self._carried is None:
             return False
-        problem = self._carried_problem()
+        problem = resume.carried_problem(self._carried, float(self._opts["node_max_power_w"]))
         if problem is not None:
             log.warning("energy: the interrupted run's last energy report is not used (%s); "
                         "continuing from the checkpoint's totals", problem)
@@ -580,6 +482,8 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         # The gap since the interrupted run's last report: whatever goes wrong there (a
         # counters file that lies, a bug) leaves the totals above as they are.
         try:
-            self._count_gap(step)
+            if self._meter is not None and self._counters_dir is not None:
+                resume.count_gap(self._meter, self._counters_dir, self._context.distributed.rank,
+                                 step, self._node_id)
         except Exception as err:
             self._failed("counting the energy between the interrupted run and this one", err)

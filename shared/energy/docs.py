@@ -50,10 +50,11 @@ def options_table_markdown() -> str:
     """Every key of the ``energy`` hyperparameter: | option | default | allowed | meaning |,
     the general options first, then each source's in priority order."""
     rows = []
+    names = [cls.name for cls in registered_sources()]
     for owner, option in all_options():
         meaning = option.doc if owner == "general" else f"{owner}: {option.doc}"
         rows.append([f"`energy.{option.name}`", f"`{yaml_value(option.default)}`",
-                     option.allowed_text(), meaning])
+                     option.allowed_text(names), meaning])
     return _table(["option", "default", "allowed", "meaning"], rows)
 
 

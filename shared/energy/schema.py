@@ -4,11 +4,11 @@ one-line doc, and the helpers that read them.
 
 Declarations live next to what uses them: the general options and variables in
 ``shared.energy.options``, each source's own on its class (``EnergySource.options`` and
-``.env_vars``). Option checking (``options.validate_options``) and the documentation tables
+``.env_vars``). Option checking (``settings.validate_options``) and the documentation tables
 (``shared.energy.docs``) are derived from them, so a setting is described in one place.
 
-This module imports nothing of the library but ``sources.base`` (for ``SourceUnavailable``),
-so that every source module can import it without an import cycle.
+This module imports nothing of the library but its exceptions (``errors``): it is the bottom
+that every other module (the sources included) may import.
 
 Why hand-written and not pydantic: the checks are a handful of numbers and names, the messages
 must keep their exact wording (tests and users rely on them), and a new dependency would ship
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .sources.base import SourceUnavailable
+from .errors import SiteSettingError, SourceUnavailable
 
 
 # ------------------------------------------------------------------------------------------
@@ -47,6 +47,10 @@ class Check(abc.ABC):
     """Base of the value checks. ``allowed``: the values accepted, in words, for the docs."""
 
     allowed: str = "any"
+
+    def allowed_for(self, sources: Sequence[str]) -> str:
+        """``allowed`` where the registered sources' names are known (the docs tables)."""
+        return self.allowed
 
     @abc.abstractmethod
     def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
@@ -134,9 +138,11 @@ class Option:
     doc: str
     check: Optional[Callable[[str, Any, Mapping[str, str]], None]] = None
 
-    def allowed_text(self) -> str:
-        """What the docs' "allowed" column shows; "or null" when None means "not set"."""
-        text = getattr(self.check, "allowed", None) or "any"
+    def allowed_text(self, sources: Sequence[str] = ()) -> str:
+        """What the docs' "allowed" column shows; "or null" when None means "not set".
+        ``sources``: the registered sources' names, for a check whose values are among them."""
+        text = (self.check.allowed_for(sources) if isinstance(self.check, Check)
+                else getattr(self.check, "allowed", None)) or "any"
         return f"{text} or null" if self.default is None else text
 
 
@@ -159,11 +165,6 @@ class EnvVar:
     name: str
     doc: str
     check: Optional[Callable[[str, str], None]] = None
-
-
-class SiteSettingError(ValueError):
-    """A site's ``ENERGY_*`` variable holds a value that cannot be right (the message names the
-    variable and the value): the trial stops before it starts, rather than run unmeasured."""
 
 
 def boolean_text(name: str, raw: str) -> None:

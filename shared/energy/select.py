@@ -12,9 +12,10 @@ import logging
 import os
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .errors import SourceUnavailable
+from .general import split_spec
 from .redact import energy_logger
 from .sources import registered_sources
-from .sources.base import SourceUnavailable
 
 log = energy_logger()
 
@@ -70,21 +71,7 @@ def parse_spec(spec: Union[str, Sequence[str], None],
         ValueError: an unknown name; the message lists the valid ones and where the bad
             value came from.
     """
-    origin = "energy.sources hyperparameter"
-    override = env.get("ENERGY_SOURCES", "").strip()
-    if override:
-        spec, origin = override, "ENERGY_SOURCES"
-    if spec is None:
-        spec = "auto"
-    if isinstance(spec, str):
-        items = [s.strip().lower() for s in spec.split(",") if s.strip()]
-    elif isinstance(spec, (list, tuple)):
-        if not all(isinstance(s, str) for s in spec):
-            raise ValueError(f"{origin}: expected names of sources, got {spec!r}")
-        items = [s.strip().lower() for s in spec if s.strip()]
-    else:
-        raise ValueError(f"{origin}: expected 'auto', a comma-separated string or a list of "
-                         f"names, got {type(spec).__name__} {spec!r}")
+    items, origin = split_spec(spec, env)
     order = _source_order()
     if items == ["auto"]:
         return list(order), False

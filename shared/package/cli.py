@@ -14,7 +14,7 @@ from shared.package.errors import PackageError
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m shared.package MODEL [MODEL ...] [--out DIR]``; returns the exit status."""
-    from shared.hparams import ConfigError
+    from shared.errors import ConfigError
 
     models = list(recipes.discover())
     ap = argparse.ArgumentParser(

@@ -166,13 +166,15 @@ def energy_section(energy_conf: Mapping[str, Any]) -> Tuple[List[str], List[str]
     declarations (``shared.energy.options``, each source class; ``shared.energy.docs``)."""
     from shared.energy import docs
     from shared.energy.options import all_options
+    from shared.energy.sources import registered_sources
 
     rows: List[str] = []
+    names = [cls.name for cls in registered_sources()]
     for owner, option in all_options():
         value = _fmt(energy_conf[option.name]) if option.name in energy_conf else "(default)"
         meaning = option.doc if owner == "general" else f"{owner}: {option.doc}"
         rows.append(f"| `energy.{option.name}` | `{_cell(value)}` | `{_cell(_fmt(option.default))}` | "
-                    f"{_cell(option.allowed_text())} | {_cell(meaning)} |")
+                    f"{_cell(option.allowed_text(names))} | {_cell(meaning)} |")
     lines = [
         "## Energy",
         "",

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
 from .load import MasterReader, ReportError, Run, Target, label_runs, load_inputs, load_local
-from .plots import Chart, make_charts, not_drawn, not_drawn_line
+from . import objects, plots
+from .plots import Chart, not_drawn, not_drawn_line
 from .series import Point, power_intervals, timeline
 from .tables import Row, ScalingPoint, compare, report_target, scaling
 
@@ -46,6 +47,30 @@ class Report:
         """The target's value when it is an mIoU target."""
         return self.target.value if self.target is not None and self.target.metric == "miou" else None
 
+
+
+def make_charts(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows: Sequence[Row],
+                points: Sequence[ScalingPoint], target: Optional[Target],
+                out_dir: pathlib.Path) -> List[Chart]:
+    """Every chart of the report, written under ``out_dir``, those with data first (a chart
+    no run has data for is a :class:`Chart` with ``missing`` set, and no file); the scaling
+    chart only when a model was run at two or more slot counts. The target metric's charts
+    are named after it (``miou_vs_energy.png``, ``validation_loss_vs_batches.png``); without
+    a target, after the rows' own target metric."""
+    metric = target.metric if target is not None else (rows[0].target_metric if rows else "miou")
+    mine = {f"{metric}_vs_{axis}.png" for axis in ("energy", "batches", "time")}
+    for stale in out_dir.glob("*_vs_*.png"):  # an earlier report's, of another metric
+        if stale.name not in mine and not stale.name.startswith("objects_vs_"):
+            stale.unlink()
+    charts = [plots.metric_vs_energy(runs, tls, rows, target, out_dir / f"{metric}_vs_energy.png", metric),
+              plots.metric_vs_batches(runs, tls, rows, target, out_dir / f"{metric}_vs_batches.png", metric),
+              *objects.object_charts(runs, tls, out_dir),
+              plots.metric_vs_time(runs, tls, rows, target, out_dir / f"{metric}_vs_time.png", metric),
+              plots.power_over_time(runs, tls, out_dir / "power.png"),
+              plots.losses(runs, tls, out_dir / "loss.png")]
+    if points:
+        charts.append(plots.scaling_chart(points, out_dir / "scaling.png"))
+    return [c for c in charts if c.drawn] + [c for c in charts if not c.drawn]
 
 def build_report(runs: Sequence[Run], out_dir: str | pathlib.Path,
                  target_miou: Optional[float] = None,

@@ -376,28 +376,3 @@ def scaling_chart(points: Sequence[ScalingPoint], path: pathlib.Path) -> Chart:
     ax_w.set_ylim(bottom=0)
     _save(fig, path)
     return chart
-
-
-def make_charts(runs: Sequence[Run], tls: Sequence[Dict[str, List[Point]]], rows: Sequence[Row],
-                points: Sequence[ScalingPoint], target: Optional[Target],
-                out_dir: pathlib.Path) -> List[Chart]:
-    """Every chart of the report, written under ``out_dir``, those with data first (a chart
-    no run has data for is a :class:`Chart` with ``missing`` set, and no file); the scaling
-    chart only when a model was run at two or more slot counts. The target metric's charts
-    are named after it (``miou_vs_energy.png``, ``validation_loss_vs_batches.png``); without
-    a target, after the rows' own target metric."""
-    metric = target.metric if target is not None else (rows[0].target_metric if rows else "miou")
-    mine = {f"{metric}_vs_{axis}.png" for axis in ("energy", "batches", "time")}
-    for stale in out_dir.glob("*_vs_*.png"):  # an earlier report's, of another metric
-        if stale.name not in mine and not stale.name.startswith("objects_vs_"):
-            stale.unlink()
-    from .objects import object_charts  # the rare-objects recipe's charts, when a run has its metrics
-    charts = [metric_vs_energy(runs, tls, rows, target, out_dir / f"{metric}_vs_energy.png", metric),
-              metric_vs_batches(runs, tls, rows, target, out_dir / f"{metric}_vs_batches.png", metric),
-              *object_charts(runs, tls, out_dir),
-              metric_vs_time(runs, tls, rows, target, out_dir / f"{metric}_vs_time.png", metric),
-              power_over_time(runs, tls, out_dir / "power.png"),
-              losses(runs, tls, out_dir / "loss.png")]
-    if points:
-        charts.append(scaling_chart(points, out_dir / "scaling.png"))
-    return [c for c in charts if c.drawn] + [c for c in charts if not c.drawn]

@@ -22,7 +22,7 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
 from model import ARCHITECTURES, build_classifier, data_config  # noqa: E402  (model.py, next to this file)
 
 from shared.classification.trial import CLASSIFICATION_PARAMS, ClassificationTrial  # noqa: E402
-from shared.hparams import ConfigError  # noqa: E402
+from shared.errors import ConfigError  # noqa: E402
 from shared.launch import main  # noqa: E402
 from shared.modelargs import construct, default_of  # noqa: E402
 

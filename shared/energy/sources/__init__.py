@@ -23,7 +23,9 @@ import re
 import threading
 from typing import Dict, Tuple, Type
 
+from ..general import GENERAL_ENV, GENERAL_OPTIONS
 from ..redact import energy_logger
+from ..schema import EnvVar, Option
 from .base import COMPONENTS, EnergySource
 
 log = energy_logger()
@@ -49,8 +51,6 @@ _builtins_loaded = False
 
 def _declaration_errors(cls: Type[EnergySource]) -> list:
     """What is wrong with a source class's declaration, one phrase per problem."""
-    from ..schema import EnvVar, Option  # here: schema imports this package (no cycle at call)
-
     errors = []
     if not (isinstance(cls, type) and issubclass(cls, EnergySource)):
         return [f"{cls!r} is not an EnergySource subclass"]
@@ -98,9 +98,6 @@ def register_source(cls: Type[EnergySource]) -> Type[EnergySource]:
     label = getattr(cls, "__qualname__", repr(cls))
     if errors:
         raise ValueError(f"energy source {label}: " + "; ".join(errors))
-    # Here, not at the top: options imports this package (no cycle once both are loaded).
-    from ..options import GENERAL_ENV, GENERAL_OPTIONS
-
     with _lock:
         other = _registered.get(cls.name)
         if other is not None and other is not cls:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Literal, Mapping, Optional, Tuple
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
-if TYPE_CHECKING:  # annotations only: schema imports this module (SourceUnavailable)
-    from ..schema import EnvVar, Option
-
+from ..errors import SourceUnavailable
 from ..redact import energy_logger, redact
+from ..schema import EnvVar, Option
 
 log = energy_logger()
 
@@ -32,13 +31,6 @@ COMPONENTS = ("gpu", "cpu", "dram", "node")
 #: energy counter's rate) is not believed. 20 kW is twice an 8-GPU H200 node at full power
 #: (8 x 700 W GPUs plus CPUs, memory, fans and supplies' losses is under 10 kW).
 MAX_NODE_POWER_W = 20_000.0
-
-
-class SourceUnavailable(RuntimeError):
-    """Raised by ``open()`` when a source cannot work here (no device, no permission, no URL).
-
-    The message says why, in words a user can act on; it never contains credentials.
-    """
 
 
 @dataclass
