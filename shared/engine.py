@@ -13,7 +13,8 @@ framework whose loop it could not see. What it holds:
   every batch, gradient clipping;
 - device-side reducers for the losses, so that no batch waits for the GPU (``DeviceMean``);
 - the task: what a batch is and how its loss and validation metrics are taken
-  (``SegmentationTask``, ``ClassificationTask``, ``BinarySegmentationTask``).
+  (``SegmentationTask`` here; each other family owns its own: ``shared.classification.task``,
+  ``shared.objects.task``).
 
 What Determined does around ``train_batch`` (moving the model, wrapping optimisers for
 distributed training, stepping the schedulers after each batch, reducing metrics over ranks)
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,8 +37,7 @@ from shared.inference import validation_kernels
 from shared.metrics import ConfusionMatrix, DeviceMean, DeviceSum
 from shared.schedule import WarmupPoly, lr_scaling_rule, scaled_lr
 
-__all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask", "ClassificationTask",
-           "BinarySegmentationTask", "BinaryLoss", "BINARY_LOSSES",
+__all__ = ["Engine", "LocalRuntime", "Runtime", "SegmentationTask",
            "autocast", "pick_precision", "resolve_channels_last", "resolve_compile", "build_optimizer", "segmentation_loss",
            "count_parameters", "AUTOCAST_DTYPES", "COMPILE_WARMUP_BATCHES"]
 
@@ -347,147 +346,6 @@ class SegmentationTask:
         self.val_loss.update(total_loss / counted.clamp(min=1))
 
 
-class ClassificationTask:
-    """Image classification: normalised float images and class labels from the loader,
-    cross-entropy with optional label smoothing; validation into an exact whole-set reducer
-    (``shared.classification.trial.AccuracyReducer``, given by the trial)."""
-
-    def __init__(self, accuracy_reducer: Any, label_smoothing: float = 0.0) -> None:
-        self._reducer = accuracy_reducer
-        self.label_smoothing = float(label_smoothing)
-        self.accuracy: Any = None
-
-    def attach(self, runtime: Runtime) -> None:
-        self.accuracy = runtime.wrap_reducer(self._reducer, name=None, for_training=False)
-
-    def training_loss(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        images, labels, skipped = engine.to_device(*batch)
-        engine.count_skipped(skipped)
-        with engine.autocast():
-            logits = engine.forward(engine.prepare(images))
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-
-    def evaluate(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> None:
-        images, labels, skipped = engine.to_device(*batch)
-        engine.count_skipped(skipped)
-        with engine.autocast():
-            logits = engine.eval_forward(engine.prepare(images))
-        # Every validation metric comes from the reducer (exact over the set); none per batch.
-        self.accuracy.update(logits, labels)
-
-
-#: the losses of ``BinaryLoss`` (hyperparameter ``loss``)
-BINARY_LOSSES = ("bce", "dice", "bce_dice", "focal")
-
-
-class BinaryLoss:
-    """The loss of one-logit segmentation: ``bce`` (binary cross-entropy, positives weighted
-    by ``pos_weight``), ``dice`` (soft Dice over all the pixels given, smoothed by 1 so that a
-    batch of empty tiles predicted empty costs nothing), ``bce_dice`` (their sum) or ``focal``
-    (Lin et al. 2017: cross-entropy scaled by (1 - p_t) ** ``gamma``, positives weighted by
-    ``pos_weight``). Always in float32.
-
-    A loss is taken from sums (``parts``) so that a whole validation image can be scored in
-    bands that are added up (``combine``) instead of one tensor of its size.
-    """
-
-    def __init__(self, kind: str, pos_weight: float = 1.0, gamma: float = 2.0) -> None:
-        if kind not in BINARY_LOSSES:
-            raise ConfigError(f"hyperparameter 'loss' = {kind!r} is not one of "
-                              f"{', '.join(BINARY_LOSSES)}")
-        self.kind, self.pos_weight, self.gamma = kind, float(pos_weight), float(gamma)
-
-    def parts(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(5,) float64 sums over the pixels: cross-entropy (or focal) term, pixels, soft
-        intersection, predicted mass, target mass."""
-        x, t = logits.float(), target.float()
-        w = 1.0 + (self.pos_weight - 1.0) * t  # pos_weight on positive pixels, 1 elsewhere
-        ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-        p = torch.sigmoid(x)
-        if self.kind == "focal":
-            p_t = p * t + (1 - p) * (1 - t)
-            ce = ce * (1 - p_t) ** self.gamma
-        return torch.stack([(ce * w).sum(), x.new_tensor(float(x.numel())), (p * t).sum(),
-                            p.sum(), t.sum()]).double()
-
-    def combine(self, parts: torch.Tensor) -> torch.Tensor:
-        ce = parts[0] / parts[1].clamp(min=1)
-        dice = 1 - (2 * parts[2] + 1) / (parts[3] + parts[4] + 1)
-        if self.kind in ("bce", "focal"):
-            return ce
-        return dice if self.kind == "dice" else ce + dice
-
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.combine(self.parts(logits, target)).float()
-
-
-def binary_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """uint8 (B, C, H, W) tiles to the model's input: [0, 255] to about [-2, 2] by a fixed
-    affine map ((x / 255 - 0.5) / 0.25), whatever the channel count (1 or 3); no per-data-set
-    statistics, which a single-band orbital image would not have."""
-    x = (images.float() / 255.0 - 0.5) / 0.25
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-class BinarySegmentationTask:
-    """Binary segmentation of rare objects: uint8 tiles and 0/1 masks from the tile sampler
-    (``shared.data.tiles``), one logit per pixel, ``BinaryLoss``; validation on whole images,
-    tiled with overlap and stitched (``stitch_logits``), into ``ObjectMetrics`` (pixel IoU and
-    F1, object precision, recall, F1, false positives per image, average precision, and the
-    mean per-image loss as ``validation_loss``).
-
-    Args:
-        loss: the training and validation loss.
-        metrics: a ``shared.objects.metrics.ObjectMetrics`` (or the same interface).
-        tile_size, overlap, stitch, tiles_per_batch: the validation tiling (``stitch_logits``).
-    """
-
-    def __init__(self, loss: BinaryLoss, metrics: Any, tile_size: int, overlap: float = 0.25,
-                 stitch: str = "average", tiles_per_batch: int = 8) -> None:
-        self.loss = loss
-        self._metrics = metrics
-        self.tile_size, self.overlap, self.stitch = int(tile_size), float(overlap), stitch
-        self.tiles_per_batch = int(tiles_per_batch)
-        self.metrics: Any = None
-
-    def attach(self, runtime: Runtime) -> None:
-        self.metrics = runtime.wrap_reducer(self._metrics, name=None, for_training=False)
-
-    def training_loss(self, engine: "Engine", batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        images, masks, skipped = engine.to_device(*batch)
-        engine.count_skipped(skipped)
-        x = binary_input(images, engine.channels_last)
-        with engine.autocast():
-            logits = engine.forward(x)
-        return self.loss(logits[:, 0], masks)
-
-    @torch.no_grad()
-    def predict(self, engine: "Engine", image: Any) -> torch.Tensor:
-        """Stitched logits (H, W), float32 on the CPU, of one whole image (an object with
-        ``shape`` (H, W, C) and ``tile(y, x, size)`` -> uint8 (C, size, size), such as
-        ``shared.data.tiles.TiledImage``)."""
-        from shared.data.tiles import stitch_logits
-
-        def run(tiles: torch.Tensor) -> torch.Tensor:
-            x = binary_input(tiles.to(engine.device, non_blocking=True), engine.channels_last)
-            with engine.autocast():
-                return engine.eval_forward(x)[:, 0].float().cpu()
-        return stitch_logits(image, run, self.tile_size, self.overlap, self.stitch,
-                             self.tiles_per_batch)
-
-    def evaluate(self, engine: "Engine", batch: Sequence[Any]) -> None:
-        assert self.metrics is not None, "attach() first"
-        for image in batch:  # whole images (shared.data.tiles.TiledImage), one at a time
-            if image.skipped:  # a bad pair, counted once when the data was read
-                continue
-            logits = self.predict(engine, image)
-            mask = torch.from_numpy(np.array(image.mask()))
-            parts = logits.new_zeros(5, dtype=torch.float64)
-            for r in range(0, logits.shape[0], 1024):  # bands: bounded temporaries
-                parts += self.loss.parts(logits[r:r + 1024], mask[r:r + 1024])
-            self.metrics.update(torch.sigmoid(logits), mask, float(self.loss.combine(parts)))
-
-
 # ============================================================================ the engine
 class Engine:
     """One model's training and evaluation step.
@@ -498,7 +356,8 @@ class Engine:
             optimizer, lr, base_batch_size, lr_scaling, weight_decay, momentum, warmup_batches,
             warmup_ratio, poly_power, min_lr_ratio, grad_clip_norm.
         runtime: ``LocalRuntime`` or ``shared.determined_compat.DeterminedRuntime``.
-        task: ``SegmentationTask``, ``ClassificationTask`` or ``BinarySegmentationTask``.
+        task: ``SegmentationTask``, or a family's own (``shared.classification.task``,
+            ``shared.objects.task``).
         device: where the model runs.
         max_batches: the schedule's length.
         compile: run the training forward (and the task's loss, ``compiled_fn``) through

@@ -181,7 +181,7 @@ class RecipeTrial(det_torch.PyTorchTrial):
         raise NotImplementedError
 
     def build_task(self, hp: Mapping[str, Any]) -> Any:
-        """The engine's task (``shared.engine.SegmentationTask`` or ``ClassificationTask``)."""
+        """The engine's task (``shared.engine.SegmentationTask``, or the family's own)."""
         raise NotImplementedError
 
     def prepare(self, hp: Mapping[str, Any]) -> None:

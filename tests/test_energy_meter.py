@@ -388,6 +388,35 @@ def test_meter_windows_zeus_style():
         meter.begin_window("a")
 
 
+def test_window_and_phase_boundaries_wait_for_the_device_first():
+    """As Zeus's windows do: the device runs what was queued before a boundary is read, so
+    queued work lands in the window or phase that queued it. Here "the device" finishes its
+    queued 50 J when synchronised; a boundary read without waiting would miss them."""
+    clock = FakeClock()
+    src = FakeSource("nvml", {"gpu": 0.0})
+    queued = []
+
+    def synchronize() -> None:  # the queued work runs now
+        src.values["gpu"] += sum(queued)
+        queued.clear()
+    meter = EnergyMeter([src], clock=clock, synchronize=synchronize).start()
+    meter.begin_window("train")
+    queued.append(50.0)  # the loop queued work and returned at once
+    clock.advance(1.0)
+    assert meter.end_window("train").joules == {"gpu": pytest.approx(50.0)}
+    queued.append(30.0)
+    clock.advance(1.0)
+    meter.mark_phase("validation")  # the training's queued 30 J are training's
+    src.values["gpu"] += 5.0
+    clock.advance(1.0)
+    phases = meter.read().phases
+    assert phases["setup"] == {"gpu": pytest.approx(80.0)}
+    assert phases["validation"] == {"gpu": pytest.approx(5.0)}
+    meter.begin_window("v", sync_execution=False)  # Zeus's switch: no wait when asked
+    queued.append(7.0)
+    assert meter.end_window("v", sync_execution=False).joules == {"gpu": 0.0}
+
+
 def test_meter_drops_unavailable_sources_with_one_line(caplog):
     ok = FakeSource("nvml", {"gpu": 1.0})
     missing = FakeSource("rapl", {"cpu": 0.0}, unavailable="no powercap here")

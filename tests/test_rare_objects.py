@@ -18,10 +18,11 @@ from PIL import Image
 from shared import recipes
 from shared.data.files import DataError
 from shared.data.synthetic_rare import generate
-from shared.data.tiles import BalancedTileSampler, TileDataset, TileStore, component_boxes, stitch_logits
-from shared.engine import BinaryLoss
+from shared.data.components import component_boxes, label_components
+from shared.data.tiles import BalancedTileSampler, TileDataset, TileStore
+from shared.objects.task import BinaryLoss, stitch_logits
 from shared.hparams import ConfigError
-from shared.objects.metrics import ObjectMetrics, average_precision, label_components, match_objects
+from shared.objects.metrics import ObjectMetrics, average_precision, match_objects
 
 
 

@@ -4,7 +4,7 @@ The classification counterpart of ``shared.trial.SegmentationTrial``: both deriv
 ``shared.trial.RecipeTrial`` and run ``shared.engine.Engine`` (precision, the optimiser, the
 warm-up + poly schedule with the linear scaling rule, the step itself), time to target, the
 ``run`` group and the energy hook. What is its own: ImageFolder data, cross-entropy on class
-labels (``shared.engine.ClassificationTask``), exact accuracy over the whole validation set
+labels (``shared.classification.task.ClassificationTask``), exact accuracy over the whole validation set
 (``AccuracyReducer``), and the ``resources`` group (source document 001).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from shared.classification.resources import RESOURCES_GROUP, ResourceCallback
 from shared.data.sampling import SeededSampler
 from shared.data.skips import log_problems
 from shared.hparams import BOOL, INT, NUM, STR, Param
-from shared.engine import ClassificationTask
+from shared.classification.task import ClassificationTask
 from shared.tensorboard_scalars import add_scalars
 from shared.trial import RecipeTrial
 

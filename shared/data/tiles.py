@@ -29,7 +29,7 @@ What happens to an image:
    object at a random position inside the tile, the rest random tiles without any object,
    ``hard_negative_fraction`` of those from the pool of hard negatives that mining found.
 4. **Validated whole**: a validation image is covered by tiles overlapping by ``overlap``
-   and their logits are stitched back (``stitch_logits``), so that object metrics are per
+   and their logits are stitched back (``shared.objects.task.stitch_logits``), so that object metrics are per
    full image.
 
 Pillow refuses images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 Mpixels) as
@@ -57,16 +57,15 @@ from PIL import Image
 from shared.data.ade20k import find_samples
 from shared.data.files import DataError, read_annotation, read_image
 from shared.data.sampling import derive_seed
+from shared.data.components import component_boxes
 from shared.data.skips import WARN_LIMIT, log_problems
 
 __all__ = ["TILE_IMAGE_SUFFIXES", "find_tile_samples", "TileStore", "TiledImage", "TileDataset",
-           "BalancedTileSampler", "stitch_logits", "tile_starts", "component_boxes", "list_collate"]
+           "BalancedTileSampler", "tile_starts", "list_collate"]
 
 log = logging.getLogger(__name__)
 
 TILE_IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg"})
-#: rows decoded, scanned or scored at a time: bounds the temporaries of a large image
-BAND_ROWS = 1024
 #: random draws for a tile without any object before falling back to a known empty cell
 NEGATIVE_TRIES = 32
 
@@ -91,42 +90,6 @@ def pixel_limit(max_pixels: int) -> Iterator[None]:
             yield
     finally:
         Image.MAX_IMAGE_PIXELS = before
-
-
-# ----------------------------------------------------------------------------- components
-def _runs(mask: np.ndarray, rows: slice) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    band = np.asarray(mask[rows]) > 0
-    padded = np.zeros((band.shape[0], band.shape[1] + 2), dtype=np.int8)
-    padded[:, 1:-1] = band
-    d = np.diff(padded, axis=1)
-    r, s = np.nonzero(d == 1)
-    _, e = np.nonzero(d == -1)
-    return r + (rows.start or 0), s, e
-
-
-def component_boxes(mask: np.ndarray) -> np.ndarray:
-    """Bounding boxes (n, 4) int64 [y0, x0, y1, x1) of the 8-connected objects of a (H, W)
-    mask (non-zero = object), read in bands of ``BAND_ROWS`` rows (a memory-mapped mask is
-    never loaded whole). The same components as ``shared.objects.metrics.label_components``."""
-    from shared.objects.metrics import connect_runs
-
-    h = mask.shape[0]
-    parts = [_runs(mask, slice(y, min(y + BAND_ROWS, h))) for y in range(0, h, BAND_ROWS)]
-    rows, starts, ends = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64)
-                          for i in range(3))
-    comp, n = connect_runs(rows, starts, ends, mask.shape[1])
-    if n == 0:
-        return np.zeros((0, 4), dtype=np.int64)
-    boxes = np.empty((n, 4), dtype=np.int64)
-    boxes[:, 0] = np.full(n, h)
-    np.minimum.at(boxes[:, 0], comp, rows)
-    boxes[:, 1] = mask.shape[1]
-    np.minimum.at(boxes[:, 1], comp, starts)
-    boxes[:, 2] = 0
-    np.maximum.at(boxes[:, 2], comp, rows + 1)
-    boxes[:, 3] = 0
-    np.maximum.at(boxes[:, 3], comp, ends)
-    return boxes
 
 
 # ----------------------------------------------------------------------------- images
@@ -596,48 +559,3 @@ class BalancedTileSampler:
         merged.update({tuple(c): float(s) for c, s in zip(cells, scores) if s > 0})
         self.pool = sorted(((s, c) for c, s in merged.items()), reverse=True)[:self.pool_size]
         return len(self.pool)
-
-
-# ----------------------------------------------------------------------------- validation
-def stitch_logits(image: Any, run: Callable[[torch.Tensor], torch.Tensor], tile_size: int,
-                  overlap: float, stitch: str, tiles_per_batch: int) -> torch.Tensor:
-    """Logits (H, W) float32 on the CPU of a whole image, from tiles of ``tile_size``
-    overlapping by ``overlap`` (a fraction of the tile) run through ``run`` (uint8 (B, C, T,
-    T) -> (B, T, T) logits) ``tiles_per_batch`` at a time.
-
-    ``stitch``: ``average`` (each pixel the mean of the logits of every tile covering it;
-    the tile counts per pixel are the product of the counts per row and per column, so no
-    second image-sized array is needed) or ``center`` (each pixel from the tile whose centre
-    is nearest, so no prediction near a tile's border is used where another tile has it
-    further inside).
-    """
-    h, w = image.height, image.width
-    t = tile_size
-    stride = max(1, int(round(t * (1 - overlap))))
-    ys, xs = tile_starts(h, t, stride), tile_starts(w, t, stride)
-    out = torch.zeros(h, w, dtype=torch.float32)
-    positions = [(y, x) for y in ys for x in xs]
-    if stitch == "center":
-        def bounds(starts: List[int], length: int) -> List[Tuple[int, int]]:
-            centres = [s + t / 2 for s in starts]
-            cuts = [0] + [int((a + b) / 2) for a, b in zip(centres, centres[1:])] + [length]
-            return [(max(lo, s), min(hi, s + t)) for s, lo, hi in zip(starts, cuts, cuts[1:])]
-        by, bx = dict(zip(ys, bounds(ys, h))), dict(zip(xs, bounds(xs, w)))
-    for k in range(0, len(positions), tiles_per_batch):
-        chunk = positions[k:k + tiles_per_batch]
-        logits = run(torch.from_numpy(np.stack([image.tile(y, x, t) for y, x in chunk])))
-        for (y, x), lg in zip(chunk, logits):
-            if stitch == "center":
-                (y0, y1), (x0, x1) = by[y], bx[x]
-                out[y0:y1, x0:x1] = lg[y0 - y:y1 - y, x0 - x:x1 - x]
-            else:
-                yh, xw = min(t, h - y), min(t, w - x)
-                out[y:y + yh, x:x + xw] += lg[:yh, :xw]
-    if stitch != "center":
-        cy, cx = torch.zeros(h), torch.zeros(w)
-        for y in ys:
-            cy[y:y + t] += 1
-        for x in xs:
-            cx[x:x + t] += 1
-        out /= cy[:, None] * cx[None, :]
-    return out

@@ -143,6 +143,13 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
         else:
             log.debug("energy: %s failed again: %s", where, err)
 
+    def _device_sync(self) -> Optional[Callable[[], None]]:
+        """How the meter waits for this rank's GPU at phase boundaries (None off a GPU)."""
+        device = getattr(self._context, "device", None)
+        if device is not None and getattr(device, "type", None) == "cuda":
+            return lambda: torch.cuda.synchronize(device)
+        return None
+
     def _gpu_indices(self) -> List[int]:
         device = getattr(self._context, "device", None)
         if device is not None:
@@ -180,7 +187,7 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
                                     node_reader=dist.local_rank == 0,
                                     options={k: v for k, v in self._opts.items()
                                              if v is not None})
-            meter = EnergyMeter(sources).start()
+            meter = EnergyMeter(sources, synchronize=self._device_sync()).start()
             self._gpus_on_node = self._count_gpus_on_node(meter, bool(gpu_indices))
             self._meter = meter
         except Exception as err:

@@ -102,9 +102,16 @@ class EnergyMeter:
 
     def __init__(self, sources: Sequence[EnergySource],
                  clock: Callable[[], float] = time.monotonic, *,
-                 explicit: Optional[bool] = None) -> None:
+                 explicit: Optional[bool] = None,
+                 synchronize: Optional[Callable[[], None]] = None) -> None:
         self._candidates = list(sources)
         self._clock = clock
+        # Waits until the device has run what was queued (``torch.cuda.synchronize`` for a
+        # trial on a GPU; the library itself imports no torch): a GPU runs kernels after the
+        # host queued them, so without it a boundary taken right after a training loop would
+        # charge the tail of the training work to the window or phase that follows. Called
+        # at window and phase boundaries only (a report already waits for its loss).
+        self._synchronize = synchronize
         self._explicit = explicit if explicit is not None else bool(
             getattr(sources, "explicit", True))
         self._active: List[EnergySource] = []
@@ -468,6 +475,7 @@ class EnergyMeter:
         was opened as: for a phase whose start is only known at its end (Determined tells
         the ranks other than the chief of a checkpoint only once it is over).
         """
+        self.sync()
         snap = self.read()
         closing = ended if ended is not None else self._phase
         at = self._start + snap.duration_s  # the clock time of that reading
@@ -486,19 +494,30 @@ class EnergyMeter:
         self._marked = True
 
     # -- windows ----------------------------------------------------------------------------
-    def begin_window(self, name: str) -> None:
-        """Start measuring a named window (names must be unique among open windows)."""
+    def sync(self) -> None:
+        """Wait for the device's queued work (the ``synchronize`` given, if any)."""
+        if self._synchronize is not None:
+            self._synchronize()
+
+    def begin_window(self, name: str, sync_execution: bool = True) -> None:
+        """Start measuring a named window (names must be unique among open windows); with
+        ``sync_execution``, after the device has run what was queued before it."""
         if name in self._windows:
             raise ValueError(f"energy window {name!r} is already open")
+        if sync_execution:
+            self.sync()
         self._windows[name] = self.read()
 
-    def end_window(self, name: str) -> Window:
-        """Close a window and return its duration and joules per component."""
+    def end_window(self, name: str, sync_execution: bool = True) -> Window:
+        """Close a window and return its duration and joules per component; with
+        ``sync_execution``, once the device has run the window's queued work."""
         try:
             begin = self._windows.pop(name)
         except KeyError:
             raise ValueError(f"energy window {name!r} was never begun (open windows: "
                              f"{sorted(self._windows) or 'none'})") from None
+        if sync_execution:
+            self.sync()
         end = self.read()
         joules = {c: end.joules[c] - begin.joules.get(c, 0.0) for c in end.joules}
         return Window(name=name, duration_s=end.duration_s - begin.duration_s, joules=joules)

@@ -1,7 +1,7 @@
 """Rare small objects in large images (binary segmentation): the trial family base
-(``trial.BinarySegmentationTrial``) and object-level metrics (``metrics``). The data is in
-``shared.data.tiles`` and ``shared.data.synthetic_rare``, the step in ``shared.engine``
-(``BinarySegmentationTask``).
+(``trial.BinarySegmentationTrial``), its task on the engine (``task.BinarySegmentationTask``)
+and object-level metrics (``metrics``). The data is in ``shared.data.tiles``,
+``shared.data.components`` and ``shared.data.synthetic_rare``.
 
 Names are imported on first use, so that the metrics load without Determined's trial
 machinery.
@@ -12,6 +12,7 @@ from shared.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "BinarySegmentationTrial": "trial", "OBJECT_PARAMS": "trial", "MINING_GROUP": "trial",
-    "ObjectMetrics": "metrics", "label_components": "metrics", "match_objects": "metrics",
+    "BinarySegmentationTask": "task", "BinaryLoss": "task",
+    "ObjectMetrics": "metrics", "match_objects": "metrics",
     "average_precision": "metrics",
 })

@@ -2,13 +2,8 @@
 predicted and ground-truth objects, and a reducer that sums counts over the whole validation
 set and every rank (``ObjectMetrics``).
 
-Why connected components are written here: the project's dependencies have no labelling
-function (scipy is not one of them, OpenCV is a test-only reference), and the labelling is
-part of what is measured. It works on runs: each row's foreground runs are found with numpy,
-runs of adjacent rows that touch (8-connectivity) are joined by a vectorised union-find
-(minimum-label propagation with pointer jumping), and the runs are painted back. Its cost
-grows with the number of runs, not of pixels, which suits masks of rare small objects.
-``tests/test_rare_objects.py`` checks it against ``cv2.connectedComponents``.
+The connected components themselves are ``shared.data.components`` (the tile sampler finds
+the same objects).
 """
 from __future__ import annotations
 
@@ -17,64 +12,10 @@ from typing import Any, Dict, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["connect_runs", "label_components", "match_objects", "average_precision", "ObjectMetrics",
+from shared.data.components import label_components
+
+__all__ = ["match_objects", "average_precision", "ObjectMetrics",
            "ap_thresholds"]
-
-
-def connect_runs(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int
-                 ) -> Tuple[np.ndarray, int]:
-    """The component (0..n-1, numbered in the order of the runs) of each foreground run and
-    n, for runs given row-major (row, start, exclusive end), 8-connectivity."""
-    n = len(rows)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), 0
-    rows = np.asarray(rows, dtype=np.int64)
-    wp = width + 2                       # > any column, so keys of row r < keys of row r + 1
-    start_key = rows * wp + starts
-    end_key = rows * wp + ends
-    # run b (row r) touches run a (row r - 1) when start_a <= end_b and start_b <= end_a
-    # (ends exclusive, diagonal neighbours included): a contiguous range of row r - 1's runs.
-    prev = (rows - 1) * wp
-    lo = np.searchsorted(end_key, prev + starts, side="left")
-    hi = np.searchsorted(start_key, prev + ends, side="right")
-    counts = np.where(rows > 0, np.maximum(hi - lo, 0), 0)
-    total = int(counts.sum())
-    parent = np.arange(n)
-    if total:
-        b = np.repeat(np.arange(n), counts)
-        a = np.repeat(lo, counts) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
-        while True:  # minimum label over each edge, then pointer jumping, until nothing moves
-            before = parent.copy()
-            np.minimum.at(parent, b, parent[a])
-            np.minimum.at(parent, a, parent[b])
-            parent = parent[parent]
-            if np.array_equal(parent, before):
-                break
-    _, comp = np.unique(parent, return_inverse=True)  # roots are run indices: row-major order
-    return comp.reshape(-1), int(comp.max()) + 1
-
-
-def label_components(mask: np.ndarray) -> Tuple[np.ndarray, int]:
-    """8-connected components of a boolean (H, W) mask: int32 labels 1..n (0: background),
-    numbered in the order of their first pixel (row-major), and n."""
-    m = np.asarray(mask).astype(bool, copy=False)
-    if m.ndim != 2:
-        raise ValueError(f"label_components: expected a 2-D mask, got shape {m.shape}")
-    h, w = m.shape
-    labels = np.zeros((h, w), dtype=np.int32)
-    padded = np.zeros((h, w + 2), dtype=np.int8)
-    padded[:, 1:-1] = m
-    d = np.diff(padded, axis=1)          # +1 where a run starts, -1 one past where it ends
-    rows, starts = np.nonzero(d == 1)
-    _, ends = np.nonzero(d == -1)        # row-major order: the i-th end closes the i-th start
-    comp, n = connect_runs(rows, starts, ends, w)
-    if n == 0:
-        return labels, 0
-    lengths = ends - starts
-    flat = np.repeat(rows.astype(np.int64) * w + starts, lengths) + \
-        (np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths))
-    labels.reshape(-1)[flat] = np.repeat(comp.astype(np.int32) + 1, lengths)
-    return labels, n
 
 
 def match_objects(gt: np.ndarray, n_gt: int, pred: np.ndarray, n_pred: int,

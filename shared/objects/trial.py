@@ -12,7 +12,7 @@ to target, the ``run`` group and the energy hook. What is its own:
   object area, then highest mean probability) join a bounded pool that a share of each
   batch's negatives is drawn from. The validation split is never mined. Its time and energy
   are their own phase (``mining_wh`` in the energy group, the ``mining`` group);
-- one logit per pixel, ``shared.engine.BinarySegmentationTask`` (losses bce, dice,
+- one logit per pixel, ``shared.objects.task.BinarySegmentationTask`` (losses bce, dice,
   bce_dice, focal) and object-level metrics over whole validation images
   (``shared.objects.metrics``).
 """
@@ -30,7 +30,7 @@ from determined import pytorch as det_torch
 
 from shared import determined_compat as compat
 from shared import hparams as hpmod
-from shared.engine import BINARY_LOSSES, BinaryLoss, BinarySegmentationTask, binary_input
+from shared.objects.task import BINARY_LOSSES, BinaryLoss, BinarySegmentationTask, binary_input
 from shared.hparams import INT, NUM, STR, Param
 from shared.objects.metrics import ObjectMetrics
 from shared.trial import RecipeTrial
