@@ -359,7 +359,7 @@ TOP_LEVEL: Dict[str, Check] = {
     "data_layer": _removed("removed in Determined 0.19.10 (ignored)"),
     "debug": _t("bool"),
     "description": _t("string"),
-    "entrypoint": _t("string", "list"),
+    "entrypoint": _t("string", "list", items="string"),
     "environment": _mapping_of(ENVIRONMENT),
     "hyperparameters": _ANY,  # checked by _check_hyperparameters
     "internal": _t("null"),
