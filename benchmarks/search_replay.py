@@ -1,5 +1,8 @@
 """The energy-aware search, replayed over recorded learning curves (``benchmarks.curves``).
 
+(One job, in one file: the replay. Its length is Determined's ASHA searcher re-implemented,
+the replays that run it over the curves with each strategy, and their summary and chart.)
+
     python -m benchmarks.search_replay --curves benchmarks/results/curves [--searches NAME ...]
         [--metric NAME [--target VALUE]] [--projection linear curve] [--replays 200] [--seed 0]
         [--config experiment_configs/unet/asha_energy.yaml] [--json OUT] [--chart PNG]

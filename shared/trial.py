@@ -6,6 +6,10 @@ evaluation step (also what the benchmark times): it resolves the hyperparameters
 model (``build_model``, the one place that maps hyperparameters to a model's arguments), the
 engine, the data loaders and the callbacks (time to target, the ``run`` group, the energy
 hook), so that ``trials/<model>/train.py`` only says which model to build.
+
+(One job, in one file: the Determined adapter around the engine. Its length is the two base
+classes and the callbacks they install: time to target, the ``run`` group, the trial's own
+checkpointed state; and the loader workers' set-up.)
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The GPU campaign (benchmarks/campaign.py) on CPU: the NVML cross-check arithmetic, the study's
-batch budget, the time keeping, the real-NVML read cost with the fake pynvml, the rendering of
-a result folder, and what a user sees on bad input. The campaign itself runs on the lent GPU
+"""The GPU campaign (benchmarks/campaign.py; its analysis and rendering,
+benchmarks/campaign_report.py) on CPU: the NVML cross-check arithmetic, the study's batch
+budget, the time keeping, the real-NVML read cost with the fake pynvml, the rendering of a
+result folder, and what a user sees on bad input. The campaign itself runs on the lent GPU
 (one device call); its CPU smoke run (``--smoke``) takes minutes and is not part of the suite."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks import campaign
+from benchmarks import campaign, campaign_report
 from benchmarks.gpu_monitor import Sample
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,9 +33,9 @@ def _energy_record(t: float, step: int, gpu_wh):
 def test_interpolate_between_samples_and_outside():
     s = [Sample(10.0, None, None, 1.0), Sample(11.0, None, None, None),
          Sample(12.0, None, None, 3.0)]
-    assert campaign.interpolate(s, 11.0) == pytest.approx(2.0)  # the None sample is skipped
-    assert campaign.interpolate(s, 10.0) == 1.0
-    assert campaign.interpolate(s, 9.9) is None and campaign.interpolate(s, 12.1) is None
+    assert campaign_report.interpolate(s, 11.0) == pytest.approx(2.0)  # the None sample is skipped
+    assert campaign_report.interpolate(s, 10.0) == 1.0
+    assert campaign_report.interpolate(s, 9.9) is None and campaign_report.interpolate(s, 12.1) is None
 
 
 def test_cross_check_passes_when_the_hook_matches_the_counter():
@@ -42,7 +43,7 @@ def test_cross_check_passes_when_the_hook_matches_the_counter():
     # the hook's cumulative Wh since its own start (a few seconds before the first report)
     records = [_energy_record(105.0 + 10 * k, 10 * (k + 1), (3 + 10 * k) * 400 / 3600)
                for k in range(5)]
-    r = campaign.cross_check(records, samples)
+    r = campaign_report.cross_check(records, samples)
     assert r["status"] == "pass"
     assert r["hook_j"] == pytest.approx(40 * 400) and r["counter_j"] == pytest.approx(40 * 400)
     assert abs(r["relative_error"]) < 1e-9 and r["window_s"] == pytest.approx(40.0)
@@ -52,16 +53,16 @@ def test_cross_check_passes_when_the_hook_matches_the_counter():
 def test_cross_check_fails_beyond_one_percent_and_says_why_when_it_cannot_judge():
     samples = _samples(100.0, 60.0, 400.0)
     records = [_energy_record(105.0, 10, 0.0), _energy_record(145.0, 50, 1.02 * 40 * 400 / 3600)]
-    r = campaign.cross_check(records, samples)
+    r = campaign_report.cross_check(records, samples)
     assert r["status"] == "FAIL" and r["relative_error"] == pytest.approx(0.02)
     # one report only
-    assert campaign.cross_check(records[:1], samples)["status"].startswith("n/a (1 energy report")
+    assert campaign_report.cross_check(records[:1], samples)["status"].startswith("n/a (1 energy report")
     # a report outside the monitor's samples
     late = [records[0], _energy_record(400.0, 60, 1.0)]
-    assert "do not bracket" in campaign.cross_check(late, samples)["status"]
+    assert "do not bracket" in campaign_report.cross_check(late, samples)["status"]
     # null gpu_wh (no GPU source) is not a report with gpu_wh
     nulls = [_energy_record(105.0, 10, None), _energy_record(145.0, 50, None)]
-    assert campaign.cross_check(nulls, samples)["status"].startswith("n/a (0 energy report")
+    assert campaign_report.cross_check(nulls, samples)["status"].startswith("n/a (0 energy report")
 
 
 def _warmup_rows(plan_free_second: float):
@@ -105,7 +106,7 @@ def test_nvml_read_cost_with_the_fake_module(monkeypatch):
     r = campaign.nvml_read_cost(reads=20)
     assert r["status"] == "ok" and r["reads"] == 20
     assert 0 < r["counter_call_us"] and 0 < r["meter_read_us"] < 1e5
-    assert campaign.hook_share(200.0, 70.0, 50) == pytest.approx(200e-6 / 3.5)
+    assert campaign_report.hook_share(200.0, 70.0, 50) == pytest.approx(200e-6 / 3.5)
 
 
 def test_nvml_read_cost_without_nvml_says_so(monkeypatch):

@@ -194,6 +194,8 @@ BROKEN = [
      r"entrypoint: 8 slots need 'python3 -m determined\.launch\.torch_distributed python3 train\.py'"),
     ("entrypoint script missing", "unet", "asha", setter("entrypoint", "python3 main.py"),
      r"entrypoint: main\.py not found in .*trials/unet"),
+    ("entrypoint list of non-strings", "unet", "asha", setter("entrypoint", ["python3", 3]),
+     r"entrypoint\[1\]: 3 has type int; expected string"),
     ("unknown hyperparameter", "unet", "8_gpu", rename("hyperparameters", "warmup_batches", "warmup_batch"),
      r"hyperparameters\.warmup_batch: unknown hyperparameter for UNetTrial \(did you mean 'warmup_batches'\?\)"),
     ("unknown nested hyperparameter", "unet", "asha_energy",

@@ -22,8 +22,8 @@ from shared.energy.http import HttpFailure, redact_url
 from shared.energy.meter import EnergyMeter
 from shared.energy.sources.base import SourceUnavailable
 from shared.energy.sources.node_identity import NodeIdentity
-from shared.energy.sources.redfish import (BadReading, BasicCredentials, RedfishSource,
-                                           load_credentials, reading_at)
+from shared.energy.sources.redfish import BasicCredentials, RedfishSource, load_credentials
+from shared.energy.sources.redfish_discovery import BadReading, RedfishDiscovery, reading_at
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 sys.path.insert(0, str(FAKES))
@@ -351,13 +351,14 @@ def test_redirect_is_not_followed(tmp_path, sources):
         assert elsewhere.requests == []
 
 
-def test_link_off_the_bmc_is_refused(sources):
-    source = make(sources, "https://bmc.example/redfish/v1")
+def test_link_off_the_bmc_is_refused():
+    url = "https://bmc.example/redfish/v1"
+    discovery = RedfishDiscovery(url, lambda link: pytest.fail(f"fetched {link}"))
     doc = {"Power": {"@odata.id": "https://elsewhere.example/redfish/v1/Chassis/1/Power"}}
     with pytest.raises(BadReading, match="points outside the BMC"):
-        source._link(doc, "Power", source.url)
+        discovery._link(doc, "Power", url)
     same = {"Power": {"@odata.id": "/redfish/v1/Chassis/1/Power"}}
-    assert source._link(same, "Power", source.url) == "https://bmc.example/redfish/v1/Chassis/1/Power"
+    assert discovery._link(same, "Power", url) == "https://bmc.example/redfish/v1/Chassis/1/Power"
 
 
 # -- TLS -------------------------------------------------------------------------------------------
@@ -1071,7 +1072,7 @@ def test_figures_that_disagree_are_warned_with_every_value(sources, caplog):
     which was taken and why."""
     with BmcSimulator(WATTS, fixture="disagreeing_tower") as sim:
         source = make(sources, sim.url)
-        with caplog.at_level(logging.WARNING, logger="shared.energy.sources.redfish"):
+        with caplog.at_level(logging.WARNING, logger="shared.energy.sources.redfish_discovery"):
             source.open()
         assert source._read_resource(source.resource) == pytest.approx(974.0)
     assert source.resource.url.endswith("/EnvironmentMetrics")
@@ -1086,6 +1087,6 @@ def test_figures_that_disagree_are_warned_with_every_value(sources, caplog):
 def test_figures_that_agree_are_not_warned(sources, caplog):
     with BmcSimulator(WATTS, "envmetrics") as sim:  # PowerWatts, PSU sum, PowerControl agree
         source = make(sources, sim.url)
-        with caplog.at_level(logging.WARNING, logger="shared.energy.sources.redfish"):
+        with caplog.at_level(logging.WARNING, logger="shared.energy.sources.redfish_discovery"):
             source.open()
     assert not _warnings(caplog, "differ by more than")
