@@ -21,6 +21,7 @@ from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import YAMLError
 
 from shared.energy.errors import SiteSettingError
+from shared.energy.schema import CheckFn
 from shared.energy.options import default_options, validate_options
 from shared.errors import ConfigError
 from shared.schedule import LR_SCALING_RULES
@@ -31,7 +32,7 @@ class Param:
     default: Any
     types: Tuple[type, ...]
     choices: Optional[Sequence[Any]] = None
-    check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
+    check: Optional[CheckFn] = None  # the project's one check protocol: a phrase, or None
     nullable: bool = False
     help: str = ""
 

@@ -13,16 +13,18 @@ and ``construct`` passes only the hyperparameters that are set (not null), so a 
 hyperparameter, where its schema allows one, means the constructor's own default as well.
 
 A check is a function from a value to an error text, or None when the value is fine: the
-protocol of ``shared.hparams.Param.check``, so that a schema and a constructor can share one.
+project's one check protocol (``shared.energy.schema.CheckFn``: ``shared.hparams.Param.check``
+and the energy options use it too), so that a schema and a constructor can share one.
 """
 from __future__ import annotations
 
 import inspect
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from shared.energy.schema import CheckFn
 from shared.errors import ConfigError
 
-Check = Callable[[Any], Optional[str]]
+Check = CheckFn
 
 
 class ArgumentError(ValueError):

@@ -332,8 +332,8 @@ def test_bad_options_are_refused_before_training(monkeypatch):
     with pytest.raises(ValueError, match=r"the energy hyperparameter must be a mapping"):
         validate_options(["rapl"])
     monkeypatch.setenv("ENERGY_GPUS_ON_NODE", "eight")
-    with pytest.raises(ValueError, match=r"ENERGY_GPUS_ON_NODE must be a positive integer, "
-                                         r"got 'eight'"):
+    with pytest.raises(ValueError, match=r"ENERGY_GPUS_ON_NODE='eight' must be a positive "
+                                         r"integer"):
         validate_options({})
     monkeypatch.setenv("ENERGY_GPUS_ON_NODE", "8")
     monkeypatch.setenv("ENERGY_SOURCES", "rapl,nope")

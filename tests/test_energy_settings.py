@@ -23,7 +23,7 @@ from shared.energy.select import build_sources
     ({"ENERGY_PROMETHEUS_STEP_S": "-1"},
      "ENERGY_PROMETHEUS_STEP_S='-1' must be a positive number of seconds"),
     ({"ENERGY_PROMETHEUS_STEP_S": "fast"}, "ENERGY_PROMETHEUS_STEP_S='fast'"),
-    ({"ENERGY_GPUS_ON_NODE": "eight"}, "ENERGY_GPUS_ON_NODE must be a positive integer, got 'eight'"),
+    ({"ENERGY_GPUS_ON_NODE": "eight"}, "ENERGY_GPUS_ON_NODE='eight' must be a positive integer"),
 ])
 def test_a_site_variable_that_cannot_be_right_stops_the_trial(env, message, monkeypatch):
     with pytest.raises(SiteSettingError) as err:

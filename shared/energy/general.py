@@ -6,7 +6,7 @@ settings' check (``shared.energy.options``), which import it.
 """
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .projection import PROJECTIONS
 from .schema import (AtLeast, Boolean, Check, EnvVar, NonNegative, OneOf, Option, Positive,
@@ -43,9 +43,9 @@ def split_spec(spec: Union[str, Sequence[str], None],
 
 
 class SourceSpec(Check):
-    """``energy.sources``: "auto", "none" or source names. ``ENERGY_SOURCES`` replaces the value
-    when set, so the check reads ``env`` too. The form is checked here; the names against the
-    registry by ``shared.energy.options.validate_options``."""
+    """``energy.sources``: "auto", "none" or source names. The form of the hyperparameter is
+    checked here; the value in effect (``ENERGY_SOURCES`` replaces it when set) and its names
+    against the registry by ``shared.energy.options.validate_options``."""
 
     allowed = ("auto, none, or a list (or comma-separated string) of the sources' names "
                "(the sources table)")
@@ -55,8 +55,11 @@ class SourceSpec(Check):
             return self.allowed
         return f"auto, none, or a list (or comma-separated string) of {', '.join(sources)}"
 
-    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        split_spec(value, env)
+    def __call__(self, value: Any) -> Optional[str]:
+        if isinstance(value, str) or (isinstance(value, (list, tuple))
+                                      and all(isinstance(s, str) for s in value)):
+            return None
+        return "must be 'auto', 'none', a comma-separated string or a list of source names"
 
 
 #: The options of the energy core, in the order the docs list them. Each source's own

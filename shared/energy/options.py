@@ -15,11 +15,14 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .errors import SiteSettingError
 from .general import GENERAL_ENV, GENERAL_OPTIONS
 from .redact import energy_logger
-from .schema import Boolean, EnvVar, Option
+from .schema import EnvVar, Option
 from .select import parse_spec
 from .sources import registered_sources
 
 log = energy_logger()
+
+#: checked before anything else: a section that is off is not looked at further
+_ENABLED = next(o for o in GENERAL_OPTIONS if o.name == "enabled")
 
 
 def all_options() -> Tuple[Tuple[str, Option], ...]:
@@ -60,7 +63,7 @@ def validate_options(options: Optional[Mapping[str, Any]],
     declared = all_options()
     defaults = {option.name: option.default for _, option in declared}
     opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-    Boolean()("enabled", opts["enabled"], env)
+    _ENABLED.validate(opts["enabled"])
     if not opts["enabled"]:
         return opts
     unknown = sorted(set(options) - set(defaults))
@@ -69,14 +72,13 @@ def validate_options(options: Optional[Mapping[str, Any]],
         log.warning("energy: options %s are not used by the energy core (known: %s)",
                     unknown, ", ".join(defaults))
     for _, option in declared:
-        if option.check is not None and opts[option.name] is not None:
-            option.check(option.name, opts[option.name], env)
+        option.validate(opts[option.name])
     parse_spec(opts["sources"], env)  # the names, against the registry; ValueError names the bad one
     for owner, var in all_env_vars():
         raw = env.get(var.name)
-        if var.check is not None and raw is not None:
+        if raw is not None:
             try:
-                var.check(var.name, raw)
+                var.validate(raw)
             except ValueError as err:
                 raise SiteSettingError(f"the environment's {err} (read by the energy "
                                        f"{'hook' if owner == 'general' else 'source ' + owner})") from None

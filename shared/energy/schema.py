@@ -25,26 +25,33 @@ from .errors import SiteSettingError, SourceUnavailable
 
 
 # ------------------------------------------------------------------------------------------
-# Checks: callables ``check(key, value, env)`` raising ValueError with a message that names
-# ``energy.<key>`` and the bad value; ``allowed`` is what the docs' "allowed" column shows.
+# Checks. One protocol for every value check of the project: a callable ``check(value)``
+# returning what is wrong with the value as a phrase ("must be > 0"), or None when it is fine;
+# the caller names the key and the value. ``shared.hparams.Param.check`` and the model
+# constructors' checks (``shared.modelargs``) are the same. ``allowed`` is what the docs'
+# "allowed" column shows.
 # ------------------------------------------------------------------------------------------
+#: the check protocol: the value -> what is wrong with it, or None
+CheckFn = Callable[[Any], Optional[str]]
+
 #: the largest value of any numeric energy option (periods and timeouts in seconds, powers
 #: in watts, counts): a timeout of 1e308 s overflows the clock arithmetic of a deadline
 MAXIMUM = 1e6
 
 
-def number(key: str, value: Any) -> float:
-    """``value`` as a float; ValueError naming ``energy.<key>`` unless a finite real number of
-    magnitude at most ``MAXIMUM`` (booleans are refused: YAML's ``true`` is not a period)."""
+def number_problem(value: Any) -> Optional[str]:
+    """What keeps ``value`` from being a finite real number of magnitude at most ``MAXIMUM``
+    (booleans are refused: YAML's ``true`` is not a period), or None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"energy.{key} must be a number, got {value!r}")
+        return "must be a number"
     if abs(value) > MAXIMUM:
-        raise ValueError(f"energy.{key} must be at most {MAXIMUM:g}, got {value!r}")
-    return float(value)
+        return f"must be at most {MAXIMUM:g}"
+    return None
 
 
 class Check(abc.ABC):
-    """Base of the value checks. ``allowed``: the values accepted, in words, for the docs."""
+    """Base of the value checks with a text for the docs (``allowed``: the values accepted,
+    in words)."""
 
     allowed: str = "any"
 
@@ -53,16 +60,15 @@ class Check(abc.ABC):
         return self.allowed
 
     @abc.abstractmethod
-    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        """Raise ValueError naming ``energy.<key>`` and ``value`` if the value is refused."""
+    def __call__(self, value: Any) -> Optional[str]:
+        """What is wrong with ``value``, as a phrase; None when it is accepted."""
 
 
 class Boolean(Check):
     allowed = "true, false"
 
-    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        if not isinstance(value, bool):
-            raise ValueError(f"energy.{key} must be true or false, got {value!r}")
+    def __call__(self, value: Any) -> Optional[str]:
+        return None if isinstance(value, bool) else "must be true or false"
 
 
 class Positive(Check):
@@ -70,17 +76,15 @@ class Positive(Check):
 
     allowed = "number > 0"
 
-    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        if number(key, value) <= 0:
-            raise ValueError(f"energy.{key} must be > 0, got {value!r}")
+    def __call__(self, value: Any) -> Optional[str]:
+        return number_problem(value) or (None if value > 0 else "must be > 0")
 
 
 class NonNegative(Check):
     allowed = "number >= 0"
 
-    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        if number(key, value) < 0:
-            raise ValueError(f"energy.{key} must be >= 0, got {value!r}")
+    def __call__(self, value: Any) -> Optional[str]:
+        return number_problem(value) or (None if value >= 0 else "must be >= 0")
 
 
 class AtLeast(Check):
@@ -91,20 +95,19 @@ class AtLeast(Check):
         self.why = why
         self.allowed = f"number >= {minimum:g}"
 
-    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        if number(key, value) < self.minimum:
-            raise ValueError(f"energy.{key} is {self.why} and cannot be below "
-                             f"{self.minimum!r}, got {value!r}")
+    def __call__(self, value: Any) -> Optional[str]:
+        return number_problem(value) or (
+            None if value >= self.minimum
+            else f"is {self.why} and cannot be below {self.minimum!r}")
 
 
 class PositiveInteger(Check):
     allowed = "integer >= 1"
 
-    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
+    def __call__(self, value: Any) -> Optional[str]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"energy.{key} must be a positive integer, got {value!r}")
-        if value > MAXIMUM:
-            raise ValueError(f"energy.{key} must be at most {MAXIMUM:g}, got {value!r}")
+            return "must be a positive integer"
+        return None if value <= MAXIMUM else f"must be at most {MAXIMUM:g}"
 
 
 class OneOf(Check):
@@ -112,9 +115,12 @@ class OneOf(Check):
         self.choices = tuple(choices)
         self.allowed = ", ".join(self.choices)
 
-    def __call__(self, key: str, value: Any, env: Mapping[str, str]) -> None:
-        if value not in self.choices:
-            raise ValueError(f"energy.{key} must be one of {self.choices}, got {value!r}")
+    def __call__(self, value: Any) -> Optional[str]:
+        try:
+            ok = value in self.choices
+        except TypeError:  # an unhashable value (a list) is simply not a choice
+            ok = False
+        return None if ok else f"must be one of {self.choices}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -136,7 +142,14 @@ class Option:
     name: str
     default: Any
     doc: str
-    check: Optional[Callable[[str, Any, Mapping[str, str]], None]] = None
+    check: Optional[Callable[[Any], Optional[str]]] = None
+
+    def validate(self, value: Any) -> None:
+        """Raise ValueError naming ``energy.<name>`` and ``value`` if the check refuses it
+        (None, "not set", is never checked)."""
+        problem = self.check(value) if self.check is not None and value is not None else None
+        if problem:
+            raise ValueError(f"energy.{self.name} {problem}, got {value!r}")
 
     def allowed_text(self, sources: Sequence[str] = ()) -> str:
         """What the docs' "allowed" column shows; "or null" when None means "not set".
@@ -157,46 +170,57 @@ class EnvVar:
     Attributes:
         name: ``ENERGY_*``.
         doc: one line for the docs tables.
-        check: ``check(name, raw)`` raising ValueError, run by ``validate_options`` when the
-            variable is set, for variables whose bad value must stop a trial before it starts
-            (most are checked by their source instead, which then reports itself unavailable).
+        check: ``check(raw)``, the phrase of what is wrong with the variable's text or None
+            (the project's one check protocol), run by ``validate_options`` when the variable
+            is set, for variables whose bad value must stop a trial before it starts (most
+            are checked by their source instead, which then reports itself unavailable).
     """
 
     name: str
     doc: str
-    check: Optional[Callable[[str, str], None]] = None
+    check: Optional[Callable[[str], Optional[str]]] = None
+
+    def validate(self, raw: str) -> None:
+        """Raise ValueError naming the variable and its text if the check refuses it."""
+        problem = self.check(raw) if self.check is not None else None
+        if problem:
+            raise ValueError(f"{self.name}={raw!r} {problem}")
 
 
-def boolean_text(name: str, raw: str) -> None:
+def boolean_text(raw: str) -> Optional[str]:
     """Check for a switch variable (``ENERGY_REDFISH_INSECURE=1``): what ``env_flag`` reads."""
     if raw.strip().lower() not in ("", "0", "false", "no", "off", "1", "true", "yes", "on"):
-        raise ValueError(f"{name}={raw!r} is not a switch; use 1 or 0")
+        return "is not a switch; use 1 or 0"
+    return None
 
 
-def choice_text(*choices: str) -> Callable[[str, str], None]:
+def choice_text(*choices: str) -> Callable[[str], Optional[str]]:
     """Check for a variable holding one of ``choices`` (case-insensitive; empty: the default)."""
-    def check(name: str, raw: str) -> None:
+    def check(raw: str) -> Optional[str]:
         if raw.strip() and raw.strip().lower() not in choices:
-            raise ValueError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+            return f"must be one of {', '.join(choices)}"
+        return None
     return check
 
 
-def positive_number_text(name: str, raw: str) -> None:
+def positive_number_text(raw: str) -> Optional[str]:
     """Check for a variable holding a positive number of seconds (empty: the default)."""
     if not raw.strip():
-        return
+        return None
     try:
         value = float(raw)
     except ValueError:
         value = float("nan")
     if not (value > 0 and value != float("inf")):
-        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
+        return "must be a positive number of seconds"
+    return None
 
 
-def positive_integer_text(name: str, raw: str) -> None:
+def positive_integer_text(raw: str) -> Optional[str]:
     """Check for a variable holding a count (``ENERGY_GPUS_ON_NODE=8``)."""
     if not raw.strip().isdigit() or int(raw) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+        return "must be a positive integer"
+    return None
 
 
 # ------------------------------------------------------------------------------------------
