@@ -56,8 +56,8 @@ def test_every_family_has_tiny_data():
 
 
 def _probe(trial_cls: type, seen: Dict[str, Any]) -> type:
-    """``trial_cls`` that records, at its one training batch, how many of its trainable
-    parameters the step changed."""
+    """``trial_cls`` that records, at its one training batch, its model's size and how many of
+    its trainable parameters the step changed."""
 
     class Probe(trial_cls):  # type: ignore[misc, valid-type]
         def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> Dict[str, Any]:
@@ -65,6 +65,7 @@ def _probe(trial_cls: type, seen: Dict[str, Any]) -> type:
             before = [p.detach().clone() for p in params]
             out = super().train_batch(batch, epoch_idx, batch_idx)
             seen["trainable"] = len(params)
+            seen["parameters"] = sum(p.numel() for p in self.model.parameters())
             seen["changed"] = sum(not torch.equal(b, p.detach()) for b, p in zip(before, params))
             return out
 
@@ -110,4 +111,4 @@ def test_recipe_trains_one_batch_and_validates(name, tmp_path, monkeypatch, caps
     searcher = load_experiment_config(config)["searcher"]["metric"]
     assert set(trial_cls.VALIDATION_METRICS) | {searcher} <= set(validation)
     assert all(math.isfinite(validation[m]) for m in trial_cls.VALIDATION_METRICS)
-    assert by["run"]  # the run's settings, as every local run records them
+    assert by["run"][0]["metrics"]["params"] == seen["parameters"]  # the run's settings
