@@ -224,3 +224,10 @@ def test_sixth_recipe_is_found_by_the_docs_check(sixth):
     finally:
         readme.write_text(saved[0])
         models_md.write_text(saved[1])
+
+
+def test_sixth_recipe_is_found_by_the_benchmark(sixth):
+    from benchmarks import specs
+    assert [s.name for s in specs._ours(sixth)] == ["tinyseg", *(v.name for v in specs.VARIANTS)]
+    assert [s.name for s in specs.our_models()][:4] == \
+        [n for n, r in recipes.discover().items() if r.family == "segmentation"]
