@@ -62,6 +62,12 @@ class SampledWindow:
                                  self.watts * (time.monotonic() - first) + 1e-6)}
 
 
+def no_proxy(monkeypatch: Any) -> None:
+    """No proxy variables: the sources honour them, and a loopback simulator is reached directly."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def rig_names() -> List[str]:
     """The sources that have a rig here, sorted."""
     return sorted(p.stem for p in RIGS.glob("*.py") if p.stem != "__init__")

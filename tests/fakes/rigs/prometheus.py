@@ -6,15 +6,14 @@ import contextlib
 import time
 
 from fakes.loader import load_fake
-from fakes.rigs import Rig
+from fakes.rigs import Rig, no_proxy
 
 WATTS = 300.0
 
 
 @contextlib.contextmanager
 def rig(tmp_path, monkeypatch):
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)  # the loopback simulator is reached directly
+    no_proxy(monkeypatch)
     with load_fake("prom_sim").PrometheusSimulator(WATTS, series=2) as sim:
 
         def expect(source):

@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 
 from fakes.loader import load_fake
-from fakes.rigs import Rig, SampledWindow
+from fakes.rigs import Rig, SampledWindow, no_proxy
 
 WATTS = 500.0
 
 
 @contextlib.contextmanager
 def rig(tmp_path, monkeypatch):
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)  # the loopback simulator is reached directly
+    no_proxy(monkeypatch)
     window = SampledWindow(WATTS, "node")
     with load_fake("bmc_sim").BmcSimulator(WATTS, "ilo") as sim:
         yield Rig(env={"ENERGY_REDFISH_URL": sim.url}, options={"redfish_sample_period_s": 0.05},
