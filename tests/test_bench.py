@@ -594,7 +594,8 @@ def test_render_a_results_file(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--res", "48"], "--res 48: must be a multiple of 32"),
     (["--device", "cuda"], "--device cuda: torch.cuda.is_available() is False"),
-    (["--only", "resnet9000"], "--only 'resnet9000' matches no model; names: unet, segformer"),
+    (["--only", "resnet9000"], "--only 'resnet9000' matches no model; names: "
+                               f"{', '.join(s.name for s in our_models())}, unet-plain"),
     (["--out", "/no/such/dir/r.json"],
      "--out /no/such/dir/r.json: directory /no/such/dir does not exist"),
     (["--markdown", "/no/such/dir/B.md"], "--markdown /no/such/dir/B.md: directory /no/such/dir"),
