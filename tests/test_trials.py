@@ -362,11 +362,22 @@ def test_energy_ranked_search_survives_a_source_that_fails_for_good(data, tmp_pa
     assert by["energy"][-1]["metrics"]["coverage"] < 1.0
 
 
-def test_diverged_loss_stops_training_with_a_message(data, tmp_path):
-    p = train("unet", data, tmp_path / "run", "lr=1e30", "warmup_batches=0", "validation_period=100",
-              "checkpoint_period=100", batches=8, check=False)
-    assert p.returncode != 0
-    assert "the run diverged; lower 'lr' or set 'grad_clip_norm'" in p.stderr
+def test_diverged_loss_stops_training_with_a_message(data, tmp_path, monkeypatch):
+    """A loss that is not finite stops the run with the way out. The bounds refuse an lr that
+    would reliably diverge (above 10), so the loss is made infinite where it is computed."""
+    from shared import engine, launch, recipes
+    real = engine.segmentation_loss
+    monkeypatch.setattr(engine, "segmentation_loss",
+                        lambda *a, **k: real(*a, **k) * float("inf"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launch, "_setup_logging", lambda verbose: None)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    argv = ["--config", str(ROOT / "experiment_configs" / "unet" / "single_gpu.yaml"),
+            "--data-dir", str(data), "--output-dir", str(tmp_path / "run"), "--batches", "8",
+            "--set", *TINY, "warmup_batches=0", "validation_period=100", "checkpoint_period=100"]
+    with pytest.raises(FloatingPointError,
+                       match="the run diverged; lower 'lr' or set 'grad_clip_norm'"):
+        launch.main(recipes.get("unet").trial_class(), argv)
 
 
 def test_two_processes_report_one_loss_and_validate_together(data, tmp_path):
