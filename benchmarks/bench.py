@@ -61,8 +61,8 @@ from benchmarks.e2e import E2EData, run_e2e  # noqa: E402
 from benchmarks.gpu_monitor import open_monitor  # noqa: E402
 from benchmarks.render import (DEFAULT_MARKDOWN, _fmt, _status, append_markdown, mfu_text,  # noqa: E402
                                compile_effects, evaluate_targets, markdown_section)
-from benchmarks.specs import (OURS, REFERENCES, BenchConfig, BenchError, ModelSpec,  # noqa: E402
-                              ReferenceSpec, ablation_specs, error_text)
+from benchmarks.specs import (REFERENCES, BenchConfig, BenchError, ModelSpec,  # noqa: E402
+                              ReferenceSpec, ablation_specs, error_text, our_models)
 from benchmarks.step import (Context, bench_ours, bench_reference, compiled_name,  # noqa: E402
                              measure_device_prep, measure_matmul_peak)
 from shared import hparams as hpmod  # noqa: E402
@@ -227,12 +227,12 @@ def validate_args(args: argparse.Namespace) -> None:
         if "=" not in item:
             raise BenchError(f"--e2e-set {item!r}: expected KEY=VALUE")
     for opt, names in (("--compile", args.compile), ("--ablation", args.ablation)):
-        unknown = [n for n in (names or []) if n not in {s.name for s in OURS}]
+        unknown = [n for n in (names or []) if n not in {s.name for s in our_models()}]
         if unknown:
             raise BenchError(f"{opt} {' '.join(unknown)}: no such model; names: "
-                             f"{', '.join(s.name for s in OURS)}")
+                             f"{', '.join(s.name for s in our_models())}")
     if args.only is not None and select(args.only) == ([], []):
-        names = [s.name for s in OURS] + [r.name for r in REFERENCES]
+        names = [s.name for s in our_models()] + [r.name for r in REFERENCES]
         raise BenchError(f"--only {' '.join(map(repr, args.only))} matches no model; names: "
                          f"{', '.join(names)}")
 
@@ -241,7 +241,7 @@ def select(only: Optional[Sequence[str] | str], skip: Sequence[str] = ()
            ) -> Tuple[List[ModelSpec], List[ReferenceSpec]]:
     """Our models and references named by ``--only`` (a reference also by its pair's name),
     less those ``--skip`` names."""
-    ours, refs = list(OURS), list(REFERENCES)
+    ours, refs = list(our_models()), list(REFERENCES)
     if only:
         keys = [k.lower() for k in ([only] if isinstance(only, str) else only)]
         ours = [s for s in ours if any(k in s.name.lower() for k in keys)]
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
         torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     start = time.monotonic()
     ours, refs = select(args.only, args.skip)
-    by_name = {s.name: s for s in OURS}
+    by_name = {s.name: s for s in our_models()}
     meta = build_meta(args, argv, cfg)
     results = Results(meta, args.out)
     monitor, nvml_status = open_monitor(device)

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render import _fmt, _table  # noqa: E402
-from benchmarks.specs import OURS, BenchConfig, BenchError, load_trial  # noqa: E402
+from benchmarks.specs import BenchConfig, BenchError, load_trial, our_models  # noqa: E402
 from benchmarks.step import _sync  # noqa: E402
 from shared.engine import AUTOCAST_DTYPES, autocast, pick_precision, resolve_channels_last  # noqa: E402
 from shared.inference import grouped_convs, validation_kernels  # noqa: E402
@@ -95,7 +95,7 @@ def measure(model: nn.Module, shapes: Sequence[Tuple[int, int]], device: torch.d
 
 def run_model(name: str, count: int, device: torch.device, short: int = SHORT_SIDE) -> Dict[str, Any]:
     """One model's row: every variant, or the error that stopped it."""
-    spec = next(s for s in OURS if s.name == name)
+    spec = next(s for s in our_models() if s.name == name)
     row: Dict[str, Any] = {"model": name}
     try:
         loaded = load_trial(spec, BenchConfig(device=device))
@@ -142,7 +142,7 @@ def markdown(rows: Sequence[Dict[str, Any]]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.shape_warmup", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    names = [s.name for s in OURS if s.e2e]
+    names = [s.name for s in our_models() if s.e2e]
     ap.add_argument("--models", nargs="+", default=names, choices=names)
     ap.add_argument("--shapes", type=int, default=8, help="new shapes per variant (default 8)")
     ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")

@@ -7,6 +7,7 @@ Every other module of ``benchmarks`` reads these definitions; this one imports n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -47,16 +48,29 @@ class ModelSpec:
     note: str = ""
 
 
-OURS: Tuple[ModelSpec, ...] = (
-    ModelSpec("unet", "unet"),
-    ModelSpec("segformer", "segformer"),
-    ModelSpec("deeplabv3plus", "deeplabv3plus"),
-    ModelSpec("segmenter", "segmenter"),
+#: our models beyond each recipe at its own config: variants a reference is paired with
+VARIANTS: Tuple[ModelSpec, ...] = (
     # The architecture of the timm reference below (the config's own is ViT-T + mask decoder).
     ModelSpec("segmenter-vits16-linear", "segmenter",
               (("segmenter_backbone", "vit_small_patch16_224"), ("segmenter_decoder", "linear")),
               e2e=False, note="segmenter config with ViT-S/16 and the linear decoder"),
 )
+
+
+def our_models() -> Tuple[ModelSpec, ...]:
+    """Our models: every segmentation recipe the registry finds under ``ROOT``
+    (``shared.recipes``, sorted by name; the benchmark times the segmentation step), then
+    ``VARIANTS``. A new recipe is benchmarked without an edit here."""
+    return _ours(ROOT)
+
+
+@functools.lru_cache(maxsize=None)
+def _ours(root: pathlib.Path) -> Tuple[ModelSpec, ...]:
+    # Finding a recipe's family imports its train.py (torch, timm): done on first use, not
+    # at import, so that ``bench.py --help`` stays quick.
+    found = tuple(ModelSpec(name, name) for name, recipe in recipes.discover(root).items()
+                  if recipe.family == "segmentation")
+    return found + VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +176,9 @@ def ablation_specs(name: str) -> Tuple[Tuple[ModelSpec, bool], ...]:
     switch but compile ("fastest"), and the baseline and "fastest" compiled. Only the switches
     the model has (``attention_impl``: SegFormer and Segmenter). Spec names are
     ``<model>@<variant>``; a compiled row adds ``+compile``."""
-    base = next((s for s in OURS if s.name == name), None)
+    base = next((s for s in our_models() if s.name == name), None)
     if base is None:
-        raise BenchError(f"--ablation {name}: no such model; names: {', '.join(s.name for s in OURS)}")
+        raise BenchError(f"--ablation {name}: no such model; names: {', '.join(s.name for s in our_models())}")
     trial_cls = recipes.get(base.trial, ROOT).trial_class()
     schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
     switches = [k for k in hpmod.IMPLEMENTATION_SWITCHES if k in schema and k != "compile"]

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.render import _fmt, _table  # noqa: E402
-from benchmarks.specs import OURS, BenchConfig, load_trial  # noqa: E402
+from benchmarks.specs import BenchConfig, load_trial, our_models  # noqa: E402
 from shared.data import build_dataset  # noqa: E402
 from shared.data.transforms import val_collate  # noqa: E402
 from shared.engine import Engine, LocalRuntime, SegmentationTask  # noqa: E402
@@ -50,7 +50,7 @@ SMALL_MODELS = {"segformer": {"drop_path_rate": 0.0}}
 
 def train(name: str, data: pathlib.Path, batches: int, seed: int = 0) -> Dict[str, Any]:
     """A model of ``name`` trained ``batches`` batches; returns its engine and hyperparameters."""
-    spec = next(s for s in OURS if s.name == name)
+    spec = next(s for s in our_models() if s.name == name)
     loaded = load_trial(spec, BenchConfig(batch=SETTINGS["global_batch_size"],
                                           num_classes=DATA["num_classes"]),
                         {**SETTINGS, **SMALL_MODELS.get(name, {}), "data_dir": str(data),
@@ -134,7 +134,7 @@ def markdown(result: Dict[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.val_buckets", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    names = [s.name for s in OURS if s.e2e]
+    names = [s.name for s in our_models() if s.e2e]
     ap.add_argument("--models", nargs="+", default=names, choices=names)
     ap.add_argument("--multiples", nargs="+", type=int, default=[0, 8, 16, 32],
                     help="pad multiples, px at this set's scale (0 = exact shapes, always "

@@ -18,7 +18,7 @@ import pathlib
 import sys
 from typing import Optional, Sequence
 
-__all__ = ["DATA_LAYOUTS", "parse_args", "parse_before_imports", "parser"]
+__all__ = ["DATA_LAYOUTS", "parse_args", "parse_before_imports", "parser", "shared_origin_note"]
 
 #: what ``--data-dir`` holds, per trial family (``shared.recipes.FAMILIES``)
 DATA_LAYOUTS = {
@@ -66,9 +66,34 @@ def parse_before_imports(model_name: str, family: str) -> None:
     misspelled option and a missing value are answered at once; the process exits as
     argparse does). ``model_name`` and ``family`` are the trial's ``MODEL_NAME`` and its
     family (``tests/test_trials.py`` checks that every train.py says its own)."""
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    note = shared_origin_note(script) if script else None
+    if note:
+        print(note, file=sys.stderr, flush=True)
     import determined  # ~0.3 s: no torch
 
     info = determined.get_cluster_info()
     if info is not None and info.task_type == "TRIAL":
         return
     parse_args(sys.argv[1:], model_name, family)
+
+
+def shared_origin_note(script: str | pathlib.Path) -> Optional[str]:
+    """None when the ``shared`` package imported is the script's own: ``<root>/shared`` for a
+    checkout's ``<root>/trials/<name>/train.py`` (its stanza puts ``<root>`` first on
+    ``sys.path``), or ``shared/`` beside the script (a package, a cluster's context directory).
+    Otherwise the line to print at start: which ``shared`` was imported, from where, and the
+    one the script would have used (a clone's train.py run by another checkout's virtualenv
+    must not silently run that checkout's library)."""
+    import shared
+
+    here = pathlib.Path(script).resolve().parent
+    used = pathlib.Path(shared.__file__).resolve().parent
+    candidates = ([here.parent.parent / "shared"] if here.parent.name == "trials" else []) + \
+        [here / "shared"]
+    own = next((c for c in candidates if c.is_dir()), None)
+    if own is not None and own.resolve() == used:
+        return None
+    where = (f"not its own {own}" if own is not None
+             else "it has none of its own (no shared/ beside it or in a checkout above it)")
+    return f"{script}: imported the shared package from {used}; {where}"

@@ -21,8 +21,8 @@ from benchmarks.e2e import E2EData, analyse_e2e, e2e_periods, prepare_e2e_data, 
 from benchmarks.gpu_monitor import NA_NO_NVML, NvmlMonitor, Sample, open_monitor
 from benchmarks.render import (CPU_VERDICT, STEP_COLUMNS, append_markdown, compile_effects,
                                evaluate_targets, markdown_section)
-from benchmarks.specs import (OURS, REFERENCES, BenchConfig, BenchError, ModelSpec, load_trial,
-                              trial_available)
+from benchmarks.specs import (REFERENCES, BenchConfig, BenchError, ModelSpec, load_trial,
+                              our_models, trial_available)
 from benchmarks.step import (Context, TrialStep, bench_ours, count_step_flops, make_batch,
                              measure_matmul_peak, measure_step, mfu)
 from shared.data.on_device import training_batch
@@ -48,7 +48,7 @@ def test_step_smoke_cli_every_trial_and_reference(tmp_path, capsys):
     assert bench.main([*TINY, "--no-e2e", "--out", str(out), "--markdown", str(md)]) == 0
     data = json.loads(out.read_text())
     rows = {r["name"]: r for r in data["steps"]}
-    for spec in OURS:
+    for spec in our_models():
         r = rows[spec.name]
         if trial_available(spec.trial) is not None:  # a trial not in this checkout
             assert r["status"] == "skipped"
@@ -64,7 +64,7 @@ def test_step_smoke_cli_every_trial_and_reference(tmp_path, capsys):
     assert rows["unet"]["params_m"] == pytest.approx(6.83, abs=0.01)
     assert rows["segformer"]["params_m"] == pytest.approx(3.75, abs=0.01)
     # references: measured when their package is importable, else said so
-    pair_trial = {s.name: s.trial for s in OURS}
+    pair_trial = {s.name: s.trial for s in our_models()}
     for ref in REFERENCES:
         r = rows[ref.name]
         if not all(importlib.util.find_spec(m) for m in ref.requires):
@@ -125,7 +125,7 @@ def test_end_to_end_cli_on_cpu(tmp_path):
 def test_local_runtime_steps_as_determined_does(name, extra, tmp_path, monkeypatch):
     import determined.pytorch as det_torch
     monkeypatch.chdir(tmp_path)  # Determined's local mode may write next to the working dir
-    spec = next(s for s in OURS if s.name == name)
+    spec = next(s for s in our_models() if s.name == name)
     cfg = BenchConfig(res=32, batch=2, num_classes=8)
     loaded = load_trial(spec, cfg, {**extra, "energy": {"enabled": False}})
     conf = {"searcher": {"name": "single", "metric": "miou"}, "hyperparameters": loaded.hp}
@@ -287,7 +287,7 @@ def test_ablation_variants_and_their_effects():
     for spec, _ in seg + unet:
         hp = load_trial(spec, BenchConfig()).hp
         assert {k: hp[k] for k in dict(spec.overrides)} == dict(spec.overrides)
-    with pytest.raises(BenchError, match=r"^--ablation vgg: no such model; names: unet, "):
+    with pytest.raises(BenchError, match=r"^--ablation vgg: no such model; names: .*\bunet, "):
         specs.ablation_specs("vgg")
     rows = [_row("unet@baseline", 100.0), _row("unet@fastest", 250.0),
             _row("unet@+precision=bf16", 180.0),
@@ -461,11 +461,12 @@ def test_e2e_failures_are_rows_that_say_why(tmp_path):
     ctx = Context(cfg)
     data = prepare_e2e_data(cfg, tmp_path)
     assert prepare_e2e_data(cfg, tmp_path) == data  # reused, not regenerated
-    row = run_e2e(OURS[0], ctx, data, tmp_path)
+    unet = next(s for s in our_models() if s.name == "unet")
+    row = run_e2e(unet, ctx, data, tmp_path)
     assert row["status"] == "error" and "train.py exited with 2" in row["error"]
     assert "unknown hyperparameter 'lrr' (did you mean 'lr'?)" in row["error"]  # the log's tail
     cfg.e2e_set, cfg.e2e_timeout_s = ("workers_per_slot=0",), 0.2
-    row = run_e2e(OURS[0], ctx, data, tmp_path)
+    row = run_e2e(unet, ctx, data, tmp_path)
     assert row["status"] == "error" and "took more than --e2e-timeout 0.2 s" in row["error"]
 
 
@@ -593,7 +594,8 @@ def test_render_a_results_file(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--res", "48"], "--res 48: must be a multiple of 32"),
     (["--device", "cuda"], "--device cuda: torch.cuda.is_available() is False"),
-    (["--only", "resnet9000"], "--only 'resnet9000' matches no model; names: unet, segformer"),
+    (["--only", "resnet9000"], "--only 'resnet9000' matches no model; names: "
+                               f"{', '.join(s.name for s in our_models())}, unet-plain"),
     (["--out", "/no/such/dir/r.json"],
      "--out /no/such/dir/r.json: directory /no/such/dir does not exist"),
     (["--markdown", "/no/such/dir/B.md"], "--markdown /no/such/dir/B.md: directory /no/such/dir"),
@@ -649,17 +651,17 @@ def test_e2e_data_dir_holding_another_set_is_refused(tmp_path):
 # ------------------------------------------------------------------ selection and background data
 def test_only_and_compile_take_several_names(capsys):
     ours, refs = bench.select(["unet", "segformer"])
-    assert [s.name for s in ours] == ["unet", "segformer"]
+    assert [s.name for s in ours] == ["segformer", "unet"]  # the registry's order
     assert {r.pair for r in refs} == {"unet", "segformer"}
     assert bench.select("unet") == bench.select(["unet"])
-    assert [s.name for s in bench.compile_selection(OURS, ["segformer", "unet"])] == \
-        ["unet", "segformer"]  # run order, not argument order
-    assert bench.compile_selection(OURS, []) == list(OURS)  # bare --compile: all
+    assert [s.name for s in bench.compile_selection(our_models(), ["unet", "segformer"])] == \
+        ["segformer", "unet"]  # run order (the registry's), not argument order
+    assert bench.compile_selection(our_models(), []) == list(our_models())  # bare --compile: all
     args = bench.parse_args([*TINY, "--compile"])
     assert args.compile == []
     assert bench.main([*TINY, "--compile", "unet", "resnet9000"]) == 2
     err = capsys.readouterr().err
-    assert "--compile resnet9000: no such model; names: unet, segformer" in err
+    assert f"--compile resnet9000: no such model; names: {', '.join(s.name for s in our_models())}" in err
 
 
 def test_e2e_data_is_generated_in_the_background_and_reused(tmp_path):

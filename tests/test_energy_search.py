@@ -112,7 +112,11 @@ def test_a_meter_that_dies_mid_run_projects_a_cost_that_keeps_growing(data, tmp_
             continue
         assert basis_before != UNMEASURED_WH, "a trial measured again after it was not"
         # the projection's energy basis (without the distance to the target) grows with the
-        # time the trial runs on, beyond what was measured before the BMC died
+        # time the trial runs on (a failing tail shorter than the gap limit, 3 sample
+        # periods, is not missing yet: there it may still equal what was measured)
         basis = projected * max(v["miou"], PROJECTION_FLOOR) / TARGET
-        assert basis > frozen and (basis_before is None or basis > basis_before)
+        assert basis >= frozen and (basis_before is None or basis >= basis_before)
         basis_before = basis
+    # by the end of the run the searcher's figure has moved: grown past what was measured,
+    # or the sentinel that ranks the trial last; never the frozen figure
+    assert basis_before == UNMEASURED_WH or basis_before > frozen

@@ -151,9 +151,9 @@ class _OneImage(list):
 
 def test_the_trial_pads_whole_image_validation_only(tmp_path, monkeypatch):
     import determined.pytorch as det_torch
-    from benchmarks.specs import OURS, BenchConfig, load_trial
+    from benchmarks.specs import BenchConfig, load_trial, our_models
     monkeypatch.chdir(tmp_path)
-    spec = next(s for s in OURS if s.name == "unet")
+    spec = next(s for s in our_models() if s.name == "unet")
     for mode, expected in (("whole", 64), ("slide", 0)):
         loaded = load_trial(spec, BenchConfig(res=32, batch=2, num_classes=4),
                             {"unet_base_channels": 4, "unet_depth": 1, "val_pad_multiple": 64,

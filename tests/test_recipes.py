@@ -4,9 +4,11 @@ segmentation recipe in a temporary root that the registry, the config checker, t
 and the docs check find without any other file changing."""
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 from typing import Dict, List
 
@@ -224,3 +226,70 @@ def test_sixth_recipe_is_found_by_the_docs_check(sixth):
     finally:
         readme.write_text(saved[0])
         models_md.write_text(saved[1])
+
+
+def test_sixth_recipe_is_found_by_the_benchmark(sixth):
+    from benchmarks import specs
+    assert [s.name for s in specs._ours(sixth)] == ["tinyseg", *(v.name for v in specs.VARIANTS)]
+    assert [s.name for s in specs.our_models()][:4] == \
+        [n for n, r in recipes.discover().items() if r.family == "segmentation"]
+
+
+# --------------------------------------------------------------------------- which shared/
+#: how every train.py starts when run: its checkout's shared/ first (shared.localargs)
+BOOTSTRAP = '''if __name__ == "__main__":  # --help and usage errors at once, before torch is imported
+    # Run from a checkout (trials/<name>/train.py), its own shared/ comes first, before an
+    # installed one or another checkout's; shipped beside us (a package, a cluster's context
+    # directory) it is first already. parse_before_imports says if another one was imported.
+    _trials = pathlib.Path(__file__).resolve().parent.parent
+    if _trials.name == "trials" and (_trials.parent / "shared").is_dir():
+        sys.path.insert(0, str(_trials.parent))
+    from shared.localargs import parse_before_imports
+'''
+
+
+@pytest.mark.parametrize("name", list(recipes.discover()))
+def test_every_train_py_puts_its_checkout_first(name):
+    text = recipes.get(name).train_script.read_text()
+    assert BOOTSTRAP in text, f"trials/{name}/train.py: the bootstrap stanza differs from the others'"
+    assert text.index(BOOTSTRAP) < text.index("\nfrom shared."), \
+        f"trials/{name}/train.py: the stanza must come before the module's shared imports"
+
+
+def _run_help(script: pathlib.Path, pythonpath: pathlib.Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run([sys.executable, str(script), "--help"], cwd=script.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_checkouts_train_py_imports_its_own_shared_under_another_checkouts_path(tmp_path):
+    """A clone's train.py run with this checkout on PYTHONPATH (as another checkout's
+    virtualenv with its editable install would put it) imports the clone's shared/."""
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "shared", tmp_path / "shared", ignore=skip)
+    shutil.copytree(ROOT / "trials" / "unet", tmp_path / "trials" / "unet", ignore=skip)
+    with open(tmp_path / "shared" / "__init__.py", "a") as f:  # the copy says it was imported
+        f.write("\nimport sys as _s\nprint('shared from', __file__, file=_s.stderr)\n")
+    proc = _run_help(tmp_path / "trials" / "unet" / "train.py", ROOT)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: trials/unet/train.py"), proc.stderr
+    assert proc.stderr.splitlines() == [f"shared from {tmp_path / 'shared' / '__init__.py'}"]
+
+
+def test_a_train_py_without_its_own_shared_says_which_it_imported(tmp_path):
+    shutil.copyfile(ROOT / "trials" / "unet" / "train.py", tmp_path / "train.py")
+    proc = _run_help(tmp_path / "train.py", ROOT)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: trials/unet/train.py")
+    assert proc.stderr.splitlines()[0] == (
+        f"{tmp_path / 'train.py'}: imported the shared package from {ROOT / 'shared'}; it has "
+        f"none of its own (no shared/ beside it or in a checkout above it)")
+
+
+def test_the_origin_note_names_the_checkouts_own(tmp_path):
+    from shared.localargs import shared_origin_note
+    assert shared_origin_note(ROOT / "trials" / "unet" / "train.py") is None
+    assert shared_origin_note(ROOT / "train.py") is None  # beside it: a package's layout
+    (tmp_path / "trials" / "unet").mkdir(parents=True)
+    (tmp_path / "shared").mkdir()
+    assert shared_origin_note(tmp_path / "trials" / "unet" / "train.py") == (
+        f"{tmp_path / 'trials' / 'unet' / 'train.py'}: imported the shared package from "
+        f"{ROOT / 'shared'}; not its own {tmp_path / 'shared'}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.specs import OURS, BenchConfig, load_trial
+from benchmarks.specs import BenchConfig, load_trial, our_models
 from shared.data.transforms import val_collate
 from shared.metrics import confusion_matrix
 
@@ -19,7 +19,7 @@ from shared.metrics import confusion_matrix
 def test_evaluate_batch_matches_the_plain_protocol(name, extra, tmp_path, monkeypatch):
     import determined.pytorch as det_torch
     monkeypatch.chdir(tmp_path)
-    spec = next(s for s in OURS if s.name == name)
+    spec = next(s for s in our_models() if s.name == name)
     cfg = BenchConfig(res=32, batch=2, num_classes=4)
     loaded = load_trial(spec, cfg, {**extra, "energy": {"enabled": False}})
     conf = {"searcher": {"name": "single", "metric": "miou"}, "hyperparameters": loaded.hp}

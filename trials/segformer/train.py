@@ -9,12 +9,13 @@ Cluster:   det experiment create experiment_configs/segformer/single_gpu.yaml tr
 import pathlib
 import sys
 
-try:  # installed (pip install -e ., the task image) or shipped beside us (det ... --include shared)
-    import shared  # noqa: F401
-except ImportError:  # a plain repository checkout
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-
 if __name__ == "__main__":  # --help and usage errors at once, before torch is imported
+    # Run from a checkout (trials/<name>/train.py), its own shared/ comes first, before an
+    # installed one or another checkout's; shipped beside us (a package, a cluster's context
+    # directory) it is first already. parse_before_imports says if another one was imported.
+    _trials = pathlib.Path(__file__).resolve().parent.parent
+    if _trials.name == "trials" and (_trials.parent / "shared").is_dir():
+        sys.path.insert(0, str(_trials.parent))
     from shared.localargs import parse_before_imports
     parse_before_imports("segformer", "segmentation")
 
