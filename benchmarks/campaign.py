@@ -59,7 +59,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.render import _table  # noqa: E402  (pure functions, imports nothing that measures)
+from shared.mdtable import markdown_table as _table  # noqa: E402
 
 log = logging.getLogger("benchmarks.campaign")
 
@@ -615,7 +615,7 @@ def render(folder: pathlib.Path) -> str:
     env = data["env"] or {}
     lines = ["#### The campaign's parts", ""]
     lines.append(_table(("part", "status", "seconds"), [
-        [k, str(v.get("status", "")).replace("|", "/").replace("\n", " ")[:160], _f(v.get("seconds"))]
+        [k, str(v.get("status", ""))[:160], _f(v.get("seconds"))]
         for k, v in parts.items()]))
     lines += ["", f"- device: {env.get('device_name', 'CPU')} ({env.get('nvidia_smi', 'no nvidia-smi')}); "
               f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}; "

@@ -18,15 +18,12 @@ import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from shared.mdtable import markdown_table
+
 from .options import all_env_vars, all_options
 from .sources import registered_sources
 
 GENERAL = "core"  # who reads a general variable or option, in the tables
-
-
-def _cell(text: str) -> str:
-    # A "|" inside a cell would end it.
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def yaml_value(value: Any) -> str:
@@ -41,9 +38,7 @@ def yaml_value(value: Any) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, rows) + "\n"
 
 
 def options_table_markdown() -> str:

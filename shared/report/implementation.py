@@ -29,10 +29,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from shared.hparams import (ABLATION_BASELINE, COMMON, COMPILE_WARMUP_BATCHES,
                             IMPLEMENTATION_SWITCHES)
+from shared.mdtable import markdown_table
 
 from .load import Run
 from .series import J_PER_WH, _num
-from .tables import Row, fmt, markdown_table
+from .tables import Row, fmt
 
 #: the variant every other is compared with: the implementation MMCV-era code ran
 BASELINE: Dict[str, Any] = ABLATION_BASELINE
