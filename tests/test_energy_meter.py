@@ -63,6 +63,24 @@ def test_sampler_bridges_short_gap_and_counts_the_failure():
     assert s.bridged_s() == pytest.approx(2.0)  # the interval that stood in for the failure
 
 
+def test_a_sampler_that_answered_once_then_failed_has_measured_nothing():
+    """One good sample, then failures shorter than the gap limit: no interval was measured,
+    and coverage says 0 (not 1.0: a BMC dead after its start-up probe must not look measured
+    at the first report, however soon that comes)."""
+    clock = FakeClock(0.0)
+    s = PowerSampler(1.0, scripted([100.0, OSError("down"), OSError("down")]), SourceHealth(),
+                     "t", clock=clock)
+    assert s.coverage() == 1.0  # nothing attempted: nothing known to be missing
+    s.sample()
+    clock.advance(1.0)
+    assert s.coverage() == 1.0  # one good sample, nothing failed yet
+    s.sample()
+    clock.advance(0.5)
+    assert s.coverage() == 0.0 and s.energy_j() == 0.0
+    s.sample()
+    assert s.coverage() == 0.0
+
+
 def test_sampler_without_failures_bridges_nothing():
     clock = FakeClock(0.0)
     s = PowerSampler(1.0, lambda: 100.0, SourceHealth(), "t", clock=clock)

@@ -140,6 +140,15 @@ def test_validation_kernels_by_kind_and_device(kind, device, cudnn, autotune):
         torch.backends.cudnn.benchmark = False
 
 
+class _OneImage(list):
+    """A validation set of one item, without bad samples (what the trial counts skips of)."""
+    bad = None
+    skipped_at_scan = ()
+
+    def __init__(self) -> None:
+        super().__init__([0])
+
+
 def test_the_trial_pads_whole_image_validation_only(tmp_path, monkeypatch):
     import determined.pytorch as det_torch
     from benchmarks.specs import OURS, BenchConfig, load_trial
@@ -153,7 +162,7 @@ def test_the_trial_pads_whole_image_validation_only(tmp_path, monkeypatch):
         conf = {"searcher": {"name": "single", "metric": "miou"}, "hyperparameters": loaded.hp}
         with det_torch.init(hparams=loaded.hp, exp_conf=conf) as ctx:
             trial = loaded.trial_cls(ctx)
-            monkeypatch.setattr("shared.data.build_dataset", lambda hp, split: [0])
+            monkeypatch.setattr("shared.data.build_dataset", lambda hp, split: _OneImage())
             collate = trial.build_validation_data_loader().collate_fn
         assert isinstance(collate, functools.partial) and collate.func is val_collate
         assert collate.keywords == {"pad_multiple": expected}

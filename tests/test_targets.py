@@ -63,9 +63,9 @@ def test_legacy_keys_still_work_and_resolve_to_themselves():
     ({"target_metric": "validation_loss"}, SegmentationTrial,
      "c.yaml: hyperparameter 'target_metric' = 'validation_loss' needs a 'target_value' (the "
      "default 16 is the target of miou)"),
-    ({"target_value": 0}, SegmentationTrial, "c.yaml: hyperparameter 'target_value' = 0.0 must be > 0"),
+    ({"target_value": 0}, SegmentationTrial, "c.yaml: hyperparameter 'target_value' = 0 must be in (0, 1e+12]"),
     ({"early_stop_patience": 0}, SegmentationTrial,
-     "c.yaml: hyperparameter 'early_stop_patience' = 0 must be > 0"),
+     "c.yaml: hyperparameter 'early_stop_patience' = 0 must be in 1..1000000"),
 ])
 def test_conflicting_or_incomplete_targets_are_refused_naming_the_keys(given, trial, message):
     with pytest.raises(hp.ConfigError) as e:

@@ -30,7 +30,9 @@ def data(tmp_path_factory):
                     min_size=32, max_size=48, seed=3)
 
 
-def train(model, data, out, *extra, batches=None, env=None, resume=None, check=True):
+def train(model, data, out, *extra, batches=None, env=None, resume=None, check=True, during=None):
+    """One local run of ``model``'s train.py; ``during(out)``, when given, runs while it trains
+    (it returns when it has done its part, or when the run ended)."""
     cmd = [sys.executable, str(ROOT / "trials" / model / "train.py"),
            "--config", str(ROOT / "experiment_configs" / model / "single_gpu.yaml"),
            "--data-dir", str(data), "--output-dir", str(out)]
@@ -43,7 +45,18 @@ def train(model, data, out, *extra, batches=None, env=None, resume=None, check=T
     if full_env["ENERGY_SOURCES"] == "none":
         full_env.pop("ENERGY_SOURCES")
         cmd.append("energy.enabled=false")
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=240)
+    if during is None:
+        proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=240)
+    else:
+        popen = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            during(out, popen)
+            stdout, stderr = popen.communicate(timeout=240)
+        finally:
+            if popen.poll() is None:
+                popen.kill()
+        proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -239,36 +252,51 @@ def test_energy_per_phase_sums_to_the_total(data, tmp_path):
     assert [m["checkpoint_wh"] for m in records] == sorted(m["checkpoint_wh"] for m in records)
 
 
-@pytest.mark.parametrize("fail_after", [None, 10])
-def test_redfish_node_energy_end_to_end(data, tmp_path, fail_after):
+def _fail_after_batch(bmc, batches):
+    """``during`` for ``train``: the BMC fails (HTTP 500) once the run has reported energy at
+    ``batches`` batches: mid-run by the run's progress, whatever the machine's speed."""
+    def during(out, proc):
+        metrics = out / "metrics.jsonl"
+        while proc.poll() is None:
+            if metrics.exists() and any(r["group"] == "energy" and r["steps_completed"] >= batches
+                                        for r in runlog.read(metrics)):
+                break
+            time.sleep(0.02)
+        bmc.failure = "500"
+    return during
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_redfish_node_energy_end_to_end(data, tmp_path, fails):
     """Done-when of the energy issue: node_wh within 5% of a constant-wattage BMC simulator,
     and a BMC that starts failing mid-run does not stop training."""
-    with BmcSimulator(watts=300.0, mode="ilo", fail_after=fail_after) as bmc:
+    with BmcSimulator(watts=300.0, mode="ilo") as bmc:
         out = tmp_path / "run"
         train("unet", data, out, "validation_period=20", "checkpoint_period=100", "report_period=10",
               "energy.sample_period_s=0.1", "stop_at_target=false",
               # A sampled source integrates up to its latest sample: a read lags by up to one
               # period. Keep period/run short as in production (5 s of a many-minute run).
-              batches=150 if fail_after is None else 60,
+              batches=150 if not fails else 60,
+              during=_fail_after_batch(bmc, 20) if fails else None,
               env={"ENERGY_SOURCES": "redfish",
                    "ENERGY_REDFISH_URL": bmc.base_url + "/redfish/v1/Chassis/1/Power"})
     by = groups(out)
     last = by["energy"][-1]["metrics"]
-    assert by["validation"][-1]["steps_completed"] == (150 if fail_after is None else 60)
+    assert by["validation"][-1]["steps_completed"] == (150 if not fails else 60)
     # the resource the source chose is in the report (issue 12), as is its lag: the time since
     # its last good sample (about a period while the BMC answers; the outage after it fails)
     assert last["sources"] == "redfish:Chassis/1/Power:power-control"
-    assert 0.0 <= last["lag_s"] <= (0.5 if fail_after is None else last["duration_s"])
+    assert 0.0 <= last["lag_s"] <= (0.5 if not fails else last["duration_s"])
     assert last["node_wh"] > 0 and last["gpu_wh"] is None
     assert last["energy_wh"] == pytest.approx(last["node_wh"])      # the PSU figure is the total
     truth_wh = 300.0 * last["duration_s"] / 3600
-    if fail_after is None:
+    if not fails:
         # a sample delayed past 3 periods by a busy CPU counts as a gap; 0.1 s periods (the
         # production default is 5 s) make that possible on a loaded 2-core machine
         assert last["coverage"] >= 0.95
         assert last["node_wh"] == pytest.approx(truth_wh, rel=0.05)
     else:
-        assert last["coverage"] < 1.0, "failures after 10 reads must show in the coverage"
+        assert last["coverage"] < 1.0, "failures from batch 20 on must show in the coverage"
         # integrated only while the BMC answered: less than the whole run at that wattage
         assert 0 < last["node_wh"] < truth_wh * 0.9
 
@@ -362,11 +390,22 @@ def test_energy_ranked_search_survives_a_source_that_fails_for_good(data, tmp_pa
     assert by["energy"][-1]["metrics"]["coverage"] < 1.0
 
 
-def test_diverged_loss_stops_training_with_a_message(data, tmp_path):
-    p = train("unet", data, tmp_path / "run", "lr=1e30", "warmup_batches=0", "validation_period=100",
-              "checkpoint_period=100", batches=8, check=False)
-    assert p.returncode != 0
-    assert "the run diverged; lower 'lr' or set 'grad_clip_norm'" in p.stderr
+def test_diverged_loss_stops_training_with_a_message(data, tmp_path, monkeypatch):
+    """A loss that is not finite stops the run with the way out. The bounds refuse an lr that
+    would reliably diverge (above 10), so the loss is made infinite where it is computed."""
+    from shared import engine, launch, recipes
+    real = engine.segmentation_loss
+    monkeypatch.setattr(engine, "segmentation_loss",
+                        lambda *a, **k: real(*a, **k) * float("inf"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launch, "_setup_logging", lambda verbose: None)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    argv = ["--config", str(ROOT / "experiment_configs" / "unet" / "single_gpu.yaml"),
+            "--data-dir", str(data), "--output-dir", str(tmp_path / "run"), "--batches", "8",
+            "--set", *TINY, "warmup_batches=0", "validation_period=100", "checkpoint_period=100"]
+    with pytest.raises(FloatingPointError,
+                       match="the run diverged; lower 'lr' or set 'grad_clip_norm'"):
+        launch.main(recipes.get("unet").trial_class(), argv)
 
 
 def test_two_processes_report_one_loss_and_validate_together(data, tmp_path):

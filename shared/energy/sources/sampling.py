@@ -358,14 +358,18 @@ class PowerSampler:
 
     def coverage(self) -> float:
         """Share of the time since the first good sample that was measured (see the module
-        docstring); 1.0 before any interval."""
+        docstring). Before any interval was measured: 1.0 while no sample has failed yet
+        (nothing is known to be missing), 0.0 once one has (a BMC that answered once and then
+        failed has measured nothing, however short the failing tail is)."""
         with self._lock:
             if self._last is None:
                 return 0.0 if self._missed else 1.0
             tail = max(0.0, self._clock() - self._last[0]) if self._missed else 0.0
             unmeasured = self._unmeasured_s + (tail if tail > self.max_gap_s else 0.0)
             total = self._measured_s + unmeasured
-            return self._measured_s / total if total > 0 else 1.0
+            if total > 0:
+                return self._measured_s / total
+            return 0.0 if self._missed else 1.0
 
 
 class SampledPowerSource(EnergySource):
