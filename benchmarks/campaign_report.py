@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 if TYPE_CHECKING:  # only annotations
     from benchmarks.gpu_monitor import Sample
 
-from benchmarks.render import _table  # pure functions, imports nothing that measures
+from shared.mdtable import markdown_table as _table
 
 #: cross-check tolerance: the hook's gpu_wh against the counter's own difference
 CROSS_CHECK_TOLERANCE = 0.01
@@ -137,7 +137,7 @@ def render(folder: pathlib.Path) -> str:
     env = data["env"] or {}
     lines = ["#### The campaign's parts", ""]
     lines.append(_table(("part", "status", "seconds"), [
-        [k, str(v.get("status", "")).replace("|", "/").replace("\n", " ")[:160], _f(v.get("seconds"))]
+        [k, str(v.get("status", ""))[:160], _f(v.get("seconds"))]
         for k, v in parts.items()]))
     lines += ["", f"- device: {env.get('device_name', 'CPU')} ({env.get('nvidia_smi', 'no nvidia-smi')}); "
               f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}; "

@@ -43,9 +43,10 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/data_path.py`` as well as `
 
 from benchmarks.bench import _device_name, _positive_int  # noqa: E402
 from benchmarks.e2e import prepare_e2e_data  # noqa: E402
-from benchmarks.render import DEFAULT_MARKDOWN, _fmt, _table, append_markdown  # noqa: E402
+from benchmarks.render import DEFAULT_MARKDOWN, _fmt, append_markdown  # noqa: E402
 from benchmarks.specs import NUM_CLASSES, BenchConfig, BenchError  # noqa: E402
 from shared import hparams as hpmod  # noqa: E402
+from shared.mdtable import markdown_table  # noqa: E402
 
 #: img/s per core of the reference probe on the lent H100 machine's CPU (anchors.md)
 ANCHOR_REFERENCE_IMG_S = 268.0
@@ -170,16 +171,16 @@ def markdown_section(r: Dict[str, Any]) -> str:
              f"- command: `{m['command']}`",
              f"- torch {m['torch']}, Python {m['python']}; {m['images']} synthetic JPEGs with sides "
              f"in [{m['crop']}, {round(m['crop'] * 683 / 512)}], crop {m['crop']}", "",
-             _table(("one core", "img/s"), [
+             markdown_table(("one core", "img/s"), [
                  ["reference probe (Pillow decode, resize, crop, flip)", _fmt(r["reference_img_s"])],
                  ["ours: dataset[i] of the training split", _fmt(r["ours_img_s"])],
                  ["ours / reference", f"{r['ratio']:.3f}"],
                  [f"ours estimated on the lent GPU machine's CPU (ratio x {ANCHOR_REFERENCE_IMG_S:g})",
                   _fmt(r["ours_on_anchor_cpu_img_s"])]]), "",
-             _table(("stage (one core)", "ms/img"), [[s["stage"], _fmt(s["ms"], 2)] for s in r["stages"]]),
+             markdown_table(("stage (one core)", "ms/img"), [[s["stage"], _fmt(s["ms"], 2)] for s in r["stages"]]),
              ""]
     if r["loaders"]:
-        lines += [_table(("DataLoader workers", "img/s", f"MiB per batch of {m['batch']}"),
+        lines += [markdown_table(("DataLoader workers", "img/s", f"MiB per batch of {m['batch']}"),
                          [[str(x["workers"]), _fmt(x["img_s"]), _fmt(x["mib_per_batch"], 2)]
                           for x in r["loaders"]]), ""]
     return "\n".join(lines) + "\n"

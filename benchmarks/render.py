@@ -11,6 +11,7 @@ import pathlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from benchmarks.specs import ROOT, TARGETS, BenchError, Target
+from shared.mdtable import markdown_table
 
 DEFAULT_MARKDOWN = ROOT / "BENCHMARKS.md"
 #: end to end: the fraction of wall time the GPU must be busy, validations included
@@ -168,7 +169,7 @@ def _fmt(v: Any, digits: int = 1) -> str:
         return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
-    return str(v).replace("|", "/").replace("\n", " ")
+    return str(v)
 
 
 def _num(v: Any, digits: int) -> str:
@@ -178,12 +179,6 @@ def _num(v: Any, digits: int) -> str:
 
 def _rate(flops: float) -> str:
     return f"{flops / 1e12:.1f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.1f} GFLOP/s"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 STEP_COLUMNS = ("model", "kind", "params M", "precision", "img/s", "step ms", "peak GiB",
@@ -246,7 +241,7 @@ def markdown_section(results: Mapping[str, Any]) -> str:
     steps = results.get("steps", [])
     if steps:
         lines += ["#### Training step (SegmentationTrial.train_batch's step)", ""]
-        lines.append(_table(STEP_COLUMNS, [
+        lines.append(markdown_table(STEP_COLUMNS, [
             [r["name"], r.get("kind", ""), _fmt(r.get("params_m"), 2), _fmt(r.get("precision")),
              _fmt(r.get("img_s")), _fmt(r.get("step_ms"), 2), _fmt(r.get("peak_mem_gib"), 2),
              _fmt(r.get("j_per_img"), 3), _fmt(r.get("avg_power_w")), _fmt(r.get("gpu_util_pct")),
@@ -261,7 +256,7 @@ def markdown_section(results: Mapping[str, Any]) -> str:
     targets = results.get("targets", [])
     if targets:
         lines += ["#### Ours / reference", ""]
-        lines.append(_table(("ours", "reference", "metric", "ours", "reference", "ratio",
+        lines.append(markdown_table(("ours", "reference", "metric", "ours", "reference", "ratio",
                              "target", "result"), [
             [t["ours"], t["reference"], t["metric"],
              _num(t["ours_value"], 3 if t["metric"] == "j_per_img" else 1),
@@ -272,7 +267,7 @@ def markdown_section(results: Mapping[str, Any]) -> str:
     comp = results.get("compile", [])
     if comp:
         lines += ["#### torch.compile", ""]
-        lines.append(_table(("model", "mode", "eager img/s", "compiled img/s", "speed-up",
+        lines.append(markdown_table(("model", "mode", "eager img/s", "compiled img/s", "speed-up",
                              "warm-up s (incl. compile)", "helped"), [
             [c["name"], c.get("mode", "default"), _fmt(c["eager_img_s"]), _fmt(c["compiled_img_s"]),
              f"{c['speedup']:.2f}x" if c.get("speedup") else "-", _fmt(c.get("compile_warmup_s")),
@@ -282,7 +277,7 @@ def markdown_section(results: Mapping[str, Any]) -> str:
     if abl:
         lines += ["#### Implementation ablation (relative to each model's MMCV-era baseline: "
                   "fp32, eager attention, NCHW, optimiser loop, no cuDNN benchmark)", ""]
-        lines.append(_table(("model", "variant", "img/s", "speed-up", "J/img", "J/img ratio",
+        lines.append(markdown_table(("model", "variant", "img/s", "speed-up", "J/img", "J/img ratio",
                              "GPU util %", "peak GiB", "status"), [
             [e["model"], e["variant"] + (" (fastest)" if e["fastest"] else ""), _fmt(e["img_s"]),
              f"{e['speedup']:.2f}x" if e["speedup"] else "-", _fmt(e["j_per_img"], 3),
@@ -302,7 +297,7 @@ def markdown_section(results: Mapping[str, Any]) -> str:
             ok = all(isinstance(v, (int, float)) and v > 0 for v in (a, b))
             return f"{a / b:.3f}" if ok else "-"
 
-        lines.append(_table(E2E_COLUMNS, [
+        lines.append(markdown_table(E2E_COLUMNS, [
             [r["name"], _fmt(r.get("timed_batches")), _fmt(r.get("window_s")),
              _fmt(r.get("validation_s")),
              f"{_fmt(r.get('validation_first_s'), 2)} / {_fmt(r.get('validation_later_s'), 2)}",

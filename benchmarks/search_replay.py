@@ -76,6 +76,7 @@ from shared.energy.projection import PROJECTIONS
 from shared.energy.projection import searcher_metric as energy_searcher_metric
 from shared.hparams import smaller_is_better as default_smaller_is_better
 from shared.hparams import target_reached
+from shared.mdtable import markdown_table
 
 ROOT = recipes.REPO_ROOT
 DEFAULT_CONFIG = ROOT / "experiment_configs" / "unet" / "asha_energy.yaml"
@@ -436,16 +437,15 @@ def table(result: Mapping[str, Any]) -> str:
     """The markdown table of one search's replay."""
     head = ("strategy", "picked trial's energy to target (Wh)", "regret vs best (%)",
             "search energy (Wh)", "picks a trial that never reaches")
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|"]
     names = {"metric": f"plain `{result['metric']}`", "linear": "linear projection",
              "curve": "curve projection"}
-    for s, r in result["strategies"].items():
-        def cell(d: Mapping[str, float], spec: str) -> str:
-            return f"{_num(d['median'], spec)} ({_num(d['p25'], spec)}-{_num(d['p75'], spec)})"
-        lines.append(f"| {names[s]} | {cell(r['pick_energy_to_target_wh'], '.4g')} | "
-                     f"{cell(r['regret_pct'], '.0f')} | {cell(r['search_wh'], '.3g')} | "
-                     f"{r['never_pct']:.0f} % |")
-    return "\n".join(lines)
+
+    def cell(d: Mapping[str, float], spec: str) -> str:
+        return f"{_num(d['median'], spec)} ({_num(d['p25'], spec)}-{_num(d['p75'], spec)})"
+    return markdown_table(head, [
+        [names[s], cell(r["pick_energy_to_target_wh"], ".4g"), cell(r["regret_pct"], ".0f"),
+         cell(r["search_wh"], ".3g"), f"{r['never_pct']:.0f} %"]
+        for s, r in result["strategies"].items()], align=("left",) + ("right",) * 4)
 
 
 def header(result: Mapping[str, Any]) -> str:

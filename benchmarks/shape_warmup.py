@@ -43,11 +43,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.render import _fmt, _table  # noqa: E402
+from benchmarks.render import _fmt  # noqa: E402
 from benchmarks.specs import BenchConfig, BenchError, load_trial, our_models  # noqa: E402
 from benchmarks.step import _sync  # noqa: E402
 from shared.engine import AUTOCAST_DTYPES, autocast, pick_precision, resolve_channels_last  # noqa: E402
 from shared.inference import grouped_convs, validation_kernels  # noqa: E402
+from shared.mdtable import markdown_table  # noqa: E402
 
 VARIANTS = ("as trained", "native depthwise", "plan free", "nchw")
 #: the ``val_kernels`` value of each variant that is one (nchw is a layout, not a choice)
@@ -135,7 +136,7 @@ def markdown(rows: Sequence[Dict[str, Any]]) -> str:
             lines.append([r["model"], v, _fmt(m["first_ms"]), _fmt(m["second_ms"]),
                           _fmt(m["warmup_total_s"], 2), "ok"])
     n = len(rows[0][VARIANTS[0]]["shapes"]) if rows and rows[0].get("status") == "ok" else "?"
-    return _table(("model", "variant", "first call ms", "second call ms",
+    return markdown_table(("model", "variant", "first call ms", "second call ms",
                    f"warm-up s over {n} new shapes", "status"), lines) + "\n"
 
 

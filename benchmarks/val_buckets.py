@@ -31,11 +31,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.render import _fmt, _table  # noqa: E402
+from benchmarks.render import _fmt  # noqa: E402
 from benchmarks.specs import BenchConfig, load_trial, our_models  # noqa: E402
 from shared.data import build_dataset  # noqa: E402
 from shared.data.transforms import val_collate  # noqa: E402
 from shared.engine import Engine, LocalRuntime, SegmentationTask  # noqa: E402
+from shared.mdtable import markdown_table  # noqa: E402
 from shared.metrics import summarize  # noqa: E402
 
 #: the synthetic set: ADE20K's 512-683 px sides at a quarter of the scale
@@ -127,7 +128,7 @@ def markdown(result: Dict[str, Any]) -> str:
              _fmt(r["miou"], 3), "-" if r["delta_miou"] is None else f"{r['delta_miou']:+.3f}",
              str(r["shapes"]), f"{100 * r['padded_share']:.1f}", r["validation_mode"]]
             for r in result["rows"]]
-    return _table(("model", "multiple (px)", "same at ADE20K scale (px)", "mIoU",
+    return markdown_table(("model", "multiple (px)", "same at ADE20K scale (px)", "mIoU",
                    "vs exact shapes", "distinct shapes", "padded pixels %", "val_mode"), rows) + "\n"
 
 

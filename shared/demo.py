@@ -28,10 +28,11 @@ import pathlib
 import subprocess
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from shared import recipes, threads
-from shared.summary import comparison_table, summarize_run
+from shared.mdtable import markdown_table
+from shared.summary import fmt, summarize_run
 
 ROOT = recipes.REPO_ROOT
 
@@ -124,6 +125,26 @@ def model_command(model: str, size: Size, data: pathlib.Path, run_dir: pathlib.P
             "--config", str(recipe.configs_dir / "single_gpu.yaml"),
             "--data-dir", str(data), "--output-dir", str(run_dir), "--batches", str(max_batches),
             "--set", *sets]
+
+
+def comparison_table(summaries: List[Dict[str, Any]]) -> str:
+    """The demo's Markdown table, in the shape of 000's Table 2: a row per run's summary
+    (``shared.summary.summarize_run``), with the best value of each run's own target metric
+    (mIoU for segmentation)."""
+    metrics = {s.get("target_metric", "miou") for s in summaries}
+    best = f"best {metrics.pop()}" if len(metrics) == 1 else "best of target metric"
+    header = ["model", "params (M)", "batches", best.replace("best miou", "best mIoU"),
+              "target reached", "batches to target", "time to target (s)",
+              "energy to target (Wh)", "energy (Wh)", "sources"]
+    rows = []
+    for s in summaries:
+        m = s.get("target_metric", "miou")
+        rows.append([s["model"], fmt(s["params"] / 1e6 if s["params"] else None, ".2f"), s["batches"],
+                     fmt(s.get(f"best_{m}"), ".4g"), "yes" if s["reached_target"] else "no",
+                     fmt(s["batches_to_target"]), fmt(s["time_to_target_s"], ".1f"),
+                     fmt(s["energy_to_target_wh"], ".4g"), fmt(s["energy_wh"], ".4g"),
+                     s["energy_sources"] or "none"])
+    return markdown_table(header, rows)
 
 
 def main(argv: List[str] | None = None) -> int:

@@ -79,7 +79,7 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _fmt(v: Any, spec: str = "") -> str:
+def fmt(v: Any, spec: str = "") -> str:
     if v is None:
         return "-"
     return format(v, spec) if spec else str(v)
@@ -99,24 +99,5 @@ def format_summary(s: Dict[str, Any], name: Optional[str] = None) -> str:
     stopped = (f"; early stopped ({s['early_stop_patience']} validations without improvement)"
                if s.get("early_stopped") else "")
     peak = (f"; peak memory {s['peak_memory_mb']:.0f} MB" if s.get("peak_memory_mb") is not None else "")
-    return (f"[{name}] done{model}: {s['batches']} batches, best {m} {_fmt(s.get(f'best_{m}'), '.4g')}, "
-            f"final {_fmt(s.get(f'final_{m}'), '.4g')}; target {target}{stopped}; energy {energy}{peak}")
-
-
-def comparison_table(summaries: List[Dict[str, Any]]) -> str:
-    """A Markdown table in the shape of 000's Table 2 (the best value of each run's own target
-    metric: mIoU for segmentation)."""
-    metrics = {s.get("target_metric", "miou") for s in summaries}
-    best = f"best {metrics.pop()}" if len(metrics) == 1 else "best of target metric"
-    head = (f"| model | params (M) | batches | {best.replace('best miou', 'best mIoU')} | target reached "
-            "| batches to target | time to target (s) | energy to target (Wh) | energy (Wh) | sources |")
-    rows = [head, "|" + "---|" * 10]
-    for s in summaries:
-        m = s.get("target_metric", "miou")
-        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            s["model"], _fmt(s["params"] / 1e6 if s["params"] else None, ".2f"), s["batches"],
-            _fmt(s.get(f"best_{m}"), ".4g"), "yes" if s["reached_target"] else "no",
-            _fmt(s["batches_to_target"]), _fmt(s["time_to_target_s"], ".1f"),
-            _fmt(s["energy_to_target_wh"], ".4g"), _fmt(s["energy_wh"], ".4g"),
-            s["energy_sources"] or "none"))
-    return "\n".join(rows)
+    return (f"[{name}] done{model}: {s['batches']} batches, best {m} {fmt(s.get(f'best_{m}'), '.4g')}, "
+            f"final {fmt(s.get(f'final_{m}'), '.4g')}; target {target}{stopped}; energy {energy}{peak}")

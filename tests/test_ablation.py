@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mdtables import squeeze
 from model_helpers import ROOT, segformer, segmenter, small_segformer, small_segmenter, trial_class
 from shared import expconf
 from shared import hparams as hpmod
@@ -265,7 +266,7 @@ def test_report_renders_the_implementation_table_and_chart(tmp_path):
     # energy to target (batch 30, 16 mIoU reached at the 3rd validation for U-Net)
     assert v["unet-fast"].relative["energy_to_target_wh"] == pytest.approx((250 * 7.5) / (200 * 15.0))
     assert v["segformer-fast"].batches_to_target == v["segformer-base"].batches_to_target == 40
-    md = (out / "implementation.md").read_text()
+    md = squeeze((out / "implementation.md").read_text())
     assert "| unet | bf16 NHWC compiled loop | unet-fast | 30.40 | 1.90 |" in md
     assert "fp32 NCHW loop eager (baseline)" in md
     # conv/attention ratios: J/image segformer / unet under each one's best and worst

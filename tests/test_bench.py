@@ -30,6 +30,7 @@ from shared.data.on_device import training_batch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from fakes import pynvml_fake  # noqa: E402
+from mdtables import squeeze  # noqa: E402
 
 CPU = torch.device("cpu")
 TINY = ["--device", "cpu", "--res", "32", "--batch", "2", "--steps", "1", "--warmup", "1"]
@@ -76,7 +77,7 @@ def test_step_smoke_cli_every_trial_and_reference(tmp_path, capsys):
                        and t["reference"] == "unet-plain" and t["metric"] == "img_s")
     assert unet_target["ratio"] == pytest.approx(rows["unet"]["img_s"] / rows["unet-plain"]["img_s"])
     assert unet_target["result"] == CPU_VERDICT  # GPU targets are not judged on a CPU
-    text = md.read_text()
+    text = squeeze(md.read_text())
     assert text.startswith("# Benchmarks\n\n## Results\n\n### ") and "(CPU smoke run)" in text
     assert "| unet | ours | 6.83 |" in text
     prep = data["meta"]["device_prep_ms"]
@@ -547,7 +548,7 @@ def test_markdown_section_structure(tmp_path):
     res = _results()
     res["targets"] = evaluate_targets(res["steps"], res["e2e"])
     res["compile"] = compile_effects(res["steps"])
-    text = markdown_section(res)
+    text = squeeze(markdown_section(res))
     lines = text.splitlines()
     assert lines[0] == "### 2026-11-22 10:00 UTC: NVIDIA H100 80GB HBM3"
     assert "- command: `python -m benchmarks.bench --compile`" in lines
@@ -586,7 +587,7 @@ def test_render_a_results_file(tmp_path, capsys):
     path.write_text(json.dumps(_results()))
     md = tmp_path / "B.md"
     assert bench.main(["--render", str(path), "--markdown", str(md)]) == 0
-    assert "| unet | unet-plain | img_s |" in md.read_text()  # targets recomputed from the rows
+    assert "| unet | unet-plain | img_s |" in squeeze(md.read_text())  # targets recomputed from the rows
     assert "appended to" in capsys.readouterr().out
 
 

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from mdtables import squeeze
 from benchmarks import campaign, campaign_report
 from benchmarks.gpu_monitor import Sample
 
@@ -147,7 +148,7 @@ def _folder(tmp_path: pathlib.Path) -> pathlib.Path:
 def test_render_a_result_folder(tmp_path, capsys):
     out = _folder(tmp_path)
     assert campaign.main(["--render", str(out)]) == 0
-    text = capsys.readouterr().out
+    text = squeeze(capsys.readouterr().out)
     assert "| compile | skipped: 20 s left of the 480 s budget, compile needs ~110 s | - |" in text
     # 35.2 us per report of 50 batches of 80 ms: 0.00088 %
     assert ("35.2 us (the bare counter call 20.1 us), mean of 200 reads; one read per report of "
@@ -184,7 +185,7 @@ def test_render_two_seeds_gives_mean_and_range(tmp_path, capsys):
                       "energy_sources_env": "nvml", "runs": {"unet": run, "segformer": missed}})
     (out / "study.json").write_text(json.dumps({"seeds": seeds}))
     assert campaign.main(["--render", str(out)]) == 0
-    text = capsys.readouterr().out
+    text = squeeze(capsys.readouterr().out)
     assert "- seed 1: `ENERGY_SOURCES=nvml python -m shared.demo --seed 1` (ok)" in text
     assert "| unet | 2 of 2 | 200 (150-250) | 26.0 (21.0-31.0) | 2.600 (2.100-3.100) |" in text
     assert "| segformer | 0 of 2 | - | - | - |" in text

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from mdtables import squeeze
 from benchmarks import data_path
 from shared.data.transforms import AUG_SIZE
 
@@ -30,7 +31,7 @@ def test_cli_measures_every_part_and_writes_markdown(tmp_path, capsys):
     # (AUG_SIZE: the photometric draws and the crop size), 2 counts
     assert r["loaders"][0]["mib_per_batch"] * 2 ** 20 == 2 * (3 * 32 * 32 + 32 * 32 + AUG_SIZE * 4 + 8)
     text = md.read_text()
-    assert "data path on CPU" in text and "| whole dataset[i] |" in text
+    assert "data path on CPU" in text and "| whole dataset[i] |" in squeeze(text)
     assert text in capsys.readouterr().out
 
 

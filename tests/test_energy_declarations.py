@@ -10,8 +10,10 @@ from typing import Dict
 
 import pytest
 
+from mdtables import squeeze
 from shared import hparams
-from shared.energy import docs, select
+from shared import energy_docs as docs
+from shared.energy import select
 from shared.energy.options import validate_options
 from shared.energy.options import all_env_vars, all_options, default_options
 from shared.energy.schema import EnvVar, Option, Positive
@@ -75,7 +77,8 @@ def test_readme_energy_tables_are_current():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     current = docs.update_markdown(readme, required=list(docs.TABLES))
     assert current == readme, ("README.md's energy tables are stale: run "
-                               "`python -m shared.energy.docs README.md`")
+                               "`python -m shared.energy_docs README.md`")
+    readme = squeeze(readme)
     for _, option in all_options():
         assert f"| `energy.{option.name}` |" in readme
     for _, var in all_env_vars():
@@ -103,16 +106,16 @@ def test_update_markdown_errors_name_the_block():
 
 
 def test_tables_show_declared_facts():
-    sources = docs.sources_table_markdown()
+    sources = squeeze(docs.sources_table_markdown())
     assert ("| `redfish` | node (`node_wh`) | one process per node (local rank 0) | "
             "when `ENERGY_REDFISH_URL` is set |") in sources
     assert "| `nvml` | gpu (`gpu_wh`) | each training process, for its own GPUs | always |" \
         in sources
-    options = docs.options_table_markdown()
+    options = squeeze(docs.options_table_markdown())
     assert "| `energy.pue` | `null` | number >= 1 or null | facility PUE" in options
     assert "| `energy.ipmi_timeout_s` | `null` | number > 0 or null | ipmi: timeout of one " \
            "ipmitool call, seconds (default 20) |" in options
-    env = docs.environment_table_markdown()
+    env = squeeze(docs.environment_table_markdown())
     assert "| `ENERGY_IPMI_CMD` | `ipmi` | the ipmitool command" in env
     assert "| `ENERGY_SOURCES` | core |" in env
 
@@ -187,11 +190,11 @@ def test_a_registered_source_is_picked_up_everywhere(throw_away_source, tmp_path
                                {}, where="c.yaml")
     assert resolved["energy"]["powerstrip_period_s"] == 3
     # and the docs show it
-    assert "| `powerstrip` | node (`node_wh`) |" in docs.sources_table_markdown()
+    assert "| `powerstrip` | node (`node_wh`) |" in squeeze(docs.sources_table_markdown())
     assert "| `energy.powerstrip_period_s` | `null` | number > 0 or null | powerstrip: " \
-        in docs.options_table_markdown()
+        in squeeze(docs.options_table_markdown())
     assert "| `ENERGY_POWERSTRIP_HOST` | `powerstrip` | host name of the power strip |" \
-        in docs.environment_table_markdown()
+        in squeeze(docs.environment_table_markdown())
     assert "powerstrip" in docs.options_table_markdown().split("`energy.sources`")[1] \
         .split("\n")[0]  # the allowed names of energy.sources
     # the config checker accepts the option in an experiment config, and the customer
@@ -204,10 +207,9 @@ def test_a_registered_source_is_picked_up_everywhere(throw_away_source, tmp_path
     conf["hyperparameters"]["energy"] = {"powerstrip_period_s": -1}
     assert any("powerstrip_period_s must be > 0" in p
                for p in expconf.check_experiment(conf, "c.yaml", trial_dir=ROOT / "trials" / "unet"))
-    rows, lines = energy_section({"powerstrip_period_s": 2})
-    assert any(r.startswith("| `energy.powerstrip_period_s` | `2` |") for r in rows)
-    section = "\n".join(lines)
-    assert "| `powerstrip` |" in section and "`ENERGY_POWERSTRIP_HOST`" in section
+    rows, section = energy_section({"powerstrip_period_s": 2})
+    assert any(r[:2] == ["`energy.powerstrip_period_s`", "`2`"] for r in rows)
+    assert "| `powerstrip` |" in squeeze(section) and "`ENERGY_POWERSTRIP_HOST`" in section
 
 
 def test_unknown_option_still_only_warns(caplog):

@@ -21,6 +21,7 @@ from typing import Any, Dict, List
 import pytest
 import yaml
 
+from mdtables import squeeze
 from shared import package as pkg
 from shared import recipes
 from shared.data.synthetic import generate
@@ -179,7 +180,7 @@ def test_docs_figures_of_the_unet_package_are_measured(built):
 
 
 def test_readme_documents_what_the_code_does(built):
-    readme = (built.directory / "README.md").read_text()
+    readme = squeeze((built.directory / "README.md").read_text())
     version = pkg.read_pyproject(ROOT)["version"]
     assert readme.splitlines()[0] == pkg.MARKER
     assert f"energy-seg-recipes {version} (" in readme and built.stamp in readme
@@ -242,7 +243,7 @@ def test_classification_package_trains_by_its_readme_outside_the_repository(buil
 
 
 def test_classification_readme_is_the_classification_one(built_classification):
-    readme = (built_classification.directory / "README.md").read_text()
+    readme = squeeze((built_classification.directory / "README.md").read_text())
     assert "energy-aware image classification recipe" in readme
     prose = readme.split("## What `shared/` holds")[0]  # (the module list names shared.data.ade20k)
     assert not {w for w in ("segmentation", "ADE20K", "miou", "mIoU") if w in prose}

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from mdtables import squeeze
 from shared import report
 from shared.report import ReportError, build_report, load_inputs, load_local
 from shared.report.__main__ import main
@@ -94,7 +95,7 @@ def test_partial_data_reads_not_reached_and_not_measured(built):
     s = rows_by_label(built)["segformer"]
     assert not s.reached and s.time_to_target_s is None
     assert s.energy_wh is None and s.avg_power_w is None and s.j_per_image is None
-    md = (built.out_dir / "comparison.md").read_text()
+    md = squeeze((built.out_dir / "comparison.md").read_text())
     line = next(l for l in md.splitlines() if l.startswith("| segformer"))
     # not measured: avg power, J/img, the energy split, energy sources
     assert line.count("not reached") == 2 and line.count("not measured") == 4
@@ -289,7 +290,7 @@ def test_scaling_baseline_is_the_smallest_slot_count():
 # ----------------------------------------------------------------------------- CLI, bad input
 def test_cli_local(runs_dir, tmp_path, capsys):
     assert main([str(runs_dir), "--out", str(tmp_path / "rep")]) == 0
-    out = capsys.readouterr().out
+    out = squeeze(capsys.readouterr().out)
     assert "| unet | unet | 6.70 | 1 | yes | 18.0 | 1.000 | 200.0 | 14.4 |" in out
     assert (tmp_path / "rep" / "index.html").is_file()
 
@@ -602,7 +603,7 @@ def test_rare_objects_report_names_runs_by_their_differences_and_shows_object_me
     # a --label per run replaces the names; the count must fit
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "o2"), "--label", "random tiles",
                  "--label", "balanced", "--label", "balanced + mining"]) == 0
-    printed = capsys.readouterr().out
+    printed = squeeze(capsys.readouterr().out)
     assert "| balanced + mining | rare_objects |" in printed
     assert "## Object metrics" in printed and "| balanced + mining | 40 | 40.00 | 100.00 |" in printed
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "o3"), "--label", "a"]) == 2

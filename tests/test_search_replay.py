@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from mdtables import squeeze
 from benchmarks import search_replay as sr
 from benchmarks.curves import Curve, Recording, Validation
 from shared import recipes
@@ -143,7 +144,7 @@ def test_replay_cli_prints_the_three_strategies(tmp_path, capsys):
     out_json, png = tmp_path / "r.json", tmp_path / "r.png"
     assert sr.main(["--curves", str(curves), "--replays", "6", "--json", str(out_json),
                     "--chart", str(png)]) == 0
-    text = capsys.readouterr().out
+    text = squeeze(capsys.readouterr().out)
     assert "search toy: 16 trials, target miou >= 70" in text
     for row in ("| plain `miou` |", "| linear projection |", "| curve projection |"):
         assert row in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from mdtables import squeeze
 from benchmarks import shape_warmup as sw
 
 
@@ -24,7 +25,7 @@ def test_a_model_row_and_its_table(tmp_path, capsys):
     assert row["status"] == "ok" and row["grouped_convs"] > 0  # Mix-FFN's depthwise convs
     for v in sw.VARIANTS:
         assert row[v]["first_ms"] > 0 and row[v]["second_ms"] > 0 and len(row[v]["shapes"]) == 1
-    text = capsys.readouterr().out
+    text = squeeze(capsys.readouterr().out)
     assert "| segformer | native depthwise |" in text and "warm-up s over 1 new shapes" in text
 
 

@@ -5,7 +5,7 @@ The general options and variables are declared in ``shared.energy.general``, eac
 own on its class (``EnergySource.options``, ``.env_vars``); ``all_options()`` and
 ``all_env_vars()`` put the general ones and those of every registered source together, and
 everything else is derived from them: the defaults (``default_options()``), the checks, the
-refusal of unknown keys in ``shared.hparams`` and the docs tables (``shared.energy.docs``).
+refusal of unknown keys in ``shared.hparams`` and the docs tables (``shared.energy_docs``).
 """
 from __future__ import annotations
 

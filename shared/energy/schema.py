@@ -5,7 +5,7 @@ one-line doc, and the helpers that read them.
 Declarations live next to what uses them: the general options and variables in
 ``shared.energy.options``, each source's own on its class (``EnergySource.options`` and
 ``.env_vars``). Option checking (``settings.validate_options``) and the documentation tables
-(``shared.energy.docs``) are derived from them, so a setting is described in one place.
+(``shared.energy_docs``) are derived from them, so a setting is described in one place.
 
 This module imports nothing of the library but its exceptions (``errors``): it is the bottom
 that every other module (the sources included) may import.

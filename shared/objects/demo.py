@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from shared.mdtable import markdown_table
+
 __all__ = ["RUNS", "run_demo", "main"]
 
 #: (name, directory, --set overrides) of the three runs
@@ -84,12 +86,9 @@ def run_demo(out: Path, batches: int = 240, tile: int = 32, mine_period: int = 4
 def table(rows: Sequence[Dict[str, object]]) -> str:
     head = ["run", "object recall %", "object precision %", "false positives / image",
             "average precision %", "validation loss", "mining s", "run s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["run"], *(f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in COLUMNS),
-                 f"{r['mining_s']:.1f}", f"{r['seconds']:.0f}"]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(head, [
+        [r["run"], *(f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in COLUMNS),
+         f"{r['mining_s']:.1f}", f"{r['seconds']:.0f}"] for r in rows])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

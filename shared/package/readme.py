@@ -1,11 +1,13 @@
 """The customer README of a package (Markdown), rendered at build time from the trial's
 schema and family, its configs, the shipped code and the energy library.
 
-One job, the README, in one file. Two trial families have their own texts (``Family``: title,
-data, smoke test); the rest is shared. Nothing is documented here that is declared elsewhere:
-hyperparameters come with their Param's help, metrics with the trial class's declarations
-(``metric_docs``), the energy options, sources and variables with the energy library's
-(``energy_section``).
+One job, the README: the prose is the Jinja2 template ``templates/README.md.j2`` (and
+``templates/energy.md.j2``, its "Energy" section); this module computes what fills it. Two
+trial families have their own texts (``Family``: title, data, smoke test); the rest is shared.
+Nothing is documented here that is declared elsewhere: hyperparameters come with their Param's
+help, metrics with the trial class's declarations (``metric_docs``), the energy options,
+sources and variables with the energy library's (``energy_section``). Tables are laid out by
+``shared.mdtable``.
 """
 from __future__ import annotations
 
@@ -14,7 +16,13 @@ import inspect
 import pathlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from shared.energy.docs import yaml_value
+import jinja2
+
+from shared import energy_docs
+from shared.energy_docs import yaml_value
+from shared.energy.options import all_options
+from shared.energy.sources import registered_sources
+from shared.mdtable import markdown_table
 from shared.package.closure import LIBRARY, Closure
 from shared.package.errors import PackageError
 
@@ -41,10 +49,6 @@ def _fmt(value: Any) -> str:
     return yaml_value(value)
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def _allowed(param: Any) -> str:
     if getattr(param, "choices", None):
         return ", ".join(_fmt(c) for c in param.choices)
@@ -57,9 +61,6 @@ def _summary_line(doc: Optional[str]) -> str:
 
 
 # --------------------------------------------------------------------------- trial families
-# Why Python and not a Jinja2 template: every table here is rows computed from the trial's
-# schema, the configs and the shipped code; a template would split each table between two
-# files and still need these functions to compute its rows. The fixed prose is small.
 
 @dataclasses.dataclass(frozen=True)
 class Family:
@@ -158,47 +159,33 @@ def family_text(family: str) -> Family:
                            f"{', '.join(FAMILIES)} (shared/package/readme.py)") from None
 
 
-# --------------------------------------------------------------------------- energy documentation
-def energy_section(energy_conf: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
-    """The README's energy documentation: the ``energy.*`` rows of the hyperparameter table
-    (``energy_conf``: the first config's ``energy`` values) and the "Energy" section. Every
-    option, source and variable, and its meaning, comes from the energy library's own
-    declarations (``shared.energy.options``, each source class; ``shared.energy.docs``)."""
-    from shared.energy import docs
-    from shared.energy.options import all_options
-    from shared.energy.sources import registered_sources
+# --------------------------------------------------------------------------- templates
+#: Markdown, not HTML: nothing is escaped (the tables escape their cells, shared.mdtable); an
+#: undefined name in a template is an error, not an empty string
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("shared.package", "templates"),
+                                autoescape=False, undefined=jinja2.StrictUndefined,
+                                trim_blocks=True, lstrip_blocks=True)
+_TEMPLATES.filters["code_list"] = lambda names: ", ".join(f"`{n}`" for n in names)
 
-    rows: List[str] = []
+
+# --------------------------------------------------------------------------- energy documentation
+def energy_section(energy_conf: Mapping[str, Any]) -> Tuple[List[List[str]], str]:
+    """The README's energy documentation: the ``energy.*`` rows (cells) of the hyperparameter
+    table (``energy_conf``: the first config's ``energy`` values) and the "Energy" section
+    (Markdown). Every option, source and variable, and its meaning, comes from the energy
+    library's own declarations (``shared.energy.options``, each source class;
+    ``shared.energy_docs``)."""
+    rows: List[List[str]] = []
     names = [cls.name for cls in registered_sources()]
     for owner, option in all_options():
         value = _fmt(energy_conf[option.name]) if option.name in energy_conf else "(default)"
         meaning = option.doc if owner == "general" else f"{owner}: {option.doc}"
-        rows.append(f"| `energy.{option.name}` | `{_cell(value)}` | `{_cell(_fmt(option.default))}` | "
-                    f"{_cell(option.allowed_text(names))} | {_cell(meaning)} |")
-    lines = [
-        "## Energy",
-        "",
-        "The energy hook (`shared/energy`) measures the trial from its first to its last batch "
-        "and adds the `energy` group and the energy metrics above. Each joule is counted once: "
-        "a GPU is read by the process that trains on it, node-level sources by one process per "
-        "node (local rank 0), and node-level energy is charged to the trial by its share of the "
-        "node's GPUs (`energy.apportion`). A source that fails never stops training: it is "
-        "logged once and shows up as lower `coverage`.",
-        "",
-        docs.sources_table_markdown(),
-        "Sources are configured through the environment, so that site details (BMC addresses, "
-        "credentials, URLs) stay out of the experiment config, which the WebUI shows. Set them "
-        "in the cluster's task defaults or the config's `environment.environment_variables`:",
-        "",
-        docs.environment_table_markdown(),
-        "Permissions a cluster administrator grants once (the project's docs/cluster.md has the "
-        "files): RAPL counters are readable by root only since Linux 5.10, and recent Docker "
-        "masks `/sys/devices/virtual/powercap` in containers (bind-mount it read-only and set "
-        "`ENERGY_RAPL_ROOT`); in-band IPMI needs the `/dev/ipmi0` device in the container; "
-        "Redfish needs the BMC network and a credentials file mounted read-only.",
-        "",
-    ]
-    return rows, lines
+        rows.append([f"`energy.{option.name}`", f"`{value}`", f"`{_fmt(option.default)}`",
+                     option.allowed_text(names), meaning])
+    section = _TEMPLATES.get_template("energy.md.j2").render(
+        sources_table=energy_docs.sources_table_markdown(),
+        environment_table=energy_docs.environment_table_markdown())
+    return rows, section
 
 
 # --------------------------------------------------------------------------- the README
@@ -234,108 +221,29 @@ def render_readme(*, model: str, family: str, stamp: str, version: str, trial_cl
     pools_text = "; ".join(f"pool `{p}` for {', '.join(f'`{f}`' for f in fs)}"
                            for p, fs in named_pools.items()) \
         or "the configs name no pool (the cluster's default compute pool)"
-    lines: List[str] = [
-        MARKER,
-        f"# {model}: energy-aware {fam.title} recipe for Determined",
-        "",
-        f"Version: **energy-seg-recipes {stamp}** (this directory was built by "
-        f"`python -m shared.package {model}`).",
-        "",
-        _summary_line(model_doc),
-        "",
-        f"The trial (`{trial_cls.__name__}`) is a Determined `PyTorchTrial` that {fam.does}",
-        "",
-        "## What is here",
-        "",
-        "| path | what |",
-        "| --- | --- |",
-    ]
-    for name in trial_files:
-        what = {"train.py": "the trial, the experiment's entry point",
-                "model.py": "the model, plain PyTorch"}.get(name, "a module of the trial")
-        lines.append(f"| `{name}` | {what} |")
-    lines += [
-        f"| `{LIBRARY}/` | the project's library: the {len(closure.modules)} modules the trial imports |",
-        "| `configs/` | experiment configs (not uploaded: `.detignore`) |",
-    ]
+    files = [[f"`{name}`", {"train.py": "the trial, the experiment's entry point",
+                            "model.py": "the model, plain PyTorch"}.get(name, "a module of the trial")]
+             for name in trial_files]
+    files += [[f"`{LIBRARY}/`", f"the project's library: the {len(closure.modules)} modules the trial imports"],
+              ["`configs/`", "experiment configs (not uploaded: `.detignore`)"]]
     if docs:
-        lines.append("| `docs/` | the project docs the config comments refer to (not uploaded) |")
-    lines += [
-        "| `requirements.txt` | Python packages for local runs |",
-        "| `.detignore` | what `det experiment create` leaves out of the upload |",
-        "",
-        "## Run it on a Determined cluster",
-        "",
-        "From this directory (the context: trial + library, nothing else is needed):",
-        "",
-        "```bash",
-        f"det experiment create configs/{first} .",
-        "```",
-        "",
-        f"- **Data**: every config bind-mounts `{data_dir}` read-only from the agents into the "
-        "container and sets `hyperparameters.data_dir` to it; change `bind_mounts[].host_path` "
-        "to where the agents see the data set.",
-        f"- **Image**: {images_text}. `{image}` is the project's task image (PyTorch + CUDA 12, "
-        "Determined 0.38.1, timm, nvidia-ml-py, ipmitool); push it to a registry the agents "
-        "reach and change the name, or override it at submission: "
-        f"`det experiment create configs/{first} . --config environment.image=REGISTRY/IMAGE:TAG`.",
-        f"- **Pool**: {pools_text}; another with `--config resources.resource_pool=POOL`.",
-        "- The script of the experiment is always `train.py` of this directory: `python3 train.py`, "
-        "or `python3 -m determined.launch.torch_distributed python3 train.py` for several GPUs.",
-        "",
-        "| config | name | slots | searcher | what it is |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+        files.append(["`docs/`", "the project docs the config comments refer to (not uploaded)"])
+    files += [["`requirements.txt`", "Python packages for local runs"],
+              ["`.detignore`", "what `det experiment create` leaves out of the upload"]]
+    config_rows = []
     for fname, conf in configs.items():
         res = conf.get("resources") or {}
         s = conf.get("searcher") or {}
         searcher = f"{s.get('name', '?')} on {s.get('metric', '?')}"
         if s.get("max_trials"):
             searcher += f", {s['max_trials']} trials"
-        lines.append(f"| `configs/{fname}` | {_cell(str(conf.get('name', '')))} | "
-                     f"{res.get('slots_per_trial', 1)} | {_cell(searcher)} | "
-                     f"{_cell(str(conf.get('description', '')))} |")
-    lines += [
-        "",
-        "## Run it locally",
-        "",
-        "```bash",
-        f"python -m venv ~/venvs/{model}-recipe && . ~/venvs/{model}-recipe/bin/activate",
-        "pip install -r requirements.txt   # install torch/torchvision for your CUDA first if needed",
-        f"python train.py --config configs/{first} --data-dir {data_dir}",
-        "```",
-        "",
-        "Keep the virtual environment outside this directory, as above: this directory is what "
-        "`det experiment create` uploads (a venv is gigabytes; Determined refuses a context over "
-        "95 MB) and what a local run copies into each checkpoint (`.detignore` leaves `.venv/`, "
-        "`venv/`, run outputs, caches and secret-looking files out of both, as a second line of "
-        "defence).",
-        "",
-        f"Options: `--output-dir DIR` (default `runs/<model>-<date>-<time>`), {fam.length_options}, "
-        "`--set key=value ...` (any hyperparameter, dotted keys "
-        "for `energy.*`), `--resume latest|CHECKPOINT_DIR`, `--verbose`. A search space in a "
-        "config is run at a fixed point (middle of each range, first category). Several "
-        "local GPUs: `torchrun --nproc_per_node N train.py ...`.",
-        "",
-        "A run writes `metrics.jsonl` (one JSON object per report: `group`, `steps_completed`, "
-        "`time`, `metrics`), `summary.json`, `checkpoints/` and `tensorboard/` under the output "
-        "directory. A smoke test on a generated data set, a few seconds on a CPU:",
-        "",
-        "```bash",
-        *(line.format(first=first) for line in fam.smoke),
-        "```",
-        "",
-        "## Hyperparameters",
-        "",
-        f"Values of `configs/{first}`; other configs change some of them (see each file). "
-        "Unknown keys and bad values are refused before any work, with the file and key named.",
-        "",
-        f"| key | {first} | default | allowed | meaning |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+        config_rows.append([f"`configs/{fname}`", str(conf.get("name", "")),
+                            str(res.get("slots_per_trial", 1)), searcher,
+                            str(conf.get("description", ""))])
     schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
     energy_conf = base_hp.get("energy") if isinstance(base_hp.get("energy"), dict) else {}
-    energy_rows, energy_lines = energy_section(energy_conf)
+    energy_rows, energy_text = energy_section(energy_conf)
+    hp_rows = []
     for key, param in schema.items():
         if key == "energy":
             continue
@@ -344,46 +252,21 @@ def render_readme(*, model: str, family: str, stamp: str, version: str, trial_cl
         if not param.help:
             raise PackageError(f"hyperparameter {key!r} of {trial_cls.__module__}."
                                f"{trial_cls.__name__} has no help text: give its Param a help=")
-        note = param.help
         value = _fmt(base_hp[key]) if key in base_hp else "(default)"
-        lines.append(f"| `{key}` | `{_cell(value)}` | `{_cell(_fmt(param.default))}` | "
-                     f"{_cell(_allowed(param))} | {_cell(note)} |")
-    lines += energy_rows
-    lines += [
-        "",
-        "## Metrics",
-        "",
-        "Reported to Determined (WebUI, `det trial logs`, the API) and, locally, to "
-        "`metrics.jsonl` under the same group names.",
-        "",
-        "| group | metric | meaning |",
-        "| --- | --- | --- |",
-    ]
+        hp_rows.append([f"`{key}`", f"`{value}`", f"`{_fmt(param.default)}`", _allowed(param),
+                        param.help])
     # declared by the trial class, next to what reports them (shared/trial.py, its family)
-    for group, name, meaning in trial_cls.metric_docs():
-        if f'"{name}"' in shipped_code:
-            lines.append(f"| {group} | `{name}` | {meaning} |")
-    lines += [
-        "",
-        fam.local_groups,
-        "",
-        *energy_lines,
-        "## Requirements",
-        "",
-        "`requirements.txt`: " + ", ".join(f"`{r}`" for r in requirement_lines) + ".",
-        "",
-        f"## What `{LIBRARY}/` holds",
-        "",
-        "The modules the trial imports, found by reading its code"
-        + (f" (and `{fam.generator}`, the smoke test's data generator)"
-           if fam.generator in closure.extra else "")
-        + ": " + ", ".join(f"`{n}`" for n in closure.modules) + ".",
-        "",
-    ]
-    if closure.dropped:
-        lines.append("Left out (not imported by the trial, directly or through other modules): "
-                     + ", ".join(f"`{n}`" for n in closure.dropped) + ".")
-    else:
-        lines.append("Nothing of the library was left out.")
-    lines.append("")
-    return "\n".join(lines)
+    metric_rows = [[group, f"`{name}`", meaning] for group, name, meaning in trial_cls.metric_docs()
+                   if f'"{name}"' in shipped_code]
+    return _TEMPLATES.get_template("README.md.j2").render(
+        marker=MARKER, model=model, fam=fam, stamp=stamp, summary=_summary_line(model_doc),
+        trial_name=trial_cls.__name__, first=first, data_dir=data_dir, image=image,
+        images_text=images_text, pools_text=pools_text, library=LIBRARY,
+        files_table=markdown_table(["path", "what"], files),
+        configs_table=markdown_table(["config", "name", "slots", "searcher", "what it is"], config_rows),
+        hyperparameters_table=markdown_table(["key", first, "default", "allowed", "meaning"],
+                                             hp_rows + energy_rows),
+        metrics_table=markdown_table(["group", "metric", "meaning"], metric_rows),
+        energy_section=energy_text, requirement_lines=requirement_lines,
+        generator_shipped=fam.generator in closure.extra, modules=list(closure.modules),
+        dropped=list(closure.dropped))

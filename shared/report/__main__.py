@@ -7,9 +7,11 @@ import pathlib
 import sys
 from typing import List, Optional
 
+from shared.mdtable import markdown_table
+
 from . import ReportError, build_report, load_inputs
 from .plots import not_drawn, not_drawn_line
-from .tables import DISPLAY_HEADER, display_cells, markdown_table
+from .tables import DISPLAY_HEADER, display_cells
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -29,10 +29,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from shared.hparams import (ABLATION_BASELINE, COMMON, COMPILE_WARMUP_BATCHES,
                             IMPLEMENTATION_SWITCHES)
+from shared.mdtable import markdown_table
 
 from .load import Run
 from .series import J_PER_WH, _num
-from .tables import Row, fmt, markdown_table
+from .tables import Row, fmt
 
 #: the variant every other is compared with: the implementation MMCV-era code ran
 BASELINE: Dict[str, Any] = ABLATION_BASELINE
@@ -329,23 +330,14 @@ def chart(vs: Sequence[Variant], path: pathlib.Path):
 
 
 def html_section(vs: Sequence[Variant], chart_) -> str:
-    """The index page's implementation section (tables and the chart)."""
-    from html import escape
+    """The index page's implementation section (tables and the chart): the template
+    ``templates/implementation.html.j2``."""
+    from .html import figure, render_template, table
 
-    from .html import _figure as figure_html
-    from .html import _table
-    parts = ["<h2>Implementation ablation</h2>",
-             '<p class="small">Train-phase images/s and J/image (torch.compile warm-up '
-             "excluded), relative to each model's baseline (fp32, eager attention, NCHW, not "
-             "compiled, optimiser loop, no cuDNN benchmark).</p>",
-             _table(HEADER, table_rows(vs))]
     rs = ratios(vs)
-    if rs:
-        parts += ["<h3>Conv/attention ratio under the best and the worst implementation</h3>",
-                  _table(RATIO_HEADER, [_ratio_cells(r) for r in rs])]
-    parts += [f'<p class="small">{escape(n)}</p>' for n in notes(vs)]
-    parts.append(figure_html(chart_))
-    return "\n".join(parts)
+    return render_template("implementation.html.j2", variants=table(HEADER, table_rows(vs)),
+                           ratios=table(RATIO_HEADER, [_ratio_cells(r) for r in rs]) if rs else None,
+                           notes=notes(vs), figure=figure(chart_))
 
 
 def write(runs: Sequence[Run], rows: Sequence[Row], out: pathlib.Path

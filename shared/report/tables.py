@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from shared.energy.aggregate import PHASES
 from shared.hparams import smaller_is_better
+from shared.mdtable import markdown_table
 
 from .load import ReportError, Run, Target
 from .series import J_PER_WH, Point, _num, timeline
@@ -352,16 +353,6 @@ DISPLAY_HEADER = ["run", "model", "params (M)", "slots", "target reached", "time
                   "energy to target (Wh)", "avg power (W)", "J/img", "final", "best",
                   "facility (Wh)", "CO2e (g)", SPLIT_COLUMN, "energy sources", "coverage",
                   "notes"]
-
-
-def _md_escape(s: str) -> str:
-    return s.replace("|", "\\|")
-
-
-def markdown_table(header: List[str], rows: List[List[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 SCALING_HEADER = ["model", "slots", "runs (reached)", "time to target (s)", "speed-up",

@@ -8,7 +8,7 @@ Adding a source takes two steps and touches nothing else:
 2. one line in ``BUILTIN`` below.
 
 Selection (``shared.energy.select``), the ``energy`` option checks
-(``shared.energy.options``) and the docs tables (``shared.energy.docs``) then pick it up.
+(``shared.energy.options``) and the docs tables (``shared.energy_docs``) then pick it up.
 Code outside the library (a site's own source, a test) calls ``register_source(cls)``
 instead of step 2, and ``unregister_source(name)`` to take it back.
 

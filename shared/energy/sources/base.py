@@ -8,7 +8,7 @@ power (NVML power on old GPUs, Redfish, IPMI) integrate samples on their own thr
 A source describes itself with class attributes (``name``, ``covers``, ``scope``,
 ``priority``, ``auto_env``, ``env_vars``, ``options``, ``summary``); selection
 (``shared.energy.select``), option checking (``shared.energy.options``) and the docs tables
-(``shared.energy.docs``) are derived from them. ``shared.energy.sources`` holds the registry
+(``shared.energy_docs``) are derived from them. ``shared.energy.sources`` holds the registry
 and says how to add a source.
 """
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Markdown tables of the energy library's settings, written from the declarations
 (``shared.energy.options`` and each source class), for the README and the customer packages.
+Documentation, not measurement: outside the energy library, which imports nothing of the
+project (this module renders with the project's one table writer, ``shared.mdtable``).
 
 - ``options_table_markdown()``: every ``energy.*`` option, its default, allowed values, meaning.
 - ``environment_table_markdown()``: every ``ENERGY_*`` variable, who reads it, its meaning.
@@ -7,7 +9,7 @@
   tries it, how it measures.
 
 A Markdown file carries each table between two markers (``<!-- BEGIN energy-options ... -->``
-and ``<!-- END energy-options -->``); ``python -m shared.energy.docs README.md`` rewrites them,
+and ``<!-- END energy-options -->``); ``python -m shared.energy_docs README.md`` rewrites them,
 ``--check`` only says whether they are current (the tests run that check on the README).
 """
 from __future__ import annotations
@@ -18,15 +20,12 @@ import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .options import all_env_vars, all_options
-from .sources import registered_sources
+from shared.mdtable import markdown_table
+
+from shared.energy.options import all_env_vars, all_options
+from shared.energy.sources import registered_sources
 
 GENERAL = "core"  # who reads a general variable or option, in the tables
-
-
-def _cell(text: str) -> str:
-    # A "|" inside a cell would end it.
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def yaml_value(value: Any) -> str:
@@ -41,9 +40,7 @@ def yaml_value(value: Any) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, rows) + "\n"
 
 
 def options_table_markdown() -> str:
@@ -114,7 +111,7 @@ def update_markdown(text: str, required: Sequence[str] = ()) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.energy.docs",
+        prog="python -m shared.energy_docs",
         description="Rewrite the energy tables between their markers in Markdown files.")
     parser.add_argument("files", nargs="+", type=pathlib.Path)
     parser.add_argument("--check", action="store_true",
