@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python benchmarks/<module>.py`` as well as ``-m``
     sys.path.insert(0, str(ROOT))
 
+from shared import configfile
 from shared import hparams as hpmod  # noqa: E402
 from shared import recipes  # noqa: E402
 
@@ -278,8 +279,8 @@ def load_trial(spec: ModelSpec, cfg: BenchConfig, extra: Optional[Mapping[str, A
         raise BenchError(f"{recipe.train_script}: {trial_cls.__name__} is a {recipe.family} "
                          f"trial; the benchmark measures segmentation recipes")
     path = recipe.configs_dir / "single_gpu.yaml"
-    conf = hpmod.load_experiment_config(path)
-    hp = hpmod.point_from_space(conf["hyperparameters"], str(path))
+    conf = configfile.load_experiment_config(path)
+    hp = configfile.point_from_space(conf["hyperparameters"], str(path))
     hp.update({"num_classes": cfg.num_classes, "global_batch_size": cfg.batch,
                **dict(cfg.overrides), **dict(spec.overrides), **dict(extra or {})})
     resolved = hpmod.resolve(hp, trial_cls.MODEL_PARAMS, where=str(path),

@@ -38,6 +38,7 @@ import shlex
 import sys
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from shared import configfile
 from shared import hparams as hpmod
 from shared import recipes
 from shared.energy import ENERGY_METRICS  # metrics that need the energy hook in every trial
@@ -63,9 +64,9 @@ def _searcher_metrics(trial_cls: Optional[type]) -> Mapping[str, bool]:
 
 # ----------------------------------------------------------------------------- YAML
 def load_yaml(path: str | pathlib.Path) -> Dict[str, Any]:
-    """Read an experiment config with the one config reader (``shared.hparams.parse_yaml``:
+    """Read an experiment config with the one config reader (``shared.configfile.parse_yaml``:
     duplicate keys refused with both lines, ``2e-3`` a float); errors name the file."""
-    return hpmod.read_config_file(path)
+    return configfile.read_config_file(path)
 
 
 # ----------------------------------------------------------------------------- hyperparameter points
@@ -117,10 +118,10 @@ def _set(point: Dict[str, Any], keys: Tuple[str, ...], value: Any) -> Dict[str, 
 
 def points_to_check(space: Mapping[str, Any], seed: int = 0) -> List[Tuple[str, Dict[str, Any]]]:
     """The points a config's hyperparameters must all resolve at: the middle of the space
-    (what a local run trains, ``shared.hparams.point_from_space``), a random point drawn with
+    (what a local run trains, ``shared.configfile.point_from_space``), a random point drawn with
     ``seed``, and the middle with each searched value moved to each bound or category (so a
     bad bound or category fails here rather than in one trial out of many)."""
-    middle = hpmod.point_from_space(space, "hyperparameters")
+    middle = configfile.point_from_space(space, "hyperparameters")
     points = [("the middle point", middle),
               (f"the random point of seed {seed}", sample_point(space, random.Random(seed)))]
     for keys, spec in _leaves(space):

@@ -38,6 +38,7 @@ import determined as det
 import torch
 from determined import pytorch as det_torch
 
+from shared import configfile
 from shared import checkpoints
 from shared import determined_compat as compat
 from shared import hparams as hpmod
@@ -112,9 +113,9 @@ def _local_hparams(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Names
         raise hpmod.ConfigError(f"--config is required locally (e.g. experiment_configs/"
                                 f"{trial_cls.MODEL_NAME}/single_gpu.yaml)")
     where = str(args.config)
-    conf = hpmod.load_experiment_config(args.config)
-    hp = hpmod.point_from_space(conf["hyperparameters"], where)
-    hp = hpmod.apply_overrides(hp, args.set)
+    conf = configfile.load_experiment_config(args.config)
+    hp = configfile.point_from_space(conf["hyperparameters"], where)
+    hp = configfile.apply_overrides(hp, args.set)
     if args.data_dir:
         hp["data_dir"] = args.data_dir
     if args.batches is not None:
@@ -147,7 +148,7 @@ def _search_point(space: Dict[str, Any], hp: Dict[str, Any]) -> Dict[str, Any]:
     """The value a local run uses for each searched hyperparameter of the config (dotted
     names; empty for a config without a search space)."""
     out: Dict[str, Any] = {}
-    for name in hpmod.searched_specs(space):
+    for name in configfile.searched_specs(space):
         node: Any = hp
         for part in name.split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -159,14 +160,14 @@ def _format_search_point(model: str, config: str, searcher: str, space: Dict[str
                          point: Dict[str, Any], overrides: Sequence[str]) -> str:
     """A local run trains one point of a search space, chosen without a searcher; say which,
     so that a result is never mistaken for the search's."""
-    specs = hpmod.searched_specs(space)
+    specs = configfile.searched_specs(space)
     set_keys = {item.split("=", 1)[0].strip() for item in overrides}
     lines = [f"[{model}] search point: {config} searches {len(point)} hyperparameter"
              f"{'s' if len(point) != 1 else ''} ({searcher}); a local run has no searcher and "
              f"trains this one fixed point in its place:"]
     for name, value in point.items():
         shown = format(value, ".4g") if isinstance(value, float) else str(value)
-        searched, rule = hpmod.describe_spec(specs[name])
+        searched, rule = configfile.describe_spec(specs[name])
         lines.append(f"  {name} = {shown}  ({searched}: {'set by --set' if name in set_keys else rule})")
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from mdtables import squeeze
 from model_helpers import ROOT, segformer, segmenter, small_segformer, small_segmenter, trial_class
+from shared import configfile
 from shared import expconf
 from shared import hparams as hpmod
 from shared.attention import ATTENTION_IMPLS, set_attention_impl
@@ -203,13 +204,13 @@ def test_ablation_configs_grid_the_switches_of_each_model(name):
     for kind in ("ablation", "ablation_to_target"):
         path = ROOT / "experiment_configs" / name / f"{kind}.yaml"
         assert expconf.check_config(path) == [], path
-    conf = hpmod.load_experiment_config(ROOT / "experiment_configs" / name / "ablation.yaml")
+    conf = configfile.load_experiment_config(ROOT / "experiment_configs" / name / "ablation.yaml")
     assert conf["searcher"]["name"] == "grid"
-    searched = hpmod.searched_specs(conf["hyperparameters"])
+    searched = configfile.searched_specs(conf["hyperparameters"])
     expected = [k for k in hpmod.IMPLEMENTATION_SWITCHES
                 if k in {**hpmod.COMMON, **trial_class(name).MODEL_PARAMS}]
     assert list(searched) == expected
-    to_target = hpmod.load_experiment_config(ROOT / "experiment_configs" / name / "ablation_to_target.yaml")
+    to_target = configfile.load_experiment_config(ROOT / "experiment_configs" / name / "ablation_to_target.yaml")
     variants = to_target["hyperparameters"]["implementation"]["vals"]
     assert len(variants) == 2 and all(set(v) == set(expected) for v in variants)
     assert to_target["hyperparameters"]["stop_at_target"] is True

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import ExifTags, Image
 
+from shared import configfile
 from shared import hparams as hpmod
 from shared import recipes
 from shared import runlog
@@ -521,10 +522,10 @@ def test_configs_resolve_and_scale(kind):
     trial = _trial_schema()
     assert issubclass(trial, ClassificationTrial)
     path = CONFIGS / f"{kind}.yaml"
-    conf = hpmod.load_experiment_config(path)
-    hp = hpmod.resolve(hpmod.point_from_space(conf["hyperparameters"], str(path)), trial.MODEL_PARAMS,
+    conf = configfile.load_experiment_config(path)
+    hp = hpmod.resolve(configfile.point_from_space(conf["hyperparameters"], str(path)), trial.MODEL_PARAMS,
                        where=str(path), common=trial.COMMON_PARAMS)
-    single = hpmod.resolve(hpmod.point_from_space(hpmod.load_experiment_config(CONFIGS / "single_gpu.yaml")
+    single = hpmod.resolve(configfile.point_from_space(configfile.load_experiment_config(CONFIGS / "single_gpu.yaml")
                                                   ["hyperparameters"], "x"), trial.MODEL_PARAMS,
                            common=trial.COMMON_PARAMS)
     slots = conf["resources"]["slots_per_trial"]
@@ -547,7 +548,7 @@ def test_configs_resolve_and_scale(kind):
         assert space["lr"]["type"] == "log" and space["arch"]["type"] == "categorical"
         assert set(space["arch"]["vals"]) <= set(M.ARCHITECTURES)
         for arch in space["arch"]["vals"]:  # every category resolves
-            hpmod.resolve({**hpmod.point_from_space(space, "x"), "arch": arch}, trial.MODEL_PARAMS,
+            hpmod.resolve({**configfile.point_from_space(space, "x"), "arch": arch}, trial.MODEL_PARAMS,
                           common=trial.COMMON_PARAMS)
         rungs = [s["max_time"] // s["divisor"] ** k for k in range(s["max_rungs"])]
         assert all(r % hp["validation_period"] == 0 for r in rungs)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from shared import configfile
 from shared import expconf
 from shared import hparams as hpmod
 from shared.engine import build_optimizer
@@ -48,7 +49,7 @@ def load(model: str, kind: str) -> Dict[str, Any]:
 
 
 def point(conf: Dict[str, Any]) -> Dict[str, Any]:
-    return hpmod.point_from_space(conf["hyperparameters"], "test")
+    return configfile.point_from_space(conf["hyperparameters"], "test")
 
 
 # ----------------------------------------------------------------------------- shipped configs
@@ -402,8 +403,8 @@ def _effective(path: pathlib.Path):
     """(optimiser, global, base, lr_scaling, rule, factor) of a shipped config's point."""
     from shared import recipes
     trial_cls = recipes.get(path.parent.name).trial_class()
-    conf = hpmod.load_experiment_config(path)
-    hp = hpmod.resolve(hpmod.point_from_space(conf["hyperparameters"], str(path)),
+    conf = configfile.load_experiment_config(path)
+    hp = hpmod.resolve(configfile.point_from_space(conf["hyperparameters"], str(path)),
                        trial_cls.MODEL_PARAMS, where=str(path), common=trial_cls.COMMON_PARAMS)
     rule = lr_scaling_rule(hp["lr_scaling"], hp["optimizer"])
     factor = scaled_lr(1.0, hp["base_batch_size"], hp["global_batch_size"], rule)
@@ -456,8 +457,8 @@ def test_validation_inference_is_the_reference_configs_in_every_config():
     for model in MODELS:
         trial_cls = recipes.get(model).trial_class()
         for path in sorted((ROOT / "experiment_configs" / model).glob("*.yaml")):
-            conf = hpmod.load_experiment_config(path)
-            hp = hpmod.resolve(hpmod.point_from_space(conf["hyperparameters"], str(path)),
+            conf = configfile.load_experiment_config(path)
+            hp = hpmod.resolve(configfile.point_from_space(conf["hyperparameters"], str(path)),
                                trial_cls.MODEL_PARAMS, where=str(path), common=trial_cls.COMMON_PARAMS)
             got = (hp["val_mode"], hp["val_crop_size"], hp["val_stride"])
             assert got == (("slide", 512, 512) if model == "segmenter" else ("whole", None, None)), path

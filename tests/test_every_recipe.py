@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from shared import launch, recipes, runlog
-from shared.hparams import load_experiment_config
+from shared.configfile import load_experiment_config
 
 RECIPES = recipes.discover()
 #: what every run sets: one batch, reported and validated at once, no energy, no checkpoint

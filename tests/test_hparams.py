@@ -3,6 +3,7 @@ import pathlib
 
 import pytest
 
+from shared import configfile
 from shared import hparams as hp
 from shared import recipes
 from shared.hparams import ConfigError, Param
@@ -100,24 +101,24 @@ def test_point_from_search_space():
              "optimizer": {"type": "categorical", "vals": ["sgd", "adamw"]},
              "scale": {"type": "const", "val": [2048, 512]},
              "energy": {"sources": "auto"}, "seed": 3}
-    got = hp.point_from_space(space, "c.yaml")
+    got = configfile.point_from_space(space, "c.yaml")
     assert got == {"lr": pytest.approx(1e-3), "warmup_batches": 200, "weight_decay": 0.05,
                    "optimizer": "sgd", "scale": [2048, 512], "energy": {"sources": "auto"}, "seed": 3}
     with pytest.raises(ConfigError, match="c.yaml: hyperparameter 'energy.x' has unknown type 'float'"):
-        hp.point_from_space({"energy": {"x": {"type": "float"}}}, "c.yaml")
+        configfile.point_from_space({"energy": {"x": {"type": "float"}}}, "c.yaml")
     with pytest.raises(ConfigError, match="'lr' of type 'int' lacks 'maxval'"):
-        hp.point_from_space({"lr": {"type": "int", "minval": 1}}, "c.yaml")
+        configfile.point_from_space({"lr": {"type": "int", "minval": 1}}, "c.yaml")
 
 
 def test_overrides():
     base = {"lr": 0.1, "energy": {"sources": "auto"}}
-    got = hp.apply_overrides(base, ["lr=2e-3", "crop_size=[64, 48]", "stop_at_target=true",
+    got = configfile.apply_overrides(base, ["lr=2e-3", "crop_size=[64, 48]", "stop_at_target=true",
                                     "energy.sources=nvml,rapl", "pretrained_path=", "optimizer=sgd"])
     assert got["lr"] == 2e-3 and got["crop_size"] == [64, 48] and got["stop_at_target"] is True
     assert got["energy"] == {"sources": "nvml,rapl"} and got["pretrained_path"] is None
     assert base["energy"] == {"sources": "auto"}               # the input is not modified
     with pytest.raises(ConfigError, match=r"--set 'lr': expected key=value"):
-        hp.apply_overrides(base, ["lr"])
+        configfile.apply_overrides(base, ["lr"])
 
 
 def test_training_length_prefers_the_searcher():
@@ -127,24 +128,24 @@ def test_training_length_prefers_the_searcher():
 
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"experiment config .*nope\.yaml does not exist"):
-        hp.load_experiment_config(tmp_path / "nope.yaml")
+        configfile.load_experiment_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("hyperparameters: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
-        hp.load_experiment_config(bad)
+        configfile.load_experiment_config(bad)
     bad.write_text("name: x\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: no 'hyperparameters' mapping"):
-        hp.load_experiment_config(bad)
+        configfile.load_experiment_config(bad)
 
 
 @pytest.mark.parametrize("model", ["unet", "segformer"])
 def test_shipped_configs_resolve(model):
     path = ROOT / "experiment_configs" / model / "single_gpu.yaml"
-    conf = hp.load_experiment_config(path)
+    conf = configfile.load_experiment_config(path)
     assert conf["entrypoint"] == "python3 train.py" and conf["resources"]["slots_per_trial"] == 1
     assert conf["searcher"]["metric"] == "miou" and conf["searcher"]["smaller_is_better"] is False
     assert (ROOT / "trials" / model / "train.py").is_file()
-    point = hp.point_from_space(conf["hyperparameters"], str(path))
+    point = configfile.point_from_space(conf["hyperparameters"], str(path))
     trial_cls = recipes.get(model).trial_class()
     assert trial_cls.MODEL_NAME == model
     out = hp.resolve(point, trial_cls.MODEL_PARAMS, where=str(path))
@@ -162,10 +163,10 @@ def test_shipped_configs_resolve(model):
     ("v1e5", "v1e5"), ("'2e-3'", "2e-3"), ('"1E5"', "1E5"), ("nan", "nan"),
 ])
 def test_scientific_notation_is_a_float_and_look_alikes_stay_strings(text, value):
-    got = hp.parse_yaml(f"x: {text}\n", "c.yaml")["x"]
+    got = configfile.parse_yaml(f"x: {text}\n", "c.yaml")["x"]
     assert got == value and type(got) is type(value)
-    assert hp.parse_yaml(text, "--set") == value                  # the same reader for --set
-    assert hp.apply_overrides({}, [f"x={text}"])["x"] == value
+    assert configfile.parse_yaml(text, "--set") == value                  # the same reader for --set
+    assert configfile.apply_overrides({}, [f"x={text}"])["x"] == value
 
 
 # Determined's CLI reads a config with determined.common.util.safe_load_yaml_with_exceptions
@@ -181,10 +182,10 @@ def test_values_read_as_determined_reads_them(text):
     from determined.common import util
     import math
     want = util.safe_load_yaml_with_exceptions(f"x: {text}\n")["x"]
-    got = hp.parse_yaml(f"x: {text}\n", "c.yaml")["x"]
+    got = configfile.parse_yaml(f"x: {text}\n", "c.yaml")["x"]
     assert type(got) is type(want)
     assert got == want or (isinstance(want, float) and math.isnan(want) and math.isnan(got))
-    assert hp.apply_overrides({}, [f"x={text}"])["x"] == got or (
+    assert configfile.apply_overrides({}, [f"x={text}"])["x"] == got or (
         isinstance(got, float) and math.isnan(got))
 
 
@@ -193,20 +194,20 @@ def test_the_issue_cases_resolve_as_on_the_cluster(tmp_path):
     # 10 (not octal 8), --set lr=1:30 is the string '1:30' (not sexagesimal 90)
     path = tmp_path / "c.yaml"
     path.write_text("hyperparameters:\n  seed: 010\n  stop_at_target: yes\n")
-    conf = hp.load_experiment_config(path)
+    conf = configfile.load_experiment_config(path)
     assert conf["hyperparameters"] == {"seed": 10, "stop_at_target": "yes"}
     with pytest.raises(ConfigError, match=r"'stop_at_target' = 'yes' has type str; expected bool"):
         hp.resolve(conf["hyperparameters"], MODEL, where=str(path))
     assert hp.resolve({"seed": 10}, MODEL)["seed"] == 10
     with pytest.raises(ConfigError, match=r"'lr' = '1:30' has type str; expected int/float"):
-        hp.resolve(hp.apply_overrides({}, ["lr=1:30"]), MODEL)
+        hp.resolve(configfile.apply_overrides({}, ["lr=1:30"]), MODEL)
 
 
 def test_scientific_notation_in_a_config_file_resolves(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("hyperparameters:\n  lr: 2e-3\n  weight_decay: 1E-2\n  num_classes: 2\n  class_names: [e5, 1e]\n"
                     "  data_dir: /data/2e-3\n")
-    conf = hp.load_experiment_config(path)
+    conf = configfile.load_experiment_config(path)
     out = hp.resolve(conf["hyperparameters"], MODEL, where=str(path))
     assert out["lr"] == 2e-3 and out["weight_decay"] == 1e-2
     assert out["class_names"] == ["e5", "1e"] and out["data_dir"] == "/data/2e-3"
@@ -216,24 +217,24 @@ def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: x\nhyperparameters:\n  lr: 1.0e-3\n  seed: 1\n  lr: 2e-3\n")
     with pytest.raises(ConfigError) as e:
-        hp.load_experiment_config(path)                # what the launcher and benchmarks read
+        configfile.load_experiment_config(path)                # what the launcher and benchmarks read
     assert str(e.value) == f"{path}: line 5: duplicate key 'lr' (first at line 3)"
     # nested, in a flow mapping
     path.write_text("hyperparameters:\n  energy: {sources: nvml,\n    sources: rapl}\n")
     with pytest.raises(ConfigError) as e:
-        hp.load_experiment_config(path)
+        configfile.load_experiment_config(path)
     assert str(e.value) == f"{path}: line 3: duplicate key 'sources' (first at line 2)"
     # the same key in two different mappings, and a merge key overridden, are fine
     path.write_text("a: {lr: 1}\nb: &b {lr: 2}\nhyperparameters:\n  <<: *b\n  lr: 3\n")
-    assert hp.load_experiment_config(path)["hyperparameters"] == {"lr": 3}
+    assert configfile.load_experiment_config(path)["hyperparameters"] == {"lr": 3}
 
 
 def test_duplicate_keys_in_a_set_value_are_refused():
     with pytest.raises(ConfigError) as e:
-        hp.apply_overrides({}, ["energy={sources: nvml, sources: rapl}"])
+        configfile.apply_overrides({}, ["energy={sources: nvml, sources: rapl}"])
     assert str(e.value) == "--set 'energy={sources: nvml, sources: rapl}': duplicate key 'sources'"
     # text that is not YAML at all is still taken as typed
-    assert hp.apply_overrides({}, ["class_names=[a, b"])["class_names"] == "[a, b"
+    assert configfile.apply_overrides({}, ["class_names=[a, b"])["class_names"] == "[a, b"
 
 
 def test_the_launcher_refuses_a_duplicated_key(tmp_path):
@@ -276,8 +277,8 @@ def test_searched_specs_reach_nested_sections_and_skip_constants():
     space = {"lr": {"type": "double", "minval": 0.1, "maxval": 0.3}, "seed": 1,
              "scale": {"type": "const", "val": [64, 32]},
              "energy": {"pue": {"type": "categorical", "vals": [1.2, 1.5]}}}
-    assert list(hp.searched_specs(space)) == ["lr", "energy.pue"]
-    assert hp.describe_spec(space["lr"]) == ("double 0.1..0.3", "the middle")
+    assert list(configfile.searched_specs(space)) == ["lr", "energy.pue"]
+    assert configfile.describe_spec(space["lr"]) == ("double 0.1..0.3", "the middle")
 
 
 def test_the_search_point_goes_into_the_run_record_only():

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from model_helpers import ROOT, SEGMENTATION, deeplab, segformer, segmenter, trial_class, unet
+from shared import configfile
 from shared import hparams as hpmod
 from shared import modelargs
 from shared.hparams import ConfigError
@@ -179,10 +180,10 @@ def test_trial_schema_names_bad_values(model, hp, match):
 @pytest.mark.parametrize("model", ["deeplabv3plus", "segmenter"])
 def test_config_resolves_to_the_model_defaults(model):
     path = ROOT / "experiment_configs" / model / "single_gpu.yaml"
-    conf = hpmod.load_experiment_config(path)
+    conf = configfile.load_experiment_config(path)
     trial_cls = trial_class(model)
     assert trial_cls.MODEL_NAME == model
-    hp = hpmod.resolve(hpmod.point_from_space(conf["hyperparameters"], str(path)),
+    hp = hpmod.resolve(configfile.point_from_space(conf["hyperparameters"], str(path)),
                        trial_cls.MODEL_PARAMS, where=str(path))
     # the config and the trial's schema defaults (the constructor's) agree
     assert {k: hp[k] for k in trial_cls.MODEL_PARAMS} == {
@@ -194,7 +195,7 @@ def test_config_resolves_to_the_model_defaults(model):
     assert hp["optimizer"] == "adamw" and hp["target_miou"] == 16
     assert hp["lr"] == {"deeplabv3plus": 1e-3, "segmenter": 6e-4}[model]
     # same data pipeline as the other recipes
-    other = hpmod.load_experiment_config(ROOT / "experiment_configs/unet/single_gpu.yaml")
+    other = configfile.load_experiment_config(ROOT / "experiment_configs/unet/single_gpu.yaml")
     for key in ("crop_size", "scale", "ratio_range", "cat_max_ratio", "global_batch_size",
                 "warmup_batches", "max_batches", "validation_period", "energy"):
         assert conf["hyperparameters"][key] == other["hyperparameters"][key], key

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from shared import configfile
 from shared import expconf
 from shared import hparams as hp
 from shared import recipes
@@ -92,9 +93,9 @@ def test_an_old_style_config_file_still_passes_the_checker_and_resolves(tmp_path
     path.parent.mkdir()
     path.write_text(old)
     assert expconf.check_config(path, repo_root=root) == []
-    conf = hp.load_experiment_config(path)
+    conf = configfile.load_experiment_config(path)
     unet = recipes.get("unet").trial_class()
-    assert target(resolve(hp.point_from_space(conf["hyperparameters"], str(path)), unet)) == \
+    assert target(resolve(configfile.point_from_space(conf["hyperparameters"], str(path)), unet)) == \
         ("miou", 20.0, False)
     # and one that says the target both ways, differently, is refused by the checker by name
     path.write_text(old.replace("  target_miou: 20\n", "  target_miou: 20\n  target_value: 16\n"))
@@ -105,12 +106,12 @@ def test_an_old_style_config_file_still_passes_the_checker_and_resolves(tmp_path
 
 def test_a_command_line_target_replaces_the_configs_other_form():
     config = {"target_metric": "miou", "target_value": 16}
-    assert target(resolve(hp.apply_overrides(config, ["target_miou=1"]))) == ("miou", 1.0, False)
-    assert target(resolve(hp.apply_overrides({"target_miou": 16}, ["target_value=5"]))) == \
+    assert target(resolve(configfile.apply_overrides(config, ["target_miou=1"]))) == ("miou", 1.0, False)
+    assert target(resolve(configfile.apply_overrides({"target_miou": 16}, ["target_value=5"]))) == \
         ("miou", 5.0, False)
     # a new metric alone drops the old metric's value: the user is asked for one
     with pytest.raises(hp.ConfigError, match="'target_metric' = 'validation_loss' needs a 'target_value'"):
-        resolve(hp.apply_overrides(config, ["target_metric=validation_loss"]))
+        resolve(configfile.apply_overrides(config, ["target_metric=validation_loss"]))
 
 
 # ------------------------------------------------------------------ the callback

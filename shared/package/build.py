@@ -18,8 +18,9 @@ import tarfile
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from shared import configfile
 from shared import recipes
-from shared.hparams import parse_yaml  # the one config reader
+from shared.configfile import parse_yaml  # the one config reader
 from shared.package.closure import (LIBRARY, Closure, _installed_version, _requirement_name, analyse,
                                     read_pyproject, requirements)
 from shared.package.errors import PackageError
@@ -112,8 +113,8 @@ def check_config(path: pathlib.Path, trial_cls: type, package_dir: pathlib.Path)
     """
     from shared import hparams
 
-    conf = hparams.load_experiment_config(path)
-    point = hparams.point_from_space(conf["hyperparameters"], str(path))
+    conf = configfile.load_experiment_config(path)
+    point = configfile.point_from_space(conf["hyperparameters"], str(path))
     hparams.resolve(point, trial_cls.MODEL_PARAMS, where=str(path), common=trial_cls.COMMON_PARAMS)
     entry = conf.get("entrypoint")
     tokens = shlex.split(entry) if isinstance(entry, str) else list(entry or [])
