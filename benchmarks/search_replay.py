@@ -70,7 +70,7 @@ import shlex
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from benchmarks.curves import DEFAULT_DIR, Curve, CurveError, group_by_search, load_curves
+from benchmarks.curve_data import DEFAULT_DIR, Curve, CurveError, group_by_search, load_curves
 from shared import recipes
 from shared.energy.projection import PROJECTIONS
 from shared.energy.projection import searcher_metric as energy_searcher_metric

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from benchmarks import curve_data as cd
 from benchmarks import curves as cv
 
 
@@ -122,10 +123,10 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     with pytest.raises(cv.CurveError, match="manifest.json: not a curves manifest"):
         cv.load_curves(out)
     (out / "manifest.json").write_text(json.dumps(
-        {"format": cv.FORMAT + "-manifest", "version": 1, "recordings": [{"files": ["s/a.json"]}]}))
+        {"format": cd.FORMAT + "-manifest", "version": 1, "recordings": [{"files": ["s/a.json"]}]}))
     with pytest.raises(cv.CurveError, match="s/a.json: listed in .* but missing"):
         cv.load_curves(out)
     (out / "s").mkdir()
-    (out / "s" / "a.json").write_text(json.dumps({"format": cv.FORMAT, "version": 2}))
+    (out / "s" / "a.json").write_text(json.dumps({"format": cd.FORMAT, "version": 2}))
     with pytest.raises(cv.CurveError, match="a.json: curve format version 2; this code reads version 1"):
         cv.load_curves(out)

@@ -10,7 +10,7 @@ import pytest
 
 from mdtables import squeeze
 from benchmarks import search_replay as sr
-from benchmarks.curves import Curve, Recording, Validation
+from benchmarks.curve_data import Curve, Recording, Validation
 from shared import recipes
 
 
