@@ -30,6 +30,8 @@ class Param:
     check: Optional[CheckFn] = None  # the project's one check protocol: a phrase, or None
     nullable: bool = False
     help: str = ""
+    #: the model constructor's argument this hyperparameter sets (``shared.modelargs.model_param``)
+    argument: Optional[str] = None
 
 
 def between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False

@@ -19,10 +19,11 @@ and the energy options use it too), so that a schema and a constructor can share
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 from shared.energy.schema import CheckFn
 from shared.errors import ConfigError
+from shared.hparams import Param
 
 Check = CheckFn
 
@@ -98,6 +99,42 @@ def default_of(constructor: Callable[..., Any], argument: str) -> Any:
     if param.default is inspect.Parameter.empty:
         raise TypeError(f"{constructor.__qualname__}'s argument '{argument}' has no default")
     return param.default
+
+
+#: an argument's annotation -> the hyperparameter types that fill it
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def model_param(constructor: Callable[..., Any], argument: str, *, help: str,
+                check: Optional[Check] = None, choices: Optional[Sequence[Any]] = None,
+                nullable: bool = False) -> Param:
+    """The hyperparameter that sets ``constructor``'s ``argument``, declared once: its default
+    and type come from the constructor's signature (the default, the annotation: int, float,
+    str or bool), the argument it sets is recorded (``model_args``); the declaration adds only
+    what the signature cannot say: the help, the allowed values, whether null (the
+    constructor's default) is allowed."""
+    param = inspect.signature(constructor).parameters.get(argument)
+    if param is None:
+        raise TypeError(f"{constructor.__qualname__} has no argument '{argument}'")
+    if param.annotation is inspect.Parameter.empty:
+        raise TypeError(f"{constructor.__qualname__}'s argument '{argument}' has no annotation "
+                        f"(model_param reads the hyperparameter's type from it)")
+    annotation = param.annotation if isinstance(param.annotation, str) else \
+        getattr(param.annotation, "__name__", repr(param.annotation))
+    types = _TYPES.get(annotation.replace("Optional[", "").rstrip("]"))
+    if types is None:
+        raise TypeError(f"{constructor.__qualname__}'s argument '{argument}' is annotated "
+                        f"{annotation!r}: model_param knows {', '.join(_TYPES)}")
+    return Param(default_of(constructor, argument), types, choices=choices, check=check,
+                 nullable=nullable, help=help, argument=argument)
+
+
+def model_args(model_params: Mapping[str, Param], others: Mapping[str, str] = {}
+               ) -> Dict[str, str]:
+    """hyperparameter -> constructor argument, for ``construct``: every ``model_param`` of
+    ``model_params``, and ``others``, the common hyperparameters the constructor also takes
+    (``num_classes``, ``crop_size`` as ``img_size``, ...)."""
+    return {**{name: p.argument for name, p in model_params.items() if p.argument}, **others}
 
 
 def construct(constructor: Callable[..., Any], hp: Mapping[str, Any],

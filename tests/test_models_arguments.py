@@ -255,3 +255,40 @@ def test_load_weights_names_the_hyperparameter():
     with pytest.raises(ConfigError, match=r"^hyperparameter 'pretrained_path' = 'x\.pt' could not be "
                                           r"loaded: no file at 'x\.pt'$"):
         modelargs.load_weights({"pretrained_path": "x.pt"}, missing)
+
+
+def test_a_model_hyperparameter_is_declared_once():
+    """model_param takes the default and the type from the constructor's signature and
+    records the argument; MODEL_ARGS is derived from the declarations, and every model
+    hyperparameter of the four segmentation recipes but attention_impl (set on the built
+    model) is declared that way."""
+    from shared.hparams import Param
+    from shared.modelargs import integer, model_args, model_param
+
+    def build(num_classes: int, width: int = 8, rate: float = 0.1, kind: str = "a",
+              flag: bool = True, untyped=3) -> None:
+        pass
+    p = model_param(build, "width", check=integer(1, 64), help="w")
+    assert (p.default, p.types, p.argument, p.help) == (8, (int,), "width", "w")
+    assert model_param(build, "rate", help="").types == (int, float)
+    assert model_param(build, "flag", help="").types == (bool,)
+    params = {"m_width": p, "m_kind": model_param(build, "kind", help=""),
+              "other": Param(0, (int,))}
+    assert model_args(params, {"num_classes": "num_classes"}) == {
+        "m_width": "width", "m_kind": "kind", "num_classes": "num_classes"}
+    with pytest.raises(TypeError, match=r"has no argument 'depth'"):
+        model_param(build, "depth", help="")
+    with pytest.raises(TypeError, match=r"'num_classes' has no default"):
+        model_param(build, "num_classes", help="")
+    with pytest.raises(TypeError, match=r"'untyped' has no annotation"):
+        model_param(build, "untyped", help="")
+
+    def listed(sizes: list = [1]) -> None:
+        pass
+    with pytest.raises(TypeError, match=r"'sizes' is annotated 'list': model_param knows int"):
+        model_param(listed, "sizes", help="")
+    for model in SEGMENTATION:
+        trial = trial_class(model)
+        own = {k: v for k, v in trial.MODEL_PARAMS.items() if k != "attention_impl"}
+        assert own and all(v.argument for v in own.values()), model
+        assert {k: v.argument for k, v in own.items()}.items() <= trial.MODEL_ARGS.items()

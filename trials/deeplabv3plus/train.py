@@ -21,27 +21,25 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
 
 from model import BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, load_pretrained  # noqa: E402  (model.py, next to this file)
 
-from shared.hparams import BOOL, INT, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
-from shared.modelargs import construct, default_of, load_weights  # noqa: E402
+from shared.modelargs import construct, load_weights, model_args, model_param  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class DeepLabV3PlusTrial(SegmentationTrial):
     MODEL_NAME = "deeplabv3plus"
-    #: hyperparameter -> DeepLabV3Plus argument. The defaults are DeepLabV3Plus's
-    #: (shared.modelargs: the schema reads them from its signature).
-    MODEL_ARGS = {"num_classes": "num_classes", "deeplab_backbone": "backbone",
-                  "deeplab_output_stride": "output_stride", "deeplab_separable": "separable"}
+    # Each model hyperparameter declared once (shared.modelargs.model_param): its default and
+    # type are DeepLabV3Plus's signature's; MODEL_ARGS, hyperparameter -> argument, follows.
     MODEL_PARAMS = {
-        "deeplab_backbone": Param(default_of(DeepLabV3Plus, "backbone"), STR, choices=BACKBONES,
-                                  help="timm ResNet encoder (dilated to the output stride)"),
-        "deeplab_output_stride": Param(
-            default_of(DeepLabV3Plus, "output_stride"), INT, choices=OUTPUT_STRIDES,
+        "deeplab_backbone": model_param(DeepLabV3Plus, "backbone", choices=BACKBONES,
+                                        help="timm ResNet encoder (dilated to the output stride)"),
+        "deeplab_output_stride": model_param(
+            DeepLabV3Plus, "output_stride", choices=OUTPUT_STRIDES,
             help="8: layer3, layer4 and ASPP on 4x the positions, ASPP rates doubled"),
-        "deeplab_separable": Param(default_of(DeepLabV3Plus, "separable"), BOOL,
-                                   help="depthwise separable 3x3 convs in ASPP and decoder"),
+        "deeplab_separable": model_param(DeepLabV3Plus, "separable",
+                                         help="depthwise separable 3x3 convs in ASPP and decoder"),
     }
+    MODEL_ARGS = model_args(MODEL_PARAMS, {"num_classes": "num_classes"})
 
     @classmethod
     def model_from_hparams(cls, hp):

@@ -22,31 +22,30 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
 
 from model import MAX_DEPTH, UPSAMPLING_MODES, RareObjectsUNet  # noqa: E402  (model.py, next to this file)
 
-from shared.hparams import INT, NUM, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
-from shared.modelargs import construct, default_of, fraction, integer, load_weights  # noqa: E402
+from shared.modelargs import construct, fraction, integer, load_weights, model_args, model_param  # noqa: E402
 from shared.objects.trial import BinarySegmentationTrial  # noqa: E402
 from shared.pretrained import load_local_weights  # noqa: E402
 
 
 class RareObjectsTrial(BinarySegmentationTrial):
     MODEL_NAME = "rare_objects"
-    #: hyperparameter -> RareObjectsUNet argument (defaults are the model's: shared.modelargs)
-    MODEL_ARGS = {"in_channels": "in_channels", "unet_base_channels": "base_channels",
-                  "unet_depth": "depth", "unet_upsampling": "upsampling", "dropout": "dropout"}
+    # each model hyperparameter declared once: default and type from the model's signature
     MODEL_PARAMS = {
-        "unet_base_channels": Param(default_of(RareObjectsUNet, "base_channels"), INT, nullable=True,
-                                    check=integer(1, 1024),
-                                    help="channels of the first stage; null: the model's default "
-                                         "(26: 5.1M parameters, the study's size)"),
-        "unet_depth": Param(default_of(RareObjectsUNet, "depth"), INT, nullable=True,
-                            check=integer(1, MAX_DEPTH),
-                            help="number of down-sampling stages; null: the model's default"),
-        "unet_upsampling": Param(default_of(RareObjectsUNet, "upsampling"), STR, choices=UPSAMPLING_MODES,
-                                 help="decoder upsampling: transposed convolution or bilinear + conv"),
-        "dropout": Param(default_of(RareObjectsUNet, "dropout"), NUM, check=fraction,
-                         help="dropout after the U-Net's bottleneck (end of the contracting path)"),
+        "unet_base_channels": model_param(RareObjectsUNet, "base_channels", nullable=True,
+                                          check=integer(1, 1024),
+                                          help="channels of the first stage; null: the model's "
+                                               "default (26: 5.1M parameters, the study's size)"),
+        "unet_depth": model_param(RareObjectsUNet, "depth", nullable=True,
+                                  check=integer(1, MAX_DEPTH),
+                                  help="number of down-sampling stages; null: the model's default"),
+        "unet_upsampling": model_param(RareObjectsUNet, "upsampling", choices=UPSAMPLING_MODES,
+                                       help="decoder upsampling: transposed convolution or bilinear + conv"),
+        "dropout": model_param(RareObjectsUNet, "dropout", check=fraction,
+                               help="dropout after the U-Net's bottleneck (end of the contracting path)"),
     }
+    #: hyperparameter -> RareObjectsUNet argument: the model's own above, and in_channels
+    MODEL_ARGS = model_args(MODEL_PARAMS, {"in_channels": "in_channels"})
 
     @classmethod
     def model_from_hparams(cls, hp):

@@ -23,32 +23,31 @@ from model import (  # noqa: E402  (trials/segmenter/model.py, next to this file
     BACKBONES, DECODERS, MAX_DECODER_LAYERS, Segmenter, load_pretrained)
 
 from shared.attention import ATTENTION_IMPLS, set_attention_impl  # noqa: E402
-from shared.hparams import INT, NUM, STR, Param  # noqa: E402
+from shared.hparams import STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
-from shared.modelargs import construct, default_of, fraction, integer, load_weights  # noqa: E402
+from shared.modelargs import construct, fraction, integer, load_weights, model_args, model_param  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class SegmenterTrial(SegmentationTrial):
     MODEL_NAME = "segmenter"
-    #: hyperparameter -> Segmenter argument. The defaults are Segmenter's (shared.modelargs:
-    #: the schema reads them from its signature). The training crop sizes the encoder's
-    #: position embeddings, as in the official code.
-    MODEL_ARGS = {"num_classes": "num_classes", "segmenter_backbone": "backbone",
-                  "segmenter_decoder": "decoder", "segmenter_decoder_layers": "decoder_layers",
-                  "drop_path_rate": "drop_path_rate", "crop_size": "img_size"}
+    # Each model hyperparameter declared once (shared.modelargs.model_param): its default and
+    # type are Segmenter's signature's; MODEL_ARGS, hyperparameter -> argument, follows (the
+    # training crop sizes the encoder's position embeddings, as in the official code).
     MODEL_PARAMS = {
         "attention_impl": Param(ATTENTION_IMPLS[0], STR, choices=ATTENTION_IMPLS,
                                 help="sdpa: scaled_dot_product_attention (flash/memory-efficient kernels); eager: the explicit softmax(QK^T/sqrt(d))V (shared/attention.py)"),
-        "segmenter_backbone": Param(default_of(Segmenter, "backbone"), STR, choices=BACKBONES,
-                                    help="timm ViT encoder (patch 16)"),
-        "segmenter_decoder": Param(default_of(Segmenter, "decoder"), STR, choices=DECODERS,
-                                   help="mask: the mask-transformer decoder; linear: one Linear from each patch token to the classes"),
-        "segmenter_decoder_layers": Param(default_of(Segmenter, "decoder_layers"), INT,
-                                          check=integer(1, MAX_DECODER_LAYERS), help="mask decoder only"),
-        "drop_path_rate": Param(default_of(Segmenter, "drop_path_rate"), NUM, check=fraction,
-                                help="the encoder's stochastic depth"),
+        "segmenter_backbone": model_param(Segmenter, "backbone", choices=BACKBONES,
+                                          help="timm ViT encoder (patch 16)"),
+        "segmenter_decoder": model_param(Segmenter, "decoder", choices=DECODERS,
+                                         help="mask: the mask-transformer decoder; linear: one Linear from each patch token to the classes"),
+        "segmenter_decoder_layers": model_param(Segmenter, "decoder_layers",
+                                                check=integer(1, MAX_DECODER_LAYERS),
+                                                help="mask decoder only"),
+        "drop_path_rate": model_param(Segmenter, "drop_path_rate", check=fraction,
+                                      help="the encoder's stochastic depth"),
     }
+    MODEL_ARGS = model_args(MODEL_PARAMS, {"num_classes": "num_classes", "crop_size": "img_size"})
 
     @classmethod
     def model_from_hparams(cls, hp):

@@ -20,9 +20,8 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
 
 from model import MAX_DEPTH, UPSAMPLING_MODES, UNet  # noqa: E402  (trials/unet/model.py, next to this file)
 
-from shared.hparams import INT, STR, Param  # noqa: E402
 from shared.launch import main  # noqa: E402
-from shared.modelargs import construct, default_of, integer, load_weights  # noqa: E402
+from shared.modelargs import construct, integer, load_weights, model_args, model_param  # noqa: E402
 from shared.pretrained import load_local_weights  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
@@ -31,17 +30,17 @@ class UNetTrial(SegmentationTrial):
     MODEL_NAME = "unet"
     #: hyperparameter -> UNet argument. The defaults are UNet's (shared.modelargs: the
     #: schema reads them from its signature, and null means the same default).
-    MODEL_ARGS = {"num_classes": "num_classes", "unet_base_channels": "base_channels",
-                  "unet_depth": "depth", "unet_upsampling": "upsampling"}
+    # each model hyperparameter declared once: default and type from UNet's signature
     MODEL_PARAMS = {
-        "unet_base_channels": Param(default_of(UNet, "base_channels"), INT, nullable=True,
-                                    check=integer(1, 1024),
-                                    help="channels of the first stage; null: the model's default"),
-        "unet_depth": Param(default_of(UNet, "depth"), INT, nullable=True, check=integer(1, MAX_DEPTH),
-                            help="number of down-sampling stages; null: the model's default"),
-        "unet_upsampling": Param(default_of(UNet, "upsampling"), STR, choices=UPSAMPLING_MODES,
-                                 help="decoder upsampling: transposed convolution or bilinear + conv"),
+        "unet_base_channels": model_param(UNet, "base_channels", nullable=True, check=integer(1, 1024),
+                                          help="channels of the first stage; null: the model's default"),
+        "unet_depth": model_param(UNet, "depth", nullable=True, check=integer(1, MAX_DEPTH),
+                                  help="number of down-sampling stages; null: the model's default"),
+        "unet_upsampling": model_param(UNet, "upsampling", choices=UPSAMPLING_MODES,
+                                       help="decoder upsampling: transposed convolution or bilinear + conv"),
     }
+    #: hyperparameter -> UNet argument: the model's own above, and the common num_classes
+    MODEL_ARGS = model_args(MODEL_PARAMS, {"num_classes": "num_classes"})
 
     @classmethod
     def model_from_hparams(cls, hp):
