@@ -22,8 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.hparams import STR, Param
+
 #: values of the hyperparameter ``attention_impl``; the first is the default
 ATTENTION_IMPLS = ("sdpa", "eager")
+
+#: the hyperparameter of the recipes whose model has attention (SegFormer, Segmenter): set on
+#: the built model by ``set_attention_impl``, not a constructor argument
+ATTENTION_IMPL_PARAM = Param(ATTENTION_IMPLS[0], STR, choices=ATTENTION_IMPLS,
+                             help="sdpa: scaled_dot_product_attention (flash/memory-efficient "
+                                  "kernels); eager: the explicit softmax(QK^T/sqrt(d))V "
+                                  "(shared/attention.py)")
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, fused: bool,

@@ -21,8 +21,7 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
 
 from model import VARIANTS, SegFormer  # noqa: E402  (trials/segformer/model.py, next to this file)
 
-from shared.attention import ATTENTION_IMPLS, set_attention_impl  # noqa: E402
-from shared.hparams import STR, Param  # noqa: E402
+from shared.attention import ATTENTION_IMPL_PARAM, ATTENTION_IMPLS, set_attention_impl  # noqa: E402
 from shared.launch import main  # noqa: E402
 from shared.modelargs import construct, fraction, load_weights, model_args, model_param  # noqa: E402
 from shared.pretrained import load_local_weights  # noqa: E402
@@ -34,8 +33,7 @@ class SegFormerTrial(SegmentationTrial):
     # Each model hyperparameter declared once (shared.modelargs.model_param): its default and
     # type are SegFormer's signature's; MODEL_ARGS, hyperparameter -> argument, follows.
     MODEL_PARAMS = {
-        "attention_impl": Param(ATTENTION_IMPLS[0], STR, choices=ATTENTION_IMPLS,
-                                help="sdpa: scaled_dot_product_attention (flash/memory-efficient kernels); eager: the explicit softmax(QK^T/sqrt(d))V (shared/attention.py)"),
+        "attention_impl": ATTENTION_IMPL_PARAM,
         "segformer_variant": model_param(SegFormer, "variant", choices=tuple(VARIANTS),
                                          help="MiT encoder size, b0 (3.7M parameters) to b5"),
         "drop_path_rate": model_param(SegFormer, "drop_path_rate", check=fraction,

@@ -22,8 +22,7 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
 from model import (  # noqa: E402  (trials/segmenter/model.py, next to this file)
     BACKBONES, DECODERS, MAX_DECODER_LAYERS, Segmenter, load_pretrained)
 
-from shared.attention import ATTENTION_IMPLS, set_attention_impl  # noqa: E402
-from shared.hparams import STR, Param  # noqa: E402
+from shared.attention import ATTENTION_IMPL_PARAM, ATTENTION_IMPLS, set_attention_impl  # noqa: E402
 from shared.launch import main  # noqa: E402
 from shared.modelargs import construct, fraction, integer, load_weights, model_args, model_param  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
@@ -35,8 +34,7 @@ class SegmenterTrial(SegmentationTrial):
     # type are Segmenter's signature's; MODEL_ARGS, hyperparameter -> argument, follows (the
     # training crop sizes the encoder's position embeddings, as in the official code).
     MODEL_PARAMS = {
-        "attention_impl": Param(ATTENTION_IMPLS[0], STR, choices=ATTENTION_IMPLS,
-                                help="sdpa: scaled_dot_product_attention (flash/memory-efficient kernels); eager: the explicit softmax(QK^T/sqrt(d))V (shared/attention.py)"),
+        "attention_impl": ATTENTION_IMPL_PARAM,
         "segmenter_backbone": model_param(Segmenter, "backbone", choices=BACKBONES,
                                           help="timm ViT encoder (patch 16)"),
         "segmenter_decoder": model_param(Segmenter, "decoder", choices=DECODERS,
