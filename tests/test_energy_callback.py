@@ -205,7 +205,7 @@ def test_cpu_only_trial_is_charged_the_whole_node(node, monkeypatch):
     assert m["energy_wh"] == pytest.approx(400.0 / WH, abs=1e-9)
 
 
-def test_nothing_measured_is_labelled_and_kept_out_of_validation(node, monkeypatch):
+def test_nothing_measured_is_labelled_and_kept_out_of_validation(node, monkeypatch, caplog):
     monkeypatch.setenv("ENERGY_SOURCES", "none")
     ctx, steps = FakeContext(), Steps()
     cb = energy_callback(ctx, {}, steps)
@@ -221,6 +221,8 @@ def test_nothing_measured_is_labelled_and_kept_out_of_validation(node, monkeypat
     assert val == {"mIoU": 0.2, "time_to_target_s": 3.0,
                    "projected_energy_to_target_wh": UNMEASURED_WH}
     assert cb.measured is False
+    assert "energy: target reached, but the energy was not measured (no source measured " \
+           "anything): energy_to_target_wh is not available" in caplog.text
 
 
 def test_disabled_does_nothing(node):

@@ -389,9 +389,10 @@ class EnergyCallback(det_pytorch.PyTorchCallback):
             self._energy_to_target_wh = energy_wh if measured else None
             self._target_scaled_wh = scaled_energy_wh(trial.energy_wh if trial else None, coverage)
             if not measured:
-                log.warning("energy: target reached, but the energy was not measured (coverage "
-                            "%s, below %g): energy_to_target_wh is not available", coverage,
-                            MIN_COVERAGE)
+                why = (f"coverage {coverage:.3g}, below {MIN_COVERAGE:g}" if coverage is not None
+                       else "no source measured anything")
+                log.warning("energy: target reached, but the energy was not measured (%s): "
+                            "energy_to_target_wh is not available", why)
         if self._energy_to_target_wh is not None:
             metrics["energy_to_target_wh"] = self._energy_to_target_wh
         value = metrics.get(self._target_metric)
