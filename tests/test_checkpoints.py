@@ -26,6 +26,7 @@ from shared.data.synthetic import generate
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from fakes.powercap import FakePowercap  # noqa: E402
+from runwait import wait_for_report  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["crop_size=32", "scale=[64,32]", "num_classes=4", "global_batch_size=4", "warmup_batches=2",
@@ -129,14 +130,8 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path
 
 # ------------------------------------------------------------------ signals
 def wait_for_training(proc, metrics: pathlib.Path, timeout=HANG_S):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early: {proc.stderr.read()[-3000:]}")
-        if metrics.exists() and '"group": "training"' in metrics.read_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError("no training report within the timeout")
+    if not wait_for_report(proc, metrics, "training", timeout=timeout, poll_s=0.2):
+        raise AssertionError(f"the run ended early: {proc.stderr.read()[-3000:]}")
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

@@ -7,7 +7,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from shared.energy.projection import PROJECTION_FLOOR, UNMEASURED_WH
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fakes"))
 from bmc_sim import BmcSimulator  # noqa: E402
+from runwait import wait_for_report  # noqa: E402
 
 TINY = ["crop_size=32", "scale=[64,32]", "num_classes=4", "global_batch_size=4",
         "workers_per_slot=0", "warmup_batches=2", "report_period=2", "lr=2e-3",
@@ -78,10 +78,7 @@ def test_a_meter_that_dies_mid_run_projects_a_cost_that_keeps_growing(data, tmp_
     with BmcSimulator(300.0, "ilo") as sim:
         proc = start(data, out, sim, batches=16, validation_period=4)
         try:
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 120 and not (
-                    metrics.exists() and '"group": "validation"' in metrics.read_text()):
-                time.sleep(0.05)
+            wait_for_report(proc, metrics, "validation", timeout=120)
             sim.failure = "500"
             stdout, stderr = proc.communicate(timeout=240)
         finally:

@@ -6,7 +6,6 @@ import math
 import os
 import pathlib
 import subprocess
-import time
 import sys
 
 import pytest
@@ -17,6 +16,7 @@ from shared.data.synthetic import generate
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from fakes.bmc_sim import BmcSimulator  # noqa: E402
+from runwait import wait_for_report  # noqa: E402
 from fakes.powercap import FakePowercap  # noqa: E402
 
 TINY = ["crop_size=32", "scale=[64,32]", "num_classes=4", "global_batch_size=4", "workers_per_slot=0",
@@ -256,12 +256,7 @@ def _fail_after_batch(bmc, batches):
     """``during`` for ``train``: the BMC fails (HTTP 500) once the run has reported energy at
     ``batches`` batches: mid-run by the run's progress, whatever the machine's speed."""
     def during(out, proc):
-        metrics = out / "metrics.jsonl"
-        while proc.poll() is None:
-            if metrics.exists() and any(r["group"] == "energy" and r["steps_completed"] >= batches
-                                        for r in runlog.read(metrics)):
-                break
-            time.sleep(0.02)
+        wait_for_report(proc, out / "metrics.jsonl", "energy", min_step=batches)
         bmc.failure = "500"
     return during
 
@@ -370,10 +365,7 @@ def test_energy_ranked_search_survives_a_source_that_fails_for_good(data, tmp_pa
     try:
         metrics = out / "metrics.jsonl"
         with tree.constant_power("intel-rapl:0", 30.0):
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 120 and not (
-                    metrics.exists() and '"group": "validation"' in metrics.read_text()):
-                time.sleep(0.05)
+            wait_for_report(proc, metrics, "validation", timeout=120)
         # from the first validation on, the counter is unreadable for good
         tree.set_raw("intel-rapl:0", "garbage\n")
         stdout, stderr = proc.communicate(timeout=240)

@@ -56,10 +56,11 @@ class SourceSpec(Check):
         return f"auto, none, or a list (or comma-separated string) of {', '.join(sources)}"
 
     def __call__(self, value: Any) -> Optional[str]:
-        if isinstance(value, str) or (isinstance(value, (list, tuple))
-                                      and all(isinstance(s, str) for s in value)):
-            return None
-        return "must be 'auto', 'none', a comma-separated string or a list of source names"
+        try:
+            split_spec(value, {})  # the hyperparameter itself, whatever ENERGY_SOURCES says
+        except ValueError:
+            return "must be 'auto', 'none', a comma-separated string or a list of source names"
+        return None
 
 
 #: The options of the energy core, in the order the docs list them. Each source's own
