@@ -44,6 +44,7 @@ from shared import determined_compat as compat
 from shared import hparams as hpmod
 from shared import localargs, outdir, resume, runlog, threads
 from shared.summary import format_summary, summarize_run
+from shared.data.workers import release_loader_workers
 
 log = logging.getLogger("shared.launch")
 
@@ -92,14 +93,17 @@ def run_on_cluster(trial_cls: Type[det_torch.PyTorchTrial], info: Any) -> int:
                        common=trial_cls.COMMON_PARAMS)
     with det_torch.init() as ctx:
         trial = trial_cls(ctx)
-        det_torch.Trainer(trial, ctx).fit(
-            max_length=det_torch.Batch(hpmod.training_length(hp, conf)),
-            validation_period=det_torch.Batch(hp["validation_period"]),
-            checkpoint_period=det_torch.Batch(hp["checkpoint_period"]),
-            reporting_period=det_torch.Batch(hp["report_period"]),
-            latest_checkpoint=info.latest_checkpoint,
-            profiling_enabled=bool((conf.get("profiling") or {}).get("enabled", False)),
-        )
+        try:
+            det_torch.Trainer(trial, ctx).fit(
+                max_length=det_torch.Batch(hpmod.training_length(hp, conf)),
+                validation_period=det_torch.Batch(hp["validation_period"]),
+                checkpoint_period=det_torch.Batch(hp["checkpoint_period"]),
+                reporting_period=det_torch.Batch(hp["report_period"]),
+                latest_checkpoint=info.latest_checkpoint,
+                profiling_enabled=bool((conf.get("profiling") or {}).get("enabled", False)),
+            )
+        finally:  # a trial stopped early exits at once, not 5 s per loader worker later
+            release_loader_workers()
     return 0
 
 
@@ -403,6 +407,7 @@ def _train(trial_cls: Type[det_torch.PyTorchTrial], args: argparse.Namespace, hp
                     latest_checkpoint=latest,
                 )
         finally:
+            release_loader_workers()  # a run stopped early exits at once (shared.data.workers)
             runlog.detach()
     if chief:
         summary = summarize_run(out)
