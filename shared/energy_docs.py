@@ -18,25 +18,15 @@ import argparse
 import pathlib
 import re
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from shared.mdtable import markdown_table
 
 from shared.energy.options import all_env_vars, all_options
+from shared.energy.schema import value_text
 from shared.energy.sources import registered_sources
 
 GENERAL = "core"  # who reads a general variable or option, in the tables
-
-
-def yaml_value(value: Any) -> str:
-    """A scalar as YAML shows it (null, true/false, 1e-06 for floats); other values as str()."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -49,8 +39,8 @@ def options_table_markdown() -> str:
     rows = []
     names = [cls.name for cls in registered_sources()]
     for owner, option in all_options():
-        meaning = option.doc if owner == "general" else f"{owner}: {option.doc}"
-        rows.append([f"`energy.{option.name}`", f"`{yaml_value(option.default)}`",
+        meaning = option.help if owner == "general" else f"{owner}: {option.help}"
+        rows.append([f"`energy.{option.name}`", f"`{value_text(option.default)}`",
                      option.allowed_text(names), meaning])
     return _table(["option", "default", "allowed", "meaning"], rows)
 

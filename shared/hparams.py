@@ -3,35 +3,24 @@ the target. Reading experiment configs and ``--set`` overrides is ``shared.confi
 
 A misspelled key in an experiment config would otherwise be silently ignored by the trial
 (Determined passes whatever ``hyperparameters`` holds), and a wrong value would fail hours
-later on the cluster. So every key is declared here with its default and allowed values, and
-``resolve`` rejects unknown keys and bad values with a message naming the file and the key,
-before any model, data or GPU work.
+later on the cluster. So every key is declared here with its default and allowed values (a
+``Param``: the project's one declaration class, ``shared.energy.schema``, which the energy
+options use too, and whose ``accept`` is the one value check), and ``resolve`` rejects unknown
+keys and bad values with a message naming the file and the key, before any model, data or
+GPU work.
 """
 from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 
 from shared.energy.errors import SiteSettingError
-from shared.energy.schema import CheckFn
+from shared.energy.schema import Param, Refused
 from shared.energy.options import default_options, validate_options
 from shared.errors import ConfigError
 from shared.schedule import LR_SCALING_RULES
-
-
-@dataclass(frozen=True)
-class Param:
-    default: Any
-    types: Tuple[type, ...]
-    choices: Optional[Sequence[Any]] = None
-    check: Optional[CheckFn] = None  # the project's one check protocol: a phrase, or None
-    nullable: bool = False
-    help: str = ""
-    #: the model constructor's argument this hyperparameter sets (``shared.modelargs.model_param``)
-    argument: Optional[str] = None
 
 
 def between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
@@ -255,46 +244,13 @@ def _closest(key: str, known: Iterable[str]) -> str:
     return f" (did you mean '{near[0]}'?)" if near else ""
 
 
-def _integral(value: Any) -> Any:
-    """A float with an integral value (``2e8``, ``64.0``; YAML reads scientific notation as a
-    float) as the int it equals, also inside a list ([64.0, 64.0]); anything else unchanged."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [int(x) if isinstance(x, float) and x.is_integer() else x for x in value]
-    return value
-
-
 def _check(name: str, value: Any, p: Param, where: str) -> Any:
-    if value is None:
-        if p.nullable:
-            return None
-        raise ConfigError(f"{where}: hyperparameter '{name}' must not be null")
-    # bool is an int in Python: refuse True for an int field and 1 for a bool field.
-    if isinstance(value, bool) and bool not in p.types:
-        raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} must be "
-                          f"{'/'.join(t.__name__ for t in p.types)}, not a boolean")
-    given = value
-    if int in p.types and float not in p.types:
-        value = _integral(value)  # "max_image_pixels: 2e8" is the integer 200000000
-    if not isinstance(value, p.types):
-        if float in p.types and isinstance(value, int):
-            value = float(value)
-        else:
-            raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} has type "
-                              f"{type(value).__name__}; expected {'/'.join(t.__name__ for t in p.types)}")
-    if float in p.types and isinstance(value, int):
-        value = float(value)  # "lr: 1" in YAML is an int; numeric fields are floats downstream
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} is not finite")
-    if p.choices is not None and value not in p.choices:
-        raise ConfigError(f"{where}: hyperparameter '{name}' = {value!r} is not one of "
-                          f"{', '.join(repr(c) for c in p.choices)}")
-    if p.check is not None:
-        err = p.check(value)
-        if err:
-            raise ConfigError(f"{where}: hyperparameter '{name}' = {given!r} {err}")
-    return value
+    """``p.accept(value)``, its refusal as a ConfigError naming ``where`` and the key."""
+    try:
+        return p.accept(value)
+    except Refused as refused:
+        shown = "" if refused.value is None else f" = {refused.value!r}"
+        raise ConfigError(f"{where}: hyperparameter '{name}'{shown} {refused.problem}") from None
 
 
 def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str = "hyperparameters",

@@ -7,23 +7,29 @@ hyperparameters. Each trial's ``model_from_hparams`` (in its ``train.py``) is th
 that maps hyperparameters to arguments; it does so with ``construct``, which turns an
 ``ArgumentError`` back into a ``ConfigError`` naming the hyperparameter the user wrote.
 
-Where model defaults live (the rule for every recipe): in the constructor's signature. The
-trial's schema reads them from there with ``default_of`` instead of repeating the literal,
-and ``construct`` passes only the hyperparameters that are set (not null), so a null
-hyperparameter, where its schema allows one, means the constructor's own default as well.
+Where a model argument is described (the rule for every recipe): in its constructor, once.
+The signature holds its default and its type, the annotation its allowed values
+(``depth: Annotated[int, integer(1, MAX_DEPTH)] = 4``: the constructor runs that check through
+``@checked``), the docstring's "Args:" section its meaning. The hyperparameter that sets it is
+``model_param(Model, "depth")``, which reads all of these, so the default, the check, its
+message and the help text have one home; ``construct`` passes only the hyperparameters that
+are set (not null), so a null hyperparameter, where its schema allows one, means the
+constructor's own default as well.
 
 A check is a function from a value to an error text, or None when the value is fine: the
-project's one check protocol (``shared.energy.schema.CheckFn``: ``shared.hparams.Param.check``
-and the energy options use it too), so that a schema and a constructor can share one.
+project's one check protocol (``shared.energy.schema.CheckFn``: ``Param.check`` and the energy
+options use it too); its ``allowed`` attribute is what the docs show.
 """
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
+import re
+import typing
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
-from shared.energy.schema import CheckFn
+from shared.energy.schema import CheckFn, Param
 from shared.errors import ConfigError
-from shared.hparams import Param
 
 Check = CheckFn
 
@@ -59,21 +65,25 @@ def integer(lo: int, hi: Optional[int] = None) -> Check:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
             return f"must be an integer {span}"
         return None
+    check.allowed = f"integer {span}"  # type: ignore[attr-defined]  # the docs' "allowed"
     return check
 
 
-def one_of(choices: Iterable[Any]) -> Check:
-    """One of ``choices``; a bool never equals 1 or 0 here (True is not output stride 1)."""
+def one_of(choices: Iterable[Any], key: Optional[Callable[[Any], Any]] = None) -> Check:
+    """One of ``choices``; a bool never equals 1 or 0 here (True is not output stride 1).
+    ``key`` maps a value to the form compared (SegFormer's variant " B1" is "b1")."""
     allowed = tuple(choices)
+    text = ", ".join(map(str, allowed))
 
     def check(v: Any) -> Optional[str]:
         if isinstance(v, bool) and not any(isinstance(c, bool) for c in allowed):
-            return f"is not one of {', '.join(map(str, allowed))}"
+            return f"is not one of {text}"
         try:
-            ok = v in allowed
+            ok = (key(v) if key is not None else v) in allowed
         except TypeError:  # an unhashable or uncomparable value (a list) is simply not a choice
             ok = False
-        return None if ok else f"is not one of {', '.join(map(str, allowed))}"
+        return None if ok else f"is not one of {text}"
+    check.allowed = text  # type: ignore[attr-defined]
     return check
 
 
@@ -89,6 +99,101 @@ def fraction(v: Any) -> Optional[str]:
     return None
 
 
+boolean.allowed = "true, false"  # type: ignore[attr-defined]
+fraction.allowed = "number in [0, 1)"  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- the signature
+def _function(constructor: Callable[..., Any]) -> Callable[..., Any]:
+    """The function whose signature and annotations describe ``constructor``'s arguments: a
+    class's ``__init__``, else the function itself."""
+    return constructor.__init__ if isinstance(constructor, type) else constructor
+
+
+def _hints(constructor: Callable[..., Any]) -> Dict[str, Any]:
+    """The resolved annotations of ``constructor``'s arguments, ``Annotated`` kept."""
+    return typing.get_type_hints(_function(constructor), include_extras=True)
+
+
+def argument_checks(constructor: Callable[..., Any]) -> Dict[str, Check]:
+    """argument -> its check, for each argument annotated ``Annotated[type, check]``: the one
+    home of a model argument's allowed values, run by the constructor (``checked``) and by
+    the hyperparameter that sets it (``model_param``)."""
+    out: Dict[str, Check] = {}
+    for name, hint in _hints(constructor).items():
+        if typing.get_origin(hint) is typing.Annotated:
+            checks = [m for m in hint.__metadata__ if callable(m)]
+            if checks:
+                out[name] = checks[0]
+    return out
+
+
+def checked(init: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a model's ``__init__``: each argument annotated ``Annotated[type, check]`` is
+    checked before the body runs, and a bad value raises ``ArgumentError`` naming the class
+    (``UNet: argument 'depth' = 0 must be an integer in 1..8``)."""
+    signature = inspect.signature(init)
+    owner = init.__qualname__.rsplit(".", 1)[0]
+
+    @functools.wraps(init)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        for name, check in argument_checks(init).items():
+            require(owner, name, bound.arguments[name], check)
+        init(*args, **kwargs)
+    return wrapper
+
+
+# Google style ("Args:", one "name: text" entry per argument, continuation lines indented
+# deeper), as the models' docstrings are written. Parsed here in a few lines: no package that
+# Determined or torch installs parses docstrings, and the form is fixed by our own models.
+_ARGS_HEADING = re.compile(r"^(\s*)Args:\s*$")
+_ENTRY = re.compile(r"^(\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
+
+
+def _args_section(doc: Optional[str]) -> Dict[str, str]:
+    """name -> text of the entries of ``doc``'s "Args:" section (continuations joined)."""
+    out: Dict[str, str] = {}
+    lines = inspect.cleandoc(doc or "").splitlines()
+    for i, line in enumerate(lines):
+        heading = _ARGS_HEADING.match(line)
+        if not heading:
+            continue
+        outer, entry_indent, name = len(heading.group(1)), None, None
+        for body in lines[i + 1:]:
+            if not body.strip():
+                continue
+            indent = len(body) - len(body.lstrip())
+            if indent <= outer:
+                break
+            entry = _ENTRY.match(body.strip())
+            if entry_indent is None:
+                entry_indent = indent
+            if indent == entry_indent and entry:
+                name = entry.group(1)
+                out[name] = entry.group(2)
+            elif name is not None:
+                out[name] = f"{out[name]} {body.strip()}".strip()
+    # a table cell, not a sentence: no final full stop
+    return {name: text.removesuffix(".") for name, text in out.items()}
+
+
+def argument_docs(constructor: Callable[..., Any]) -> Dict[str, str]:
+    """argument -> its description in the "Args:" section of ``constructor``'s docstring: a
+    class's own or its ``__init__``'s, then its bases' (a subclass documents only what it
+    changes), or a function's."""
+    docs: Dict[str, str] = {}
+    owners = constructor.__mro__ if isinstance(constructor, type) else (constructor,)
+    for owner in reversed(owners):
+        docs.update(_args_section(owner.__dict__.get("__doc__") if isinstance(owner, type)
+                                  else owner.__doc__))
+        init = owner.__dict__.get("__init__") if isinstance(owner, type) else None
+        if init is not None:
+            docs.update(_args_section(init.__doc__))
+    return docs
+
+
 def default_of(constructor: Callable[..., Any], argument: str) -> Any:
     """The default of ``argument`` in ``constructor``'s signature: how a trial's schema shows
     a model default without holding a second copy of it."""
@@ -101,32 +206,48 @@ def default_of(constructor: Callable[..., Any], argument: str) -> Any:
     return param.default
 
 
-#: an argument's annotation -> the hyperparameter types that fill it
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+#: an argument's type -> the hyperparameter types that fill it
+_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
 
 
-def model_param(constructor: Callable[..., Any], argument: str, *, help: str,
-                check: Optional[Check] = None, choices: Optional[Sequence[Any]] = None,
+def model_param(constructor: Callable[..., Any], argument: str, *, help: Optional[str] = None,
                 nullable: bool = False) -> Param:
-    """The hyperparameter that sets ``constructor``'s ``argument``, declared once: its default
-    and type come from the constructor's signature (the default, the annotation: int, float,
-    str or bool), the argument it sets is recorded (``model_args``); the declaration adds only
-    what the signature cannot say: the help, the allowed values, whether null (the
-    constructor's default) is allowed."""
+    """The hyperparameter that sets ``constructor``'s ``argument``, declared once: the
+    constructor says its default (the signature), its type and allowed values (the annotation,
+    ``Annotated[int, integer(1, 8)]``: the same check the constructor runs, so the message is
+    the same either way) and its meaning (the "Args:" section of its docstring); the argument
+    it sets is recorded (``model_args``). The declaration adds only what the constructor
+    cannot say: whether null (the constructor's default) is allowed, and ``help`` where the
+    docstring does not document the argument (one of the two, never both)."""
+    name = constructor.__qualname__
     param = inspect.signature(constructor).parameters.get(argument)
     if param is None:
-        raise TypeError(f"{constructor.__qualname__} has no argument '{argument}'")
-    if param.annotation is inspect.Parameter.empty:
-        raise TypeError(f"{constructor.__qualname__}'s argument '{argument}' has no annotation "
+        raise TypeError(f"{name} has no argument '{argument}'")
+    hint = _hints(constructor).get(argument)
+    if hint is None:
+        raise TypeError(f"{name}'s argument '{argument}' has no annotation "
                         f"(model_param reads the hyperparameter's type from it)")
-    annotation = param.annotation if isinstance(param.annotation, str) else \
-        getattr(param.annotation, "__name__", repr(param.annotation))
-    types = _TYPES.get(annotation.replace("Optional[", "").rstrip("]"))
+    kind = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+    if typing.get_origin(kind) is typing.Union:  # Optional[int]
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    types = _TYPES.get(kind)
     if types is None:
-        raise TypeError(f"{constructor.__qualname__}'s argument '{argument}' is annotated "
-                        f"{annotation!r}: model_param knows {', '.join(_TYPES)}")
-    return Param(default_of(constructor, argument), types, choices=choices, check=check,
-                 nullable=nullable, help=help, argument=argument)
+        raise TypeError(f"{name}'s argument '{argument}' is annotated "
+                        f"{getattr(kind, '__name__', repr(kind))!r}: model_param knows "
+                        f"{', '.join(t.__name__ for t in _TYPES)}")
+    documented = argument_docs(constructor).get(argument)
+    if documented and help:
+        raise TypeError(f"{name} documents '{argument}' in its docstring: drop help= (the "
+                        f"docstring is its one home)")
+    if not documented and not help:
+        raise TypeError(f"{name}'s argument '{argument}' is not documented: add it to the "
+                        f"\"Args:\" section of {name}'s docstring (or give help=)")
+    text = documented or help
+    if nullable:
+        text += "; null: the model's default"
+    return Param(default_of(constructor, argument), types,
+                 check=argument_checks(constructor).get(argument), nullable=nullable, help=text,
+                 argument=argument)
 
 
 def model_args(model_params: Mapping[str, Param], others: Mapping[str, str] = {}

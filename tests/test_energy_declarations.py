@@ -16,7 +16,7 @@ from shared import energy_docs as docs
 from shared.energy import select
 from shared.energy.options import validate_options
 from shared.energy.options import all_env_vars, all_options, default_options
-from shared.energy.schema import EnvVar, Option, Positive
+from shared.energy.schema import EnvVar, Param, Positive
 from shared.energy.sources import (register_source, registered_sources, source_class,
                                    unregister_source)
 from shared.energy.sources.base import EnergySource
@@ -131,8 +131,8 @@ class ThrowAwaySource(EnergySource):
     auto_env = "ENERGY_POWERSTRIP_HOST"
     summary = "a pretend power strip, for the test of the registry"
     env_vars = (EnvVar("ENERGY_POWERSTRIP_HOST", "host name of the power strip"),)
-    options = (Option("powerstrip_period_s", None, "how often the strip is read, seconds",
-                      Positive()),)
+    options = (Param(None, name="powerstrip_period_s",
+                     help="how often the strip is read, seconds", check=Positive()),)
 
     def __init__(self, host: str, period_s: float) -> None:
         super().__init__()
@@ -241,10 +241,13 @@ def _source(**attrs):
     ({"auto_env": "ENERGY_PDU"}, r"auto_env 'ENERGY_PDU' is not one of its env_vars"),
     ({"env_vars": (EnvVar("PDU_HOST", "x"),), "auto_env": None},
      r"variable 'PDU_HOST' must start with ENERGY_"),
-    ({"options": ({"name": "x"},)}, r"options entry \{'name': 'x'\} is not an Option"),
-    ({"options": (Option("sample_period_s", None, "again"),)},
+    ({"options": ({"name": "x"},)}, r"options entry \{'name': 'x'\} is not a Param with a name"),
+    ({"options": (Param(None, help="no name"),)}, r"options entry Param\(.*\) is not a Param with a name"),
+    ({"options": (Param(None, name="sample_period_s",
+                        help="again"),)},
      r"'sample_period_s' is already declared by the general options"),
-    ({"options": (Option("ipmi_timeout_s", None, "again"),)},
+    ({"options": (Param(None, name="ipmi_timeout_s",
+                        help="again"),)},
      r"'ipmi_timeout_s' is already declared by source ipmi"),
     ({"env_vars": (EnvVar("ENERGY_IPMI_CMD", "again"),), "auto_env": None},
      r"'ENERGY_IPMI_CMD' is already declared by source ipmi"),

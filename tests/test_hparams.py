@@ -291,3 +291,50 @@ def test_the_search_point_goes_into_the_run_record_only():
     assert seen == [("run", 0, {"model": "unet", "search_point": {"lr": 0.002}}),
                     ("training", 2, {"loss": 1.0})]
     assert run == {"model": "unet"}              # what Determined is sent is not changed
+
+
+def test_hyperparameters_and_energy_options_are_one_declaration_class(monkeypatch):
+    """One schema system: every hyperparameter of every recipe and every ``energy`` option is
+    a ``shared.energy.schema.Param``, and both are checked by its one ``accept``."""
+    from shared.energy import schema
+    from shared.energy.options import all_options, validate_options
+
+    assert Param is schema.Param
+    for name in recipes.discover():
+        cls = recipes.get(name).trial_class()
+        for key, p in {**cls.COMMON_PARAMS, **cls.MODEL_PARAMS}.items():
+            assert type(p) is schema.Param, f"{name}.{key}"
+    assert all(type(o) is schema.Param and o.name for _, o in all_options())
+    # the one check: replace it, and both the hyperparameters and the energy section see it
+    real = schema.Param.accept
+
+    def accept(self, value):
+        if value == 12345:
+            raise schema.Refused(value, "is the test's sentinel")
+        return real(self, value)
+    monkeypatch.setattr(schema.Param, "accept", accept)
+    with pytest.raises(ConfigError, match=r"^x\.yaml: hyperparameter 'seed' = 12345 is the test's sentinel$"):
+        hp.resolve({"seed": 12345}, MODEL, where="x.yaml")
+    with pytest.raises(ValueError, match=r"^energy\.pue is the test's sentinel, got 12345$"):
+        validate_options({"pue": 12345}, env={})
+
+
+def test_one_check_both_ways():
+    """The same declaration refuses the same values, as a hyperparameter and as an energy
+    option; only the naming of the key differs (each where it is read)."""
+    from shared.energy.general import GENERAL_OPTIONS
+    from shared.energy.options import validate_options
+    from shared.energy.schema import Refused
+
+    pue = next(o for o in GENERAL_OPTIONS if o.name == "pue")
+    with pytest.raises(Refused) as refused:
+        pue.accept(0.5)
+    with pytest.raises(ValueError) as as_option:
+        validate_options({"pue": 0.5}, env={})
+    with pytest.raises(ConfigError) as as_hyperparameter:
+        hp.resolve({"pue": 0.5}, {"pue": pue}, where="x.yaml")
+    assert str(as_option.value) == f"energy.pue {refused.value.problem}, got 0.5"
+    assert str(as_hyperparameter.value) == f"x.yaml: hyperparameter 'pue' = 0.5 {refused.value.problem}"
+    assert pue.allowed_text() == "number >= 1 or null"
+    assert Param(None, (int,)).allowed_text() == "int or null"
+    assert Param("a", (str,), choices=("a", "b")).allowed_text() == "a, b"

@@ -6,16 +6,19 @@ hyperparameter instead; the schema's defaults are the constructors' (shared.mode
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from typing import Annotated, Optional
 
 import pytest
 import torch
 
 from model_helpers import ROOT, SEGMENTATION, deeplab, segformer, segmenter, trial_class, unet
-from shared import configfile
+from shared import configfile, recipes
 from shared import hparams as hpmod
 from shared import modelargs
 from shared.hparams import ConfigError
+from shared.energy.schema import Refused
 from shared.modelargs import ArgumentError
 
 pytestmark = pytest.mark.usefixtures("torch_seed")
@@ -26,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("torch_seed")
 @pytest.mark.parametrize("kw,match", [
     ({"depth": 0}, r"^UNet: argument 'depth' = 0 must be an integer in 1\.\.8$"),
     ({"depth": 2.0}, r"'depth' = 2\.0 must be an integer in 1\.\.8"),
-    ({"base_channels": -4}, r"'base_channels' = -4 must be an integer >= 1"),
-    ({"base_channels": True}, r"'base_channels' = True must be an integer >= 1"),
+    ({"base_channels": -4}, r"'base_channels' = -4 must be an integer in 1\.\.1024"),
+    ({"base_channels": True}, r"'base_channels' = True must be an integer in 1\.\.1024"),
     ({"upsampling": "foo"}, r"'upsampling' = 'foo' is not one of transpose, bilinear"),
     ({"num_classes": 0}, r"'num_classes' = 0 must be an integer >= 1"),
     ({"in_channels": 0}, r"'in_channels' = 0 must be an integer >= 1"),
@@ -160,11 +163,11 @@ def test_null_hyperparameter_means_the_model_default():
     ("deeplabv3plus", {"deeplab_output_stride": 4},
      r"c\.yaml: hyperparameter 'deeplab_output_stride' = 4 is not one of 8, 16"),
     ("deeplabv3plus", {"deeplab_backbone": "resnet18"},
-     r"c\.yaml: hyperparameter 'deeplab_backbone' = 'resnet18' is not one of 'resnet50', 'resnet101'"),
+     r"c\.yaml: hyperparameter 'deeplab_backbone' = 'resnet18' is not one of resnet50, resnet101$"),
     ("deeplabv3plus", {"deeplab_seperable": False},
      r"c\.yaml: unknown hyperparameter 'deeplab_seperable' \(did you mean 'deeplab_separable'\?\)"),
     ("segmenter", {"segmenter_decoder": "MLP"},
-     r"'segmenter_decoder' = 'MLP' is not one of 'linear', 'mask'"),
+     r"'segmenter_decoder' = 'MLP' is not one of linear, mask$"),
     ("segmenter", {"segmenter_decoder_layers": 0},
      r"'segmenter_decoder_layers' = 0 must be an integer in 1\.\.24"),
     ("segmenter", {"drop_path_rate": -0.1}, r"'drop_path_rate' = -0\.1 must be a number in \[0, 1\)"),
@@ -257,31 +260,92 @@ def test_load_weights_names_the_hyperparameter():
         modelargs.load_weights({"pretrained_path": "x.pt"}, missing)
 
 
-def test_a_model_hyperparameter_is_declared_once():
-    """model_param takes the default and the type from the constructor's signature and
-    records the argument; MODEL_ARGS is derived from the declarations, and every model
-    hyperparameter of the four segmentation recipes but attention_impl (set on the built
-    model) is declared that way."""
-    from shared.hparams import Param
-    from shared.modelargs import integer, model_args, model_param
+# Toys for shared.modelargs' reading of a constructor. At module level: the annotations are
+# strings (``from __future__ import annotations``, as in the models' files), resolved in the
+# module's namespace, as a model's are.
+_WIDTH = modelargs.integer(1, 64)
 
-    def build(num_classes: int, width: int = 8, rate: float = 0.1, kind: str = "a",
-              flag: bool = True, untyped=3) -> None:
+
+def _build(num_classes: int, width: Annotated[int, _WIDTH] = 8, rate: float = 0.1,
+           kind: str = "a", flag: bool = True, untyped=3, maybe: Optional[int] = None) -> None:
+    """A toy.
+
+    Args:
+        width: channels
+            of each layer.
+    """
+
+
+class _Base:
+    """Base.
+
+    Args:
+        depth: stages of the encoder.
+        width (int): channels of the first stage, doubled at
+            each stage.
+
+    Returns nothing; the section above ends at this line.
+    """
+
+    @modelargs.checked
+    def __init__(self, depth: Annotated[int, modelargs.integer(1, 8)] = 4,
+                 width: Annotated[int, modelargs.integer(1)] = 8) -> None:
         pass
-    p = model_param(build, "width", check=integer(1, 64), help="w")
-    assert (p.default, p.types, p.argument, p.help) == (8, (int,), "width", "w")
-    assert model_param(build, "rate", help="").types == (int, float)
-    assert model_param(build, "flag", help="").types == (bool,)
-    params = {"m_width": p, "m_kind": model_param(build, "kind", help=""),
+
+
+class _Child(_Base):
+    @modelargs.checked
+    def __init__(self, depth: Annotated[int, modelargs.integer(1, 8)] = 3,
+                 width: Annotated[int, modelargs.integer(1)] = 16, p: float = 0.5) -> None:
+        """
+        Args:
+            width: channels of the first stage (16 here).
+            p: dropout.
+        """
+        super().__init__(depth, width)
+
+
+class _Toy:
+    @modelargs.checked
+    def __init__(self, size: Annotated[int, modelargs.integer(1, 4)], free: int = 0,
+                 rate: Annotated[float, modelargs.fraction] = 0.5) -> None:
+        self.size, self.free, self.rate = size, free, rate
+
+
+def test_a_model_hyperparameter_is_declared_once():
+    """model_param takes the default and the type from the constructor's signature, the check
+    from its annotation, the help from its docstring, and records the argument; MODEL_ARGS is
+    derived from the declarations, and every model hyperparameter of the segmentation recipes
+    but attention_impl (set on the built model) is declared that way."""
+    from shared.energy.schema import Param
+    from shared.modelargs import model_args, model_param
+
+    build = _build
+    p = model_param(build, "width")
+    assert (p.default, p.types, p.argument, p.help, p.check) == (
+        8, (int,), "width", "channels of each layer", _WIDTH)
+    assert p.allowed_text() == "integer in 1..64"
+    assert model_param(build, "rate", help="r").types == (int, float)
+    assert model_param(build, "flag", help="f").types == (bool,)
+    assert model_param(build, "maybe", help="m").types == (int,)
+    assert model_param(build, "width", nullable=True).help == \
+        "channels of each layer; null: the model's default"
+    params = {"m_width": p, "m_kind": model_param(build, "kind", help="k"),
               "other": Param(0, (int,))}
     assert model_args(params, {"num_classes": "num_classes"}) == {
         "m_width": "width", "m_kind": "kind", "num_classes": "num_classes"}
     with pytest.raises(TypeError, match=r"has no argument 'depth'"):
         model_param(build, "depth", help="")
     with pytest.raises(TypeError, match=r"'num_classes' has no default"):
-        model_param(build, "num_classes", help="")
+        model_param(build, "num_classes", help="n")
     with pytest.raises(TypeError, match=r"'untyped' has no annotation"):
         model_param(build, "untyped", help="")
+    # the help has one home: the docstring, or help= where the docstring lacks it
+    with pytest.raises(TypeError, match=r"_build documents 'width' in its docstring: drop help="):
+        model_param(build, "width", help="w")
+    with pytest.raises(TypeError, match=r"_build's argument 'kind' is not documented: add it to "
+                                        r"the \"Args:\" section of _build's docstring"):
+        model_param(build, "kind")
 
     def listed(sizes: list = [1]) -> None:
         pass
@@ -292,3 +356,71 @@ def test_a_model_hyperparameter_is_declared_once():
         own = {k: v for k, v in trial.MODEL_PARAMS.items() if k != "attention_impl"}
         assert own and all(v.argument for v in own.values()), model
         assert {k: v.argument for k, v in own.items()}.items() <= trial.MODEL_ARGS.items()
+
+
+def test_the_docstring_gives_the_help():
+    """A model's "Args:" section is where its hyperparameters' help comes from: a class's own,
+    its __init__'s, then its bases' (a subclass documents what it changes)."""
+    from shared.modelargs import argument_docs, model_param
+
+    Base, Child = _Base, _Child
+    assert argument_docs(Base) == {"depth": "stages of the encoder",
+                                   "width": "channels of the first stage, doubled at each stage"}
+    assert argument_docs(Child) == {"depth": "stages of the encoder",
+                                    "width": "channels of the first stage (16 here)", "p": "dropout"}
+    assert model_param(Child, "width").help == "channels of the first stage (16 here)"
+    assert model_param(Child, "depth").default == 3
+    # every recipe's model hyperparameter reads its help from its constructor's docstring
+    for name in SEGMENTATION + ["rare_objects"]:
+        recipe = recipes.get(name)
+        trial, module = recipe.trial_class(), recipe.model_module()
+        own = {k: p for k, p in trial.MODEL_PARAMS.items() if p.argument is not None}
+        # the model: the class of model.py that takes every argument the hyperparameters set
+        constructor = next(c for c in vars(module).values() if isinstance(c, type)
+                           and c.__module__ == module.__name__ and
+                           {p.argument for p in own.values()}
+                           <= set(inspect.signature(c).parameters))
+        for key, param in own.items():
+            assert argument_docs(constructor).get(param.argument), (name, key)
+            assert param.help.startswith(argument_docs(constructor)[param.argument]), (name, key)
+
+
+def test_checked_runs_the_annotated_checks():
+    Toy = _Toy
+    assert Toy(2, free=-9).free == -9  # not annotated with a check: not checked
+    with pytest.raises(ArgumentError, match=r"^_Toy: argument 'size' = 5 must be an integer in 1\.\.4$"):
+        Toy(5)
+    with pytest.raises(ArgumentError, match=r"^_Toy: argument 'rate' = 1 must be a number in \[0, 1\)$"):
+        Toy(size=1, rate=1)
+    assert list(inspect.signature(Toy).parameters) == ["size", "free", "rate"]
+
+
+_CANDIDATES = (0, -1, 10 ** 9, 1.5, -0.1, 2.0, "zz", "B9")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in recipes.discover().items()
+                                        if any(p.argument for p in r.trial_class().MODEL_PARAMS.values())))
+def test_a_bad_model_argument_reads_the_same_from_the_config_and_the_constructor(name):
+    """One home for a model argument's check: the config check (shared.hparams.resolve) and
+    the constructor (through construct) refuse a bad value with the same words."""
+    trial = recipes.get(name).trial_class()
+    compared = 0
+    for key, param in trial.MODEL_PARAMS.items():
+        if param.argument is None or param.check is None:
+            continue
+        for bad in _CANDIDATES:
+            try:
+                value = dataclasses.replace(param, check=None).accept(bad)
+            except Refused:
+                continue  # refused by its type, before any model check
+            if param.check(value) is None:
+                continue  # allowed
+            with pytest.raises(ConfigError) as from_config:
+                hpmod.resolve({key: bad}, trial.MODEL_PARAMS, where="c.yaml",
+                              common=trial.COMMON_PARAMS)
+            hp = hpmod.resolve({}, trial.MODEL_PARAMS, common=trial.COMMON_PARAMS)
+            with pytest.raises(ConfigError) as from_constructor, torch.device("meta"):
+                trial.model_from_hparams({**hp, key: bad})
+            assert str(from_config.value) == f"c.yaml: {from_constructor.value}", (key, bad)
+            compared += 1
+    assert compared, f"{name}: no model hyperparameter with a check was compared"

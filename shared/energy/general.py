@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .projection import PROJECTIONS
-from .schema import (AtLeast, Boolean, Check, EnvVar, NonNegative, OneOf, Option, Positive,
+from .schema import (AtLeast, Boolean, Check, EnvVar, NonNegative, OneOf, Param, Positive,
                      PositiveInteger, positive_integer_text)
 
 #: How node-level energy is charged to a trial (``energy.apportion``, ``aggregate.combine``).
@@ -65,34 +65,36 @@ class SourceSpec(Check):
 
 #: The options of the energy core, in the order the docs list them. Each source's own
 #: options follow them (``all_options``).
-GENERAL_OPTIONS: Tuple[Option, ...] = (
-    Option("enabled", True, "false turns the energy hook off", Boolean()),
-    Option("sources", "auto",
-           "which sources to read: `auto` tries each one (some only when their variable is "
-           "set, see the sources table) and keeps those that work; `none` reads nothing; "
-           "`ENERGY_SOURCES` wins", SourceSpec()),
-    Option("apportion", "gpu_share",
-           "share of node-level energy charged to the trial: gpu_share (its GPUs / the "
-           "node's) or none (the whole node)", OneOf(APPORTION_RULES)),
-    Option("pue", None, "facility PUE: adds facility_wh = energy x PUE",
-           AtLeast(1.0, "facility energy / IT energy")),
-    Option("carbon_intensity_g_per_kwh", None,
-           "grid intensity, gCO2e/kWh: adds co2e_g = facility (or IT) energy x intensity",
-           NonNegative()),
-    Option("sample_period_s", None,
-           "sampling period of the BMC sources (IPMI, Redfish), seconds, unless their own "
-           "option is set; their default 5 (about the BMC's own refresh)", Positive()),
-    Option("node_max_power_w", 20000.0,
-           "the most one node can draw, watts: a node reading above it (a BMC's power, a node "
-           "energy counter's rate) is not believed, and counted as missing", Positive()),
-    Option("gpus_on_node", None,
-           "GPUs of the node, for gpu_share (`ENERGY_GPUS_ON_NODE` wins; else detected)",
-           PositiveInteger()),
-    Option("projection", "linear",
-           "how `projected_energy_to_target_wh` projects a trial that has not reached its "
-           "target: linear (the energy so far scaled by the distance to the target) or curve "
-           "(a saturating learning curve fitted to the trial's validations, docs/configs.md)",
-           OneOf(PROJECTIONS)),
+GENERAL_OPTIONS: Tuple[Param, ...] = (
+    Param(True, name="enabled",
+          help="false turns the energy hook off", check=Boolean()),
+    Param("auto", name="sources",
+          help="which sources to read: `auto` tries each one (some only when their variable is "
+               "set, see the sources table) and keeps those that work; `none` reads nothing; "
+               "`ENERGY_SOURCES` wins", check=SourceSpec()),
+    Param("gpu_share", name="apportion",
+          help="share of node-level energy charged to the trial: gpu_share (its GPUs / the "
+               "node's) or none (the whole node)", check=OneOf(APPORTION_RULES)),
+    Param(None, name="pue",
+          help="facility PUE: adds facility_wh = energy x PUE",
+          check=AtLeast(1.0, "facility energy / IT energy")),
+    Param(None, name="carbon_intensity_g_per_kwh",
+          help="grid intensity, gCO2e/kWh: adds co2e_g = facility (or IT) energy x intensity",
+          check=NonNegative()),
+    Param(None, name="sample_period_s",
+          help="sampling period of the BMC sources (IPMI, Redfish), seconds, unless their own "
+               "option is set; their default 5 (about the BMC's own refresh)", check=Positive()),
+    Param(20000.0, name="node_max_power_w",
+          help="the most one node can draw, watts: a node reading above it (a BMC's power, a node "
+               "energy counter's rate) is not believed, and counted as missing", check=Positive()),
+    Param(None, name="gpus_on_node",
+          help="GPUs of the node, for gpu_share (`ENERGY_GPUS_ON_NODE` wins; else detected)",
+          check=PositiveInteger()),
+    Param("linear", name="projection",
+          help="how `projected_energy_to_target_wh` projects a trial that has not reached its "
+               "target: linear (the energy so far scaled by the distance to the target) or curve "
+               "(a saturating learning curve fitted to the trial's validations, docs/configs.md)",
+          check=OneOf(PROJECTIONS)),
 )
 
 #: The variables of the energy core (each source declares its own).

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .errors import SiteSettingError
 from .general import GENERAL_ENV, GENERAL_OPTIONS
 from .redact import energy_logger
-from .schema import EnvVar, Option
+from .schema import EnvVar, Param, Refused
 from .select import parse_spec
 from .sources import registered_sources
 
@@ -25,7 +25,7 @@ log = energy_logger()
 _ENABLED = next(o for o in GENERAL_OPTIONS if o.name == "enabled")
 
 
-def all_options() -> Tuple[Tuple[str, Option], ...]:
+def all_options() -> Tuple[Tuple[str, Param], ...]:
     """(owner, option) for every declared option: owner "general" or a source's name."""
     out = [("general", o) for o in GENERAL_OPTIONS]
     for cls in registered_sources():
@@ -46,6 +46,14 @@ def default_options() -> Dict[str, Any]:
     return {option.name: option.default for _, option in all_options()}
 
 
+def _accept(option: Param, value: Any) -> Any:
+    """``option.accept(value)``, its refusal as a ValueError naming ``energy.<name>``."""
+    try:
+        return option.accept(value)
+    except Refused as refused:
+        raise ValueError(f"energy.{option.name} {refused.problem}, got {refused.value!r}") from None
+
+
 def validate_options(options: Optional[Mapping[str, Any]],
                      env: Mapping[str, str] = os.environ) -> Dict[str, Any]:
     """The ``energy`` hyperparameter with defaults filled in, checked.
@@ -63,7 +71,7 @@ def validate_options(options: Optional[Mapping[str, Any]],
     declared = all_options()
     defaults = {option.name: option.default for _, option in declared}
     opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-    _ENABLED.validate(opts["enabled"])
+    _accept(_ENABLED, opts["enabled"])
     if not opts["enabled"]:
         return opts
     unknown = sorted(set(options) - set(defaults))
@@ -72,7 +80,7 @@ def validate_options(options: Optional[Mapping[str, Any]],
         log.warning("energy: options %s are not used by the energy core (known: %s)",
                     unknown, ", ".join(defaults))
     for _, option in declared:
-        option.validate(opts[option.name])
+        opts[option.name] = _accept(option, opts[option.name])
     parse_spec(opts["sources"], env)  # the names, against the registry; ValueError names the bad one
     for owner, var in all_env_vars():
         raw = env.get(var.name)

@@ -1,14 +1,19 @@
-"""How a setting of the energy library is declared: an ``energy`` hyperparameter option
-(``Option``) or an ``ENERGY_*`` environment variable (``EnvVar``), each with its check and a
-one-line doc, and the helpers that read them.
+"""How a setting is declared: a hyperparameter or an ``energy`` option (``Param``, the one
+declaration class of the project, with the one value check) or an ``ENERGY_*`` environment
+variable of the energy library (``EnvVar``), each with its check and a one-line doc, and the
+helpers that read them.
 
-Declarations live next to what uses them: the general options and variables in
-``shared.energy.options``, each source's own on its class (``EnergySource.options`` and
-``.env_vars``). Option checking (``settings.validate_options``) and the documentation tables
-(``shared.energy_docs``) are derived from them, so a setting is described in one place.
+Declarations live next to what uses them: the general energy options and variables in
+``shared.energy.general``, each source's own on its class (``EnergySource.options`` and
+``.env_vars``), the hyperparameters in ``shared.hparams`` (the common ones), the families'
+trial modules and each recipe's ``MODEL_PARAMS`` (``shared.modelargs.model_param``, read from
+the model constructor). Their checking (``shared.energy.options.validate_options``,
+``shared.hparams.resolve``) and the documentation tables (``shared.energy_docs``, the
+package README) are derived from them, so a setting is described in one place.
 
 This module imports nothing of the library but its exceptions (``errors``): it is the bottom
-that every other module (the sources included) may import.
+that every other module (the sources included) may import, and the project's hyperparameters
+build on it, the energy library importing nothing of the project.
 
 Why hand-written and not pydantic: the checks are a handful of numbers and names, the messages
 must keep their exact wording (tests and users rely on them), and a new dependency would ship
@@ -19,7 +24,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 from .errors import SiteSettingError, SourceUnavailable
 
@@ -27,9 +32,9 @@ from .errors import SiteSettingError, SourceUnavailable
 # ------------------------------------------------------------------------------------------
 # Checks. One protocol for every value check of the project: a callable ``check(value)``
 # returning what is wrong with the value as a phrase ("must be > 0"), or None when it is fine;
-# the caller names the key and the value. ``shared.hparams.Param.check`` and the model
-# constructors' checks (``shared.modelargs``) are the same. ``allowed`` is what the docs'
-# "allowed" column shows.
+# the caller names the key and the value. ``Param.check``, ``EnvVar.check`` and the model
+# constructors' checks (``shared.modelargs``) are all of this kind. ``allowed``, where a check
+# has it, is what the docs' "allowed" column shows.
 # ------------------------------------------------------------------------------------------
 #: the check protocol: the value -> what is wrong with it, or None
 CheckFn = Callable[[Any], Optional[str]]
@@ -126,37 +131,118 @@ class OneOf(Check):
 # ------------------------------------------------------------------------------------------
 # Declarations
 # ------------------------------------------------------------------------------------------
+def value_text(value: Any) -> str:
+    """A scalar as YAML shows it (null, true/false, 1e-06 for floats); other values as str():
+    how the docs tables show defaults and allowed values."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _integral(value: Any) -> Any:
+    """A float with an integral value (``2e8``, ``64.0``; YAML reads scientific notation as a
+    float) as the int it equals, also inside a list ([64.0, 64.0]); anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [int(x) if isinstance(x, float) and x.is_integer() else x for x in value]
+    return value
+
+
+class Refused(ValueError):
+    """A value a ``Param`` refuses: ``value`` as the message shows it (None: the value was
+    null) and ``problem``, the phrase of what is wrong ("must be > 0"). Whoever knows the
+    key's name (``shared.hparams``, ``shared.energy.options``) writes the message."""
+
+    def __init__(self, value: Any, problem: str) -> None:
+        super().__init__(problem)
+        self.value = value
+        self.problem = problem
+
+
 @dataclass(frozen=True)
-class Option:
-    """One key of the ``energy`` hyperparameter.
+class Param:
+    """One declared setting: a hyperparameter (``shared.hparams.COMMON``, a family's schema, a
+    recipe's ``MODEL_PARAMS``) or a key of the ``energy`` hyperparameter (the general options
+    in ``shared.energy.general``, each source's ``options``). The one declaration class of the
+    project, with the one value check (``accept``) and the one "allowed" text of the docs.
 
     Attributes:
-        name: the key (``energy.<name>``); unique over the general options and every source.
-        default: the value ``validate_options`` fills in. None means "not set": the reader
-            (a source) then uses its own default, which ``doc`` states.
-        doc: one line for the docs tables: what it does, and its effective default.
-        check: validates a value that is not None; None accepts anything. Its ``allowed``
-            is what the docs show as the allowed values.
+        default: the value when the key is not given. None means "not set" (and allows null):
+            the reader then uses its own default, which ``help`` states.
+        types: the types a value may have; () accepts any (the check says). Where float is
+            allowed an int is taken as the float it equals; where int is and float is not, an
+            integral float (YAML's ``2e8``) as the int.
+        choices: the allowed values, when they are a list.
+        check: the project's one check protocol (``CheckFn``), run after types and choices;
+            its ``allowed`` (when it has one) is what the docs show as the allowed values.
+        nullable: null is allowed (always so when ``default`` is None).
+        help: one line for the docs tables: what it does.
+        argument: the model constructor's argument this hyperparameter sets
+            (``shared.modelargs.model_param``).
+        name: the key, for declarations kept in a sequence (an energy option,
+            ``energy.<name>``); a schema's hyperparameters are named by its keys.
     """
 
-    name: str
     default: Any
-    doc: str
-    check: Optional[Callable[[Any], Optional[str]]] = None
+    types: Tuple[type, ...] = ()
+    choices: Optional[Sequence[Any]] = None
+    check: Optional[CheckFn] = None
+    nullable: bool = False
+    help: str = ""
+    argument: Optional[str] = None
+    name: str = ""
 
-    def validate(self, value: Any) -> None:
-        """Raise ValueError naming ``energy.<name>`` and ``value`` if the check refuses it
-        (None, "not set", is never checked)."""
-        problem = self.check(value) if self.check is not None and value is not None else None
+    def __post_init__(self) -> None:
+        if self.default is None and not self.nullable:
+            object.__setattr__(self, "nullable", True)  # "not set" is a value of its own
+
+    def accept(self, value: Any) -> Any:
+        """``value`` as its reader takes it (see ``types``).
+
+        Raises:
+            Refused: what is wrong, and the value as the message shows it.
+        """
+        if value is None:
+            if self.nullable:
+                return None
+            raise Refused(None, "must not be null")
+        given = value
+        if self.types:
+            names = "/".join(t.__name__ for t in self.types)
+            # bool is an int in Python: refuse True for an int field and 1 for a bool field.
+            if isinstance(value, bool) and bool not in self.types:
+                raise Refused(value, f"must be {names}, not a boolean")
+            if int in self.types and float not in self.types:
+                value = _integral(value)  # "max_image_pixels: 2e8" is the integer 200000000
+            if not isinstance(value, self.types) and not (float in self.types
+                                                          and isinstance(value, int)):
+                raise Refused(value, f"has type {type(value).__name__}; expected {names}")
+            if float in self.types and isinstance(value, int):
+                value = float(value)  # "lr: 1" in YAML is an int; numeric fields are floats
+            if isinstance(value, float) and not math.isfinite(value):
+                raise Refused(value, "is not finite")
+        if self.choices is not None and value not in self.choices:
+            raise Refused(value, f"is not one of {', '.join(repr(c) for c in self.choices)}")
+        problem = self.check(value) if self.check is not None else None
         if problem:
-            raise ValueError(f"energy.{self.name} {problem}, got {value!r}")
+            raise Refused(given, problem)
+        return value
 
     def allowed_text(self, sources: Sequence[str] = ()) -> str:
-        """What the docs' "allowed" column shows; "or null" when None means "not set".
-        ``sources``: the registered sources' names, for a check whose values are among them."""
+        """What the docs' "allowed" column shows: the choices; else the check's ``allowed``
+        (``sources``: the registered sources' names, for a check whose values are among them)
+        or the types, with "or null" when null is allowed."""
+        if self.choices is not None:
+            return ", ".join(value_text(c) for c in self.choices)
         text = (self.check.allowed_for(sources) if isinstance(self.check, Check)
-                else getattr(self.check, "allowed", None)) or "any"
-        return f"{text} or null" if self.default is None else text
+                else getattr(self.check, "allowed", None))
+        text = text or "/".join(t.__name__ for t in self.types) or "any"
+        return f"{text} or null" if self.nullable else text
 
 
 @dataclass(frozen=True)

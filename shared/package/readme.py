@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jinja2
 
 from shared import energy_docs
-from shared.energy_docs import yaml_value
 from shared.energy.options import all_options
+from shared.energy.schema import value_text
 from shared.energy.sources import registered_sources
 from shared.mdtable import markdown_table
 from shared.package.closure import LIBRARY, Closure
@@ -46,14 +46,7 @@ def _fmt(value: Any) -> str:
             return f"search: {base}^{_fmt(value.get('minval'))}..{base}^{_fmt(value.get('maxval'))}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return yaml_value(value)
-
-
-def _allowed(param: Any) -> str:
-    if getattr(param, "choices", None):
-        return ", ".join(_fmt(c) for c in param.choices)
-    types = "/".join(t.__name__ for t in param.types)
-    return types + (" or null" if param.nullable else "")
+    return value_text(value)
 
 
 def _summary_line(doc: Optional[str]) -> str:
@@ -179,7 +172,7 @@ def energy_section(energy_conf: Mapping[str, Any]) -> Tuple[List[List[str]], str
     names = [cls.name for cls in registered_sources()]
     for owner, option in all_options():
         value = _fmt(energy_conf[option.name]) if option.name in energy_conf else "(default)"
-        meaning = option.doc if owner == "general" else f"{owner}: {option.doc}"
+        meaning = option.help if owner == "general" else f"{owner}: {option.help}"
         rows.append([f"`energy.{option.name}`", f"`{value}`", f"`{_fmt(option.default)}`",
                      option.allowed_text(names), meaning])
     section = _TEMPLATES.get_template("energy.md.j2").render(
@@ -253,7 +246,7 @@ def render_readme(*, model: str, family: str, stamp: str, version: str, trial_cl
             raise PackageError(f"hyperparameter {key!r} of {trial_cls.__module__}."
                                f"{trial_cls.__name__} has no help text: give its Param a help=")
         value = _fmt(base_hp[key]) if key in base_hp else "(default)"
-        hp_rows.append([f"`{key}`", f"`{value}`", f"`{_fmt(param.default)}`", _allowed(param),
+        hp_rows.append([f"`{key}`", f"`{value}`", f"`{_fmt(param.default)}`", param.allowed_text(),
                         param.help])
     # declared by the trial class, next to what reports them (shared/trial.py, its family)
     metric_rows = [[group, f"`{name}`", meaning] for group, name, meaning in trial_cls.metric_docs()

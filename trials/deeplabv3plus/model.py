@@ -41,14 +41,14 @@ MMSegmentation's ``conv_seg``); the backbone keeps timm's ResNet init.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.modelargs import boolean, integer, one_of, require
+from shared.modelargs import boolean, checked, integer, one_of
 from shared.pretrained import load_model_or_backbone
 
 BACKBONES = ("resnet50", "resnet101")
@@ -143,20 +143,24 @@ class Decoder(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """ResNet encoder + ASPP + decoder; returns logits at 1/4 of the input size.
 
-    Arguments: ``num_classes`` (>= 1), ``backbone`` (one of BACKBONES), ``output_stride``
-    (one of OUTPUT_STRIDES), ``separable`` (depthwise separable 3x3 convs in ASPP and
-    decoder), ``in_channels``. A bad value raises ``shared.modelargs.ArgumentError``, a
-    ValueError naming the argument.
+    A bad argument raises ``shared.modelargs.ArgumentError``, a ValueError naming it; the
+    allowed values are in the annotations.
+
+    Args:
+        num_classes: classes scored: the output channels.
+        backbone: timm ResNet encoder (dilated to the output stride).
+        output_stride: 8: layer3, layer4 and ASPP on 4x the positions, ASPP rates doubled.
+        separable: depthwise separable 3x3 convs in ASPP and decoder.
+        in_channels: image channels.
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", output_stride: int = 16,
-                 separable: bool = True, in_channels: int = 3) -> None:
+    @checked
+    def __init__(self, num_classes: Annotated[int, integer(1)],
+                 backbone: Annotated[str, one_of(BACKBONES)] = "resnet50",
+                 output_stride: Annotated[int, one_of(OUTPUT_STRIDES)] = 16,
+                 separable: Annotated[bool, boolean] = True,
+                 in_channels: Annotated[int, integer(1)] = 3) -> None:
         super().__init__()
-        require("DeepLabV3Plus", "num_classes", num_classes, integer(1))
-        require("DeepLabV3Plus", "backbone", backbone, one_of(BACKBONES))
-        require("DeepLabV3Plus", "output_stride", output_stride, one_of(OUTPUT_STRIDES))
-        require("DeepLabV3Plus", "separable", separable, boolean)
-        require("DeepLabV3Plus", "in_channels", in_channels, integer(1))
         self.num_classes = num_classes
         self.output_stride = output_stride
         # pretrained=False always: weights come only from a local file (load_pretrained,

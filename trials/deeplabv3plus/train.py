@@ -19,7 +19,7 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
     from shared.localargs import parse_before_imports
     parse_before_imports("deeplabv3plus", "segmentation")
 
-from model import BACKBONES, OUTPUT_STRIDES, DeepLabV3Plus, load_pretrained  # noqa: E402  (model.py, next to this file)
+from model import DeepLabV3Plus, load_pretrained  # noqa: E402  (model.py, next to this file)
 
 from shared.launch import main  # noqa: E402
 from shared.modelargs import construct, load_weights, model_args, model_param  # noqa: E402
@@ -28,16 +28,13 @@ from shared.trial import SegmentationTrial  # noqa: E402
 
 class DeepLabV3PlusTrial(SegmentationTrial):
     MODEL_NAME = "deeplabv3plus"
-    # Each model hyperparameter declared once (shared.modelargs.model_param): its default and
-    # type are DeepLabV3Plus's signature's; MODEL_ARGS, hyperparameter -> argument, follows.
+    # Each model hyperparameter declared once: its default, type, allowed values and help are
+    # DeepLabV3Plus's (signature, annotations, docstring; shared.modelargs.model_param);
+    # MODEL_ARGS, hyperparameter -> argument, follows.
     MODEL_PARAMS = {
-        "deeplab_backbone": model_param(DeepLabV3Plus, "backbone", choices=BACKBONES,
-                                        help="timm ResNet encoder (dilated to the output stride)"),
-        "deeplab_output_stride": model_param(
-            DeepLabV3Plus, "output_stride", choices=OUTPUT_STRIDES,
-            help="8: layer3, layer4 and ASPP on 4x the positions, ASPP rates doubled"),
-        "deeplab_separable": model_param(DeepLabV3Plus, "separable",
-                                         help="depthwise separable 3x3 convs in ASPP and decoder"),
+        "deeplab_backbone": model_param(DeepLabV3Plus, "backbone"),
+        "deeplab_output_stride": model_param(DeepLabV3Plus, "output_stride"),
+        "deeplab_separable": model_param(DeepLabV3Plus, "separable"),
     }
     MODEL_ARGS = model_args(MODEL_PARAMS, {"num_classes": "num_classes"})
 

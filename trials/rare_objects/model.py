@@ -14,26 +14,34 @@ skip connections.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
-from shared.modelargs import fraction, require
+from shared.modelargs import checked, fraction
 from shared.recipes import model_of
 
 _unet = model_of("unet")
 UNet = _unet.UNet
-MAX_DEPTH = _unet.MAX_DEPTH
-UPSAMPLING_MODES = _unet.UPSAMPLING_MODES
 DEFAULT_BASE_CHANNELS = 26
 DEFAULT_DEPTH = 4
 
 
 class RareObjectsUNet(UNet):
     """``UNet`` with one output channel (the object logit) and ``nn.Dropout(dropout)`` after
-    the bottleneck. Arguments as ``UNet``'s, plus ``dropout`` in [0, 1)."""
+    the bottleneck. Arguments as ``UNet``'s (allowed values and meanings; its docstring
+    describes those not below), less ``num_classes``, plus ``dropout``.
 
-    def __init__(self, in_channels: int = 1, base_channels: int = DEFAULT_BASE_CHANNELS,
-                 depth: int = DEFAULT_DEPTH, upsampling: str = "transpose",
-                 dropout: float = 0.5) -> None:
+    Args:
+        base_channels: channels of the first stage (26: 5.1M parameters, the study's size).
+        dropout: dropout after the U-Net's bottleneck (end of the contracting path).
+    """
+
+    @checked
+    def __init__(self, in_channels: _unet.Channels = 1,
+                 base_channels: _unet.BaseChannels = DEFAULT_BASE_CHANNELS,
+                 depth: _unet.Depth = DEFAULT_DEPTH, upsampling: _unet.Upsampling = "transpose",
+                 dropout: Annotated[float, fraction] = 0.5) -> None:
         super().__init__(1, in_channels, base_channels, depth, upsampling)
         # The object logit keeps PyTorch's default initialisation (as the source study's Keras
         # U-Net kept its framework's), not UNet's normal(0, 0.01): that one is MMSegmentation's
@@ -42,5 +50,4 @@ class RareObjectsUNet(UNet):
         # object in 240 batches (recall 0, validation loss 0.08: every pixel background), with
         # the default init they found all of them (README, "The miniature").
         self.head.reset_parameters()
-        require("RareObjectsUNet", "dropout", dropout, fraction)
         self.bottleneck = nn.Sequential(self.bottleneck, nn.Dropout(dropout))

@@ -20,29 +20,23 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
     from shared.localargs import parse_before_imports
     parse_before_imports("rare_objects", "binary_segmentation")
 
-from model import MAX_DEPTH, UPSAMPLING_MODES, RareObjectsUNet  # noqa: E402  (model.py, next to this file)
+from model import RareObjectsUNet  # noqa: E402  (model.py, next to this file)
 
 from shared.launch import main  # noqa: E402
-from shared.modelargs import construct, fraction, integer, load_weights, model_args, model_param  # noqa: E402
+from shared.modelargs import construct, load_weights, model_args, model_param  # noqa: E402
 from shared.objects.trial import BinarySegmentationTrial  # noqa: E402
 from shared.pretrained import load_local_weights  # noqa: E402
 
 
 class RareObjectsTrial(BinarySegmentationTrial):
     MODEL_NAME = "rare_objects"
-    # each model hyperparameter declared once: default and type from the model's signature
+    # Each model hyperparameter declared once: its default, type, allowed values and help are
+    # RareObjectsUNet's (signature, annotations, docstring; shared.modelargs.model_param).
     MODEL_PARAMS = {
-        "unet_base_channels": model_param(RareObjectsUNet, "base_channels", nullable=True,
-                                          check=integer(1, 1024),
-                                          help="channels of the first stage; null: the model's "
-                                               "default (26: 5.1M parameters, the study's size)"),
-        "unet_depth": model_param(RareObjectsUNet, "depth", nullable=True,
-                                  check=integer(1, MAX_DEPTH),
-                                  help="number of down-sampling stages; null: the model's default"),
-        "unet_upsampling": model_param(RareObjectsUNet, "upsampling", choices=UPSAMPLING_MODES,
-                                       help="decoder upsampling: transposed convolution or bilinear + conv"),
-        "dropout": model_param(RareObjectsUNet, "dropout", check=fraction,
-                               help="dropout after the U-Net's bottleneck (end of the contracting path)"),
+        "unet_base_channels": model_param(RareObjectsUNet, "base_channels", nullable=True),
+        "unet_depth": model_param(RareObjectsUNet, "depth", nullable=True),
+        "unet_upsampling": model_param(RareObjectsUNet, "upsampling"),
+        "dropout": model_param(RareObjectsUNet, "dropout"),
     }
     #: hyperparameter -> RareObjectsUNet argument: the model's own above, and in_channels
     MODEL_ARGS = model_args(MODEL_PARAMS, {"in_channels": "in_channels"})

@@ -16,7 +16,7 @@ upsamples them to the label size.
 from __future__ import annotations
 
 import math
-from typing import Any, List, NamedTuple, Sequence, Tuple
+from typing import Annotated, Any, List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from shared.attention import attention
-from shared.modelargs import fraction, integer, one_of, require
+from shared.modelargs import checked, fraction, integer, one_of
 
 
 class Variant(NamedTuple):
@@ -217,19 +217,23 @@ class AllMLPDecoder(nn.Module):
 class SegFormer(nn.Module):
     """MiT encoder + all-MLP decoder; returns logits at 1/4 of the input size.
 
-    Arguments: ``num_classes`` (>= 1), ``variant`` ("b0".."b5", case and surrounding spaces
-    ignored), ``drop_path_rate`` (the encoder's stochastic depth at its last block, in
-    [0, 1)), ``in_channels``. A bad value raises ``shared.modelargs.ArgumentError``, a
-    ValueError naming the argument.
+    A bad argument raises ``shared.modelargs.ArgumentError``, a ValueError naming it; the
+    allowed values are in the annotations.
+
+    Args:
+        num_classes: classes scored: the output channels.
+        variant: MiT encoder size, b0 (3.7M parameters) to b5 (case and surrounding spaces
+            ignored).
+        drop_path_rate: stochastic depth, rising linearly over the encoder blocks to this rate.
+        in_channels: image channels.
     """
 
-    def __init__(self, num_classes: int, variant: str = "b0", drop_path_rate: float = 0.1,
-                 in_channels: int = 3) -> None:
+    @checked
+    def __init__(self, num_classes: Annotated[int, integer(1)],
+                 variant: Annotated[str, one_of(VARIANTS, key=_variant_key)] = "b0",
+                 drop_path_rate: Annotated[float, fraction] = 0.1,
+                 in_channels: Annotated[int, integer(1)] = 3) -> None:
         super().__init__()
-        require("SegFormer", "variant", variant, lambda v: one_of(VARIANTS)(_variant_key(v)))
-        require("SegFormer", "num_classes", num_classes, integer(1))
-        require("SegFormer", "drop_path_rate", drop_path_rate, fraction)
-        require("SegFormer", "in_channels", in_channels, integer(1))
         cfg = VARIANTS[_variant_key(variant)]
         self.num_classes = num_classes
         self.encoder = MixTransformer(cfg.widths, cfg.depths, in_channels, drop_path_rate)

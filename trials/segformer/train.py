@@ -19,25 +19,24 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
     from shared.localargs import parse_before_imports
     parse_before_imports("segformer", "segmentation")
 
-from model import VARIANTS, SegFormer  # noqa: E402  (trials/segformer/model.py, next to this file)
+from model import SegFormer  # noqa: E402  (trials/segformer/model.py, next to this file)
 
 from shared.attention import ATTENTION_IMPL_PARAM, ATTENTION_IMPLS, set_attention_impl  # noqa: E402
 from shared.launch import main  # noqa: E402
-from shared.modelargs import construct, fraction, load_weights, model_args, model_param  # noqa: E402
+from shared.modelargs import construct, load_weights, model_args, model_param  # noqa: E402
 from shared.pretrained import load_local_weights  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class SegFormerTrial(SegmentationTrial):
     MODEL_NAME = "segformer"
-    # Each model hyperparameter declared once (shared.modelargs.model_param): its default and
-    # type are SegFormer's signature's; MODEL_ARGS, hyperparameter -> argument, follows.
+    # Each model hyperparameter declared once: its default, type, allowed values and help are
+    # SegFormer's (signature, annotations, docstring; shared.modelargs.model_param);
+    # MODEL_ARGS, hyperparameter -> argument, follows.
     MODEL_PARAMS = {
         "attention_impl": ATTENTION_IMPL_PARAM,
-        "segformer_variant": model_param(SegFormer, "variant", choices=tuple(VARIANTS),
-                                         help="MiT encoder size, b0 (3.7M parameters) to b5"),
-        "drop_path_rate": model_param(SegFormer, "drop_path_rate", check=fraction,
-                                      help="stochastic depth, rising linearly over the encoder blocks to this rate"),
+        "segformer_variant": model_param(SegFormer, "variant"),
+        "drop_path_rate": model_param(SegFormer, "drop_path_rate"),
     }
     MODEL_ARGS = model_args(MODEL_PARAMS, {"num_classes": "num_classes"})
 

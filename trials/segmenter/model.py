@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping, Optional, Tuple
+from typing import Annotated, Any, Mapping, Optional, Tuple
 
 import timm
 import torch
@@ -58,7 +58,7 @@ from timm.layers import DropPath, resample_abs_pos_embed
 from torch import nn
 
 from shared.attention import attention
-from shared.modelargs import fraction, integer, one_of, require
+from shared.modelargs import checked, fraction, integer, one_of
 from shared.pretrained import load_model_or_backbone, read_state_dict
 
 log = logging.getLogger("segmenter.model")
@@ -180,26 +180,31 @@ class MaskTransformer(nn.Module):
 class Segmenter(nn.Module):
     """ViT encoder + linear or mask-transformer decoder; logits at 1/16 of the input size.
 
-    Arguments: ``num_classes`` (>= 1), ``backbone`` (one of BACKBONES), ``decoder`` ("linear"
-    or "mask"), ``decoder_layers`` (the mask decoder's, 1..MAX_DECODER_LAYERS; checked for
-    the linear decoder too, where it is unused), ``drop_path_rate`` (the encoder's
-    stochastic depth, in [0, 1)), ``in_channels``, ``img_size`` (the training crop, an int or
-    [h, w]: the position embeddings are learned on its token grid). A bad value raises
-    ``shared.modelargs.ArgumentError``, a ValueError naming the argument.
+    A bad argument raises ``shared.modelargs.ArgumentError``, a ValueError naming it; the
+    allowed values are in the annotations.
+
+    Args:
+        num_classes: classes scored: the output channels.
+        backbone: timm ViT encoder (patch 16).
+        decoder: mask: the mask-transformer decoder; linear: one Linear from each patch token
+            to the classes.
+        decoder_layers: layers of the mask decoder (checked for the linear decoder too, where
+            it is unused).
+        drop_path_rate: the encoder's stochastic depth.
+        in_channels: image channels.
+        img_size: the training crop, an int or [h, w]: the position embeddings are learned on
+            its token grid.
     """
 
-    def __init__(self, num_classes: int, backbone: str = "vit_tiny_patch16_224",
-                 decoder: str = "mask", decoder_layers: int = DEFAULT_DECODER_LAYERS,
-                 drop_path_rate: float = 0.1, in_channels: int = 3,
-                 img_size: Any = DEFAULT_IMG_SIZE) -> None:
+    @checked
+    def __init__(self, num_classes: Annotated[int, integer(1)],
+                 backbone: Annotated[str, one_of(BACKBONES)] = "vit_tiny_patch16_224",
+                 decoder: Annotated[str, one_of(DECODERS)] = "mask",
+                 decoder_layers: Annotated[int, integer(1, MAX_DECODER_LAYERS)] = DEFAULT_DECODER_LAYERS,
+                 drop_path_rate: Annotated[float, fraction] = 0.1,
+                 in_channels: Annotated[int, integer(1)] = 3,
+                 img_size: Annotated[Any, _img_size] = DEFAULT_IMG_SIZE) -> None:
         super().__init__()
-        require("Segmenter", "num_classes", num_classes, integer(1))
-        require("Segmenter", "backbone", backbone, one_of(BACKBONES))
-        require("Segmenter", "decoder", decoder, one_of(DECODERS))
-        require("Segmenter", "decoder_layers", decoder_layers, integer(1, MAX_DECODER_LAYERS))
-        require("Segmenter", "drop_path_rate", drop_path_rate, fraction)
-        require("Segmenter", "in_channels", in_channels, integer(1))
-        require("Segmenter", "img_size", img_size, _img_size)
         self.num_classes = num_classes
         # pretrained=False always: weights come only from a local file (load_pretrained,
         # the trial's pretrained_path); a training task must never reach for the internet. No class head

@@ -19,31 +19,26 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
     from shared.localargs import parse_before_imports
     parse_before_imports("segmenter", "segmentation")
 
-from model import (  # noqa: E402  (trials/segmenter/model.py, next to this file)
-    BACKBONES, DECODERS, MAX_DECODER_LAYERS, Segmenter, load_pretrained)
+from model import Segmenter, load_pretrained  # noqa: E402  (trials/segmenter/model.py, next to this file)
 
 from shared.attention import ATTENTION_IMPL_PARAM, ATTENTION_IMPLS, set_attention_impl  # noqa: E402
 from shared.launch import main  # noqa: E402
-from shared.modelargs import construct, fraction, integer, load_weights, model_args, model_param  # noqa: E402
+from shared.modelargs import construct, load_weights, model_args, model_param  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class SegmenterTrial(SegmentationTrial):
     MODEL_NAME = "segmenter"
-    # Each model hyperparameter declared once (shared.modelargs.model_param): its default and
-    # type are Segmenter's signature's; MODEL_ARGS, hyperparameter -> argument, follows (the
-    # training crop sizes the encoder's position embeddings, as in the official code).
+    # Each model hyperparameter declared once: its default, type, allowed values and help are
+    # Segmenter's (signature, annotations, docstring; shared.modelargs.model_param);
+    # MODEL_ARGS, hyperparameter -> argument, follows (the training crop sizes the encoder's
+    # position embeddings, as in the official code).
     MODEL_PARAMS = {
         "attention_impl": ATTENTION_IMPL_PARAM,
-        "segmenter_backbone": model_param(Segmenter, "backbone", choices=BACKBONES,
-                                          help="timm ViT encoder (patch 16)"),
-        "segmenter_decoder": model_param(Segmenter, "decoder", choices=DECODERS,
-                                         help="mask: the mask-transformer decoder; linear: one Linear from each patch token to the classes"),
-        "segmenter_decoder_layers": model_param(Segmenter, "decoder_layers",
-                                                check=integer(1, MAX_DECODER_LAYERS),
-                                                help="mask decoder only"),
-        "drop_path_rate": model_param(Segmenter, "drop_path_rate", check=fraction,
-                                      help="the encoder's stochastic depth"),
+        "segmenter_backbone": model_param(Segmenter, "backbone"),
+        "segmenter_decoder": model_param(Segmenter, "decoder"),
+        "segmenter_decoder_layers": model_param(Segmenter, "decoder_layers"),
+        "drop_path_rate": model_param(Segmenter, "drop_path_rate"),
     }
     MODEL_ARGS = model_args(MODEL_PARAMS, {"num_classes": "num_classes", "crop_size": "img_size"})
 

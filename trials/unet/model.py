@@ -21,18 +21,28 @@ are cropped back, so the output is (B, num_classes, H, W) for an (B, C, H, W) in
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Annotated, List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.modelargs import integer, one_of, require
+from shared.modelargs import checked, integer, one_of
 
 DEFAULT_BASE_CHANNELS = 30
 DEFAULT_DEPTH = 4
 MAX_DEPTH = 8  # 2**8 = 256 px of padding granularity; deeper nets only add memory
+#: the widest first stage: base 1024 at depth 4 is a 16384-channel bottleneck, ~10^10 weights
+MAX_BASE_CHANNELS = 1024
 UPSAMPLING_MODES = ("transpose", "bilinear")
+
+# The arguments' allowed values, each checked by the constructor (shared.modelargs.checked)
+# and by the hyperparameter that sets it (model_param reads the annotation); the rare-objects
+# U-Net takes the same.
+Channels = Annotated[int, integer(1)]
+BaseChannels = Annotated[int, integer(1, MAX_BASE_CHANNELS)]
+Depth = Annotated[int, integer(1, MAX_DEPTH)]
+Upsampling = Annotated[str, one_of(UPSAMPLING_MODES)]
 
 
 class DoubleConv(nn.Sequential):
@@ -70,21 +80,22 @@ class Up(nn.Module):
 class UNet(nn.Module):
     """Classic U-Net; see the module docstring for the layout and the defaults.
 
-    Arguments: ``num_classes`` (>= 1), ``in_channels`` (>= 1), ``base_channels`` (the first
-    stage's width, >= 1), ``depth`` (down-sampling stages, 1..MAX_DEPTH), ``upsampling``
-    ("transpose" or "bilinear"). A bad value raises ``shared.modelargs.ArgumentError``, a
-    ValueError naming the argument.
+    A bad argument raises ``shared.modelargs.ArgumentError``, a ValueError naming it; the
+    allowed values are in the annotations.
+
+    Args:
+        num_classes: classes scored: the output channels.
+        in_channels: image channels.
+        base_channels: channels of the first stage (doubled at each down-sampling stage).
+        depth: number of down-sampling stages.
+        upsampling: decoder upsampling: transposed convolution or bilinear + conv.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3,
-                 base_channels: int = DEFAULT_BASE_CHANNELS, depth: int = DEFAULT_DEPTH,
-                 upsampling: str = "transpose") -> None:
+    @checked
+    def __init__(self, num_classes: Channels, in_channels: Channels = 3,
+                 base_channels: BaseChannels = DEFAULT_BASE_CHANNELS,
+                 depth: Depth = DEFAULT_DEPTH, upsampling: Upsampling = "transpose") -> None:
         super().__init__()
-        require("UNet", "num_classes", num_classes, integer(1))
-        require("UNet", "in_channels", in_channels, integer(1))
-        require("UNet", "base_channels", base_channels, integer(1))
-        require("UNet", "depth", depth, integer(1, MAX_DEPTH))
-        require("UNet", "upsampling", upsampling, one_of(UPSAMPLING_MODES))
         self.num_classes = num_classes
         self.depth = depth
         widths = [base_channels * 2 ** i for i in range(depth + 1)]

@@ -18,26 +18,23 @@ if __name__ == "__main__":  # --help and usage errors at once, before torch is i
     from shared.localargs import parse_before_imports
     parse_before_imports("unet", "segmentation")
 
-from model import MAX_DEPTH, UPSAMPLING_MODES, UNet  # noqa: E402  (trials/unet/model.py, next to this file)
+from model import UNet  # noqa: E402  (trials/unet/model.py, next to this file)
 
 from shared.launch import main  # noqa: E402
-from shared.modelargs import construct, integer, load_weights, model_args, model_param  # noqa: E402
+from shared.modelargs import construct, load_weights, model_args, model_param  # noqa: E402
 from shared.pretrained import load_local_weights  # noqa: E402
 from shared.trial import SegmentationTrial  # noqa: E402
 
 
 class UNetTrial(SegmentationTrial):
     MODEL_NAME = "unet"
-    #: hyperparameter -> UNet argument. The defaults are UNet's (shared.modelargs: the
-    #: schema reads them from its signature, and null means the same default).
-    # each model hyperparameter declared once: default and type from UNet's signature
+    # Each model hyperparameter declared once: its default, type, allowed values and help are
+    # UNet's (signature, annotations, docstring; shared.modelargs.model_param); null means
+    # the same default.
     MODEL_PARAMS = {
-        "unet_base_channels": model_param(UNet, "base_channels", nullable=True, check=integer(1, 1024),
-                                          help="channels of the first stage; null: the model's default"),
-        "unet_depth": model_param(UNet, "depth", nullable=True, check=integer(1, MAX_DEPTH),
-                                  help="number of down-sampling stages; null: the model's default"),
-        "unet_upsampling": model_param(UNet, "upsampling", choices=UPSAMPLING_MODES,
-                                       help="decoder upsampling: transposed convolution or bilinear + conv"),
+        "unet_base_channels": model_param(UNet, "base_channels", nullable=True),
+        "unet_depth": model_param(UNet, "depth", nullable=True),
+        "unet_upsampling": model_param(UNet, "upsampling"),
     }
     #: hyperparameter -> UNet argument: the model's own above, and the common num_classes
     MODEL_ARGS = model_args(MODEL_PARAMS, {"num_classes": "num_classes"})

@@ -25,7 +25,7 @@ from typing import Dict, Tuple, Type
 
 from ..general import GENERAL_ENV, GENERAL_OPTIONS
 from ..redact import energy_logger
-from ..schema import EnvVar, Option
+from ..schema import EnvVar, Param
 from .base import COMPONENTS, EnergySource
 
 log = energy_logger()
@@ -80,8 +80,9 @@ def _declaration_errors(cls: Type[EnergySource]) -> list:
     if cls.auto_env is not None and cls.auto_env not in env_names:
         errors.append(f"auto_env {cls.auto_env!r} is not one of its env_vars")
     for option in cls.options:
-        if not isinstance(option, Option):
-            errors.append(f"options entry {option!r} is not an Option")
+        if not isinstance(option, Param) or not option.name:
+            errors.append(f"options entry {option!r} is not a Param with a name "
+                          f"(shared.energy.schema)")
     if getattr(cls.from_env, "__func__", None) is EnergySource.from_env.__func__:
         errors.append("from_env is not implemented")
     return errors

@@ -19,7 +19,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
 from ..errors import SourceUnavailable
 from ..redact import energy_logger, redact
-from ..schema import EnvVar, Option
+from ..schema import EnvVar, Param
 
 log = energy_logger()
 
@@ -126,7 +126,7 @@ class EnergySource(abc.ABC):
     #: the ENERGY_* variables it reads, with their docs
     env_vars: Tuple["EnvVar", ...] = ()
     #: its own keys of the ``energy`` hyperparameter, with defaults, checks and docs
-    options: Tuple["Option", ...] = ()
+    options: Tuple["Param", ...] = ()
     #: how it measures, one line for the docs' sources table
     summary: str = ""
 

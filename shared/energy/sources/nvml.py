@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..redact import energy_logger
-from ..schema import Option, Positive
+from ..schema import Param, Positive
 from .base import RawCounter, SourceHealth, SourceUnavailable
 from .counters import counter_step
 from .sampling import PowerSampler, SampledPowerSource
@@ -155,9 +155,9 @@ class NvmlSource(SampledPowerSource):
                "samples `nvmlDeviceGetUtilizationRates` every "
                f"{UTIL_PERIOD_S:g} s for `gpu_util_pct`")
     options = (
-        Option("nvml_power_period_s", None,
-               "NVML power sampling period on GPUs without an energy counter, seconds "
-               f"(default {DEFAULT_POWER_PERIOD_S:g}, at most 10)", Positive()),
+        Param(None, name="nvml_power_period_s",
+              help="NVML power sampling period on GPUs without an energy counter, seconds "
+                   f"(default {DEFAULT_POWER_PERIOD_S:g}, at most 10)", check=Positive()),
     )
 
     def __init__(self, gpu_indices: Sequence[int], *, env: Optional[Mapping[str, str]] = None,

@@ -91,7 +91,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from ..redact import energy_logger, register_secret
 from .base import EnergySource, SourceUnavailable
 from ..http import HttpFailure, JsonHttpClient, check_http_url, make_ssl_context, redact_url
-from ..schema import (EnvVar, Option, Positive, boolean_text, choice_text, env_flag,
+from ..schema import (EnvVar, Param, Positive, boolean_text, choice_text, env_flag,
                       positive_number_text, positive_option, refuse_secret_options)
 from .counters import counter_step
 
@@ -232,9 +232,9 @@ class PrometheusSource(EnergySource):
                                            "token is sent only over https)", boolean_text),
     )
     options = (
-        Option("prometheus_timeout_s", None,
-               f"timeout of one Prometheus query, seconds (default {DEFAULT_TIMEOUT_S:g})",
-               Positive()),
+        Param(None, name="prometheus_timeout_s",
+              help=f"timeout of one Prometheus query, seconds (default {DEFAULT_TIMEOUT_S:g})",
+              check=Positive()),
     )
 
     def __init__(self, base_url: str, query: str, *, kind: str = "power",

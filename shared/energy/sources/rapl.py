@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from ..redact import energy_logger
-from ..schema import EnvVar, Option, Positive
+from ..schema import EnvVar, Param, Positive
 from .base import EnergySource, RawCounter, SourceUnavailable
 from .counters import counter_step
 
@@ -41,11 +41,11 @@ log = energy_logger()
 ENV_ROOT = "ENERGY_RAPL_ROOT"
 DEFAULT_ROOT = "/sys/class/powercap"
 #: Ceiling used to compute how fast a counter can wrap: no current server CPU package or
-#: DRAM domain draws 1 kW. Option ``rapl_max_power_w`` changes it.
+#: DRAM domain draws 1 kW. Param ``rapl_max_power_w`` changes it.
 DEFAULT_MAX_POWER_W = 1000.0
 #: A poll thread is started when a counter can wrap within this many seconds: reports can be
 #: this far apart (long training chunks, validation) and a double wrap between two reads is
-#: undetectable. Option ``rapl_poll_below_s`` changes it.
+#: undetectable. Param ``rapl_poll_below_s`` changes it.
 DEFAULT_POLL_BELOW_S = 3600.0
 #: The kernel's RAPL counters are 32-bit (ENERGY_STATUS_MASK = 0xFFFFFFFF energy units).
 _COUNTER_STEPS = 2**32 - 1
@@ -124,13 +124,13 @@ class RaplSource(EnergySource):
                          "`/sys/devices/virtual/powercap/intel-rapl`"),
     )
     options = (
-        Option("rapl_max_power_w", None,
-               "power ceiling per RAPL domain, W, used to size the counter-wrap poll and to "
-               "tell a wrap from a counter reset (a drop implying more is a reset, not "
-               f"counted) (default {DEFAULT_MAX_POWER_W:g})", Positive()),
-        Option("rapl_poll_below_s", None,
-               "read RAPL on a thread when a counter can wrap faster than this, seconds "
-               f"(default {DEFAULT_POLL_BELOW_S:g})", Positive()),
+        Param(None, name="rapl_max_power_w",
+              help="power ceiling per RAPL domain, W, used to size the counter-wrap poll and to "
+                   "tell a wrap from a counter reset (a drop implying more is a reset, not "
+                   f"counted) (default {DEFAULT_MAX_POWER_W:g})", check=Positive()),
+        Param(None, name="rapl_poll_below_s",
+              help="read RAPL on a thread when a counter can wrap faster than this, seconds "
+                   f"(default {DEFAULT_POLL_BELOW_S:g})", check=Positive()),
     )
 
     def __init__(self, root: str | os.PathLike = DEFAULT_ROOT, *,

@@ -52,7 +52,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..redact import energy_logger
-from ..schema import Option, Positive
+from ..schema import Param, Positive
 from .base import MAX_NODE_POWER_W, EnergySource, SourceHealth
 
 log = energy_logger()
@@ -476,14 +476,15 @@ class SampledPowerSource(EnergySource):
 
 
 def bmc_options(name: str, label: str, default_period_s: float, one_read: str,
-                default_timeout_s: float) -> Tuple[Option, Option]:
+                default_timeout_s: float) -> Tuple[Param, Param]:
     """The two options of a source that samples a BMC (``<name>_sample_period_s``,
     ``<name>_timeout_s``), declared alike for every such source: ``label`` names it in the
     docs ("IPMI"), ``one_read`` says what one reading is ("ipmitool call")."""
     return (
-        Option(f"{name}_sample_period_s", None,
-               f"{label}'s own sampling period, seconds (else sample_period_s, else "
-               f"{default_period_s:g})", Positive()),
-        Option(f"{name}_timeout_s", None,
-               f"timeout of one {one_read}, seconds (default {default_timeout_s:g})", Positive()),
+        Param(None, name=f"{name}_sample_period_s",
+              help=f"{label}'s own sampling period, seconds (else sample_period_s, else "
+                   f"{default_period_s:g})", check=Positive()),
+        Param(None, name=f"{name}_timeout_s",
+              help=f"timeout of one {one_read}, seconds (default {default_timeout_s:g})",
+              check=Positive()),
     )
