@@ -441,7 +441,8 @@ class _StopOnSignal:
 
     A single process stops at its next batch (``RecipeTrial.train_batch`` raises Determined's
     checkpoint-and-exit); processes of a multi-process run stop together at the next report
-    boundary (``set_stop_requested``), since they would otherwise stop at different batches.
+    boundary, where every rank learns whether any rank got a signal (``_RunInfoCallback``), since
+    the signal reaches them at different batches.
     A second Ctrl-C aborts at once. On a cluster none of this is installed: Determined's
     preemption does the same there."""
 
@@ -455,13 +456,15 @@ class _StopOnSignal:
             raise KeyboardInterrupt  # asked twice: stop without checkpointing
         self.signum = signum
         name = signal.Signals(signum).name
-        self.trial.stop_signal = name
-        if self.distributed:
-            self.context.set_stop_requested(True)
+        if self.distributed:  # agreed by every rank at the next report (shared.trial)
+            self.trial.stop_signal_pending = name
+        else:
+            self.trial.stop_signal = name
         log.warning("%s: finishing the current batch, then checkpointing and stopping%s", name,
                     " (Ctrl-C again to abort without a checkpoint)" if signum == signal.SIGINT else "")
 
     def __enter__(self) -> "_StopOnSignal":
+        self.trial.agree_on_signals = self.distributed
         if threading.current_thread() is threading.main_thread():  # signals reach it only
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)

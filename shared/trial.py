@@ -346,8 +346,13 @@ class RecipeTrial(det_torch.PyTorchTrial):
                                     f"global_batch_size={self.context.get_global_batch_size()}")
 
     # ------------------------------------------------------------------ steps
-    #: set by the local launcher when SIGTERM or SIGINT arrives (shared.launch._StopOnSignal)
+    #: set by the local launcher when SIGTERM or SIGINT arrives (shared.launch._StopOnSignal):
+    #: a single process stops at its next batch
     stop_signal: Optional[str] = None
+    #: the same in a multi-process local run, where the ranks agree on it at the next report
+    #: boundary (``agree_on_signals``, set by the launcher): see _RunInfoCallback
+    stop_signal_pending: Optional[str] = None
+    agree_on_signals: bool = False
     #: the energy hook, once build_callbacks made it
     _energy: Any = None
     #: set by the local launcher on a resume after a crash: the interrupted run's last
@@ -552,6 +557,15 @@ class _RunInfoCallback(det_torch.PyTorchCallback):
 
     def on_training_workload_end(self, avg_metrics: Dict[str, Any], batch_metrics: Any) -> None:
         self._peak()
+        t = self.trial
+        if t.agree_on_signals:
+            # A signal reaches the ranks at different moments (one inside a collective runs its
+            # handler only when the collective returns): stopping each rank on its own stopped
+            # them at different batches, and the first to checkpoint waited for the others
+            # until torchrun killed them all, checkpoint unfinished. Every rank is here, at the
+            # same boundary: any rank's signal stops them all at Determined's next check.
+            if any(t.context.distributed.allgather(t.stop_signal_pending)):
+                t.context.set_stop_requested(True)
         # Runs on every rank with the same (broadcast) averages, so all ranks stop together.
         loss = avg_metrics.get("loss")
         if loss is not None and not math.isfinite(float(loss)):

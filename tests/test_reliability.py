@@ -124,6 +124,33 @@ def test_sigterm_to_the_process_group_stops_as_sigterm_to_the_trial_does(launche
     assert checkpoints.batches_of(checkpoints.complete_checkpoints(out / "checkpoints")[-1]) == at + 2
 
 
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_batch(data, tmp_path):
+    """A signal reaches the ranks at different moments (the extreme: one rank only). Stopping
+    each rank on its own left the others waiting in the next collective until torchrun killed
+    them, with no checkpoint; now the ranks agree at the next report and all checkpoint."""
+    out = tmp_path / "run"
+    cmd = _torchrun(command(data, out, "workers_per_slot=0", "validation_period=1000",
+                            "checkpoint_period=1000", batches=100000))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for_training(proc, out / "metrics.jsonl", timeout=180)
+        ranks = [c for c in psutil.Process(proc.pid).children() if "train.py" in " ".join(c.cmdline())]
+        assert len(ranks) == 2
+        started = time.monotonic()
+        max(ranks, key=lambda r: r.pid).send_signal(signal.SIGTERM)  # one rank, not the other
+        stdout, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "forcefully exiting" not in stderr, stderr[-3000:]  # torchrun's SIGKILL after 30 s
+    assert stderr.count("SIGTERM: finishing the current batch, then checkpointing") == 1, stderr[-3000:]
+    (ckpt,) = checkpoints.complete_checkpoints(out / "checkpoints")
+    assert checkpoints.batches_of(ckpt) > 0
+    assert took < 30, f"{took:.0f} s to stop"
+
+
 # ------------------------------------------------------------------ one writer per directory
 def test_a_second_run_on_the_same_directory_is_refused_naming_the_first(data, tmp_path):
     """Two `--resume latest` at once used to both finish, writing the same batches twice into
