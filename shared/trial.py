@@ -134,7 +134,8 @@ class RecipeTrial(det_torch.PyTorchTrial):
     implement ``build_model``, ``build_task``, the two data loaders and ``write_local_details``.
     """
 
-    #: model-specific hyperparameters: name -> shared.hparams.Param
+    #: model-specific hyperparameters: name -> shared.energy.schema.Param (the one declaration
+    #: class, also importable as shared.hparams.Param)
     MODEL_PARAMS: Mapping[str, hpmod.Param] = {}
     #: the hyperparameters every trial of this family shares
     COMMON_PARAMS: Mapping[str, hpmod.Param] = hpmod.COMMON
