@@ -25,8 +25,10 @@ every result into one folder:
    --ablation``);
 6. the study again with a second seed (its spread), if time is left.
 
-``hook_ab`` (the same U-Net run with the energy hook on and off) and ``reference_bench`` (a
-script of reference figures, ``--reference-bench PATH``) run only when named in ``--parts``.
+``ablation_target`` (U-Net and SegFormer-B0 to the study's target as the MMCV-era baseline
+and with every fast switch, then the report's implementation table), ``hook_ab`` (the same
+U-Net run with the energy hook on and off) and ``reference_bench`` (a script of reference
+figures, ``--reference-bench PATH``) run only when named in ``--parts``.
 A part is started only if the time left covers its estimate; what was skipped says why.
 ``--smoke`` runs the same plan at toy size on a CPU (no NVML: those figures are "n/a").
 
@@ -68,7 +70,9 @@ log = logging.getLogger("benchmarks.campaign")
 #: when the time left covers its estimate. A study seed took 169 s on 2026-12-04 (one model
 #: to the 300-batch cap, 30 validations each): started with less, its second run is cut short
 ESTIMATE_S = {"shape_warmup": 45.0, "bench": 250.0, "study": 160.0, "ablation": 60.0,
-              "study_seed2": 160.0, "reference_bench": 60.0, "hook_ab": 70.0}
+              "study_seed2": 160.0, "reference_bench": 60.0, "hook_ab": 70.0,
+              # four training runs to the study's target, two of them compiled (20-45 s each)
+              "ablation_target": 300.0}
 #: the study's models, in the order they run
 STUDY_MODELS = ("unet", "segformer")
 #: the study: a target both models reach at different batches on the 24-class set, validations
@@ -87,7 +91,7 @@ LATER_VALIDATIONS = 39
 
 #: the parts, in the order they run (device information is always collected first)
 PARTS = ("nvml_read_cost", "shape_warmup", "bench", "study", "ablation", "study_seed2",
-         "hook_ab", "reference_bench")
+         "ablation_target", "hook_ab", "reference_bench")
 #: the parts run when --parts is not given
 DEFAULT_PARTS = ("nvml_read_cost", "shape_warmup", "bench", "study", "ablation", "study_seed2")
 
@@ -302,7 +306,7 @@ class Campaign:
                                      "--models", "unet", "segformer"],
                     "demo": ["--size", "small"], "study": ["--max-batches", "20",
                                                            "--validation-period", "10"],
-                    "batch": 8,
+                    "batch": 8, "ablation_target_models": ("unet",),
                     "ab": ["crop_size=64", "scale=[128,64]", "global_batch_size=2",
                            "workers_per_slot=0", "num_classes=150"], "ab_batches": 12}
         return {"bench": ["--steps", "20", "--warmup", "6", "--skip", "smp.unet", "smp.segformer",
@@ -313,7 +317,7 @@ class Campaign:
                 "demo": ["--size", "ade20k"],
                 "study": ["--max-batches", str(STUDY_MAX_BATCHES), "--validation-period",
                           str(STUDY_VALIDATION_PERIOD), "--target-miou", f"{STUDY_TARGET_MIOU:g}"],
-                "batch": 16,
+                "batch": 16, "ablation_target_models": STUDY_MODELS,
                 "ab": ["global_batch_size=16", "num_classes=150"], "ab_batches": 100}
 
     def start_study_data(self) -> subprocess.Popen:
@@ -359,28 +363,34 @@ class Campaign:
         return {"status": "ok" if rc == 0 else f"exit {rc}", "command": shlex.join(cmd[1:]),
                 "log_tail": log_tail(self.work / "bench-ablation.log", 4 if rc == 0 else 25)}
 
-    def study(self, data_proc: subprocess.Popen, seed: int) -> Dict[str, Any]:
-        from benchmarks.gpu_monitor import open_monitor
-        import torch
-        sizes = self.sizes()
+    def study_data(self, data_proc: subprocess.Popen, out_dir: pathlib.Path) -> Optional[str]:
+        """Wait for the study's data set (generated once, in the background) and link it into
+        ``out_dir``, a ``shared.demo --out`` folder; the reason when it is not there."""
         try:
             data_proc.wait(timeout=max(1.0, self.clock.left() - 60))
         except subprocess.TimeoutExpired:
             data_proc.kill()
-            return {"status": "error: the study's data set was not ready in time "
-                              f"({log_tail(self.work / 'study-data.log')})"}
+            return ("error: the study's data set was not ready in time "
+                    f"({log_tail(self.work / 'study-data.log')})")
         if data_proc.returncode != 0:
-            return {"status": f"error: generating the study's data failed: "
-                              f"{log_tail(self.work / 'study-data.log')}"}
-        out_dir = self.work / "study" / f"seed{seed}"
-        cmd = [self.py, "-m", "shared.demo", *sizes["demo"], *sizes["study"], "--seed", str(seed),
-               "--out", str(out_dir), "--set", f"val_kernels={self.val_kernels}"]
-        # the data set generated once, under the study folder, is reused by every seed
+            return f"error: generating the study's data failed: {log_tail(self.work / 'study-data.log')}"
         out_dir.mkdir(parents=True, exist_ok=True)
         data_name = "data" if self.args.smoke else "data-ade20k"
         link = out_dir / data_name
         if not link.exists():
             link.symlink_to(self.work / "study" / data_name, target_is_directory=True)
+        return None
+
+    def study(self, data_proc: subprocess.Popen, seed: int) -> Dict[str, Any]:
+        from benchmarks.gpu_monitor import open_monitor
+        import torch
+        sizes = self.sizes()
+        out_dir = self.work / "study" / f"seed{seed}"
+        problem = self.study_data(data_proc, out_dir)  # one data set for every seed
+        if problem:
+            return {"status": problem}
+        cmd = [self.py, "-m", "shared.demo", *sizes["demo"], *sizes["study"], "--seed", str(seed),
+               "--out", str(out_dir), "--set", f"val_kernels={self.val_kernels}"]
         env = dict(os.environ, ENERGY_SOURCES="nvml") if not self.args.smoke else None
         device = torch.device("cuda") if torch.cuda.is_available() and not self.args.smoke \
             else torch.device("cpu")
@@ -407,6 +417,63 @@ class Campaign:
         path.write_text(json.dumps(studies, indent=1, default=str) + "\n")
         return {k: v for k, v in result.items() if k != "runs"} | {
             "cross_checks": {k: v["cross_check"].get("status") for k, v in runs.items()}}
+
+    def ablation_target(self, data_proc: subprocess.Popen) -> Dict[str, Any]:
+        """The implementation ablation to a target: each study model trained to the study's
+        target as the MMCV-era baseline and with every fast switch (``ablation_to_target.yaml``'s
+        two variants), on the study's data, seed 0, energy from NVML; then ``shared.report``'s
+        implementation table over the four runs."""
+        from shared import hparams as hpmod, recipes
+        from shared.energy.schema import value_text
+        sizes = self.sizes()
+        root = self.work / "ablation_target"
+        commands: List[str] = []
+        runs: Dict[str, Any] = {}
+        env = dict(os.environ, ENERGY_SOURCES="nvml") if not self.args.smoke else None
+        for model in sizes["ablation_target_models"]:
+            trial_cls = recipes.get(model, ROOT).trial_class()
+            schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
+            switches = [k for k in hpmod.IMPLEMENTATION_SWITCHES if k in schema]
+            for variant, values in (("baseline", hpmod.ABLATION_BASELINE),
+                                    ("fastest", hpmod.ABLATION_FASTEST)):
+                key = f"{model}@{variant}"
+                if self.clock.left() < 40:
+                    runs[key] = {"status": "skipped: out of time"}
+                    continue
+                out_dir = root / variant
+                problem = self.study_data(data_proc, out_dir)
+                if problem:
+                    return {"status": problem, "runs": runs}
+                impl = "{" + ", ".join(f"{k}: {value_text(values[k])}" for k in switches) + "}"
+                cmd = [self.py, "-m", "shared.demo", *sizes["demo"], *sizes["study"], "--seed", "0",
+                       "--models", model, "--out", str(out_dir),
+                       "--set", f"val_kernels={self.val_kernels}", f"implementation={impl}"]
+                commands.append(shlex.join(cmd[1:]))
+                log_path = self.work / f"ablation-target-{model}-{variant}.log"
+                rc, secs = run_logged(cmd, log_path, timeout_s=self.clock.left() - 20, env=env)
+                summaries = sorted(out_dir.glob(f"{model}-*/summary.json"))
+                if rc != 0 or not summaries:
+                    runs[key] = {"status": f"exit {rc}", "log_tail": log_tail(log_path, 25)}
+                    continue
+                summary = json.loads(summaries[-1].read_text())
+                runs[key] = {"status": "ok", "seconds": round(secs, 1), **{
+                    k: summary.get(k) for k in ("batches", "reached_target", "batches_to_target",
+                                                "time_to_target_s", "energy_to_target_wh",
+                                                "energy_wh", "best_miou")}}
+        result: Dict[str, Any] = {"status": "ok" if runs and all(
+            r.get("status") == "ok" for r in runs.values()) else "partial", "commands": commands,
+            "runs": runs}
+        dirs = [str(root / v) for v in ("baseline", "fastest") if (root / v).is_dir()]
+        if dirs:
+            report = root / "report"
+            cmd = [self.py, "-m", "shared.report", *dirs, "--out", str(report)]
+            rc, _ = run_logged(cmd, self.work / "ablation-target-report.log",
+                               timeout_s=max(10.0, self.clock.left() - 5))
+            table = report / "implementation.md"
+            result["implementation_md"] = table.read_text() if rc == 0 and table.is_file() else None
+            if result["implementation_md"] is None:
+                result["report_log_tail"] = log_tail(self.work / "ablation-target-report.log", 15)
+        return result
 
     def reference_bench(self) -> Dict[str, Any]:
         script = self.args.reference_bench
@@ -472,7 +539,7 @@ class Campaign:
             return info
 
         with tarfile.open(path, "w:gz") as tar:
-            for sub in ("study", "bench"):
+            for sub in ("study", "bench", "ablation_target"):
                 if (self.work / sub).is_dir():
                     tar.add(self.work / sub, arcname=sub, filter=keep)
             for p in sorted(self.work.glob("*.log")) + sorted(self.work.glob("hook-*")):
@@ -485,7 +552,7 @@ class Campaign:
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
         wanted = set(self.args.parts)
-        studies = {"study", "study_seed2"} & wanted
+        studies = {"study", "study_seed2", "ablation_target"} & wanted
         data_proc = self.start_study_data() if studies else None
         self.part("env", lambda: {"status": "ok", **environment()}, 5)
         plan: List[Tuple[str, Callable[[], Dict[str, Any]], float]] = [
@@ -495,6 +562,8 @@ class Campaign:
             ("study", lambda: self.study(data_proc, STUDY_SEEDS[0]), ESTIMATE_S["study"] * 0.8),
             ("ablation", self.ablation, ESTIMATE_S["ablation"] * 0.6),
             ("study_seed2", lambda: self.study(data_proc, STUDY_SEEDS[1]), ESTIMATE_S["study_seed2"]),
+            ("ablation_target", lambda: self.ablation_target(data_proc),
+             ESTIMATE_S["ablation_target"]),
             ("hook_ab", self.hook_ab, ESTIMATE_S["hook_ab"]),
             ("reference_bench", self.reference_bench, 30),
         ]

@@ -174,6 +174,7 @@ def render(folder: pathlib.Path) -> str:
         rows = json.loads(warm.read_text())["rows"]
         lines += ["#### A new input shape's first forward (`python -m benchmarks.shape_warmup`)", "",
                   warmup_table(rows)]
+    lines += ablation_target_section(parts.get("ablation_target", {}))
     ab = parts.get("hook_ab", {})
     if ab.get("runs"):
         lines += ["#### The energy hook on and off (U-Net, same batches)", ""]
@@ -186,6 +187,30 @@ def render(folder: pathlib.Path) -> str:
                          f"of this comparison)" if "on_spread" in ab else "")]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def ablation_target_section(part: Mapping[str, Any]) -> List[str]:
+    """The ablation-to-target part: each run's figures, its command, and the report's
+    implementation table (its own Markdown, headings moved two levels down)."""
+    if not part.get("runs"):
+        return []
+    lines = ["#### The implementation ablation to a target (the baseline and every fast switch, seed 0)", ""]
+    lines.append(_table(
+        ("run", "batches", "best mIoU", "target reached", "batches to target", "time to target s",
+         "energy to target Wh", "energy Wh", "status"),
+        [[k, _f(v.get("batches"), 0), _f(v.get("best_miou"), 2),
+          {True: "yes", False: "no"}.get(v.get("reached_target"), "-"), _f(v.get("batches_to_target"), 0),
+          _f(v.get("time_to_target_s")), _f(v.get("energy_to_target_wh"), 3), _f(v.get("energy_wh"), 3),
+          str(v.get("status"))[:120]] for k, v in part["runs"].items()]))
+    lines += [""] + [f"- `python {c}`" for c in part.get("commands", [])] + [""]
+    table = part.get("implementation_md")
+    if table:
+        lines += ["##### The report's implementation table (`python -m shared.report`)", ""]
+        lines += [("##" + line) if line.startswith("#") else line for line in table.splitlines()]
+        lines.append("")
+    elif "report_log_tail" in part:
+        lines += [f"- the report failed: {part['report_log_tail']}", ""]
+    return lines
 
 
 STUDY_COLUMNS = ("seed", "model", "batches", "best mIoU", "target reached", "batches to target",

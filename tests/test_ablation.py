@@ -5,6 +5,7 @@ table and chart from generated run directories."""
 from __future__ import annotations
 
 import functools
+from typing import Optional
 import itertools
 import pathlib
 import sys
@@ -218,7 +219,7 @@ def test_ablation_configs_grid_the_switches_of_each_model(name):
 
 # ----------------------------------------------------------------------------- report
 def _ablation_run(root: pathlib.Path, label: str, model: str, switches: dict, *, batch_s: float,
-                  power_w: float, mious=(4, 9, 17, 21)) -> None:
+                  power_w: Optional[float], mious=(4, 9, 17, 21)) -> None:
     """A synthetic run (tests/fixtures/report/synth.py) with the train-phase figures an
     ablation trial reports: everything is train time (no validation time), so train_s is
     the elapsed time, train_wh the energy; gbs 8; a compiled run's first 2 batches are the
@@ -236,6 +237,24 @@ def _ablation_run(root: pathlib.Path, label: str, model: str, switches: dict, *,
             m["peak_memory_mb"] = 1000.0
             m["precision"] = switches["precision"]  # the precision the trial ran at
     write_run(root / label, recs, {"target_miou": 16, "global_batch_size": 8, **switches})
+
+
+def test_an_ablation_measured_without_energy_still_gets_its_table_and_page(tmp_path):
+    # (a CPU run of the campaign's ablation_target part: the page's chart used to be read
+    # back though it was never drawn, and the report stopped with FileNotFoundError)
+    slow = {"precision": "fp32", "channels_last": False, "compile": False,
+            "fused_optimizer": False, "cudnn_benchmark": False}
+    runs = tmp_path / "runs"
+    _ablation_run(runs, "unet-base", "unet", slow, batch_s=0.5, power_w=None)
+    _ablation_run(runs, "unet-fast", "unet", {**slow, "precision": "bf16"}, batch_s=0.25, power_w=None)
+    out = tmp_path / "report"
+    build_report(load_local(str(runs)), out)
+    md = squeeze((out / "implementation.md").read_text())
+    assert "| unet | fp32 NCHW loop (baseline) | unet-base |" in md
+    assert not (out / "implementation.png").exists()
+    html = (out / "index.html").read_text()
+    assert "<h2>Implementation ablation</h2>" in html
+    assert "Implementation ablation: speed and energy" in html and "not drawn" in html
 
 
 def test_report_renders_the_implementation_table_and_chart(tmp_path):

@@ -126,6 +126,14 @@ def _folder(tmp_path: pathlib.Path) -> pathlib.Path:
                            "counter_call_us": 20.1, "seconds": 0.1},
         "bench": {"status": "ok", "seconds": 190.0},
         "compile": {"status": "skipped: 20 s left of the 480 s budget, compile needs ~110 s"},
+        "ablation_target": {"status": "partial", "seconds": 250.0,
+                            "commands": ["-m shared.demo --size ade20k --models unet --out /w/b"],
+                            "runs": {"unet@baseline": {"status": "ok", "batches": 300, "best_miou": 61.5,
+                                                       "reached_target": True, "batches_to_target": 280,
+                                                       "time_to_target_s": 70.25, "energy_to_target_wh": 6.5,
+                                                       "energy_wh": 6.5},
+                                     "unet@fastest": {"status": "skipped: out of time"}},
+                            "implementation_md": "# Implementation ablation\n\n| model | variant |\n"},
         "hook_ab": {"status": "ok", "seconds": 60, "on_over_off": 0.999, "on_spread": 0.004,
                     "runs": {"on": {"status": "ok", "img_s_train": 250.0, "window_s": 6.0},
                              "off": {"status": "ok", "img_s_train": 250.25, "window_s": 6.0}}}}}
@@ -159,6 +167,11 @@ def test_render_a_result_folder(tmp_path, capsys):
            " 13000 | 13010 | -0.077 % | pass |" in text
     assert "| unet | 1 of 1 | 250 | 31.0 | 3.100 |" in text
     assert "- on / off: 0.9990; the two 'on' runs differ by 0.40 %" in text
+    # the ablation to a target: each run, its command, the report's table under this section
+    assert "| unet@baseline | 300 | 61.50 | yes | 280 | 70.2 | 6.500 | 6.500 | ok |" in text
+    assert "| unet@fastest | - | - | - | - | - | - | - | skipped: out of time |" in text
+    assert "- `python -m shared.demo --size ade20k --models unet --out /w/b`" in text
+    assert "\n### Implementation ablation\n" in text
 
 
 def test_bad_input_messages(tmp_path, capsys):

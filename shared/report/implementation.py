@@ -333,11 +333,13 @@ def html_section(vs: Sequence[Variant], chart_) -> str:
     """The index page's implementation section (tables and the chart): the template
     ``templates/implementation.html.j2``."""
     from .html import figure, render_template, table
+    from .plots import not_drawn_line
 
     rs = ratios(vs)
     return render_template("implementation.html.j2", variants=table(HEADER, table_rows(vs)),
                            ratios=table(RATIO_HEADER, [_ratio_cells(r) for r in rs]) if rs else None,
-                           notes=notes(vs), figure=figure(chart_))
+                           notes=notes(vs), figure=figure(chart_) if chart_.drawn else None,
+                           missing=None if chart_.drawn else not_drawn_line([chart_], chart_.missing))
 
 
 def write(runs: Sequence[Run], rows: Sequence[Row], out: pathlib.Path
