@@ -191,7 +191,7 @@ def render(folder: pathlib.Path) -> str:
 
 def ablation_target_section(part: Mapping[str, Any]) -> List[str]:
     """The ablation-to-target part: each run's figures, its command, and the report's
-    implementation table (its own Markdown, headings moved two levels down)."""
+    implementation table (its own Markdown under a heading of this section)."""
     if not part.get("runs"):
         return []
     lines = ["#### The implementation ablation to a target (the baseline and every fast switch, seed 0)", ""]
@@ -206,7 +206,10 @@ def ablation_target_section(part: Mapping[str, Any]) -> List[str]:
     table = part.get("implementation_md")
     if table:
         lines += ["##### The report's implementation table (`python -m shared.report`)", ""]
-        lines += [("##" + line) if line.startswith("#") else line for line in table.splitlines()]
+        # its own title is the heading above; its other headings go below it
+        body = "\n".join(line for line in table.splitlines() if not line.startswith("# "))
+        lines += [("####" + line) if line.startswith("#") else line
+                  for line in body.strip("\n").splitlines()]
         lines.append("")
     elif "report_log_tail" in part:
         lines += [f"- the report failed: {part['report_log_tail']}", ""]

@@ -133,7 +133,8 @@ def _folder(tmp_path: pathlib.Path) -> pathlib.Path:
                                                        "time_to_target_s": 70.25, "energy_to_target_wh": 6.5,
                                                        "energy_wh": 6.5},
                                      "unet@fastest": {"status": "skipped: out of time"}},
-                            "implementation_md": "# Implementation ablation\n\n| model | variant |\n"},
+                            "implementation_md": "# Implementation ablation\n\n| model | variant |\n"
+                                                 "\n## Conv/attention\n"},
         "hook_ab": {"status": "ok", "seconds": 60, "on_over_off": 0.999, "on_spread": 0.004,
                     "runs": {"on": {"status": "ok", "img_s_train": 250.0, "window_s": 6.0},
                              "off": {"status": "ok", "img_s_train": 250.25, "window_s": 6.0}}}}}
@@ -171,7 +172,8 @@ def test_render_a_result_folder(tmp_path, capsys):
     assert "| unet@baseline | 300 | 61.50 | yes | 280 | 70.2 | 6.500 | 6.500 | ok |" in text
     assert "| unet@fastest | - | - | - | - | - | - | - | skipped: out of time |" in text
     assert "- `python -m shared.demo --size ade20k --models unet --out /w/b`" in text
-    assert "\n### Implementation ablation\n" in text
+    assert "##### The report's implementation table (`python -m shared.report`)\n\n| model | variant |" in text
+    assert "\n###### Conv/attention\n" in text and "# Implementation ablation" not in text
 
 
 def test_bad_input_messages(tmp_path, capsys):
