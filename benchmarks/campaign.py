@@ -431,9 +431,7 @@ class Campaign:
         runs: Dict[str, Any] = {}
         env = dict(os.environ, ENERGY_SOURCES="nvml") if not self.args.smoke else None
         for model in sizes["ablation_target_models"]:
-            trial_cls = recipes.get(model, ROOT).trial_class()
-            schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
-            switches = [k for k in hpmod.IMPLEMENTATION_SWITCHES if k in schema]
+            switches = hpmod.implementation_switches(recipes.get(model, ROOT).trial_class())
             for variant, values in (("baseline", hpmod.ABLATION_BASELINE),
                                     ("fastest", hpmod.ABLATION_FASTEST)):
                 key = f"{model}@{variant}"

@@ -180,9 +180,8 @@ def ablation_specs(name: str) -> Tuple[Tuple[ModelSpec, bool], ...]:
     base = next((s for s in our_models() if s.name == name), None)
     if base is None:
         raise BenchError(f"--ablation {name}: no such model; names: {', '.join(s.name for s in our_models())}")
-    trial_cls = recipes.get(base.trial, ROOT).trial_class()
-    schema = {**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS}
-    switches = [k for k in hpmod.IMPLEMENTATION_SWITCHES if k in schema and k != "compile"]
+    switches = [k for k in hpmod.implementation_switches(recipes.get(base.trial, ROOT).trial_class())
+                if k != "compile"]
 
     def spec(variant: str, values: Mapping[str, Any]) -> ModelSpec:
         return ModelSpec(f"{name}@{variant}", base.trial,

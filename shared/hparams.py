@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 
 from shared.energy.errors import SiteSettingError
@@ -239,6 +239,16 @@ ABLATION_FASTEST = {"precision": "bf16", "channels_last": True, "compile": True,
                     "fused_optimizer": True, "cudnn_benchmark": True, "attention_impl": "sdpa"}
 
 
+def implementation_switches(trial_cls: Any) -> List[str]:
+    """The implementation switches a trial class has (``attention_impl`` only where the model
+    has attention), in ``IMPLEMENTATION_SWITCHES``' order."""
+    return _switches_in({**trial_cls.COMMON_PARAMS, **trial_cls.MODEL_PARAMS})
+
+
+def _switches_in(schema: Mapping[str, Any]) -> List[str]:
+    return [k for k in IMPLEMENTATION_SWITCHES if k in schema]
+
+
 def _closest(key: str, known: Iterable[str]) -> str:
     near = difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean '{near[0]}'?)" if near else ""
@@ -268,7 +278,7 @@ def resolve(hp: Mapping[str, Any], model_params: Mapping[str, Param], where: str
         out[key] = _check(key, hp.get(key, p.default), p, where)
     for key, value in (out.get("implementation") or {}).items():
         if key not in IMPLEMENTATION_SWITCHES or key not in schema:
-            switches = [k for k in IMPLEMENTATION_SWITCHES if k in schema]
+            switches = _switches_in(schema)
             raise ConfigError(f"{where}: hyperparameter 'implementation.{key}' is not an "
                               f"implementation switch of this model{_closest(key, switches)}; "
                               f"known: {', '.join(switches)}")
