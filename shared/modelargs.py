@@ -134,12 +134,15 @@ def checked(init: Callable[..., None]) -> Callable[..., None]:
     (``UNet: argument 'depth' = 0 must be an integer in 1..8``)."""
     signature = inspect.signature(init)
     owner = init.__qualname__.rsplit(".", 1)[0]
+    resolved: list = []  # [argument -> check], at the first call, once the module is whole
 
     @functools.wraps(init)
     def wrapper(*args: Any, **kwargs: Any) -> None:
+        if not resolved:
+            resolved.append(argument_checks(init))
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        for name, check in argument_checks(init).items():
+        for name, check in resolved[0].items():
             require(owner, name, bound.arguments[name], check)
         init(*args, **kwargs)
     return wrapper
